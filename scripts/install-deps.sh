@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# install-deps.sh - installs the Debian 12 packages aiserve needs, and only
+# those that are missing (idempotent: a second run installs nothing).
+#
+#   scripts/install-deps.sh          build + unit tests + fuzzing
+#   scripts/install-deps.sh --bench  also what bench/engine needs (PyTorch,
+#                                    ONNX, Node.js for onnxruntime-node)
+#   scripts/install-deps.sh --tools  also what tools/ needs (PyTorch)
+set -euo pipefail
+
+packages=(
+  gcc make cmake pkg-config       # toolchain
+  libopenblas-openmp-dev          # GEMM (cblas); the OpenMP build, see docs/engine.md
+  libjansson-dev                  # JSON (config.json, tokenizer.json, CLI output)
+  libutf8proc-dev                 # Unicode normalisation and categories
+  libcmocka-dev                   # unit tests
+  clang libclang-rt-14-dev        # libFuzzer targets and sanitizer runtimes
+)
+for arg in "$@"; do
+  case "$arg" in
+    --bench) packages+=(python3-torch python3-onnx python3-numpy nodejs npm) ;;
+    --tools) packages+=(python3-torch python3-numpy) ;;
+    *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+# nodejs may come from elsewhere (the CI image ships its own node and npm).
+if [[ " ${missing[*]} " == *" nodejs "* ]] && command -v node >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+echo "install-deps.sh: installing ${missing[*]}"
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

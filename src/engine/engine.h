@@ -1,0 +1,147 @@
+/*
+ * engine.h - the inference engine's one public header.
+ *
+ * Loads a Hugging Face model directory (config.json, model.safetensors,
+ * vocab.txt or tokenizer.json, optional tokenizer_config.json) and runs
+ * BERT / DistilBERT sequence classifiers and embedding models on the CPU,
+ * computing what transformers computes (to 1e-4 on logits).
+ *
+ * Design:
+ *  - A loaded model (engine_model) is read-only after engine_model_load
+ *    returns. F32 weights are used in place from a read-only mmap of the
+ *    safetensors file; F16/BF16 weights are widened to F32 once, at load.
+ *  - Every call packs a batch of texts of different lengths into one token
+ *    matrix (no padding); attention is computed per sequence.
+ *  - The model owns one compute thread pool of n_threads threads (the
+ *    calling thread counts as one). Calls on one model from several threads
+ *    are safe: scratch memory is per call and the pool runs one batch at a
+ *    time, so compute threads never stack on top of each other. OpenBLAS
+ *    always runs single-threaded inside the engine's threads.
+ *
+ * Errors: functions that can fail return 0 or a negative engine_status and
+ * fill a caller-owned engine_error with a one-line message that names the
+ * file, the tensor or the input and the problem.
+ *
+ * This header must not grow HTTP, JSON-request or server concepts.
+ */
+#ifndef AISERVE_ENGINE_H
+#define AISERVE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One list generates the enum, the names and the default messages. */
+#define ENGINE_STATUS_MAP(X)                                                 \
+    X(OK, 0, "success")                                                      \
+    X(EIO, -1, "cannot read file")                                           \
+    X(EFORMAT, -2, "malformed model file")                                   \
+    X(ECONFIG, -3, "invalid or inconsistent model configuration")            \
+    X(EUNSUPPORTED, -4, "unsupported model or feature")                      \
+    X(EINPUT, -5, "invalid input")                                           \
+    X(ENOMEM, -6, "out of memory")                                           \
+    X(EARG, -7, "invalid argument")
+
+typedef enum engine_status {
+#define ENGINE_STATUS_ENUM(name, code, msg) ENGINE_##name = code,
+    ENGINE_STATUS_MAP(ENGINE_STATUS_ENUM)
+#undef ENGINE_STATUS_ENUM
+} engine_status;
+
+/* "ENGINE_EIO" etc.; never NULL. */
+const char *engine_status_name(int status);
+/* Default message for a status; never NULL. */
+const char *engine_status_message(int status);
+
+/* Caller-owned error record. `message` is always NUL-terminated. */
+typedef struct engine_error {
+    int status;
+    char message[512];
+} engine_error;
+
+typedef enum engine_arch {
+    ENGINE_ARCH_BERT = 1,       /* BertModel / BertForSequenceClassification */
+    ENGINE_ARCH_DISTILBERT = 2, /* DistilBertModel / DistilBert...Classification */
+} engine_arch;
+
+typedef enum engine_task {
+    ENGINE_TASK_CLASSIFY = 1, /* has a classification head */
+    ENGINE_TASK_EMBED = 2,    /* encoder only */
+} engine_task;
+
+typedef enum engine_pooling {
+    ENGINE_POOL_MEAN = 0, /* mean over the tokens of the sequence (the attention mask) */
+    ENGINE_POOL_CLS = 1,  /* hidden state of [CLS] */
+} engine_pooling;
+
+typedef struct engine_options {
+    int n_threads; /* compute threads including the caller; <= 0 means 1 */
+} engine_options;
+
+/* What a loaded model is; strings borrowed from the model, valid until
+ * engine_model_free. */
+typedef struct engine_model_info {
+    engine_arch arch;
+    engine_task task;
+    const char *architecture; /* e.g. "DistilBertForSequenceClassification" */
+    const char *model_type;   /* "bert" or "distilbert" */
+    const char *dtype;        /* dtype of the weights on disk: "F32", "F16", "BF16", or "mixed" */
+    int n_layers, hidden, n_heads, intermediate, vocab_size, max_position;
+    int max_length;           /* tokens per text incl. [CLS]/[SEP] after truncation */
+    int n_labels;             /* 0 for embedding models */
+    int multi_label;          /* problem_type multi_label_classification: sigmoid */
+    int do_lower_case;
+    uint64_t n_params;
+    uint64_t weight_bytes;    /* bytes of weights on disk */
+} engine_model_info;
+
+typedef struct engine_model engine_model;
+
+/* Loads the model directory `dir`. On success returns 0 and stores a new
+ * model in *out (owned by the caller, freed with engine_model_free). On
+ * failure returns a negative status, fills *err and leaves *out NULL. */
+int engine_model_load(const char *dir, const engine_options *opts, engine_model **out,
+                      engine_error *err);
+
+/* Frees a model; NULL is fine. No call on it may be running. */
+void engine_model_free(engine_model *model);
+
+/* Borrowed, valid until engine_model_free. */
+const engine_model_info *engine_model_get_info(const engine_model *model);
+
+/* Label name for id (from id2label), or NULL if out of range. Borrowed. */
+const char *engine_model_label(const engine_model *model, int id);
+
+/* Tokenizes one text as the model sees it ([CLS] ... [SEP], truncated to
+ * max_length; max_length <= 0 means the model's). Writes at most `cap` ids
+ * to `ids` and the count to *n_ids. Returns 0, or ENGINE_EINPUT for text
+ * that is not valid UTF-8 or ENGINE_EARG when cap is too small. Any thread. */
+int engine_tokenize(const engine_model *model, const char *text, size_t len, int max_length,
+                    int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
+
+/* Vocabulary string for a token id, or NULL. Borrowed. */
+const char *engine_token_text(const engine_model *model, int32_t id);
+
+/* Classifies n texts (texts[i] of lens[i] bytes, UTF-8). Writes n * n_labels
+ * logits and probabilities (softmax, or sigmoid per label for multi-label
+ * models) in label-id order into caller-owned arrays; either may be NULL.
+ * Fails with ENGINE_EUNSUPPORTED on an embedding model, ENGINE_EINPUT if a
+ * text is not valid UTF-8 (err names its index; nothing is computed).
+ * Any thread. */
+int engine_classify(engine_model *model, const char *const *texts, const size_t *lens, size_t n,
+                    float *logits, float *probs, engine_error *err);
+
+/* Embeds n texts: writes n * hidden floats to `out` (caller-owned), pooled
+ * as asked and L2-normalised when `normalize`. Works on classification
+ * checkpoints too (their encoder). Any thread. */
+int engine_embed(engine_model *model, const char *const *texts, const size_t *lens, size_t n,
+                 engine_pooling pooling, int normalize, float *out, engine_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AISERVE_ENGINE_H */
