@@ -1,0 +1,360 @@
+/*
+ * main.c - the aiserve command line: offline commands over the engine.
+ *
+ *   aiserve predict  --model DIR [--batch-size N] [--threads N] [--input FILE] [TEXT ...]
+ *   aiserve embed    --model DIR [--pooling mean|cls] [--normalize] [--input FILE] [TEXT ...]
+ *   aiserve tokenize --model DIR [--max-length N] [--input FILE] [TEXT ...]
+ *   aiserve info     --model DIR
+ *
+ * Output is one JSON object per text, in input order (JSON lines). A text
+ * the engine rejects (invalid UTF-8) gets {"error": ...} in its place and
+ * the exit status is 1; a model that fails to load is one line on stderr
+ * and exit status 2, as is a usage error. JSON is formatted here, at the
+ * edge; the engine never sees it.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+enum { EXIT_INPUT = 1, EXIT_LOAD = 2 };
+
+typedef struct cli_args {
+    const char *command;
+    const char *model_dir;
+    const char *input;
+    int batch_size;
+    int n_threads;
+    int max_length;
+    engine_pooling pooling;
+    int normalize;
+    char **texts; /* owned list; the strings are owned too */
+    size_t *lens;
+    size_t n_texts, cap_texts;
+} cli_args;
+
+static void usage(FILE *out) {
+    fputs("usage: aiserve COMMAND --model DIR [options] [TEXT ...]\n"
+          "\n"
+          "commands:\n"
+          "  predict   classify texts: {\"label\", \"confidence\", \"probs\", \"logits\"} per text\n"
+          "  embed     embed texts: {\"embedding\": [...]} per text\n"
+          "  tokenize  show what the model sees: {\"ids\", \"tokens\"} per text\n"
+          "  info      architecture, sizes, labels, dtype, parameter count\n"
+          "\n"
+          "options:\n"
+          "  --model DIR        Hugging Face model directory (config.json, model.safetensors,\n"
+          "                     vocab.txt or tokenizer.json)\n"
+          "  --input FILE       read one text per line from FILE ('-' is stdin), after TEXT args\n"
+          "  --batch-size N     texts per forward pass (default 32)\n"
+          "  --threads N        compute threads (default 1)\n"
+          "  --pooling mean|cls embedding pooling (default mean)\n"
+          "  --normalize        L2-normalise embeddings\n"
+          "  --max-length N     tokenize: truncate to N tokens (default: the model's)\n"
+          "\n"
+          "exit status: 0 ok, 1 some text was rejected, 2 usage or model load error\n",
+          out);
+}
+
+static int add_text(cli_args *a, const char *s, size_t len) {
+    if (a->n_texts == a->cap_texts) {
+        size_t cap = a->cap_texts ? 2 * a->cap_texts : 64;
+        char **t = realloc(a->texts, cap * sizeof *t);
+        if (!t)
+            return -1;
+        a->texts = t;
+        size_t *l = realloc(a->lens, cap * sizeof *l);
+        if (!l)
+            return -1;
+        a->lens = l;
+        a->cap_texts = cap;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, s, len);
+    copy[len] = 0;
+    a->texts[a->n_texts] = copy;
+    a->lens[a->n_texts++] = len;
+    return 0;
+}
+
+static int read_lines(cli_args *a, const char *path) {
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "aiserve: %s: cannot open: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int rc = 0;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        if (n > 0 && line[n - 1] == '\n')
+            n--;
+        if (n > 0 && line[n - 1] == '\r')
+            n--;
+        if (add_text(a, line, (size_t)n)) {
+            rc = -1;
+            break;
+        }
+    }
+    free(line);
+    if (f != stdin)
+        fclose(f);
+    return rc;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, cli_args *a) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},      {"input", required_argument, 0, 'i'},
+        {"batch-size", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
+        {"pooling", required_argument, 0, 'p'},    {"normalize", no_argument, 0, 'n'},
+        {"max-length", required_argument, 0, 'l'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    a->batch_size = 32;
+    a->n_threads = 1;
+    int c;
+    optind = 2;
+    while ((c = getopt_long(argc, argv, "m:i:b:t:p:nl:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            a->model_dir = optarg;
+            break;
+        case 'i':
+            a->input = optarg;
+            break;
+        case 'b':
+            if (parse_int(optarg, 1, 4096, &a->batch_size))
+                return fprintf(stderr, "aiserve: --batch-size must be 1..4096\n"), -1;
+            break;
+        case 't':
+            if (parse_int(optarg, 1, 256, &a->n_threads))
+                return fprintf(stderr, "aiserve: --threads must be 1..256\n"), -1;
+            break;
+        case 'p':
+            if (strcmp(optarg, "mean") == 0)
+                a->pooling = ENGINE_POOL_MEAN;
+            else if (strcmp(optarg, "cls") == 0)
+                a->pooling = ENGINE_POOL_CLS;
+            else
+                return fprintf(stderr, "aiserve: --pooling must be mean or cls\n"), -1;
+            break;
+        case 'n':
+            a->normalize = 1;
+            break;
+        case 'l':
+            if (parse_int(optarg, 2, 1 << 20, &a->max_length))
+                return fprintf(stderr, "aiserve: --max-length must be at least 2\n"), -1;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            return -1;
+        }
+    }
+    if (!a->model_dir)
+        return fprintf(stderr, "aiserve: %s needs --model DIR\n", a->command), -1;
+    for (int i = optind; i < argc; i++)
+        if (add_text(a, argv[i], strlen(argv[i])))
+            return -1;
+    if (a->input && read_lines(a, a->input))
+        return -1;
+    return 0;
+}
+
+static void print_json(json_t *obj) {
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7));
+    if (s) {
+        fputs(s, stdout);
+        fputc('\n', stdout);
+        free(s);
+    }
+    json_decref(obj);
+}
+
+static json_t *float_array(const float *v, size_t n) {
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, json_real(v[i]));
+    return arr;
+}
+
+static void print_error_line(const char *message) {
+    print_json(json_pack("{s:s}", "error", message));
+}
+
+static json_t *prediction_json(const engine_model *m, const float *logits, const float *probs) {
+    const engine_model_info *info = engine_model_get_info(m);
+    int best = 0;
+    for (int j = 1; j < info->n_labels; j++)
+        if (logits[j] > logits[best])
+            best = j;
+    json_t *o = json_object();
+    json_object_set_new(o, "label", json_string(engine_model_label(m, best)));
+    json_object_set_new(o, "confidence", json_real(probs[best]));
+    json_object_set_new(o, "probs", float_array(probs, (size_t)info->n_labels));
+    json_object_set_new(o, "logits", float_array(logits, (size_t)info->n_labels));
+    return o;
+}
+
+/* Runs one chunk; if the batch is rejected for its input, runs the texts one
+ * by one so that every good text still gets its answer. */
+static int run_chunk(engine_model *m, cli_args *a, size_t first, size_t n, float *buf_a, float *buf_b) {
+    const engine_model_info *info = engine_model_get_info(m);
+    const char *const *texts = (const char *const *)a->texts + first;
+    const size_t *lens = a->lens + first;
+    engine_error err;
+    int rc;
+    if (strcmp(a->command, "predict") == 0)
+        rc = engine_classify(m, texts, lens, n, buf_a, buf_b, &err);
+    else
+        rc = engine_embed(m, texts, lens, n, a->pooling, a->normalize, buf_a, &err);
+    if (rc == ENGINE_EINPUT && n > 1) {
+        int status = 0;
+        for (size_t i = 0; i < n; i++)
+            status |= run_chunk(m, a, first + i, 1, buf_a, buf_b);
+        return status;
+    }
+    if (rc) {
+        print_error_line(err.message);
+        return rc == ENGINE_EINPUT ? EXIT_INPUT : EXIT_LOAD;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(a->command, "predict") == 0) {
+            size_t k = (size_t)info->n_labels;
+            print_json(prediction_json(m, buf_a + i * k, buf_b + i * k));
+        } else {
+            size_t h = (size_t)info->hidden;
+            print_json(json_pack("{s:o}", "embedding", float_array(buf_a + i * h, h)));
+        }
+    }
+    return 0;
+}
+
+static int cmd_batched(engine_model *m, cli_args *a) {
+    const engine_model_info *info = engine_model_get_info(m);
+    if (strcmp(a->command, "predict") == 0 && info->task != ENGINE_TASK_CLASSIFY) {
+        fprintf(stderr, "aiserve: %s: %s has no classification head; use 'aiserve embed'\n",
+                a->model_dir, info->architecture);
+        return EXIT_LOAD;
+    }
+    size_t width = strcmp(a->command, "predict") == 0 ? (size_t)info->n_labels : (size_t)info->hidden;
+    float *buf_a = malloc((size_t)a->batch_size * width * sizeof(float));
+    float *buf_b = malloc((size_t)a->batch_size * width * sizeof(float));
+    int status = 0;
+    if (!buf_a || !buf_b) {
+        fprintf(stderr, "aiserve: out of memory\n");
+        status = EXIT_LOAD;
+    }
+    for (size_t i = 0; !status && i < a->n_texts; i += (size_t)a->batch_size) {
+        size_t n = a->n_texts - i < (size_t)a->batch_size ? a->n_texts - i : (size_t)a->batch_size;
+        int rc = run_chunk(m, a, i, n, buf_a, buf_b);
+        status = rc > status ? rc : status;
+        if (rc == EXIT_LOAD)
+            break;
+    }
+    fflush(stdout);
+    free(buf_a);
+    free(buf_b);
+    return status;
+}
+
+static int cmd_tokenize(engine_model *m, cli_args *a) {
+    const engine_model_info *info = engine_model_get_info(m);
+    size_t cap = (size_t)(a->max_length > 0 ? a->max_length : info->max_length) + 2;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    int status = 0;
+    if (!ids)
+        return EXIT_LOAD;
+    for (size_t i = 0; i < a->n_texts; i++) {
+        size_t n = 0;
+        engine_error err;
+        if (engine_tokenize(m, a->texts[i], a->lens[i], a->max_length, ids, cap, &n, &err)) {
+            print_error_line(err.message);
+            status = EXIT_INPUT;
+            continue;
+        }
+        json_t *jids = json_array(), *jtok = json_array();
+        for (size_t j = 0; j < n; j++) {
+            json_array_append_new(jids, json_integer(ids[j]));
+            json_array_append_new(jtok, json_string(engine_token_text(m, ids[j])));
+        }
+        print_json(json_pack("{s:o,s:o}", "ids", jids, "tokens", jtok));
+    }
+    free(ids);
+    return status;
+}
+
+static int cmd_info(engine_model *m, cli_args *a) {
+    const engine_model_info *info = engine_model_get_info(m);
+    json_t *labels = json_array();
+    for (int i = 0; i < info->n_labels; i++)
+        json_array_append_new(labels, json_string(engine_model_label(m, i)));
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:o,s:b,s:b,s:s,s:I,s:I}",
+                          "model", a->model_dir, "architecture", info->architecture, "model_type",
+                          info->model_type, "task",
+                          info->task == ENGINE_TASK_CLASSIFY ? "classification" : "embedding",
+                          "layers", info->n_layers, "hidden_size", info->hidden, "heads",
+                          info->n_heads, "intermediate_size", info->intermediate, "vocab_size",
+                          info->vocab_size, "max_position_embeddings", info->max_position,
+                          "max_length", info->max_length, "labels", labels, "multi_label",
+                          info->multi_label, "do_lower_case", info->do_lower_case, "dtype",
+                          info->dtype, "parameters", (json_int_t)info->n_params, "weight_bytes",
+                          (json_int_t)info->weight_bytes);
+    print_json(o);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_LOAD : 0;
+    }
+    cli_args a = {.command = argv[1]};
+    static const char *const commands[] = {"predict", "embed", "tokenize", "info"};
+    int known = 0;
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        known |= strcmp(a.command, commands[i]) == 0;
+    if (!known) {
+        fprintf(stderr, "aiserve: unknown command '%s' (predict, embed, tokenize, info)\n", a.command);
+        return EXIT_LOAD;
+    }
+    int status = EXIT_LOAD;
+    engine_model *m = NULL;
+    if (parse_args(argc, argv, &a) == 0) {
+        engine_error err;
+        engine_options opts = {.n_threads = a.n_threads};
+        if (engine_model_load(a.model_dir, &opts, &m, &err)) {
+            fprintf(stderr, "aiserve: %s\n", err.message);
+        } else if (strcmp(a.command, "info") == 0) {
+            status = cmd_info(m, &a);
+        } else if (strcmp(a.command, "tokenize") == 0) {
+            status = cmd_tokenize(m, &a);
+        } else {
+            status = cmd_batched(m, &a);
+        }
+    }
+    engine_model_free(m);
+    for (size_t i = 0; i < a.n_texts; i++)
+        free(a.texts[i]);
+    free(a.texts);
+    free(a.lens);
+    return status;
+}

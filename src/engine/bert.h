@@ -1,0 +1,81 @@
+/*
+ * bert.h - BERT and DistilBERT encoders and their heads, on packed batches.
+ *
+ * A packed batch is the concatenation of every sequence's token ids (no
+ * padding): sequence s owns tokens [offsets[s], offsets[s + 1]). Linear
+ * layers run once over all tokens; attention runs per (sequence, head).
+ * Both models are post-LayerNorm transformers and share one forward:
+ *
+ *   h = LN(word[id] + pos[i] (+ type[0] for BERT))
+ *   per layer:  a = LN(h + Wo · attn(Wq h, Wk h, Wv h));  h = LN(a + W2 · act(W1 a))
+ *   BERT head:        logits = Wc · tanh(Wp · h[CLS])
+ *   DistilBERT head:  logits = Wc · relu(Wpre · h[CLS])
+ *
+ * Weights are borrowed (the mmap, or buffers the model owns); the forward
+ * writes only to the scratch it is given, so any number of forwards may
+ * run at once on one bert_weights, each with its own pool.
+ */
+#ifndef AISERVE_BERT_H
+#define AISERVE_BERT_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "model_config.h"
+#include "safetensors.h"
+#include "threadpool.h"
+
+typedef struct bert_linear {
+    const float *w; /* n_out x n_in, row-major (PyTorch's nn.Linear layout) */
+    const float *b; /* n_out */
+    int n_out, n_in;
+} bert_linear;
+
+typedef struct bert_norm {
+    const float *gamma, *beta;
+} bert_norm;
+
+typedef struct bert_layer {
+    bert_linear q, k, v, o;
+    bert_norm attn_norm;
+    bert_linear ff1, ff2;
+    bert_norm out_norm;
+} bert_layer;
+
+typedef struct bert_weights {
+    const float *word, *pos, *type; /* type is NULL for DistilBERT */
+    bert_norm emb_norm;
+    bert_layer *layers;             /* owned */
+    bert_linear pre;                /* pooler (BERT) or pre_classifier (DistilBERT) */
+    bert_linear classifier;
+    int has_head;
+    void **owned;                   /* widened F16/BF16 or realigned tensors */
+    int n_owned, cap_owned;
+    int dtype_mask;                 /* 1 << safetensors_dtype of every tensor used */
+} bert_weights;
+
+/* Finds and checks every tensor the config needs (names with or without the
+ * "bert." / "distilbert." prefix; LayerNorm gamma/beta accepted as aliases).
+ * A missing tensor or a shape that disagrees with the config is ENGINE_ECONFIG
+ * naming the tensor and both shapes. On failure bert_weights_fini is still
+ * needed. */
+int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensors *st,
+                      engine_error *err);
+void bert_weights_fini(bert_weights *w);
+
+typedef struct bert_batch {
+    const int32_t *ids;   /* n_tokens ids, all < vocab size */
+    const int *offsets;   /* n_seqs + 1 entries */
+    int n_seqs, n_tokens;
+} bert_batch;
+
+/* Runs the encoder: writes the last hidden states (n_tokens x hidden) to
+ * `hidden`. Returns 0 or ENGINE_ENOMEM. */
+int bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
+                threadpool *pool, const kernel_ops *ops, float *hidden, engine_error *err);
+
+/* Classification head over the [CLS] rows: logits (n_seqs x n_labels). */
+int bert_classify_head(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
+                       const float *hidden, const kernel_ops *ops, float *logits, engine_error *err);
+
+#endif

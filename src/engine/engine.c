@@ -1,0 +1,332 @@
+/*
+ * engine.c - the public engine API (engine.h): loading a model directory
+ * and running batches of texts through tokenizer, encoder and head.
+ *
+ * Load order, each step validating before the next relies on it:
+ * config.json (+ tokenizer_config.json) -> tokenizer (tokenizer.json if
+ * present, as AutoTokenizer prefers it, else vocab.txt) -> vocabulary size
+ * against the config -> model.safetensors -> tensors against the config.
+ *
+ * A call tokenizes every text first (so bad input fails before any compute),
+ * packs the ids, then takes the model's run lock for the forward: one batch
+ * at a time per model pool, never more compute threads than configured.
+ */
+#include "engine.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "bert.h"
+#include "engine_int.h"
+#include "kernels.h"
+#include "model_config.h"
+#include "safetensors.h"
+#include "threadpool.h"
+#include "wordpiece.h"
+
+struct engine_model {
+    model_config cfg;
+    wordpiece *tokenizer;
+    safetensors *weights_file;
+    bert_weights weights;
+    threadpool *pool;
+    pthread_mutex_t run_lock;
+    const kernel_ops *ops;
+    engine_model_info info;
+};
+
+static int file_exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+static void fill_info(engine_model *m) {
+    engine_model_info *info = &m->info;
+    const model_config *c = &m->cfg;
+    info->arch = c->arch;
+    info->task = c->task;
+    info->architecture = c->architecture;
+    info->model_type = c->model_type;
+    info->n_layers = c->n_layers;
+    info->hidden = c->hidden;
+    info->n_heads = c->n_heads;
+    info->intermediate = c->intermediate;
+    info->vocab_size = c->vocab_size;
+    info->max_position = c->max_position;
+    info->max_length = c->max_length;
+    info->n_labels = c->task == ENGINE_TASK_CLASSIFY ? c->n_labels : 0;
+    info->multi_label = c->multi_label;
+    info->do_lower_case = wordpiece_does_lower_case(m->tokenizer);
+    int mask = m->weights.dtype_mask;
+    info->dtype = mask == (1 << ST_F32)    ? "F32"
+                  : mask == (1 << ST_F16)  ? "F16"
+                  : mask == (1 << ST_BF16) ? "BF16"
+                                           : "mixed";
+    for (size_t i = 0; i < safetensors_count(m->weights_file); i++) {
+        const safetensors_tensor *t = safetensors_at(m->weights_file, i);
+        info->n_params += t->n_elems;
+        info->weight_bytes += t->n_bytes;
+    }
+}
+
+int engine_model_load(const char *dir, const engine_options *opts, engine_model **out,
+                      engine_error *err) {
+    *out = NULL;
+    if (!dir)
+        return engine_error_set(err, ENGINE_EARG, "no model directory given");
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return engine_error_set(err, ENGINE_EIO, "%s: not a model directory: %s", dir,
+                                stat(dir, &sb) != 0 ? strerror(errno) : "not a directory");
+    engine_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    pthread_mutex_init(&m->run_lock, NULL);
+    int rc = model_config_load(dir, &m->cfg, err);
+    if (rc)
+        goto fail;
+
+    char path[4096];
+    wordpiece_options wopts;
+    wordpiece_options_init(&wopts);
+    wopts.do_lower_case = m->cfg.do_lower_case;
+    wopts.strip_accents = m->cfg.strip_accents;
+    wopts.tokenize_chinese_chars = m->cfg.tokenize_chinese_chars;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (file_exists(path)) {
+        rc = wordpiece_load_json(path, &wopts, &m->tokenizer, err);
+    } else {
+        snprintf(path, sizeof path, "%s/vocab.txt", dir);
+        if (!file_exists(path)) {
+            rc = engine_error_set(err, ENGINE_EIO, "%s: no tokenizer: neither vocab.txt nor "
+                                  "tokenizer.json is there", dir);
+            goto fail;
+        }
+        rc = wordpiece_load_vocab(path, &wopts, &m->tokenizer, err);
+    }
+    if (rc)
+        goto fail;
+    if (wordpiece_vocab_size(m->tokenizer) > (size_t)m->cfg.vocab_size) {
+        rc = engine_error_set(err, ENGINE_ECONFIG,
+                              "%s: the vocabulary has %zu tokens but config.json vocab_size is %d",
+                              path, wordpiece_vocab_size(m->tokenizer), m->cfg.vocab_size);
+        goto fail;
+    }
+
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!file_exists(path)) {
+        char bin[4096];
+        snprintf(bin, sizeof bin, "%s/pytorch_model.bin", dir);
+        rc = engine_error_set(err, ENGINE_EIO,
+                              file_exists(bin) ? "%s: missing; only pytorch_model.bin is there, "
+                                                 "convert it to safetensors"
+                                               : "%s: missing",
+                              path);
+        goto fail;
+    }
+    if ((rc = safetensors_open(path, &m->weights_file, err)))
+        goto fail;
+    if ((rc = bert_weights_bind(&m->weights, &m->cfg, m->weights_file, err)))
+        goto fail;
+
+    /* OpenBLAS runs inside the engine's threads, never with its own. */
+    openblas_set_num_threads(1);
+    m->pool = threadpool_create(opts && opts->n_threads > 0 ? opts->n_threads : 1);
+    if (!m->pool) {
+        rc = engine_error_set(err, ENGINE_ENOMEM, "cannot start compute threads");
+        goto fail;
+    }
+    m->ops = kernels_best();
+    fill_info(m);
+    *out = m;
+    return 0;
+fail:
+    engine_model_free(m);
+    return rc;
+}
+
+void engine_model_free(engine_model *m) {
+    if (!m)
+        return;
+    threadpool_destroy(m->pool);
+    bert_weights_fini(&m->weights);
+    safetensors_close(m->weights_file);
+    wordpiece_destroy(m->tokenizer);
+    model_config_fini(&m->cfg);
+    pthread_mutex_destroy(&m->run_lock);
+    free(m);
+}
+
+const engine_model_info *engine_model_get_info(const engine_model *m) { return &m->info; }
+
+const char *engine_model_label(const engine_model *m, int id) {
+    if (m->cfg.task != ENGINE_TASK_CLASSIFY || id < 0 || id >= m->cfg.n_labels)
+        return NULL;
+    return m->cfg.labels[id];
+}
+
+int engine_tokenize(const engine_model *m, const char *text, size_t len, int max_length,
+                    int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
+    size_t limit = max_length >= 2 && max_length < m->cfg.max_length ? (size_t)max_length
+                                                                      : (size_t)m->cfg.max_length;
+    return wordpiece_encode(m->tokenizer, text, len, limit, ids, cap, n_ids, err);
+}
+
+const char *engine_token_text(const engine_model *m, int32_t id) {
+    return wordpiece_token(m->tokenizer, id);
+}
+
+/* Tokenizes all texts into one packed batch; on success the caller frees
+ * batch->ids and batch->offsets. */
+static int pack(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                bert_batch *batch, engine_error *err) {
+    memset(batch, 0, sizeof *batch);
+    if (n == 0 || n > (size_t)INT32_MAX / (size_t)m->cfg.max_length)
+        return engine_error_set(err, ENGINE_EARG, "a batch needs 1 to %d texts",
+                                INT32_MAX / m->cfg.max_length);
+    const size_t max_len = (size_t)m->cfg.max_length;
+    int32_t *ids = malloc(n * max_len * sizeof *ids);
+    int *offsets = malloc((n + 1) * sizeof *offsets);
+    if (!ids || !offsets) {
+        free(ids);
+        free(offsets);
+        return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    }
+    size_t total = 0;
+    offsets[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t got = 0;
+        if (!texts[i]) {
+            free(ids);
+            free(offsets);
+            return engine_error_set(err, ENGINE_EARG, "text %zu is NULL", i);
+        }
+        int rc = wordpiece_encode(m->tokenizer, texts[i], lens[i], max_len, ids + total,
+                                  n * max_len - total, &got, err);
+        if (rc) {
+            free(ids);
+            free(offsets);
+            if (err) { /* name the text in the batch */
+                char msg[sizeof err->message];
+                snprintf(msg, sizeof msg, "text %zu: %.480s", i, err->message);
+                memcpy(err->message, msg, sizeof msg);
+            }
+            return rc;
+        }
+        total += got;
+        offsets[i + 1] = (int)total;
+    }
+    batch->ids = ids;
+    batch->offsets = offsets;
+    batch->n_seqs = (int)n;
+    batch->n_tokens = (int)total;
+    return 0;
+}
+
+static void unpack(bert_batch *batch) {
+    free((void *)batch->ids);
+    free((void *)batch->offsets);
+}
+
+/* Packs, encodes under the run lock; on success *hidden (n_tokens x hidden)
+ * belongs to the caller. */
+static int encode(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                  bert_batch *batch, float **hidden, engine_error *err) {
+    *hidden = NULL;
+    int rc = pack(m, texts, lens, n, batch, err);
+    if (rc)
+        return rc;
+    size_t bytes = (size_t)batch->n_tokens * m->cfg.hidden * sizeof(float);
+    *hidden = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!*hidden) {
+        unpack(batch);
+        return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&m->run_lock);
+    rc = bert_encode(&m->weights, &m->cfg, batch, m->pool, m->ops, *hidden, err);
+    pthread_mutex_unlock(&m->run_lock);
+    if (rc) {
+        free(*hidden);
+        *hidden = NULL;
+        unpack(batch);
+    }
+    return rc;
+}
+
+int engine_classify(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                    float *logits, float *probs, engine_error *err) {
+    if (m->cfg.task != ENGINE_TASK_CLASSIFY)
+        return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                "%s is an embedding model (no classification head)",
+                                m->cfg.architecture);
+    bert_batch batch;
+    float *hidden;
+    int rc = encode(m, texts, lens, n, &batch, &hidden, err);
+    if (rc)
+        return rc;
+    const int K = m->cfg.n_labels;
+    float *out = logits ? logits : malloc(n * (size_t)K * sizeof(float));
+    if (!out)
+        rc = engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    else
+        rc = bert_classify_head(&m->weights, &m->cfg, &batch, hidden, m->ops, out, err);
+    if (!rc && probs) {
+        for (size_t i = 0; i < n * (size_t)K; i++)
+            probs[i] = out[i];
+        for (size_t i = 0; i < n; i++) {
+            float *p = probs + i * K;
+            if (m->cfg.multi_label)
+                for (int j = 0; j < K; j++)
+                    p[j] = 1.0f / (1.0f + expf(-p[j]));
+            else
+                kernels_scalar()->softmax(p, (size_t)K);
+        }
+    }
+    if (out != logits)
+        free(out);
+    free(hidden);
+    unpack(&batch);
+    return rc;
+}
+
+int engine_embed(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                 engine_pooling pooling, int normalize, float *out, engine_error *err) {
+    bert_batch batch;
+    float *hidden;
+    int rc = encode(m, texts, lens, n, &batch, &hidden, err);
+    if (rc)
+        return rc;
+    const size_t H = (size_t)m->cfg.hidden;
+    for (size_t s = 0; s < n; s++) {
+        float *v = out + s * H;
+        int t0 = batch.offsets[s], t1 = batch.offsets[s + 1];
+        if (pooling == ENGINE_POOL_CLS) {
+            memcpy(v, hidden + (size_t)t0 * H, H * sizeof(float));
+        } else {
+            for (size_t j = 0; j < H; j++) {
+                double sum = 0;
+                for (int t = t0; t < t1; t++)
+                    sum += hidden[(size_t)t * H + j];
+                v[j] = (float)(sum / (t1 - t0));
+            }
+        }
+        if (normalize) { /* as torch.nn.functional.normalize: x / max(||x||, 1e-12) */
+            double sq = 0;
+            for (size_t j = 0; j < H; j++)
+                sq += (double)v[j] * v[j];
+            double norm = sqrt(sq);
+            float inv = (float)(1.0 / (norm > 1e-12 ? norm : 1e-12));
+            for (size_t j = 0; j < H; j++)
+                v[j] *= inv;
+        }
+    }
+    free(hidden);
+    unpack(&batch);
+    return 0;
+}

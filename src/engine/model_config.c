@@ -1,0 +1,304 @@
+/*
+ * model_config.c - parses config.json and tokenizer_config.json (see
+ * model_config.h). Every error names the file and the key; a key of the
+ * wrong type is an error, never silently defaulted.
+ */
+#include "model_config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+/* Reads a positive integer key; `def` < 0 means required. */
+static int get_int(const json_t *root, const char *path, const char *key, int def, int *out,
+                   engine_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (def < 0)
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: missing required key '%s'", path, key);
+        *out = def;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > INT_MAX / 16)
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: '%s' must be a positive integer", path, key);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int get_bool(const json_t *root, const char *path, const char *key, int def, int *out,
+                    engine_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_boolean(v))
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: '%s' must be true or false", path, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int parse_activation(const char *path, const char *key, const json_t *v, model_activation *out,
+                            engine_error *err) {
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    if (!v)
+        s = "gelu";
+    if (!s)
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: '%s' must be a string", path, key);
+    if (strcmp(s, "gelu") == 0)
+        *out = ACT_GELU;
+    else if (strcmp(s, "gelu_new") == 0 || strcmp(s, "gelu_pytorch_tanh") == 0)
+        *out = ACT_GELU_TANH;
+    else if (strcmp(s, "relu") == 0)
+        *out = ACT_RELU;
+    else
+        return engine_error_set(err, ENGINE_EUNSUPPORTED, "%s: %s '%s' is not supported (gelu, "
+                                "gelu_new, gelu_pytorch_tanh, relu)", path, key, s);
+    return 0;
+}
+
+/* id2label: {"0": "NEGATIVE", "1": "POSITIVE"}; ids must be exactly 0..n-1. */
+static int parse_labels(const json_t *root, const char *path, model_config *cfg, engine_error *err) {
+    json_t *map = json_object_get(root, "id2label");
+    int n = 0;
+    if (map && !json_is_null(map)) {
+        if (!json_is_object(map) || json_object_size(map) == 0 || json_object_size(map) > 100000)
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: 'id2label' must be a non-empty object",
+                                    path);
+        n = (int)json_object_size(map);
+        json_t *nl = json_object_get(root, "num_labels");
+        if (json_is_integer(nl) && json_integer_value(nl) != n)
+            return engine_error_set(err, ENGINE_ECONFIG,
+                                    "%s: 'num_labels' is %lld but 'id2label' has %d entries", path,
+                                    (long long)json_integer_value(nl), n);
+    } else if (get_int(root, path, "num_labels", 2, &n, err)) {
+        return err ? err->status : ENGINE_ECONFIG;
+    }
+    cfg->labels = calloc((size_t)n, sizeof *cfg->labels);
+    if (!cfg->labels)
+        return engine_error_set(err, ENGINE_ENOMEM, "%s: out of memory", path);
+    cfg->n_labels = n;
+    if (!map || json_is_null(map)) {
+        for (int i = 0; i < n; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "LABEL_%d", i);
+            if (!(cfg->labels[i] = strdup(name)))
+                return engine_error_set(err, ENGINE_ENOMEM, "%s: out of memory", path);
+        }
+        return 0;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(map, key, val) {
+        char *end;
+        errno = 0;
+        long id = strtol(key, &end, 10);
+        if (errno || end == key || *end || id < 0 || id >= n)
+            return engine_error_set(err, ENGINE_ECONFIG,
+                                    "%s: id2label key '%s' is not an id in 0..%d", path, key, n - 1);
+        if (!json_is_string(val) || json_string_length(val) == 0)
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: id2label['%s'] must be a non-empty string",
+                                    path, key);
+        if (cfg->labels[id])
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: id2label has id %ld twice", path, id);
+        if (!(cfg->labels[id] = strdup(json_string_value(val))))
+            return engine_error_set(err, ENGINE_ENOMEM, "%s: out of memory", path);
+    }
+    return 0;
+}
+
+static int parse_model_config(const json_t *root, const char *path, model_config *cfg,
+                              engine_error *err) {
+    if (!json_is_object(root))
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON object", path);
+    json_t *mt = json_object_get(root, "model_type");
+    json_t *archs = json_object_get(root, "architectures");
+    const char *arch_name = NULL;
+    if (archs && !json_is_null(archs)) {
+        if (!json_is_array(archs) || json_array_size(archs) == 0 ||
+            !json_is_string(json_array_get(archs, 0)))
+            return engine_error_set(err, ENGINE_ECONFIG,
+                                    "%s: 'architectures' must be a non-empty list of strings", path);
+        arch_name = json_string_value(json_array_get(archs, 0));
+    }
+    if (!json_is_string(mt))
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: missing or non-string 'model_type'", path);
+    snprintf(cfg->model_type, sizeof cfg->model_type, "%s", json_string_value(mt));
+    if (strcmp(cfg->model_type, "bert") == 0)
+        cfg->arch = ENGINE_ARCH_BERT;
+    else if (strcmp(cfg->model_type, "distilbert") == 0)
+        cfg->arch = ENGINE_ARCH_DISTILBERT;
+    else
+        return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                "%s: model_type '%s' is not supported (bert, distilbert)", path,
+                                cfg->model_type);
+    const char *family = cfg->arch == ENGINE_ARCH_BERT ? "Bert" : "DistilBert";
+    if (!arch_name)
+        arch_name = cfg->arch == ENGINE_ARCH_BERT ? "BertModel" : "DistilBertModel";
+    if (strncmp(arch_name, family, strlen(family)) != 0 ||
+        (cfg->arch == ENGINE_ARCH_BERT && strncmp(arch_name, "DistilBert", 10) == 0))
+        return engine_error_set(err, ENGINE_ECONFIG,
+                                "%s: architecture '%s' contradicts model_type '%s'", path, arch_name,
+                                cfg->model_type);
+    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", arch_name);
+    const char *suffix = arch_name + strlen(family);
+    if (strcmp(suffix, "ForSequenceClassification") == 0)
+        cfg->task = ENGINE_TASK_CLASSIFY;
+    else if (strcmp(suffix, "Model") == 0 || strcmp(suffix, "ForMaskedLM") == 0 ||
+             strcmp(suffix, "ForPreTraining") == 0)
+        cfg->task = ENGINE_TASK_EMBED; /* the encoder, as an embedding model */
+    else
+        return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                "%s: architecture '%s' is not supported (%sForSequenceClassification, "
+                                "%sModel)", path, arch_name, family, family);
+
+    int rc;
+    if (cfg->arch == ENGINE_ARCH_BERT) {
+        if ((rc = get_int(root, path, "hidden_size", -1, &cfg->hidden, err)) ||
+            (rc = get_int(root, path, "num_hidden_layers", -1, &cfg->n_layers, err)) ||
+            (rc = get_int(root, path, "num_attention_heads", -1, &cfg->n_heads, err)) ||
+            (rc = get_int(root, path, "intermediate_size", -1, &cfg->intermediate, err)) ||
+            (rc = get_int(root, path, "type_vocab_size", 2, &cfg->type_vocab_size, err)) ||
+            (rc = parse_activation(path, "hidden_act", json_object_get(root, "hidden_act"), &cfg->act,
+                                   err)))
+            return rc;
+        json_t *eps = json_object_get(root, "layer_norm_eps");
+        cfg->layer_norm_eps = 1e-12f;
+        if (eps && !json_is_null(eps)) {
+            if (!json_is_number(eps) || json_number_value(eps) <= 0 || json_number_value(eps) > 1)
+                return engine_error_set(err, ENGINE_ECONFIG,
+                                        "%s: 'layer_norm_eps' must be a number in (0, 1]", path);
+            cfg->layer_norm_eps = (float)json_number_value(eps);
+        }
+    } else {
+        if ((rc = get_int(root, path, "dim", -1, &cfg->hidden, err)) ||
+            (rc = get_int(root, path, "n_layers", -1, &cfg->n_layers, err)) ||
+            (rc = get_int(root, path, "n_heads", -1, &cfg->n_heads, err)) ||
+            (rc = get_int(root, path, "hidden_dim", -1, &cfg->intermediate, err)) ||
+            (rc = parse_activation(path, "activation", json_object_get(root, "activation"), &cfg->act,
+                                   err)))
+            return rc;
+        cfg->layer_norm_eps = 1e-12f; /* fixed in transformers' DistilBERT */
+        cfg->type_vocab_size = 0;
+        int sinusoidal = 0;
+        if ((rc = get_bool(root, path, "sinusoidal_pos_embds", 0, &sinusoidal, err)))
+            return rc;
+        /* Sinusoidal tables are stored in the checkpoint as ordinary weights. */
+    }
+    if ((rc = get_int(root, path, "vocab_size", -1, &cfg->vocab_size, err)) ||
+        (rc = get_int(root, path, "max_position_embeddings", 512, &cfg->max_position, err)))
+        return rc;
+    if (cfg->hidden % cfg->n_heads != 0)
+        return engine_error_set(err, ENGINE_ECONFIG,
+                                "%s: hidden size %d is not a multiple of the %d attention heads", path,
+                                cfg->hidden, cfg->n_heads);
+    json_t *pt = json_object_get(root, "problem_type");
+    if (pt && !json_is_null(pt)) {
+        if (!json_is_string(pt))
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: 'problem_type' must be a string", path);
+        const char *p = json_string_value(pt);
+        if (strcmp(p, "multi_label_classification") == 0)
+            cfg->multi_label = 1;
+        else if (strcmp(p, "single_label_classification") != 0)
+            return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                    "%s: problem_type '%s' is not supported (single_label_classification, "
+                                    "multi_label_classification)", path, p);
+    }
+    if (cfg->task == ENGINE_TASK_CLASSIFY)
+        return parse_labels(root, path, cfg, err);
+    return 0;
+}
+
+static int parse_tokenizer_config(const json_t *root, const char *path, model_config *cfg,
+                                  engine_error *err) {
+    if (!json_is_object(root))
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON object", path);
+    int rc;
+    if ((rc = get_bool(root, path, "do_lower_case", 1, &cfg->do_lower_case, err)) ||
+        (rc = get_bool(root, path, "tokenize_chinese_chars", 1, &cfg->tokenize_chinese_chars, err)))
+        return rc;
+    json_t *sa = json_object_get(root, "strip_accents");
+    if (sa && !json_is_null(sa)) {
+        if (!json_is_boolean(sa))
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: 'strip_accents' must be true, false or null",
+                                    path);
+        cfg->strip_accents = json_is_true(sa);
+    }
+    json_t *ml = json_object_get(root, "model_max_length");
+    if (ml && !json_is_null(ml)) {
+        /* transformers writes 1e30 ("no limit") as a huge number. */
+        double v = json_is_number(ml) ? json_number_value(ml) : -1;
+        if (v < 2)
+            return engine_error_set(err, ENGINE_ECONFIG,
+                                    "%s: 'model_max_length' must be a number >= 2", path);
+        if (v < cfg->max_length)
+            cfg->max_length = (int)v;
+    }
+    return 0;
+}
+
+static json_t *load_json(const char *dir, const char *name, char *path, size_t path_cap, int optional,
+                         int *rc, engine_error *err) {
+    snprintf(path, path_cap, "%s/%s", dir, name);
+    json_error_t jerr;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (optional && errno == ENOENT) {
+            *rc = 0;
+            return NULL;
+        }
+        *rc = engine_error_set(err, ENGINE_EIO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
+    fclose(f);
+    if (!root)
+        *rc = engine_error_set(err, ENGINE_ECONFIG, "%s: invalid JSON at line %d: %s", path, jerr.line,
+                               jerr.text);
+    else
+        *rc = 0;
+    return root;
+}
+
+int model_config_load(const char *dir, model_config *cfg, engine_error *err) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->do_lower_case = 1;
+    cfg->strip_accents = -1;
+    cfg->tokenize_chinese_chars = 1;
+    char path[4096];
+    int rc;
+    json_t *root = load_json(dir, "config.json", path, sizeof path, 0, &rc, err);
+    if (!root)
+        return rc;
+    rc = parse_model_config(root, path, cfg, err);
+    json_decref(root);
+    if (rc)
+        return rc;
+    cfg->max_length = cfg->max_position < 512 ? cfg->max_position : 512;
+    root = load_json(dir, "tokenizer_config.json", path, sizeof path, 1, &rc, err);
+    if (rc)
+        return rc;
+    if (root) {
+        cfg->max_length = cfg->max_position; /* model_max_length decides, capped by positions */
+        if (!json_object_get(root, "model_max_length") && cfg->max_length > 512)
+            cfg->max_length = 512;
+        rc = parse_tokenizer_config(root, path, cfg, err);
+        json_decref(root);
+    }
+    return rc;
+}
+
+void model_config_fini(model_config *cfg) {
+    if (cfg->labels) {
+        for (int i = 0; i < cfg->n_labels; i++)
+            free(cfg->labels[i]);
+        free(cfg->labels);
+    }
+    cfg->labels = NULL;
+    cfg->n_labels = 0;
+}

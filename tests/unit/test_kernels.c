@@ -1,0 +1,200 @@
+/*
+ * test_kernels.c - every SIMD kernel set agrees with the scalar reference on
+ * odd sizes (tails), the linear-layer slices add up to the full product,
+ * half-precision widening is exact, and the thread pool runs every part.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+static const size_t sizes[] = {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 768, 769, 3072};
+
+static float frand(unsigned *seed, float scale) {
+    *seed = *seed * 1664525u + 1013904223u;
+    return ((float)(*seed >> 8) / (float)(1u << 24) * 2.0f - 1.0f) * scale;
+}
+
+static void fill(float *x, size_t n, unsigned seed, float scale) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = frand(&seed, scale);
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        m = d > m ? d : m;
+    }
+    return m;
+}
+
+static void check_set(const kernel_ops *simd) {
+    const kernel_ops *ref = kernels_scalar();
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        size_t n = sizes[si];
+        /* one float of canary past the end: kernels must not write it */
+        float *a = malloc((n + 1) * sizeof(float)), *b = malloc((n + 1) * sizeof(float));
+        float *g = malloc(n * sizeof(float)), *be = malloc(n * sizeof(float));
+        float *res = malloc(n * sizeof(float));
+        fill(g, n, 7, 1.0f);
+        fill(be, n, 8, 0.5f);
+        fill(res, n, 9, 2.0f);
+
+        fill(a, n, (unsigned)n, 6.0f);
+        memcpy(b, a, n * sizeof(float));
+        a[n] = b[n] = 12345.0f;
+        ref->gelu(a, n);
+        simd->gelu(b, n);
+        assert_true(max_abs_diff(a, b, n) < 2e-6 * 6);
+        assert_true(b[n] == 12345.0f);
+
+        fill(a, n, (unsigned)n + 1, 6.0f);
+        memcpy(b, a, n * sizeof(float));
+        ref->gelu_tanh(a, n);
+        simd->gelu_tanh(b, n);
+        assert_true(max_abs_diff(a, b, n) < 2e-6 * 6);
+
+        fill(a, n, (unsigned)n + 2, 20.0f);
+        memcpy(b, a, n * sizeof(float));
+        ref->softmax(a, n);
+        simd->softmax(b, n);
+        assert_true(max_abs_diff(a, b, n) < 1e-6);
+        assert_true(b[n] == 12345.0f);
+
+        fill(a, n, (unsigned)n + 3, 3.0f);
+        memcpy(b, a, n * sizeof(float));
+        ref->layernorm(a, res, g, be, n, 1e-12f);
+        simd->layernorm(b, res, g, be, n, 1e-12f);
+        assert_true(max_abs_diff(a, b, n) < 1e-4);
+        assert_true(b[n] == 12345.0f);
+
+        fill(a, n, (unsigned)n + 4, 3.0f);
+        memcpy(b, a, n * sizeof(float));
+        ref->add(a, res, n);
+        simd->add(b, res, n);
+        assert_true(max_abs_diff(a, b, n) == 0);
+        free(a), free(b), free(g), free(be), free(res);
+    }
+}
+
+static void test_avx2_matches_scalar(void **state) {
+    (void)state;
+    if (!kernels_avx2())
+        skip();
+    check_set(kernels_avx2());
+}
+
+static void test_avx512_matches_scalar(void **state) {
+    (void)state;
+    if (!kernels_avx512())
+        skip();
+    check_set(kernels_avx512());
+}
+
+static void test_scalar_reference_values(void **state) {
+    (void)state;
+    /* gelu(1) = 0.8413447, gelu(-1) = -0.1586553 (exact erf form) */
+    float x[3] = {1.0f, -1.0f, 0.0f};
+    kernels_scalar()->gelu(x, 3);
+    assert_true(fabsf(x[0] - 0.8413447f) < 1e-6f);
+    assert_true(fabsf(x[1] + 0.1586553f) < 1e-6f);
+    assert_true(x[2] == 0.0f);
+    float s[3] = {1.0f, 2.0f, 3.0f};
+    kernels_scalar()->softmax(s, 3);
+    assert_true(fabsf(s[0] - 0.09003057f) < 1e-7f && fabsf(s[2] - 0.66524096f) < 1e-7f);
+}
+
+static void test_linear_slices(void **state) {
+    (void)state;
+    const int m = 5, k = 19, n = 37;
+    float *x = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * n * k);
+    float *bias = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * m * n);
+    fill(x, (size_t)m * k, 1, 1.0f);
+    fill(w, (size_t)n * k, 2, 1.0f);
+    fill(bias, (size_t)n, 3, 1.0f);
+    int cuts[] = {0, 16, 17, 37};
+    for (int c = 0; c < 3; c++)
+        kernels_linear(x, m, k, w, bias, n, y, cuts[c], cuts[c + 1], kernels_best());
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double ref = bias[j];
+            for (int t = 0; t < k; t++)
+                ref += (double)x[i * k + t] * w[j * k + t];
+            assert_true(fabs(ref - y[i * n + j]) < 1e-5);
+        }
+    free(x), free(w), free(bias), free(y);
+}
+
+static void test_half_widening(void **state) {
+    (void)state;
+    /* little-endian bytes, deliberately at an odd address */
+    uint8_t raw[1 + 2 * 6];
+    const uint16_t f16[6] = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x7c00, 0x0000};
+    const float want[6] = {1.0f, -2.0f, 5.9604645e-8f, 65504.0f, INFINITY, 0.0f};
+    for (int i = 0; i < 6; i++) {
+        raw[1 + 2 * i] = (uint8_t)f16[i];
+        raw[2 + 2 * i] = (uint8_t)(f16[i] >> 8);
+    }
+    float out[6];
+    kernels_f16_to_f32(raw + 1, out, 6);
+    for (int i = 0; i < 6; i++)
+        assert_true(out[i] == want[i]);
+    const uint16_t bf16[2] = {0x3f80, 0xc0a0}; /* 1.0, -5.0 */
+    for (int i = 0; i < 2; i++) {
+        raw[1 + 2 * i] = (uint8_t)bf16[i];
+        raw[2 + 2 * i] = (uint8_t)(bf16[i] >> 8);
+    }
+    kernels_bf16_to_f32(raw + 1, out, 2);
+    assert_true(out[0] == 1.0f && out[1] == -5.0f);
+}
+
+typedef struct count_ctx {
+    int hits[8];
+} count_ctx;
+
+static void count_part(void *p, int i, int n) {
+    count_ctx *c = p;
+    assert_true(n == 3);
+    c->hits[i]++;
+}
+
+static void test_threadpool_runs_every_part(void **state) {
+    (void)state;
+    threadpool *pool = threadpool_create(3);
+    assert_non_null(pool);
+    count_ctx c = {0};
+    for (int r = 0; r < 1000; r++)
+        threadpool_run(pool, count_part, &c);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(c.hits[i], 1000);
+    threadpool_destroy(pool);
+    int covered = 0;
+    for (int p = 0; p < 3; p++) {
+        int b, e;
+        threadpool_split(100, 16, p, 3, &b, &e);
+        assert_true(b % 16 == 0 && e >= b);
+        covered += e - b;
+    }
+    assert_int_equal(covered, 100);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scalar_reference_values),
+        cmocka_unit_test(test_avx2_matches_scalar),
+        cmocka_unit_test(test_avx512_matches_scalar),
+        cmocka_unit_test(test_linear_slices),
+        cmocka_unit_test(test_half_widening),
+        cmocka_unit_test(test_threadpool_runs_every_part),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
