@@ -167,6 +167,12 @@ static int parse_model_config(const json_t *root, const char *path, model_config
             (rc = parse_activation(path, "hidden_act", json_object_get(root, "hidden_act"), &cfg->act,
                                    err)))
             return rc;
+        json_t *pet = json_object_get(root, "position_embedding_type");
+        if (pet && !json_is_null(pet) &&
+            (!json_is_string(pet) || strcmp(json_string_value(pet), "absolute") != 0))
+            return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                    "%s: position_embedding_type must be \"absolute\" (relative "
+                                    "position embeddings are not supported)", path);
         json_t *eps = json_object_get(root, "layer_norm_eps");
         cfg->layer_norm_eps = 1e-12f;
         if (eps && !json_is_null(eps)) {

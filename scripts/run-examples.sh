@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# run-examples.sh AISERVE_BIN - what `make run` does until the HTTP server
+# and the bundled sentiment models land: shows a model and classifies a few
+# example sentences with the CLI.
+#
+# MODEL_PATH picks the model directory. The default is a test fixture with
+# random weights (tests/fixtures/models/distilbert-f32): its labels are
+# meaningless, it only shows the engine working end to end. Point MODEL_PATH
+# at any Hugging Face BERT/DistilBERT checkpoint directory, e.g. a download
+# of distilbert-base-uncased-finetuned-sst-2-english, for real predictions.
+set -euo pipefail
+bin=${1:-build/aiserve}
+root=$(cd "$(dirname "$0")/.." && pwd)
+model=${MODEL_PATH:-$root/tests/fixtures/models/distilbert-f32}
+if [[ -z "${MODEL_PATH:-}" ]]; then
+  echo "note: serving the random-weight test fixture $model (labels are meaningless);"
+  echo "      set MODEL_PATH=DIR to use a real checkpoint."
+fi
+echo "== aiserve info --model $model"
+"$bin" info --model "$model"
+echo "== aiserve predict --model $model ..."
+"$bin" predict --model "$model" --threads "$(nproc)" \
+  "This film is a delight from start to finish." \
+  "A dull, lifeless and overlong mess." \
+  "The acting is fine, but the plot goes nowhere."

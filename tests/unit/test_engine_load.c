@@ -1,0 +1,230 @@
+/*
+ * test_engine_load.c - a broken model directory is a clear load error that
+ * names the file and the problem; never a crash, never a half-loaded model.
+ *
+ * Each case copies a good fixture model to a scratch directory, breaks one
+ * thing (a config key, a file, the tensors) and loads it.
+ */
+#include <fcntl.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+
+#define FIXTURES AISERVE_SOURCE_DIR "/tests/fixtures/models"
+
+static char scratch[256];
+
+static void copy_fixture(const char *name) {
+    char cmd[1024];
+    snprintf(scratch, sizeof scratch, "/tmp/aiserve-load-XXXXXX");
+    assert_non_null(mkdtemp(scratch));
+    snprintf(cmd, sizeof cmd, "cp -r '%s/%s/.' '%s/'", FIXTURES, name, scratch);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void remove_scratch(void) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void path_of(char *out, size_t cap, const char *file) { snprintf(out, cap, "%s/%s", scratch, file); }
+
+/* Sets config.json[key] = value (value taken), or deletes key if value NULL. */
+static void edit_config(const char *key, json_t *value) {
+    char path[512];
+    path_of(path, sizeof path, "config.json");
+    json_t *root = json_load_file(path, 0, NULL);
+    assert_non_null(root);
+    if (value)
+        json_object_set_new(root, key, value);
+    else
+        json_object_del(root, key);
+    assert_int_equal(json_dump_file(root, path, JSON_INDENT(2)), 0);
+    json_decref(root);
+}
+
+static void write_file(const char *file, const char *text) {
+    char path[512];
+    path_of(path, sizeof path, file);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Loads the scratch dir; expects `status` and every needle in the message. */
+static void expect_load_error(int status, const char *needle1, const char *needle2) {
+    engine_model *m = (engine_model *)1;
+    engine_error err = {0};
+    engine_options opts = {.n_threads = 2};
+    int rc = engine_model_load(scratch, &opts, &m, &err);
+    if (rc != status || (needle1 && !strstr(err.message, needle1)) ||
+        (needle2 && !strstr(err.message, needle2)))
+        print_error("rc %d (%s), message: %s\n", rc, engine_status_name(rc), err.message);
+    assert_int_equal(rc, status);
+    assert_null(m);
+    if (needle1)
+        assert_non_null(strstr(err.message, needle1));
+    if (needle2)
+        assert_non_null(strstr(err.message, needle2));
+    assert_null(strchr(err.message, '\n')); /* one line */
+    remove_scratch();
+}
+
+static void test_good_fixture_loads(void **state) {
+    (void)state;
+    copy_fixture("distilbert-f32");
+    engine_model *m = NULL;
+    engine_error err = {0};
+    assert_int_equal(engine_model_load(scratch, NULL, &m, &err), 0);
+    assert_non_null(m);
+    engine_model_free(m);
+    remove_scratch();
+}
+
+static void test_missing_dir_and_files(void **state) {
+    (void)state;
+    engine_model *m = NULL;
+    engine_error err = {0};
+    assert_int_equal(engine_model_load("/nonexistent/model", NULL, &m, &err), ENGINE_EIO);
+    assert_non_null(strstr(err.message, "/nonexistent/model"));
+
+    copy_fixture("distilbert-f32");
+    char path[512];
+    path_of(path, sizeof path, "config.json");
+    unlink(path);
+    expect_load_error(ENGINE_EIO, "config.json", "cannot open");
+
+    copy_fixture("distilbert-f32");
+    path_of(path, sizeof path, "vocab.txt");
+    unlink(path);
+    expect_load_error(ENGINE_EIO, "vocab.txt", "tokenizer.json");
+
+    copy_fixture("distilbert-f32");
+    path_of(path, sizeof path, "model.safetensors");
+    unlink(path);
+    expect_load_error(ENGINE_EIO, "model.safetensors", "missing");
+
+    copy_fixture("distilbert-f32");
+    path_of(path, sizeof path, "model.safetensors");
+    char bin[512];
+    path_of(bin, sizeof bin, "pytorch_model.bin");
+    assert_int_equal(rename(path, bin), 0);
+    expect_load_error(ENGINE_EIO, "pytorch_model.bin", "convert");
+}
+
+static void test_bad_config(void **state) {
+    (void)state;
+    copy_fixture("distilbert-f32");
+    write_file("config.json", "{\"model_type\": \"distilbert\",");
+    expect_load_error(ENGINE_ECONFIG, "config.json", "invalid JSON");
+
+    copy_fixture("distilbert-f32");
+    edit_config("model_type", json_string("roberta"));
+    expect_load_error(ENGINE_EUNSUPPORTED, "config.json", "roberta");
+
+    copy_fixture("distilbert-f32");
+    edit_config("architectures", json_pack("[s]", "BertForSequenceClassification"));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "contradicts");
+
+    copy_fixture("bert-f32");
+    edit_config("architectures", json_pack("[s]", "BertForQuestionAnswering"));
+    expect_load_error(ENGINE_EUNSUPPORTED, "config.json", "BertForQuestionAnswering");
+
+    copy_fixture("distilbert-f32");
+    edit_config("dim", NULL);
+    expect_load_error(ENGINE_ECONFIG, "config.json", "'dim'");
+
+    copy_fixture("distilbert-f32");
+    edit_config("n_heads", json_string("four"));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "'n_heads'");
+
+    copy_fixture("distilbert-f32");
+    edit_config("n_heads", json_integer(5));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "multiple");
+
+    copy_fixture("bert-f32");
+    edit_config("hidden_act", json_string("swish"));
+    expect_load_error(ENGINE_EUNSUPPORTED, "config.json", "swish");
+
+    copy_fixture("bert-f32");
+    edit_config("id2label", json_pack("{s:s,s:s}", "0", "A", "2", "C"));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "id2label");
+
+    copy_fixture("bert-f32");
+    edit_config("problem_type", json_string("regression"));
+    expect_load_error(ENGINE_EUNSUPPORTED, "config.json", "regression");
+
+    copy_fixture("bert-f32");
+    write_file("tokenizer_config.json", "{\"do_lower_case\": \"yes\"}");
+    expect_load_error(ENGINE_ECONFIG, "tokenizer_config.json", "do_lower_case");
+}
+
+static void test_config_contradicts_tensors(void **state) {
+    (void)state;
+    copy_fixture("distilbert-f32");
+    edit_config("dim", json_integer(64));
+    expect_load_error(ENGINE_ECONFIG, "word_embeddings", "config.json implies");
+
+    copy_fixture("bert-f32");
+    edit_config("num_hidden_layers", json_integer(3));
+    expect_load_error(ENGINE_ECONFIG, "encoder.layer.2.", "missing");
+
+    copy_fixture("bert-f32");
+    edit_config("intermediate_size", json_integer(65));
+    expect_load_error(ENGINE_ECONFIG, "intermediate.dense.weight", "shape");
+
+    copy_fixture("distilbert-f32");
+    edit_config("id2label", json_pack("{s:s,s:s,s:s}", "0", "A", "1", "B", "2", "C"));
+    expect_load_error(ENGINE_ECONFIG, "classifier.weight", "3 labels");
+
+    copy_fixture("distilbert-f32");
+    edit_config("vocab_size", json_integer(100));
+    expect_load_error(ENGINE_ECONFIG, "vocabulary", "vocab_size");
+}
+
+static void test_corrupt_weights(void **state) {
+    (void)state;
+    char path[512];
+    copy_fixture("distilbert-f32");
+    path_of(path, sizeof path, "model.safetensors");
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(truncate(path, sb.st_size / 2), 0);
+    expect_load_error(ENGINE_EFORMAT, "model.safetensors", "outside the data section");
+
+    copy_fixture("distilbert-f32");
+    path_of(path, sizeof path, "model.safetensors");
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "\xff\xff\xff\x7f", 4, 0), 4); /* header length past the end */
+    close(fd);
+    expect_load_error(ENGINE_EFORMAT, "model.safetensors", "past the end");
+
+    copy_fixture("distilbert-f32");
+    write_file("model.safetensors", "");
+    expect_load_error(ENGINE_EFORMAT, "model.safetensors", "too short");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_fixture_loads),
+        cmocka_unit_test(test_missing_dir_and_files),
+        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_config_contradicts_tensors),
+        cmocka_unit_test(test_corrupt_weights),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
