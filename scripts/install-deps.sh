@@ -14,6 +14,7 @@ packages=(
   libjansson-dev                  # JSON (config.json, tokenizer.json, CLI output)
   libutf8proc-dev                 # Unicode normalisation and categories
   libcmocka-dev                   # unit tests
+  python3-pytest                  # command-line tests (tests/cli)
   clang libclang-rt-14-dev        # libFuzzer targets and sanitizer runtimes
 )
 for arg in "$@"; do

@@ -1,0 +1,167 @@
+#!/usr/bin/env node
+/*
+ * bench_ort.js - ONNX Runtime (CPU, through onnxruntime-node) on the engine
+ * benchmark's cases: the peer a user would pick to serve an exported model.
+ *
+ *  - Session: intraOpNumThreads 2, interOpNumThreads 1, graphOptimizationLevel
+ *    'all', executionMode 'sequential', the CPU execution provider.
+ *  - Each case is padded to its longest sequence with an attention mask, as a
+ *    user of ORT would; GFLOP/s counts only the useful (unpadded) FLOPs from
+ *    cases.json, the same count for every runtime.
+ *  - Timing: `--warmup` runs, then runs until both `--min-runs` runs and
+ *    `--seconds` have passed; median and p90 of session.run only (inputs are
+ *    built once per case). One JSON line per case on stdout.
+ *  - --load: process start (--t0-ns, CLOCK_REALTIME ns taken just before exec)
+ *    to the first classification of one text, and VmRSS after load and after
+ *    that first inference.
+ *  - --check FILE: compares logits with PyTorch's from make_bench_model.py.
+ *
+ * Usage: node bench_ort.js --model M.onnx (--cases cases.json | --load | --check F)
+ *        [--seconds 2] [--min-runs 5] [--warmup 2] [--threads 2] [--t0-ns N]
+ */
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const { performance } = require('perf_hooks');
+
+const tStartNs = realtimeNs();
+const ort = require(path.join(__dirname, 'node_modules', 'onnxruntime-node'));
+
+function realtimeNs() {
+  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
+}
+
+function vmRssMb() {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+function parseArgs(argv) {
+  const a = { seconds: 2, minRuns: 5, warmup: 2, threads: 2, t0Ns: null };
+  for (let i = 2; i < argv.length; i++) {
+    const k = argv[i];
+    const v = () => argv[++i];
+    if (k === '--model') a.model = v();
+    else if (k === '--cases') a.cases = v();
+    else if (k === '--check') a.check = v();
+    else if (k === '--load') a.load = true;
+    else if (k === '--seconds') a.seconds = Number(v());
+    else if (k === '--min-runs') a.minRuns = Number(v());
+    else if (k === '--warmup') a.warmup = Number(v());
+    else if (k === '--threads') a.threads = Number(v());
+    else if (k === '--t0-ns') a.t0Ns = BigInt(v());
+    else throw new Error(`bench_ort.js: unknown argument ${k}`);
+  }
+  if (!a.model) throw new Error('bench_ort.js: --model is required');
+  return a;
+}
+
+function sessionOptions(threads) {
+  return {
+    executionProviders: ['cpu'],
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    executionMode: 'sequential',
+  };
+}
+
+/* Right-pads sequences of ids to the longest: int64 input_ids and mask. */
+function padded(seqs) {
+  const batch = seqs.length;
+  const seq = Math.max(...seqs.map((s) => s.length));
+  const ids = new BigInt64Array(batch * seq);
+  const mask = new BigInt64Array(batch * seq);
+  seqs.forEach((s, i) => {
+    s.forEach((id, j) => {
+      ids[i * seq + j] = BigInt(id);
+      mask[i * seq + j] = 1n;
+    });
+  });
+  return {
+    input_ids: new ort.Tensor('int64', ids, [batch, seq]),
+    attention_mask: new ort.Tensor('int64', mask, [batch, seq]),
+  };
+}
+
+function percentile(sorted, q) {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
+function median(sorted) {
+  const n = sorted.length;
+  return n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
+
+async function benchCases(session, args) {
+  const { cases } = JSON.parse(fs.readFileSync(args.cases, 'utf8'));
+  for (const c of cases) {
+    const feeds = padded(c.input_ids);
+    for (let i = 0; i < args.warmup; i++) await session.run(feeds);
+    const ms = [];
+    const start = performance.now();
+    while (ms.length < args.minRuns || performance.now() - start < args.seconds * 1e3) {
+      const t0 = performance.now();
+      await session.run(feeds);
+      ms.push(performance.now() - t0);
+    }
+    ms.sort((x, y) => x - y);
+    const med = median(ms);
+    console.log(JSON.stringify({
+      runtime: 'ort', case: c.name, batch: c.batch, seq: c.seq,
+      ms_median: +med.toFixed(4), ms_p90: +percentile(ms, 0.9).toFixed(4),
+      seqs_per_s: +(c.batch / (med / 1e3)).toFixed(2),
+      gflops: +(c.useful_flops / (med / 1e3) / 1e9).toFixed(2),
+      tokens: c.tokens, padded_tokens: c.batch * c.seq, runs: ms.length, threads: args.threads,
+    }));
+  }
+}
+
+async function check(session, file) {
+  const { tolerance, cases } = JSON.parse(fs.readFileSync(file, 'utf8'));
+  let worst = 0;
+  for (const c of cases) {
+    const big = (a) => BigInt64Array.from(a.map(BigInt));
+    const out = await session.run({
+      input_ids: new ort.Tensor('int64', big(c.input_ids), [c.batch, c.seq]),
+      attention_mask: new ort.Tensor('int64', big(c.attention_mask), [c.batch, c.seq]),
+    });
+    const got = out.logits.data;
+    if (got.length !== c.logits.length) throw new Error('bench_ort.js: logits shape differs');
+    c.logits.forEach((want, i) => { worst = Math.max(worst, Math.abs(want - got[i])); });
+  }
+  const ok = worst <= tolerance;
+  console.log(`bench_ort.js: ONNX Runtime vs PyTorch logits: max |diff| ${worst.toExponential(2)} ` +
+              `over ${cases.length} batches (tolerance ${tolerance}): ${ok ? 'ok' : 'MISMATCH'}`);
+  if (!ok) process.exitCode = 1;
+}
+
+async function main() {
+  const args = parseArgs(process.argv);
+  const t0Ns = args.t0Ns ?? tStartNs;
+  const session = await ort.InferenceSession.create(args.model, sessionOptions(args.threads));
+  if (args.check) return check(session, args.check);
+  if (args.load) {
+    const rssLoad = vmRssMb();
+    const loadedNs = realtimeNs();
+    // One short text, as a first request would be: [CLS] 14 words [SEP].
+    const ids = [101, ...Array.from({ length: 14 }, (_, i) => 2000 + i), 102];
+    await session.run(padded([ids]));
+    const firstNs = realtimeNs();
+    console.log(JSON.stringify({
+      runtime: 'ort', case: 'load', load_ms: Number(loadedNs - t0Ns) / 1e6,
+      first_inference_ms: Number(firstNs - t0Ns) / 1e6,
+      rss_after_load_mb: +rssLoad.toFixed(1), rss_after_first_mb: +vmRssMb().toFixed(1),
+      threads: args.threads,
+    }));
+    return;
+  }
+  if (!args.cases) throw new Error('bench_ort.js: one of --cases, --load, --check is required');
+  await benchCases(session, args);
+}
+
+main().catch((e) => {
+  console.error(e.message || e);
+  process.exit(1);
+});

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# run.sh BUILD_DIR - the engine benchmark: aiserve's C engine side by side with
+# ONNX Runtime (onnxruntime-node) and PyTorch eager on the same DistilBERT-base
+# checkpoint and the same inputs, plus OpenBLAS's SGEMM ceiling.
+#
+#  - Makes what is missing: bench/engine/node_modules (npm ci, with
+#    ONNXRUNTIME_NODE_INSTALL=skip: the CPU library ships in the package),
+#    the model and its ONNX export (tools/make_bench_model.py, which checks
+#    ORT's logits against PyTorch's), the cases (make_cases.py), and the
+#    bench_gemm / bench_engine binaries in BUILD_DIR.
+#  - Runs every runtime one after another, never two at once, each with the
+#    same thread count (BENCH_THREADS, default 2).
+#  - Prints a table and writes bench/engine/work/results-<date>.json.
+#
+# Environment: BENCH_THREADS (2), BENCH_SECONDS per case (2), BENCH_MIN_RUNS
+# per case (5), BENCH_LOAD_RUNS (3), BENCH_SKIP (space-separated subset of
+# "gemm ort pytorch aiserve load tokenizer").
+# A benchmark, not a test: it never fails on a number. A runtime that fails
+# to run is reported on stderr and left out of the table.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${1:-build}
+[[ "$BUILD" = /* ]] || BUILD="$ROOT/$BUILD"
+HERE="$ROOT/bench/engine"
+WORK="$HERE/work"
+PY=/usr/bin/python3
+THREADS=${BENCH_THREADS:-2}
+SECS=${BENCH_SECONDS:-2}
+MIN_RUNS=${BENCH_MIN_RUNS:-5}
+LOAD_RUNS=${BENCH_LOAD_RUNS:-3}
+SKIP=" ${BENCH_SKIP:-} "
+MODEL_DIR="$WORK/distilbert-base"
+ONNX="$WORK/distilbert-base.onnx"
+CASES="$WORK/cases.json"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RAW="$WORK/raw-$STAMP.jsonl"
+META="$WORK/meta-$STAMP.json"
+OUT="$WORK/results-$STAMP.json"
+
+log() { echo "run.sh: $*" >&2; }
+skipped() { [[ "$SKIP" == *" $1 "* ]]; }
+mkdir -p "$WORK"
+cd "$ROOT"
+
+# --- what the run needs ------------------------------------------------------
+if ! skipped ort && [[ ! -d "$HERE/node_modules/onnxruntime-node" ]]; then
+  log "installing onnxruntime-node (npm ci)"
+  (cd "$HERE" && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund >&2)
+fi
+"$PY" tools/make_bench_model.py --out "$WORK" >&2
+"$PY" "$HERE/make_cases.py" "$MODEL_DIR" "$CASES" >&2
+
+if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >&2
+fi
+have_engine=1
+cmake --build "$BUILD" --target bench_gemm -j "$(nproc)" >&2
+if ! skipped aiserve || ! skipped load; then
+  if ! cmake --build "$BUILD" --target bench_engine -j "$(nproc)" >&2; then
+    log "bench_engine does not build: the aiserve engine is left out of this run"
+    have_engine=0
+  fi
+fi
+BENCH_ENGINE="$BUILD/bench/engine/bench_engine"
+BENCH_GEMM="$BUILD/bench/engine/bench_gemm"
+BENCH_TOKENIZER=$(find "$BUILD" -maxdepth 3 -type f -name bench_tokenizer -perm -u+x 2>/dev/null | head -1)
+
+# --- metadata ----------------------------------------------------------------
+cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+cpu_family=$(lscpu | sed -n 's/^CPU family: *//p' | head -1)
+cpu_modelno=$(lscpu | sed -n 's/^Model: *//p' | head -1)
+ort_version=$(node -p "require('$HERE/node_modules/onnxruntime-node/package.json').version" 2>/dev/null || echo none)
+torch_version=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)
+BENCH_META_DATE=$STAMP BENCH_META_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown) \
+BENCH_META_DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo 1 || echo 0) \
+BENCH_META_CPU="$cpu_model (family $cpu_family model $cpu_modelno)" \
+BENCH_META_ORT=$ort_version BENCH_META_TORCH=$torch_version \
+BENCH_META_THREADS=$THREADS BENCH_META_SECS=$SECS BENCH_META_MIN_RUNS=$MIN_RUNS \
+"$PY" - "$META" <<'EOF'
+import json, os, platform, sys
+e = os.environ
+flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()
+meta = {
+    "date": e["BENCH_META_DATE"], "git_revision": e["BENCH_META_REV"],
+    "git_dirty": e["BENCH_META_DIRTY"] == "1", "cpu_model": e["BENCH_META_CPU"],
+    "n_cpus": os.cpu_count(), "cpu_simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16",
+                                                       "avx512_vnni") if f in flags],
+    "kernel": platform.release(), "loadavg_at_start": os.getloadavg(),
+    "threads": int(e["BENCH_META_THREADS"]),
+    "timing": {"seconds_per_case": float(e["BENCH_META_SECS"]),
+               "min_runs": int(e["BENCH_META_MIN_RUNS"]), "warmup_runs": 2},
+    "versions": {"onnxruntime-node": e["BENCH_META_ORT"], "torch": e["BENCH_META_TORCH"],
+                 "node": os.popen("node --version").read().strip()},
+    "env": {k: e.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
+                                  "OMP_NUM_THREADS", "OPENBLAS_L2_SIZE")},
+    "model": "distilbert-base (random weights, F32, 66,955,010 parameters)",
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+
+# --- runs, one at a time -----------------------------------------------------
+: >"$RAW"
+timing=(--seconds "$SECS" --min-runs "$MIN_RUNS" --warmup 2 --threads "$THREADS")
+
+if ! skipped gemm; then
+  log "OpenBLAS sgemm peak (threads $THREADS,1)"
+  "$BENCH_GEMM" --threads "$THREADS,1" | tee -a "$RAW" >&2 || log "bench_gemm failed"
+  if [[ "${OPENBLAS_CORETYPE:-}" != "SkylakeX" ]]; then
+    log "OpenBLAS sgemm peak with OPENBLAS_CORETYPE=SkylakeX (AVX-512 kernels), for reference"
+    OPENBLAS_CORETYPE=SkylakeX "$BENCH_GEMM" --threads "$THREADS,1" | tee -a "$RAW" >&2 ||
+      log "bench_gemm failed"
+  fi
+fi
+if ! skipped ort; then
+  log "ONNX Runtime"
+  node "$HERE/bench_ort.js" --model "$ONNX" --cases "$CASES" "${timing[@]}" | tee -a "$RAW" >&2 ||
+    log "bench_ort.js failed"
+fi
+if ! skipped pytorch; then
+  log "PyTorch"
+  "$PY" "$HERE/bench_torch.py" --model-dir "$MODEL_DIR" --cases "$CASES" "${timing[@]}" \
+    | tee -a "$RAW" >&2 || log "bench_torch.py failed"
+fi
+if ! skipped aiserve && ((have_engine)); then
+  log "aiserve engine"
+  "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --cases "$CASES" "${timing[@]}" | tee -a "$RAW" >&2 ||
+    log "bench_engine failed"
+fi
+
+# Load to first inference: warm page cache (files read once first), then
+# LOAD_RUNS fresh processes per runtime; the median run is kept.
+median_load() {  # reads JSON lines on stdin, prints the one with the median first_inference_ms
+  "$PY" -c '
+import json, sys
+xs = sorted((json.loads(l) for l in sys.stdin if l.startswith("{")), key=lambda x: x["first_inference_ms"])
+if xs:
+    m = dict(xs[(len(xs) - 1) // 2], runs=len(xs))
+    print(json.dumps(m))'
+}
+if ! skipped load; then
+  cat "$MODEL_DIR/model.safetensors" "$ONNX" >/dev/null
+  log "load to first inference ($LOAD_RUNS runs each)"
+  if ((have_engine)); then
+    for _ in $(seq "$LOAD_RUNS"); do
+      "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --load --threads "$THREADS" --t0-ns "$(date +%s%N)"
+    done | median_load | tee -a "$RAW" >&2 || log "load run failed"
+  fi
+  if ! skipped ort; then
+    for _ in $(seq "$LOAD_RUNS"); do
+      node "$HERE/bench_ort.js" --model "$ONNX" --load --threads "$THREADS" --t0-ns "$(date +%s%N)"
+    done | median_load | tee -a "$RAW" >&2 || log "load run failed"
+  fi
+  if ! skipped pytorch; then
+    for _ in $(seq "$LOAD_RUNS"); do
+      "$PY" "$HERE/bench_torch.py" --model-dir "$MODEL_DIR" --load --threads "$THREADS" \
+        --t0-ns "$(date +%s%N)"
+    done | median_load | tee -a "$RAW" >&2 || log "load run failed"
+  fi
+fi
+
+if ! skipped tokenizer && [[ -n "$BENCH_TOKENIZER" ]]; then
+  log "tokenizer ($BENCH_TOKENIZER)"
+  tok_out=$("$BENCH_TOKENIZER" 2>&1 || true)
+  echo "$tok_out" >&2
+  "$PY" - "$META" "$tok_out" <<'EOF'
+import json, sys
+meta = json.load(open(sys.argv[1]))
+meta["tokenizer_lines"] = [l for l in sys.argv[2].splitlines() if l.strip()]
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+fi
+
+"$PY" "$HERE/report.py" "$RAW" "$META" "$OUT"
+rm -f "$META" "$RAW"

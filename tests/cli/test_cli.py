@@ -1,0 +1,165 @@
+"""test_cli.py - the aiserve command line as a user runs it.
+
+Drives the real binary (AISERVE_BIN, set by ctest) on the fixture models and
+checks what it prints against the PyTorch reference goldens in each model's
+expected.json, plus the error contract: a rejected text gets {"error": ...}
+in its place and exit status 1; a model that does not load is one line on
+stderr naming the file, exit status 2.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("AISERVE_BIN", os.path.join(ROOT, "build", "aiserve"))
+MODELS = os.path.join(ROOT, "tests", "fixtures", "models")
+
+
+def run(*args, stdin=None):
+    proc = subprocess.run([BIN, *args], input=stdin, capture_output=True, timeout=60)
+    lines = [json.loads(l) for l in proc.stdout.decode().splitlines() if l.strip()]
+    return proc.returncode, lines, proc.stderr.decode()
+
+
+def expected(model):
+    with open(os.path.join(MODELS, model, "expected.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def usable_cases(model):
+    """Golden cases whose text can be passed as a command-line argument."""
+    return [c for c in expected(model)["cases"] if "\0" not in c["text"] and c["text"]]
+
+
+@pytest.mark.parametrize("model", ["distilbert-f32", "bert-f16", "bert-multilabel", "distilbert-relu-3label"])
+def test_predict_matches_reference(model):
+    cases = usable_cases(model)
+    rc, out, err = run("predict", "--model", os.path.join(MODELS, model), "--threads", "2",
+                       *[c["text"] for c in cases])
+    assert rc == 0, err
+    assert len(out) == len(cases)
+    labels = expected(model)["model"]["labels"]
+    for case, got in zip(cases, out):
+        assert got["logits"] == pytest.approx(case["logits"], abs=1e-4)
+        assert got["probs"] == pytest.approx(case["probs"], abs=1e-4)
+        best = max(range(len(labels)), key=lambda i: case["logits"][i])
+        assert got["label"] == labels[best]
+        assert got["confidence"] == pytest.approx(case["probs"][best], abs=1e-4)
+
+
+def test_input_file_stdin_and_batching_keep_order(tmp_path):
+    model = os.path.join(MODELS, "distilbert-f32")
+    cases = usable_cases("distilbert-f32")
+    texts = [c["text"] for c in cases if "\n" not in c["text"] and "\r" not in c["text"]]
+    path = tmp_path / "texts.txt"
+    path.write_bytes(("\n".join(texts) + "\n").encode())
+    rc, from_file, _ = run("predict", "--model", model, "--batch-size", "3", "--input", str(path))
+    assert rc == 0
+    rc, from_stdin, _ = run("predict", "--model", model, "--input", "-", stdin=path.read_bytes())
+    assert rc == 0
+    rc, from_args, _ = run("predict", "--model", model, "--batch-size", "1", *texts)
+    assert rc == 0
+    assert len(from_file) == len(texts)
+    for a, b, c in zip(from_file, from_stdin, from_args):
+        assert a["logits"] == pytest.approx(b["logits"], abs=1e-5)
+        assert a["logits"] == pytest.approx(c["logits"], abs=1e-5)
+
+
+def test_embed_mean_cls_and_normalize():
+    model = "bert-base-embed"
+    cases = usable_cases(model)
+    texts = [c["text"] for c in cases]
+    d = os.path.join(MODELS, model)
+    rc, mean, _ = run("embed", "--model", d, *texts)
+    assert rc == 0
+    rc, cls, _ = run("embed", "--model", d, "--pooling", "cls", *texts)
+    assert rc == 0
+    rc, unit, _ = run("embed", "--model", d, "--normalize", *texts)
+    assert rc == 0
+    for case, m, c, u in zip(cases, mean, cls, unit):
+        assert m["embedding"] == pytest.approx(case["mean"], abs=1e-4)
+        assert c["embedding"] == pytest.approx(case["cls"], abs=1e-4)
+        norm = math.sqrt(sum(x * x for x in u["embedding"]))
+        assert norm == pytest.approx(1.0, abs=1e-5)
+        scale = math.sqrt(sum(x * x for x in case["mean"]))
+        assert [x * scale for x in u["embedding"]] == pytest.approx(case["mean"], abs=1e-4)
+
+
+def test_embed_works_on_a_classifier_encoder():
+    cases = usable_cases("distilbert-f32")
+    rc, out, _ = run("embed", "--model", os.path.join(MODELS, "distilbert-f32"), cases[0]["text"])
+    assert rc == 0
+    assert out[0]["embedding"] == pytest.approx(cases[0]["mean"], abs=1e-4)
+
+
+def test_tokenize_shows_ids_and_tokens():
+    model = "bert-f32"
+    cases = usable_cases(model)
+    rc, out, _ = run("tokenize", "--model", os.path.join(MODELS, model), *[c["text"] for c in cases])
+    assert rc == 0
+    for case, got in zip(cases, out):
+        assert got["ids"] == case["ids"]
+        assert got["tokens"][0] == "[CLS]" and got["tokens"][-1] == "[SEP]"
+        assert len(got["tokens"]) == len(got["ids"])
+    rc, out, _ = run("tokenize", "--model", os.path.join(MODELS, model), "--max-length", "4",
+                     "one two three four five six")
+    assert rc == 0 and len(out[0]["ids"]) == 4 and out[0]["tokens"][-1] == "[SEP]"
+
+
+def test_info_describes_the_model():
+    rc, out, _ = run("info", "--model", os.path.join(MODELS, "distilbert-f16"))
+    assert rc == 0
+    info = out[0]
+    ref = expected("distilbert-f16")["model"]
+    assert info["architecture"] == "DistilBertForSequenceClassification"
+    assert info["dtype"] == "F16"
+    assert info["labels"] == ref["labels"]
+    assert info["hidden_size"] == ref["hidden"] and info["layers"] == ref["n_layers"]
+    assert info["parameters"] > 0
+
+
+def test_invalid_utf8_line_gets_an_error_and_the_rest_their_results(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(b"a fine film\n\xff\xfe broken \xc3\n another line\n")
+    rc, out, _ = run("predict", "--model", os.path.join(MODELS, "distilbert-f32"), "--input", str(path))
+    assert rc == 1
+    assert len(out) == 3
+    assert "label" in out[0] and "label" in out[2]
+    assert "UTF-8" in out[1]["error"]
+
+
+@pytest.mark.parametrize("breakage,needle", [
+    ("no-config", "config.json"),
+    ("truncated-weights", "model.safetensors"),
+    ("bad-shape", "config.json implies"),
+])
+def test_load_errors_exit_2_with_one_line(tmp_path, breakage, needle):
+    d = tmp_path / "model"
+    shutil.copytree(os.path.join(MODELS, "distilbert-f32"), d)
+    if breakage == "no-config":
+        (d / "config.json").unlink()
+    elif breakage == "truncated-weights":
+        data = (d / "model.safetensors").read_bytes()
+        (d / "model.safetensors").write_bytes(data[: len(data) // 3])
+    else:
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["hidden_dim"] = 128
+        (d / "config.json").write_text(json.dumps(cfg))
+    rc, out, err = run("predict", "--model", str(d), "hello")
+    assert rc == 2
+    assert out == []
+    assert len(err.strip().splitlines()) == 1
+    assert needle in err and str(d) in err
+
+
+def test_usage_errors_exit_2():
+    assert run("predict", "hello")[0] == 2
+    assert run("frobnicate", "--model", "x")[0] == 2
+    assert run("predict", "--model", os.path.join(MODELS, "distilbert-f32"), "--threads", "0", "x")[0] == 2
+    rc, _, err = run("predict", "--model", os.path.join(MODELS, "bert-base-embed"), "hello")
+    assert rc == 2 and "embed" in err
