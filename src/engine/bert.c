@@ -2,24 +2,23 @@
  * bert.c - binding BERT/DistilBERT weights and the packed forward pass
  * (see bert.h for the computation).
  *
- * Parallel plan, per layer, each a region of the thread pool:
- *   QKV      three linear layers, each thread a slice of output columns
- *   attend   (sequence, head) items handed out by an atomic counter, so that
- *            long and short sequences balance; S = Q K^T / sqrt(d), softmax,
+ * Parallel plan, per layer, each a region of the thread pool made of
+ * chunks that threads claim (threadpool.h):
+ *   QKV      three linear layers, chunks of output columns
+ *   attend   one chunk per (sequence, head): S = Q K^T / sqrt(d), softmax,
  *            C = S V, with per-thread score scratch
- *   proj     output projection, column slices
- *   norm     residual + LayerNorm, row slices
- *   ff1      linear + activation, column slices
- *   ff2      linear, column slices
- *   norm     residual + LayerNorm, row slices
- * Column slices are multiples of 16 so every thread's stores stay in its
- * own cache lines.
+ *   proj     output projection, chunks of columns
+ *   norm     residual + LayerNorm, chunks of rows
+ *   ff1      linear + activation, chunks of columns
+ *   ff2      linear, chunks of columns
+ *   norm     residual + LayerNorm, chunks of rows
+ * Column chunks are multiples of 16 floats so that no two threads write the
+ * same cache line; about three chunks per thread keep them balanced.
  */
 #include "bert.h"
 
 #include <cblas.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,28 +243,23 @@ typedef struct forward {
     float *x, *q, *k, *v, *ctx, *tmp, *ff;
     float *scores;      /* per thread: max_len * max_len */
     int max_len;
-    atomic_int next_item;
+    int rows_per_chunk; /* row stages */
+    int h_width, f_width; /* column stages: chunk widths over hidden / intermediate */
 } forward;
 
-static void run_attend(forward *f, int thread) {
+static void run_attend(forward *f, int item, int thread) {
     const int H = f->cfg->hidden, n_heads = f->cfg->n_heads, d = H / n_heads;
     const float scale = 1.0f / sqrtf((float)d);
     float *S = f->scores + (size_t)thread * f->max_len * f->max_len;
-    const int n_items = f->batch->n_seqs * n_heads;
-    for (;;) {
-        int item = atomic_fetch_add_explicit(&f->next_item, 1, memory_order_relaxed);
-        if (item >= n_items)
-            break;
-        int s = item / n_heads, h = item % n_heads;
-        int t0 = f->batch->offsets[s], L = f->batch->offsets[s + 1] - t0;
-        size_t base = (size_t)t0 * H + (size_t)h * d;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, d, scale, f->q + base, H,
-                    f->k + base, H, 0.0f, S, L);
-        for (int r = 0; r < L; r++)
-            f->ops->softmax(S + (size_t)r * L, (size_t)L);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, 1.0f, S, L, f->v + base, H,
-                    0.0f, f->ctx + base, H);
-    }
+    int s = item / n_heads, h = item % n_heads;
+    int t0 = f->batch->offsets[s], L = f->batch->offsets[s + 1] - t0;
+    size_t base = (size_t)t0 * H + (size_t)h * d;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, d, scale, f->q + base, H, f->k + base,
+                H, 0.0f, S, L);
+    for (int r = 0; r < L; r++)
+        f->ops->softmax(S + (size_t)r * L, (size_t)L);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, 1.0f, S, L, f->v + base, H, 0.0f,
+                f->ctx + base, H);
 }
 
 static void run_embed(forward *f, int r0, int r1) {
@@ -303,54 +297,86 @@ static void activate(forward *f, float *y, size_t n) {
     }
 }
 
-static void run_stage(void *arg, int thread, int n_threads) {
+static int min_int(int a, int b) { return a < b ? a : b; }
+
+static void run_chunk(void *arg, int chunk, int thread) {
     forward *f = arg;
     const int T = f->batch->n_tokens, H = f->cfg->hidden, F = f->cfg->intermediate;
     const bert_layer *L = f->layer;
-    int b, e;
+    const int r0 = chunk * f->rows_per_chunk, r1 = min_int(T, r0 + f->rows_per_chunk);
+    const int h0 = chunk * f->h_width, h1 = min_int(H, h0 + f->h_width);
     switch (f->stage) {
     case STAGE_EMBED:
-        threadpool_split(T, 1, thread, n_threads, &b, &e);
-        run_embed(f, b, e);
+        run_embed(f, r0, r1);
         break;
-    case STAGE_QKV:
-        threadpool_split(H, 16, thread, n_threads, &b, &e);
-        kernels_linear(f->x, T, H, L->q.w, L->q.b, H, f->q, b, e, f->ops);
-        kernels_linear(f->x, T, H, L->k.w, L->k.b, H, f->k, b, e, f->ops);
-        kernels_linear(f->x, T, H, L->v.w, L->v.b, H, f->v, b, e, f->ops);
+    case STAGE_QKV: {
+        const int per = (H + f->h_width - 1) / f->h_width, m = chunk / per;
+        const bert_linear *lin = m == 0 ? &L->q : m == 1 ? &L->k : &L->v;
+        float *out = m == 0 ? f->q : m == 1 ? f->k : f->v;
+        const int c0 = (chunk % per) * f->h_width;
+        kernels_linear(f->x, T, H, lin->w, lin->b, H, out, c0, min_int(H, c0 + f->h_width), f->ops);
         break;
+    }
     case STAGE_ATTEND:
-        run_attend(f, thread);
+        run_attend(f, chunk, thread);
         break;
     case STAGE_PROJ:
-        threadpool_split(H, 16, thread, n_threads, &b, &e);
-        kernels_linear(f->ctx, T, H, L->o.w, L->o.b, H, f->tmp, b, e, f->ops);
+        kernels_linear(f->ctx, T, H, L->o.w, L->o.b, H, f->tmp, h0, h1, f->ops);
         break;
     case STAGE_NORM_ATTN:
     case STAGE_NORM_OUT: {
         const bert_norm *norm = f->stage == STAGE_NORM_ATTN ? &L->attn_norm : &L->out_norm;
-        threadpool_split(T, 1, thread, n_threads, &b, &e);
-        for (int t = b; t < e; t++)
+        for (int t = r0; t < r1; t++)
             f->ops->layernorm(f->tmp + (size_t)t * H, f->x + (size_t)t * H, norm->gamma, norm->beta,
                               (size_t)H, f->cfg->layer_norm_eps);
         break;
     }
-    case STAGE_FF1:
-        threadpool_split(F, 16, thread, n_threads, &b, &e);
-        kernels_linear(f->x, T, H, L->ff1.w, L->ff1.b, F, f->ff, b, e, f->ops);
-        for (int t = 0; t < T && e > b; t++)
-            activate(f, f->ff + (size_t)t * F + b, (size_t)(e - b));
+    case STAGE_FF1: {
+        const int c0 = chunk * f->f_width, c1 = min_int(F, c0 + f->f_width);
+        kernels_linear(f->x, T, H, L->ff1.w, L->ff1.b, F, f->ff, c0, c1, f->ops);
+        for (int t = 0; t < T; t++)
+            activate(f, f->ff + (size_t)t * F + c0, (size_t)(c1 - c0));
         break;
+    }
     case STAGE_FF2:
-        threadpool_split(H, 16, thread, n_threads, &b, &e);
-        kernels_linear(f->ff, T, F, L->ff2.w, L->ff2.b, H, f->tmp, b, e, f->ops);
+        kernels_linear(f->ff, T, F, L->ff2.w, L->ff2.b, H, f->tmp, h0, h1, f->ops);
         break;
     }
 }
 
 static void run(forward *f, threadpool *pool, stage s) {
+    const int T = f->batch->n_tokens, H = f->cfg->hidden, F = f->cfg->intermediate;
+    int n_chunks = 0;
+    switch (s) {
+    case STAGE_EMBED:
+    case STAGE_NORM_ATTN:
+    case STAGE_NORM_OUT:
+        n_chunks = (T + f->rows_per_chunk - 1) / f->rows_per_chunk;
+        break;
+    case STAGE_QKV:
+        n_chunks = 3 * ((H + f->h_width - 1) / f->h_width);
+        break;
+    case STAGE_ATTEND:
+        n_chunks = f->batch->n_seqs * f->cfg->n_heads;
+        break;
+    case STAGE_PROJ:
+    case STAGE_FF2:
+        n_chunks = (H + f->h_width - 1) / f->h_width;
+        break;
+    case STAGE_FF1:
+        n_chunks = (F + f->f_width - 1) / f->f_width;
+        break;
+    }
     f->stage = s;
-    threadpool_run(pool, run_stage, f);
+    threadpool_run(pool, n_chunks, run_chunk, f);
+}
+
+/* Column chunk width: about three chunks per thread, a multiple of 16
+ * floats (whole cache lines per thread), at least 32. */
+static int column_width(int n, int n_threads) {
+    int w = (n + 3 * n_threads - 1) / (3 * n_threads);
+    w = (w + 15) / 16 * 16;
+    return w < 32 ? 32 : w;
 }
 
 static void swap(float **a, float **b) {
@@ -368,6 +394,10 @@ int bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch
         f.max_len = len > f.max_len ? len : f.max_len;
     }
     const int n_threads = threadpool_size(pool);
+    f.rows_per_chunk = (int)((T + 4 * (size_t)n_threads - 1) / (4 * (size_t)n_threads));
+    f.rows_per_chunk = f.rows_per_chunk < 1 ? 1 : f.rows_per_chunk;
+    f.h_width = column_width(cfg->hidden, n_threads);
+    f.f_width = column_width(cfg->intermediate, n_threads);
     /* One allocation for all scratch; x ping-pongs with tmp across norms. */
     size_t n_floats = 5 * T * H + T * F + (size_t)n_threads * f.max_len * f.max_len;
     float *scratch = aligned_alloc(64, (n_floats * sizeof(float) + 63) / 64 * 64);
@@ -386,7 +416,6 @@ int bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch
     for (int l = 0; l < cfg->n_layers; l++) {
         f.layer = &w->layers[l];
         run(&f, pool, STAGE_QKV);
-        atomic_store(&f.next_item, 0);
         run(&f, pool, STAGE_ATTEND);
         run(&f, pool, STAGE_PROJ);
         run(&f, pool, STAGE_NORM_ATTN); /* tmp = LN(tmp + x) */

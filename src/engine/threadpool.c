@@ -1,15 +1,18 @@
 /*
- * threadpool.c - spin-then-sleep worker pool (see threadpool.h).
+ * threadpool.c - chunk-claiming worker pool (see threadpool.h).
  *
- * A region is published by bumping `generation` (release); workers that
- * see a new generation (acquire) read fn/ctx, run, and decrement `pending`.
- * The caller runs part 0 itself and waits for `pending` to reach zero.
+ * `claim` packs the region's generation (high 32 bits) with the next chunk
+ * index (low 32 bits). A thread claims a chunk with a compare-and-swap that
+ * also checks the generation, so a worker waking late can never claim a
+ * chunk of a region other than the one whose fn/ctx it read: the caller
+ * does not publish a new region until every chunk of the old one is done.
  */
 #include "threadpool.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -19,7 +22,7 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-/* About 100-300 us of spinning before a worker sleeps. */
+/* Roughly 100-300 us of spinning before a worker sleeps or the caller yields. */
 #define SPIN_ITERATIONS 20000
 
 struct threadpool {
@@ -27,12 +30,15 @@ struct threadpool {
     pthread_t *threads;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    atomic_uint generation;
-    atomic_int pending;
+    int n_sleeping;                   /* under lock */
+    uint32_t generation;              /* caller's counter */
+    _Atomic uint32_t published;       /* last generation announced to workers */
+    _Atomic uint64_t claim;           /* generation << 32 | next chunk */
+    _Atomic int done;                 /* chunks finished in this region */
+    _Atomic int n_chunks;
+    _Atomic(threadpool_fn) fn;
+    _Atomic(void *) ctx;
     atomic_int stop;
-    int n_sleeping; /* under lock */
-    threadpool_fn fn;
-    void *ctx;
 };
 
 typedef struct worker_arg {
@@ -40,15 +46,33 @@ typedef struct worker_arg {
     int idx;
 } worker_arg;
 
+/* Claims and runs chunks of generation `gen` until none are left. */
+static void work(threadpool *pool, uint32_t gen, int thread) {
+    for (;;) {
+        uint64_t c = atomic_load_explicit(&pool->claim, memory_order_acquire);
+        if ((uint32_t)(c >> 32) != gen)
+            return;
+        int chunk = (int)(uint32_t)c;
+        if (chunk >= atomic_load_explicit(&pool->n_chunks, memory_order_relaxed))
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&pool->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        threadpool_fn fn = atomic_load_explicit(&pool->fn, memory_order_relaxed);
+        fn(atomic_load_explicit(&pool->ctx, memory_order_relaxed), chunk, thread);
+        atomic_fetch_add_explicit(&pool->done, 1, memory_order_release);
+    }
+}
+
 static void *worker_main(void *p) {
     worker_arg arg = *(worker_arg *)p;
     free(p);
     threadpool *pool = arg.pool;
-    unsigned seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        unsigned gen;
+        uint32_t gen;
         int spins = 0;
-        while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen &&
+        while ((gen = atomic_load_explicit(&pool->published, memory_order_acquire)) == seen &&
                spins < SPIN_ITERATIONS) {
             CPU_RELAX();
             spins++;
@@ -56,16 +80,16 @@ static void *worker_main(void *p) {
         if (gen == seen) {
             pthread_mutex_lock(&pool->lock);
             pool->n_sleeping++;
-            while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen)
+            while ((gen = atomic_load_explicit(&pool->published, memory_order_acquire)) == seen &&
+                   !atomic_load(&pool->stop))
                 pthread_cond_wait(&pool->wake, &pool->lock);
             pool->n_sleeping--;
             pthread_mutex_unlock(&pool->lock);
         }
-        seen = gen;
         if (atomic_load(&pool->stop))
             return NULL;
-        pool->fn(pool->ctx, arg.idx, pool->n_threads);
-        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
+        seen = gen;
+        work(pool, gen, arg.idx);
     }
 }
 
@@ -73,44 +97,38 @@ threadpool *threadpool_create(int n_threads) {
     threadpool *pool = calloc(1, sizeof *pool);
     if (!pool)
         return NULL;
-    pool->n_threads = n_threads < 1 ? 1 : n_threads;
+    pool->n_threads = 1;
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
-    if (pool->n_threads > 1) {
-        pool->threads = calloc((size_t)pool->n_threads, sizeof *pool->threads);
-        if (!pool->threads)
-            goto fail;
-        for (int i = 1; i < pool->n_threads; i++) {
-            worker_arg *arg = malloc(sizeof *arg);
-            if (!arg)
-                goto fail_started;
-            arg->pool = pool;
-            arg->idx = i;
-            if (pthread_create(&pool->threads[i], NULL, worker_main, arg) != 0) {
-                free(arg);
-                goto fail_started;
-            }
-            continue;
-        fail_started:
-            pool->n_threads = i; /* only i-1 workers exist: stop those */
+    if (n_threads > 1) {
+        pool->threads = calloc((size_t)n_threads, sizeof *pool->threads);
+        if (!pool->threads) {
             threadpool_destroy(pool);
             return NULL;
         }
+        for (int i = 1; i < n_threads; i++) {
+            worker_arg *arg = malloc(sizeof *arg);
+            if (arg) {
+                arg->pool = pool;
+                arg->idx = i;
+            }
+            if (!arg || pthread_create(&pool->threads[i], NULL, worker_main, arg) != 0) {
+                free(arg);
+                threadpool_destroy(pool); /* joins the i - 1 workers started */
+                return NULL;
+            }
+            pool->n_threads = i + 1;
+        }
     }
     return pool;
-fail:
-    pthread_mutex_destroy(&pool->lock);
-    pthread_cond_destroy(&pool->wake);
-    free(pool);
-    return NULL;
 }
 
 void threadpool_destroy(threadpool *pool) {
     if (!pool)
         return;
-    atomic_store(&pool->stop, 1);
     pthread_mutex_lock(&pool->lock);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    atomic_store(&pool->stop, 1);
+    atomic_fetch_add_explicit(&pool->published, 1, memory_order_release);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
     for (int i = 1; i < pool->n_threads; i++)
@@ -123,36 +141,33 @@ void threadpool_destroy(threadpool *pool) {
 
 int threadpool_size(const threadpool *pool) { return pool->n_threads; }
 
-void threadpool_run(threadpool *pool, threadpool_fn fn, void *ctx) {
-    if (pool->n_threads == 1) {
-        fn(ctx, 0, 1);
+void threadpool_run(threadpool *pool, int n_chunks, threadpool_fn fn, void *ctx) {
+    if (n_chunks <= 0)
+        return;
+    if (pool->n_threads == 1 || n_chunks == 1) {
+        for (int c = 0; c < n_chunks; c++)
+            fn(ctx, c, 0);
         return;
     }
-    pool->fn = fn;
-    pool->ctx = ctx;
-    atomic_store_explicit(&pool->pending, pool->n_threads - 1, memory_order_relaxed);
+    uint32_t gen = ++pool->generation;
+    if (gen == 0) /* 0 means "nothing yet" to a new worker */
+        gen = ++pool->generation;
+    atomic_store_explicit(&pool->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&pool->ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&pool->n_chunks, n_chunks, memory_order_relaxed);
+    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->claim, (uint64_t)gen << 32, memory_order_release);
+    atomic_store_explicit(&pool->published, gen, memory_order_release);
     pthread_mutex_lock(&pool->lock);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
     if (pool->n_sleeping)
         pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->lock);
-    fn(ctx, 0, pool->n_threads);
+    work(pool, gen, 0);
     int spins = 0;
-    while (atomic_load_explicit(&pool->pending, memory_order_acquire) > 0) {
+    while (atomic_load_explicit(&pool->done, memory_order_acquire) < n_chunks) {
         if (++spins < SPIN_ITERATIONS)
             CPU_RELAX();
         else
             sched_yield();
     }
-}
-
-void threadpool_split(int n, int align, int part, int n_parts, int *begin, int *end) {
-    if (align < 1)
-        align = 1;
-    int units = (n + align - 1) / align;
-    int per = units / n_parts, extra = units % n_parts;
-    int b = part * per + (part < extra ? part : extra);
-    int e = b + per + (part < extra ? 1 : 0);
-    *begin = b * align < n ? b * align : n;
-    *end = e * align < n ? e * align : n;
 }

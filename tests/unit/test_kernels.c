@@ -1,7 +1,7 @@
 /*
  * test_kernels.c - every SIMD kernel set agrees with the scalar reference on
  * odd sizes (tails), the linear-layer slices add up to the full product,
- * half-precision widening is exact, and the thread pool runs every part.
+ * half-precision widening is exact, and the thread pool runs every chunk once.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -158,33 +158,33 @@ static void test_half_widening(void **state) {
 }
 
 typedef struct count_ctx {
-    int hits[8];
+    _Atomic int hits[64];
+    _Atomic int bad_thread;
 } count_ctx;
 
-static void count_part(void *p, int i, int n) {
+static void count_chunk(void *p, int chunk, int thread) {
     count_ctx *c = p;
-    assert_true(n == 3);
-    c->hits[i]++;
+    if (thread < 0 || thread >= 3)
+        c->bad_thread = 1;
+    c->hits[chunk]++;
 }
 
-static void test_threadpool_runs_every_part(void **state) {
+static void test_threadpool_runs_every_chunk_once(void **state) {
     (void)state;
     threadpool *pool = threadpool_create(3);
     assert_non_null(pool);
+    assert_int_equal(threadpool_size(pool), 3);
     count_ctx c = {0};
-    for (int r = 0; r < 1000; r++)
-        threadpool_run(pool, count_part, &c);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(c.hits[i], 1000);
-    threadpool_destroy(pool);
-    int covered = 0;
-    for (int p = 0; p < 3; p++) {
-        int b, e;
-        threadpool_split(100, 16, p, 3, &b, &e);
-        assert_true(b % 16 == 0 && e >= b);
-        covered += e - b;
+    for (int r = 0; r < 2000; r++)
+        threadpool_run(pool, 1 + r % 64, count_chunk, &c);
+    for (int i = 0; i < 64; i++) { /* chunk i ran once in every region with more than i chunks */
+        int want = 0;
+        for (int r = 0; r < 2000; r++)
+            want += i < 1 + r % 64;
+        assert_int_equal(c.hits[i], want);
     }
-    assert_int_equal(covered, 100);
+    assert_int_equal(c.bad_thread, 0);
+    threadpool_destroy(pool);
 }
 
 int main(void) {
@@ -194,7 +194,7 @@ int main(void) {
         cmocka_unit_test(test_avx512_matches_scalar),
         cmocka_unit_test(test_linear_slices),
         cmocka_unit_test(test_half_widening),
-        cmocka_unit_test(test_threadpool_runs_every_part),
+        cmocka_unit_test(test_threadpool_runs_every_chunk_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
