@@ -58,13 +58,17 @@ function rawOf(raw, cp) {
 
 // --- the Rust tokenizer's view ----------------------------------------------
 const clean = tk.bertNormalizer({ cleanText: true, handleChineseChars: false, stripAccents: false, lowercase: false });
-const stripMn = tk.stripAccentsNormalizer(); // filter on Mn only, no NFD
+// BertNormalizer's strip_accents is NFD then unicode_categories'
+// is_mark_nonspacing (the StripAccents normalizer uses another test).
+const strip = tk.bertNormalizer({ cleanText: false, handleChineseChars: false, stripAccents: true, lowercase: false });
 const nfd = tk.nfdNormalizer();
 const lower = tk.lowercase();
 const pre = tk.bertPreTokenizer();
 const cps = (s) => Array.from(s, (c) => c.codePointAt(0));
 
-function oracleFlags(cp) {
+// MN is probed only on code points that NFD leaves alone: the filter sees
+// NFD's output, never a character that decomposes.
+function oracleFlags(cp, raw) {
   const c = String.fromCodePoint(cp);
   let f = 0;
   if (clean.normalizeString(c) === '') f |= DROP;
@@ -72,7 +76,8 @@ function oracleFlags(cp) {
   if (words.length === 2 && words[0] === 'a' && words[1] === 'a') f |= SPACE;
   else if (words.length === 3 && words[1] === c) f |= PUNCT;
   else if (!(words.length === 1 && words[0] === 'a' + c + 'a')) throw new Error(`pre-tokenizer on U+${cp.toString(16)}: ${JSON.stringify(words)}`);
-  if (stripMn.normalizeString(c) === '') f |= MN;
+  const decomposes = nfd.normalizeString(c) !== c;
+  if (decomposes ? (raw.flags & MN) : strip.normalizeString(c) === '') f |= MN;
   return f;
 }
 
@@ -122,7 +127,7 @@ function main() {
     if (cp >= 0xd800 && cp <= 0xdfff) continue;
     const r = rawOf(raw, cp);
     const c = String.fromCodePoint(cp);
-    const o = { flags: oracleFlags(cp), nfd: cps(nfd.normalizeString(c)), lower: cps(lower.normalizeString(c)), ccc: 0 };
+    const o = { flags: oracleFlags(cp, r), nfd: cps(nfd.normalizeString(c)), lower: cps(lower.normalizeString(c)), ccc: 0 };
     // The class matters only for what NFD outputs, so only for code points
     // that decompose to themselves.
     if (r.ccc && !(o.nfd.length === 1 && o.nfd[0] === cp)) {

@@ -9,11 +9,12 @@
  *  - Before timing, every text is tokenized with engine_tokenize and compared
  *    with the case's token ids from cases.json, so all runtimes provably see
  *    the same input; a mismatch is reported on stderr and ends the run.
- *  - Timing: --warmup runs, then runs until both --min-runs runs and
- *    --seconds have passed; median and p90 of engine_classify. One JSON line
- *    per case on stdout: {"runtime":"aiserve","case","batch","seq",
- *    "ms_median","ms_p90","seqs_per_s","gflops",...}; GFLOP/s uses the
- *    useful-FLOP count from cases.json, the same for every runtime.
+ *  - Timing: --warmup runs (fewer once they take --seconds, at least one),
+ *    then runs until both --min-runs runs and --seconds have passed; median
+ *    and p90 of engine_classify. One JSON line per case on stdout:
+ *    {"runtime":"aiserve","case","batch","seq","ms_median","ms_p90",
+ *    "seqs_per_s","gflops",...}; GFLOP/s uses the useful-FLOP count from
+ *    cases.json, the same for every runtime.
  *  - --load: process start (--t0-ns: CLOCK_REALTIME ns taken just before
  *    exec) to the end of the first classification of one text, and VmRSS
  *    after load and after that first inference.
@@ -21,9 +22,9 @@
  * A benchmark, not a test: nothing here asserts on time.
  *
  * Usage: bench_engine --model-dir DIR (--cases cases.json | --load)
- *        [--threads 2] [--seconds 2] [--min-runs 5] [--warmup 2] [--t0-ns N]
+ *        [--threads 2] [--seconds 2] [--min-runs 3] [--warmup 2] [--t0-ns N]
  */
-#define _POSIX_C_SOURCE 200809L /* clock_gettime, strtok_r */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 
 #include "engine.h"
 
@@ -102,13 +103,13 @@ static double percentile(const double *sorted, size_t n, double q)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_engine --model-dir DIR (--cases cases.json | --load) "
-                    "[--threads 2] [--seconds 2] [--min-runs 5] [--warmup 2] [--t0-ns N]\n");
+                    "[--threads 2] [--seconds 2] [--min-runs 3] [--warmup 2] [--t0-ns N]\n");
     exit(2);
 }
 
 static bench_args parse_args(int argc, char **argv)
 {
-    bench_args a = {.threads = 2, .seconds = 2.0, .min_runs = 5, .warmup = 2};
+    bench_args a = {.threads = 2, .seconds = 2.0, .min_runs = 3, .warmup = 2};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         if (!strcmp(k, "--load")) {
@@ -185,7 +186,8 @@ static int bench_case_run(engine_model *model, const bench_case *c, const bench_
     static double ms[MAX_RUNS];
     size_t runs = 0;
 
-    for (int i = 0; i < a->warmup; i++) {
+    double warm = now_ms();
+    for (int i = 0; i < a->warmup && (i < 1 || now_ms() - warm < a->seconds * 1e3); i++) {
         if (engine_classify(model, c->texts, c->lens, (size_t)c->batch, logits, NULL, &err)) {
             fprintf(stderr, "bench_engine: %s: %s\n", c->name, err.message);
             return -1;

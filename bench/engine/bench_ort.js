@@ -8,16 +8,17 @@
  *  - Each case is padded to its longest sequence with an attention mask, as a
  *    user of ORT would; GFLOP/s counts only the useful (unpadded) FLOPs from
  *    cases.json, the same count for every runtime.
- *  - Timing: `--warmup` runs, then runs until both `--min-runs` runs and
- *    `--seconds` have passed; median and p90 of session.run only (inputs are
- *    built once per case). One JSON line per case on stdout.
+ *  - Timing: `--warmup` runs (fewer once they take `--seconds`, at least one),
+ *    then runs until both `--min-runs` runs and `--seconds` have passed;
+ *    median and p90 of session.run only (inputs are built once per case).
+ *    One JSON line per case on stdout.
  *  - --load: process start (--t0-ns, CLOCK_REALTIME ns taken just before exec)
  *    to the first classification of one text, and VmRSS after load and after
  *    that first inference.
  *  - --check FILE: compares logits with PyTorch's from make_bench_model.py.
  *
  * Usage: node bench_ort.js --model M.onnx (--cases cases.json | --load | --check F)
- *        [--seconds 2] [--min-runs 5] [--warmup 2] [--threads 2] [--t0-ns N]
+ *        [--seconds 2] [--min-runs 3] [--warmup 2] [--threads 2] [--t0-ns N]
  */
 'use strict';
 
@@ -38,7 +39,7 @@ function vmRssMb() {
 }
 
 function parseArgs(argv) {
-  const a = { seconds: 2, minRuns: 5, warmup: 2, threads: 2, t0Ns: null };
+  const a = { seconds: 2, minRuns: 3, warmup: 2, threads: 2, t0Ns: null };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i];
     const v = () => argv[++i];
@@ -98,7 +99,11 @@ async function benchCases(session, args) {
   const { cases } = JSON.parse(fs.readFileSync(args.cases, 'utf8'));
   for (const c of cases) {
     const feeds = padded(c.input_ids);
-    for (let i = 0; i < args.warmup; i++) await session.run(feeds);
+    const warm = performance.now();
+    for (let i = 0; i < args.warmup; i++) {
+      if (i >= 1 && performance.now() - warm >= args.seconds * 1e3) break;
+      await session.run(feeds);
+    }
     const ms = [];
     const start = performance.now();
     while (ms.length < args.minRuns || performance.now() - start < args.seconds * 1e3) {

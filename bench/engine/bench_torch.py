@@ -9,14 +9,15 @@ aiserve replaces (a FastAPI service calling a transformers model).
   - Each case is padded to its longest sequence with an attention mask, as a
     user of transformers would; GFLOP/s counts the useful (unpadded) FLOPs
     from cases.json, the same count for every runtime.
-  - Timing: --warmup runs, then runs until both --min-runs runs and --seconds
-    have passed; median and p90 of the forward call only (input tensors are
-    built once per case). One JSON line per case on stdout.
+  - Timing: --warmup runs (fewer once they take --seconds, at least one),
+    then runs until both --min-runs runs and --seconds have passed; median
+    and p90 of the forward call only (input tensors are built once per
+    case). One JSON line per case on stdout.
   - --load: process start (--t0-ns, CLOCK_REALTIME ns taken just before exec)
     to the first classification, and VmRSS after load and after it.
 
 Usage: bench_torch.py --model-dir DIR (--cases cases.json | --load)
-       [--seconds 2] [--min-runs 5] [--warmup 2] [--threads 2] [--t0-ns N]
+       [--seconds 2] [--min-runs 3] [--warmup 2] [--threads 2] [--t0-ns N]
 """
 
 import time
@@ -77,7 +78,10 @@ def bench_cases(model, args):
         cases = json.load(f)["cases"]
     for c in cases:
         ids, mask = padded(c["input_ids"])
-        for _ in range(args.warmup):
+        warm = time.perf_counter()
+        for i in range(args.warmup):
+            if i >= 1 and time.perf_counter() - warm >= args.seconds:
+                break
             model(ids, mask)
         ms = []
         start = time.perf_counter()
@@ -103,7 +107,7 @@ def main():
     ap.add_argument("--cases")
     ap.add_argument("--load", action="store_true")
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--min-runs", type=int, default=5)
+    ap.add_argument("--min-runs", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--t0-ns", type=int, default=None)

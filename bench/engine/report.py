@@ -87,6 +87,21 @@ def main():
     print(f"cpu: {meta.get('cpu_model')}, {meta.get('n_cpus')} cpus; threads per runtime: "
           f"{meta.get('threads')}; OPENBLAS_CORETYPE={meta.get('env', {}).get('OPENBLAS_CORETYPE')}")
     print(f"versions: {json.dumps(meta.get('versions', {}))}")
+    marks = [x for x in lines if x.get("info") == "cpu"]
+    contention = []
+    for a, b in zip(marks, marks[1:]):
+        cpu_s = (b["t"] - a["t"]) * a["ncpu"]
+        if cpu_s <= 0:
+            continue
+        other = max(0.0, (b["busy"] - a["busy"]) - (b["self"] - a["self"])) / a["hz"]
+        contention.append({"part": a["mark"], "seconds": round(b["t"] - a["t"], 1),
+                           "other_cpu_share": round(other / cpu_s, 3),
+                           "steal_share": round((b["steal"] - a["steal"]) / a["hz"] / cpu_s, 3)})
+    if contention:
+        print("CPU taken by other processes while each part ran (share of all cpus): "
+              + ", ".join(f"{c['part']} {100 * c['other_cpu_share']:.0f}%" for c in contention)
+              + "; steal: " + ", ".join(f"{100 * c['steal_share']:.0f}%" for c in contention))
+    meta["contention"] = contention
     print()
     head = (f"{'case':<10} {'tok':>5} | {'ms/batch: ORT':>13} {'PyTorch':>9} {'aiserve':>9} |"
             f" {'seqs/s: ORT':>11} {'PyTorch':>8} {'aiserve':>8} |"

@@ -13,7 +13,7 @@
 #  - Prints a table and writes bench/engine/work/results-<date>.json.
 #
 # Environment: BENCH_THREADS (2), BENCH_SECONDS per case (2), BENCH_MIN_RUNS
-# per case (5), BENCH_LOAD_RUNS (3), BENCH_SKIP (space-separated subset of
+# per case (3), BENCH_LOAD_RUNS (3), BENCH_SKIP (space-separated subset of
 # "gemm ort pytorch aiserve load tokenizer").
 # A benchmark, not a test: it never fails on a number. A runtime that fails
 # to run is reported on stderr and left out of the table.
@@ -27,7 +27,7 @@ WORK="$HERE/work"
 PY=/usr/bin/python3
 THREADS=${BENCH_THREADS:-2}
 SECS=${BENCH_SECONDS:-2}
-MIN_RUNS=${BENCH_MIN_RUNS:-5}
+MIN_RUNS=${BENCH_MIN_RUNS:-3}
 LOAD_RUNS=${BENCH_LOAD_RUNS:-3}
 SKIP=" ${BENCH_SKIP:-} "
 MODEL_DIR="$WORK/distilbert-base"
@@ -64,7 +64,10 @@ if ! skipped aiserve || ! skipped load; then
 fi
 BENCH_ENGINE="$BUILD/bench/engine/bench_engine"
 BENCH_GEMM="$BUILD/bench/engine/bench_gemm"
-BENCH_TOKENIZER=$(find "$BUILD" -maxdepth 3 -type f -name bench_tokenizer -perm -u+x 2>/dev/null | head -1)
+BENCH_TOKENIZER=""
+if ! skipped tokenizer && cmake --build "$BUILD" --target bench_tokenizer -j "$(nproc)" >&2; then
+  BENCH_TOKENIZER="$BUILD/bench/engine/bench_tokenizer"
+fi
 
 # --- metadata ----------------------------------------------------------------
 cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
@@ -101,10 +104,21 @@ EOF
 
 # --- runs, one at a time -----------------------------------------------------
 : >"$RAW"
+# Other work on the machine skews every number. Each part starts with a mark
+# of the machine's busy CPU time (/proc/stat) and this script's children's
+# (/proc/$$/stat cutime + cstime), so report.py can tell how much CPU other
+# processes took while each part ran.
+note_load() {
+  local busy steal self
+  read -r busy steal < <(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $9}' /proc/stat)
+  self=$(awk '{print $16 + $17}' /proc/$$/stat)
+  echo "{\"info\":\"cpu\",\"mark\":\"$1\",\"t\":$(date +%s.%N),\"busy\":$busy,\"steal\":$steal,\"self\":$self,\"hz\":$(getconf CLK_TCK),\"ncpu\":$(nproc)}" >>"$RAW"
+}
 timing=(--seconds "$SECS" --min-runs "$MIN_RUNS" --warmup 2 --threads "$THREADS")
 
 if ! skipped gemm; then
   log "OpenBLAS sgemm peak (threads $THREADS,1)"
+  note_load gemm
   "$BENCH_GEMM" --threads "$THREADS,1" | tee -a "$RAW" >&2 || log "bench_gemm failed"
   if [[ "${OPENBLAS_CORETYPE:-}" != "SkylakeX" ]]; then
     log "OpenBLAS sgemm peak with OPENBLAS_CORETYPE=SkylakeX (AVX-512 kernels), for reference"
@@ -114,16 +128,19 @@ if ! skipped gemm; then
 fi
 if ! skipped ort; then
   log "ONNX Runtime"
+  note_load ort
   node "$HERE/bench_ort.js" --model "$ONNX" --cases "$CASES" "${timing[@]}" | tee -a "$RAW" >&2 ||
     log "bench_ort.js failed"
 fi
 if ! skipped pytorch; then
   log "PyTorch"
+  note_load pytorch
   "$PY" "$HERE/bench_torch.py" --model-dir "$MODEL_DIR" --cases "$CASES" "${timing[@]}" \
     | tee -a "$RAW" >&2 || log "bench_torch.py failed"
 fi
 if ! skipped aiserve && ((have_engine)); then
   log "aiserve engine"
+  note_load aiserve
   "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --cases "$CASES" "${timing[@]}" | tee -a "$RAW" >&2 ||
     log "bench_engine failed"
 fi
@@ -141,6 +158,7 @@ if xs:
 if ! skipped load; then
   cat "$MODEL_DIR/model.safetensors" "$ONNX" >/dev/null
   log "load to first inference ($LOAD_RUNS runs each)"
+  note_load load
   if ((have_engine)); then
     for _ in $(seq "$LOAD_RUNS"); do
       "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --load --threads "$THREADS" --t0-ns "$(date +%s%N)"
@@ -161,6 +179,7 @@ fi
 
 if ! skipped tokenizer && [[ -n "$BENCH_TOKENIZER" ]]; then
   log "tokenizer ($BENCH_TOKENIZER)"
+  note_load tokenizer
   tok_out=$("$BENCH_TOKENIZER" 2>&1 || true)
   echo "$tok_out" >&2
   "$PY" - "$META" "$tok_out" <<'EOF'
@@ -171,5 +190,6 @@ json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
 fi
 
+note_load end
 "$PY" "$HERE/report.py" "$RAW" "$META" "$OUT"
 rm -f "$META" "$RAW"

@@ -3,6 +3,9 @@
  * (Rust) tokenizer as AutoTokenizer returns it for BERT-family models.
  *
  * Algorithm (BertNormalizer -> BertPreTokenizer -> WordPiece -> BertProcessing):
+ *  0. Special tokens written in the raw text ([PAD] [UNK] [CLS] [SEP] [MASK]
+ *     from vocab.txt, or tokenizer.json's added_tokens) become their own ids,
+ *     as in HF's added vocabulary; the text between them goes through 1-5.
  *  1. Clean: drop U+0000, U+FFFD and control characters; whitespace -> ' '.
  *  2. Surround CJK ideographs with spaces (tokenize_chinese_chars).
  *  3. If strip_accents: NFD and drop Mn marks. If lowercase: lower-case
@@ -60,7 +63,7 @@ void wordpiece_destroy(wordpiece *wp);
  * [CLS] ... [SEP], truncating the word pieces so that the total is at most
  * max_length (max_length >= 2). Writes at most cap ids; *n_ids gets the
  * count. Returns 0; ENGINE_EINPUT for invalid UTF-8; ENGINE_EARG if cap is
- * smaller than the result. Thread-safe. */
+ * smaller than the result (*n_ids then gets the count needed). Thread-safe. */
 int wordpiece_encode(const wordpiece *wp, const char *text, size_t len, size_t max_length,
                      int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
 
