@@ -3,7 +3,7 @@
 # for SECONDS each, starting from a scratch copy of its committed corpus.
 # Exits non-zero if any target finds a crash, leak or sanitizer error.
 set -euo pipefail
-build=$1; seconds=${2:-30}
+build=$(cd "$1" && pwd); seconds=${2:-30}
 root=$(cd "$(dirname "$0")/.." && pwd)
 status=0
 for bin in "$build"/tests/fuzz/fuzz_*; do

@@ -1008,6 +1008,13 @@ int wordpiece_load_vocab(const char *path, const wordpiece_options *opts, wordpi
         if (ll && line[ll - 1] == '\r')
             ll--;
         if (ll == 0) {
+            /* Blank lines at the very end (an editor's extra newline) are
+             * harmless; in the middle they would shift every later id. */
+            size_t rest = i;
+            while (rest < len && (text[rest] == '\n' || text[rest] == '\r'))
+                rest++;
+            if (rest == len)
+                break;
             rc = engine_error_set(err, ENGINE_EFORMAT, "%s:%zu: empty line; every line must hold one token",
                                   path, n + 1);
             goto done;

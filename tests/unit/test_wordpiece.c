@@ -343,6 +343,11 @@ static void test_vocab_load(void **state) {
     const char empty_line[] = "[PAD]\n[UNK]\n\n[CLS]\n[SEP]\n";
     assert_int_equal(load_vocab_bytes(empty_line, sizeof empty_line - 1, &wp, &err), ENGINE_EFORMAT);
     assert_non_null(strstr(err.message, ":3:"));
+    const char trailing_blank[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n\n\r\n";
+    assert_int_equal(load_vocab_bytes(trailing_blank, sizeof trailing_blank - 1, &wp, &err), 0);
+    assert_int_equal(wordpiece_vocab_size(wp), 4);
+    wordpiece_destroy(wp);
+    wp = NULL;
     const char no_unk[] = "[PAD]\n[CLS]\n[SEP]\nhello\n";
     assert_int_equal(load_vocab_bytes(no_unk, sizeof no_unk - 1, &wp, &err), ENGINE_EFORMAT);
     assert_non_null(strstr(err.message, "[UNK]"));
