@@ -17,7 +17,6 @@
  */
 #include "bert.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,12 +253,10 @@ static void run_attend(forward *f, int item, int thread) {
     int s = item / n_heads, h = item % n_heads;
     int t0 = f->batch->offsets[s], L = f->batch->offsets[s + 1] - t0;
     size_t base = (size_t)t0 * H + (size_t)h * d;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, d, scale, f->q + base, H, f->k + base,
-                H, 0.0f, S, L);
+    f->ops->gemm_nt(L, L, d, scale, f->q + base, H, f->k + base, H, NULL, S, L);
     for (int r = 0; r < L; r++)
         f->ops->softmax(S + (size_t)r * L, (size_t)L);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, d, L, 1.0f, S, L, f->v + base, H, 0.0f,
-                f->ctx + base, H);
+    f->ops->gemm_nn(L, d, L, S, L, f->v + base, H, f->ctx + base, H);
 }
 
 static void run_embed(forward *f, int r0, int r1) {

@@ -13,7 +13,6 @@
  */
 #include "engine.h"
 
-#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -135,8 +134,6 @@ int engine_model_load(const char *dir, const engine_options *opts, engine_model 
     if ((rc = bert_weights_bind(&m->weights, &m->cfg, m->weights_file, err)))
         goto fail;
 
-    /* OpenBLAS runs inside the engine's threads, never with its own. */
-    openblas_set_num_threads(1);
     m->pool = threadpool_create(opts && opts->n_threads > 0 ? opts->n_threads : 1);
     if (!m->pool) {
         rc = engine_error_set(err, ENGINE_ENOMEM, "cannot start compute threads");

@@ -62,6 +62,37 @@ static void scalar_add(float *y, const float *b, size_t n) {
         y[i] += b[i];
 }
 
+/* OpenBLAS's OpenMP build takes its thread count from the calling thread's
+ * OpenMP setting and resets its global count to it: a thread that never
+ * asked for one thread would make every later call fan out. So each thread
+ * says so once, before its first call. */
+static void blas_single_thread(void) {
+    static _Thread_local int done;
+    if (!done) {
+        openblas_set_num_threads(1);
+        done = 1;
+    }
+}
+
+void kernels_gemm_nt_blas(int m, int n, int k, float alpha, const float *x, int ldx, const float *w,
+                          int ldw, const float *bias, float *c, int ldc) {
+    if (m <= 0 || n <= 0)
+        return;
+    blas_single_thread();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, x, ldx, w, ldw, 0.0f, c, ldc);
+    if (bias)
+        for (int r = 0; r < m; r++)
+            scalar_add(c + (size_t)r * ldc, bias, (size_t)n);
+}
+
+void kernels_gemm_nn_blas(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                          float *c, int ldc) {
+    if (m <= 0 || n <= 0)
+        return;
+    blas_single_thread();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
 static const kernel_ops scalar_ops = {
     .name = "scalar",
     .gelu = scalar_gelu,
@@ -69,6 +100,8 @@ static const kernel_ops scalar_ops = {
     .softmax = scalar_softmax,
     .layernorm = scalar_layernorm,
     .add = scalar_add,
+    .gemm_nt = kernels_gemm_nt_blas,
+    .gemm_nn = kernels_gemm_nn_blas,
 };
 
 const kernel_ops *kernels_scalar(void) { return &scalar_ops; }
@@ -89,11 +122,7 @@ void kernels_linear(const float *x, int m, int k, const float *w, const float *b
                     float *y, int n0, int n1, const kernel_ops *ops) {
     if (n1 <= n0 || m <= 0)
         return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n1 - n0, k, 1.0f, x, k,
-                w + (size_t)n0 * k, k, 0.0f, y + n0, n);
-    if (bias)
-        for (int r = 0; r < m; r++)
-            ops->add(y + (size_t)r * n + n0, bias + n0, (size_t)(n1 - n0));
+    ops->gemm_nt(m, n1 - n0, k, 1.0f, x, k, w + (size_t)n0 * k, k, bias ? bias + n0 : NULL, y + n0, n);
 }
 
 /* IEEE half -> float, exact for every input including subnormals and NaN. */

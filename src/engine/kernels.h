@@ -3,10 +3,15 @@
  * elementwise work between them (bias, GELU, softmax, residual LayerNorm).
  *
  * Design:
- *  - Linear layers call OpenBLAS sgemm, single-threaded, on a slice of the
- *    output columns; the engine's thread pool gives each thread its slice,
- *    so OpenBLAS threads never stack on the engine's.
- *  - Elementwise kernels exist once per instruction set (kernels.c scalar,
+ *  - Matrix products come in two shapes: gemm_nt (C = alpha X W^T + bias, a
+ *    linear layer with PyTorch's [out, in] weight, read in place; also
+ *    Q K^T) and gemm_nn (C = A B, attention's P V). The scalar set calls
+ *    OpenBLAS, always single-threaded inside the engine's threads, so its
+ *    threads never stack on the engine's; the AVX-512 set has its own
+ *    register-blocked kernels (OpenBLAS's are AVX2 at best on the CPUs
+ *    where OPENBLAS_CORETYPE must pin Haswell) and falls back to the scalar
+ *    set for shapes they do not cover.
+ *  - Kernels exist once per instruction set (kernels.c scalar,
  *    kernels_avx2.c, kernels_avx512.c), each in its own file compiled with
  *    its own flags; kernels_best() picks one by CPU features at run time.
  *    The scalar set always builds and is the reference the others are
@@ -32,6 +37,13 @@ typedef struct kernel_ops {
                       size_t n, float eps);
     /* y[i] += b[i] */
     void (*add)(float *y, const float *b, size_t n);
+    /* C[m x n] = alpha * X[m x k] * W[n x k]^T (+ bias[n] if not NULL);
+     * leading dimensions in floats. */
+    void (*gemm_nt)(int m, int n, int k, float alpha, const float *x, int ldx, const float *w,
+                    int ldw, const float *bias, float *c, int ldc);
+    /* C[m x n] = A[m x k] * B[k x n] */
+    void (*gemm_nn)(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
+                    int ldc);
 } kernel_ops;
 
 const kernel_ops *kernels_scalar(void);
@@ -45,6 +57,12 @@ const kernel_ops *kernels_best(void);
  * with weight w (n x k, row-major, as PyTorch stores it), x (m x k), y (m x n). */
 void kernels_linear(const float *x, int m, int k, const float *w, const float *bias, int n,
                     float *y, int n0, int n1, const kernel_ops *ops);
+
+/* The scalar set's products, for SIMD sets to fall back on. */
+void kernels_gemm_nt_blas(int m, int n, int k, float alpha, const float *x, int ldx, const float *w,
+                          int ldw, const float *bias, float *c, int ldc);
+void kernels_gemm_nn_blas(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                          float *c, int ldc);
 
 /* Widen half-precision weights to F32; src needs no alignment. */
 void kernels_f16_to_f32(const void *src, float *dst, size_t n);

@@ -152,6 +152,8 @@ static const kernel_ops avx2_ops = {
     .softmax = avx2_softmax,
     .layernorm = avx2_layernorm,
     .add = avx2_add,
+    .gemm_nt = kernels_gemm_nt_blas,
+    .gemm_nn = kernels_gemm_nn_blas,
 };
 
 const kernel_ops *kernels_avx2(void) {

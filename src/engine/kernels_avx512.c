@@ -7,6 +7,14 @@
  * exp: Cephes-style range reduction and degree-6 polynomial (~1 ulp);
  * erf: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7). Checked against the
  * scalar kernels in tests/unit/test_kernels.c.
+ *
+ * GEMM (gemm_nt, C = alpha X W^T + bias) reads PyTorch's [out, in] weight
+ * in place, as dot products along k: a 6 x 4 register block holds 24
+ * accumulators (6 rows of X against 4 rows of W, 16 k at a time), reduced
+ * across lanes once per k block. Blocking: k in blocks of 768 (partial sums
+ * added into C), rows of X in blocks of 64 (kept in L2) while each 4-row
+ * slice of W (12 KB) stays in L1. gemm_nn (attention's P V) broadcasts P
+ * and streams rows of V, for n a multiple of 16 up to 64.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -132,6 +140,175 @@ static void avx512_add(float *y, const float *b, size_t n) {
     }
 }
 
+/* ---- GEMM --------------------------------------------------------------- */
+
+#define GEMM_MR 6   /* rows of X per register block */
+#define GEMM_NR 4   /* rows of W (output columns) per register block */
+#define GEMM_KC 768 /* k per block */
+#define GEMM_MB 64  /* rows of X per cache block */
+
+/* Sums each of a0..a3 across its 16 lanes: returns {sum a0, .., sum a3}. */
+static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    __m512 x = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    __m512 y = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512 z = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y))));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* C[mr x 4] (=|+=) alpha * X[mr x kc] W[4 x kc]^T (+ bias). `mr` is a
+ * compile-time constant at every call site, so the loops unroll and the
+ * accumulators live in registers. */
+static inline __attribute__((always_inline)) void gemm_block(const int mr, int kc, float alpha,
+                                                             const float *x, int ldx, const float *w,
+                                                             int ldw, const float *bias, int accumulate,
+                                                             float *c, int ldc) {
+    __m512 acc[GEMM_MR][GEMM_NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < GEMM_NR; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= kc; k += 16) {
+        __m512 wv[GEMM_NR];
+#pragma GCC unroll 4
+        for (int j = 0; j < GEMM_NR; j++)
+            wv[j] = _mm512_loadu_ps(w + (size_t)j * ldw + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            __m512 xv = _mm512_loadu_ps(x + (size_t)r * ldx + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < GEMM_NR; j++)
+                acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+        }
+    }
+    if (k < kc) {
+        __mmask16 m = (__mmask16)((1u << (kc - k)) - 1u);
+        __m512 wv[GEMM_NR];
+#pragma GCC unroll 4
+        for (int j = 0; j < GEMM_NR; j++)
+            wv[j] = _mm512_maskz_loadu_ps(m, w + (size_t)j * ldw + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < mr; r++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < GEMM_NR; j++)
+                acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+        }
+    }
+    const __m128 va = _mm_set1_ps(alpha);
+    const __m128 vb = bias && !accumulate ? _mm_loadu_ps(bias) : _mm_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++) {
+        __m128 s = _mm_mul_ps(reduce4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), va);
+        float *cr = c + (size_t)r * ldc;
+        s = _mm_add_ps(s, accumulate ? _mm_loadu_ps(cr) : vb);
+        _mm_storeu_ps(cr, s);
+    }
+}
+
+static void avx512_gemm_nt(int m, int n, int k, float alpha, const float *x, int ldx, const float *w,
+                           int ldw, const float *bias, float *c, int ldc) {
+    if (n % GEMM_NR != 0 || k <= 0) {
+        kernels_gemm_nt_blas(m, n, k, alpha, x, ldx, w, ldw, bias, c, ldc);
+        return;
+    }
+    for (int kb = 0; kb < k; kb += GEMM_KC) {
+        const int kc = k - kb < GEMM_KC ? k - kb : GEMM_KC, accumulate = kb > 0;
+        for (int mb = 0; mb < m; mb += GEMM_MB) {
+            const int me = m - mb < GEMM_MB ? m : mb + GEMM_MB;
+            for (int nb = 0; nb < n; nb += GEMM_NR) {
+                const float *wp = w + (size_t)nb * ldw + kb;
+                const float *bp = bias ? bias + nb : NULL;
+                int i = mb;
+                for (; i + GEMM_MR <= me; i += GEMM_MR)
+                    gemm_block(GEMM_MR, kc, alpha, x + (size_t)i * ldx + kb, ldx, wp, ldw, bp, accumulate,
+                               c + (size_t)i * ldc + nb, ldc);
+                const float *xp = x + (size_t)i * ldx + kb;
+                float *cp = c + (size_t)i * ldc + nb;
+                switch (me - i) {
+                case 5:
+                    gemm_block(5, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
+                    break;
+                case 4:
+                    gemm_block(4, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
+                    break;
+                case 3:
+                    gemm_block(3, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
+                    break;
+                case 2:
+                    gemm_block(2, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
+                    break;
+                case 1:
+                    gemm_block(1, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/* C[mr x 16*nv] = P[mr x k] V[k x 16*nv], nv and mr compile-time constants. */
+static inline __attribute__((always_inline)) void gemm_nn_block(const int mr, const int nv, int k,
+                                                                const float *a, int lda, const float *b,
+                                                                int ldb, float *c, int ldc) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    for (int t = 0; t < k; t++) {
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            bv[j] = _mm512_loadu_ps(b + (size_t)t * ldb + 16 * j);
+#pragma GCC unroll 4
+        for (int r = 0; r < mr; r++) {
+            __m512 p = _mm512_set1_ps(a[(size_t)r * lda + t]);
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++)
+                acc[r][j] = _mm512_fmadd_ps(p, bv[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            _mm512_storeu_ps(c + (size_t)r * ldc + 16 * j, acc[r][j]);
+}
+
+#define GEMM_NN_ROWS(nv)                                                                       \
+    do {                                                                                       \
+        int i = 0;                                                                             \
+        for (; i + 4 <= m; i += 4)                                                             \
+            gemm_nn_block(4, nv, k, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc); \
+        for (; i < m; i++)                                                                     \
+            gemm_nn_block(1, nv, k, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc); \
+    } while (0)
+
+static void avx512_gemm_nn(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                           float *c, int ldc) {
+    switch (n) {
+    case 16:
+        GEMM_NN_ROWS(1);
+        break;
+    case 32:
+        GEMM_NN_ROWS(2);
+        break;
+    case 48:
+        GEMM_NN_ROWS(3);
+        break;
+    case 64:
+        GEMM_NN_ROWS(4);
+        break;
+    default:
+        kernels_gemm_nn_blas(m, n, k, a, lda, b, ldb, c, ldc);
+    }
+}
+
 static const kernel_ops avx512_ops = {
     .name = "avx512",
     .gelu = avx512_gelu,
@@ -139,6 +316,8 @@ static const kernel_ops avx512_ops = {
     .softmax = avx512_softmax,
     .layernorm = avx512_layernorm,
     .add = avx512_add,
+    .gemm_nt = avx512_gemm_nt,
+    .gemm_nn = avx512_gemm_nn,
 };
 
 const kernel_ops *kernels_avx512(void) {

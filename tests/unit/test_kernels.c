@@ -86,11 +86,51 @@ static void check_set(const kernel_ops *simd) {
     }
 }
 
+/* Products on awkward shapes: row tails, k tails, k past one k block,
+ * strides wider than the matrices, n not a multiple of the register block. */
+static void check_gemm(const kernel_ops *simd) {
+    const kernel_ops *ref = kernels_scalar();
+    static const int ms[] = {1, 2, 5, 6, 7, 13, 64, 71};
+    static const int ns[] = {4, 8, 12, 16, 32, 48, 64, 6, 3};
+    static const int ks[] = {1, 15, 16, 17, 64, 100, 768, 800, 1601};
+    for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof *ns; b++)
+            for (size_t t = 0; t < sizeof ks / sizeof *ks; t++) {
+                int m = ms[a], n = ns[b], k = ks[t];
+                int ldx = k + 3, ldw = k + 5, ldc = n + 7;
+                float *x = malloc(sizeof(float) * m * ldx), *w = malloc(sizeof(float) * n * ldw);
+                float *bias = malloc(sizeof(float) * n);
+                float *c1 = calloc((size_t)m * ldc, sizeof(float)), *c2 = calloc((size_t)m * ldc, sizeof(float));
+                fill(x, (size_t)m * ldx, (unsigned)(m * 31 + k), 1.0f);
+                fill(w, (size_t)n * ldw, (unsigned)(n * 17 + k), 1.0f);
+                fill(bias, (size_t)n, 5, 1.0f);
+                ref->gemm_nt(m, n, k, 0.5f, x, ldx, w, ldw, bias, c1, ldc);
+                simd->gemm_nt(m, n, k, 0.5f, x, ldx, w, ldw, bias, c2, ldc);
+                double tol = 1e-5 * sqrt((double)k);
+                for (int i = 0; i < m; i++) {
+                    assert_true(max_abs_diff(c1 + (size_t)i * ldc, c2 + (size_t)i * ldc, (size_t)n) < tol);
+                    for (int j = n; j < ldc; j++) /* nothing written past n */
+                        assert_true(c2[(size_t)i * ldc + j] == 0.0f);
+                }
+                /* gemm_nn with the same buffers: A = x (m x k), B = w viewed as k x n */
+                if ((size_t)k * n <= (size_t)n * ldw) {
+                    memset(c1, 0, sizeof(float) * m * ldc);
+                    memset(c2, 0, sizeof(float) * m * ldc);
+                    ref->gemm_nn(m, n, k, x, ldx, w, n, c1, ldc);
+                    simd->gemm_nn(m, n, k, x, ldx, w, n, c2, ldc);
+                    for (int i = 0; i < m; i++)
+                        assert_true(max_abs_diff(c1 + (size_t)i * ldc, c2 + (size_t)i * ldc, (size_t)n) < tol);
+                }
+                free(x), free(w), free(bias), free(c1), free(c2);
+            }
+}
+
 static void test_avx2_matches_scalar(void **state) {
     (void)state;
     if (!kernels_avx2())
         skip();
     check_set(kernels_avx2());
+    check_gemm(kernels_avx2());
 }
 
 static void test_avx512_matches_scalar(void **state) {
@@ -98,6 +138,7 @@ static void test_avx512_matches_scalar(void **state) {
     if (!kernels_avx512())
         skip();
     check_set(kernels_avx512());
+    check_gemm(kernels_avx512());
 }
 
 static void test_scalar_reference_values(void **state) {
