@@ -249,7 +249,8 @@ typedef struct forward {
 static void run_attend(forward *f, int item, int thread) {
     const int H = f->cfg->hidden, n_heads = f->cfg->n_heads, d = H / n_heads;
     const float scale = 1.0f / sqrtf((float)d);
-    float *S = f->scores + (size_t)thread * f->max_len * f->max_len;
+    const size_t stride = ((size_t)f->max_len * f->max_len + 15) / 16 * 16;
+    float *S = f->scores + (size_t)thread * stride;
     int s = item / n_heads, h = item % n_heads;
     int t0 = f->batch->offsets[s], L = f->batch->offsets[s + 1] - t0;
     size_t base = (size_t)t0 * H + (size_t)h * d;
@@ -382,32 +383,42 @@ static void swap(float **a, float **b) {
     *b = t;
 }
 
-int bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
-                threadpool *pool, const kernel_ops *ops, float *hidden, engine_error *err) {
-    const size_t T = (size_t)batch->n_tokens, H = (size_t)cfg->hidden, F = (size_t)cfg->intermediate;
-    forward f = {.w = w, .cfg = cfg, .batch = batch, .ops = ops};
+static int max_seq_len(const bert_batch *batch) {
+    int max_len = 0;
     for (int s = 0; s < batch->n_seqs; s++) {
         int len = batch->offsets[s + 1] - batch->offsets[s];
-        f.max_len = len > f.max_len ? len : f.max_len;
+        max_len = len > max_len ? len : max_len;
     }
+    return max_len;
+}
+
+size_t bert_scratch_floats(const model_config *cfg, const bert_batch *batch, int n_threads) {
+    const size_t T = (size_t)batch->n_tokens, L = (size_t)max_seq_len(batch);
+    /* q, k, v, ctx, tmp (T x H each), ff (T x F), per-thread scores (L x L);
+     * each part rounded up to whole cache lines. */
+    return 5 * ((T * cfg->hidden + 15) / 16 * 16) + (T * cfg->intermediate + 15) / 16 * 16 +
+           (size_t)n_threads * ((L * L + 15) / 16 * 16);
+}
+
+void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
+                 threadpool *pool, const kernel_ops *ops, float *hidden, float *scratch) {
+    const size_t T = (size_t)batch->n_tokens, H = (size_t)cfg->hidden, F = (size_t)cfg->intermediate;
+    forward f = {.w = w, .cfg = cfg, .batch = batch, .ops = ops};
+    f.max_len = max_seq_len(batch);
     const int n_threads = threadpool_size(pool);
     f.rows_per_chunk = (int)((T + 4 * (size_t)n_threads - 1) / (4 * (size_t)n_threads));
     f.rows_per_chunk = f.rows_per_chunk < 1 ? 1 : f.rows_per_chunk;
     f.h_width = column_width(cfg->hidden, n_threads);
     f.f_width = column_width(cfg->intermediate, n_threads);
-    /* One allocation for all scratch; x ping-pongs with tmp across norms. */
-    size_t n_floats = 5 * T * H + T * F + (size_t)n_threads * f.max_len * f.max_len;
-    float *scratch = aligned_alloc(64, (n_floats * sizeof(float) + 63) / 64 * 64);
-    if (!scratch)
-        return engine_error_set(err, ENGINE_ENOMEM, "out of memory for a batch of %zu tokens", T);
+    const size_t th = (T * H + 15) / 16 * 16, tf = (T * F + 15) / 16 * 16;
     f.x = hidden;
     f.q = scratch;
-    f.k = f.q + T * H;
-    f.v = f.k + T * H;
-    f.ctx = f.v + T * H;
-    f.tmp = f.ctx + T * H;
-    f.ff = f.tmp + T * H;
-    f.scores = f.ff + T * F;
+    f.k = f.q + th;
+    f.v = f.k + th;
+    f.ctx = f.v + th;
+    f.tmp = f.ctx + th;
+    f.ff = f.tmp + th;
+    f.scores = f.ff + tf;
 
     run(&f, pool, STAGE_EMBED);
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -424,8 +435,6 @@ int bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch
     }
     if (f.x != hidden)
         memcpy(hidden, f.x, T * H * sizeof(float));
-    free(scratch);
-    return 0;
 }
 
 int bert_classify_head(const bert_weights *w, const model_config *cfg, const bert_batch *batch,

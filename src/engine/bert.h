@@ -69,10 +69,14 @@ typedef struct bert_batch {
     int n_seqs, n_tokens;
 } bert_batch;
 
+/* Floats of scratch bert_encode needs for this batch on n_threads. */
+size_t bert_scratch_floats(const model_config *cfg, const bert_batch *batch, int n_threads);
+
 /* Runs the encoder: writes the last hidden states (n_tokens x hidden) to
- * `hidden`. Returns 0 or ENGINE_ENOMEM. */
-int bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
-                threadpool *pool, const kernel_ops *ops, float *hidden, engine_error *err);
+ * `hidden`, using `scratch` (bert_scratch_floats floats, 64-byte aligned,
+ * not overlapping hidden). Cannot fail. */
+void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
+                 threadpool *pool, const kernel_ops *ops, float *hidden, float *scratch);
 
 /* Classification head over the [CLS] rows: logits (n_seqs x n_labels). */
 int bert_classify_head(const bert_weights *w, const model_config *cfg, const bert_batch *batch,

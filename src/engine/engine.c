@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "bert.h"
@@ -35,7 +36,9 @@ struct engine_model {
     safetensors *weights_file;
     bert_weights weights;
     threadpool *pool;
-    pthread_mutex_t run_lock;
+    pthread_mutex_t run_lock; /* one batch at a time on pool and scratch */
+    void *scratch;            /* reused across calls: fresh pages cost a fault each */
+    size_t scratch_bytes;
     const kernel_ops *ops;
     engine_model_info info;
 };
@@ -152,6 +155,8 @@ void engine_model_free(engine_model *m) {
     if (!m)
         return;
     threadpool_destroy(m->pool);
+    if (m->scratch)
+        munmap(m->scratch, m->scratch_bytes);
     bert_weights_fini(&m->weights);
     safetensors_close(m->weights_file);
     wordpiece_destroy(m->tokenizer);
@@ -231,28 +236,87 @@ static void unpack(bert_batch *batch) {
     free((void *)batch->offsets);
 }
 
-/* Packs, encodes under the run lock; on success *hidden (n_tokens x hidden)
- * belongs to the caller. */
-static int encode(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
-                  bert_batch *batch, float **hidden, engine_error *err) {
-    *hidden = NULL;
-    int rc = pack(m, texts, lens, n, batch, err);
+/* Makes the model's scratch at least `bytes`; run lock held. The scratch
+ * grows to the largest batch seen and is kept, on 2 MiB pages where the
+ * kernel allows, so that a steady stream of batches pays no page faults. */
+static int reserve_scratch(engine_model *m, size_t bytes, engine_error *err) {
+    if (bytes <= m->scratch_bytes)
+        return 0;
+    const size_t huge = (size_t)2 << 20;
+    bytes = (bytes + huge - 1) / huge * huge;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return engine_error_set(err, ENGINE_ENOMEM, "out of memory for %zu MiB of batch scratch",
+                                bytes >> 20);
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    if (m->scratch)
+        munmap(m->scratch, m->scratch_bytes);
+    m->scratch = p;
+    m->scratch_bytes = bytes;
+    return 0;
+}
+
+/* What a call does with the encoder's output, under the run lock. */
+typedef struct head_job {
+    enum { HEAD_CLASSIFY, HEAD_EMBED } kind;
+    float *logits;          /* HEAD_CLASSIFY: n x n_labels */
+    engine_pooling pooling; /* HEAD_EMBED */
+    int normalize;
+    float *out;             /* HEAD_EMBED: n x hidden */
+} head_job;
+
+static void pool_embeddings(const engine_model *m, const bert_batch *batch, const float *hidden,
+                            const head_job *job) {
+    const size_t H = (size_t)m->cfg.hidden;
+    for (int s = 0; s < batch->n_seqs; s++) {
+        float *v = job->out + (size_t)s * H;
+        int t0 = batch->offsets[s], t1 = batch->offsets[s + 1];
+        if (job->pooling == ENGINE_POOL_CLS) {
+            memcpy(v, hidden + (size_t)t0 * H, H * sizeof(float));
+        } else {
+            memset(v, 0, H * sizeof(float));
+            for (int t = t0; t < t1; t++)
+                m->ops->add(v, hidden + (size_t)t * H, H);
+            float inv = 1.0f / (float)(t1 - t0);
+            for (size_t j = 0; j < H; j++)
+                v[j] *= inv;
+        }
+        if (job->normalize) { /* as torch.nn.functional.normalize: x / max(||x||, 1e-12) */
+            double sq = 0;
+            for (size_t j = 0; j < H; j++)
+                sq += (double)v[j] * v[j];
+            double norm = sqrt(sq);
+            float inv = (float)(1.0 / (norm > 1e-12 ? norm : 1e-12));
+            for (size_t j = 0; j < H; j++)
+                v[j] *= inv;
+        }
+    }
+}
+
+/* Tokenizes and packs the texts, then runs encoder and head under the run
+ * lock in the model's scratch. */
+static int run_batch(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                     const head_job *job, engine_error *err) {
+    bert_batch batch;
+    int rc = pack(m, texts, lens, n, &batch, err);
     if (rc)
         return rc;
-    size_t bytes = (size_t)batch->n_tokens * m->cfg.hidden * sizeof(float);
-    *hidden = aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!*hidden) {
-        unpack(batch);
-        return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
-    }
+    const size_t hidden_floats = ((size_t)batch.n_tokens * m->cfg.hidden + 15) / 16 * 16;
+    const size_t work_floats = bert_scratch_floats(&m->cfg, &batch, threadpool_size(m->pool));
     pthread_mutex_lock(&m->run_lock);
-    rc = bert_encode(&m->weights, &m->cfg, batch, m->pool, m->ops, *hidden, err);
-    pthread_mutex_unlock(&m->run_lock);
-    if (rc) {
-        free(*hidden);
-        *hidden = NULL;
-        unpack(batch);
+    rc = reserve_scratch(m, (hidden_floats + work_floats) * sizeof(float), err);
+    if (!rc) {
+        float *hidden = m->scratch;
+        bert_encode(&m->weights, &m->cfg, &batch, m->pool, m->ops, hidden, hidden + hidden_floats);
+        if (job->kind == HEAD_CLASSIFY)
+            rc = bert_classify_head(&m->weights, &m->cfg, &batch, hidden, m->ops, job->logits, err);
+        else
+            pool_embeddings(m, &batch, hidden, job);
     }
+    pthread_mutex_unlock(&m->run_lock);
+    unpack(&batch);
     return rc;
 }
 
@@ -262,20 +326,14 @@ int engine_classify(engine_model *m, const char *const *texts, const size_t *len
         return engine_error_set(err, ENGINE_EUNSUPPORTED,
                                 "%s is an embedding model (no classification head)",
                                 m->cfg.architecture);
-    bert_batch batch;
-    float *hidden;
-    int rc = encode(m, texts, lens, n, &batch, &hidden, err);
-    if (rc)
-        return rc;
     const int K = m->cfg.n_labels;
-    float *out = logits ? logits : malloc(n * (size_t)K * sizeof(float));
+    float *out = logits ? logits : malloc((n ? n : 1) * (size_t)K * sizeof(float));
     if (!out)
-        rc = engine_error_set(err, ENGINE_ENOMEM, "out of memory");
-    else
-        rc = bert_classify_head(&m->weights, &m->cfg, &batch, hidden, m->ops, out, err);
+        return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    head_job job = {.kind = HEAD_CLASSIFY, .logits = out};
+    int rc = run_batch(m, texts, lens, n, &job, err);
     if (!rc && probs) {
-        for (size_t i = 0; i < n * (size_t)K; i++)
-            probs[i] = out[i];
+        memcpy(probs, out, n * (size_t)K * sizeof(float));
         for (size_t i = 0; i < n; i++) {
             float *p = probs + i * K;
             if (m->cfg.multi_label)
@@ -287,43 +345,13 @@ int engine_classify(engine_model *m, const char *const *texts, const size_t *len
     }
     if (out != logits)
         free(out);
-    free(hidden);
-    unpack(&batch);
     return rc;
 }
 
 int engine_embed(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
                  engine_pooling pooling, int normalize, float *out, engine_error *err) {
-    bert_batch batch;
-    float *hidden;
-    int rc = encode(m, texts, lens, n, &batch, &hidden, err);
-    if (rc)
-        return rc;
-    const size_t H = (size_t)m->cfg.hidden;
-    for (size_t s = 0; s < n; s++) {
-        float *v = out + s * H;
-        int t0 = batch.offsets[s], t1 = batch.offsets[s + 1];
-        if (pooling == ENGINE_POOL_CLS) {
-            memcpy(v, hidden + (size_t)t0 * H, H * sizeof(float));
-        } else {
-            for (size_t j = 0; j < H; j++) {
-                double sum = 0;
-                for (int t = t0; t < t1; t++)
-                    sum += hidden[(size_t)t * H + j];
-                v[j] = (float)(sum / (t1 - t0));
-            }
-        }
-        if (normalize) { /* as torch.nn.functional.normalize: x / max(||x||, 1e-12) */
-            double sq = 0;
-            for (size_t j = 0; j < H; j++)
-                sq += (double)v[j] * v[j];
-            double norm = sqrt(sq);
-            float inv = (float)(1.0 / (norm > 1e-12 ? norm : 1e-12));
-            for (size_t j = 0; j < H; j++)
-                v[j] *= inv;
-        }
-    }
-    free(hidden);
-    unpack(&batch);
-    return 0;
+    if (!out)
+        return engine_error_set(err, ENGINE_EARG, "no output buffer");
+    head_job job = {.kind = HEAD_EMBED, .pooling = pooling, .normalize = normalize, .out = out};
+    return run_batch(m, texts, lens, n, &job, err);
 }

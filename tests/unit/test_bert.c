@@ -76,7 +76,9 @@ static void check_model(const char *name, const kernel_ops *ops, int n_threads) 
     const size_t H = (size_t)cfg.hidden;
     float *hidden = malloc(sizeof(float) * (size_t)batch.n_tokens * H);
     threadpool *pool = threadpool_create(n_threads);
-    assert_int_equal(bert_encode(&w, &cfg, &batch, pool, ops, hidden, &err), 0);
+    float *scratch = aligned_alloc(64, (bert_scratch_floats(&cfg, &batch, n_threads) * sizeof(float) + 63) / 64 * 64);
+    bert_encode(&w, &cfg, &batch, pool, ops, hidden, scratch);
+    free(scratch);
     float *logits = malloc(sizeof(float) * n * (size_t)(cfg.n_labels + 1));
     if (cfg.task == ENGINE_TASK_CLASSIFY)
         assert_int_equal(bert_classify_head(&w, &cfg, &batch, hidden, ops, logits, &err), 0);
