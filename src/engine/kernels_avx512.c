@@ -12,8 +12,9 @@
  * in place, as dot products along k: a 6 x 4 register block holds 24
  * accumulators (6 rows of X against 4 rows of W, 16 k at a time), reduced
  * across lanes once per k block. Blocking: k in blocks of 768 (partial sums
- * added into C), rows of X in blocks of 64 (kept in L2) while each 4-row
- * slice of W (12 KB) stays in L1. gemm_nn (attention's P V) broadcasts P
+ * added into C); with few rows of X each 4-row slice of W stays in L1 while
+ * all of X passes it, with many rows each 6-row slice of X stays in L1
+ * while 128 rows of W pass it (measured: the crossover is near 256 rows). gemm_nn (attention's P V) broadcasts P
  * and streams rows of V, for n a multiple of 16 up to 64.
  */
 #include <immintrin.h>
@@ -145,7 +146,8 @@ static void avx512_add(float *y, const float *b, size_t n) {
 #define GEMM_MR 6   /* rows of X per register block */
 #define GEMM_NR 4   /* rows of W (output columns) per register block */
 #define GEMM_KC 768 /* k per block */
-#define GEMM_MB 64  /* rows of X per cache block */
+#define GEMM_NB 128 /* rows of W per cache block (kept in L2) */
+#define GEMM_MANY_ROWS 256 /* from here on, keep X in L1 rather than W */
 
 /* Sums each of a0..a3 across its 16 lanes: returns {sum a0, .., sum a3}. */
 static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
@@ -209,6 +211,37 @@ static inline __attribute__((always_inline)) void gemm_block(const int mr, int k
     }
 }
 
+/* One 6-row (or shorter) slice of X against every 4-row slice of W in
+ * [n0, n1): the X slice (6 x kc) stays in L1 while W streams from L2. */
+static void gemm_rows(int mr, int kc, float alpha, const float *x, int ldx, const float *w, int ldw,
+                      const float *bias, int accumulate, float *c, int ldc, int n0, int n1) {
+    for (int nb = n0; nb < n1; nb += GEMM_NR) {
+        const float *wp = w + (size_t)nb * ldw;
+        const float *bp = bias ? bias + nb : NULL;
+        float *cp = c + nb;
+        switch (mr) {
+        case 6:
+            gemm_block(6, kc, alpha, x, ldx, wp, ldw, bp, accumulate, cp, ldc);
+            break;
+        case 5:
+            gemm_block(5, kc, alpha, x, ldx, wp, ldw, bp, accumulate, cp, ldc);
+            break;
+        case 4:
+            gemm_block(4, kc, alpha, x, ldx, wp, ldw, bp, accumulate, cp, ldc);
+            break;
+        case 3:
+            gemm_block(3, kc, alpha, x, ldx, wp, ldw, bp, accumulate, cp, ldc);
+            break;
+        case 2:
+            gemm_block(2, kc, alpha, x, ldx, wp, ldw, bp, accumulate, cp, ldc);
+            break;
+        case 1:
+            gemm_block(1, kc, alpha, x, ldx, wp, ldw, bp, accumulate, cp, ldc);
+            break;
+        }
+    }
+}
+
 static void avx512_gemm_nt(int m, int n, int k, float alpha, const float *x, int ldx, const float *w,
                            int ldw, const float *bias, float *c, int ldc) {
     if (n % GEMM_NR != 0 || k <= 0) {
@@ -217,35 +250,23 @@ static void avx512_gemm_nt(int m, int n, int k, float alpha, const float *x, int
     }
     for (int kb = 0; kb < k; kb += GEMM_KC) {
         const int kc = k - kb < GEMM_KC ? k - kb : GEMM_KC, accumulate = kb > 0;
-        for (int mb = 0; mb < m; mb += GEMM_MB) {
-            const int me = m - mb < GEMM_MB ? m : mb + GEMM_MB;
-            for (int nb = 0; nb < n; nb += GEMM_NR) {
-                const float *wp = w + (size_t)nb * ldw + kb;
-                const float *bp = bias ? bias + nb : NULL;
-                int i = mb;
-                for (; i + GEMM_MR <= me; i += GEMM_MR)
-                    gemm_block(GEMM_MR, kc, alpha, x + (size_t)i * ldx + kb, ldx, wp, ldw, bp, accumulate,
-                               c + (size_t)i * ldc + nb, ldc);
-                const float *xp = x + (size_t)i * ldx + kb;
-                float *cp = c + (size_t)i * ldc + nb;
-                switch (me - i) {
-                case 5:
-                    gemm_block(5, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
-                    break;
-                case 4:
-                    gemm_block(4, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
-                    break;
-                case 3:
-                    gemm_block(3, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
-                    break;
-                case 2:
-                    gemm_block(2, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
-                    break;
-                case 1:
-                    gemm_block(1, kc, alpha, xp, ldx, wp, ldw, bp, accumulate, cp, ldc);
-                    break;
-                }
-            }
+        if (m < GEMM_MANY_ROWS) {
+            /* Few rows: the weights dominate the traffic. Each 4-row slice of
+             * W is read once and stays in L1 while every row of X (in L2)
+             * passes it. */
+            for (int nb = 0; nb < n; nb += GEMM_NR)
+                for (int i = 0; i < m; i += GEMM_MR)
+                    gemm_rows(m - i < GEMM_MR ? m - i : GEMM_MR, kc, alpha, x + (size_t)i * ldx + kb, ldx,
+                              w + kb, ldw, bias, accumulate, c + (size_t)i * ldc, ldc, nb, nb + GEMM_NR);
+            continue;
+        }
+        /* Many rows: each 6-row slice of X stays in L1 while a 128-row block
+         * of W (in L2) passes it. */
+        for (int n0 = 0; n0 < n; n0 += GEMM_NB) {
+            const int n1 = n - n0 < GEMM_NB ? n : n0 + GEMM_NB;
+            for (int i = 0; i < m; i += GEMM_MR)
+                gemm_rows(m - i < GEMM_MR ? m - i : GEMM_MR, kc, alpha, x + (size_t)i * ldx + kb, ldx,
+                          w + kb, ldw, bias, accumulate, c + (size_t)i * ldc, ldc, n0, n1);
         }
     }
 }
