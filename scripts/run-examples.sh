@@ -19,7 +19,7 @@ fi
 echo "== aiserve info --model $model"
 "$bin" info --model "$model"
 echo "== aiserve predict --model $model ..."
-"$bin" predict --model "$model" --threads "$(nproc)" \
+"$bin" predict --model "$model" \
   "This film is a delight from start to finish." \
   "A dull, lifeless and overlong mess." \
   "The acting is fine, but the plot goes nowhere."

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 
@@ -51,7 +52,7 @@ static void usage(FILE *out) {
           "                     vocab.txt or tokenizer.json)\n"
           "  --input FILE       read one text per line from FILE ('-' is stdin), after TEXT args\n"
           "  --batch-size N     texts per forward pass (default 32)\n"
-          "  --threads N        compute threads (default 1)\n"
+          "  --threads N        compute threads (default: the number of CPUs)\n"
           "  --pooling mean|cls embedding pooling (default mean)\n"
           "  --normalize        L2-normalise embeddings\n"
           "  --max-length N     tokenize: truncate to N tokens (default: the model's)\n"
@@ -128,7 +129,8 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         {0, 0, 0, 0},
     };
     a->batch_size = 32;
-    a->n_threads = 1;
+    long n_cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    a->n_threads = n_cpus > 0 && n_cpus <= 256 ? (int)n_cpus : 1;
     int c;
     optind = 2;
     while ((c = getopt_long(argc, argv, "m:i:b:t:p:nl:h", opts, NULL)) != -1) {

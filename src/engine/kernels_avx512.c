@@ -169,7 +169,8 @@ static inline float gemm_out(float sum, float alpha, const float *bias, int j, i
 static inline __attribute__((always_inline)) void gemm_block(const int mr, const int nr, int kc,
                                                              float alpha, const float *x, int ldx,
                                                              const float *w, int ldw, const float *bias,
-                                                             int accumulate, float *c, int ldc) {
+                                                             int accumulate, float *c, int ldc,
+                                                             const float *prefetch) {
     __m512 acc[6][4];
 #pragma GCC unroll 6
     for (int r = 0; r < mr; r++)
@@ -182,6 +183,10 @@ static inline __attribute__((always_inline)) void gemm_block(const int mr, const
 #pragma GCC unroll 4
         for (int j = 0; j < nr; j++)
             wv[j] = _mm512_maskz_loadu_ps(m, w + (size_t)j * ldw + k);
+        if (prefetch) /* the next slice of W, one line per row per step */
+#pragma GCC unroll 4
+            for (int j = 0; j < nr; j++)
+                _mm_prefetch((const char *)(prefetch + (size_t)j * ldw + k), _MM_HINT_T0);
 #pragma GCC unroll 6
         for (int r = 0; r < mr; r++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + k);
@@ -203,23 +208,21 @@ static inline __attribute__((always_inline)) void gemm_block(const int mr, const
         }
 }
 
-#define GEMM_CASE(MR, NR)                                                                  \
+#define GEMM_CASE(MR)                                                                      \
     case MR:                                                                               \
-        for (int nb = n0; nb < n1; nb += NR)                                               \
-            gemm_block(MR, NR, kc, alpha, x, ldx, w + (size_t)nb * ldw, ldw,               \
-                       bias ? bias + nb : NULL, accumulate, c + nb, ldc);                  \
+        gemm_block(MR, 4, kc, alpha, x, ldx, w, ldw, bias, accumulate, c, ldc, prefetch);  \
         break;
 
-/* One slice of mr rows of X against every nr-row slice of W in [n0, n1). */
+/* mr rows of X against one 4-row slice of W. */
 static void gemm_rows_6x4(int mr, int kc, float alpha, const float *x, int ldx, const float *w, int ldw,
-                          const float *bias, int accumulate, float *c, int ldc, int n0, int n1) {
+                          const float *bias, int accumulate, float *c, int ldc, const float *prefetch) {
     switch (mr) {
-        GEMM_CASE(6, 4)
-        GEMM_CASE(5, 4)
-        GEMM_CASE(4, 4)
-        GEMM_CASE(3, 4)
-        GEMM_CASE(2, 4)
-        GEMM_CASE(1, 4)
+        GEMM_CASE(6)
+        GEMM_CASE(5)
+        GEMM_CASE(4)
+        GEMM_CASE(3)
+        GEMM_CASE(2)
+        GEMM_CASE(1)
     }
 }
 
@@ -235,10 +238,17 @@ static void avx512_gemm_nt(int m, int n, int k, float alpha, const float *x, int
         const int kc = k - kb < GEMM_KC ? k - kb : GEMM_KC, accumulate = kb > 0;
         for (int mb = 0; mb < m; mb += GEMM_MB) {
             const int me = m - mb < GEMM_MB ? m : mb + GEMM_MB;
-            for (int nb = 0; nb < n; nb += 4)
+            for (int nb = 0; nb < n; nb += 4) {
+                const float *wp = w + (size_t)nb * ldw + kb;
+                /* The first pass over a slice pulls the next slice toward L1:
+                 * each row of W is only a few KB, too short for the hardware
+                 * prefetcher to hide DRAM latency at every new slice. */
+                const float *next = nb + 4 < n ? wp + 4 * (size_t)ldw : NULL;
                 for (int i = mb; i < me; i += 6)
-                    gemm_rows_6x4(me - i < 6 ? me - i : 6, kc, alpha, x + (size_t)i * ldx + kb, ldx, w + kb,
-                                  ldw, bias, accumulate, c + (size_t)i * ldc, ldc, nb, nb + 4);
+                    gemm_rows_6x4(me - i < 6 ? me - i : 6, kc, alpha, x + (size_t)i * ldx + kb, ldx, wp, ldw,
+                                  bias ? bias + nb : NULL, accumulate, c + (size_t)i * ldc + nb, ldc,
+                                  i == mb ? next : NULL);
+            }
         }
     }
 }
