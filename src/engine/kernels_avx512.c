@@ -156,14 +156,7 @@ static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* Finishes one output: alpha * sum, plus bias on the first k block, plus
- * what C holds on later ones. */
-static inline float gemm_out(float sum, float alpha, const float *bias, int j, int accumulate,
-                             const float *c) {
-    return alpha * sum + (accumulate ? *c : bias ? bias[j] : 0.0f);
-}
-
-/* C[mr x nr] (=|+=) alpha * X[mr x kc] W[nr x kc]^T (+ bias). mr and nr are
+/* C[mr x 4] (=|+=) alpha * X[mr x kc] W[4 x kc]^T (+ bias). mr and nr (4) are
  * compile-time constants at every call site, so the loops unroll and the
  * accumulators live in registers. */
 static inline __attribute__((always_inline)) void gemm_block(const int mr, const int nr, int kc,
@@ -195,17 +188,16 @@ static inline __attribute__((always_inline)) void gemm_block(const int mr, const
                 acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
         }
     }
-    float sums[6][4];
+    /* nr == 4: one lane reduction per row, then alpha, and the bias (first
+     * k block) or what C holds (later ones), four outputs at a time. */
+    const __m128 va = _mm_set1_ps(alpha);
+    const __m128 vb = bias && !accumulate ? _mm_loadu_ps(bias) : _mm_setzero_ps();
 #pragma GCC unroll 6
-    for (int r = 0; r < mr; r++)
-        _mm_storeu_ps(sums[r], reduce4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
-#pragma GCC unroll 6
-    for (int r = 0; r < mr; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < nr; j++) {
-            float *cj = c + (size_t)r * ldc + j;
-            *cj = gemm_out(sums[r][j], alpha, bias, j, accumulate, cj);
-        }
+    for (int r = 0; r < mr; r++) {
+        float *cr = c + (size_t)r * ldc;
+        __m128 s = reduce4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+        _mm_storeu_ps(cr, _mm_fmadd_ps(s, va, accumulate ? _mm_loadu_ps(cr) : vb));
+    }
 }
 
 #define GEMM_CASE(MR)                                                                      \
