@@ -43,7 +43,9 @@ static double check_close(json_t *want, const float *got, size_t n, double tol, 
     return worst;
 }
 
-static void check_model(const char *name, const kernel_ops *ops, int n_threads) {
+/* Checks one fixture model with its cases packed in one batch, repeated
+ * `repeat` times (a large batch takes the row-split path of the forward). */
+static void check_model(const char *name, const kernel_ops *ops, int n_threads, int repeat) {
     char dir[512], path[600];
     snprintf(dir, sizeof dir, "%s/%s", FIXTURES, name);
     model_config cfg;
@@ -61,13 +63,13 @@ static void check_model(const char *name, const kernel_ops *ops, int n_threads) 
     assert_non_null(exp);
     double tol = json_number_value(json_object_get(exp, "tolerance"));
     json_t *cases = json_object_get(exp, "cases");
-    size_t n = json_array_size(cases);
+    const size_t n_cases = json_array_size(cases), n = n_cases * (size_t)repeat;
 
     int32_t *ids = malloc(sizeof(int32_t) * n * 1024);
     int *offsets = malloc(sizeof(int) * (n + 1));
     offsets[0] = 0;
     for (size_t c = 0; c < n; c++) {
-        json_t *jids = json_object_get(json_array_get(cases, c), "ids");
+        json_t *jids = json_object_get(json_array_get(cases, c % n_cases), "ids");
         for (size_t t = 0; t < json_array_size(jids); t++)
             ids[offsets[c] + t] = (int32_t)json_integer_value(json_array_get(jids, t));
         offsets[c + 1] = offsets[c] + (int)json_array_size(jids);
@@ -83,7 +85,7 @@ static void check_model(const char *name, const kernel_ops *ops, int n_threads) 
     if (cfg.task == ENGINE_TASK_CLASSIFY)
         assert_int_equal(bert_classify_head(&w, &cfg, &batch, hidden, ops, logits, &err), 0);
     for (size_t c = 0; c < n; c++) {
-        json_t *jc = json_array_get(cases, c);
+        json_t *jc = json_array_get(cases, c % n_cases);
         const float *cls = hidden + (size_t)offsets[c] * H;
         double e = check_close(json_object_get(jc, "cls"), cls, H, tol, "cls", name, c);
         worst_error = e > worst_error ? e : worst_error;
@@ -104,7 +106,7 @@ static void check_model(const char *name, const kernel_ops *ops, int n_threads) 
     model_config_fini(&cfg);
 }
 
-static void for_each_model(const kernel_ops *ops, int n_threads) {
+static void for_each_model(const kernel_ops *ops, int n_threads, int repeat) {
     DIR *d = opendir(FIXTURES);
     assert_non_null(d);
     struct dirent *e;
@@ -112,7 +114,7 @@ static void for_each_model(const kernel_ops *ops, int n_threads) {
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.')
             continue;
-        check_model(e->d_name, ops, n_threads);
+        check_model(e->d_name, ops, n_threads, repeat);
         n_models++;
     }
     closedir(d);
@@ -121,19 +123,26 @@ static void for_each_model(const kernel_ops *ops, int n_threads) {
 
 static void test_scalar_one_thread(void **state) {
     (void)state;
-    for_each_model(kernels_scalar(), 1);
+    for_each_model(kernels_scalar(), 1, 1);
 }
 
 static void test_best_kernels_three_threads(void **state) {
     (void)state;
-    for_each_model(kernels_best(), 3);
+    for_each_model(kernels_best(), 3, 1);
     printf("worst absolute error against the reference: %.3g\n", worst_error);
+}
+
+static void test_large_batch_row_split(void **state) {
+    (void)state;
+    /* 14 cases x 12 repeats is over 768 tokens for every fixture */
+    for_each_model(kernels_best(), 2, 12);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scalar_one_thread),
         cmocka_unit_test(test_best_kernels_three_threads),
+        cmocka_unit_test(test_large_batch_row_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
