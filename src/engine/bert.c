@@ -22,6 +22,7 @@
 #include "bert.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,24 @@ static int bind_norm(binder *b, const char *name, int n, bert_norm *norm) {
     return rc;
 }
 
+/* The tensors of one encoder layer under both naming schemes. */
+typedef struct layer_tensor {
+    size_t offset;             /* of the bert_linear / bert_norm in bert_layer */
+    const char *bert, *distilbert;
+    int is_norm, out_is_ff, in_is_ff; /* shapes: hidden, or intermediate where set */
+} layer_tensor;
+
+static const layer_tensor layer_tensors[] = {
+    {offsetof(bert_layer, q), "attention.self.query", "attention.q_lin", 0, 0, 0},
+    {offsetof(bert_layer, k), "attention.self.key", "attention.k_lin", 0, 0, 0},
+    {offsetof(bert_layer, v), "attention.self.value", "attention.v_lin", 0, 0, 0},
+    {offsetof(bert_layer, o), "attention.output.dense", "attention.out_lin", 0, 0, 0},
+    {offsetof(bert_layer, attn_norm), "attention.output.LayerNorm", "sa_layer_norm", 1, 0, 0},
+    {offsetof(bert_layer, ff1), "intermediate.dense", "ffn.lin1", 0, 1, 0},
+    {offsetof(bert_layer, ff2), "output.dense", "ffn.lin2", 0, 0, 1},
+    {offsetof(bert_layer, out_norm), "output.LayerNorm", "output_layer_norm", 1, 0, 0},
+};
+
 int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensors *st,
                       engine_error *err) {
     memset(w, 0, sizeof *w);
@@ -162,39 +181,19 @@ int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensor
     if (!w->layers)
         return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
     for (int l = 0; l < cfg->n_layers; l++) {
-        bert_layer *L = &w->layers[l];
-        char p[128], n[200];
-#define BIND_LIN(field, suffix, o, i)                      \
-    snprintf(n, sizeof n, "%s%s", p, suffix);              \
-    if ((rc = bind_linear(&b, n, o, i, &L->field)))        \
-        return rc;
-#define BIND_NORM(field, suffix)                           \
-    snprintf(n, sizeof n, "%s%s", p, suffix);              \
-    if ((rc = bind_norm(&b, n, H, &L->field)))             \
-        return rc;
-        if (is_bert) {
-            snprintf(p, sizeof p, "encoder.layer.%d.", l);
-            BIND_LIN(q, "attention.self.query", H, H)
-            BIND_LIN(k, "attention.self.key", H, H)
-            BIND_LIN(v, "attention.self.value", H, H)
-            BIND_LIN(o, "attention.output.dense", H, H)
-            BIND_NORM(attn_norm, "attention.output.LayerNorm")
-            BIND_LIN(ff1, "intermediate.dense", F, H)
-            BIND_LIN(ff2, "output.dense", H, F)
-            BIND_NORM(out_norm, "output.LayerNorm")
-        } else {
-            snprintf(p, sizeof p, "transformer.layer.%d.", l);
-            BIND_LIN(q, "attention.q_lin", H, H)
-            BIND_LIN(k, "attention.k_lin", H, H)
-            BIND_LIN(v, "attention.v_lin", H, H)
-            BIND_LIN(o, "attention.out_lin", H, H)
-            BIND_NORM(attn_norm, "sa_layer_norm")
-            BIND_LIN(ff1, "ffn.lin1", F, H)
-            BIND_LIN(ff2, "ffn.lin2", H, F)
-            BIND_NORM(out_norm, "output_layer_norm")
+        char prefix[64], name[200];
+        snprintf(prefix, sizeof prefix, is_bert ? "encoder.layer.%d." : "transformer.layer.%d.", l);
+        for (size_t i = 0; i < sizeof layer_tensors / sizeof *layer_tensors; i++) {
+            const layer_tensor *t = &layer_tensors[i];
+            char *field = (char *)&w->layers[l] + t->offset;
+            snprintf(name, sizeof name, "%s%s", prefix, is_bert ? t->bert : t->distilbert);
+            if (t->is_norm)
+                rc = bind_norm(&b, name, H, (bert_norm *)field);
+            else
+                rc = bind_linear(&b, name, t->out_is_ff ? F : H, t->in_is_ff ? F : H, (bert_linear *)field);
+            if (rc)
+                return rc;
         }
-#undef BIND_LIN
-#undef BIND_NORM
     }
     if (cfg->task != ENGINE_TASK_CLASSIFY)
         return 0;
