@@ -242,8 +242,7 @@ static int parse_tokenizer_config(const json_t *root, const char *path, model_co
         if (v < 2)
             return engine_error_set(err, ENGINE_ECONFIG,
                                     "%s: 'model_max_length' must be a number >= 2", path);
-        if (v < cfg->max_length)
-            cfg->max_length = (int)v;
+        cfg->max_length = v < cfg->max_position ? (int)v : cfg->max_position;
     }
     return 0;
 }
@@ -285,14 +284,13 @@ int model_config_load(const char *dir, model_config *cfg, engine_error *err) {
     json_decref(root);
     if (rc)
         return rc;
+    /* 512 (the FastAPI service's truncation) unless tokenizer_config.json's
+     * model_max_length says otherwise; never past the position table. */
     cfg->max_length = cfg->max_position < 512 ? cfg->max_position : 512;
     root = load_json(dir, "tokenizer_config.json", path, sizeof path, 1, &rc, err);
     if (rc)
         return rc;
     if (root) {
-        cfg->max_length = cfg->max_position; /* model_max_length decides, capped by positions */
-        if (!json_object_get(root, "model_max_length") && cfg->max_length > 512)
-            cfg->max_length = 512;
         rc = parse_tokenizer_config(root, path, cfg, err);
         json_decref(root);
     }
