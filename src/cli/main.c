@@ -5,6 +5,7 @@
  *   aiserve embed    --model DIR [--pooling mean|cls] [--normalize] [--input FILE] [TEXT ...]
  *   aiserve tokenize --model DIR [--max-length N] [--input FILE] [TEXT ...]
  *   aiserve info     --model DIR
+ *   aiserve eval     --model DIR --data FILE.tsv [--format text|json] [--batch-size N]
  *
  * Output is one JSON object per text, in input order (JSON lines). A text
  * the engine rejects (invalid UTF-8) gets {"error": ...} in its place and
@@ -20,23 +21,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "engine.h"
 
-enum { EXIT_INPUT = 1, EXIT_LOAD = 2 };
 
-typedef struct cli_args {
-    const char *command;
-    const char *model_dir;
-    const char *input;
-    int batch_size;
-    int n_threads;
-    int max_length;
-    engine_pooling pooling;
-    int normalize;
-    char **texts; /* owned list; the strings are owned too */
-    size_t *lens;
-    size_t n_texts, cap_texts;
-} cli_args;
 
 static void usage(FILE *out) {
     fputs("usage: aiserve COMMAND --model DIR [options] [TEXT ...]\n"
@@ -46,6 +34,8 @@ static void usage(FILE *out) {
           "  embed     embed texts: {\"embedding\": [...]} per text\n"
           "  tokenize  show what the model sees: {\"ids\", \"tokens\"} per text\n"
           "  info      architecture, sizes, labels, dtype, parameter count\n"
+          "  eval      accuracy, per-class precision/recall, confusion matrix and\n"
+          "            sequences/s on a TSV with 'sentence' and 'label' columns\n"
           "\n"
           "options:\n"
           "  --model DIR        Hugging Face model directory (config.json, model.safetensors,\n"
@@ -56,12 +46,15 @@ static void usage(FILE *out) {
           "  --pooling mean|cls embedding pooling (default mean)\n"
           "  --normalize        L2-normalise embeddings\n"
           "  --max-length N     tokenize: truncate to N tokens (default: the model's)\n"
+          "  --data FILE.tsv    eval: labelled data (header with 'sentence' and 'label';\n"
+          "                     a label is an id or a name from id2label)\n"
+          "  --format text|json eval: report format (default text)\n"
           "\n"
           "exit status: 0 ok, 1 some text was rejected, 2 usage or model load error\n",
           out);
 }
 
-static int add_text(cli_args *a, const char *s, size_t len) {
+int cli_add_text(cli_args *a, const char *s, size_t len) {
     if (a->n_texts == a->cap_texts) {
         size_t cap = a->cap_texts ? 2 * a->cap_texts : 64;
         char **t = realloc(a->texts, cap * sizeof *t);
@@ -99,7 +92,7 @@ static int read_lines(cli_args *a, const char *path) {
             n--;
         if (n > 0 && line[n - 1] == '\r')
             n--;
-        if (add_text(a, line, (size_t)n)) {
+        if (cli_add_text(a, line, (size_t)n)) {
             rc = -1;
             break;
         }
@@ -126,6 +119,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         {"batch-size", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
         {"pooling", required_argument, 0, 'p'},    {"normalize", no_argument, 0, 'n'},
         {"max-length", required_argument, 0, 'l'}, {"help", no_argument, 0, 'h'},
+        {"data", required_argument, 0, 'd'},       {"format", required_argument, 0, 'f'},
         {0, 0, 0, 0},
     };
     a->batch_size = 32;
@@ -133,7 +127,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     a->n_threads = n_cpus > 0 && n_cpus <= 256 ? (int)n_cpus : 1;
     int c;
     optind = 2;
-    while ((c = getopt_long(argc, argv, "m:i:b:t:p:nl:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:i:b:t:p:nl:hd:f:", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             a->model_dir = optarg;
@@ -164,6 +158,15 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             if (parse_int(optarg, 2, 1 << 20, &a->max_length))
                 return fprintf(stderr, "aiserve: --max-length must be at least 2\n"), -1;
             break;
+        case 'd':
+            a->data = optarg;
+            break;
+        case 'f':
+            if (strcmp(optarg, "json") == 0)
+                a->json_format = 1;
+            else if (strcmp(optarg, "text") != 0)
+                return fprintf(stderr, "aiserve: --format must be text or json\n"), -1;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -173,15 +176,17 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     }
     if (!a->model_dir)
         return fprintf(stderr, "aiserve: %s needs --model DIR\n", a->command), -1;
+    if (strcmp(a->command, "eval") == 0 && !a->data)
+        return fprintf(stderr, "aiserve: eval needs --data FILE.tsv\n"), -1;
     for (int i = optind; i < argc; i++)
-        if (add_text(a, argv[i], strlen(argv[i])))
+        if (cli_add_text(a, argv[i], strlen(argv[i])))
             return -1;
     if (a->input && read_lines(a, a->input))
         return -1;
     return 0;
 }
 
-static void print_json(json_t *obj) {
+void cli_print_json(json_t *obj) {
     char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7));
     if (s) {
         fputs(s, stdout);
@@ -191,7 +196,7 @@ static void print_json(json_t *obj) {
     json_decref(obj);
 }
 
-static json_t *float_array(const float *v, size_t n) {
+json_t *cli_float_array(const float *v, size_t n) {
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, json_real(v[i]));
@@ -199,7 +204,7 @@ static json_t *float_array(const float *v, size_t n) {
 }
 
 static void print_error_line(const char *message) {
-    print_json(json_pack("{s:s}", "error", message));
+    cli_print_json(json_pack("{s:s}", "error", message));
 }
 
 static json_t *prediction_json(const engine_model *m, const float *logits, const float *probs) {
@@ -211,8 +216,8 @@ static json_t *prediction_json(const engine_model *m, const float *logits, const
     json_t *o = json_object();
     json_object_set_new(o, "label", json_string(engine_model_label(m, best)));
     json_object_set_new(o, "confidence", json_real(probs[best]));
-    json_object_set_new(o, "probs", float_array(probs, (size_t)info->n_labels));
-    json_object_set_new(o, "logits", float_array(logits, (size_t)info->n_labels));
+    json_object_set_new(o, "probs", cli_float_array(probs, (size_t)info->n_labels));
+    json_object_set_new(o, "logits", cli_float_array(logits, (size_t)info->n_labels));
     return o;
 }
 
@@ -241,10 +246,10 @@ static int run_chunk(engine_model *m, cli_args *a, size_t first, size_t n, float
     for (size_t i = 0; i < n; i++) {
         if (strcmp(a->command, "predict") == 0) {
             size_t k = (size_t)info->n_labels;
-            print_json(prediction_json(m, buf_a + i * k, buf_b + i * k));
+            cli_print_json(prediction_json(m, buf_a + i * k, buf_b + i * k));
         } else {
             size_t h = (size_t)info->hidden;
-            print_json(json_pack("{s:o}", "embedding", float_array(buf_a + i * h, h)));
+            cli_print_json(json_pack("{s:o}", "embedding", cli_float_array(buf_a + i * h, h)));
         }
     }
     return 0;
@@ -298,7 +303,7 @@ static int cmd_tokenize(engine_model *m, cli_args *a) {
             json_array_append_new(jids, json_integer(ids[j]));
             json_array_append_new(jtok, json_string(engine_token_text(m, ids[j])));
         }
-        print_json(json_pack("{s:o,s:o}", "ids", jids, "tokens", jtok));
+        cli_print_json(json_pack("{s:o,s:o}", "ids", jids, "tokens", jtok));
     }
     free(ids);
     return status;
@@ -320,7 +325,7 @@ static int cmd_info(engine_model *m, cli_args *a) {
                           info->multi_label, "do_lower_case", info->do_lower_case, "dtype",
                           info->dtype, "parameters", (json_int_t)info->n_params, "weight_bytes",
                           (json_int_t)info->weight_bytes);
-    print_json(o);
+    cli_print_json(o);
     return 0;
 }
 
@@ -330,12 +335,13 @@ int main(int argc, char **argv) {
         return argc < 2 ? EXIT_LOAD : 0;
     }
     cli_args a = {.command = argv[1]};
-    static const char *const commands[] = {"predict", "embed", "tokenize", "info"};
+    static const char *const commands[] = {"predict", "embed", "tokenize", "info", "eval"};
     int known = 0;
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         known |= strcmp(a.command, commands[i]) == 0;
     if (!known) {
-        fprintf(stderr, "aiserve: unknown command '%s' (predict, embed, tokenize, info)\n", a.command);
+        fprintf(stderr, "aiserve: unknown command '%s' (predict, embed, tokenize, info, eval)\n",
+                a.command);
         return EXIT_LOAD;
     }
     int status = EXIT_LOAD;
@@ -347,6 +353,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "aiserve: %s\n", err.message);
         } else if (strcmp(a.command, "info") == 0) {
             status = cmd_info(m, &a);
+        } else if (strcmp(a.command, "eval") == 0) {
+            status = cli_eval(m, &a);
         } else if (strcmp(a.command, "tokenize") == 0) {
             status = cmd_tokenize(m, &a);
         } else {

@@ -163,3 +163,58 @@ def test_usage_errors_exit_2():
     assert run("predict", "--model", os.path.join(MODELS, "distilbert-f32"), "--threads", "0", "x")[0] == 2
     rc, _, err = run("predict", "--model", os.path.join(MODELS, "bert-base-embed"), "hello")
     assert rc == 2 and "embed" in err
+
+
+def eval_rows(model):
+    """(text, label id of the reference's argmax) for the golden cases a TSV can hold."""
+    rows = []
+    for c in usable_cases(model):
+        if any(ch in c["text"] for ch in "\t\n\r"):
+            continue
+        rows.append((c["text"], max(range(len(c["logits"])), key=lambda i: c["logits"][i])))
+    return rows
+
+
+def write_tsv(path, rows, header="sentence\tlabel"):
+    path.write_bytes((header + "\n" + "".join(f"{t}\t{l}\n" for t, l in rows)).encode())
+
+
+def test_eval_scores_against_the_reference_labels(tmp_path):
+    model = "distilbert-relu-3label"
+    d = os.path.join(MODELS, model)
+    labels = expected(model)["model"]["labels"]
+    rows = eval_rows(model)
+    write_tsv(tmp_path / "ids.tsv", rows)
+    rc, out, err = run("eval", "--model", d, "--data", str(tmp_path / "ids.tsv"), "--format", "json")
+    assert rc == 0, err
+    report = out[0]
+    assert report["accuracy"] == 1.0 and report["evaluated"] == len(rows)
+    assert report["labels"] == labels
+    for i, row in enumerate(report["confusion_matrix"]):
+        assert row[i] == sum(1 for _, l in rows if l == i) and sum(row) == row[i]
+    # names instead of ids, and every label shifted by one: nothing right
+    write_tsv(tmp_path / "names.tsv", [(t, labels[(l + 1) % 3]) for t, l in rows])
+    rc, out, _ = run("eval", "--model", d, "--data", str(tmp_path / "names.tsv"), "--format", "json")
+    assert rc == 0 and out[0]["accuracy"] == 0.0
+    assert all(v["recall"] in (0.0, None) for v in out[0]["per_class"].values())
+    # the text report says the same
+    proc = subprocess.run([BIN, "eval", "--model", d, "--data", str(tmp_path / "ids.tsv")],
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0 and b"accuracy    1.0000" in proc.stdout
+
+
+def test_eval_errors(tmp_path):
+    d = os.path.join(MODELS, "distilbert-f32")
+    write_tsv(tmp_path / "noheader.tsv", [("fine", 1)], header="text\tlabel")
+    rc, _, err = run("eval", "--model", d, "--data", str(tmp_path / "noheader.tsv"))
+    assert rc == 2 and "'sentence'" in err
+    write_tsv(tmp_path / "badlabel.tsv", [("fine", 1), ("bad", "MAYBE")])
+    rc, _, err = run("eval", "--model", d, "--data", str(tmp_path / "badlabel.tsv"))
+    assert rc == 2 and ":3:" in err and "MAYBE" in err
+    (tmp_path / "utf8.tsv").write_bytes(b"sentence\tlabel\nfine\t1\nbad \xff\t0\nalso fine\tNEGATIVE\n")
+    rc, out, err = run("eval", "--model", d, "--data", str(tmp_path / "utf8.tsv"), "--format", "json")
+    assert rc == 1 and out[0]["rejected"] == 1 and out[0]["evaluated"] == 2
+    assert run("eval", "--model", d)[0] == 2  # no --data
+    rc, _, err = run("eval", "--model", os.path.join(MODELS, "bert-multilabel"), "--data",
+                     str(tmp_path / "utf8.tsv"))
+    assert rc == 2 and "single-label" in err

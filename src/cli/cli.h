@@ -1,0 +1,42 @@
+/*
+ * cli.h - what the command-line front end's files share: the parsed
+ * arguments and the JSON-lines output helpers. Not an engine header: JSON
+ * lives here, at the edge.
+ */
+#ifndef AISERVE_CLI_H
+#define AISERVE_CLI_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "engine.h"
+
+enum { EXIT_INPUT = 1, EXIT_LOAD = 2 };
+
+typedef struct cli_args {
+    const char *command;
+    const char *model_dir;
+    const char *input;
+    const char *data;   /* eval: TSV with sentence and label columns */
+    int json_format;    /* eval: --format json */
+    int batch_size;
+    int n_threads;
+    int max_length;
+    engine_pooling pooling;
+    int normalize;
+    char **texts; /* owned list; the strings are owned too */
+    size_t *lens;
+    size_t n_texts, cap_texts;
+} cli_args;
+
+/* Appends a copy of s[0..len) to the texts; -1 when out of memory. */
+int cli_add_text(cli_args *a, const char *s, size_t len);
+/* Prints obj as one compact JSON line on stdout and releases it. */
+void cli_print_json(json_t *obj);
+json_t *cli_float_array(const float *v, size_t n);
+
+/* aiserve eval: accuracy, per-class precision and recall, confusion matrix
+ * and throughput of the model on a labelled TSV. Returns the exit status. */
+int cli_eval(engine_model *model, const cli_args *args);
+
+#endif

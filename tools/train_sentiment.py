@@ -1,0 +1,440 @@
+#!/usr/bin/python3
+"""train_sentiment.py - train aiserve's bundled SST-2 sentiment classifiers
+from scratch (no pretrained weights) and write them as Hugging Face model
+directories (config.json, model.safetensors in F16, vocab.txt,
+tokenizer_config.json, README.md).
+
+    /usr/bin/python3 tools/train_sentiment.py --version 1 --out models/sentiment/1
+    /usr/bin/python3 tools/train_sentiment.py --version 2 --out models/sentiment/2
+
+Presets (BertForSequenceClassification, gelu, layer_norm_eps 1e-12,
+max_position_embeddings 128, id2label {0: NEGATIVE, 1: POSITIVE}):
+    version 1: 2 layers, hidden 128, 2 heads, intermediate 512
+    version 2: 4 layers, hidden 256, 4 heads, intermediate 1024
+
+Data: GLUE SST-2 from /work/shared/data/sst2 (train.tsv to train, dev.tsv
+only to pick the best epoch and to report accuracy), uncased BERT WordPiece
+vocabulary. All hyperparameters are fixed up front in PRESETS; the only
+choice made on dev is which epoch's weights to keep. Dev accuracy is measured
+in eval mode on the weights after rounding to F16, which is what ships.
+
+The model is tools/hf_reference.py's BertForSequenceClassification (HF's
+state_dict names and math). That module has no dropout, so training uses
+train_forward() below: the same math with HF's dropout sites added
+(embeddings, attention probabilities, attention output, FFN output, before the
+classifier). With dropout off it equals the reference forward (checked at start).
+
+Also writes /tmp/sentiment_v<N>_dev_reference.json: per dev sentence, the
+F16-rounded model's probabilities and logits from a float64 PyTorch forward,
+for checking the C engine (tools/check_sentiment_agreement.py).
+"""
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_reference as hf  # noqa: E402
+
+DATA_DIR = "/work/shared/data"
+TRAIN_TSV = os.path.join(DATA_DIR, "sst2/train.tsv")
+DEV_TSV = os.path.join(DATA_DIR, "sst2/dev.tsv")
+VOCAB = os.path.join(DATA_DIR, "bert-base-uncased-vocab.txt")
+LABELS = ["NEGATIVE", "POSITIVE"]
+MAX_LEN = 128
+SEED = 1234
+
+# Decided once, before training; not tuned on dev.
+PRESETS = {
+    1: dict(layers=2, hidden=128, heads=2, intermediate=512,
+            epochs=6, batch=64, lr=1e-3, warmup=0.06, weight_decay=0.01,
+            dropout=0.1, attn_dropout=0.1, label_smoothing=0.1, word_dropout=0.05),
+    2: dict(layers=4, hidden=256, heads=4, intermediate=1024,
+            epochs=5, batch=64, lr=5e-4, warmup=0.06, weight_decay=0.01,
+            dropout=0.1, attn_dropout=0.1, label_smoothing=0.1, word_dropout=0.05),
+}
+
+
+def read_tsv(path):
+    """[(sentence, label)]; the sentence exactly as in the file (trailing space kept)."""
+    rows = []
+    with open(path, encoding="utf-8", newline="\n") as f:
+        header = f.readline().rstrip("\n")
+        if header != "sentence\tlabel":
+            raise ValueError(f"{path}: unexpected header {header!r}")
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            sent, label = line.rsplit("\t", 1)
+            rows.append((sent, int(label)))
+    return rows
+
+
+def file_sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def tokenize_all(tok, rows, cache_name):
+    """Token ids per row; cached in /tmp (outside the repo) keyed by file hashes."""
+    key = hashlib.sha256((cache_name + file_sha(VOCAB)
+                          + "".join(s for s, _ in rows)).encode("utf-8")).hexdigest()[:16]
+    cache = f"/tmp/aiserve_sst2_tok_{cache_name}_{key}.pt"
+    if os.path.exists(cache):
+        return torch.load(cache)
+    ids = [tok.encode(s, MAX_LEN) for s, _ in rows]
+    torch.save(ids, cache)
+    return ids
+
+
+def hf_init_(model, std=0.02):
+    """transformers' BertPreTrainedModel._init_weights."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.weight.data.normal_(0.0, std)
+            m.bias.data.zero_()
+        elif isinstance(m, torch.nn.Embedding):
+            m.weight.data.normal_(0.0, std)
+        elif isinstance(m, torch.nn.LayerNorm):
+            m.weight.data.fill_(1.0)
+            m.bias.data.zero_()
+    pad = model.config["pad_token_id"]
+    model.bert.embeddings.word_embeddings.weight.data[pad].zero_()
+
+
+def train_forward(model, ids, mask, p, p_attn, training):
+    """hf_reference BertForSequenceClassification forward with HF's dropout sites."""
+    b = model.bert
+    e = b.embeddings
+    pos = torch.arange(ids.shape[1])
+    x = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(pos)[None]
+                    + e.token_type_embeddings(torch.zeros_like(ids)))
+    x = F.dropout(x, p, training)
+    bsz, t, h = x.shape
+    for layer in b.encoder.layer:
+        s = layer.attention.self
+        nh = layer.n_heads
+        d = h // nh
+
+        def split(y):
+            return y.view(bsz, t, nh, d).transpose(1, 2)
+
+        q, k, v = split(s.query(x)), split(s.key(x)), split(s.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
+        bias = (1.0 - mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
+        probs = F.dropout(torch.softmax(scores + bias, dim=-1), p_attn, training)
+        ctx = torch.matmul(probs, v).transpose(1, 2).reshape(bsz, t, h)
+        o = layer.attention.output
+        x = o.LayerNorm(F.dropout(o.dense(ctx), p, training) + x)
+        y = layer.output.dense(layer.act(layer.intermediate.dense(x)))
+        x = layer.output.LayerNorm(F.dropout(y, p, training) + x)
+    pooled = b.pooler(x)
+    return model.classifier(F.dropout(pooled, p, training))
+
+
+def pad_batch(seqs):
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def make_batches(lengths, batch, rng):
+    """Deterministic bucketed order: shuffle, sort by length within chunks of
+    50 batches, cut into batches, shuffle the batch order."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    chunk = batch * 50
+    batches = []
+    for c in range(0, len(idx), chunk):
+        part = sorted(idx[c:c + chunk], key=lambda i: lengths[i])
+        batches.extend(part[j:j + batch] for j in range(0, len(part), batch))
+    rng.shuffle(batches)
+    return batches
+
+
+@torch.no_grad()
+def predict(model, seqs, dtype=torch.float32, batch=256):
+    """(probs [N, 2], logits [N, 2]) in eval mode; batches sorted by length."""
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    logits = torch.zeros((len(seqs), len(LABELS)), dtype=dtype)
+    for j in range(0, len(order), batch):
+        sel = order[j:j + batch]
+        ids, mask = pad_batch([seqs[i] for i in sel])
+        logits[sel] = model(ids, mask).to(dtype)
+    return hf.probabilities(logits), logits
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def du_bytes(path):
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", type=int, required=True, choices=sorted(PRESETS))
+    ap.add_argument("--out", required=True, help="model directory to write")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="override the preset's epoch count (time budget only)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    cfg = dict(PRESETS[args.version])
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
+    command = "/usr/bin/python3 tools/train_sentiment.py " + " ".join(sys.argv[1:])
+
+    torch.set_num_threads(args.threads)
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    try:
+        import numpy as np
+        np.random.seed(SEED)
+    except ImportError:
+        pass
+    t_start = time.time()
+
+    vocab = hf.load_vocab(VOCAB)
+    tok = hf.BertTokenizer(vocab, do_lower_case=True)
+    train_rows, dev_rows = read_tsv(TRAIN_TSV), read_tsv(DEV_TSV)
+    t0 = time.time()
+    train_ids = tokenize_all(tok, train_rows, "train")
+    dev_ids = tokenize_all(tok, dev_rows, "dev")
+    train_y = torch.tensor([y for _, y in train_rows])
+    dev_y = torch.tensor([y for _, y in dev_rows])
+    print(f"data: train {len(train_rows)} dev {len(dev_rows)}; tokenized in {time.time() - t0:.1f}s; "
+          f"mean train length {sum(map(len, train_ids)) / len(train_ids):.1f} tokens, "
+          f"max {max(map(len, train_ids))}", flush=True)
+
+    config = hf.bert_config(len(vocab), hidden_size=cfg["hidden"],
+                            num_hidden_layers=cfg["layers"],
+                            num_attention_heads=cfg["heads"],
+                            intermediate_size=cfg["intermediate"], hidden_act="gelu",
+                            max_position_embeddings=MAX_LEN, layer_norm_eps=1e-12,
+                            labels=LABELS)
+    model = hf.BertForSequenceClassification(config)
+    hf_init_(model)
+    n_params = count_params(model)
+    print(f"model: v{args.version} {cfg['layers']} layers, hidden {cfg['hidden']}, "
+          f"{cfg['heads']} heads, intermediate {cfg['intermediate']}; {n_params:,} parameters",
+          flush=True)
+
+    # The training forward with dropout off must be the reference forward.
+    with torch.no_grad():
+        model.eval()
+        ids, mask = pad_batch(dev_ids[:16])
+        diff = (train_forward(model, ids, mask, 0.0, 0.0, False) - model(ids, mask)).abs().max()
+        assert diff < 1e-6, f"train_forward differs from reference by {diff}"
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-6)
+    steps_per_epoch = math.ceil(len(train_ids) / cfg["batch"])
+    total = steps_per_epoch * cfg["epochs"]
+    warm = max(1, int(cfg["warmup"] * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / (total - warm)))
+
+    lengths = [len(s) for s in train_ids]
+    rng = random.Random(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    unk = tok.vocab["[UNK]"]
+    history, best = [], None
+    t_train = time.time()
+    for epoch in range(1, cfg["epochs"] + 1):
+        t_ep = time.time()
+        model.train()
+        tot_loss, n_seen = 0.0, 0
+        for bi, sel in enumerate(make_batches(lengths, cfg["batch"], rng)):
+            ids, mask = pad_batch([train_ids[i] for i in sel])
+            if cfg["word_dropout"] > 0:
+                inner = mask.bool().clone()
+                inner[:, 0] = False
+                inner[torch.arange(len(sel)), mask.sum(1) - 1] = False
+                drop = (torch.rand(ids.shape, generator=gen) < cfg["word_dropout"]) & inner
+                ids = ids.masked_fill(drop, unk)
+            y = train_y[sel]
+            logits = train_forward(model, ids, mask, cfg["dropout"], cfg["attn_dropout"], True)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg["label_smoothing"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * len(sel)
+            n_seen += len(sel)
+            if epoch == 1 and bi == 99:
+                el = time.time() - t_ep
+                print(f"  first 100 steps in {el:.1f}s; epoch estimate "
+                      f"{el / 100 * steps_per_epoch:.0f}s", flush=True)
+        # Dev on the F16-rounded weights, eval mode.
+        rounded = copy.deepcopy(model)
+        with torch.no_grad():
+            hf.round_weights_(rounded, "F16")
+        probs, _ = predict(rounded, dev_ids)
+        acc = (probs.argmax(1) == dev_y).float().mean().item()
+        ep_time = time.time() - t_ep
+        history.append(dict(epoch=epoch, train_loss=tot_loss / n_seen, dev_acc=acc,
+                            seconds=ep_time))
+        print(f"epoch {epoch}: train loss {tot_loss / n_seen:.4f}  dev acc (F16) {acc * 100:.2f}%  "
+              f"time {ep_time:.0f}s", flush=True)
+        if best is None or acc > best[1]:
+            best = (epoch, acc, copy.deepcopy(rounded.state_dict()))
+    train_seconds = time.time() - t_train
+
+    best_epoch, best_acc, state = best
+    model.load_state_dict(state)
+    with torch.no_grad():
+        hf.round_weights_(model, "F16")
+    model.eval()
+    hf.save_model_dir(args.out, model, config, vocab, dtype="F16", do_lower_case=True,
+                      model_max_length=MAX_LEN)
+
+    # Float64 reference of the shipped (F16) weights.
+    ref = copy.deepcopy(model).double()
+    probs64, logits64 = predict(ref, dev_ids, dtype=torch.float64)
+    acc64 = (probs64.argmax(1) == dev_y).float().mean().item()
+    ref_path = f"/tmp/sentiment_v{args.version}_dev_reference.json"
+    with open(ref_path, "w", encoding="utf-8") as f:
+        json.dump({"model_dir": os.path.abspath(args.out), "dev_tsv": DEV_TSV,
+                   "labels": LABELS, "dev_accuracy": acc64,
+                   "predictions": [
+                       {"sentence": s, "gold": y, "label": LABELS[int(p.argmax())],
+                        "probs": p.tolist(), "logits": lg.tolist()}
+                       for (s, y), p, lg in zip(dev_rows, probs64, logits64)]},
+                  f, ensure_ascii=False)
+        f.write("\n")
+
+    total_seconds = time.time() - t_start
+    write_card(args, cfg, config, n_params, history, best_epoch, acc64, train_seconds,
+               total_seconds, command, len(train_rows), len(dev_rows))
+    size = du_bytes(args.out)
+    print(f"best epoch {best_epoch}: dev acc (F16, float64 forward) {acc64 * 100:.2f}%")
+    print(f"training {train_seconds:.0f}s, total {total_seconds:.0f}s; wrote {args.out} "
+          f"({size / 1e6:.2f} MB) and {ref_path}")
+
+
+def write_card(args, cfg, config, n_params, history, best_epoch, acc, train_seconds,
+               total_seconds, command, n_train, n_dev):
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    weights = os.path.getsize(os.path.join(args.out, "model.safetensors"))
+    # Size of everything but README.md (written now), then README itself added below.
+    rows = "\n".join(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['dev_acc'] * 100:.2f} | "
+                     f"{h['seconds']:.0f} |" for h in history)
+    card = f"""# aiserve sentiment v{args.version} (SST-2, trained from scratch)
+
+Binary sentiment classifier (NEGATIVE / POSITIVE) for English movie-review
+text, a small BERT (`BertForSequenceClassification`) trained **from scratch**
+(random initialisation, no pretraining) on GLUE SST-2 by
+`tools/train_sentiment.py`.
+
+## Data
+
+- Training: GLUE SST-2 `train.tsv`, {n_train:,} labelled phrases (lower-cased,
+  PTB-tokenised phrases from the Stanford Sentiment Treebank training trees; many
+  are fragments). 55.8 % positive.
+- Epoch selection and reported accuracy: GLUE SST-2 `dev.tsv`, {n_dev} full
+  sentences (428 negative, 444 positive). Choosing the epoch was the only use of
+  dev; all hyperparameters were fixed beforehand.
+- Source (see `/work/shared/data/README.md`): both files from GitHub
+  `eyalbd2/Reproducing-AutoPrompt`, `glue_data/SST-2/train_full.tsv` and
+  `glue_data/SST-2/dev.tsv`, commit `53e9e221b58e5ed882a56c9d8be838b895351165`,
+  unchanged GLUE format. Vocabulary: `bert-base-uncased` WordPiece `vocab.txt`
+  (30,522 tokens).
+- Citations: Socher et al., *Recursive Deep Models for Semantic Compositionality
+  Over a Sentiment Treebank*, EMNLP 2013; Wang et al., *GLUE*, 2018.
+
+## Architecture
+
+`BertForSequenceClassification`: {cfg['layers']} layers, hidden {cfg['hidden']},
+{cfg['heads']} attention heads, intermediate {cfg['intermediate']}, GELU, post-LN,
+layer_norm_eps 1e-12, max_position_embeddings {config['max_position_embeddings']},
+vocabulary 30,522 (uncased), [CLS] pooler + linear classifier,
+id2label {{0: NEGATIVE, 1: POSITIVE}}. {n_params:,} parameters
+({n_params * 2 / 1e6:.1f} MB of weights as F16; most of them are the word
+embeddings). Weights stored as F16 in `model.safetensors`
+({weights / 1e6:.2f} MB).
+
+## Training
+
+    {command}
+
+- AdamW (betas 0.9/0.999, eps 1e-6), peak lr {cfg['lr']}, linear warmup over
+  {cfg['warmup'] * 100:.0f} % of steps then linear decay to 0, weight decay
+  {cfg['weight_decay']} (not on biases/LayerNorm), gradient clipping 1.0, batch
+  {cfg['batch']}, {cfg['epochs']} epochs, dynamic padding with length bucketing.
+- Regularisation: dropout {cfg['dropout']} (hidden) / {cfg['attn_dropout']}
+  (attention) at BERT's dropout sites, label smoothing {cfg['label_smoothing']},
+  word dropout {cfg['word_dropout']} (word pieces replaced by [UNK]).
+- Initialisation: normal(0, 0.02) as in BERT. Seed {SEED}, deterministic data
+  order; max length {MAX_LEN} tokens.
+- Machine: {cpu}, 2 cores (`torch.set_num_threads({args.threads})`), PyTorch
+  {torch.__version__}, Python {platform.python_version()}. Training time
+  {train_seconds / 60:.1f} min ({total_seconds / 60:.1f} min including
+  tokenisation, evaluation and export).
+
+| epoch | train loss | dev acc % (F16 weights) | seconds |
+|---|---|---|---|
+{rows}
+
+Kept epoch {best_epoch} (best dev accuracy).
+
+## Evaluation
+
+- Dev accuracy measured by the training script (PyTorch, F16-rounded weights,
+  float64 forward): **{acc * 100:.2f} %** ({round(acc * n_dev)}/{n_dev}).
+- Dev accuracy measured by aiserve: TBD
+
+## Known limits
+
+- Trained from scratch on ~67K short movie-review phrases only; no language-model
+  pretraining, so it knows words only from SST-2 and generalises far worse than
+  fine-tuned pretrained models (e.g. DistilBERT SST-2 reaches ~91 %).
+- English only. Expects lower-case (the tokenizer lower-cases anyway),
+  PTB-style tokenised text similar to movie reviews; other domains (product
+  reviews, tweets, support tickets) and informal spelling are out of
+  distribution.
+- Short texts: many training rows are one- or two-word fragments, so single
+  words get confident labels; negation, sarcasm, contrast ("but") and long
+  multi-sentence texts are handled poorly. Inputs are truncated to {MAX_LEN}
+  tokens.
+- Two classes only: there is no neutral class; neutral or off-topic text is
+  still forced to NEGATIVE or POSITIVE, and confidences are not calibrated.
+- Inherits the biases of the SST movie-review corpus.
+"""
+    with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
+
+
+if __name__ == "__main__":
+    main()
