@@ -3,16 +3,21 @@
 # and the bundled sentiment models land: shows a model and classifies a few
 # example sentences with the CLI.
 #
-# MODEL_PATH picks the model directory. The default is a test fixture with
-# random weights (tests/fixtures/models/distilbert-f32): its labels are
-# meaningless, it only shows the engine working end to end. Point MODEL_PATH
+# MODEL_PATH picks the model directory. The default is the bundled sentiment
+# model, version 2 (models/sentiment/2), when it is there; otherwise a test
+# fixture with random weights, whose labels are meaningless. Point MODEL_PATH
 # at any Hugging Face BERT/DistilBERT checkpoint directory, e.g. a download
-# of distilbert-base-uncased-finetuned-sst-2-english, for real predictions.
+# of distilbert-base-uncased-finetuned-sst-2-english.
 set -euo pipefail
 bin=${1:-build/aiserve}
 root=$(cd "$(dirname "$0")/.." && pwd)
-model=${MODEL_PATH:-$root/tests/fixtures/models/distilbert-f32}
-if [[ -z "${MODEL_PATH:-}" ]]; then
+bundled=$root/models/sentiment/2
+if [[ -z "${MODEL_PATH:-}" && -f "$bundled/model.safetensors" ]]; then
+  model=$bundled
+else
+  model=${MODEL_PATH:-$root/tests/fixtures/models/distilbert-f32}
+fi
+if [[ -z "${MODEL_PATH:-}" && "$model" != "$bundled" ]]; then
   echo "note: serving the random-weight test fixture $model (labels are meaningless);"
   echo "      set MODEL_PATH=DIR to use a real checkpoint."
 fi
