@@ -3,16 +3,20 @@
 # and the bundled sentiment models land: shows a model and classifies a few
 # example sentences with the CLI.
 #
-# MODEL_PATH picks the model directory. The default is the bundled sentiment
-# model, version 2 (models/sentiment/2), when it is there; otherwise a test
-# fixture with random weights, whose labels are meaningless. Point MODEL_PATH
+# MODEL_PATH picks the model directory. The default is the newest bundled
+# sentiment model (models/sentiment/2, else models/sentiment/1); without one,
+# a test fixture with random weights, whose labels are meaningless. Point MODEL_PATH
 # at any Hugging Face BERT/DistilBERT checkpoint directory, e.g. a download
 # of distilbert-base-uncased-finetuned-sst-2-english.
 set -euo pipefail
 bin=${1:-build/aiserve}
 root=$(cd "$(dirname "$0")/.." && pwd)
-bundled=$root/models/sentiment/2
-if [[ -z "${MODEL_PATH:-}" && -f "$bundled/model.safetensors" ]]; then
+# the newest bundled version that is there
+bundled=""
+for v in 2 1; do
+  if [[ -f "$root/models/sentiment/$v/model.safetensors" ]]; then bundled=$root/models/sentiment/$v; break; fi
+done
+if [[ -z "${MODEL_PATH:-}" && -n "$bundled" ]]; then
   model=$bundled
 else
   model=${MODEL_PATH:-$root/tests/fixtures/models/distilbert-f32}

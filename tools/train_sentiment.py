@@ -60,7 +60,7 @@ PRESETS = {
             epochs=6, batch=64, lr=1e-3, warmup=0.06, weight_decay=0.01,
             dropout=0.1, attn_dropout=0.1, label_smoothing=0.1, word_dropout=0.05),
     2: dict(layers=4, hidden=256, heads=4, intermediate=1024,
-            epochs=5, batch=64, lr=5e-4, warmup=0.06, weight_decay=0.01,
+            epochs=4, batch=128, lr=5e-4, warmup=0.06, weight_decay=0.01,
             dropout=0.1, attn_dropout=0.1, label_smoothing=0.1, word_dropout=0.05),
 }
 
