@@ -28,22 +28,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_reference as hf  # noqa: E402
+import train_sentiment  # noqa: E402
 
 
 def read_tsv(path):
-    sents, labels = [], []
-    with open(path, encoding="utf-8", newline="\n") as f:
-        header = f.readline().rstrip("\n")
-        if header.split("\t")[0] != "sentence":
-            raise SystemExit(f"{path}: expected a 'sentence\\tlabel' header, got {header!r}")
-        for line in f:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            sent, label = line.rsplit("\t", 1)
-            sents.append(sent)
-            labels.append(int(label))
-    return sents, labels
+    """(sentences, labels), the sentences exactly as in the file."""
+    rows = train_sentiment.read_tsv(path)
+    return [s for s, _ in rows], [label for _, label in rows]
 
 
 def load_model(model_dir):
