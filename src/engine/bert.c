@@ -208,10 +208,7 @@ int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensor
                                 "%s: tensor 'classifier.weight' has %lld rows but config.json has %d "
                                 "labels (id2label)",
                                 safetensors_path(st), (long long)ct->shape[0], cfg->n_labels);
-    if ((rc = bind_linear(&b, "classifier", cfg->n_labels, H, &w->classifier)))
-        return rc;
-    w->has_head = 1;
-    return 0;
+    return bind_linear(&b, "classifier", cfg->n_labels, H, &w->classifier);
 }
 
 void bert_weights_fini(bert_weights *w) {

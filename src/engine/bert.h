@@ -48,7 +48,6 @@ typedef struct bert_weights {
     bert_layer *layers;             /* owned */
     bert_linear pre;                /* pooler (BERT) or pre_classifier (DistilBERT) */
     bert_linear classifier;
-    int has_head;
     void **owned;                   /* widened F16/BF16 or realigned tensors */
     int n_owned, cap_owned;
     int dtype_mask;                 /* 1 << safetensors_dtype of every tensor used */

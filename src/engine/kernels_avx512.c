@@ -156,10 +156,10 @@ static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* C[mr x 4] (=|+=) alpha * X[mr x kc] W[4 x kc]^T (+ bias). mr and nr (4) are
- * compile-time constants at every call site, so the loops unroll and the
+/* C[mr x 4] (=|+=) alpha * X[mr x kc] W[4 x kc]^T (+ bias). mr is a
+ * compile-time constant at every call site, so the loops unroll and the
  * accumulators live in registers. */
-static inline __attribute__((always_inline)) void gemm_block(const int mr, const int nr, int kc,
+static inline __attribute__((always_inline)) void gemm_block(const int mr, int kc,
                                                              float alpha, const float *x, int ldx,
                                                              const float *w, int ldw, const float *bias,
                                                              int accumulate, float *c, int ldc,
@@ -168,28 +168,28 @@ static inline __attribute__((always_inline)) void gemm_block(const int mr, const
 #pragma GCC unroll 6
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 4
-        for (int j = 0; j < nr; j++)
+        for (int j = 0; j < 4; j++)
             acc[r][j] = _mm512_setzero_ps();
     for (int k = 0; k < kc; k += 16) {
         const __mmask16 m = kc - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - k)) - 1u);
         __m512 wv[4];
 #pragma GCC unroll 4
-        for (int j = 0; j < nr; j++)
+        for (int j = 0; j < 4; j++)
             wv[j] = _mm512_maskz_loadu_ps(m, w + (size_t)j * ldw + k);
         if (prefetch) /* the next slice of W, one line per row per step */
 #pragma GCC unroll 4
-            for (int j = 0; j < nr; j++)
+            for (int j = 0; j < 4; j++)
                 _mm_prefetch((const char *)(prefetch + (size_t)j * ldw + k), _MM_HINT_T0);
 #pragma GCC unroll 6
         for (int r = 0; r < mr; r++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)r * ldx + k);
 #pragma GCC unroll 4
-            for (int j = 0; j < nr; j++)
+            for (int j = 0; j < 4; j++)
                 acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
         }
     }
-    /* nr == 4: one lane reduction per row, then alpha, and the bias (first
-     * k block) or what C holds (later ones), four outputs at a time. */
+    /* One lane reduction per row, then alpha, and the bias (first k block)
+     * or what C holds (later ones), four outputs at a time. */
     const __m128 va = _mm_set1_ps(alpha);
     const __m128 vb = bias && !accumulate ? _mm_loadu_ps(bias) : _mm_setzero_ps();
 #pragma GCC unroll 6
@@ -202,7 +202,7 @@ static inline __attribute__((always_inline)) void gemm_block(const int mr, const
 
 #define GEMM_CASE(MR)                                                                      \
     case MR:                                                                               \
-        gemm_block(MR, 4, kc, alpha, x, ldx, w, ldw, bias, accumulate, c, ldc, prefetch);  \
+        gemm_block(MR, kc, alpha, x, ldx, w, ldw, bias, accumulate, c, ldc, prefetch);  \
         break;
 
 /* mr rows of X against one 4-row slice of W. */

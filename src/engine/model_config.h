@@ -9,9 +9,9 @@
  *   distilbert: dim, n_layers, n_heads, hidden_dim, activation,
  *               max_position_embeddings, vocab_size (LayerNorm eps 1e-12)
  *   both:       architectures[0], id2label (or num_labels), problem_type
- * tokenizer_config.json (optional): do_lower_case (default: true unless
- * the model name says "cased"), strip_accents, tokenize_chinese_chars,
- * model_max_length (default 512; capped at max_position_embeddings).
+ * tokenizer_config.json (optional): do_lower_case (default true, as
+ * BertTokenizer), strip_accents, tokenize_chinese_chars, model_max_length
+ * (default 512; capped at max_position_embeddings).
  *
  * Shapes are checked against the tensors later, by the model loader.
  */

@@ -45,13 +45,6 @@ static const struct {
     {"F8_E5M2", ST_OTHER_KNOWN, 1},
 };
 
-size_t safetensors_dtype_size(safetensors_dtype dtype) {
-    for (size_t i = 0; i < sizeof dtype_table / sizeof dtype_table[0]; i++)
-        if (dtype_table[i].dtype == dtype && dtype != ST_OTHER_KNOWN)
-            return dtype_table[i].size;
-    return 0;
-}
-
 static int get_offset(const json_t *v, uint64_t *out) {
     if (!json_is_integer(v) || json_integer_value(v) < 0)
         return -1;

@@ -76,8 +76,6 @@ size_t safetensors_count(const safetensors *st);
 const safetensors_tensor *safetensors_at(const safetensors *st, size_t i);
 /* Tensor by name, or NULL. */
 const safetensors_tensor *safetensors_find(const safetensors *st, const char *name);
-/* Bytes per element of a computable dtype (F32/F16/BF16...), 0 otherwise. */
-size_t safetensors_dtype_size(safetensors_dtype dtype);
 /* The file name given at open (or the label), for error messages. */
 const char *safetensors_path(const safetensors *st);
 
