@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "engine.h"
 
@@ -31,6 +32,10 @@ typedef struct cli_args {
 
 /* Appends a copy of s[0..len) to the texts; -1 when out of memory. */
 int cli_add_text(cli_args *a, const char *s, size_t len);
+/* Opens a file to read ('-' is stdin); on failure prints one line naming it
+ * and returns NULL. Close with cli_close. */
+FILE *cli_open(const char *path);
+void cli_close(FILE *f);
 /* Prints obj as one compact JSON line on stdout and releases it. */
 void cli_print_json(json_t *obj);
 json_t *cli_float_array(const float *v, size_t n);

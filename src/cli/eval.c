@@ -62,11 +62,9 @@ static int parse_label(const engine_model *m, const char *s, int *out) {
 }
 
 static int dataset_read(const engine_model *m, const char *path, dataset *d) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "aiserve: %s: cannot open: %s\n", path, strerror(errno));
+    FILE *f = cli_open(path);
+    if (!f)
         return -1;
-    }
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -133,7 +131,7 @@ static int dataset_read(const engine_model *m, const char *path, dataset *d) {
         d->labels[d->n++] = label;
     }
     free(line);
-    fclose(f);
+    cli_close(f);
     if (!rc && d->n == 0 && col_sentence >= 0) {
         fprintf(stderr, "aiserve: %s: no rows\n", path);
         rc = -1;

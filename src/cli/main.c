@@ -46,7 +46,7 @@ static void usage(FILE *out) {
           "  --pooling mean|cls embedding pooling (default mean)\n"
           "  --normalize        L2-normalise embeddings\n"
           "  --max-length N     tokenize: truncate to N tokens (default: the model's)\n"
-          "  --data FILE.tsv    eval: labelled data (header with 'sentence' and 'label';\n"
+          "  --data FILE.tsv    eval: labelled data, '-' is stdin (header with 'sentence' and 'label';\n"
           "                     a label is an id or a name from id2label)\n"
           "  --format text|json eval: report format (default text)\n"
           "\n"
@@ -77,12 +77,22 @@ int cli_add_text(cli_args *a, const char *s, size_t len) {
     return 0;
 }
 
-static int read_lines(cli_args *a, const char *path) {
+FILE *cli_open(const char *path) {
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) {
+    if (!f)
         fprintf(stderr, "aiserve: %s: cannot open: %s\n", path, strerror(errno));
+    return f;
+}
+
+void cli_close(FILE *f) {
+    if (f && f != stdin)
+        fclose(f);
+}
+
+static int read_lines(cli_args *a, const char *path) {
+    FILE *f = cli_open(path);
+    if (!f)
         return -1;
-    }
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -98,8 +108,7 @@ static int read_lines(cli_args *a, const char *path) {
         }
     }
     free(line);
-    if (f != stdin)
-        fclose(f);
+    cli_close(f);
     return rc;
 }
 
