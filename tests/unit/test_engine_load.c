@@ -80,6 +80,9 @@ static void expect_load_error(int status, const char *needle1, const char *needl
     if (needle2)
         assert_non_null(strstr(err.message, needle2));
     assert_null(strchr(err.message, '\n')); /* one line */
+    assert_int_equal(err.status, status);
+    assert_true(strncmp(engine_status_name(rc), "ENGINE_E", 8) == 0);
+    assert_true(strlen(engine_status_message(rc)) > 0 && strcmp(engine_status_message(rc), "unknown status"));
     remove_scratch();
 }
 
