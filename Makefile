@@ -1,5 +1,6 @@
 # aiserve - the two commands a user needs:
-#   make run    install what is missing, build, and run the bundled model
+#   make run    install what is missing, build, and serve the bundled model
+#               over HTTP on 127.0.0.1:8000 (ARGS="--port 9000" passes flags)
 #   make test   install what is missing, build, and run every test
 # Others: make build | asan | fuzz | bench | clean
 
@@ -20,7 +21,7 @@ build: deps
 	@cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	@scripts/run-examples.sh $(BUILD)/aiserve
+	@scripts/serve.sh $(BUILD)/aiserve $(ARGS)
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

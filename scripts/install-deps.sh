@@ -13,13 +13,17 @@ packages=(
   libopenblas-openmp-dev          # GEMM (cblas); the OpenMP build, see docs/engine.md
   libjansson-dev                  # JSON (config.json, tokenizer.json, CLI output)
   libutf8proc-dev                 # Unicode normalisation and categories
+  libevent-dev                    # HTTP server (evhttp), event loops, timers
+  libyaml-dev                     # configuration file (aiserve.yaml)
   libcmocka-dev                   # unit tests
-  python3-pytest                  # command-line tests (tests/cli)
+  python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)
+  prometheus                      # promtool: tests check /metrics with `promtool check metrics`
   clang libclang-rt-14-dev        # libFuzzer targets and sanitizer runtimes
 )
 for arg in "$@"; do
   case "$arg" in
-    --bench) packages+=(python3-torch python3-onnx python3-numpy nodejs npm) ;;
+    --bench) packages+=(python3-torch python3-onnx python3-numpy nodejs npm
+                        wrk python3-fastapi python3-uvicorn) ;;
     --tools) packages+=(python3-torch python3-numpy) ;;
     *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac

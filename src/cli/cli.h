@@ -44,4 +44,8 @@ json_t *cli_float_array(const float *v, size_t n);
  * and throughput of the model on a labelled TSV. Returns the exit status. */
 int cli_eval(engine_model *model, const cli_args *args);
 
+/* `aiserve serve`: argv holds the arguments after "serve". Returns the exit
+ * status (0 after a clean shutdown, 2 for configuration or startup errors). */
+int cli_serve(int argc, char **argv);
+
 #endif

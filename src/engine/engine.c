@@ -298,11 +298,13 @@ static void pool_embeddings(const engine_model *m, const bert_batch *batch, cons
 /* Tokenizes and packs the texts, then runs encoder and head under the run
  * lock in the model's scratch. */
 static int run_batch(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
-                     const head_job *job, engine_error *err) {
+                     const head_job *job, engine_stats *stats, engine_error *err) {
     bert_batch batch;
     int rc = pack(m, texts, lens, n, &batch, err);
     if (rc)
         return rc;
+    if (stats)
+        stats->n_tokens = (size_t)batch.n_tokens;
     const size_t hidden_floats = ((size_t)batch.n_tokens * m->cfg.hidden + 15) / 16 * 16;
     const size_t work_floats = bert_scratch_floats(&m->cfg, &batch, threadpool_size(m->pool));
     pthread_mutex_lock(&m->run_lock);
@@ -322,6 +324,11 @@ static int run_batch(engine_model *m, const char *const *texts, const size_t *le
 
 int engine_classify(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
                     float *logits, float *probs, engine_error *err) {
+    return engine_classify_stats(m, texts, lens, n, logits, probs, NULL, err);
+}
+
+int engine_classify_stats(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                          float *logits, float *probs, engine_stats *stats, engine_error *err) {
     if (m->cfg.task != ENGINE_TASK_CLASSIFY)
         return engine_error_set(err, ENGINE_EUNSUPPORTED,
                                 "%s is an embedding model (no classification head)",
@@ -331,7 +338,7 @@ int engine_classify(engine_model *m, const char *const *texts, const size_t *len
     if (!out)
         return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
     head_job job = {.kind = HEAD_CLASSIFY, .logits = out};
-    int rc = run_batch(m, texts, lens, n, &job, err);
+    int rc = run_batch(m, texts, lens, n, &job, stats, err);
     if (!rc && probs) {
         memcpy(probs, out, n * (size_t)K * sizeof(float));
         for (size_t i = 0; i < n; i++) {
@@ -353,5 +360,5 @@ int engine_embed(engine_model *m, const char *const *texts, const size_t *lens, 
     if (!out)
         return engine_error_set(err, ENGINE_EARG, "no output buffer");
     head_job job = {.kind = HEAD_EMBED, .pooling = pooling, .normalize = normalize, .out = out};
-    return run_batch(m, texts, lens, n, &job, err);
+    return run_batch(m, texts, lens, n, &job, NULL, err);
 }

@@ -134,6 +134,16 @@ const char *engine_token_text(const engine_model *model, int32_t id);
 int engine_classify(engine_model *model, const char *const *texts, const size_t *lens, size_t n,
                     float *logits, float *probs, engine_error *err);
 
+/* What one call computed, for the caller's metrics. */
+typedef struct engine_stats {
+    size_t n_tokens; /* tokens in the packed batch, [CLS]/[SEP] included */
+} engine_stats;
+
+/* engine_classify, and fills *stats (may be NULL) on success. */
+int engine_classify_stats(engine_model *model, const char *const *texts, const size_t *lens,
+                          size_t n, float *logits, float *probs, engine_stats *stats,
+                          engine_error *err);
+
 /* Embeds n texts: writes n * hidden floats to `out` (caller-owned), pooled
  * as asked and L2-normalised when `normalize`. Works on classification
  * checkpoints too (their encoder). Any thread. */

@@ -1,0 +1,200 @@
+/*
+ * serve.c - `aiserve serve`: the HTTP server's process lifecycle.
+ *
+ *   configuration (core) -> logging level -> metrics registry
+ *   -> model repository scanned (serving) -> HTTP loops listening (http)
+ *   -> models loaded on the loader thread (the server answers /health/live
+ *      at once and /health/ready with 503 until every model is loaded)
+ *   -> SIGTERM / SIGINT: stop accepting, let requests in flight finish
+ *      (bounded by drain_timeout), exit 0; a second signal exits at once.
+ *
+ * Signals are blocked in every thread and taken synchronously here with
+ * sigtimedwait, so no handler runs inside library code. SIGPIPE is ignored
+ * (a client that hangs up is an ordinary event).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "core.h"
+#include "http.h"
+#include "obs.h"
+#include "serving.h"
+
+#ifndef AISERVE_VERSION
+#define AISERVE_VERSION "0.0.0"
+#endif
+#ifndef AISERVE_REVISION
+#define AISERVE_REVISION "unknown"
+#endif
+
+extern char **environ;
+
+static log_level to_log_level(core_log_level l) {
+    switch (l) {
+    case CORE_LOG_DEBUG: return LOG_DEBUG;
+    case CORE_LOG_INFO: return LOG_INFO;
+    case CORE_LOG_WARNING: return LOG_WARN;
+    case CORE_LOG_ERROR: return LOG_ERROR;
+    }
+    return LOG_INFO;
+}
+
+/* Waits up to `ms` for SIGINT/SIGTERM; returns the signal or 0. */
+static int wait_signal(const sigset_t *set, long ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    int sig = sigtimedwait(set, NULL, &ts);
+    return sig > 0 ? sig : 0;
+}
+
+int cli_serve(int argc, char **argv) {
+    core_config cfg;
+    core_error cerr = {{0}};
+    int rc = core_config_load(&cfg, argc, argv, environ, stdout, &cerr);
+    if (rc == 1)
+        return 0;
+    if (rc != 0) {
+        fprintf(stderr, "aiserve serve: %s\n", cerr.message);
+        return 2;
+    }
+    log_set_level(to_log_level(cfg.log_level));
+    double t_start = core_wall_time();
+    uint64_t t0 = core_now_us();
+
+    /* Before any thread exists: signals go only to sigtimedwait below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    const int cpus = core_cpu_count();
+    char *described = core_config_describe_json(&cfg);
+    json_error_t jerr;
+    json_t *config_json = described ? json_loads(described, 0, &jerr) : NULL;
+    free(described);
+    log_event(LOG_INFO, "starting", "version", json_string(AISERVE_VERSION), "revision",
+              json_string(AISERVE_REVISION), "pid", json_integer(getpid()), "cpus",
+              json_integer(cpus), "config", config_json ? config_json : json_null(), NULL);
+
+    metrics_registry *registry = metrics_registry_create();
+    if (!registry || metrics_register_process(registry) != 0) {
+        log_event(LOG_ERROR, "startup_failed", "error", json_string("out of memory"), NULL);
+        metrics_registry_destroy(registry);
+        return 2;
+    }
+    const char *build_labels[] = {"version", "revision"};
+    metric_family *build = metrics_gauge(registry, "aiserve_build_info",
+                                         "Always 1; labels name the build", 2, build_labels);
+    const char *build_values[] = {AISERVE_VERSION, AISERVE_REVISION};
+    if (build)
+        metric_set(metric_series(build, build_values), 1);
+    metric_family *start_family = metrics_gauge(
+        registry, "aiserve_ready_time_seconds",
+        "Seconds from process start until every model was loaded", 0, NULL);
+    metric *ready_time = start_family ? metric_series(start_family, NULL) : NULL;
+
+    serving_options sopts = {
+        .repository = cfg.model_repository,
+        .default_model = cfg.default_model,
+        .engine_threads = cfg.engine_threads > 0 ? cfg.engine_threads : cpus,
+        .max_batch_size = cfg.max_batch_size,
+        .max_queue_delay_us = cfg.max_queue_delay_us,
+        .max_queue_size = cfg.max_queue_size,
+    };
+    serving_repo *repo = NULL;
+    serving_error serr = {0};
+    if (serving_repo_create(&sopts, registry, &repo, &serr) != 0) {
+        log_event(LOG_ERROR, "startup_failed", "error", json_string(serr.message), NULL);
+        metrics_registry_destroy(registry);
+        return 2;
+    }
+
+    http_options hopts = {
+        .host = cfg.host,
+        .port = cfg.port,
+        .n_threads = cfg.http_threads > 0 ? cfg.http_threads : cpus,
+        .max_connections = cfg.max_connections,
+        .max_body_bytes = (size_t)cfg.max_body_bytes,
+        .max_header_bytes = (size_t)cfg.max_header_bytes,
+        .read_timeout_ms = cfg.read_timeout_ms,
+        .idle_timeout_ms = cfg.idle_timeout_ms,
+        .request_timeout_ms = cfg.request_timeout_ms,
+        .max_text_chars = cfg.max_text_chars,
+        .max_inputs = cfg.max_inputs,
+        .access_log = cfg.access_log,
+        .version = AISERVE_VERSION,
+    };
+    http_server *server = NULL;
+    char herr[512] = "";
+    if (http_server_create(&hopts, repo, registry, &server, herr, sizeof herr) != 0 ||
+        http_server_start(server, herr, sizeof herr) != 0) {
+        log_event(LOG_ERROR, "startup_failed", "error", json_string(herr), NULL);
+        http_server_destroy(server);
+        serving_repo_destroy(repo);
+        metrics_registry_destroy(registry);
+        return 2;
+    }
+    if (strcmp(cfg.host, "127.0.0.1") != 0 && strcmp(cfg.host, "::1") != 0 &&
+        strcmp(cfg.host, "localhost") != 0)
+        log_event(LOG_WARN, "exposed", "host", json_string(cfg.host), "message",
+                  json_string("listening beyond loopback"), NULL);
+    log_event(LOG_INFO, "listening", "host", json_string(cfg.host), "port",
+              json_integer(http_server_port(server)), "event_loops", json_integer(hopts.n_threads),
+              "model_repository", json_string(cfg.model_repository), NULL);
+    if (serving_repo_start(repo) != 0) {
+        log_event(LOG_ERROR, "startup_failed", "error", json_string("cannot start the loader"), NULL);
+        http_server_destroy(server);
+        serving_repo_destroy(repo);
+        metrics_registry_destroy(registry);
+        return 2;
+    }
+
+    int sig = 0, announced = 0;
+    while (!sig) {
+        sig = wait_signal(&sigs, announced ? 1000 : 5);
+        if (!announced && serving_repo_is_settled(repo)) {
+            announced = 1;
+            double secs = (double)(core_now_us() - t0) / 1e6;
+            if (serving_repo_is_ready(repo)) {
+                if (ready_time)
+                    metric_set(ready_time, secs);
+                log_event(LOG_INFO, "ready", "startup_seconds", json_real(secs), "default_model",
+                          json_string(serving_repo_default_model(repo)), NULL);
+            } else {
+                log_event(LOG_ERROR, "not_ready", "message",
+                          json_string("a model has no loadable version (see model_load_failed); "
+                                      "serving the rest, /health/ready answers 503"),
+                          NULL);
+            }
+        }
+    }
+
+    log_event(LOG_INFO, "shutting_down", "signal", json_string(strsignal(sig)), "in_flight",
+              json_integer(http_server_in_flight(server)), "drain_timeout_ms",
+              json_integer(cfg.drain_timeout_ms), NULL);
+    http_server_stop_accepting(server);
+    uint64_t until = core_now_us() + (uint64_t)cfg.drain_timeout_ms * 1000u;
+    while (http_server_in_flight(server) > 0 && core_now_us() < until) {
+        int again = wait_signal(&sigs, 5);
+        if (again) {
+            log_event(LOG_WARN, "exit_now", "signal", json_string(strsignal(again)), "in_flight",
+                      json_integer(http_server_in_flight(server)), NULL);
+            _exit(128 + again);
+        }
+    }
+    int left = http_server_in_flight(server);
+    http_server_destroy(server);
+    serving_repo_destroy(repo);
+    metrics_registry_destroy(registry);
+    log_event(left ? LOG_WARN : LOG_INFO, "stopped", "unfinished_requests", json_integer(left),
+              "uptime_seconds", json_real(core_wall_time() - t_start), NULL);
+    return 0;
+}

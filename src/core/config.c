@@ -1,0 +1,653 @@
+/*
+ * config.c - the settings table and the load pipeline for `aiserve serve`.
+ *
+ * Design:
+ *  - core_settings[] below is the only list of settings. A row names the
+ *    YAML key, flag, environment variable(s), type, default, bounds, help
+ *    and the core_config member (its type checked at compile time). Adding
+ *    a setting is adding a member and a row; --help, the dumps and the docs
+ *    table follow (test_config fails until docs/configuration.md does).
+ *  - Loading works on a copy and copies back only on success, so a failed
+ *    load (or reload) leaves the caller's configuration as it was.
+ *  - Flags are read twice: once before anything else, to find --help (which
+ *    wins over every error) and --config; then applied last, so they
+ *    override the file and the environment.
+ *  - Every error names its source: file and line, environment variable, or
+ *    flag; a misspelt flag or key gets the closest real one suggested.
+ * No output, no getenv (the caller passes envp), no globals beyond the
+ * const table: any thread.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core_int.h"
+
+/* --- the table ------------------------------------------------------------ */
+
+#define MEMBER(f) (((core_config *)0)->f)
+/* offsetof(core_config, f), failing to compile unless member f has type T. */
+#define OFFSET_AS(f, T) \
+    (offsetof(core_config, f) + 0 * sizeof(char[__builtin_types_compatible_p(__typeof__(MEMBER(f)), T) ? 1 : -1]))
+#define PLACE(f, T) .field = #f, .offset = OFFSET_AS(f, T), .size = sizeof(MEMBER(f))
+#define ROW(sec, k, fl, ev, alias, mv, ty) \
+    .section = sec, .key = k, .name = sec "." k, .flag = fl, .env = ev, .env_alias = alias, .metavar = mv, .type = ty
+
+#define STRING(sec, k, fl, ev, alias, mv, f, dflt, min_len, h)                                      \
+    {ROW(sec, k, fl, ev, alias, mv, SETTING_STRING), PLACE(f, char[sizeof(MEMBER(f))]), .def_str = dflt, \
+     .min = min_len, .max = sizeof(MEMBER(f)) - 1, .help = h}
+#define INT(sec, k, fl, ev, f, dflt, lo, hi, h) \
+    {ROW(sec, k, fl, ev, NULL, "N", SETTING_INT), PLACE(f, int), .def = dflt, .min = lo, .max = hi, .help = h}
+#define BOOL(sec, k, fl, ev, f, dflt, h) \
+    {ROW(sec, k, fl, ev, NULL, NULL, SETTING_BOOL), PLACE(f, bool), .def = dflt, .min = 0, .max = 1, .help = h}
+/* Durations: default and bounds in microseconds; stored in units of `unit`. */
+#define DURATION(sec, k, fl, ev, f, unit, dflt, lo, hi, h)                                          \
+    {ROW(sec, k, fl, ev, NULL, "DURATION", SETTING_DURATION), PLACE(f, int64_t), .unit_us = unit, \
+     .def = dflt, .min = lo, .max = hi, .help = h}
+#define SIZE(sec, k, fl, ev, f, dflt, lo, hi, h)                                                   \
+    {ROW(sec, k, fl, ev, NULL, "SIZE", SETTING_SIZE), PLACE(f, uint64_t), .def = dflt, .min = lo, \
+     .max = hi, .help = h}
+#define LEVEL(sec, k, fl, ev, alias, f, dflt, h)                                                  \
+    {ROW(sec, k, fl, ev, alias, "LEVEL", SETTING_LEVEL), PLACE(f, core_log_level), .def = dflt, \
+     .min = CORE_LOG_DEBUG, .max = CORE_LOG_ERROR, .help = h}
+
+#define US 1
+#define MS 1000
+#define SEC INT64_C(1000000)
+#define MIN (60 * SEC)
+#define HOUR (60 * MIN)
+#define KIB 1024
+#define MIB (1024 * KIB)
+#define GIB (1024 * MIB)
+
+const core_setting core_settings[] = {
+    STRING("server", "host", "--host", "AISERVE_HOST", NULL, "HOST", host, "127.0.0.1", 1,
+           "Address to listen on: an IP address or a host name (0.0.0.0 for every IPv4 interface)."),
+    INT("server", "port", "--port", "AISERVE_PORT", port, 8000, 0, 65535,
+        "TCP port to listen on; 0 picks a free port, and the server logs the one it got."),
+    INT("server", "threads", "--http-threads", "AISERVE_HTTP_THREADS", http_threads, 0, 0, 256,
+        "HTTP event loops, one thread each; 0 means one per CPU."),
+    INT("server", "max_connections", "--max-connections", "AISERVE_MAX_CONNECTIONS", max_connections, 1024,
+        1, 1000000, "Client connections open at once, at most."),
+    SIZE("server", "max_body_size", "--max-body-size", "AISERVE_MAX_BODY_SIZE", max_body_bytes, 1 * MIB,
+         1 * KIB, 1 * GIB, "Largest request body; a larger one gets 413."),
+    SIZE("server", "max_header_size", "--max-header-size", "AISERVE_MAX_HEADER_SIZE", max_header_bytes,
+         8 * KIB, 1 * KIB, 1 * MIB, "Largest request line plus headers; larger gets 431."),
+    DURATION("server", "read_timeout", "--read-timeout", "AISERVE_READ_TIMEOUT", read_timeout_ms, MS,
+             10 * SEC, 1 * MS, 1 * HOUR, "A client must send its whole request (headers and body) within this."),
+    DURATION("server", "idle_timeout", "--idle-timeout", "AISERVE_IDLE_TIMEOUT", idle_timeout_ms, MS,
+             60 * SEC, 1 * MS, 24 * HOUR, "A keep-alive connection idle for this long is closed."),
+    DURATION("server", "drain_timeout", "--drain-timeout", "AISERVE_DRAIN_TIMEOUT", drain_timeout_ms, MS,
+             30 * SEC, 0, 1 * HOUR,
+             "Graceful shutdown: how long requests in flight may take to finish before the server exits anyway."),
+
+    STRING("models", "repository", "--model-repository", "AISERVE_MODEL_REPOSITORY", "MODEL_PATH", "DIR",
+           model_repository, "./models", 1, "Directory of models, laid out as NAME/VERSION/ with a Hugging Face model in each version."),
+    STRING("models", "default_model", "--default-model", "AISERVE_DEFAULT_MODEL", NULL, "NAME", default_model,
+           "", 0, "Model that /predict serves; empty means the only model in the repository, or \"sentiment\" when there are several."),
+    INT("models", "engine_threads", "--engine-threads", "AISERVE_ENGINE_THREADS", engine_threads, 0, 0, 256,
+        "Compute threads per model for the forward pass; 0 means one per CPU."),
+
+    INT("batching", "max_batch_size", "--max-batch-size", "AISERVE_MAX_BATCH_SIZE", max_batch_size, 32, 1,
+        1024, "Texts per forward pass, at most."),
+    DURATION("batching", "max_queue_delay_us", "--max-queue-delay-us", "AISERVE_MAX_QUEUE_DELAY_US",
+             max_queue_delay_us, US, 2 * MS, 0, 10 * SEC,
+             "How long the batcher may hold a queued text while it waits for more to fill a batch; 0 runs what is queued at once."),
+    INT("batching", "max_queue_size", "--max-queue-size", "AISERVE_MAX_QUEUE_SIZE", max_queue_size, 1024, 1,
+        1000000, "Texts waiting per model version, at most; when full, a request gets 503 with Retry-After."),
+    DURATION("batching", "request_timeout", "--request-timeout", "AISERVE_REQUEST_TIMEOUT", request_timeout_ms,
+             MS, 30 * SEC, 1 * MS, 1 * HOUR, "Deadline for a request's inference, from arrival; past it the client gets 504."),
+
+    INT("limits", "max_text_length", "--max-text-length", "AISERVE_MAX_TEXT_LENGTH", max_text_chars, 10000, 1,
+        1000000, "Characters (Unicode code points) per text, at most; a longer text gets 422."),
+    INT("limits", "max_inputs", "--max-inputs", "AISERVE_MAX_INPUTS", max_inputs, 64, 1, 100000,
+        "Texts per request, at most; more gets 422. At most batching.max_queue_size."),
+
+    LEVEL("logging", "level", "--log-level", "AISERVE_LOG_LEVEL", "LOG_LEVEL", log_level, CORE_LOG_INFO,
+          "Least severe level that is logged: debug, info, warning or error."),
+    BOOL("logging", "access_log", "--access-log", "AISERVE_ACCESS_LOG", access_log, 1,
+         "One JSON line per request in the log."),
+};
+
+const size_t core_n_settings = sizeof core_settings / sizeof core_settings[0];
+_Static_assert(sizeof core_settings / sizeof core_settings[0] <= CORE_MAX_SETTINGS, "raise CORE_MAX_SETTINGS");
+
+const char *const core_sections[] = {"server", "models", "batching", "limits", "logging", NULL};
+_Static_assert(sizeof core_sections / sizeof core_sections[0] <= 16, "config_file.c tracks 16 sections");
+
+static const char *const level_names[] = {"debug", "info", "warning", "error"};
+
+const char *core_log_level_name(core_log_level level) {
+    return (unsigned)level < 4 ? level_names[level] : "unknown";
+}
+
+/* --- errors and lookups --------------------------------------------------- */
+
+void core_set_error(core_error *err, const char *fmt, ...) {
+    if (!err)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
+const core_setting *core_setting_by_name(const char *section, const char *key) {
+    for (size_t i = 0; i < core_n_settings; i++)
+        if (strcmp(core_settings[i].section, section) == 0 && strcmp(core_settings[i].key, key) == 0)
+            return &core_settings[i];
+    return NULL;
+}
+
+static const core_setting *setting_by_flag(const char *flag, size_t len) {
+    for (size_t i = 0; i < core_n_settings; i++)
+        if (strlen(core_settings[i].flag) == len && memcmp(core_settings[i].flag, flag, len) == 0)
+            return &core_settings[i];
+    return NULL;
+}
+
+/* Optimal string alignment distance (a transposition counts 1), capped at
+ * 9 for long strings. */
+static int edit_distance(const char *a, const char *b) {
+    size_t n = strlen(a), m = strlen(b);
+    if (n > 63 || m > 63)
+        return 9;
+    int d[64][64];
+    for (size_t i = 0; i <= n; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int cost = a[i - 1] != b[j - 1];
+            int best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < best)
+                best = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[n][m];
+}
+
+const char *core_suggest_flag(const char *flag) {
+    const char *best = NULL;
+    int best_d = 3; /* suggest only within 2 edits */
+    for (size_t i = 0; i < core_n_settings; i++) {
+        int d = edit_distance(flag, core_settings[i].flag);
+        if (d < best_d)
+            best_d = d, best = core_settings[i].flag;
+    }
+    if (edit_distance(flag, "--config") < best_d)
+        best = "--config";
+    return best;
+}
+
+const core_setting *core_suggest_key(const char *section, const char *key) {
+    /* The right key in the wrong section is the likeliest slip. */
+    for (size_t i = 0; i < core_n_settings; i++)
+        if (strcmp(core_settings[i].key, key) == 0)
+            return &core_settings[i];
+    char name[160];
+    snprintf(name, sizeof name, "%s.%s", section, key);
+    const core_setting *best = NULL;
+    int best_d = 3;
+    for (size_t i = 0; i < core_n_settings; i++) {
+        int d = edit_distance(name, core_settings[i].name);
+        if (d < best_d)
+            best_d = d, best = &core_settings[i];
+    }
+    return best;
+}
+
+const char *core_suggest_section(const char *name) {
+    const char *best = NULL;
+    int best_d = 3;
+    for (const char *const *s = core_sections; *s; s++) {
+        int d = edit_distance(name, *s);
+        if (d < best_d)
+            best_d = d, best = *s;
+    }
+    return best;
+}
+
+/* --- values --------------------------------------------------------------- */
+
+static const char *unit_name(int64_t unit_us) { return unit_us == MS ? "milliseconds" : "microseconds"; }
+
+static int parse_int(const char *s, int64_t *out) {
+    const char *p = s;
+    if (*p == '-' || *p == '+')
+        p++;
+    if (!*p || strspn(p, "0123456789") != strlen(p))
+        return -1;
+    int64_t v = 0;
+    for (; *p; p++)
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *p - '0', &v))
+            return -1;
+    *out = *s == '-' ? -v : v;
+    return 0;
+}
+
+int core_setting_apply(const core_setting *s, core_config *c, const char *value, size_t len, char *why,
+                       size_t cap) {
+    char *place = (char *)c + s->offset;
+    if (memchr(value, 0, len))
+        return snprintf(why, cap, "the value contains a NUL byte"), -1;
+    if (s->type == SETTING_STRING) {
+        if ((int64_t)len < s->min)
+            return snprintf(why, cap, "must not be empty"), -1;
+        if ((int64_t)len > s->max)
+            return snprintf(why, cap, "is %zu bytes long; at most %lld are allowed", len, (long long)s->max), -1;
+        memcpy(place, value, len);
+        place[len] = 0;
+        return 0;
+    }
+
+    /* Everything else is a short word: trim it and NUL-terminate it. */
+    while (len && (*value == ' ' || *value == '\t'))
+        value++, len--;
+    while (len && (value[len - 1] == ' ' || value[len - 1] == '\t' || value[len - 1] == '\n' ||
+                   value[len - 1] == '\r'))
+        len--;
+    char text[96];
+    if (len >= sizeof text)
+        len = sizeof text - 1; /* too long for any valid value; the parser rejects what is left */
+    memcpy(text, value, len);
+    text[len] = 0;
+    if (len == 0)
+        return snprintf(why, cap, "has no value"), -1;
+
+    char range[64];
+    core_setting_format_range(s, range, sizeof range);
+    switch (s->type) {
+    case SETTING_INT: {
+        int64_t v;
+        if (parse_int(text, &v) < 0)
+            return snprintf(why, cap, "'%s' is not an integer", text), -1;
+        if (v < s->min || v > s->max)
+            return snprintf(why, cap, "%s is out of range %s", text, range), -1;
+        int iv = (int)v;
+        memcpy(place, &iv, sizeof iv);
+        return 0;
+    }
+    case SETTING_BOOL: {
+        int v;
+        if (core_parse_bool(text, &v) < 0)
+            return snprintf(why, cap, "'%s' is not a boolean (true/false, yes/no, on/off, 1/0)", text), -1;
+        bool b = v;
+        memcpy(place, &b, sizeof b);
+        return 0;
+    }
+    case SETTING_DURATION: {
+        int64_t us;
+        if (core_parse_duration(text, s->unit_us, &us) < 0)
+            return snprintf(why, cap,
+                            "'%s' is not a duration (a number with a unit: us, ms, s, m or h, as in 250ms "
+                            "or 30s; a bare number is in %s)",
+                            text, unit_name(s->unit_us)),
+                   -1;
+        if (us % s->unit_us)
+            return snprintf(why, cap, "'%s' is not a whole number of %s", text, unit_name(s->unit_us)), -1;
+        if (us < s->min || us > s->max)
+            return snprintf(why, cap, "%s is out of range %s", text, range), -1;
+        int64_t v = us / s->unit_us;
+        memcpy(place, &v, sizeof v);
+        return 0;
+    }
+    case SETTING_SIZE: {
+        uint64_t v;
+        if (core_parse_size_bytes(text, &v) < 0)
+            return snprintf(why, cap,
+                            "'%s' is not a size (bytes, or a number with k, M, G (x1000) or KiB, MiB, GiB "
+                            "(x1024), as in 1MiB or 64k)",
+                            text),
+                   -1;
+        if (v < (uint64_t)s->min || v > (uint64_t)s->max) {
+            if (strspn(text, "0123456789") == len)
+                return snprintf(why, cap, "%s is out of range %s", text, range), -1;
+            return snprintf(why, cap, "%s (%llu bytes) is out of range %s", text, (unsigned long long)v, range),
+                   -1;
+        }
+        memcpy(place, &v, sizeof v);
+        return 0;
+    }
+    case SETTING_LEVEL: {
+        int level = -1;
+        for (int i = 0; i < 4; i++)
+            if (strcasecmp(text, level_names[i]) == 0)
+                level = i;
+        if (strcasecmp(text, "warn") == 0)
+            level = CORE_LOG_WARNING;
+        if (level < 0)
+            return snprintf(why, cap, "'%s' is not a log level (debug, info, warning, error)", text), -1;
+        core_log_level v = (core_log_level)level;
+        memcpy(place, &v, sizeof v);
+        return 0;
+    }
+    case SETTING_STRING:
+        break;
+    }
+    return snprintf(why, cap, "unknown setting type"), -1;
+}
+
+void core_config_defaults(core_config *c) {
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < core_n_settings; i++) {
+        const core_setting *s = &core_settings[i];
+        char *place = (char *)c + s->offset;
+        switch (s->type) {
+        case SETTING_STRING:
+            snprintf(place, s->size, "%s", s->def_str);
+            break;
+        case SETTING_INT: {
+            int v = (int)s->def;
+            memcpy(place, &v, sizeof v);
+            break;
+        }
+        case SETTING_BOOL: {
+            bool v = s->def != 0;
+            memcpy(place, &v, sizeof v);
+            break;
+        }
+        case SETTING_DURATION: {
+            int64_t v = s->def / s->unit_us;
+            memcpy(place, &v, sizeof v);
+            break;
+        }
+        case SETTING_SIZE: {
+            uint64_t v = (uint64_t)s->def;
+            memcpy(place, &v, sizeof v);
+            break;
+        }
+        case SETTING_LEVEL: {
+            core_log_level v = (core_log_level)s->def;
+            memcpy(place, &v, sizeof v);
+            break;
+        }
+        }
+    }
+}
+
+/* --- checks over the whole configuration ---------------------------------- */
+
+/* Whether the stored value of s is within its bounds. */
+static int in_bounds(const core_setting *s, const core_config *c) {
+    const char *place = (const char *)c + s->offset;
+    switch (s->type) {
+    case SETTING_STRING: {
+        const char *end = memchr(place, 0, s->size);
+        return end && end - place >= s->min;
+    }
+    case SETTING_INT: {
+        int v;
+        memcpy(&v, place, sizeof v);
+        return v >= s->min && v <= s->max;
+    }
+    case SETTING_BOOL:
+        return 1;
+    case SETTING_DURATION: {
+        int64_t v;
+        memcpy(&v, place, sizeof v);
+        return v >= s->min / s->unit_us && v <= s->max / s->unit_us;
+    }
+    case SETTING_SIZE: {
+        uint64_t v;
+        memcpy(&v, place, sizeof v);
+        return v >= (uint64_t)s->min && v <= (uint64_t)s->max;
+    }
+    case SETTING_LEVEL: {
+        core_log_level v;
+        memcpy(&v, place, sizeof v);
+        return (int)v >= s->min && (int)v <= s->max;
+    }
+    }
+    return 0;
+}
+
+static const char *origin_of(const core_origins *origins, const core_setting *s) {
+    const char *o = origins ? origins->origin[s - core_settings] : "";
+    return *o ? o : "the default";
+}
+
+int core_config_check(const core_config *c, const core_origins *origins, core_error *err) {
+    for (size_t i = 0; i < core_n_settings; i++) {
+        const core_setting *s = &core_settings[i];
+        if (!in_bounds(s, c)) {
+            if (s->type == SETTING_STRING) {
+                const char *place = (const char *)c + s->offset;
+                core_set_error(err, "%s: %s", s->name,
+                               memchr(place, 0, s->size) ? "must not be empty" : "is not NUL-terminated");
+                return -1;
+            }
+            char range[64], value[96] = "";
+            core_setting_format_range(s, range, sizeof range);
+            core_setting_format(s, c, value, sizeof value);
+            core_set_error(err, "%s: %s is out of range %s", s->name, value, range);
+            return -1;
+        }
+    }
+    if (c->max_inputs > c->max_queue_size) {
+        const core_setting *in = core_setting_by_name("limits", "max_inputs");
+        const core_setting *queue = core_setting_by_name("batching", "max_queue_size");
+        core_set_error(err,
+                       "limits.max_inputs (%d, from %s) is larger than batching.max_queue_size (%d, from %s): "
+                       "a request with that many texts could never be queued",
+                       c->max_inputs, origin_of(origins, in), c->max_queue_size, origin_of(origins, queue));
+        return -1;
+    }
+    return 0;
+}
+
+int core_config_validate(const core_config *c, core_error *err) { return core_config_check(c, NULL, err); }
+
+int core_config_set(core_config *c, const char *key, const char *value, core_error *err) {
+    const char *dot = key ? strchr(key, '.') : NULL;
+    const core_setting *s = NULL;
+    if (dot && dot - key < 64) {
+        char section[64];
+        memcpy(section, key, (size_t)(dot - key));
+        section[dot - key] = 0;
+        s = core_setting_by_name(section, dot + 1);
+    }
+    if (!s) {
+        core_set_error(err, "unknown setting %s", key ? key : "(null)");
+        return -1;
+    }
+    char why[400];
+    core_config tmp = *c;
+    if (core_setting_apply(s, &tmp, value ? value : "", value ? strlen(value) : 0, why, sizeof why) < 0) {
+        core_set_error(err, "%s: %s", s->name, why);
+        return -1;
+    }
+    *c = tmp;
+    return 0;
+}
+
+/* --- environment and flags ------------------------------------------------ */
+
+/* Value of NAME in envp, or NULL when unset or empty. */
+static const char *env_get(char **envp, const char *name) {
+    size_t n = strlen(name);
+    for (char **e = envp; e && *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+            return (*e)[n + 1] ? *e + n + 1 : NULL;
+    return NULL;
+}
+
+static int apply_env(core_config *c, char **envp, core_origins *origins, core_error *err) {
+    for (size_t i = 0; i < core_n_settings; i++) {
+        const core_setting *s = &core_settings[i];
+        const char *names[2] = {s->env_alias, s->env}; /* the AISERVE_ name wins */
+        for (int k = 0; k < 2; k++) {
+            const char *value = names[k] ? env_get(envp, names[k]) : NULL;
+            if (!value)
+                continue;
+            char why[400];
+            if (core_setting_apply(s, c, value, strlen(value), why, sizeof why) < 0) {
+                core_set_error(err, "environment %s: %s", names[k], why);
+                return -1;
+            }
+            snprintf(origins->origin[i], sizeof origins->origin[i], "environment %s", names[k]);
+        }
+    }
+    return 0;
+}
+
+/* One flag with its value, as found in argv. */
+typedef struct flag_value {
+    const core_setting *setting;
+    const char *flag; /* as written, up to '=' */
+    size_t flag_len;
+    const char *value;
+} flag_value;
+
+typedef struct flag_scan {
+    flag_value *values;
+    size_t n_values;
+    int help;
+    const char *config_path;
+    core_error error; /* the first syntax error, if any */
+    int has_error;
+} flag_scan;
+
+static void scan_error(flag_scan *scan, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void scan_error(flag_scan *scan, const char *fmt, ...) {
+    if (scan->has_error)
+        return;
+    scan->has_error = 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(scan->error.message, sizeof scan->error.message, fmt, ap);
+    va_end(ap);
+}
+
+/* Splits argv into flags and values. Keeps going after a syntax error so
+ * that --help anywhere still wins. */
+static void scan_flags(flag_scan *scan, int argc, char **argv) {
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            scan->help = 1;
+            continue;
+        }
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == 0) {
+            if (arg[0] == '-' && arg[1] != 0 && strcmp(arg, "--") != 0)
+                scan_error(scan, "unknown flag %s (see --help)", arg);
+            else
+                scan_error(scan, "unexpected argument '%s': settings are given as --name value", arg);
+            continue;
+        }
+        const char *eq = strchr(arg, '=');
+        size_t flag_len = eq ? (size_t)(eq - arg) : strlen(arg);
+        const char *value = eq ? eq + 1 : NULL;
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+
+        if (flag_len == 8 && memcmp(arg, "--config", 8) == 0) {
+            if (!value && next && strncmp(next, "--", 2) != 0)
+                value = next, i++;
+            if (!value || !*value)
+                scan_error(scan, "flag --config: needs a file name");
+            else
+                scan->config_path = value;
+            continue;
+        }
+
+        const core_setting *s = setting_by_flag(arg, flag_len);
+        if (!s && flag_len > 5 && memcmp(arg, "--no-", 5) == 0) {
+            char positive[128];
+            snprintf(positive, sizeof positive, "--%.*s", (int)(flag_len - 5), arg + 5);
+            const core_setting *b = setting_by_flag(positive, strlen(positive));
+            if (b && b->type == SETTING_BOOL) {
+                if (value)
+                    scan_error(scan, "flag %.*s: takes no value", (int)flag_len, arg);
+                else
+                    scan->values[scan->n_values++] = (flag_value){b, arg, flag_len, "false"};
+                continue;
+            }
+        }
+        if (!s) {
+            char written[128];
+            snprintf(written, sizeof written, "%.*s", (int)(flag_len < 100 ? flag_len : 100), arg);
+            const char *hint = core_suggest_flag(written);
+            if (hint)
+                scan_error(scan, "unknown flag %s (did you mean %s?)", written, hint);
+            else
+                scan_error(scan, "unknown flag %s (see --help)", written);
+            continue;
+        }
+        if (!value && s->type == SETTING_BOOL) {
+            int ignored;
+            if (next && core_parse_bool(next, &ignored) == 0)
+                value = next, i++;
+            else
+                value = "true";
+        } else if (!value) {
+            if (!next || strncmp(next, "--", 2) == 0) {
+                scan_error(scan, "flag %s: needs a value (%s)", s->flag, s->metavar);
+                continue;
+            }
+            value = next, i++;
+        }
+        scan->values[scan->n_values++] = (flag_value){s, arg, flag_len, value};
+    }
+}
+
+int core_config_load(core_config *c, int argc, char **argv, char **envp, FILE *help_out, core_error *err) {
+    if (err)
+        err->message[0] = 0;
+    flag_scan scan = {0};
+    scan.values = calloc(argc > 0 ? (size_t)argc : 1, sizeof *scan.values);
+    core_origins *origins = calloc(1, sizeof *origins);
+    core_config *tmp = malloc(sizeof *tmp);
+    int rc = -1;
+    if (!scan.values || !origins || !tmp) {
+        core_set_error(err, "out of memory");
+        goto done;
+    }
+    scan_flags(&scan, argc, argv);
+    if (scan.help) {
+        if (help_out)
+            core_config_print_help(help_out);
+        rc = 1;
+        goto done;
+    }
+    if (scan.has_error) {
+        core_set_error(err, "%s", scan.error.message);
+        goto done;
+    }
+
+    core_config_defaults(tmp);
+    const char *path = scan.config_path, *via = "flag --config";
+    if (!path) {
+        path = env_get(envp, "AISERVE_CONFIG");
+        via = "environment AISERVE_CONFIG";
+    }
+    if (path && core_config_file_apply(tmp, path, via, origins, err) < 0)
+        goto done;
+    if (apply_env(tmp, envp, origins, err) < 0)
+        goto done;
+    for (size_t i = 0; i < scan.n_values; i++) {
+        const flag_value *f = &scan.values[i];
+        char why[400];
+        if (core_setting_apply(f->setting, tmp, f->value, strlen(f->value), why, sizeof why) < 0) {
+            core_set_error(err, "flag %.*s: %s", (int)f->flag_len, f->flag, why);
+            goto done;
+        }
+        snprintf(origins->origin[f->setting - core_settings], sizeof origins->origin[0], "flag %.*s",
+                 (int)(f->flag_len < 100 ? f->flag_len : 100), f->flag);
+    }
+    if (core_config_check(tmp, origins, err) < 0)
+        goto done;
+    *c = *tmp;
+    rc = 0;
+done:
+    free(scan.values);
+    free(origins);
+    free(tmp);
+    return rc;
+}

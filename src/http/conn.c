@@ -1,0 +1,236 @@
+/*
+ * conn.c - client connections as the server sees them: how many are open,
+ * how long a request takes to arrive, how long a keep-alive connection
+ * idles. evhttp (libevent 2.1) offers no hooks for any of this, so the
+ * server creates each connection's bufferevent itself (evhttp_set_bevcb)
+ * and watches it.
+ *
+ * Design:
+ *  - conn_bev_create (evhttp's bevcb) makes the socket bufferevent, takes a
+ *    reference on it and watches its input buffer. The reference keeps the
+ *    bufferevent (and, with BEV_OPT_CLOSE_ON_FREE, its socket) alive after
+ *    evhttp frees it, so a file descriptor is never reused while this file
+ *    still knows it; evhttp shuts the socket's write side at once, so the
+ *    client sees the close immediately.
+ *  - A sweep timer per loop (every 100 ms) finds connections evhttp has
+ *    released (bufferevent_free clears the callbacks), drops the reference
+ *    and forgets them; and closes (shutdown) connections that
+ *      * took longer than read_timeout to send one whole request (slowloris:
+ *        evhttp's own timeout restarts with every byte), or
+ *      * idled longer than idle_timeout between requests.
+ *  - At max_connections the listeners stop accepting (the kernel's backlog
+ *    holds further clients) until a connection closes; a connection that
+ *    still slips through gets a canned 503 and is closed.
+ *  - A request in progress (handed to the router, not yet answered) is never
+ *    timed out here: the request deadline (504) covers it.
+ *
+ * Loop thread only (each loop sweeps its own connections); the fd table is
+ * shared, but an entry is only written by the loop that owns the fd.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "http_int.h"
+
+struct http_conn {
+    http_loop *loop;
+    struct bufferevent *bev;
+    evutil_socket_t fd;        /* -1 until evhttp has set it */
+    uint64_t accepted_us;
+    uint64_t request_start_us; /* first byte of the request being received; 0: none */
+    uint64_t idle_since_us;    /* last answer written (or accept) */
+    int busy;                  /* a request is being handled */
+    int closing;               /* 1: shutdown() done; 2: over the limit, answer 503 */
+    struct evbuffer_cb_entry *input_cb;
+    http_conn *prev, *next;
+};
+
+static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
+    (void)buf;
+    http_conn *c = arg;
+    if (info->n_added == 0)
+        return;
+    if (!c->busy && c->request_start_us == 0)
+        c->request_start_us = http_now_us();
+}
+
+static void remember_fd(http_conn *c) {
+    if (c->fd >= 0)
+        return;
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd < 0)
+        return;
+    c->fd = fd;
+    http_server *s = c->loop->server;
+    if ((size_t)fd < s->n_conn_by_fd)
+        s->conn_by_fd[fd] = c;
+}
+
+/* evhttp's bevcb: one call per accepted connection, on its loop. */
+struct bufferevent *http_conn_bev_create(struct event_base *base, void *arg) {
+    http_loop *loop = arg;
+    http_server *s = loop->server;
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev)
+        return NULL;
+    http_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return bev; /* served, just not watched */
+    c->loop = loop;
+    c->bev = bev;
+    c->fd = -1;
+    c->accepted_us = c->idle_since_us = http_now_us();
+    bufferevent_incref(bev);
+    c->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
+    c->next = loop->conns;
+    if (loop->conns)
+        loop->conns->prev = c;
+    loop->conns = c;
+    loop->n_conns++;
+    int open = atomic_fetch_add(&s->connections, 1) + 1;
+    metric_inc(s->metrics.connections);
+    if (open > s->opts.max_connections) {
+        c->closing = 2; /* answered 503 by the sweep once its fd is known */
+    }
+    if (open >= s->opts.max_connections) {
+        for (int i = 0; i < s->n_loops; i++)
+            if (s->loops[i].listener)
+                evconnlistener_disable(s->loops[i].listener);
+        atomic_store(&s->accept_paused, 1);
+    }
+    return bev;
+}
+
+static void on_reply_done(struct evhttp_request *req, void *arg) {
+    (void)req;
+    http_conn *c = arg;
+    c->busy = 0;
+    c->idle_since_us = http_now_us();
+    /* A pipelined next request may already be waiting in the buffer. */
+    c->request_start_us =
+        evbuffer_get_length(bufferevent_get_input(c->bev)) ? c->idle_since_us : 0;
+}
+
+void http_conn_request_started(http_loop *loop, struct evhttp_request *req) {
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    http_server *s = loop->server;
+    if (fd < 0 || (size_t)fd >= s->n_conn_by_fd)
+        return;
+    http_conn *c = s->conn_by_fd[fd];
+    if (!c || c->bev != bev) {
+        /* Not yet in the table: find it among this loop's connections. */
+        for (c = loop->conns; c && c->bev != bev; c = c->next)
+            ;
+        if (!c)
+            return;
+        remember_fd(c);
+    }
+    c->busy = 1;
+    c->request_start_us = 0;
+    evhttp_request_set_on_complete_cb(req, on_reply_done, c);
+}
+
+static void forget(http_loop *loop, http_conn *c) {
+    http_server *s = loop->server;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        loop->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    loop->n_conns--;
+    if (c->fd >= 0 && (size_t)c->fd < s->n_conn_by_fd && s->conn_by_fd[c->fd] == c)
+        s->conn_by_fd[c->fd] = NULL;
+    if (c->input_cb)
+        evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->input_cb);
+    bufferevent_decref(c->bev); /* the last reference: closes the socket */
+    free(c);
+    atomic_fetch_sub(&s->connections, 1);
+    metric_dec(s->metrics.connections);
+}
+
+static void shut(http_conn *c) {
+    if (c->fd >= 0 && !c->closing) {
+        shutdown(c->fd, SHUT_RDWR);
+        c->closing = 1;
+    }
+}
+
+void http_conn_sweep(evutil_socket_t fd_unused, short what, void *arg) {
+    (void)fd_unused;
+    (void)what;
+    http_loop *loop = arg;
+    http_server *s = loop->server;
+    uint64_t now = http_now_us();
+    const uint64_t read_us = (uint64_t)s->opts.read_timeout_ms * 1000u;
+    const uint64_t idle_us = (uint64_t)s->opts.idle_timeout_ms * 1000u;
+    http_conn *c = loop->conns;
+    while (c) {
+        http_conn *next = c->next;
+        bufferevent_data_cb rcb = NULL, wcb = NULL;
+        bufferevent_event_cb ecb = NULL;
+        void *cbarg = NULL;
+        bufferevent_getcb(c->bev, &rcb, &wcb, &ecb, &cbarg);
+        if (!rcb && !wcb && !ecb) { /* evhttp let go of it */
+            forget(loop, c);
+            c = next;
+            continue;
+        }
+        remember_fd(c);
+        if (c->closing == 2 && c->fd >= 0) {
+            static const char body[] =
+                "{\"error\":{\"message\":\"too many open connections; retry later\","
+                "\"type\":\"service_unavailable_error\",\"code\":\"too_many_connections\"}}";
+            char busy[512];
+            int n = snprintf(busy, sizeof busy,
+                             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                             "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                             sizeof body - 1, body);
+            ssize_t w = send(c->fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+            c->closing = 0;
+            shut(c);
+        } else if (!c->busy && !c->closing) {
+            if (c->request_start_us && now - c->request_start_us > read_us)
+                shut(c); /* a request that never finishes arriving */
+            else if (!c->request_start_us && idle_us && now - c->idle_since_us > idle_us)
+                shut(c); /* keep-alive idle */
+        }
+        c = next;
+    }
+    if (atomic_load(&s->accept_paused) && atomic_load(&s->connections) < s->opts.max_connections &&
+        !atomic_load(&s->draining)) {
+        atomic_store(&s->accept_paused, 0);
+        for (int i = 0; i < s->n_loops; i++)
+            if (s->loops[i].listener)
+                evconnlistener_enable(s->loops[i].listener);
+    }
+}
+
+int http_conn_table_init(http_server *s) {
+    struct rlimit rl;
+    size_t n = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (1u << 22))
+        n = (size_t)rl.rlim_cur;
+    s->conn_by_fd = calloc(n, sizeof *s->conn_by_fd);
+    if (!s->conn_by_fd)
+        return -1;
+    s->n_conn_by_fd = n;
+    return 0;
+}
+
+/* Loop thread at shutdown, after evhttp_free: drop every reference. */
+void http_conn_release_all(http_loop *loop) {
+    while (loop->conns)
+        forget(loop, loop->conns);
+}

@@ -1,0 +1,172 @@
+/*
+ * http_int.h - what the HTTP module's files share: the server and loop
+ * structs, the per-request call record, the error table and the reply
+ * helpers. Not a public header.
+ *
+ * Ownership: a call is created by the loop that received the request and is
+ * freed by that loop after its answer was written (or its connection died).
+ * While a call waits for the scheduler, the batcher thread only touches its
+ * job and then posts the call to the loop's done list.
+ */
+#ifndef AISERVE_HTTP_INT_H
+#define AISERVE_HTTP_INT_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "http.h"
+
+/* One list generates the error codes with their HTTP status and OpenAI
+ * error type (DESIGN.md's status table). */
+#define HTTP_ERROR_MAP(X)                                                          \
+    X(INVALID_JSON, 400, "invalid_request_error", "invalid_json")                  \
+    X(INVALID_UTF8, 400, "invalid_request_error", "invalid_utf8")                  \
+    X(NOT_FOUND, 404, "invalid_request_error", "not_found")                        \
+    X(MODEL_NOT_FOUND, 404, "invalid_request_error", "model_not_found")            \
+    X(VERSION_NOT_FOUND, 404, "invalid_request_error", "version_not_found")        \
+    X(METHOD_NOT_ALLOWED, 405, "invalid_request_error", "method_not_allowed")      \
+    X(BODY_TOO_LARGE, 413, "invalid_request_error", "body_too_large")              \
+    X(HEADERS_TOO_LARGE, 431, "invalid_request_error", "headers_too_large")        \
+    X(INVALID_REQUEST, 422, "invalid_request_error", "invalid_request")            \
+    X(INVALID_TEXT, 422, "invalid_request_error", "invalid_text")                  \
+    X(EMPTY_TEXT, 422, "invalid_request_error", "empty_text")                      \
+    X(TEXT_TOO_LONG, 422, "invalid_request_error", "text_too_long")                \
+    X(TOO_MANY_INPUTS, 422, "invalid_request_error", "too_many_inputs")            \
+    X(UNSUPPORTED_MODEL, 422, "invalid_request_error", "unsupported_model")        \
+    X(NOT_READY, 503, "service_unavailable_error", "not_ready")                    \
+    X(OVERLOADED, 503, "service_unavailable_error", "overloaded")                  \
+    X(SHUTTING_DOWN, 503, "service_unavailable_error", "shutting_down")            \
+    X(TIMEOUT, 504, "timeout_error", "timeout")                                    \
+    X(INTERNAL, 500, "server_error", "internal_error")
+
+typedef enum http_error {
+#define HTTP_ERROR_ENUM(name, status, type, code) HTTP_ERR_##name,
+    HTTP_ERROR_MAP(HTTP_ERROR_ENUM)
+#undef HTTP_ERROR_ENUM
+    HTTP_ERR_COUNT
+} http_error;
+
+int http_error_status(http_error e);
+const char *http_error_type(http_error e);
+const char *http_error_code(http_error e);
+
+typedef struct http_loop http_loop;
+typedef struct http_call http_call;
+typedef struct http_conn http_conn;
+
+/* Endpoint label values: route templates, never the client's path. */
+typedef enum http_endpoint {
+    EP_PREDICT,
+    EP_MODEL_PREDICT,
+    EP_MODELS,
+    EP_MODEL,
+    EP_HEALTH,
+    EP_HEALTH_LIVE,
+    EP_HEALTH_READY,
+    EP_METRICS,
+    EP_OTHER,
+    EP_COUNT
+} http_endpoint;
+extern const char *const http_endpoint_names[EP_COUNT];
+
+struct http_loop {
+    http_server *server;
+    int index;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evconnlistener *listener;
+    pthread_t thread;
+    /* Calls whose job finished, posted by batcher threads. */
+    pthread_mutex_t done_lock;
+    http_call *done_head;
+    struct event *done_event;
+    /* Connections accepted by this loop (conn.c). */
+    http_conn *conns;
+    int n_conns;
+    struct event *sweep_event;
+};
+
+/* Metric series looked up once at start. */
+typedef struct http_metrics {
+    metric_family *requests;      /* prediction_requests_total{endpoint,status} */
+    metric *latency[EP_COUNT];    /* prediction_latency_seconds{endpoint} */
+    metric_family *model_errors;  /* model_errors_total{error_type} */
+    metric *connections;          /* aiserve_http_connections */
+    metric *in_flight;            /* aiserve_http_requests_in_flight */
+    metric *shed;                 /* aiserve_requests_shed_total */
+} http_metrics;
+
+struct http_server {
+    http_options opts;
+    char host[256];
+    char version[64];
+    serving_repo *repo;
+    metrics_registry *registry;
+    http_metrics metrics;
+    int port;
+    int n_loops;
+    http_loop *loops;
+    double start_time;            /* wall clock */
+    atomic_int draining;
+    atomic_int in_flight;         /* requests received and not yet answered */
+    atomic_int pending_jobs;      /* calls the scheduler still holds */
+    atomic_int connections;
+    atomic_int accept_paused;     /* listeners off: at max_connections */
+    http_conn **conn_by_fd;       /* entries written by the fd's loop only */
+    size_t n_conn_by_fd;
+};
+
+struct http_call {
+    http_loop *loop;
+    struct evhttp_request *req;   /* NULL once the connection died */
+    http_endpoint endpoint;
+    uint64_t start_us;
+    char request_id[72];
+    char method[8];
+    char path[256];               /* for the log only; truncated */
+    char client[64];
+    int status;
+    /* Prediction state. */
+    json_t *body;                 /* parsed request; texts point into it */
+    serving_version *version;
+    serving_job job;
+    const char **texts;
+    size_t *lens;
+    float *probs;
+    int single;                   /* {"text": ...} rather than {"texts": [...]} */
+    int discard;                  /* server stopping: free without answering */
+    http_call *next_done;
+};
+
+/* routes.c */
+void http_route(http_call *call);
+void http_finish_prediction(http_call *call);
+
+/* reply.c */
+void http_reply_json(http_call *call, int status, json_t *body); /* takes body */
+void http_reply_text(http_call *call, int status, const char *content_type, const char *text,
+                     size_t len);
+void http_reply_error(http_call *call, http_error e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Adds a response header before the reply (e.g. Retry-After). */
+void http_add_header(http_call *call, const char *name, const char *value);
+void http_call_free(http_call *call);
+void http_request_id_make(struct evhttp_request *req, char *out, size_t cap);
+
+/* conn.c */
+struct bufferevent *http_conn_bev_create(struct event_base *base, void *loop);
+void http_conn_request_started(http_loop *loop, struct evhttp_request *req);
+void http_conn_sweep(evutil_socket_t fd, short what, void *loop);
+int http_conn_table_init(http_server *s);
+void http_conn_release_all(http_loop *loop);
+
+/* server.c */
+uint64_t http_now_us(void);
+/* serving_job.on_done for calls: posts the call to its loop (batcher thread). */
+void http_post_done(serving_job *job, void *user);
+
+#endif /* AISERVE_HTTP_INT_H */

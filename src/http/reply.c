@@ -1,0 +1,190 @@
+/*
+ * reply.c - how every answer leaves the server: JSON bodies, the one error
+ * shape, the request id, the per-request metrics and the access log line.
+ *
+ * Every answer goes through send_and_finish(), which is therefore the one
+ * place that counts prediction_requests_total / prediction_latency_seconds,
+ * writes the access log line and frees the call. Answers during a drain
+ * carry "Connection: close" so that keep-alive clients move elsewhere.
+ *
+ * Loop thread only.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+
+#include "http_int.h"
+
+static const struct {
+    int status;
+    const char *type, *code;
+} error_table[HTTP_ERR_COUNT] = {
+#define HTTP_ERROR_ROW(name, status, type, code) [HTTP_ERR_##name] = {status, type, code},
+    HTTP_ERROR_MAP(HTTP_ERROR_ROW)
+#undef HTTP_ERROR_ROW
+};
+
+int http_error_status(http_error e) { return error_table[e].status; }
+const char *http_error_type(http_error e) { return error_table[e].type; }
+const char *http_error_code(http_error e) { return error_table[e].code; }
+
+/* A client's X-Request-ID is echoed when it is 1-64 characters of
+ * [A-Za-z0-9._:-]; anything else (CRLF included) is replaced by a fresh id,
+ * so the header can never inject into a response or a log line. */
+static int valid_request_id(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+void http_request_id_make(struct evhttp_request *req, char *out, size_t cap) {
+    const char *given = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-ID");
+    if (given && valid_request_id(given)) {
+        snprintf(out, cap, "%s", given);
+        return;
+    }
+    /* 128 random bits from a per-thread xorshift seeded by getrandom. */
+    static __thread uint64_t state[2];
+    if (state[0] == 0 && state[1] == 0) {
+        if (getrandom(state, sizeof state, 0) != sizeof state || (state[0] | state[1]) == 0) {
+            state[0] = (uint64_t)(uintptr_t)&state ^ http_now_us();
+            state[1] = 0x9e3779b97f4a7c15ull;
+        }
+    }
+    uint64_t words[2];
+    for (int i = 0; i < 2; i++) {
+        uint64_t s1 = state[0];
+        const uint64_t s0 = state[1];
+        state[0] = s0;
+        s1 ^= s1 << 23;
+        state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+        words[i] = state[1] + s0;
+    }
+    snprintf(out, cap, "%016llx%016llx", (unsigned long long)words[0],
+             (unsigned long long)words[1]);
+}
+
+void http_add_header(http_call *call, const char *name, const char *value) {
+    if (call->req)
+        evhttp_add_header(evhttp_request_get_output_headers(call->req), name, value);
+}
+
+void http_call_free(http_call *call) {
+    if (call->version)
+        serving_version_release(call->version);
+    json_decref(call->body);
+    free(call->texts);
+    free(call->lens);
+    free(call->probs);
+    free(call);
+}
+
+static void access_log(http_call *call, double seconds) {
+    http_server *s = call->loop->server;
+    if (!s->opts.access_log || !log_enabled(LOG_INFO))
+        return;
+    json_t *f = json_object();
+    json_object_set_new(f, "request_id", json_string(call->request_id));
+    json_object_set_new(f, "method", json_string(call->method));
+    /* The path is the client's: jansson escapes it; invalid UTF-8 is
+     * replaced so the line stays valid JSON. */
+    json_t *path = json_string(call->path);
+    json_object_set_new(f, "path", path ? path : json_string("(not UTF-8)"));
+    json_object_set_new(f, "status", json_integer(call->status));
+    json_object_set_new(f, "duration_ms", json_real(seconds * 1000.0));
+    if (call->version) {
+        json_object_set_new(f, "model", json_string(serving_version_model(call->version)));
+        char ver[32];
+        snprintf(ver, sizeof ver, "%ld", serving_version_number(call->version));
+        json_object_set_new(f, "version", json_string(ver));
+        if (call->job.batch_size)
+            json_object_set_new(f, "batch_size", json_integer(call->job.batch_size));
+    }
+    json_object_set_new(f, "client", json_string(call->client));
+    log_json(LOG_INFO, "request", f);
+}
+
+/* Writes the answer (when the connection still lives), counts, logs, frees. */
+static void send_and_finish(http_call *call, int status, struct evbuffer *body) {
+    http_server *s = call->loop->server;
+    call->status = status;
+    if (call->req && !call->discard) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(call->req);
+        evhttp_add_header(h, "X-Request-ID", call->request_id);
+        if (atomic_load(&s->draining))
+            evhttp_add_header(h, "Connection", "close");
+        struct evhttp_connection *evcon = evhttp_request_get_connection(call->req);
+        if (evcon)
+            evhttp_connection_set_closecb(evcon, NULL, NULL);
+        evhttp_send_reply(call->req, status, NULL, body);
+    } else if (call->req) {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(call->req);
+        if (evcon)
+            evhttp_connection_set_closecb(evcon, NULL, NULL);
+    }
+    if (body)
+        evbuffer_free(body);
+    double seconds = (double)(http_now_us() - call->start_us) / 1e6;
+    char code[8];
+    snprintf(code, sizeof code, "%d", status);
+    const char *labels[] = {http_endpoint_names[call->endpoint], code};
+    metric *m = metric_series(s->metrics.requests, labels);
+    if (m)
+        metric_inc(m);
+    if (s->metrics.latency[call->endpoint])
+        metric_observe(s->metrics.latency[call->endpoint], seconds);
+    access_log(call, seconds);
+    metric_dec(s->metrics.in_flight);
+    atomic_fetch_sub(&s->in_flight, 1);
+    http_call_free(call);
+}
+
+void http_reply_text(http_call *call, int status, const char *content_type, const char *text,
+                     size_t len) {
+    struct evbuffer *body = evbuffer_new();
+    if (body)
+        evbuffer_add(body, text, len);
+    http_add_header(call, "Content-Type", content_type);
+    send_and_finish(call, status, body);
+}
+
+void http_reply_json(http_call *call, int status, json_t *json) {
+    char *text = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(json);
+    if (!text) {
+        static const char oom[] =
+            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
+        http_reply_text(call, 500, "application/json", oom, sizeof oom - 1);
+        return;
+    }
+    http_reply_text(call, status, "application/json", text, strlen(text));
+    free(text);
+}
+
+void http_reply_error(http_call *call, http_error e, const char *fmt, ...) {
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    json_t *err = json_object();
+    json_t *msg = json_string(message);
+    json_object_set_new(err, "message", msg ? msg : json_string("(message not UTF-8)"));
+    json_object_set_new(err, "type", json_string(error_table[e].type));
+    json_object_set_new(err, "code", json_string(error_table[e].code));
+    json_object_set_new(err, "request_id", json_string(call->request_id));
+    http_reply_json(call, error_table[e].status, json_pack("{s:o}", "error", err));
+}

@@ -1,0 +1,534 @@
+/*
+ * routes.c - the endpoints: which path and method go where, request
+ * validation, and turning serving results into the API's JSON shapes.
+ *
+ *   POST /predict                     {"text"} or {"texts"}, default model
+ *   POST /v1/models/{name}/predict    the same, named model
+ *   GET  /v1/models, /v1/models/{name}
+ *   GET  /health, /health/live, /health/ready
+ *   GET  /metrics
+ *
+ * Validation happens here, before anything is queued: the body must be JSON
+ * (jansson rejects invalid UTF-8 and nesting deeper than 2048), the schema is
+ * checked field by field with a message naming the field, and limits (body
+ * size, header size, text length in code points, inputs per request) are
+ * enforced with the statuses of DESIGN.md's table.
+ *
+ * Loop thread only.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+
+#include "http_int.h"
+
+static const char *method_name(enum evhttp_cmd_type m) {
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "OTHER";
+}
+
+/* Bytes of the request head as the client sent it, approximately: request
+ * line plus "Name: value\r\n" per header. */
+static size_t head_bytes(struct evhttp_request *req) {
+    size_t n = strlen(evhttp_request_get_uri(req)) + 16;
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next)
+        n += strlen(kv->key) + strlen(kv->value) + 4;
+    return n;
+}
+
+static int is_valid_utf8(const unsigned char *s, size_t n, size_t *code_points) {
+    size_t i = 0, cps = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t len;
+        uint32_t cp;
+        if (c < 0x80) { len = 1; cp = c; }
+        else if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; }
+        else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; }
+        else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; }
+        else return 0;
+        if (i + len > n)
+            return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += len;
+        cps++;
+    }
+    if (code_points)
+        *code_points = cps;
+    return 1;
+}
+
+/* ---- health and metrics ---------------------------------------------- */
+
+static json_t *loaded_models_json(http_server *s, int *any_loaded) {
+    serving_version_status *list = NULL;
+    size_t n = 0;
+    json_t *models = json_object();
+    *any_loaded = 0;
+    if (serving_repo_list(s->repo, &list, &n) != 0)
+        return models;
+    for (size_t i = 0; i < n; i++) {
+        if (list[i].state != SERVING_STATE_AVAILABLE)
+            continue;
+        char ver[32];
+        snprintf(ver, sizeof ver, "%ld", list[i].version);
+        json_object_set_new(models, list[i].model, json_string(ver)); /* newest wins */
+        *any_loaded = 1;
+    }
+    free(list);
+    return models;
+}
+
+static void handle_health(http_call *call) {
+    http_server *s = call->loop->server;
+    int ready = serving_repo_is_ready(s->repo);
+    int settled = serving_repo_is_settled(s->repo);
+    int any_loaded = 0;
+    json_t *models = loaded_models_json(s, &any_loaded);
+    const char *status = ready ? "healthy" : settled ? "unhealthy" : "loading";
+    if (atomic_load(&s->draining))
+        status = "shutting_down";
+    json_t *body = json_pack("{s:s, s:b, s:b, s:o, s:s, s:f}", "status", status, "model_loaded",
+                             any_loaded, "ready", ready, "models", models, "version", s->version,
+                             "uptime_seconds", (double)time(NULL) - s->start_time);
+    if (!ready || atomic_load(&s->draining)) {
+        json_object_set_new(body, "error",
+                            json_pack("{s:s, s:s, s:s, s:s}", "message",
+                                      atomic_load(&s->draining) ? "the server is shutting down"
+                                      : settled ? "a model failed to load"
+                                                : "models are still loading",
+                                      "type", http_error_type(HTTP_ERR_NOT_READY), "code",
+                                      http_error_code(HTTP_ERR_NOT_READY), "request_id",
+                                      call->request_id));
+        http_reply_json(call, 503, body);
+        return;
+    }
+    http_reply_json(call, 200, body);
+}
+
+static void handle_ready(http_call *call) {
+    http_server *s = call->loop->server;
+    if (atomic_load(&s->draining)) {
+        http_add_header(call, "Retry-After", "1");
+        http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "the server is shutting down");
+    } else if (!serving_repo_is_ready(s->repo)) {
+        http_reply_error(call, HTTP_ERR_NOT_READY,
+                         serving_repo_is_settled(s->repo) ? "a model failed to load"
+                                                          : "models are still loading");
+    } else {
+        http_reply_json(call, 200, json_pack("{s:s}", "status", "ready"));
+    }
+}
+
+static void handle_metrics(http_call *call) {
+    size_t len = 0;
+    char *text = metrics_render(call->loop->server->registry, &len);
+    if (!text) {
+        http_reply_error(call, HTTP_ERR_INTERNAL, "cannot render metrics");
+        return;
+    }
+    http_reply_text(call, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    free(text);
+}
+
+/* ---- model listing ------------------------------------------------------ */
+
+static json_t *version_json(const serving_version_status *v) {
+    char ver[32];
+    snprintf(ver, sizeof ver, "%ld", v->version);
+    json_t *o = json_pack("{s:s, s:s}", "version", ver, "state", serving_state_name(v->state));
+    if (v->state == SERVING_STATE_FAILED)
+        json_object_set_new(o, "error", json_string(v->error));
+    if (v->has_info) {
+        json_t *labels = json_array();
+        for (int i = 0; i < v->n_labels_listed; i++)
+            json_array_append_new(labels, json_string(v->labels[i]));
+        json_object_set_new(o, "architecture", json_string(v->architecture));
+        json_object_set_new(o, "model_type", json_string(v->model_type));
+        json_object_set_new(o, "task", json_string(v->info.task == ENGINE_TASK_CLASSIFY
+                                                       ? "classification" : "embedding"));
+        json_object_set_new(o, "labels", labels);
+        json_object_set_new(o, "max_length", json_integer(v->info.max_length));
+        json_object_set_new(o, "parameters", json_integer((json_int_t)v->info.n_params));
+        json_object_set_new(o, "dtype", json_string(v->dtype));
+        json_object_set_new(o, "layers", json_integer(v->info.n_layers));
+        json_object_set_new(o, "hidden_size", json_integer(v->info.hidden));
+        json_object_set_new(o, "load_seconds", json_real(v->load_seconds));
+    }
+    return o;
+}
+
+/* {"name", "default", "versions": [...]} for each model (or just `only`). */
+static json_t *models_json(http_server *s, const char *only) {
+    serving_version_status *list = NULL;
+    size_t n = 0;
+    json_t *models = json_array();
+    if (serving_repo_list(s->repo, &list, &n) != 0)
+        return models;
+    const char *def = serving_repo_default_model(s->repo);
+    json_t *cur = NULL;
+    const char *cur_name = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (only && strcmp(list[i].model, only) != 0)
+            continue;
+        if (!cur_name || strcmp(cur_name, list[i].model) != 0) {
+            cur = json_pack("{s:s, s:s, s:b, s:[]}", "name", list[i].model, "object", "model",
+                            "default", strcmp(list[i].model, def) == 0, "versions");
+            json_array_append_new(models, cur);
+            cur_name = list[i].model;
+        }
+        json_array_append_new(json_object_get(cur, "versions"), version_json(&list[i]));
+    }
+    free(list);
+    return models;
+}
+
+static void handle_models(http_call *call) {
+    json_t *data = models_json(call->loop->server, NULL);
+    http_reply_json(call, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+}
+
+static void handle_model(http_call *call, const char *name) {
+    json_t *data = models_json(call->loop->server, name);
+    if (json_array_size(data) == 0) {
+        json_decref(data);
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", name);
+        return;
+    }
+    json_t *model = json_incref(json_array_get(data, 0));
+    json_decref(data);
+    http_reply_json(call, 200, model);
+}
+
+/* ---- prediction --------------------------------------------------------- */
+
+/* Checks one text; returns 0 or replies with the error and returns -1. */
+static int check_text(http_call *call, json_t *value, const char *field, size_t index) {
+    http_server *s = call->loop->server;
+    char where[64];
+    if (strcmp(field, "text") == 0)
+        snprintf(where, sizeof where, "text");
+    else
+        snprintf(where, sizeof where, "texts[%zu]", index);
+    if (!json_is_string(value)) {
+        http_reply_error(call, HTTP_ERR_INVALID_TEXT, "%s must be a string", where);
+        return -1;
+    }
+    const char *text = json_string_value(value);
+    size_t len = json_string_length(value), cps = 0;
+    is_valid_utf8((const unsigned char *)text, len, &cps); /* jansson already checked */
+    int blank = 1;
+    for (size_t i = 0; i < len && blank; i++)
+        blank = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
+    if (len == 0 || blank) {
+        http_reply_error(call, HTTP_ERR_EMPTY_TEXT, "%s must not be empty", where);
+        return -1;
+    }
+    if (cps > (size_t)s->opts.max_text_chars) {
+        http_reply_error(call, HTTP_ERR_TEXT_TOO_LONG,
+                         "%s is %zu characters long; the limit is %d", where, cps,
+                         s->opts.max_text_chars);
+        return -1;
+    }
+    return 0;
+}
+
+static void predict(http_call *call, const char *model_name) {
+    http_server *s = call->loop->server;
+    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+    size_t len = evbuffer_get_length(in);
+    if (len > s->opts.max_body_bytes) {
+        http_reply_error(call, HTTP_ERR_BODY_TOO_LARGE,
+                         "request body is %zu bytes; the limit is %zu", len, s->opts.max_body_bytes);
+        return;
+    }
+    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    if (!is_valid_utf8((const unsigned char *)data, len, NULL)) {
+        http_reply_error(call, HTTP_ERR_INVALID_UTF8, "request body is not valid UTF-8");
+        return;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
+    if (!body) {
+        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s (line %d, column %d)",
+                         jerr.text, jerr.line, jerr.column);
+        return;
+    }
+    call->body = body;
+    if (!json_is_object(body)) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "request body must be a JSON object");
+        return;
+    }
+    json_t *text = json_object_get(body, "text");
+    json_t *texts = json_object_get(body, "texts");
+    if ((text && texts) || (!text && !texts)) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                         "give exactly one of \"text\" (a string) or \"texts\" (a list of strings)");
+        return;
+    }
+    size_t n = 1;
+    if (texts) {
+        if (!json_is_array(texts)) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "texts must be a list of strings");
+            return;
+        }
+        n = json_array_size(texts);
+        if (n == 0) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "texts must not be empty");
+            return;
+        }
+        if (n > (size_t)s->opts.max_inputs) {
+            http_reply_error(call, HTTP_ERR_TOO_MANY_INPUTS,
+                             "texts has %zu items; the limit is %d per request", n, s->opts.max_inputs);
+            return;
+        }
+    }
+    call->single = text != NULL;
+    call->texts = calloc(n, sizeof *call->texts);
+    call->lens = calloc(n, sizeof *call->lens);
+    if (!call->texts || !call->lens) {
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = text ? text : json_array_get(texts, i);
+        if (check_text(call, v, text ? "text" : "texts", i) != 0)
+            return;
+        call->texts[i] = json_string_value(v);
+        call->lens[i] = json_string_length(v);
+    }
+
+    serving_error serr = {0};
+    if (serving_acquire(s->repo, model_name, 0, &call->version, &serr) != 0) {
+        if (serr.status == SERVING_ENOTFOUND) {
+            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", serr.message);
+        } else {
+            http_add_header(call, "Retry-After", "1");
+            http_reply_error(call, HTTP_ERR_NOT_READY, "%s", serr.message);
+        }
+        return;
+    }
+    const engine_model_info *info = serving_version_info(call->version);
+    if (info->task != ENGINE_TASK_CLASSIFY || info->n_labels <= 0) {
+        http_reply_error(call, HTTP_ERR_UNSUPPORTED_MODEL,
+                         "model '%s' is an embedding model; it does not predict labels",
+                         serving_version_model(call->version));
+        return;
+    }
+    call->probs = calloc(n * (size_t)info->n_labels, sizeof *call->probs);
+    if (!call->probs) {
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    serving_job *job = &call->job;
+    job->texts = call->texts;
+    job->lens = call->lens;
+    job->n = n;
+    job->deadline_us = call->start_us + (uint64_t)s->opts.request_timeout_ms * 1000u;
+    job->probs = call->probs;
+    job->on_done = http_post_done;
+    job->user = call;
+    atomic_fetch_add(&s->pending_jobs, 1);
+    int rc = serving_submit(call->version, job);
+    if (rc != 0) {
+        atomic_fetch_sub(&s->pending_jobs, 1);
+        const char *type = rc == SERVING_EFULL ? "queue_full" : "stopped";
+        const char *et[] = {type};
+        metric *m = metric_series(s->metrics.model_errors, et);
+        if (m)
+            metric_inc(m);
+        http_add_header(call, "Retry-After", "1");
+        if (rc == SERVING_EFULL) {
+            metric_inc(s->metrics.shed);
+            http_reply_error(call, HTTP_ERR_OVERLOADED,
+                             "model '%s' is overloaded (queue full); retry later",
+                             serving_version_model(call->version));
+        } else {
+            http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "%s", serving_status_message(rc));
+        }
+    }
+    /* Answered later by http_finish_prediction on this loop. */
+}
+
+void http_finish_prediction(http_call *call) {
+    http_server *s = call->loop->server;
+    serving_job *job = &call->job;
+    if (job->status != 0) {
+        const char *type = job->status == SERVING_ETIMEOUT ? "timeout"
+                           : job->status == SERVING_ESTOPPED ? "stopped"
+                           : job->status == SERVING_EINPUT ? "invalid_input"
+                                                           : "inference";
+        const char *et[] = {type};
+        metric *m = metric_series(s->metrics.model_errors, et);
+        if (m)
+            metric_inc(m);
+        if (job->status == SERVING_ETIMEOUT)
+            http_reply_error(call, HTTP_ERR_TIMEOUT, "the request did not finish within %lld ms",
+                             (long long)s->opts.request_timeout_ms);
+        else if (job->status == SERVING_ESTOPPED)
+            http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "the model is shutting down");
+        else if (job->status == SERVING_EINPUT)
+            http_reply_error(call, HTTP_ERR_INVALID_TEXT, "%s", job->error);
+        else
+            http_reply_error(call, HTTP_ERR_INTERNAL, "inference failed");
+        return;
+    }
+    if (!call->req || call->discard) { /* the client left: 499, as nginx logs it */
+        http_reply_text(call, 499, "text/plain", "", 0);
+        return;
+    }
+    const engine_model_info *info = serving_version_info(call->version);
+    const int K = info->n_labels;
+    char ver[32];
+    snprintf(ver, sizeof ver, "%ld", serving_version_number(call->version));
+    json_t *preds = call->single ? NULL : json_array();
+    json_t *out = NULL;
+    for (size_t i = 0; i < job->n; i++) {
+        const float *p = call->probs + i * (size_t)K;
+        int best = 0;
+        for (int j = 1; j < K; j++)
+            if (p[j] > p[best])
+                best = j;
+        const char *label = serving_version_label(call->version, best);
+        json_t *pred = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence",
+                                 (double)p[best]);
+        if (call->single)
+            out = pred;
+        else
+            json_array_append_new(preds, pred);
+    }
+    if (!call->single)
+        out = json_pack("{s:o}", "predictions", preds);
+    json_object_set_new(out, "model", json_string(serving_version_model(call->version)));
+    json_object_set_new(out, "model_version", json_string(ver));
+    http_reply_json(call, 200, out);
+}
+
+/* ---- routing ---------------------------------------------------------- */
+
+static int method_is(http_call *call, enum evhttp_cmd_type want) {
+    if (evhttp_request_get_command(call->req) == want)
+        return 1;
+    http_add_header(call, "Allow", want == EVHTTP_REQ_GET ? "GET" : "POST");
+    http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use %s",
+                     call->method, http_endpoint_names[call->endpoint],
+                     want == EVHTTP_REQ_GET ? "GET" : "POST");
+    return 0;
+}
+
+void http_route(http_call *call) {
+    http_server *s = call->loop->server;
+    struct evhttp_request *req = call->req;
+    snprintf(call->method, sizeof call->method, "%s", method_name(evhttp_request_get_command(req)));
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!path || !*path)
+        path = "/";
+    snprintf(call->path, sizeof call->path, "%s", path);
+
+    if (head_bytes(req) > s->opts.max_header_bytes) {
+        http_reply_error(call, HTTP_ERR_HEADERS_TOO_LARGE,
+                         "request headers are larger than the limit of %zu bytes",
+                         s->opts.max_header_bytes);
+        return;
+    }
+
+    /* Fixed routes. Trailing slashes are not folded: paths are exact. */
+    static const struct { const char *path; http_endpoint ep; } fixed[] = {
+        {"/predict", EP_PREDICT},          {"/v1/models", EP_MODELS},
+        {"/health", EP_HEALTH},            {"/health/live", EP_HEALTH_LIVE},
+        {"/health/ready", EP_HEALTH_READY}, {"/metrics", EP_METRICS},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        if (strcmp(path, fixed[i].path) != 0)
+            continue;
+        call->endpoint = fixed[i].ep;
+        switch (fixed[i].ep) {
+        case EP_PREDICT:
+            if (method_is(call, EVHTTP_REQ_POST))
+                predict(call, NULL);
+            return;
+        case EP_MODELS:
+            if (method_is(call, EVHTTP_REQ_GET))
+                handle_models(call);
+            return;
+        case EP_HEALTH:
+            if (method_is(call, EVHTTP_REQ_GET))
+                handle_health(call);
+            return;
+        case EP_HEALTH_LIVE:
+            if (method_is(call, EVHTTP_REQ_GET))
+                http_reply_json(call, 200, json_pack("{s:s}", "status", "alive"));
+            return;
+        case EP_HEALTH_READY:
+            if (method_is(call, EVHTTP_REQ_GET))
+                handle_ready(call);
+            return;
+        case EP_METRICS:
+            if (method_is(call, EVHTTP_REQ_GET))
+                handle_metrics(call);
+            return;
+        default:
+            break;
+        }
+    }
+
+    /* /v1/models/{name} and /v1/models/{name}/predict. The name is
+     * percent-decoded and then only ever compared with the repository's
+     * names, so "..", slashes or NULs can never reach the file system. */
+    static const char prefix[] = "/v1/models/";
+    if (strncmp(path, prefix, sizeof prefix - 1) == 0) {
+        const char *rest = path + sizeof prefix - 1;
+        const char *slash = strchr(rest, '/');
+        size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
+        const char *tail = slash ? slash : "";
+        if (name_len > 0 && name_len < 256 && (!*tail || strcmp(tail, "/predict") == 0)) {
+            char raw[256];
+            memcpy(raw, rest, name_len);
+            raw[name_len] = '\0';
+            size_t dlen = 0;
+            char *name = evhttp_uridecode(raw, 0, &dlen);
+            if (name && strlen(name) == dlen && is_valid_utf8((unsigned char *)name, dlen, NULL)) {
+                if (!*tail) {
+                    call->endpoint = EP_MODEL;
+                    if (method_is(call, EVHTTP_REQ_GET))
+                        handle_model(call, name);
+                } else {
+                    call->endpoint = EP_MODEL_PREDICT;
+                    if (method_is(call, EVHTTP_REQ_POST))
+                        predict(call, name);
+                }
+                free(name);
+                return;
+            }
+            free(name);
+            call->endpoint = EP_OTHER;
+            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model not found");
+            return;
+        }
+    }
+    http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
+                     is_valid_utf8((const unsigned char *)path, strlen(path), NULL) ? path : "(path)");
+}

@@ -1,0 +1,352 @@
+/*
+ * server.c - the HTTP server's threads: one libevent loop per thread, each
+ * with its own evhttp and its own listening socket on the shared port
+ * (SO_REUSEPORT lets the kernel spread connections over the loops).
+ *
+ * Design:
+ *  - A request is handled entirely on the loop that accepted its
+ *    connection. Work for the model goes to the scheduler; the batcher
+ *    thread posts the finished call back to that loop's done list and wakes
+ *    the loop with event_active (libevent is built with pthread locking), so
+ *    the answer is written by the thread that owns the connection.
+ *  - Draining: listeners are disabled, requests that still arrive on open
+ *    connections are served with "Connection: close", and the controlling
+ *    thread waits for the in-flight count to reach zero or for the timeout.
+ *  - libevent's own limits are set above ours (twice the configured body and
+ *    header sizes) so that requests over our limits reach the router and get
+ *    a JSON error (413, 431); beyond twice the limit libevent answers 413
+ *    itself and closes the connection, which bounds memory.
+ *
+ * Threads: http_server_* from the controlling thread; everything else runs
+ * on the loop threads, except post_done, which batcher threads call.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/thread.h>
+
+#include "http_int.h"
+
+const char *const http_endpoint_names[EP_COUNT] = {
+    [EP_PREDICT] = "/predict",
+    [EP_MODEL_PREDICT] = "/v1/models/{name}/predict",
+    [EP_MODELS] = "/v1/models",
+    [EP_MODEL] = "/v1/models/{name}",
+    [EP_HEALTH] = "/health",
+    [EP_HEALTH_LIVE] = "/health/live",
+    [EP_HEALTH_READY] = "/health/ready",
+    [EP_METRICS] = "/metrics",
+    [EP_OTHER] = "other",
+};
+
+uint64_t http_now_us(void) {
+    return serving_now_us();
+}
+
+static void set_err(char *err, size_t len, const char *fmt, const char *a, const char *b) {
+    if (err && len)
+        snprintf(err, len, fmt, a, b);
+}
+
+/* Connection closed while its request waited for the scheduler: the call
+ * must never touch the request again (libevent frees it next). */
+static void on_connection_close(struct evhttp_connection *evcon, void *arg) {
+    http_call *call = arg;
+    (void)evcon;
+    if (call)
+        call->req = NULL;
+}
+
+static void handle_request(struct evhttp_request *req, void *arg) {
+    http_loop *loop = arg;
+    http_server *s = loop->server;
+    http_call *call = calloc(1, sizeof *call);
+    if (!call) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    call->loop = loop;
+    call->req = req;
+    call->start_us = http_now_us();
+    call->endpoint = EP_OTHER;
+    atomic_fetch_add(&s->in_flight, 1);
+    metric_inc(s->metrics.in_flight);
+    http_request_id_make(req, call->request_id, sizeof call->request_id);
+    http_conn_request_started(loop, req);
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (evcon) {
+        char *addr = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(evcon, &addr, &port);
+        snprintf(call->client, sizeof call->client, "%s", addr ? addr : "");
+        /* While the call is pending, a closing connection tells it. */
+        evhttp_connection_set_closecb(evcon, on_connection_close, call);
+    }
+    http_route(call);
+}
+
+/* Batcher thread: hand the finished call to its loop. */
+void http_post_done(serving_job *job, void *user) {
+    (void)job;
+    http_call *call = user;
+    http_loop *loop = call->loop;
+    pthread_mutex_lock(&loop->done_lock);
+    call->next_done = loop->done_head;
+    loop->done_head = call;
+    pthread_mutex_unlock(&loop->done_lock);
+    event_active(loop->done_event, EV_READ, 0);
+}
+
+static void on_done_event(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    http_loop *loop = arg;
+    pthread_mutex_lock(&loop->done_lock);
+    http_call *list = loop->done_head;
+    loop->done_head = NULL;
+    pthread_mutex_unlock(&loop->done_lock);
+    /* The list is newest first; answer oldest first. */
+    http_call *rev = NULL;
+    while (list) {
+        http_call *next = list->next_done;
+        list->next_done = rev;
+        rev = list;
+        list = next;
+    }
+    while (rev) {
+        http_call *next = rev->next_done;
+        atomic_fetch_sub(&loop->server->pending_jobs, 1);
+        http_finish_prediction(rev);
+        rev = next;
+    }
+}
+
+static void *loop_main(void *arg) {
+    http_loop *loop = arg;
+    event_base_dispatch(loop->base);
+    return NULL;
+}
+
+static int make_listener(http_server *s, http_loop *loop, char *err, size_t err_len) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%d", s->port);
+    int rc = getaddrinfo(s->host, port, &hints, &res);
+    if (rc != 0) {
+        set_err(err, err_len, "cannot resolve host %s: %s", s->host, gai_strerror(rc));
+        return -1;
+    }
+    loop->listener = evconnlistener_new_bind(
+        loop->base, NULL, NULL,
+        LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_FREE |
+            LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_THREADSAFE,
+        1024, res->ai_addr, (int)res->ai_addrlen);
+    freeaddrinfo(res);
+    if (!loop->listener) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "%d: %s", s->port, strerror(errno));
+        set_err(err, err_len, "cannot listen on %s port %s", s->host, msg);
+        return -1;
+    }
+    if (s->port == 0) { /* the first loop picked a port; the others share it */
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        getsockname(evconnlistener_get_fd(loop->listener), (struct sockaddr *)&ss, &len);
+        s->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                           : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    if (!evhttp_bind_listener(loop->http, loop->listener)) {
+        set_err(err, err_len, "cannot bind the HTTP server to the listener%s%s", "", "");
+        return -1;
+    }
+    return 0;
+}
+
+static void register_metrics(http_server *s) {
+    metrics_registry *r = s->registry;
+    const char *ep_status[] = {"endpoint", "status"};
+    const char *ep[] = {"endpoint"};
+    const char *et[] = {"error_type"};
+    s->metrics.requests = metrics_counter(r, "prediction_requests_total",
+                                          "HTTP requests by endpoint and status code", 2, ep_status);
+    metric_family *lat = metrics_histogram(r, "prediction_latency_seconds",
+                                           "Request latency from arrival to answer", 1, ep,
+                                           metrics_latency_buckets, metrics_n_latency_buckets);
+    for (int i = 0; i < EP_COUNT && lat; i++) {
+        const char *v[] = {http_endpoint_names[i]};
+        s->metrics.latency[i] = metric_series(lat, v);
+    }
+    s->metrics.model_errors = metrics_counter(r, "model_errors_total",
+                                              "Failed predictions by error type", 1, et);
+    metric_family *f;
+    f = metrics_gauge(r, "aiserve_http_connections", "Open client connections", 0, NULL);
+    s->metrics.connections = f ? metric_series(f, NULL) : NULL;
+    f = metrics_gauge(r, "aiserve_http_requests_in_flight", "Requests received and not yet answered",
+                      0, NULL);
+    s->metrics.in_flight = f ? metric_series(f, NULL) : NULL;
+    f = metrics_counter(r, "aiserve_requests_shed_total",
+                        "Requests refused with 503 because a model queue was full", 0, NULL);
+    s->metrics.shed = f ? metric_series(f, NULL) : NULL;
+}
+
+int http_server_create(const http_options *opts, serving_repo *repo, metrics_registry *metrics,
+                       http_server **out, char *err, size_t err_len) {
+    *out = NULL;
+    static int threads_ready;
+    if (!threads_ready) {
+        if (evthread_use_pthreads() != 0) {
+            set_err(err, err_len, "libevent has no pthread support%s%s", "", "");
+            return -1;
+        }
+        threads_ready = 1;
+    }
+    http_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        set_err(err, err_len, "out of memory%s%s", "", "");
+        return -1;
+    }
+    s->opts = *opts;
+    snprintf(s->host, sizeof s->host, "%s", opts->host ? opts->host : "127.0.0.1");
+    snprintf(s->version, sizeof s->version, "%s", opts->version ? opts->version : "0");
+    s->opts.host = s->host;
+    s->opts.version = s->version;
+    s->repo = repo;
+    s->registry = metrics;
+    s->port = opts->port;
+    s->n_loops = opts->n_threads > 0 ? opts->n_threads : 1;
+    s->start_time = (double)time(NULL);
+    register_metrics(s);
+    *out = s;
+    return 0;
+}
+
+int http_server_start(http_server *s, char *err, size_t err_len) {
+    s->loops = calloc((size_t)s->n_loops, sizeof *s->loops);
+    if (!s->loops || http_conn_table_init(s) != 0) {
+        set_err(err, err_len, "out of memory%s%s", "", "");
+        return -1;
+    }
+    /* evhttp's inactivity timeout is only a backstop: conn.c enforces the
+     * read (whole request) and idle (keep-alive) timeouts precisely. */
+    int64_t backstop_ms = (s->opts.read_timeout_ms > s->opts.idle_timeout_ms
+                               ? s->opts.read_timeout_ms : s->opts.idle_timeout_ms) + 1000;
+    struct timeval timeout = {.tv_sec = (time_t)(backstop_ms / 1000),
+                              .tv_usec = (suseconds_t)(backstop_ms % 1000) * 1000};
+    for (int i = 0; i < s->n_loops; i++) {
+        http_loop *loop = &s->loops[i];
+        loop->server = s;
+        loop->index = i;
+        pthread_mutex_init(&loop->done_lock, NULL);
+        loop->base = event_base_new();
+        loop->http = loop->base ? evhttp_new(loop->base) : NULL;
+        loop->done_event = loop->base ? event_new(loop->base, -1, 0, on_done_event, loop) : NULL;
+        loop->sweep_event = loop->base ? event_new(loop->base, -1, EV_PERSIST, http_conn_sweep, loop) : NULL;
+        if (!loop->base || !loop->http || !loop->done_event || !loop->sweep_event) {
+            set_err(err, err_len, "cannot create an event loop%s%s", "", "");
+            return -1;
+        }
+        evhttp_set_max_body_size(loop->http, (ev_ssize_t)(2 * s->opts.max_body_bytes + 1024));
+        evhttp_set_max_headers_size(loop->http, (ev_ssize_t)(2 * s->opts.max_header_bytes + 1024));
+        evhttp_set_timeout_tv(loop->http, &timeout);
+        evhttp_set_allowed_methods(loop->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                                   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                                   EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                                   EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+        evhttp_set_default_content_type(loop->http, "application/json");
+        evhttp_set_gencb(loop->http, handle_request, loop);
+        evhttp_set_bevcb(loop->http, http_conn_bev_create, loop);
+        struct timeval sweep = {0, 100 * 1000};
+        event_add(loop->sweep_event, &sweep);
+        if (make_listener(s, loop, err, err_len) != 0)
+            return -1;
+    }
+    for (int i = 0; i < s->n_loops; i++) {
+        if (pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]) != 0) {
+            set_err(err, err_len, "cannot start loop thread: %s%s", strerror(errno), "");
+            for (int j = 0; j < i; j++) {
+                event_base_loopbreak(s->loops[j].base);
+                pthread_join(s->loops[j].thread, NULL);
+                s->loops[j].thread = 0;
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int http_server_port(const http_server *s) {
+    return s->port;
+}
+
+void http_server_stop_accepting(http_server *s) {
+    atomic_store(&s->draining, 1);
+    for (int i = 0; s->loops && i < s->n_loops; i++)
+        if (s->loops[i].listener)
+            evconnlistener_disable(s->loops[i].listener);
+}
+
+int http_server_in_flight(const http_server *s) {
+    return atomic_load(&((http_server *)s)->in_flight);
+}
+
+void http_server_destroy(http_server *s) {
+    if (!s)
+        return;
+    for (int i = 0; s->loops && i < s->n_loops; i++)
+        if (s->loops[i].base && s->loops[i].thread)
+            event_base_loopbreak(s->loops[i].base);
+    for (int i = 0; s->loops && i < s->n_loops; i++)
+        if (s->loops[i].thread)
+            pthread_join(s->loops[i].thread, NULL);
+    /* Calls still held by schedulers come back through the done lists;
+     * their connections are about to close, so they are only freed. */
+    while (atomic_load(&s->pending_jobs) > 0) {
+        for (int i = 0; i < s->n_loops; i++) {
+            http_loop *loop = &s->loops[i];
+            pthread_mutex_lock(&loop->done_lock);
+            http_call *list = loop->done_head;
+            loop->done_head = NULL;
+            pthread_mutex_unlock(&loop->done_lock);
+            while (list) {
+                http_call *next = list->next_done;
+                atomic_fetch_sub(&s->pending_jobs, 1);
+                list->discard = 1;
+                http_finish_prediction(list);
+                list = next;
+            }
+        }
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (int i = 0; s->loops && i < s->n_loops; i++) {
+        http_loop *loop = &s->loops[i];
+        if (loop->http) /* frees its bound listener and every connection */
+            evhttp_free(loop->http);
+        http_conn_release_all(loop);
+        if (loop->sweep_event)
+            event_free(loop->sweep_event);
+        if (loop->done_event)
+            event_free(loop->done_event);
+        if (loop->base)
+            event_base_free(loop->base);
+        pthread_mutex_destroy(&loop->done_lock);
+    }
+    free(s->loops);
+    free(s->conn_by_fd);
+    free(s);
+}

@@ -1,0 +1,630 @@
+/*
+ * repository.c - the model repository: finds <repository>/<model>/<version>/
+ * directories, loads the newest version of each model on a loader thread,
+ * and hands out counted references to loaded versions.
+ *
+ * Design:
+ *  - serving_repo_create only scans: model names must be 1-127 characters of
+ *    [A-Za-z0-9._-] not starting with '.', versions positive decimal
+ *    integers; anything else in the directory is ignored (and logged).
+ *  - The loader thread loads, for each model, its newest version; when that
+ *    fails (bad files, failed warm-up) the failure is kept with its message
+ *    and the next older version is tried. A version serves only after it
+ *    loaded and answered a warm-up batch.
+ *  - The repository holds one reference to each version; serving_acquire
+ *    adds one under the lock, serving_version_release drops one, and the
+ *    last release frees the engine model and stops its scheduler. Nothing
+ *    is freed while a request holds it.
+ *
+ * Threads: all functions from any thread; state under repo->lock.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "serving_int.h"
+
+typedef struct repo_model {
+    char name[128];
+    serving_version *versions; /* newest first */
+    struct repo_model *next;
+} repo_model;
+
+struct serving_repo {
+    serving_options opts;
+    char repository[4096];
+    char default_model[128];
+    metrics_registry *metrics;
+    metric_family *f_queue_depth, *f_queue_wait, *f_batch_size, *f_inference, *f_tokens,
+        *f_batches, *f_timeouts, *f_predictions, *f_state, *f_load_seconds;
+
+    pthread_mutex_t lock;
+    repo_model *models; /* sorted by name */
+    int loader_started, settled, stop;
+    pthread_t loader;
+};
+
+static const struct {
+    int code;
+    const char *name, *message;
+} status_table[] = {
+#define SERVING_STATUS_ROW(n, c, m) {c, "SERVING_" #n, m},
+    SERVING_STATUS_MAP(SERVING_STATUS_ROW)
+#undef SERVING_STATUS_ROW
+};
+
+const char *serving_status_name(int status) {
+    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
+        if (status_table[i].code == status)
+            return status_table[i].name;
+    return "SERVING_UNKNOWN";
+}
+
+const char *serving_status_message(int status) {
+    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
+        if (status_table[i].code == status)
+            return status_table[i].message;
+    return "unknown error";
+}
+
+const char *serving_state_name(serving_state s) {
+    switch (s) {
+    case SERVING_STATE_LOADING: return "loading";
+    case SERVING_STATE_AVAILABLE: return "available";
+    case SERVING_STATE_UNLOADING: return "unloading";
+    case SERVING_STATE_FAILED: return "failed";
+    }
+    return "unknown";
+}
+
+int serving_error_set(serving_error *err, int status, const char *fmt, ...) {
+    if (err) {
+        err->status = status;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+static int valid_model_name(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n >= 128 || s[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+            return 0;
+    return 1;
+}
+
+/* A positive decimal integer without sign or leading zeros; 0 otherwise. */
+static long parse_version(const char *s) {
+    if (!s[0] || s[0] == '0' || strlen(s) > 9)
+        return 0;
+    long v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return 0;
+        v = v * 10 + (*p - '0');
+    }
+    return v;
+}
+
+static int is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static void set_state_metric(serving_repo *r, serving_version *v) {
+    char ver[32];
+    snprintf(ver, sizeof ver, "%ld", v->number);
+    static const serving_state states[] = {SERVING_STATE_LOADING, SERVING_STATE_AVAILABLE,
+                                           SERVING_STATE_UNLOADING, SERVING_STATE_FAILED};
+    for (size_t i = 0; i < 4; i++) {
+        const char *labels[] = {v->model, ver, serving_state_name(states[i])};
+        metric *m = metric_series(r->f_state, labels);
+        if (m)
+            metric_set(m, v->state == states[i] ? 1.0 : 0.0);
+    }
+}
+
+static void free_models(serving_repo *r) {
+    repo_model *m = r->models;
+    while (m) {
+        repo_model *next = m->next;
+        serving_version *v = m->versions;
+        while (v) {
+            serving_version *vn = v->next;
+            serving_version_release(v);
+            v = vn;
+        }
+        free(m);
+        m = next;
+    }
+    r->models = NULL;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds the versions of one model directory, newest first. */
+static int scan_model(serving_repo *r, const char *name, repo_model **out) {
+    char path[4096 + 256];
+    snprintf(path, sizeof path, "%s/%s", r->repository, name);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    repo_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        closedir(d);
+        return SERVING_ENOMEM;
+    }
+    snprintf(m->name, sizeof m->name, "%s", name);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long number = parse_version(e->d_name);
+        char vdir[sizeof path + 32];
+        snprintf(vdir, sizeof vdir, "%s/%s", path, e->d_name);
+        if (number <= 0 || !is_dir(vdir))
+            continue;
+        serving_version *v = calloc(1, sizeof *v);
+        if (!v) {
+            closedir(d);
+            *out = m;
+            return SERVING_ENOMEM;
+        }
+        atomic_init(&v->refs, 1);
+        v->repo = r;
+        snprintf(v->model, sizeof v->model, "%s", name);
+        v->number = number;
+        if ((size_t)snprintf(v->dir, sizeof v->dir, "%.4000s", vdir) >= sizeof v->dir) {
+            free(v);
+            continue;
+        }
+        v->state = SERVING_STATE_LOADING;
+        /* Insert keeping newest first. */
+        serving_version **pp = &m->versions;
+        while (*pp && (*pp)->number > number)
+            pp = &(*pp)->next;
+        v->next = *pp;
+        *pp = v;
+    }
+    closedir(d);
+    *out = m;
+    return 0;
+}
+
+int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
+                        serving_repo **out, serving_error *err) {
+    *out = NULL;
+    serving_repo *r = calloc(1, sizeof *r);
+    if (!r)
+        return serving_error_set(err, SERVING_ENOMEM, "out of memory");
+    r->opts = *opts;
+    snprintf(r->repository, sizeof r->repository, "%s", opts->repository ? opts->repository : ".");
+    r->opts.repository = r->repository;
+    r->metrics = metrics;
+    pthread_mutex_init(&r->lock, NULL);
+
+    const char *mv[] = {"model", "version"};
+    const char *mvl[] = {"model", "version", "label"};
+    const char *mvs[] = {"model", "version", "state"};
+    double size_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+    double wait_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                             0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+    r->f_queue_depth = metrics_gauge(metrics, "aiserve_queue_depth",
+                                     "Texts waiting in the model version's queue", 2, mv);
+    r->f_queue_wait = metrics_histogram(metrics, "aiserve_queue_wait_seconds",
+                                        "Time a request waited in the queue before its first batch",
+                                        2, mv, wait_buckets, 17);
+    r->f_batch_size = metrics_histogram(metrics, "aiserve_batch_size",
+                                        "Texts per engine call (dynamic batch size)", 2, mv,
+                                        size_buckets, 11);
+    r->f_inference = metrics_histogram(metrics, "aiserve_inference_seconds",
+                                       "Engine time per batch (tokenize, forward, head)", 2, mv,
+                                       wait_buckets, 17);
+    r->f_tokens = metrics_counter(metrics, "aiserve_tokens_total",
+                                  "Tokens run through the model, [CLS]/[SEP] included", 2, mv);
+    r->f_batches = metrics_counter(metrics, "aiserve_batches_total", "Engine calls", 2, mv);
+    r->f_timeouts = metrics_counter(metrics, "aiserve_queue_timeouts_total",
+                                    "Requests whose deadline passed while queued", 2, mv);
+    r->f_predictions = metrics_counter(metrics, "aiserve_predictions_total",
+                                       "Texts classified, by predicted label", 3, mvl);
+    r->f_state = metrics_gauge(metrics, "aiserve_model_state",
+                               "1 for the state each model version is in", 3, mvs);
+    r->f_load_seconds = metrics_gauge(metrics, "aiserve_model_load_seconds",
+                                      "Time to load and warm up the model version", 2, mv);
+    if (!r->f_queue_depth || !r->f_queue_wait || !r->f_batch_size || !r->f_inference ||
+        !r->f_tokens || !r->f_batches || !r->f_timeouts || !r->f_predictions || !r->f_state ||
+        !r->f_load_seconds) {
+        pthread_mutex_destroy(&r->lock);
+        free(r);
+        return serving_error_set(err, SERVING_ENOMEM, "cannot register the serving metrics");
+    }
+
+    DIR *d = opendir(r->repository);
+    if (!d) {
+        int e = errno;
+        pthread_mutex_destroy(&r->lock);
+        free(r);
+        return serving_error_set(err, SERVING_EIO, "cannot read model repository %s: %s",
+                                 opts->repository, strerror(e));
+    }
+    char **names = NULL;
+    size_t n_names = 0, cap = 0;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (!valid_model_name(e->d_name))
+            continue;
+        char path[4096 + 256];
+        snprintf(path, sizeof path, "%s/%s", r->repository, e->d_name);
+        if (!is_dir(path))
+            continue;
+        if (n_names == cap) {
+            cap = cap ? cap * 2 : 8;
+            char **nn = realloc(names, cap * sizeof *names);
+            if (!nn) {
+                rc = SERVING_ENOMEM;
+                break;
+            }
+            names = nn;
+        }
+        if (!(names[n_names] = strdup(e->d_name))) {
+            rc = SERVING_ENOMEM;
+            break;
+        }
+        n_names++;
+    }
+    closedir(d);
+    if (n_names)
+        qsort(names, n_names, sizeof *names, cmp_str);
+    repo_model **tail = &r->models;
+    for (size_t i = 0; i < n_names && rc == 0; i++) {
+        repo_model *m = NULL;
+        rc = scan_model(r, names[i], &m);
+        if (m && m->versions) {
+            *tail = m;
+            tail = &m->next;
+            for (serving_version *v = m->versions; v; v = v->next)
+                set_state_metric(r, v);
+        } else if (m) {
+            free(m);
+        }
+    }
+    for (size_t i = 0; i < n_names; i++)
+        free(names[i]);
+    free(names);
+    if (rc) {
+        serving_repo_destroy(r);
+        return serving_error_set(err, rc, "out of memory scanning %s", opts->repository);
+    }
+
+    /* The default model: as configured, else the only one, else "sentiment". */
+    if (opts->default_model && opts->default_model[0])
+        snprintf(r->default_model, sizeof r->default_model, "%s", opts->default_model);
+    else if (r->models && !r->models->next)
+        snprintf(r->default_model, sizeof r->default_model, "%s", r->models->name);
+    else
+        snprintf(r->default_model, sizeof r->default_model, "sentiment");
+    *out = r;
+    return 0;
+}
+
+static void version_metrics(serving_repo *r, serving_version *v, const engine_model_info *info) {
+    char ver[32];
+    snprintf(ver, sizeof ver, "%ld", v->number);
+    const char *mv[] = {v->model, ver};
+    sched_metrics *sm = &v->metrics;
+    sm->queue_depth = metric_series(r->f_queue_depth, mv);
+    sm->queue_wait = metric_series(r->f_queue_wait, mv);
+    sm->batch_size = metric_series(r->f_batch_size, mv);
+    sm->inference = metric_series(r->f_inference, mv);
+    sm->tokens = metric_series(r->f_tokens, mv);
+    sm->batches = metric_series(r->f_batches, mv);
+    sm->timeouts = metric_series(r->f_timeouts, mv);
+    sm->n_labels = info->n_labels;
+    if (info->n_labels > 0) {
+        sm->predictions = calloc((size_t)info->n_labels, sizeof *sm->predictions);
+        for (int i = 0; sm->predictions && i < info->n_labels; i++) {
+            const char *label = engine_model_label(v->engine, i);
+            const char *mvl[] = {v->model, ver, label ? label : "?"};
+            sm->predictions[i] = metric_series(r->f_predictions, mvl);
+        }
+        if (!sm->predictions)
+            sm->n_labels = 0;
+    }
+}
+
+/* Loads one version and warms it up. Returns 0 or fills v->error. */
+static int load_version(serving_repo *r, serving_version *v) {
+    uint64_t t0 = serving_now_us();
+    engine_options eo = {.n_threads = r->opts.engine_threads};
+    engine_error eerr = {0};
+    engine_model *model = NULL;
+    if (engine_model_load(v->dir, &eo, &model, &eerr) != 0) {
+        snprintf(v->error, sizeof v->error, "%s", eerr.message);
+        return -1;
+    }
+    const engine_model_info *info = engine_model_get_info(model);
+    /* Warm-up: one real batch, which also sizes the engine's scratch. */
+    static const char warm[] = "aiserve warm-up request";
+    const char *texts[] = {warm};
+    size_t lens[] = {sizeof warm - 1};
+    int rc;
+    if (info->task == ENGINE_TASK_CLASSIFY) {
+        float probs[64];
+        float *p = info->n_labels <= 64 ? probs : malloc((size_t)info->n_labels * sizeof(float));
+        rc = p ? engine_classify(model, texts, lens, 1, NULL, p, &eerr) : ENGINE_ENOMEM;
+        if (p != probs)
+            free(p);
+    } else {
+        float *out = malloc((size_t)info->hidden * sizeof(float));
+        rc = out ? engine_embed(model, texts, lens, 1, ENGINE_POOL_MEAN, 1, out, &eerr) : ENGINE_ENOMEM;
+        free(out);
+    }
+    if (rc) {
+        snprintf(v->error, sizeof v->error, "warm-up failed: %.480s", eerr.message);
+        engine_model_free(model);
+        return -1;
+    }
+    v->engine = model;
+    version_metrics(r, v, info);
+    if (info->task == ENGINE_TASK_CLASSIFY &&
+        sched_create(model, &r->opts, &v->metrics, &v->sched) != 0) {
+        snprintf(v->error, sizeof v->error, "cannot start the scheduler: out of memory");
+        free(v->metrics.predictions);
+        v->metrics.predictions = NULL;
+        v->engine = NULL;
+        engine_model_free(model);
+        return -1;
+    }
+    v->load_seconds = (double)(serving_now_us() - t0) / 1e6;
+    char ver[32];
+    snprintf(ver, sizeof ver, "%ld", v->number);
+    const char *mv[] = {v->model, ver};
+    metric_set(metric_series(r->f_load_seconds, mv), v->load_seconds);
+    return 0;
+}
+
+static void *loader_main(void *arg) {
+    serving_repo *r = arg;
+    for (repo_model *m = r->models; m; m = m->next) {
+        for (serving_version *v = m->versions; v; v = v->next) {
+            pthread_mutex_lock(&r->lock);
+            int stop = r->stop;
+            pthread_mutex_unlock(&r->lock);
+            if (stop)
+                break;
+            int rc = load_version(r, v);
+            pthread_mutex_lock(&r->lock);
+            v->state = rc == 0 ? SERVING_STATE_AVAILABLE : SERVING_STATE_FAILED;
+            pthread_mutex_unlock(&r->lock);
+            set_state_metric(r, v);
+            log_event(rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "model_loaded" : "model_load_failed",
+                      "model", json_string(v->model), "version", json_integer(v->number),
+                      "path", json_string(v->dir),
+                      rc == 0 ? "load_seconds" : "error",
+                      rc == 0 ? json_real(v->load_seconds) : json_string(v->error), NULL);
+            if (rc == 0)
+                break; /* newest loadable version found; older ones stay unloaded */
+        }
+        /* Versions older than the one that loaded were never tried: they
+         * are not "loading" any more, they are simply not served. */
+        pthread_mutex_lock(&r->lock);
+        serving_version *prev = NULL, *v = m->versions;
+        int found = 0;
+        while (v) {
+            serving_version *next = v->next;
+            if (found && v->state == SERVING_STATE_LOADING) {
+                if (prev)
+                    prev->next = next;
+                else
+                    m->versions = next;
+                serving_version_release(v);
+            } else {
+                if (v->state == SERVING_STATE_AVAILABLE)
+                    found = 1;
+                prev = v;
+            }
+            v = next;
+        }
+        pthread_mutex_unlock(&r->lock);
+    }
+    pthread_mutex_lock(&r->lock);
+    r->settled = 1;
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+int serving_repo_start(serving_repo *r) {
+    if (r->loader_started)
+        return 0;
+    if (pthread_create(&r->loader, NULL, loader_main, r) != 0)
+        return SERVING_ENOMEM;
+    r->loader_started = 1;
+    return 0;
+}
+
+int serving_repo_is_settled(serving_repo *r) {
+    pthread_mutex_lock(&r->lock);
+    int s = r->settled;
+    pthread_mutex_unlock(&r->lock);
+    return s;
+}
+
+int serving_repo_is_ready(serving_repo *r) {
+    pthread_mutex_lock(&r->lock);
+    int ready = r->settled && r->models != NULL;
+    for (repo_model *m = r->models; ready && m; m = m->next) {
+        int any = 0;
+        for (serving_version *v = m->versions; v; v = v->next)
+            any |= v->state == SERVING_STATE_AVAILABLE;
+        ready = any;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return ready;
+}
+
+const char *serving_repo_default_model(serving_repo *r) {
+    return r->default_model;
+}
+
+void serving_repo_destroy(serving_repo *r) {
+    if (!r)
+        return;
+    if (r->loader_started) {
+        pthread_mutex_lock(&r->lock);
+        r->stop = 1;
+        pthread_mutex_unlock(&r->lock);
+        pthread_join(r->loader, NULL);
+    }
+    pthread_mutex_lock(&r->lock);
+    for (repo_model *m = r->models; m; m = m->next)
+        for (serving_version *v = m->versions; v; v = v->next)
+            if (v->state == SERVING_STATE_AVAILABLE)
+                v->state = SERVING_STATE_UNLOADING;
+    pthread_mutex_unlock(&r->lock);
+    free_models(r);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
+
+int serving_acquire(serving_repo *r, const char *model, long version, serving_version **out,
+                    serving_error *err) {
+    *out = NULL;
+    if (!model)
+        model = r->default_model;
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = r->models;
+    while (m && strcmp(m->name, model) != 0)
+        m = m->next;
+    int rc = 0;
+    if (!m) {
+        rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
+    } else {
+        serving_version *found = NULL;
+        int any_version = 0, loading = 0;
+        for (serving_version *v = m->versions; v; v = v->next) {
+            if (version && v->number != version)
+                continue;
+            any_version = 1;
+            loading |= v->state == SERVING_STATE_LOADING;
+            if (v->state == SERVING_STATE_AVAILABLE) {
+                found = v;
+                break;
+            }
+        }
+        if (found) {
+            atomic_fetch_add(&found->refs, 1);
+            *out = found;
+        } else if (version && !any_version) {
+            rc = serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no version %ld",
+                                   m->name, version);
+        } else if (loading || !r->settled) {
+            rc = serving_error_set(err, SERVING_ENOTREADY, "model '%s' is still loading", m->name);
+        } else {
+            rc = serving_error_set(err, SERVING_ENOTREADY, "model '%s' has no loadable version",
+                                   m->name);
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+void serving_version_retain(serving_version *v) {
+    atomic_fetch_add(&v->refs, 1);
+}
+
+void serving_version_release(serving_version *v) {
+    if (v && atomic_fetch_sub(&v->refs, 1) == 1)
+        serving_version_free(v);
+}
+
+void serving_version_free(serving_version *v) {
+    sched_destroy(v->sched);
+    engine_model_free(v->engine);
+    free(v->metrics.predictions);
+    free(v);
+}
+
+const char *serving_version_model(const serving_version *v) { return v->model; }
+long serving_version_number(const serving_version *v) { return v->number; }
+const engine_model_info *serving_version_info(const serving_version *v) {
+    return engine_model_get_info(v->engine);
+}
+const char *serving_version_label(const serving_version *v, int id) {
+    return engine_model_label(v->engine, id);
+}
+
+int serving_submit(serving_version *v, serving_job *job) {
+    if (!v->sched)
+        return SERVING_EUNSUPPORTED;
+    return sched_submit(v->sched, job);
+}
+
+size_t serving_queue_depth(serving_version *v) {
+    return v->sched ? sched_depth(v->sched) : 0;
+}
+
+int serving_repo_list(serving_repo *r, serving_version_status **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&r->lock);
+    size_t count = 0;
+    for (repo_model *m = r->models; m; m = m->next)
+        for (serving_version *v = m->versions; v; v = v->next)
+            count++;
+    serving_version_status *list = calloc(count ? count : 1, sizeof *list);
+    if (!list) {
+        pthread_mutex_unlock(&r->lock);
+        return SERVING_ENOMEM;
+    }
+    size_t i = 0;
+    for (repo_model *m = r->models; m; m = m->next) {
+        /* Oldest first inside a model, as a listing reads. */
+        size_t first = i;
+        for (serving_version *v = m->versions; v; v = v->next, i++) {
+            serving_version_status *s = &list[i];
+            snprintf(s->model, sizeof s->model, "%s", v->model);
+            s->version = v->number;
+            s->state = v->state;
+            snprintf(s->error, sizeof s->error, "%s", v->error);
+            s->load_seconds = v->load_seconds;
+            if (v->state == SERVING_STATE_AVAILABLE && v->engine) {
+                const engine_model_info *info = engine_model_get_info(v->engine);
+                s->has_info = 1;
+                s->info = *info;
+                snprintf(s->architecture, sizeof s->architecture, "%s", info->architecture);
+                snprintf(s->model_type, sizeof s->model_type, "%s", info->model_type);
+                snprintf(s->dtype, sizeof s->dtype, "%s", info->dtype);
+                s->info.architecture = s->architecture;
+                s->info.model_type = s->model_type;
+                s->info.dtype = s->dtype;
+                for (int k = 0; k < info->n_labels && k < 16; k++) {
+                    const char *l = engine_model_label(v->engine, k);
+                    snprintf(s->labels[k], sizeof s->labels[k], "%s", l ? l : "");
+                    s->n_labels_listed = k + 1;
+                }
+            }
+        }
+        for (size_t a = first, b = i; b > a + 1; a++, b--) {
+            serving_version_status t = list[a];
+            list[a] = list[b - 1];
+            list[b - 1] = t;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    *out = list;
+    *n = count;
+    return 0;
+}

@@ -1,0 +1,344 @@
+/*
+ * scheduler.c - one version's bounded queue and dynamic batcher.
+ *
+ * Design:
+ *  - Jobs (one per request, each with n texts) wait in a FIFO. The queue is
+ *    bounded in texts (max_queue_size): a job that does not fit is refused
+ *    at once, so the caller can shed load instead of queueing without bound.
+ *  - One batcher thread takes texts from the head of the queue, up to
+ *    max_batch_size per engine call. A job may ride in several batches (its
+ *    texts are taken in order); a batch may hold texts of many jobs. When the
+ *    queue holds fewer texts than a full batch, the batcher waits until the
+ *    oldest job has waited max_queue_delay_us, as Triton's dynamic batcher.
+ *  - A job whose deadline passed before any of its texts started is answered
+ *    SERVING_ETIMEOUT without computing anything.
+ *  - The engine call runs outside the queue lock; submitting never waits for
+ *    inference.
+ *  - If the engine refuses a batch (it should not: texts were validated), the
+ *    jobs of that batch are retried one by one so that one bad job cannot
+ *    fail its neighbours.
+ *
+ * Threads: sched_submit and sched_depth from any thread; on_done callbacks
+ * run on the batcher thread, outside the lock.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "serving_int.h"
+
+struct sched {
+    engine_model *model;
+    int n_labels;
+    int max_batch;
+    int64_t max_delay_us;
+    size_t max_queue;
+    sched_metrics metrics;
+
+    pthread_mutex_t lock;
+    pthread_cond_t wake;       /* work arrived or stopping */
+    serving_job *head, *tail;
+    size_t queued_texts;       /* texts not yet taken by a batch */
+    int stopping;
+    pthread_t thread;
+
+    /* Batcher-only scratch, sized for max_batch texts. */
+    const char **texts;
+    size_t *lens;
+    float *probs;
+    struct slice { serving_job *job; size_t first, count; } *slices;
+};
+
+uint64_t serving_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void finish(serving_job *job, int status, const char *message) {
+    job->status = status;
+    if (status && job->error[0] == '\0')
+        snprintf(job->error, sizeof job->error, "%s", message ? message : serving_status_message(status));
+    job->on_done(job, job->user);
+}
+
+/* Waits on the condition variable until the monotonic time `until_us`. */
+static void wait_until(sched *s, uint64_t until_us) {
+    struct timespec ts = {.tv_sec = (time_t)(until_us / 1000000u),
+                          .tv_nsec = (long)(until_us % 1000000u) * 1000};
+    pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+}
+
+/* Runs one batch's texts through the engine and distributes the results.
+ * Returns 0 or the engine's status (with err filled). */
+static int run_engine(sched *s, size_t n_texts, engine_stats *stats, engine_error *err) {
+    return engine_classify_stats(s->model, s->texts, s->lens, n_texts, NULL, s->probs, stats, err);
+}
+
+static void deliver(sched *s, struct slice *sl, size_t offset, int batch_texts, uint64_t infer_us,
+                    size_t tokens_share) {
+    serving_job *job = sl->job;
+    const size_t K = (size_t)s->n_labels;
+    memcpy(job->probs + sl->first * K, s->probs + offset * K, sl->count * K * sizeof(float));
+    for (size_t i = 0; i < sl->count; i++) {
+        const float *p = s->probs + (offset + i) * K;
+        size_t best = 0;
+        for (size_t j = 1; j < K; j++)
+            if (p[j] > p[best])
+                best = j;
+        if (best < (size_t)s->metrics.n_labels && s->metrics.predictions[best])
+            metric_inc(s->metrics.predictions[best]);
+    }
+    if (batch_texts > job->batch_size)
+        job->batch_size = batch_texts;
+    job->infer_us += infer_us;
+    job->n_tokens += tokens_share;
+    job->n_done_ += sl->count;
+    if (job->n_done_ == job->n)
+        finish(job, 0, NULL);
+}
+
+/* A batch the engine refused: run each job's slice alone, so only the job
+ * whose text is at fault fails. */
+static void run_slices_alone(sched *s, size_t n_slices, int batch_texts) {
+    size_t offset = 0;
+    for (size_t k = 0; k < n_slices; k++) {
+        struct slice *sl = &s->slices[k];
+        engine_stats stats = {0};
+        engine_error err = {0};
+        uint64_t t0 = serving_now_us();
+        int rc = engine_classify_stats(s->model, s->texts + offset, s->lens + offset, sl->count,
+                                       NULL, s->probs + offset * (size_t)s->n_labels, &stats, &err);
+        uint64_t dt = serving_now_us() - t0;
+        if (rc) {
+            serving_job *job = sl->job;
+            /* The job may still have texts queued: mark it failed; it is
+             * finished when its last slice comes through (below or later). */
+            if (job->status == 0) {
+                job->status = rc == ENGINE_EINPUT ? SERVING_EINPUT : SERVING_EINTERNAL;
+                snprintf(job->error, sizeof job->error, "%.250s", err.message);
+            }
+            job->n_done_ += sl->count;
+            if (job->n_done_ == job->n)
+                finish(job, job->status, NULL);
+        } else {
+            /* deliver() reads from s->probs at `offset`, where this call wrote. */
+            if (sl->job->status != 0) {
+                sl->job->n_done_ += sl->count;
+                if (sl->job->n_done_ == sl->job->n)
+                    finish(sl->job, sl->job->status, NULL);
+            } else {
+                deliver(s, sl, offset, batch_texts, dt, stats.n_tokens);
+            }
+        }
+        offset += sl->count;
+    }
+}
+
+static void *batcher_main(void *arg) {
+    sched *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->stopping && !s->head)
+            pthread_cond_wait(&s->wake, &s->lock);
+        if (s->stopping)
+            break;
+        /* Let the batch fill, up to max_queue_delay_us after the oldest job
+         * arrived (or at once when it is already full). */
+        uint64_t fill_until = s->head->enqueued_us_ + (uint64_t)s->max_delay_us;
+        while (!s->stopping && s->head && s->queued_texts < (size_t)s->max_batch &&
+               serving_now_us() < fill_until)
+            wait_until(s, fill_until);
+        if (s->stopping)
+            break;
+
+        /* Take up to max_batch texts; expire jobs whose deadline passed
+         * before they started. */
+        uint64_t now = serving_now_us();
+        serving_job *expired = NULL;
+        size_t n_texts = 0, n_slices = 0;
+        while (s->head && n_texts < (size_t)s->max_batch) {
+            serving_job *job = s->head;
+            if (job->next_ == 0 && job->deadline_us && now >= job->deadline_us) {
+                s->head = job->qnext_;
+                s->queued_texts -= job->n;
+                job->qnext_ = expired;
+                expired = job;
+                continue;
+            }
+            if (job->next_ == 0)
+                job->queue_wait_us = now - job->enqueued_us_;
+            size_t take = job->n - job->next_;
+            if (take > (size_t)s->max_batch - n_texts)
+                take = (size_t)s->max_batch - n_texts;
+            for (size_t i = 0; i < take; i++) {
+                s->texts[n_texts + i] = job->texts[job->next_ + i];
+                s->lens[n_texts + i] = job->lens[job->next_ + i];
+            }
+            s->slices[n_slices++] = (struct slice){job, job->next_, take};
+            job->next_ += take;
+            n_texts += take;
+            s->queued_texts -= take;
+            if (job->next_ == job->n) {
+                s->head = job->qnext_;
+                if (!s->head)
+                    s->tail = NULL;
+            }
+        }
+        if (!s->head)
+            s->tail = NULL;
+        metric_set(s->metrics.queue_depth, (double)s->queued_texts);
+        pthread_mutex_unlock(&s->lock);
+
+        while (expired) {
+            serving_job *job = expired;
+            expired = job->qnext_;
+            metric_inc(s->metrics.timeouts);
+            finish(job, SERVING_ETIMEOUT, "the request waited in the queue past its deadline");
+        }
+        if (n_texts > 0) {
+            for (size_t k = 0; k < n_slices; k++)
+                if (s->slices[k].first == 0)
+                    metric_observe(s->metrics.queue_wait, (double)s->slices[k].job->queue_wait_us / 1e6);
+            engine_stats stats = {0};
+            engine_error err = {0};
+            uint64_t t0 = serving_now_us();
+            int rc = run_engine(s, n_texts, &stats, &err);
+            uint64_t dt = serving_now_us() - t0;
+            metric_inc(s->metrics.batches);
+            metric_observe(s->metrics.batch_size, (double)n_texts);
+            metric_observe(s->metrics.inference, (double)dt / 1e6);
+            if (rc == 0) {
+                metric_add(s->metrics.tokens, (double)stats.n_tokens);
+                size_t offset = 0;
+                for (size_t k = 0; k < n_slices; k++) {
+                    /* Tokens are shared out by text count; exact per job
+                     * counts would need a second tokenization. */
+                    size_t share = stats.n_tokens * s->slices[k].count / n_texts;
+                    struct slice sl = s->slices[k];
+                    if (sl.job->status != 0) { /* failed in an earlier batch */
+                        sl.job->n_done_ += sl.count;
+                        if (sl.job->n_done_ == sl.job->n)
+                            finish(sl.job, sl.job->status, NULL);
+                    } else {
+                        deliver(s, &sl, offset, (int)n_texts, dt, share);
+                    }
+                    offset += sl.count;
+                }
+            } else {
+                run_slices_alone(s, n_slices, (int)n_texts);
+            }
+        }
+        pthread_mutex_lock(&s->lock);
+    }
+    /* Stopping: everything still queued is answered ESTOPPED. A job that
+     * already rode in a batch has texts left; it fails as a whole. */
+    serving_job *rest = s->head;
+    s->head = s->tail = NULL;
+    s->queued_texts = 0;
+    pthread_mutex_unlock(&s->lock);
+    while (rest) {
+        serving_job *job = rest;
+        rest = job->qnext_;
+        finish(job, SERVING_ESTOPPED, NULL);
+    }
+    return NULL;
+}
+
+int sched_create(engine_model *model, const serving_options *opts, const sched_metrics *metrics,
+                 sched **out) {
+    *out = NULL;
+    sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return SERVING_ENOMEM;
+    s->model = model;
+    s->n_labels = engine_model_get_info(model)->n_labels;
+    s->max_batch = opts->max_batch_size > 0 ? opts->max_batch_size : 1;
+    s->max_delay_us = opts->max_queue_delay_us > 0 ? opts->max_queue_delay_us : 0;
+    s->max_queue = opts->max_queue_size > 0 ? (size_t)opts->max_queue_size : 1;
+    s->metrics = *metrics;
+    const size_t B = (size_t)s->max_batch;
+    s->texts = calloc(B, sizeof *s->texts);
+    s->lens = calloc(B, sizeof *s->lens);
+    s->probs = calloc(B * (size_t)(s->n_labels > 0 ? s->n_labels : 1), sizeof *s->probs);
+    s->slices = calloc(B, sizeof *s->slices);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int ok = s->texts && s->lens && s->probs && s->slices &&
+             pthread_mutex_init(&s->lock, NULL) == 0 && pthread_cond_init(&s->wake, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+    if (!ok || pthread_create(&s->thread, NULL, batcher_main, s) != 0) {
+        free(s->texts);
+        free(s->lens);
+        free(s->probs);
+        free(s->slices);
+        free(s);
+        return SERVING_ENOMEM;
+    }
+    *out = s;
+    return 0;
+}
+
+int sched_submit(sched *s, serving_job *job) {
+    if (job->n == 0)
+        return SERVING_EINPUT;
+    if (s->n_labels <= 0)
+        return SERVING_EUNSUPPORTED;
+    job->status = 0;
+    job->error[0] = '\0';
+    job->batch_size = 0;
+    job->queue_wait_us = job->infer_us = 0;
+    job->n_tokens = 0;
+    job->next_ = job->n_done_ = 0;
+    job->qnext_ = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        return SERVING_ESTOPPED;
+    }
+    /* An empty queue takes any job, even one larger than the bound, so a
+     * request within the per-request input limit can always run. */
+    if (s->head && s->queued_texts + job->n > s->max_queue) {
+        pthread_mutex_unlock(&s->lock);
+        return SERVING_EFULL;
+    }
+    job->enqueued_us_ = serving_now_us();
+    if (s->tail)
+        s->tail->qnext_ = job;
+    else
+        s->head = job;
+    s->tail = job;
+    s->queued_texts += job->n;
+    metric_set(s->metrics.queue_depth, (double)s->queued_texts);
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+size_t sched_depth(sched *s) {
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->queued_texts;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void sched_destroy(sched *s) {
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->wake);
+    free(s->texts);
+    free(s->lens);
+    free(s->probs);
+    free(s->slices);
+    free(s);
+}

@@ -1,0 +1,193 @@
+/*
+ * serving.h - the serving module's one public header: the model repository,
+ * loaded model versions, and the scheduler in front of each version.
+ *
+ * Vocabulary (TF Serving / Triton):
+ *  - repository: a directory laid out as <repository>/<model>/<version>/,
+ *    each version a Hugging Face model directory, version a positive integer.
+ *  - version: one loaded model directory (an engine_model) plus its
+ *    scheduler. Only the repository owns versions; everyone else borrows a
+ *    counted reference (serving_acquire / serving_version_release) for the
+ *    duration of one request, so a version is never freed while in use.
+ *  - scheduler: per version, a bounded FIFO of jobs (texts) and one batcher
+ *    thread that packs up to max_batch_size texts into one engine call,
+ *    waiting at most max_queue_delay_us for a batch to fill. A full queue
+ *    refuses work (SERVING_EFULL: the caller sheds load); a job whose
+ *    deadline passed before it started is answered SERVING_ETIMEOUT.
+ *
+ * Version states:
+ *
+ *     LOADING --load + warm-up ok--> AVAILABLE --shutdown--> UNLOADING
+ *        \--load or warm-up failed--> FAILED (error kept, older version tried)
+ *
+ * Threads: every function here may be called from any thread. Job
+ * completion callbacks run on the version's batcher thread and must only
+ * hand the job back to its owner (post to a queue and wake it); they must not
+ * block or call back into the scheduler.
+ *
+ * This header must not grow HTTP or JSON concepts.
+ */
+#ifndef AISERVE_SERVING_H
+#define AISERVE_SERVING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "obs.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One list generates the enum, the names and the default messages. */
+#define SERVING_STATUS_MAP(X)                                          \
+    X(OK, 0, "success")                                                \
+    X(ENOTFOUND, -1, "no such model")                                  \
+    X(ENOVERSION, -2, "no such model version")                         \
+    X(ENOTREADY, -3, "the model is not loaded yet")                    \
+    X(EFULL, -4, "the model's queue is full")                          \
+    X(ETIMEOUT, -5, "the request's deadline passed")                   \
+    X(ESTOPPED, -6, "the model is shutting down")                      \
+    X(EINPUT, -7, "invalid input")                                     \
+    X(EUNSUPPORTED, -8, "the model does not support this task")        \
+    X(EINTERNAL, -9, "inference failed")                               \
+    X(ENOMEM, -10, "out of memory")                                    \
+    X(EIO, -11, "cannot read the model repository")
+
+typedef enum serving_status {
+#define SERVING_STATUS_ENUM(name, code, msg) SERVING_##name = code,
+    SERVING_STATUS_MAP(SERVING_STATUS_ENUM)
+#undef SERVING_STATUS_ENUM
+} serving_status;
+
+const char *serving_status_name(int status);    /* "SERVING_EFULL"; never NULL */
+const char *serving_status_message(int status); /* never NULL */
+
+typedef struct serving_error {
+    int status;
+    char message[512];
+} serving_error;
+
+typedef enum serving_state {
+    SERVING_STATE_LOADING = 0,
+    SERVING_STATE_AVAILABLE = 1,
+    SERVING_STATE_UNLOADING = 2,
+    SERVING_STATE_FAILED = 3,
+} serving_state;
+const char *serving_state_name(serving_state s); /* "loading", "available", ... */
+
+typedef struct serving_options {
+    const char *repository;    /* directory; copied */
+    const char *default_model; /* NULL or "": the only model, else "sentiment" */
+    int engine_threads;        /* compute threads per version; <= 0: 1 */
+    int max_batch_size;        /* texts per engine call, >= 1 */
+    int64_t max_queue_delay_us;/* how long the batcher waits for a batch to fill */
+    int max_queue_size;        /* texts waiting per version before EFULL */
+} serving_options;
+
+typedef struct serving_repo serving_repo;
+typedef struct serving_version serving_version;
+
+/* Scans the repository (no loading yet) and registers the serving metrics
+ * in `metrics` (borrowed; must outlive the repository). Fails with
+ * SERVING_EIO when the directory cannot be read. Owned by the caller,
+ * freed with serving_repo_destroy. */
+int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
+                        serving_repo **out, serving_error *err);
+
+/* Starts the loader thread: the newest version of each model is loaded and
+ * warmed up, off the caller's thread; a version that fails is reported and
+ * the next older one is tried. Returns 0 or SERVING_ENOMEM. */
+int serving_repo_start(serving_repo *repo);
+
+/* 1 once the loader finished and every model has an available version. */
+int serving_repo_is_ready(serving_repo *repo);
+/* 1 once the loader finished (whatever the outcome). */
+int serving_repo_is_settled(serving_repo *repo);
+
+/* Stops the loader, stops every scheduler (queued jobs complete with
+ * SERVING_ESTOPPED), waits until no reference is held, frees everything.
+ * NULL is fine. */
+void serving_repo_destroy(serving_repo *repo);
+
+/* The model that requests without a model name go to; borrowed. */
+const char *serving_repo_default_model(serving_repo *repo);
+
+/* Borrows the version `version` of `model` (NULL: the default model;
+ * version 0: the newest available one). Fails with SERVING_ENOTFOUND,
+ * SERVING_ENOVERSION or SERVING_ENOTREADY (the model exists but no version
+ * is available yet). The reference must be given back with
+ * serving_version_release. */
+int serving_acquire(serving_repo *repo, const char *model, long version,
+                    serving_version **out, serving_error *err);
+void serving_version_retain(serving_version *v);
+void serving_version_release(serving_version *v);
+
+/* Borrowed for as long as the reference is held. */
+const char *serving_version_model(const serving_version *v);
+long serving_version_number(const serving_version *v);
+const engine_model_info *serving_version_info(const serving_version *v);
+const char *serving_version_label(const serving_version *v, int id);
+
+/* A snapshot of every model version the repository knows. */
+typedef struct serving_version_status {
+    char model[128];
+    long version;
+    serving_state state;
+    char error[512];           /* FAILED: why */
+    double load_seconds;       /* AVAILABLE: load + warm-up time */
+    int has_info;              /* info below is valid (loaded once) */
+    engine_model_info info;    /* its strings are copied below */
+    char architecture[96];
+    char model_type[32];
+    char dtype[16];
+    char labels[16][64];       /* first 16 labels */
+    int n_labels_listed;
+} serving_version_status;
+
+/* Fills a malloc'd array (caller frees) sorted by model then version. */
+int serving_repo_list(serving_repo *repo, serving_version_status **out, size_t *n);
+
+/* A unit of work for a version's scheduler. The caller owns the job and
+ * every buffer it points to until on_done has run. */
+typedef struct serving_job serving_job;
+struct serving_job {
+    /* Filled by the caller. */
+    const char *const *texts;  /* n UTF-8 texts */
+    const size_t *lens;
+    size_t n;
+    uint64_t deadline_us;      /* core clock (CLOCK_MONOTONIC, us); 0: none */
+    float *probs;              /* n x n_labels, written by the scheduler */
+    void (*on_done)(serving_job *job, void *user); /* batcher thread, exactly once */
+    void *user;
+    /* Filled by the scheduler before on_done. */
+    int status;                /* 0 or a negative serving_status */
+    char error[256];
+    int batch_size;            /* largest engine batch (texts) this job rode in */
+    uint64_t queue_wait_us;    /* submit to the start of its first batch */
+    uint64_t infer_us;         /* summed engine time of its batches */
+    size_t n_tokens;           /* tokens of this job's texts */
+    /* Private to the scheduler. */
+    size_t next_, n_done_;
+    uint64_t enqueued_us_;
+    serving_job *qnext_;
+};
+
+/* Queues the job on version v. Returns 0, and then on_done runs exactly
+ * once on the batcher thread; or SERVING_EFULL / SERVING_ESTOPPED /
+ * SERVING_EUNSUPPORTED (not a classifier) / SERVING_EINPUT (n == 0), and
+ * then on_done never runs. */
+int serving_submit(serving_version *v, serving_job *job);
+
+/* Texts waiting in v's queue. */
+size_t serving_queue_depth(serving_version *v);
+
+/* Monotonic clock in microseconds, the one serving_job deadlines use. */
+uint64_t serving_now_us(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AISERVE_SERVING_H */
