@@ -233,6 +233,28 @@ static int parse_int(const char *s, int64_t *out) {
     return 0;
 }
 
+/* Strict UTF-8: no overlongs, surrogates or code points above U+10FFFF. */
+static int valid_utf8(const unsigned char *p, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char b = p[i];
+        size_t k = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 0;
+        if (k == 0 || i + k > n)
+            return 0;
+        uint32_t cp = k == 1 ? b : (uint32_t)(b & (0x7F >> k));
+        for (size_t j = 1; j < k; j++) {
+            if ((p[i + j] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i + j] & 0x3F);
+        }
+        if ((k == 2 && cp < 0x80) || (k == 3 && cp < 0x800) || (k == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
 int core_setting_apply(const core_setting *s, core_config *c, const char *value, size_t len, char *why,
                        size_t cap) {
     char *place = (char *)c + s->offset;
@@ -243,6 +265,8 @@ int core_setting_apply(const core_setting *s, core_config *c, const char *value,
             return snprintf(why, cap, "must not be empty"), -1;
         if ((int64_t)len > s->max)
             return snprintf(why, cap, "is %zu bytes long; at most %lld are allowed", len, (long long)s->max), -1;
+        if (!valid_utf8((const unsigned char *)value, len))
+            return snprintf(why, cap, "is not valid UTF-8"), -1;
         memcpy(place, value, len);
         place[len] = 0;
         return 0;

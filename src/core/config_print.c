@@ -231,19 +231,43 @@ void core_config_write_markdown(FILE *f) {
 }
 
 /* Writes s as a double-quoted JSON string (also valid YAML). */
+/* A double-quoted string that both YAML and JSON read back as the same
+ * text: ASCII controls, DEL, the C1 controls, U+2028/U+2029 and the
+ * non-characters U+FFFE/U+FFFF (which YAML refuses raw) are escaped.
+ * Values are valid UTF-8 (core_setting_apply checks). */
 static void write_quoted(FILE *f, const char *s) {
     fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p == '\n')
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        if (*p == '"' || *p == '\\') {
+            fprintf(f, "\\%c", *p++);
+        } else if (*p == '\n') {
             fputs("\\n", f);
-        else if (*p == '\t')
+            p++;
+        } else if (*p == '\t') {
             fputs("\\t", f);
-        else if (*p < 0x20 || *p == 0x7f)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
+            p++;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            fprintf(f, "\\u%04x", *p++);
+        } else if (*p < 0x80) {
+            fputc(*p++, f);
+        } else {
+            size_t k = (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 1;
+            uint32_t cp = k == 1 ? *p : (uint32_t)(*p & (0x7F >> k));
+            size_t j = 1;
+            for (; j < k && (p[j] & 0xC0) == 0x80; j++)
+                cp = (cp << 6) | (p[j] & 0x3F);
+            if (j < k) { /* cannot happen for checked values; never read past the NUL */
+                fprintf(f, "\\u%04x", 0xFFFD);
+                p += j;
+                continue;
+            }
+            if ((cp >= 0x80 && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029 || cp == 0xFFFE ||
+                cp == 0xFFFF)
+                fprintf(f, "\\u%04x", (unsigned)cp);
+            else
+                fwrite(p, 1, k, f);
+            p += k;
+        }
     }
     fputc('"', f);
 }

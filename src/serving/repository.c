@@ -345,14 +345,18 @@ static void version_metrics(serving_repo *r, serving_version *v, const engine_mo
     }
 }
 
-/* Loads one version and warms it up. Returns 0 or fills v->error. */
-static int load_version(serving_repo *r, serving_version *v) {
+/* Loads one version and warms it up. Returns 0 with *seconds set, or -1
+ * with error[] filled. Writes only fields that nobody reads before the
+ * version turns AVAILABLE (engine, sched, metrics); error and load time are
+ * published by the caller under the lock. */
+static int load_version(serving_repo *r, serving_version *v, char *error, size_t error_cap,
+                        double *seconds) {
     uint64_t t0 = serving_now_us();
     engine_options eo = {.n_threads = r->opts.engine_threads};
     engine_error eerr = {0};
     engine_model *model = NULL;
     if (engine_model_load(v->dir, &eo, &model, &eerr) != 0) {
-        snprintf(v->error, sizeof v->error, "%s", eerr.message);
+        snprintf(error, error_cap, "%s", eerr.message);
         return -1;
     }
     const engine_model_info *info = engine_model_get_info(model);
@@ -373,7 +377,7 @@ static int load_version(serving_repo *r, serving_version *v) {
         free(out);
     }
     if (rc) {
-        snprintf(v->error, sizeof v->error, "warm-up failed: %.480s", eerr.message);
+        snprintf(error, error_cap, "warm-up failed: %.480s", eerr.message);
         engine_model_free(model);
         return -1;
     }
@@ -381,18 +385,18 @@ static int load_version(serving_repo *r, serving_version *v) {
     version_metrics(r, v, info);
     if (info->task == ENGINE_TASK_CLASSIFY &&
         sched_create(model, &r->opts, &v->metrics, &v->sched) != 0) {
-        snprintf(v->error, sizeof v->error, "cannot start the scheduler: out of memory");
+        snprintf(error, error_cap, "cannot start the scheduler: out of memory");
         free(v->metrics.predictions);
         v->metrics.predictions = NULL;
         v->engine = NULL;
         engine_model_free(model);
         return -1;
     }
-    v->load_seconds = (double)(serving_now_us() - t0) / 1e6;
+    *seconds = (double)(serving_now_us() - t0) / 1e6;
     char ver[32];
     snprintf(ver, sizeof ver, "%ld", v->number);
     const char *mv[] = {v->model, ver};
-    metric_set(metric_series(r->f_load_seconds, mv), v->load_seconds);
+    metric_set(metric_series(r->f_load_seconds, mv), *seconds);
     return 0;
 }
 
@@ -405,16 +409,20 @@ static void *loader_main(void *arg) {
             pthread_mutex_unlock(&r->lock);
             if (stop)
                 break;
-            int rc = load_version(r, v);
+            char error[sizeof v->error] = "";
+            double seconds = 0;
+            int rc = load_version(r, v, error, sizeof error, &seconds);
             pthread_mutex_lock(&r->lock);
             v->state = rc == 0 ? SERVING_STATE_AVAILABLE : SERVING_STATE_FAILED;
+            memcpy(v->error, error, sizeof error);
+            v->load_seconds = seconds;
             pthread_mutex_unlock(&r->lock);
             set_state_metric(r, v);
             log_event(rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "model_loaded" : "model_load_failed",
                       "model", json_string(v->model), "version", json_integer(v->number),
                       "path", json_string(v->dir),
                       rc == 0 ? "load_seconds" : "error",
-                      rc == 0 ? json_real(v->load_seconds) : json_string(v->error), NULL);
+                      rc == 0 ? json_real(seconds) : json_string(error), NULL);
             if (rc == 0)
                 break; /* newest loadable version found; older ones stay unloaded */
         }
@@ -494,6 +502,9 @@ void serving_repo_destroy(serving_repo *r) {
             if (v->state == SERVING_STATE_AVAILABLE)
                 v->state = SERVING_STATE_UNLOADING;
     pthread_mutex_unlock(&r->lock);
+    for (repo_model *m = r->models; m; m = m->next)
+        for (serving_version *v = m->versions; v; v = v->next)
+            set_state_metric(r, v);
     free_models(r);
     pthread_mutex_destroy(&r->lock);
     free(r);

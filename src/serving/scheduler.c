@@ -243,6 +243,7 @@ static void *batcher_main(void *arg) {
     while (rest) {
         serving_job *job = rest;
         rest = job->qnext_;
+        job->error[0] = '\0'; /* an earlier slice's failure is superseded */
         finish(job, SERVING_ESTOPPED, NULL);
     }
     return NULL;

@@ -90,7 +90,9 @@ typedef struct serving_repo serving_repo;
 typedef struct serving_version serving_version;
 
 /* Scans the repository (no loading yet) and registers the serving metrics
- * in `metrics` (borrowed; must outlive the repository). Fails with
+ * in `metrics` (borrowed; must outlive the repository and every version
+ * reference; one repository per registry: a second one finds the metric
+ * names taken and fails with SERVING_ENOMEM). Fails with
  * SERVING_EIO when the directory cannot be read. Owned by the caller,
  * freed with serving_repo_destroy. */
 int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
@@ -106,9 +108,11 @@ int serving_repo_is_ready(serving_repo *repo);
 /* 1 once the loader finished (whatever the outcome). */
 int serving_repo_is_settled(serving_repo *repo);
 
-/* Stops the loader, stops every scheduler (queued jobs complete with
- * SERVING_ESTOPPED), waits until no reference is held, frees everything.
- * NULL is fine. */
+/* Stops the loader and drops the repository's references. A version
+ * nobody else holds is freed at once (its queued jobs complete with
+ * SERVING_ESTOPPED); a version a caller still holds lives on until that
+ * caller's serving_version_release, so every reference must be released
+ * before the metrics registry is destroyed. NULL is fine. */
 void serving_repo_destroy(serving_repo *repo);
 
 /* The model that requests without a model name go to; borrowed. */
