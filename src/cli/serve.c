@@ -191,6 +191,15 @@ int cli_serve(int argc, char **argv) {
         }
     }
     int left = http_server_in_flight(server);
+    if (left > 0) /* out of time: queued work is answered 503, not computed */
+        serving_repo_cancel_queued(repo);
+    if (!serving_repo_is_settled(repo)) {
+        /* A model is still loading (a slow disk, a stuck file): joining the
+         * loader could take any time, so leave without cleaning up. */
+        log_event(LOG_WARN, "stopped", "unfinished_requests", json_integer(left), "message",
+                  json_string("exiting while a model was still loading"), NULL);
+        _exit(0);
+    }
     http_server_destroy(server);
     serving_repo_destroy(repo);
     metrics_registry_destroy(registry);

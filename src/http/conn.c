@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -50,16 +51,150 @@ struct http_conn {
     int busy;                  /* a request is being handled */
     int closing;               /* 1: shutdown() done; 2: over the limit, answer 503 */
     struct evbuffer_cb_entry *input_cb;
+    /* The request being received, as raw bytes (see on_input). */
+    int in_body;               /* its head ended ("\r\n\r\n" seen) */
+    size_t head_bytes, body_bytes;
+    int64_t content_length;    /* declared; -1: none (chunked or no body) */
     http_conn *prev, *next;
 };
 
+static void remember_fd(http_conn *c);
+
+/* Answers the raw connection with an error and closes it (see on_input). */
+static void reject(http_conn *c, http_error e, const char *message) {
+    remember_fd(c);
+    if (c->fd >= 0 && !c->closing) {
+        http_send_raw_error(c->loop, c->fd, e, message);
+        shutdown(c->fd, SHUT_RDWR);
+        c->closing = 1;
+    }
+}
+
+/* Reads the head's Content-Length lines (case-insensitive). Returns the
+ * value, -1 when there is none, -2 when they conflict or do not parse. */
+static int64_t head_content_length(const char *head, size_t n) {
+    int64_t found = -1;
+    static const char name[] = "content-length:";
+    for (size_t i = 0; i + sizeof name < n; i++) {
+        if ((i > 0 && head[i - 1] != '\n') || strncasecmp(head + i, name, sizeof name - 1) != 0)
+            continue;
+        size_t j = i + sizeof name - 1;
+        while (j < n && (head[j] == ' ' || head[j] == '\t'))
+            j++;
+        int64_t v = 0;
+        size_t digits = 0;
+        while (j < n && head[j] >= '0' && head[j] <= '9' && digits < 18) {
+            v = v * 10 + (head[j++] - '0');
+            digits++;
+        }
+        while (j < n && (head[j] == ' ' || head[j] == '\t'))
+            j++;
+        if (digits == 0 || j >= n || (head[j] != '\r' && head[j] != '\n'))
+            return -2;
+        if (found >= 0 && found != v)
+            return -2;
+        found = v;
+    }
+    return found;
+}
+
+/* Whether the head has "Transfer-Encoding: ...chunked". */
+static int is_chunked(const char *head, size_t n) {
+    static const char name[] = "transfer-encoding:";
+    for (size_t i = 0; i + sizeof name < n; i++) {
+        if ((i > 0 && head[i - 1] != '\n') || strncasecmp(head + i, name, sizeof name - 1) != 0)
+            continue;
+        const char *end = memchr(head + i, '\n', n - i);
+        size_t len = end ? (size_t)(end - (head + i)) : n - i;
+        for (size_t j = sizeof name - 1; j + 7 <= len; j++)
+            if (strncasecmp(head + i + j, "chunked", 7) == 0)
+                return 1;
+    }
+    return 0;
+}
+
+/* The start of a chunk: hex digits, then ';' (extensions), CR or more
+ * digits still to come; `n` bytes are available. */
+static int chunk_size_line_ok(const char *p, size_t n) {
+    size_t i = 0;
+    while (i < n && ((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f') ||
+                     (p[i] >= 'A' && p[i] <= 'F')))
+        i++;
+    if (i == n)
+        return 1; /* only digits so far */
+    return i > 0 && (p[i] == '\r' || p[i] == ';' || p[i] == ' ' || p[i] == '\t');
+}
+
+/* Watches the raw bytes of each request before evhttp parses them, so that
+ * limits are answered in the API's JSON error shape (evhttp 2.1 answers its
+ * own limits with an HTML page) and so that ambiguous framing is refused:
+ *  - a head (request line + headers) over max_header_size: 431;
+ *  - a declared Content-Length over max_body_size: 413 before the body is
+ *    read; a body (chunked) that grows past it: 413;
+ *  - two Content-Length headers that disagree: 400 (RFC 9112 6.3; a proxy
+ *    and this server could otherwise frame the request differently).
+ * The head is scanned when it arrives whole in the buffer, which is the
+ * usual case; a head dribbled over many reads is still bounded by evhttp's
+ * own (larger) limits. */
 static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
-    (void)buf;
     http_conn *c = arg;
-    if (info->n_added == 0)
+    if (info->n_added == 0 || c->busy || c->closing)
         return;
-    if (!c->busy && c->request_start_us == 0)
+    http_server *s = c->loop->server;
+    if (c->request_start_us == 0)
         c->request_start_us = http_now_us();
+    if (c->in_body) {
+        c->body_bytes += info->n_added;
+        if (c->content_length < 0 && c->body_bytes > s->opts.max_body_bytes + 4096)
+            reject(c, HTTP_ERR_BODY_TOO_LARGE, "request body is over the size limit");
+        return;
+    }
+    /* Find the end of the head in what was just added (and the 3 bytes before). */
+    size_t from = info->orig_size > 3 ? info->orig_size - 3 : 0;
+    struct evbuffer_ptr start;
+    evbuffer_ptr_set(buf, &start, from, EVBUFFER_PTR_SET);
+    struct evbuffer_ptr end = evbuffer_search(buf, "\r\n\r\n", 4, &start);
+    if (end.pos < 0) {
+        c->head_bytes += info->n_added;
+        if (c->head_bytes > s->opts.max_header_bytes)
+            reject(c, HTTP_ERR_HEADERS_TOO_LARGE, "request headers are over the size limit");
+        return;
+    }
+    size_t head_end = (size_t)end.pos + 4;
+    c->head_bytes += head_end - info->orig_size;
+    if (c->head_bytes > s->opts.max_header_bytes) {
+        reject(c, HTTP_ERR_HEADERS_TOO_LARGE, "request headers are over the size limit");
+        return;
+    }
+    c->in_body = 1;
+    c->body_bytes = evbuffer_get_length(buf) - head_end;
+    c->content_length = -1;
+    if (head_end <= 64 * 1024) {
+        const char *head = (const char *)evbuffer_pullup(buf, (ev_ssize_t)head_end);
+        int64_t cl = head ? head_content_length(head, head_end) : -1;
+        int chunked = head && is_chunked(head, head_end);
+        if (cl == -2) {
+            reject(c, HTTP_ERR_INVALID_REQUEST_FRAMING, "conflicting or malformed Content-Length headers");
+            return;
+        }
+        if (cl > (int64_t)s->opts.max_body_bytes) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "request body is %lld bytes; the limit is %zu", (long long)cl,
+                     s->opts.max_body_bytes);
+            reject(c, HTTP_ERR_BODY_TOO_LARGE, msg);
+            return;
+        }
+        c->content_length = cl;
+        /* A chunked body whose first chunk-size line is already here must
+         * start with hex digits (evhttp 2.1 would call it "too large"). */
+        size_t avail = evbuffer_get_length(buf) - head_end;
+        if (chunked && avail > 0) {
+            size_t look = avail < 32 ? avail : 32;
+            const char *line = (const char *)evbuffer_pullup(buf, (ev_ssize_t)(head_end + look));
+            if (line && !chunk_size_line_ok(line + head_end, look))
+                reject(c, HTTP_ERR_INVALID_REQUEST_FRAMING, "malformed chunk size in a chunked body");
+        }
+    }
 }
 
 static void remember_fd(http_conn *c) {
@@ -87,6 +222,7 @@ struct bufferevent *http_conn_bev_create(struct event_base *base, void *arg) {
     c->loop = loop;
     c->bev = bev;
     c->fd = -1;
+    c->content_length = -1;
     c->accepted_us = c->idle_since_us = http_now_us();
     bufferevent_incref(bev);
     c->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
@@ -101,10 +237,14 @@ struct bufferevent *http_conn_bev_create(struct event_base *base, void *arg) {
         c->closing = 2; /* answered 503 by the sweep once its fd is known */
     }
     if (open >= s->opts.max_connections) {
-        for (int i = 0; i < s->n_loops; i++)
-            if (s->loops[i].listener)
-                evconnlistener_disable(s->loops[i].listener);
+        /* This loop stops at once; the others see the flag on their next
+         * sweep or control event (a loop never touches another loop's
+         * listener: that would wait on the other loop's lock). */
         atomic_store(&s->accept_paused, 1);
+        http_loop_apply_listener_state(loop);
+        for (int i = 0; i < s->n_loops; i++)
+            if (&s->loops[i] != loop)
+                event_active(s->loops[i].control_event, EV_READ, 0);
     }
     return bev;
 }
@@ -113,6 +253,9 @@ static void on_reply_done(struct evhttp_request *req, void *arg) {
     (void)req;
     http_conn *c = arg;
     c->busy = 0;
+    c->in_body = 0;
+    c->head_bytes = c->body_bytes = 0;
+    c->content_length = -1;
     c->idle_since_us = http_now_us();
     /* A pipelined next request may already be waiting in the buffer. */
     c->request_start_us =
@@ -208,13 +351,9 @@ void http_conn_sweep(evutil_socket_t fd_unused, short what, void *arg) {
         }
         c = next;
     }
-    if (atomic_load(&s->accept_paused) && atomic_load(&s->connections) < s->opts.max_connections &&
-        !atomic_load(&s->draining)) {
+    if (atomic_load(&s->accept_paused) && atomic_load(&s->connections) < s->opts.max_connections)
         atomic_store(&s->accept_paused, 0);
-        for (int i = 0; i < s->n_loops; i++)
-            if (s->loops[i].listener)
-                evconnlistener_enable(s->loops[i].listener);
-    }
+    http_loop_apply_listener_state(loop);
 }
 
 int http_conn_table_init(http_server *s) {

@@ -25,6 +25,7 @@
 #define HTTP_ERROR_MAP(X)                                                          \
     X(INVALID_JSON, 400, "invalid_request_error", "invalid_json")                  \
     X(INVALID_UTF8, 400, "invalid_request_error", "invalid_utf8")                  \
+    X(INVALID_REQUEST_FRAMING, 400, "invalid_request_error", "invalid_framing")    \
     X(NOT_FOUND, 404, "invalid_request_error", "not_found")                        \
     X(MODEL_NOT_FOUND, 404, "invalid_request_error", "model_not_found")            \
     X(VERSION_NOT_FOUND, 404, "invalid_request_error", "version_not_found")        \
@@ -79,6 +80,9 @@ struct http_loop {
     struct event_base *base;
     struct evhttp *http;
     struct evconnlistener *listener;
+    struct evhttp_bound_socket *bound;  /* NULL once closed for the drain */
+    int listening;                      /* listener enabled */
+    struct event *control_event;        /* other threads: "re-read the listener state" */
     pthread_t thread;
     /* Calls whose job finished, posted by batcher threads. */
     pthread_mutex_t done_lock;
@@ -164,8 +168,16 @@ void http_conn_sweep(evutil_socket_t fd, short what, void *loop);
 int http_conn_table_init(http_server *s);
 void http_conn_release_all(http_loop *loop);
 
+/* reply.c: an error written straight to a connection evhttp has not
+ * parsed a request from (limits caught in conn.c); counted and logged like
+ * any answer. */
+void http_send_raw_error(http_loop *loop, int fd, http_error e, const char *message);
+
 /* server.c */
 uint64_t http_now_us(void);
+/* Loop thread: enables, disables or closes this loop's listener as the
+ * server's accept_paused and draining flags say. */
+void http_loop_apply_listener_state(http_loop *loop);
 /* serving_job.on_done for calls: posts the call to its loop (batcher thread). */
 void http_post_done(serving_job *job, void *user);
 

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
@@ -51,7 +52,8 @@ static int valid_request_id(const char *s) {
 }
 
 void http_request_id_make(struct evhttp_request *req, char *out, size_t cap) {
-    const char *given = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-ID");
+    const char *given =
+        req ? evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-ID") : NULL;
     if (given && valid_request_id(given)) {
         snprintf(out, cap, "%s", given);
         return;
@@ -187,4 +189,38 @@ void http_reply_error(http_call *call, http_error e, const char *fmt, ...) {
     json_object_set_new(err, "code", json_string(error_table[e].code));
     json_object_set_new(err, "request_id", json_string(call->request_id));
     http_reply_json(call, error_table[e].status, json_pack("{s:o}", "error", err));
+}
+
+void http_send_raw_error(http_loop *loop, int fd, http_error e, const char *message) {
+    http_server *s = loop->server;
+    char id[40];
+    http_request_id_make(NULL, id, sizeof id);
+    json_t *err = json_pack("{s:{s:s, s:s, s:s, s:s}}", "error", "message", message, "type",
+                            error_table[e].type, "code", error_table[e].code, "request_id", id);
+    char *body = err ? json_dumps(err, JSON_COMPACT) : NULL;
+    json_decref(err);
+    if (!body)
+        return;
+    static const char *const reasons[] = {[400] = "Bad Request", [413] = "Payload Too Large",
+                                          [431] = "Request Header Fields Too Large"};
+    int status = error_table[e].status;
+    const char *reason = status < 432 && reasons[status] ? reasons[status] : "Error";
+    char head[512];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nX-Request-ID: %s\r\n"
+                     "Connection: close\r\nContent-Length: %zu\r\n\r\n",
+                     status, reason, id, strlen(body));
+    /* Best effort: the socket is about to be shut down either way. */
+    ssize_t w = send(fd, head, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w == n)
+        w = send(fd, body, strlen(body), MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w;
+    free(body);
+    char code[8];
+    snprintf(code, sizeof code, "%d", status);
+    const char *labels[] = {http_endpoint_names[EP_OTHER], code};
+    metric_inc(metric_series(s->metrics.requests, labels));
+    if (s->opts.access_log && log_enabled(LOG_INFO))
+        log_event(LOG_INFO, "request", "request_id", json_string(id), "status", json_integer(status),
+                  "error", json_string(error_table[e].code), NULL);
 }

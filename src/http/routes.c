@@ -270,7 +270,7 @@ static void predict(http_call *call, const char *model_name) {
         return;
     }
     json_error_t jerr;
-    json_t *body = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
+    json_t *body = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
     if (!body) {
         http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s (line %d, column %d)",
                          jerr.text, jerr.line, jerr.column);

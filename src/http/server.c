@@ -9,13 +9,12 @@
  *    thread posts the finished call back to that loop's done list and wakes
  *    the loop with event_active (libevent is built with pthread locking), so
  *    the answer is written by the thread that owns the connection.
- *  - Draining: listeners are disabled, requests that still arrive on open
+ *  - Draining: listening sockets are closed, requests that still arrive on open
  *    connections are served with "Connection: close", and the controlling
  *    thread waits for the in-flight count to reach zero or for the timeout.
- *  - libevent's own limits are set above ours (twice the configured body and
- *    header sizes) so that requests over our limits reach the router and get
- *    a JSON error (413, 431); beyond twice the limit libevent answers 413
- *    itself and closes the connection, which bounds memory.
+ *  - conn.c checks the raw bytes against the body and header limits and
+ *    answers 413 / 431 in JSON before evhttp parses them; evhttp's own
+ *    limits sit above ours as a backstop that bounds memory.
  *
  * Threads: http_server_* from the controlling thread; everything else runs
  * on the loop threads, except post_done, which batcher threads call.
@@ -134,6 +133,35 @@ static void on_done_event(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+void http_loop_apply_listener_state(http_loop *loop) {
+    http_server *s = loop->server;
+    if (!loop->bound)
+        return;
+    if (atomic_load(&s->draining)) {
+        /* Close the listening socket: new clients are refused at once
+         * instead of waiting in a backlog nobody will accept from. */
+        evhttp_del_accept_socket(loop->http, loop->bound);
+        loop->bound = NULL;
+        loop->listener = NULL;
+        loop->listening = 0;
+        return;
+    }
+    int want = !atomic_load(&s->accept_paused);
+    if (want != loop->listening) {
+        if (want)
+            evconnlistener_enable(loop->listener);
+        else
+            evconnlistener_disable(loop->listener);
+        loop->listening = want;
+    }
+}
+
+static void on_control_event(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    http_loop_apply_listener_state(arg);
+}
+
 static void *loop_main(void *arg) {
     http_loop *loop = arg;
     event_base_dispatch(loop->base);
@@ -170,7 +198,9 @@ static int make_listener(http_server *s, http_loop *loop, char *err, size_t err_
         s->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                            : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     }
-    if (!evhttp_bind_listener(loop->http, loop->listener)) {
+    loop->bound = evhttp_bind_listener(loop->http, loop->listener);
+    loop->listening = 1;
+    if (!loop->bound) {
         set_err(err, err_len, "cannot bind the HTTP server to the listener%s%s", "", "");
         return -1;
     }
@@ -256,12 +286,15 @@ int http_server_start(http_server *s, char *err, size_t err_len) {
         loop->http = loop->base ? evhttp_new(loop->base) : NULL;
         loop->done_event = loop->base ? event_new(loop->base, -1, 0, on_done_event, loop) : NULL;
         loop->sweep_event = loop->base ? event_new(loop->base, -1, EV_PERSIST, http_conn_sweep, loop) : NULL;
-        if (!loop->base || !loop->http || !loop->done_event || !loop->sweep_event) {
+        loop->control_event = loop->base ? event_new(loop->base, -1, 0, on_control_event, loop) : NULL;
+        if (!loop->base || !loop->http || !loop->done_event || !loop->sweep_event ||
+            !loop->control_event) {
             set_err(err, err_len, "cannot create an event loop%s%s", "", "");
             return -1;
         }
-        evhttp_set_max_body_size(loop->http, (ev_ssize_t)(2 * s->opts.max_body_bytes + 1024));
-        evhttp_set_max_headers_size(loop->http, (ev_ssize_t)(2 * s->opts.max_header_bytes + 1024));
+        /* Above conn.c's checks, which answer first and in JSON. */
+        evhttp_set_max_body_size(loop->http, (ev_ssize_t)(2 * s->opts.max_body_bytes + 65536));
+        evhttp_set_max_headers_size(loop->http, (ev_ssize_t)(4 * s->opts.max_header_bytes + 65536));
         evhttp_set_timeout_tv(loop->http, &timeout);
         evhttp_set_allowed_methods(loop->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
@@ -295,9 +328,11 @@ int http_server_port(const http_server *s) {
 
 void http_server_stop_accepting(http_server *s) {
     atomic_store(&s->draining, 1);
+    /* Each loop closes its own listener (on_control_event): touching
+     * another thread's listener would wait on that loop's lock. */
     for (int i = 0; s->loops && i < s->n_loops; i++)
-        if (s->loops[i].listener)
-            evconnlistener_disable(s->loops[i].listener);
+        if (s->loops[i].control_event)
+            event_active(s->loops[i].control_event, EV_READ, 0);
 }
 
 int http_server_in_flight(const http_server *s) {
@@ -340,6 +375,8 @@ void http_server_destroy(http_server *s) {
         http_conn_release_all(loop);
         if (loop->sweep_event)
             event_free(loop->sweep_event);
+        if (loop->control_event)
+            event_free(loop->control_event);
         if (loop->done_event)
             event_free(loop->done_event);
         if (loop->base)

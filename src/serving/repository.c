@@ -510,6 +510,15 @@ void serving_repo_destroy(serving_repo *r) {
     free(r);
 }
 
+void serving_repo_cancel_queued(serving_repo *r) {
+    pthread_mutex_lock(&r->lock);
+    for (repo_model *m = r->models; m; m = m->next)
+        for (serving_version *v = m->versions; v; v = v->next)
+            if (v->state == SERVING_STATE_AVAILABLE && v->sched)
+                sched_cancel(v->sched);
+    pthread_mutex_unlock(&r->lock);
+}
+
 int serving_acquire(serving_repo *r, const char *model, long version, serving_version **out,
                     serving_error *err) {
     *out = NULL;

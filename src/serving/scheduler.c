@@ -43,6 +43,7 @@ struct sched {
     serving_job *head, *tail;
     size_t queued_texts;       /* texts not yet taken by a batch */
     int stopping;
+    int refusing;              /* sched_cancel: no new jobs */
     pthread_t thread;
 
     /* Batcher-only scratch, sized for max_batch texts. */
@@ -297,7 +298,7 @@ int sched_submit(sched *s, serving_job *job) {
     job->next_ = job->n_done_ = 0;
     job->qnext_ = NULL;
     pthread_mutex_lock(&s->lock);
-    if (s->stopping) {
+    if (s->stopping || s->refusing) {
         pthread_mutex_unlock(&s->lock);
         return SERVING_ESTOPPED;
     }
@@ -318,6 +319,38 @@ int sched_submit(sched *s, serving_job *job) {
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);
     return 0;
+}
+
+void sched_cancel(sched *s) {
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->refusing = 1;
+    /* Take every job none of whose texts has started. A job already split
+     * across batches (at most the head) stays: the batcher finishes it. */
+    serving_job *taken = NULL, **tail_taken = &taken;
+    serving_job **pp = &s->head, *last = NULL;
+    while (*pp) {
+        serving_job *job = *pp;
+        if (job->next_ == 0) {
+            *pp = job->qnext_;
+            s->queued_texts -= job->n;
+            job->qnext_ = NULL;
+            *tail_taken = job;
+            tail_taken = &job->qnext_;
+        } else {
+            last = job;
+            pp = &job->qnext_;
+        }
+    }
+    s->tail = last;
+    metric_set(s->metrics.queue_depth, (double)s->queued_texts);
+    pthread_mutex_unlock(&s->lock);
+    while (taken) {
+        serving_job *job = taken;
+        taken = job->qnext_;
+        finish(job, SERVING_ESTOPPED, NULL);
+    }
 }
 
 size_t sched_depth(sched *s) {

@@ -115,6 +115,11 @@ int serving_repo_is_settled(serving_repo *repo);
  * before the metrics registry is destroyed. NULL is fine. */
 void serving_repo_destroy(serving_repo *repo);
 
+/* For a shutdown that ran out of time: every scheduler refuses new jobs and
+ * answers its queued jobs SERVING_ESTOPPED at once (their on_done runs on
+ * the calling thread); batches being computed finish. Any thread. */
+void serving_repo_cancel_queued(serving_repo *repo);
+
 /* The model that requests without a model name go to; borrowed. */
 const char *serving_repo_default_model(serving_repo *repo);
 

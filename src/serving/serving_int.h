@@ -33,6 +33,10 @@ int sched_create(engine_model *model, const serving_options *opts, const sched_m
                  sched **out);
 int sched_submit(sched *s, serving_job *job);
 size_t sched_depth(sched *s);
+/* Refuses new jobs (SERVING_ESTOPPED) and answers every queued job that has
+ * not started with SERVING_ESTOPPED at once; the batch being computed
+ * finishes normally. Any thread. */
+void sched_cancel(sched *s);
 /* Refuses new jobs, completes queued ones with SERVING_ESTOPPED, joins the
  * batcher. NULL is fine. */
 void sched_destroy(sched *s);

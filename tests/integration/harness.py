@@ -1,0 +1,391 @@
+"""harness.py - helpers that run the real aiserve binary for integration tests.
+
+A Server starts `aiserve serve --port 0` on 127.0.0.1, reads its JSON log lines
+from stdout in a thread (kept for assertions), learns the port from the
+"listening" line, waits for /health/ready (or only /health/live), and is
+always stopped at teardown: SIGTERM, then SIGKILL if it has not exited within
+the grace period. A server started by a fixture must also exit 0 on that
+SIGTERM unless the test says otherwise.
+
+Nothing here changes the server; tests must never depend on timing beyond
+generous bounds that express behaviour.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("AISERVE_BIN", os.path.join(ROOT, "build", "aiserve"))
+MODELS = os.path.join(ROOT, "models")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "models")
+
+START_TIMEOUT = 30.0   # generous: the machine is shared with builds and training
+STOP_TIMEOUT = 30.0
+
+
+class Server:
+    """One aiserve process on a free loopback port."""
+
+    def __init__(self, *args, repo=MODELS, env=None, use_repo_flag=True):
+        self.args = list(args)
+        self.repo = repo
+        self.env = env
+        self.use_repo_flag = use_repo_flag
+        self.proc = None
+        self.port = None
+        self.lines = []          # raw stdout lines
+        self._lock = threading.Lock()
+        self._listening = threading.Event()
+        self._reader = None
+        self.returncode = None
+
+    # -- process ---------------------------------------------------------
+    def start(self, wait="ready"):
+        cmd = [BIN, "serve", "--host", "127.0.0.1", "--port", "0"]
+        if self.use_repo_flag and self.repo is not None:
+            cmd += ["--model-repository", str(self.repo)]
+        cmd += self.args
+        env = dict(os.environ)
+        # Settings from the caller's environment must not leak into tests.
+        for k in list(env):
+            if k.startswith("AISERVE_") and k != "AISERVE_BIN":
+                del env[k]
+        env.pop("MODEL_PATH", None)
+        env.pop("LOG_LEVEL", None)
+        if self.env:
+            env.update(self.env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, env=env)
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+        self._err = []
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        if not self._listening.wait(START_TIMEOUT):
+            self.kill()
+            raise RuntimeError("server did not log 'listening':\n" + self.output())
+        if wait == "ready":
+            self.wait_for("/health/ready")
+        elif wait == "live":
+            self.wait_for("/health/live")
+        return self
+
+    def _read_stdout(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                self.lines.append(line)
+            if self.port is None:
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if obj.get("msg") == "listening":
+                    self.port = int(obj["port"])
+                    self._listening.set()
+
+    def _read_stderr(self):
+        for raw in self.proc.stderr:
+            self._err.append(raw.decode("utf-8", "replace"))
+
+    def wait_for(self, path, status=200, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited (%s) while waiting for %s:\n%s"
+                                   % (self.proc.returncode, path, self.output()))
+            try:
+                r = requests.get(self.url(path), timeout=2)
+                last = r.status_code
+                if r.status_code == status:
+                    return r
+            except requests.RequestException as e:
+                last = e
+            time.sleep(0.02)
+        raise RuntimeError("%s never answered %d (last: %r):\n%s"
+                           % (path, status, last, self.output()))
+
+    def wait_log(self, msg, timeout=START_TIMEOUT, **fields):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.logs(msg):
+                if all(e.get(k) == v for k, v in fields.items()):
+                    return e
+            time.sleep(0.02)
+        raise AssertionError("no log line %r %r:\n%s" % (msg, fields, self.output()))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Signal the server and wait for it; SIGKILL after timeout. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.returncode = "killed after %.0fs" % timeout
+                return self.returncode
+        self.returncode = self.proc.returncode
+        self._reader.join(5)
+        return self.returncode
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    # -- output ----------------------------------------------------------
+    def output(self):
+        with self._lock:
+            out = "\n".join(self.lines[-60:])
+        return out + "\n[stderr]\n" + "".join(getattr(self, "_err", [])[-30:])
+
+    def raw_lines(self):
+        with self._lock:
+            return list(self.lines)
+
+    def logs(self, msg=None):
+        out = []
+        for line in self.raw_lines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if msg is None or obj.get("msg") == msg:
+                out.append(obj)
+        return out
+
+    # -- HTTP ------------------------------------------------------------
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def get(self, path, **kw):
+        kw.setdefault("timeout", 30)
+        return requests.get(self.url(path), **kw)
+
+    def post(self, path, **kw):
+        kw.setdefault("timeout", 30)
+        return requests.post(self.url(path), **kw)
+
+    def predict(self, text, path="/predict", **kw):
+        return self.post(path, json={"text": text}, **kw)
+
+    def raw(self, data, timeout=10):
+        return raw_request(self.port, data, timeout=timeout)
+
+    def metrics(self):
+        r = self.get("/metrics")
+        assert r.status_code == 200, r.text
+        return parse_prometheus(r.text)
+
+    def assert_serving(self):
+        """The process is alive and a good /predict still works."""
+        assert self.alive(), "server died:\n" + self.output()
+        r = self.predict("still serving")
+        assert r.status_code == 200, (r.status_code, r.text)
+        assert r.json()["label"] in ("NEGATIVE", "POSITIVE")
+
+
+def make_repo(tmp_path, **models):
+    """A model repository in tmp_path: name=(source_dir, version) or name=source_dir
+    (version 1). Version dirs are symlinks to the source model directories."""
+    repo = tmp_path / "repo"
+    repo.mkdir(exist_ok=True)
+    for name, src in models.items():
+        version = 1
+        if isinstance(src, tuple):
+            src, version = src
+        d = repo / name
+        d.mkdir(exist_ok=True)
+        os.symlink(src, d / str(version))
+    return repo
+
+
+def fixture_model(name):
+    return os.path.join(FIXTURES, name)
+
+
+SENTIMENT = os.path.join(MODELS, "sentiment", "1")
+
+
+# -- Prometheus text ---------------------------------------------------------
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def _unescape(v):
+    return v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+
+
+def parse_prometheus(text):
+    """Prometheus text 0.0.4 -> {(name, frozenset({(label, value), ...})): float}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        assert m, "unparsable metrics line: %r" % line
+        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        pairs = []
+        pos = 0
+        while pos < len(labels):
+            lm = _LABEL.match(labels, pos)
+            assert lm, "unparsable labels in %r" % line
+            pairs.append((lm.group(1), _unescape(lm.group(2))))
+            pos = lm.end()
+        key = (name, frozenset(pairs))
+        assert key not in out, "duplicate series %r" % line
+        out[key] = float(value)
+    return out
+
+
+def sample(metrics, name, **labels):
+    """Value of one series (0.0 when absent)."""
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+def series(metrics, name):
+    """[(labels dict, value)] for every series of a metric name."""
+    return [(dict(k[1]), v) for k, v in metrics.items() if k[0] == name]
+
+
+# -- raw HTTP ------------------------------------------------------------------
+
+class RawResponse:
+    def __init__(self, status, reason, headers, body, raw):
+        self.status = status
+        self.reason = reason
+        self.headers = headers      # list of (name lowercased, value)
+        self.body = body
+        self.raw = raw
+
+    def header(self, name):
+        vals = [v for k, v in self.headers if k == name.lower()]
+        return vals[0] if vals else None
+
+    def header_all(self, name):
+        return [v for k, v in self.headers if k == name.lower()]
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "RawResponse(%r)" % self.raw[:600]
+
+
+_leftover = weakref.WeakKeyDictionary()   # socket -> bytes read past the last response
+
+
+def read_response(sock, timeout=10):
+    """Read one HTTP/1.1 response from sock (Content-Length or until close);
+    bytes of a following (pipelined) response are kept for the next call.
+    Returns a RawResponse, or None if the server closed without answering."""
+    sock.settimeout(timeout)
+    buf = _leftover.pop(sock, b"")
+
+    def recv():
+        try:
+            return sock.recv(65536)
+        except ConnectionResetError:
+            return b""
+
+    while b"\r\n\r\n" not in buf:
+        chunk = recv()
+        if not chunk:
+            return None if not buf else _parse(buf, b"")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    resp = _parse(head + b"\r\n\r\n", b"")
+    if resp.status is not None and 100 <= resp.status < 200:
+        _leftover[sock] = rest
+        return resp
+    length = resp.header("content-length")
+    body = rest
+    if length is not None:
+        n = int(length)
+        while len(body) < n:
+            chunk = recv()
+            if not chunk:
+                break
+            body += chunk
+        body, extra = body[:n], body[n:]
+        if extra:
+            _leftover[sock] = extra
+    else:
+        while True:
+            try:
+                chunk = recv()
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            body += chunk
+    resp.body = body
+    resp.raw = head + b"\r\n\r\n" + body
+    return resp
+
+
+def _parse(head, body):
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    headers = []
+    for l in lines[1:]:
+        if not l:
+            continue
+        k, _, v = l.partition(":")
+        headers.append((k.strip().lower(), v.strip()))
+    return RawResponse(status, parts[2] if len(parts) > 2 else "", headers, body, head + body)
+
+
+def raw_request(port, data, timeout=10):
+    """Send raw bytes on a fresh connection and read one response (None if the
+    server closed the connection without one)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return read_response(s, timeout)
+
+
+def assert_error(resp, status, code=None):
+    """resp (requests.Response or RawResponse) is an error of the documented shape."""
+    if isinstance(resp, RawResponse):
+        got_status, body, rid = resp.status, resp.body, resp.header("x-request-id")
+    else:
+        got_status, body, rid = resp.status_code, resp.content, resp.headers.get("X-Request-ID")
+    assert got_status == status, (got_status, body[:500])
+    obj = json.loads(body)
+    err = obj["error"]
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str) and err["type"]
+    if code is not None:
+        if isinstance(code, (tuple, set, list)):
+            assert err["code"] in code, err
+        else:
+            assert err["code"] == code, err
+    assert rid, "no X-Request-ID on the error"
+    assert err["request_id"] == rid
+    return err
+
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
