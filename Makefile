@@ -2,14 +2,14 @@
 #   make run    install what is missing, build, and serve the bundled model
 #               over HTTP on 127.0.0.1:8000 (ARGS="--port 9000" passes flags)
 #   make test   install what is missing, build, and run every test
-# Others: make build | asan | fuzz | bench | clean
+# Others: make build | asan | fuzz | bench | bench-http | clean
 
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 30
 
-.PHONY: all deps build run test asan fuzz bench clean
+.PHONY: all deps build run test asan fuzz bench bench-http clean
 
 all: build
 
@@ -41,6 +41,12 @@ fuzz: deps
 bench: build
 	@scripts/install-deps.sh --bench
 	@bench/engine/run.sh $(BUILD)
+
+# HTTP benchmark: aiserve serve against the FastAPI + PyTorch seed service
+# (bench/http/README section in bench/README.md).
+bench-http: build
+	@scripts/install-deps.sh --bench
+	@bench/http/run.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz
