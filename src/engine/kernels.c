@@ -155,9 +155,21 @@ static uint16_t load_u16le(const void *src, size_t i) {
     return (uint16_t)(p[0] | (p[1] << 8));
 }
 
-void kernels_f16_to_f32(const void *src, float *dst, size_t n) {
+void kernels_f16_to_f32_scalar(const void *src, float *dst, size_t n) {
     for (size_t i = 0; i < n; i++)
         dst[i] = half_to_float(load_u16le(src, i));
+}
+
+void kernels_f16_to_f32(const void *src, float *dst, size_t n) {
+#if defined(__x86_64__)
+    /* Widening a model's F16 weights is most of its load time without the
+     * F16C instruction (about 30 ns a value). */
+    if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+        kernels_f16_to_f32_f16c(src, dst, n);
+        return;
+    }
+#endif
+    kernels_f16_to_f32_scalar(src, dst, n);
 }
 
 void kernels_bf16_to_f32(const void *src, float *dst, size_t n) {

@@ -65,7 +65,9 @@ void kernels_gemm_nn_blas(int m, int n, int k, const float *a, int lda, const fl
                           float *c, int ldc);
 
 /* Widen half-precision weights to F32; src needs no alignment. */
-void kernels_f16_to_f32(const void *src, float *dst, size_t n);
+void kernels_f16_to_f32(const void *src, float *dst, size_t n); /* F16C when the CPU has it */
+void kernels_f16_to_f32_scalar(const void *src, float *dst, size_t n);
+void kernels_f16_to_f32_f16c(const void *src, float *dst, size_t n); /* x86 with F16C only */
 void kernels_bf16_to_f32(const void *src, float *dst, size_t n);
 
 #endif

@@ -162,3 +162,22 @@ const kernel_ops *kernels_avx2(void) {
         return &avx2_ops;
     return NULL;
 }
+
+/* F16 -> F32 with F16C (vcvtph2ps), 8 values a step; the tail goes through
+ * the same instruction on a zero-padded copy. Bit-exact with the scalar
+ * half_to_float (both are exact conversions). Little-endian only, as x86. */
+void kernels_f16_to_f32_f16c(const void *src, float *dst, size_t n) {
+    const unsigned char *s = src;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * i))));
+    if (i < n) {
+        unsigned char tail[16] = {0};
+        float out[8];
+        for (size_t k = 0; k < 2 * (n - i); k++)
+            tail[k] = s[2 * i + k];
+        _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tail)));
+        for (size_t k = 0; k < n - i; k++)
+            dst[i + k] = out[k];
+    }
+}

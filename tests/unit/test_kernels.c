@@ -198,6 +198,40 @@ static void test_half_widening(void **state) {
     assert_true(out[0] == 1.0f && out[1] == -5.0f);
 }
 
+/* The F16C path against the scalar one on every half bit pattern (NaNs
+ * need only stay NaN), from an odd address and with a ragged tail. */
+static void test_half_widening_f16c(void **state) {
+    (void)state;
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("f16c") || !__builtin_cpu_supports("avx"))
+        skip();
+    const size_t n = 65536 + 5;
+    uint8_t *raw = malloc(2 * n + 1);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    assert_non_null(raw);
+    for (size_t i = 0; i < n; i++) {
+        raw[1 + 2 * i] = (uint8_t)(i & 0xff);
+        raw[2 + 2 * i] = (uint8_t)((i >> 8) & 0xff);
+    }
+    kernels_f16_to_f32_scalar(raw + 1, a, n);
+    kernels_f16_to_f32_f16c(raw + 1, b, n);
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(a[i]))
+            assert_true(isnan(b[i]));
+        else
+            assert_memory_equal(&a[i], &b[i], sizeof(float));
+    }
+    for (size_t len = 0; len < 17; len++) { /* every tail length */
+        kernels_f16_to_f32_f16c(raw + 1, b, len);
+        for (size_t i = 0; i < len; i++)
+            assert_true(isnan(a[i]) ? isnan(b[i]) : a[i] == b[i]);
+    }
+    free(raw), free(a), free(b);
+#else
+    skip();
+#endif
+}
+
 typedef struct count_ctx {
     _Atomic int hits[64];
     _Atomic int bad_thread;
@@ -235,6 +269,7 @@ int main(void) {
         cmocka_unit_test(test_avx512_matches_scalar),
         cmocka_unit_test(test_linear_slices),
         cmocka_unit_test(test_half_widening),
+        cmocka_unit_test(test_half_widening_f16c),
         cmocka_unit_test(test_threadpool_runs_every_chunk_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
