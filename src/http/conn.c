@@ -31,7 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -68,61 +67,6 @@ static void reject(http_conn *c, http_error e, const char *message) {
         shutdown(c->fd, SHUT_RDWR);
         c->closing = 1;
     }
-}
-
-/* Reads the head's Content-Length lines (case-insensitive). Returns the
- * value, -1 when there is none, -2 when they conflict or do not parse. */
-static int64_t head_content_length(const char *head, size_t n) {
-    int64_t found = -1;
-    static const char name[] = "content-length:";
-    for (size_t i = 0; i + sizeof name < n; i++) {
-        if ((i > 0 && head[i - 1] != '\n') || strncasecmp(head + i, name, sizeof name - 1) != 0)
-            continue;
-        size_t j = i + sizeof name - 1;
-        while (j < n && (head[j] == ' ' || head[j] == '\t'))
-            j++;
-        int64_t v = 0;
-        size_t digits = 0;
-        while (j < n && head[j] >= '0' && head[j] <= '9' && digits < 18) {
-            v = v * 10 + (head[j++] - '0');
-            digits++;
-        }
-        while (j < n && (head[j] == ' ' || head[j] == '\t'))
-            j++;
-        if (digits == 0 || j >= n || (head[j] != '\r' && head[j] != '\n'))
-            return -2;
-        if (found >= 0 && found != v)
-            return -2;
-        found = v;
-    }
-    return found;
-}
-
-/* Whether the head has "Transfer-Encoding: ...chunked". */
-static int is_chunked(const char *head, size_t n) {
-    static const char name[] = "transfer-encoding:";
-    for (size_t i = 0; i + sizeof name < n; i++) {
-        if ((i > 0 && head[i - 1] != '\n') || strncasecmp(head + i, name, sizeof name - 1) != 0)
-            continue;
-        const char *end = memchr(head + i, '\n', n - i);
-        size_t len = end ? (size_t)(end - (head + i)) : n - i;
-        for (size_t j = sizeof name - 1; j + 7 <= len; j++)
-            if (strncasecmp(head + i + j, "chunked", 7) == 0)
-                return 1;
-    }
-    return 0;
-}
-
-/* The start of a chunk: hex digits, then ';' (extensions), CR or more
- * digits still to come; `n` bytes are available. */
-static int chunk_size_line_ok(const char *p, size_t n) {
-    size_t i = 0;
-    while (i < n && ((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f') ||
-                     (p[i] >= 'A' && p[i] <= 'F')))
-        i++;
-    if (i == n)
-        return 1; /* only digits so far */
-    return i > 0 && (p[i] == '\r' || p[i] == ';' || p[i] == ' ' || p[i] == '\t');
 }
 
 /* Watches the raw bytes of each request before evhttp parses them, so that
@@ -171,8 +115,8 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
     c->content_length = -1;
     if (head_end <= 64 * 1024) {
         const char *head = (const char *)evbuffer_pullup(buf, (ev_ssize_t)head_end);
-        int64_t cl = head ? head_content_length(head, head_end) : -1;
-        int chunked = head && is_chunked(head, head_end);
+        int64_t cl = head ? http_head_content_length(head, head_end) : -1;
+        int chunked = head && http_head_is_chunked(head, head_end);
         if (cl == -2) {
             reject(c, HTTP_ERR_INVALID_REQUEST_FRAMING, "conflicting or malformed Content-Length headers");
             return;
@@ -191,7 +135,7 @@ static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
         if (chunked && avail > 0) {
             size_t look = avail < 32 ? avail : 32;
             const char *line = (const char *)evbuffer_pullup(buf, (ev_ssize_t)(head_end + look));
-            if (line && !chunk_size_line_ok(line + head_end, look))
+            if (line && !http_chunk_size_line_ok(line + head_end, look))
                 reject(c, HTTP_ERR_INVALID_REQUEST_FRAMING, "malformed chunk size in a chunked body");
         }
     }

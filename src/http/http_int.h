@@ -173,6 +173,15 @@ void http_conn_release_all(http_loop *loop);
  * any answer. */
 void http_send_raw_error(http_loop *loop, int fd, http_error e, const char *message);
 
+/* head_scan.c: facts from a raw request head (n bytes, not NUL-terminated). */
+/* The Content-Length value; -1 when there is none; -2 when two disagree or
+ * one does not parse. */
+int64_t http_head_content_length(const char *head, size_t n);
+/* 1 when a Transfer-Encoding header names chunked. */
+int http_head_is_chunked(const char *head, size_t n);
+/* 1 when n bytes are a plausible start of a chunk-size line. */
+int http_chunk_size_line_ok(const char *p, size_t n);
+
 /* server.c */
 uint64_t http_now_us(void);
 /* Loop thread: enables, disables or closes this loop's listener as the
