@@ -191,8 +191,19 @@ int cli_serve(int argc, char **argv) {
         }
     }
     int left = http_server_in_flight(server);
-    if (left > 0) /* out of time: queued work is answered 503, not computed */
+    if (left > 0) {
+        /* Out of time: queued work is answered 503 instead of computed; give
+         * the loops a moment to write those answers (only the batches being
+         * computed remain). */
         serving_repo_cancel_queued(repo);
+        uint64_t grace = core_now_us() + 2000000u;
+        while (http_server_in_flight(server) > 0 && core_now_us() < grace) {
+            int again = wait_signal(&sigs, 5);
+            if (again)
+                _exit(128 + again);
+        }
+    }
+    int dropped = http_server_in_flight(server); /* closed without an answer */
     if (!serving_repo_is_settled(repo)) {
         /* A model is still loading (a slow disk, a stuck file): joining the
          * loader could take any time, so leave without cleaning up. */
@@ -203,7 +214,10 @@ int cli_serve(int argc, char **argv) {
     http_server_destroy(server);
     serving_repo_destroy(repo);
     metrics_registry_destroy(registry);
+    /* unfinished_requests: in flight when the drain timeout ran out (they
+     * were answered 503, or dropped when even that did not get out). */
     log_event(left ? LOG_WARN : LOG_INFO, "stopped", "unfinished_requests", json_integer(left),
-              "uptime_seconds", json_real(core_wall_time() - t_start), NULL);
+              "dropped_requests", json_integer(dropped), "uptime_seconds",
+              json_real(core_wall_time() - t_start), NULL);
     return 0;
 }
