@@ -15,6 +15,7 @@ packages=(
   libutf8proc-dev                 # Unicode normalisation and categories
   libevent-dev                    # HTTP server (evhttp), event loops, timers
   libyaml-dev                     # configuration file (aiserve.yaml)
+  libssl-dev                      # SHA-256 and random bytes for API keys (libcrypto)
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)
   prometheus                      # promtool: tests check /metrics with `promtool check metrics`

@@ -48,4 +48,8 @@ int cli_eval(engine_model *model, const cli_args *args);
  * status (0 after a clean shutdown, 2 for configuration or startup errors). */
 int cli_serve(int argc, char **argv);
 
+/* `aiserve keys create|list|revoke`: argv holds the arguments after "keys".
+ * Returns the exit status (0 ok, 2 usage or key store error). */
+int cli_keys(int argc, char **argv);
+
 #endif

@@ -3,6 +3,7 @@
  * the engine.
  *
  *   aiserve serve    [--config FILE] [flags]      (serve.c)
+ *   aiserve keys     create|list|revoke ...       (keys.c)
  *   aiserve predict  --model DIR [--batch-size N] [--threads N] [--input FILE] [TEXT ...]
  *   aiserve embed    --model DIR [--pooling mean|cls] [--normalize] [--input FILE] [TEXT ...]
  *   aiserve tokenize --model DIR [--max-length N] [--input FILE] [TEXT ...]
@@ -32,9 +33,11 @@ static void usage(FILE *out) {
     fputs("usage: aiserve COMMAND --model DIR [options] [TEXT ...]\n"
           "\n"
           "       aiserve serve [options]   (HTTP server; aiserve serve --help)\n"
+          "       aiserve keys create|list|revoke   (API keys; aiserve keys --help)\n"
           "\n"
           "commands:\n"
           "  serve     serve the models of a repository over HTTP (see aiserve serve --help)\n"
+          "  keys      create, list and revoke API keys (see aiserve keys --help)\n"
           "  predict   classify texts: {\"label\", \"confidence\", \"probs\", \"logits\"} per text\n"
           "  embed     embed texts: {\"embedding\": [...]} per text\n"
           "  tokenize  show what the model sees: {\"ids\", \"tokens\"} per text\n"
@@ -350,13 +353,15 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "serve") == 0)
         return cli_serve(argc - 2, argv + 2);
+    if (strcmp(argv[1], "keys") == 0)
+        return cli_keys(argc - 2, argv + 2);
     cli_args a = {.command = argv[1]};
     static const char *const commands[] = {"predict", "embed", "tokenize", "info", "eval"};
     int known = 0;
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         known |= strcmp(a.command, commands[i]) == 0;
     if (!known) {
-        fprintf(stderr, "aiserve: unknown command '%s' (serve, predict, embed, tokenize, info, eval)\n",
+        fprintf(stderr, "aiserve: unknown command '%s' (serve, keys, predict, embed, tokenize, info, eval)\n",
                 a.command);
         return EXIT_LOAD;
     }

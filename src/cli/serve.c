@@ -7,12 +7,17 @@
  *      at once and /health/ready with 503 until every model is loaded)
  *   -> SIGTERM / SIGINT: stop accepting, let requests in flight finish
  *      (bounded by drain_timeout), exit 0; a second signal exits at once.
+ *   -> SIGHUP, or the API key store's file changing (checked about once a
+ *      second from this thread, never on a request's path): the key store
+ *      is read again; a file that does not load is logged and the keys in
+ *      use stay.
  *
  * Signals are blocked in every thread and taken synchronously here with
  * sigtimedwait, so no handler runs inside library code. SIGPIPE is ignored
  * (a client that hangs up is an ordinary event).
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +28,7 @@
 
 #include "cli.h"
 #include "core.h"
+#include "guard.h"
 #include "http.h"
 #include "obs.h"
 #include "serving.h"
@@ -46,11 +52,65 @@ static log_level to_log_level(core_log_level l) {
     return LOG_INFO;
 }
 
-/* Waits up to `ms` for SIGINT/SIGTERM; returns the signal or 0. */
+/* Waits up to `ms` for SIGINT/SIGTERM/SIGHUP; returns the signal or 0. */
 static int wait_signal(const sigset_t *set, long ms) {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
     int sig = sigtimedwait(set, NULL, &ts);
     return sig > 0 ? sig : 0;
+}
+
+/* Whether clients on other machines can reach host: anything but a
+ * loopback address (127.0.0.0/8, ::1) or "localhost". */
+static int is_exposed(const char *host) {
+    unsigned char addr[16];
+    if (strcmp(host, "localhost") == 0)
+        return 0;
+    if (inet_pton(AF_INET, host, addr) == 1)
+        return addr[0] != 127;
+    if (inet_pton(AF_INET6, host, addr) == 1) {
+        static const unsigned char loopback6[16] = {[15] = 1};
+        return memcmp(addr, loopback6, 16) != 0;
+    }
+    return 1;
+}
+
+/* With no keys every endpoint is open: say so, loudly when exposed. */
+static void log_auth_state(guard_keys *keys, const char *host) {
+    guard_keys_stats st;
+    guard_keys_get_stats(keys, &st);
+    if (st.n_keys == 0) {
+        log_event(is_exposed(host) ? LOG_WARN : LOG_INFO, "auth_disabled", "keys_file", json_string(st.path),
+                  "host", json_string(host), "message",
+                  json_string("no API keys are configured (the key store is missing or empty): every "
+                              "endpoint is open; create one with `aiserve keys create`"),
+                  NULL);
+        return;
+    }
+    if (st.mode & 077) {
+        char mode[8];
+        snprintf(mode, sizeof mode, "0%03o", st.mode & 0777);
+        log_event(LOG_WARN, "keys_file_permissions", "keys_file", json_string(st.path), "mode",
+                  json_string(mode), "message",
+                  json_string("the key store can be read by other users; chmod 600 it"), NULL);
+    }
+}
+
+/* Reports a reload: rc from guard_keys_reload / guard_keys_poll. */
+static void log_keys_reload(guard_keys *keys, int rc, const guard_error *err, const char *trigger,
+                            const char *host) {
+    if (rc == 0)
+        return;
+    guard_keys_stats st;
+    guard_keys_get_stats(keys, &st);
+    if (rc < 0) {
+        log_event(LOG_ERROR, "keys_reload_failed", "trigger", json_string(trigger), "error",
+                  json_string(err->message), "keys_in_use", json_integer((json_int_t)st.n_keys), NULL);
+        return;
+    }
+    log_event(LOG_INFO, "keys_reloaded", "trigger", json_string(trigger), "keys_file", json_string(st.path),
+              "keys", json_integer((json_int_t)st.n_keys), "active", json_integer((json_int_t)st.n_active),
+              NULL);
+    log_auth_state(keys, host);
 }
 
 int cli_serve(int argc, char **argv) {
@@ -72,6 +132,7 @@ int cli_serve(int argc, char **argv) {
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -101,6 +162,26 @@ int cli_serve(int argc, char **argv) {
         "Seconds from process start until every model was loaded", 0, NULL);
     metric *ready_time = start_family ? metric_series(start_family, NULL) : NULL;
 
+    /* A key store that is there but cannot be read must stop the start:
+     * serving openly instead would be the wrong way to fail. */
+    guard_keys *keys = NULL;
+    guard_error gerr = {0};
+    if (guard_keys_open(cfg.keys_file, registry, &keys, &gerr) != 0) {
+        log_event(LOG_ERROR, "startup_failed", "error", json_string(gerr.message), "keys_file",
+                  json_string(cfg.keys_file), NULL);
+        metrics_registry_destroy(registry);
+        return 2;
+    }
+    {
+        guard_keys_stats st;
+        guard_keys_get_stats(keys, &st);
+        if (st.n_keys > 0)
+            log_event(LOG_INFO, "keys_loaded", "keys_file", json_string(st.path), "keys",
+                      json_integer((json_int_t)st.n_keys), "active", json_integer((json_int_t)st.n_active),
+                      NULL);
+        log_auth_state(keys, cfg.host);
+    }
+
     serving_options sopts = {
         .repository = cfg.model_repository,
         .default_model = cfg.default_model,
@@ -113,6 +194,7 @@ int cli_serve(int argc, char **argv) {
     serving_error serr = {0};
     if (serving_repo_create(&sopts, registry, &repo, &serr) != 0) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string(serr.message), NULL);
+        guard_keys_close(keys);
         metrics_registry_destroy(registry);
         return 2;
     }
@@ -131,6 +213,7 @@ int cli_serve(int argc, char **argv) {
         .max_inputs = cfg.max_inputs,
         .access_log = cfg.access_log,
         .version = AISERVE_VERSION,
+        .keys = keys,
     };
     http_server *server = NULL;
     char herr[512] = "";
@@ -139,11 +222,11 @@ int cli_serve(int argc, char **argv) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string(herr), NULL);
         http_server_destroy(server);
         serving_repo_destroy(repo);
+        guard_keys_close(keys);
         metrics_registry_destroy(registry);
         return 2;
     }
-    if (strcmp(cfg.host, "127.0.0.1") != 0 && strcmp(cfg.host, "::1") != 0 &&
-        strcmp(cfg.host, "localhost") != 0)
+    if (is_exposed(cfg.host))
         log_event(LOG_WARN, "exposed", "host", json_string(cfg.host), "message",
                   json_string("listening beyond loopback"), NULL);
     log_event(LOG_INFO, "listening", "host", json_string(cfg.host), "port",
@@ -153,6 +236,7 @@ int cli_serve(int argc, char **argv) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string("cannot start the loader"), NULL);
         http_server_destroy(server);
         serving_repo_destroy(repo);
+        guard_keys_close(keys);
         metrics_registry_destroy(registry);
         return 2;
     }
@@ -160,6 +244,13 @@ int cli_serve(int argc, char **argv) {
     int sig = 0, announced = 0;
     while (!sig) {
         sig = wait_signal(&sigs, announced ? 1000 : 5);
+        if (sig == SIGHUP) {
+            sig = 0;
+            log_keys_reload(keys, guard_keys_reload(keys, &gerr), &gerr, "sighup", cfg.host);
+        } else {
+            log_keys_reload(keys, guard_keys_poll(keys, core_now_us(), &gerr), &gerr, "file_changed",
+                            cfg.host);
+        }
         if (!announced && serving_repo_is_settled(repo)) {
             announced = 1;
             double secs = (double)(core_now_us() - t0) / 1e6;
@@ -184,6 +275,8 @@ int cli_serve(int argc, char **argv) {
     uint64_t until = core_now_us() + (uint64_t)cfg.drain_timeout_ms * 1000u;
     while (http_server_in_flight(server) > 0 && core_now_us() < until) {
         int again = wait_signal(&sigs, 5);
+        if (again == SIGHUP) /* no reloads while draining */
+            again = 0;
         if (again) {
             log_event(LOG_WARN, "exit_now", "signal", json_string(strsignal(again)), "in_flight",
                       json_integer(http_server_in_flight(server)), NULL);
@@ -199,7 +292,7 @@ int cli_serve(int argc, char **argv) {
         uint64_t grace = core_now_us() + 2000000u;
         while (http_server_in_flight(server) > 0 && core_now_us() < grace) {
             int again = wait_signal(&sigs, 5);
-            if (again)
+            if (again && again != SIGHUP)
                 _exit(128 + again);
         }
     }
@@ -213,6 +306,7 @@ int cli_serve(int argc, char **argv) {
     }
     http_server_destroy(server);
     serving_repo_destroy(repo);
+    guard_keys_close(keys);
     metrics_registry_destroy(registry);
     /* unfinished_requests: in flight when the drain timeout ran out (they
      * were answered 503, or dropped when even that did not get out). */

@@ -105,6 +105,10 @@ const core_setting core_settings[] = {
     INT("limits", "max_inputs", "--max-inputs", "AISERVE_MAX_INPUTS", max_inputs, 64, 1, 100000,
         "Texts per request, at most; more gets 422. At most batching.max_queue_size."),
 
+    STRING("auth", "keys_file", "--keys-file", "AISERVE_KEYS_FILE", NULL, "FILE", keys_file, "./data/keys.json", 1,
+           "API key store, written by `aiserve keys`; it holds only SHA-256 hashes of the keys. Missing or empty: no "
+           "keys are required. Read again on SIGHUP and when the file changes."),
+
     LEVEL("logging", "level", "--log-level", "AISERVE_LOG_LEVEL", "LOG_LEVEL", log_level, CORE_LOG_INFO,
           "Least severe level that is logged: debug, info, warning or error."),
     BOOL("logging", "access_log", "--access-log", "AISERVE_ACCESS_LOG", access_log, 1,
@@ -114,7 +118,7 @@ const core_setting core_settings[] = {
 const size_t core_n_settings = sizeof core_settings / sizeof core_settings[0];
 _Static_assert(sizeof core_settings / sizeof core_settings[0] <= CORE_MAX_SETTINGS, "raise CORE_MAX_SETTINGS");
 
-const char *const core_sections[] = {"server", "models", "batching", "limits", "logging", NULL};
+const char *const core_sections[] = {"server", "models", "batching", "limits", "auth", "logging", NULL};
 _Static_assert(sizeof core_sections / sizeof core_sections[0] <= 16, "config_file.c tracks 16 sections");
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};

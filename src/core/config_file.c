@@ -141,7 +141,7 @@ static int read_section(file_ctx *ctx, const yaml_node_t *key_node, const yaml_n
         else
             core_set_error(ctx->err,
                            "%s:%zu: unknown section '%.100s' (sections: server, models, batching, limits, "
-                           "logging)",
+                           "auth, logging)",
                            ctx->path, line_of(key_node), name);
         return -1;
     }

@@ -83,6 +83,8 @@ typedef struct core_config {
     /* limits */
     int max_text_chars; /* limits.max_text_length, code points per text */
     int max_inputs;     /* limits.max_inputs, texts per request */
+    /* auth */
+    char keys_file[4096]; /* auth.keys_file: the API key store (JSON) */
     /* logging */
     core_log_level log_level; /* logging.level */
     bool access_log;          /* logging.access_log: one JSON line per request */

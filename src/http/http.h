@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "guard.h"
 #include "obs.h"
 #include "serving.h"
 
@@ -44,6 +45,7 @@ typedef struct http_options {
     int max_inputs;              /* texts per request: 422 above */
     int access_log;              /* one JSON line per request */
     const char *version;         /* aiserve version, for /health and build info */
+    guard_keys *keys;            /* API keys; borrowed, must outlive the server; NULL: open */
 } http_options;
 
 typedef struct http_server http_server;

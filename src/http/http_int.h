@@ -26,6 +26,9 @@
     X(INVALID_JSON, 400, "invalid_request_error", "invalid_json")                  \
     X(INVALID_UTF8, 400, "invalid_request_error", "invalid_utf8")                  \
     X(INVALID_REQUEST_FRAMING, 400, "invalid_request_error", "invalid_framing")    \
+    X(MISSING_API_KEY, 401, "authentication_error", "missing_api_key")             \
+    X(INVALID_API_KEY, 403, "permission_error", "invalid_api_key")                 \
+    X(INSUFFICIENT_SCOPE, 403, "permission_error", "insufficient_scope")           \
     X(NOT_FOUND, 404, "invalid_request_error", "not_found")                        \
     X(MODEL_NOT_FOUND, 404, "invalid_request_error", "model_not_found")            \
     X(VERSION_NOT_FOUND, 404, "invalid_request_error", "version_not_found")        \
@@ -92,6 +95,8 @@ struct http_loop {
     http_conn *conns;
     int n_conns;
     struct event *sweep_event;
+    /* This loop's reference to the current API keyset (guard.h). */
+    guard_keys_view keys_view;
 };
 
 /* Metric series looked up once at start. */
@@ -133,6 +138,7 @@ struct http_call {
     char method[8];
     char path[256];               /* for the log only; truncated */
     char client[64];
+    char key_name[GUARD_NAME_MAX + 1]; /* the API key's name once known; "" otherwise */
     int status;
     /* Prediction state. */
     json_t *body;                 /* parsed request; texts point into it */

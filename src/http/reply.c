@@ -116,6 +116,8 @@ static void access_log(http_call *call, double seconds) {
             json_object_set_new(f, "batch_size", json_integer(call->job.batch_size));
     }
     json_object_set_new(f, "client", json_string(call->client));
+    if (call->key_name[0]) /* the key's name, never the key */
+        json_object_set_new(f, "key", json_string(call->key_name));
     log_json(LOG_INFO, "request", f);
 }
 

@@ -8,6 +8,11 @@
  *   GET  /health, /health/live, /health/ready
  *   GET  /metrics
  *
+ * API keys (guard.h) are checked here, once the route is known and before
+ * the method or the body: /predict and /v1/models/{name}/predict need the
+ * `predict` scope, the rest of /v1/models any valid key; /health* and
+ * /metrics are open, and so is everything when no keys are configured.
+ *
  * Validation happens here, before anything is queued: the body must be JSON
  * (jansson rejects invalid UTF-8 and nesting deeper than 2048), the schema is
  * checked field by field with a message naming the field, and limits (body
@@ -20,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
@@ -426,6 +432,103 @@ void http_finish_prediction(http_call *call) {
     http_reply_json(call, 200, out);
 }
 
+/* ---- API keys ------------------------------------------------------------ */
+
+/* The key a request carries: X-API-Key (the seed's header) or
+ * "Authorization: Bearer <key>" (OpenAI clients); another Authorization
+ * scheme carries no key. *key and *len get the first one found (NULL, 0 for
+ * none; they point into the request's headers). Returns 1 when the request
+ * carries two different keys. */
+static int presented_key(struct evhttp_request *req, const char **key, size_t *len) {
+    *key = NULL;
+    *len = 0;
+    int conflict = 0;
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        const char *v = NULL;
+        if (strcasecmp(kv->key, "X-API-Key") == 0) {
+            v = kv->value;
+        } else if (strcasecmp(kv->key, "Authorization") == 0 && strncasecmp(kv->value, "Bearer", 6) == 0 &&
+                   (kv->value[6] == ' ' || kv->value[6] == '\t')) {
+            v = kv->value + 6;
+        }
+        if (!v)
+            continue;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        size_t n = strlen(v);
+        while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+            n--;
+        if (n == 0)
+            continue;
+        if (!*key) {
+            *key = v;
+            *len = n;
+        } else if (n != *len || memcmp(v, *key, n) != 0) {
+            conflict = 1; /* both are the client's own bytes: no secret to protect */
+        }
+    }
+    return conflict;
+}
+
+/* Checks the request's API key against the scope its endpoint needs.
+ * Returns 1 when the request may go on (a good key, or no keys configured);
+ * otherwise answers 401 or 403 and returns 0. Messages name the key's
+ * name at most, never the key. */
+static int authorized(http_call *call, guard_scopes required) {
+    http_server *s = call->loop->server;
+    if (!s->opts.keys)
+        return 1;
+    const char *key;
+    size_t len;
+    int conflict = presented_key(call->req, &key, &len);
+    guard_auth auth;
+    guard_keys_authorize(s->opts.keys, &call->loop->keys_view, key, len, required, &auth);
+    if (auth.status == GUARD_AUTH_OPEN)
+        return 1;
+    if (conflict) {
+        if (auth.status == GUARD_AUTH_OK)
+            guard_keys_count_failure(s->opts.keys, GUARD_AUTH_INVALID);
+        http_add_header(call, "WWW-Authenticate", "Bearer realm=\"aiserve\", error=\"invalid_request\"");
+        http_reply_error(call, HTTP_ERR_INVALID_API_KEY,
+                         "the request carries two different API keys (X-API-Key and Authorization); send one");
+        return 0;
+    }
+    if (auth.key)
+        snprintf(call->key_name, sizeof call->key_name, "%s", auth.key->name);
+    switch (auth.status) {
+    case GUARD_AUTH_OK:
+    case GUARD_AUTH_OPEN:
+        return 1;
+    case GUARD_AUTH_MISSING:
+        http_add_header(call, "WWW-Authenticate", "Bearer realm=\"aiserve\"");
+        http_reply_error(call, HTTP_ERR_MISSING_API_KEY,
+                         "an API key is required: send it as X-API-Key: <key> or Authorization: Bearer <key>");
+        return 0;
+    case GUARD_AUTH_INVALID:
+    case GUARD_AUTH_REVOKED:
+        http_add_header(call, "WWW-Authenticate", "Bearer realm=\"aiserve\", error=\"invalid_token\"");
+        http_reply_error(call, HTTP_ERR_INVALID_API_KEY, "%s",
+                         auth.status == GUARD_AUTH_REVOKED ? "the API key was revoked" : "the API key is not valid");
+        return 0;
+    case GUARD_AUTH_SCOPE: {
+        const char *scope = guard_scope_name(required & ~auth.key->scopes);
+        char challenge[128];
+        snprintf(challenge, sizeof challenge, "Bearer realm=\"aiserve\", error=\"insufficient_scope\", scope=\"%s\"",
+                 scope);
+        http_add_header(call, "WWW-Authenticate", challenge);
+        http_reply_error(call, HTTP_ERR_INSUFFICIENT_SCOPE,
+                         "the API key '%s' lacks the scope '%s' that %s needs", auth.key->name, scope,
+                         http_endpoint_names[call->endpoint]);
+        return 0;
+    }
+    case GUARD_AUTH_COUNT:
+        break;
+    }
+    http_reply_error(call, HTTP_ERR_INTERNAL, "internal error");
+    return 0;
+}
+
 /* ---- routing ---------------------------------------------------------- */
 
 static int method_is(http_call *call, enum evhttp_cmd_type want) {
@@ -467,11 +570,11 @@ void http_route(http_call *call) {
         call->endpoint = fixed[i].ep;
         switch (fixed[i].ep) {
         case EP_PREDICT:
-            if (method_is(call, EVHTTP_REQ_POST))
+            if (authorized(call, GUARD_SCOPE_PREDICT) && method_is(call, EVHTTP_REQ_POST))
                 predict(call, NULL);
             return;
         case EP_MODELS:
-            if (method_is(call, EVHTTP_REQ_GET))
+            if (authorized(call, GUARD_SCOPE_ANY) && method_is(call, EVHTTP_REQ_GET))
                 handle_models(call);
             return;
         case EP_HEALTH:
@@ -505,6 +608,9 @@ void http_route(http_call *call) {
         size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
         const char *tail = slash ? slash : "";
         if (name_len > 0 && name_len < 256 && (!*tail || strcmp(tail, "/predict") == 0)) {
+            call->endpoint = *tail ? EP_MODEL_PREDICT : EP_MODEL;
+            if (!authorized(call, *tail ? GUARD_SCOPE_PREDICT : GUARD_SCOPE_ANY))
+                return;
             char raw[256];
             memcpy(raw, rest, name_len);
             raw[name_len] = '\0';

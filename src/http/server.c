@@ -381,6 +381,7 @@ void http_server_destroy(http_server *s) {
             event_free(loop->done_event);
         if (loop->base)
             event_base_free(loop->base);
+        guard_keys_view_release(&loop->keys_view);
         pthread_mutex_destroy(&loop->done_lock);
     }
     free(s->loops);

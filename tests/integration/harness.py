@@ -61,6 +61,10 @@ class Server:
                 del env[k]
         env.pop("MODEL_PATH", None)
         env.pop("LOG_LEVEL", None)
+        # No API keys unless a test asks for them (--keys-file wins over
+        # this): a data/keys.json in the working directory must not turn
+        # authentication on for every test.
+        env["AISERVE_KEYS_FILE"] = "/nonexistent/aiserve-tests/keys.json"
         if self.env:
             env.update(self.env)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,0 +1,285 @@
+/*
+ * guard.h - the guard module's one public header: what stands between a
+ * request and the model. Today: API keys (guard_keys_*, guard_keyset_*,
+ * guard_keystore_*). Rate limiting and the response cache join it later.
+ *
+ * API keys
+ * --------
+ * A key is "ais_" followed by 43 characters of unpadded base64url: 32
+ * random bytes from OpenSSL's RAND_bytes (256 bits). `aiserve keys create`
+ * shows it once; only its SHA-256 is stored.
+ *
+ * The key store is one JSON file (auth.keys_file, default ./data/keys.json):
+ *
+ *     {"version": 1, "keys": [
+ *       {"name": "web", "sha256": "<64 hex digits: SHA-256 of the key>",
+ *        "scopes": ["predict", "embed"], "tier": "default",
+ *        "created": "2026-11-27T11:02:10Z", "revoked": false},
+ *       {"name": "old", ..., "revoked": true, "revoked_at": "2026-12-01T09:00:00Z"}]}
+ *
+ *  - name: unique, [A-Za-z0-9._-]{1,64}; tier: the same alphabet (default
+ *    "default"); scopes: a subset of predict, embed, batch, chat, admin
+ *    (each scope is its own; admin does not imply the others); sha256:
+ *    unique; created and revoked_at: RFC 3339 UTC (informational).
+ *  - Fields this version does not know are kept when `aiserve keys` rewrites
+ *    the file; a record that breaks these rules makes the whole file invalid.
+ *  - Written atomically: a temporary file in the same directory, fsync,
+ *    rename, fsync of the directory; mode 0600. Writers (`aiserve keys`)
+ *    serialise on an flock of the file's directory.
+ *
+ * Checking a key: SHA-256 of the presented bytes, then an open-addressing
+ * table indexed by that hash (the hash of a 256-bit secret reveals nothing
+ * about it), and every candidate compared with CRYPTO_memcmp, which reads
+ * all 32 bytes whatever they hold.
+ *
+ * Reloading without stopping readers (guard_keys):
+ *  - A keyset is immutable once built and reference-counted. The live store
+ *    holds one reference to the current set and a generation counter.
+ *  - Each reader thread (an event loop) keeps a guard_keys_view: its own
+ *    reference and the generation it was taken at. guard_keys_authorize
+ *    compares that generation with the store's (one atomic load, no write to
+ *    shared memory on the hot path) and only when they differ swaps its
+ *    reference under the store's mutex.
+ *  - A reload builds the new set completely, then swaps it in under the
+ *    mutex and bumps the generation. The old set is freed by whoever drops
+ *    its last reference: the store, or the last view to move on (a view that
+ *    sees no request keeps the old set until its next request or release).
+ *  - A file that fails to load never replaces the current set.
+ *
+ * Threads: guard_keys_open/reload/poll/close from one controlling thread
+ * (the server's main thread); guard_keys_authorize from any thread, each
+ * with its own view; the keystore functions from any thread (they lock the
+ * directory against other writers); keyset functions from any thread.
+ */
+#ifndef AISERVE_GUARD_H
+#define AISERVE_GUARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "obs.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One list generates the status enum, the names and the default messages. */
+#define GUARD_STATUS_MAP(X)                                         \
+    X(OK, 0, "success")                                             \
+    X(EINVAL, -1, "invalid argument")                               \
+    X(EEXIST, -2, "a key with this name exists")                    \
+    X(ENOTFOUND, -3, "no key with this name")                       \
+    X(EFORMAT, -4, "the key store file is not valid")               \
+    X(EIO, -5, "cannot read or write the key store file")           \
+    X(ENOMEM, -6, "out of memory")                                  \
+    X(ECRYPTO, -7, "OpenSSL failed")
+
+typedef enum guard_status {
+#define GUARD_STATUS_ENUM(name, code, msg) GUARD_##name = code,
+    GUARD_STATUS_MAP(GUARD_STATUS_ENUM)
+#undef GUARD_STATUS_ENUM
+} guard_status;
+
+const char *guard_status_name(int status);    /* "GUARD_EEXIST"; never NULL */
+const char *guard_status_message(int status); /* never NULL */
+
+/* Caller-owned error record; message is always NUL-terminated and never
+ * holds a key. */
+typedef struct guard_error {
+    int status;
+    char message[512];
+} guard_error;
+
+/* ---- scopes ----------------------------------------------------------- */
+
+#define GUARD_SCOPE_MAP(X)  \
+    X(PREDICT, "predict")   \
+    X(EMBED, "embed")       \
+    X(BATCH, "batch")       \
+    X(CHAT, "chat")         \
+    X(ADMIN, "admin")
+
+enum guard_scope_bit {
+#define GUARD_SCOPE_BIT(name, text) GUARD_SCOPE_BIT_##name,
+    GUARD_SCOPE_MAP(GUARD_SCOPE_BIT)
+#undef GUARD_SCOPE_BIT
+    GUARD_N_SCOPES
+};
+
+/* Scopes are a bit set; 0 (GUARD_SCOPE_ANY as a requirement) means "any
+ * valid key". */
+typedef unsigned guard_scopes;
+#define GUARD_SCOPE_ANY 0u
+#define GUARD_SCOPE_PREDICT (1u << GUARD_SCOPE_BIT_PREDICT)
+#define GUARD_SCOPE_EMBED (1u << GUARD_SCOPE_BIT_EMBED)
+#define GUARD_SCOPE_BATCH (1u << GUARD_SCOPE_BIT_BATCH)
+#define GUARD_SCOPE_CHAT (1u << GUARD_SCOPE_BIT_CHAT)
+#define GUARD_SCOPE_ADMIN (1u << GUARD_SCOPE_BIT_ADMIN)
+#define GUARD_SCOPE_ALL ((1u << GUARD_N_SCOPES) - 1u)
+
+/* "predict" for GUARD_SCOPE_PREDICT: the name of the lowest bit set in
+ * scopes, or "" for 0. Static string. */
+const char *guard_scope_name(guard_scopes scopes);
+
+/* Parses a comma-separated list ("predict,embed") into *out. Each item must
+ * be a scope name; repeats are fine; an empty list or empty item is an
+ * error. Returns 0, or GUARD_EINVAL with err filled (naming the bad item and
+ * the valid ones); *out is untouched on error. */
+int guard_scopes_parse(const char *text, guard_scopes *out, guard_error *err);
+
+/* Writes the scopes as "predict,embed" (table order) into buf[cap]. Returns
+ * the length, as snprintf. */
+int guard_scopes_format(guard_scopes scopes, char *buf, size_t cap);
+
+/* ---- keys and keysets ------------------------------------------------- */
+
+#define GUARD_NAME_MAX 64        /* name and tier: 1..64 of [A-Za-z0-9._-] */
+#define GUARD_KEY_PREFIX "ais_"
+#define GUARD_KEY_CHARS 47       /* "ais_" + 43 base64url characters */
+#define GUARD_PRESENTED_MAX 512  /* longer credentials are refused unhashed */
+
+/* 1 if s is a valid key name or tier ([A-Za-z0-9._-]{1,64}). */
+bool guard_name_is_valid(const char *s);
+
+/* One record of the store, as the server and `keys list` see it: never the
+ * key, never its hash. */
+typedef struct guard_key_info {
+    char name[GUARD_NAME_MAX + 1];
+    char tier[GUARD_NAME_MAX + 1];
+    char created[40];    /* as stored; "" when absent */
+    char revoked_at[40]; /* as stored; "" when absent */
+    guard_scopes scopes;
+    bool revoked;
+} guard_key_info;
+
+/* An immutable set of key records with its lookup table. Refcounted. */
+typedef struct guard_keyset guard_keyset;
+
+/* Reads and validates the key store at path into a new set (one reference,
+ * owned by the caller: guard_keyset_release). A missing file, and a file of
+ * zero bytes, give an empty set with *exists (may be NULL) set to false.
+ * Returns 0, or a guard_status with err filled ("path: ..."): GUARD_EIO
+ * (cannot read; not a regular file; over 16 MiB), GUARD_EFORMAT (not JSON,
+ * with line and column; a bad record, naming it and its field). */
+int guard_keyset_load(const char *path, guard_keyset **out, bool *exists, guard_error *err);
+
+void guard_keyset_retain(guard_keyset *set);
+void guard_keyset_release(guard_keyset *set); /* NULL is fine */
+
+size_t guard_keyset_size(const guard_keyset *set);       /* records, revoked included */
+size_t guard_keyset_n_active(const guard_keyset *set);   /* records not revoked */
+/* Record i (file order), borrowed from the set; NULL when i is out of range. */
+const guard_key_info *guard_keyset_get(const guard_keyset *set, size_t i);
+
+/* The record whose hash equals SHA-256(key[0..len)), or NULL. Borrowed
+ * from the set. The comparison is constant-time per candidate. */
+const guard_key_info *guard_keyset_lookup(const guard_keyset *set, const char *key, size_t len);
+
+/* ---- the key store file, as `aiserve keys` edits it -------------------- */
+
+/* Makes a new key, adds its record (name, scopes, tier, created now) and
+ * rewrites the file atomically; creates the file (mode 0600) and, if
+ * missing, its directory (mode 0700). Writes the key, NUL-terminated, to
+ * key_out (cap >= GUARD_KEY_CHARS + 1): the only copy there will ever be.
+ * tier NULL means "default". Returns 0, or GUARD_EINVAL (bad name, tier or
+ * scopes 0), GUARD_EEXIST (name taken), GUARD_EFORMAT (the existing file is
+ * invalid: it is left as it is), GUARD_EIO, GUARD_ECRYPTO, with err. */
+int guard_keystore_create(const char *path, const char *name, guard_scopes scopes, const char *tier,
+                          char *key_out, size_t cap, guard_error *err);
+
+/* Marks the record revoked (revoked: true, revoked_at: now) and rewrites the
+ * file. Returns 0; 1 when it was already revoked (file untouched);
+ * GUARD_ENOTFOUND, GUARD_EFORMAT or GUARD_EIO with err. */
+int guard_keystore_revoke(const char *path, const char *name, guard_error *err);
+
+/* ---- the live store, for the server ----------------------------------- */
+
+/* The outcome of checking one request. One list gives the enum and the
+ * `reason` label of aiserve_auth_failures_total. */
+#define GUARD_AUTH_MAP(X)                     \
+    X(OK, NULL)                               \
+    X(OPEN, NULL)      /* no keys: open */    \
+    X(MISSING, "missing")                     \
+    X(INVALID, "invalid")                     \
+    X(REVOKED, "revoked")                     \
+    X(SCOPE, "scope")
+
+typedef enum guard_auth_status {
+#define GUARD_AUTH_ENUM(name, reason) GUARD_AUTH_##name,
+    GUARD_AUTH_MAP(GUARD_AUTH_ENUM)
+#undef GUARD_AUTH_ENUM
+    GUARD_AUTH_COUNT
+} guard_auth_status;
+
+typedef struct guard_keys guard_keys;
+
+/* A reader's reference to the current keyset. Zero-initialise it; one per
+ * thread; release it with guard_keys_view_release before guard_keys_close. */
+typedef struct guard_keys_view {
+    guard_keyset *set;
+    uint64_t generation;
+} guard_keys_view;
+
+typedef struct guard_auth {
+    guard_auth_status status;
+    /* The matching record (OK, REVOKED, SCOPE), else NULL. Borrowed from the
+     * view's keyset: valid until the next authorize or release on that view. */
+    const guard_key_info *key;
+} guard_auth;
+
+/* Opens the live store on path (copied) and loads it (guard_keyset_load's
+ * rules). metrics (borrowed, may be NULL) gets aiserve_auth_failures_total
+ * {reason}, aiserve_api_keys{state} and aiserve_keys_reloads_total{result}.
+ * Returns 0 with *out (free with guard_keys_close), or a guard_status with
+ * err: the server must not start on a key store it cannot read. */
+int guard_keys_open(const char *path, metrics_registry *metrics, guard_keys **out, guard_error *err);
+
+/* Frees the store. Every view must have been released. NULL is fine. */
+void guard_keys_close(guard_keys *k);
+
+/* Loads the file again and swaps the new set in. Returns 1 when a new set
+ * is in use, or a guard_status (< 0) with err and the current set kept:
+ * the file fails to load, or it is missing or zero bytes while keys are in
+ * use (a file being rewritten in place must never open the server: to
+ * drop every key, write {"keys": []} or restart without a file). */
+int guard_keys_reload(guard_keys *k, guard_error *err);
+
+/* Reloads when the file's identity (device, inode, size, modification
+ * time; following symlinks, so a Kubernetes secret's swapped ..data link
+ * counts) differs from what was last read, checking at most once a second
+ * (now_us: any monotonic clock in microseconds). Returns 0 when nothing
+ * changed, else what guard_keys_reload returns. A file that failed to load
+ * is not retried until it changes again. */
+int guard_keys_poll(guard_keys *k, uint64_t now_us, guard_error *err);
+
+/* What is in use now, for the log. */
+typedef struct guard_keys_stats {
+    size_t n_keys, n_active;
+    bool exists;        /* the file was there at the last (good) load */
+    unsigned mode;      /* its permission bits (st_mode & 07777); 0 if missing */
+    const char *path;   /* borrowed from the store */
+} guard_keys_stats;
+void guard_keys_get_stats(guard_keys *k, guard_keys_stats *out);
+
+/* Checks a presented credential (key[0..len), not NUL-terminated; NULL or
+ * len 0 when the request carried none) against the current set and the
+ * scope the endpoint requires (GUARD_SCOPE_ANY: any valid key). With no
+ * keys configured the answer is GUARD_AUTH_OPEN whatever was presented.
+ * Counts failures in aiserve_auth_failures_total. Never logs, never keeps
+ * the key. Any thread, with that thread's own view. */
+void guard_keys_authorize(guard_keys *k, guard_keys_view *view, const char *key, size_t len,
+                          guard_scopes required, guard_auth *out);
+
+/* Counts one failure of this kind (for a refusal decided by the caller,
+ * such as two different keys in one request). Any thread. */
+void guard_keys_count_failure(guard_keys *k, guard_auth_status status);
+
+/* Drops the view's reference. Any thread; the view may be used again. */
+void guard_keys_view_release(guard_keys_view *view);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AISERVE_GUARD_H */
