@@ -15,9 +15,11 @@ packages=(
   libutf8proc-dev                 # Unicode normalisation and categories
   libevent-dev                    # HTTP server (evhttp), event loops, timers
   libyaml-dev                     # configuration file (aiserve.yaml)
-  libssl-dev                      # SHA-256 and random bytes for API keys (libcrypto)
+  libssl-dev                      # SHA-256 and random bytes for API keys (libcrypto); TLS (libssl)
+  libxxhash-dev                   # XXH3: response cache keys, store shards
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)
+  openssl curl                    # HTTPS tests: test certificates made at run time, curl as the client
   prometheus                      # promtool: tests check /metrics with `promtool check metrics`
   clang libclang-rt-14-dev        # libFuzzer targets and sanitizer runtimes
 )

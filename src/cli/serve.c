@@ -7,6 +7,9 @@
  *      at once and /health/ready with 503 until every model is loaded)
  *   -> SIGTERM / SIGINT: stop accepting, let requests in flight finish
  *      (bounded by drain_timeout), exit 0; a second signal exits at once.
+ *   -> rate limits and the response cache, each in its own memory store
+ *      (guard over store), swept for expired entries once a second from
+ *      this thread
  *   -> SIGHUP, or the API key store's file changing (checked about once a
  *      second from this thread, never on a request's path): the key store
  *      is read again; a file that does not load is logged and the keys in
@@ -32,6 +35,7 @@
 #include "http.h"
 #include "obs.h"
 #include "serving.h"
+#include "store.h"
 
 #ifndef AISERVE_VERSION
 #define AISERVE_VERSION "0.0.0"
@@ -93,6 +97,71 @@ static void log_auth_state(guard_keys *keys, const char *host) {
                   json_string(mode), "message",
                   json_string("the key store can be read by other users; chmod 600 it"), NULL);
     }
+}
+
+/* Rate limiting and the response cache, with their memory stores. */
+typedef struct protection {
+    kv_store *limits, *answers;
+    guard_ratelimit *ratelimit;
+    guard_cache *cache;
+} protection;
+
+/* Bucket memory at most: a backstop (about 400,000 buckets), since idle
+ * buckets expire on their own; past it the least recently used clients
+ * are forgotten (they start again with a full bucket). */
+#define RATELIMIT_STORE_BYTES (UINT64_C(64) << 20)
+
+static void protection_close(protection *p) {
+    guard_cache_destroy(p->cache);
+    kv_destroy(p->answers);
+    guard_ratelimit_destroy(p->ratelimit);
+    kv_destroy(p->limits);
+    memset(p, 0, sizeof *p);
+}
+
+/* Makes what cfg enables. Returns 0, or -1 with a message in err. */
+static int protection_open(const core_config *cfg, metrics_registry *registry, protection *p, char *err,
+                           size_t cap) {
+    memset(p, 0, sizeof *p);
+    guard_error gerr = {0};
+    if (cfg->ratelimit_enabled) {
+        kv_memory_options mo = {.max_bytes = RATELIMIT_STORE_BYTES};
+        guard_tier tiers[CORE_MAX_TIERS];
+        size_t n = 0;
+        for (int i = 0; i < cfg->ratelimit_tiers.n && i < CORE_MAX_TIERS; i++, n++) {
+            const core_tier *t = &cfg->ratelimit_tiers.tier[i];
+            memset(&tiers[n], 0, sizeof tiers[n]);
+            snprintf(tiers[n].name, sizeof tiers[n].name, "%s", t->name);
+            tiers[n].requests_per_minute = t->requests_per_minute;
+            tiers[n].burst = t->burst;
+        }
+        guard_ratelimit_options ro = {.tiers = tiers, .n_tiers = n, .trusted_proxies = cfg->trusted_proxies};
+        if (kv_memory_create(&mo, &p->limits) != KV_OK) {
+            snprintf(err, cap, "rate limiter: out of memory");
+            return -1;
+        }
+        ro.store = p->limits;
+        if (guard_ratelimit_create(&ro, registry, &p->ratelimit, &gerr) != 0) {
+            snprintf(err, cap, "rate limiter: %.400s", gerr.message);
+            protection_close(p);
+            return -1;
+        }
+    }
+    if (cfg->cache_enabled) {
+        kv_memory_options mo = {.max_bytes = cfg->cache_max_bytes};
+        if (kv_memory_create(&mo, &p->answers) != KV_OK) {
+            snprintf(err, cap, "cache: cannot make a store of %llu bytes", (unsigned long long)cfg->cache_max_bytes);
+            protection_close(p);
+            return -1;
+        }
+        guard_cache_options co = {.store = p->answers, .ttl_us = (uint64_t)cfg->cache_ttl_ms * 1000u};
+        if (guard_cache_create(&co, registry, &p->cache, &gerr) != 0) {
+            snprintf(err, cap, "cache: %.400s", gerr.message);
+            protection_close(p);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* Reports a reload: rc from guard_keys_reload / guard_keys_poll. */
@@ -182,6 +251,15 @@ int cli_serve(int argc, char **argv) {
         log_auth_state(keys, cfg.host);
     }
 
+    protection prot;
+    char perr[512] = "";
+    if (protection_open(&cfg, registry, &prot, perr, sizeof perr) != 0) {
+        log_event(LOG_ERROR, "startup_failed", "error", json_string(perr), NULL);
+        guard_keys_close(keys);
+        metrics_registry_destroy(registry);
+        return 2;
+    }
+
     serving_options sopts = {
         .repository = cfg.model_repository,
         .default_model = cfg.default_model,
@@ -194,6 +272,7 @@ int cli_serve(int argc, char **argv) {
     serving_error serr = {0};
     if (serving_repo_create(&sopts, registry, &repo, &serr) != 0) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string(serr.message), NULL);
+        protection_close(&prot);
         guard_keys_close(keys);
         metrics_registry_destroy(registry);
         return 2;
@@ -214,6 +293,12 @@ int cli_serve(int argc, char **argv) {
         .access_log = cfg.access_log,
         .version = AISERVE_VERSION,
         .keys = keys,
+        .ratelimit = prot.ratelimit,
+        .cache = prot.cache,
+        .tls_cert_file = cfg.tls_cert,
+        .tls_key_file = cfg.tls_key,
+        .cors_allowed_origins = cfg.cors_allowed_origins,
+        .cors_max_age_s = cfg.cors_max_age_ms / 1000,
     };
     http_server *server = NULL;
     char herr[512] = "";
@@ -222,6 +307,7 @@ int cli_serve(int argc, char **argv) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string(herr), NULL);
         http_server_destroy(server);
         serving_repo_destroy(repo);
+        protection_close(&prot);
         guard_keys_close(keys);
         metrics_registry_destroy(registry);
         return 2;
@@ -230,18 +316,21 @@ int cli_serve(int argc, char **argv) {
         log_event(LOG_WARN, "exposed", "host", json_string(cfg.host), "message",
                   json_string("listening beyond loopback"), NULL);
     log_event(LOG_INFO, "listening", "host", json_string(cfg.host), "port",
-              json_integer(http_server_port(server)), "event_loops", json_integer(hopts.n_threads),
-              "model_repository", json_string(cfg.model_repository), NULL);
+              json_integer(http_server_port(server)), "tls", json_boolean(cfg.tls_cert[0] != 0),
+              "event_loops", json_integer(hopts.n_threads), "model_repository",
+              json_string(cfg.model_repository), NULL);
     if (serving_repo_start(repo) != 0) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string("cannot start the loader"), NULL);
         http_server_destroy(server);
         serving_repo_destroy(repo);
+        protection_close(&prot);
         guard_keys_close(keys);
         metrics_registry_destroy(registry);
         return 2;
     }
 
     int sig = 0, announced = 0;
+    uint64_t last_sweep_us = core_now_us();
     while (!sig) {
         sig = wait_signal(&sigs, announced ? 1000 : 5);
         if (sig == SIGHUP) {
@@ -250,6 +339,11 @@ int cli_serve(int argc, char **argv) {
         } else {
             log_keys_reload(keys, guard_keys_poll(keys, core_now_us(), &gerr), &gerr, "file_changed",
                             cfg.host);
+        }
+        if (core_now_us() - last_sweep_us >= 1000000u) { /* expired buckets and answers */
+            last_sweep_us = core_now_us();
+            kv_maintain(prot.limits);
+            guard_cache_maintain(prot.cache);
         }
         if (!announced && serving_repo_is_settled(repo)) {
             announced = 1;
@@ -306,6 +400,7 @@ int cli_serve(int argc, char **argv) {
     }
     http_server_destroy(server);
     serving_repo_destroy(repo);
+    protection_close(&prot);
     guard_keys_close(keys);
     metrics_registry_destroy(registry);
     /* unfinished_requests: in flight when the drain timeout ran out (they

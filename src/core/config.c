@@ -17,6 +17,7 @@
  * No output, no getenv (the caller passes envp), no globals beyond the
  * const table: any thread.
  */
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,13 @@
 #define SIZE(sec, k, fl, ev, f, dflt, lo, hi, h)                                                   \
     {ROW(sec, k, fl, ev, NULL, "SIZE", SETTING_SIZE), PLACE(f, uint64_t), .def = dflt, .min = lo, \
      .max = hi, .help = h}
+/* A list of items, each checked by `check`; stored joined by commas. */
+#define ITEMS(sec, k, fl, ev, mv, f, check, what, h)                                                  \
+    {ROW(sec, k, fl, ev, NULL, mv, SETTING_LIST), PLACE(f, char[sizeof(MEMBER(f))]), .def_str = "", \
+     .min = 0, .max = sizeof(MEMBER(f)) - 1, .check_item = check, .items = what, .help = h}
+#define TIERS(sec, k, fl, ev, f, h)                                                                   \
+    {ROW(sec, k, fl, ev, NULL, "TIERS", SETTING_TIERS), PLACE(f, core_tiers), .def_str = "",       \
+     .min = 1, .max = CORE_TIER_RATE_MAX, .help = h}
 #define LEVEL(sec, k, fl, ev, alias, f, dflt, h)                                                  \
     {ROW(sec, k, fl, ev, alias, "LEVEL", SETTING_LEVEL), PLACE(f, core_log_level), .def = dflt, \
      .min = CORE_LOG_DEBUG, .max = CORE_LOG_ERROR, .help = h}
@@ -61,6 +69,40 @@
 #define KIB 1024
 #define MIB (1024 * KIB)
 #define GIB (1024 * MIB)
+
+static int check_address(const char *item, char *why, size_t cap);
+
+/* A web origin as browsers send it in the Origin header: scheme "://" host
+ * [":" port] and nothing after (no path, no trailing slash); or "*". */
+static int check_origin(const char *item, char *why, size_t cap) {
+    const char *p = item;
+    if (strcmp(item, "*") == 0)
+        return 0;
+    while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+           (p > item && ((*p >= '0' && *p <= '9') || *p == '+' || *p == '-' || *p == '.')))
+        p++;
+    int ok = p > item && strncmp(p, "://", 3) == 0;
+    if (ok) {
+        p += 3;
+        size_t host = *p == '[' ? strcspn(p, "]") + 1 : strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_");
+        ok = host > 0 && (*p != '[' || p[host - 1] == ']');
+        p += ok ? host : 0;
+        if (ok && *p == ':') {
+            size_t digits = strspn(++p, "0123456789");
+            long port = digits && digits <= 5 ? strtol(p, NULL, 10) : 0;
+            ok = port >= 1 && port <= 65535;
+            p += digits;
+        }
+        ok = ok && *p == 0;
+    }
+    if (!ok)
+        return snprintf(why, cap,
+                        "'%.100s' is not an origin: write scheme://host[:port] as browsers send it "
+                        "(https://app.example.com, http://localhost:3000; no path or trailing slash), or *",
+                        item),
+               -1;
+    return 0;
+}
 
 const core_setting core_settings[] = {
     STRING("server", "host", "--host", "AISERVE_HOST", NULL, "HOST", host, "127.0.0.1", 1,
@@ -82,6 +124,11 @@ const core_setting core_settings[] = {
     DURATION("server", "drain_timeout", "--drain-timeout", "AISERVE_DRAIN_TIMEOUT", drain_timeout_ms, MS,
              30 * SEC, 0, 1 * HOUR,
              "Graceful shutdown: how long requests in flight may take to finish before the server exits anyway."),
+    STRING("server", "tls_cert", "--tls-cert", "AISERVE_TLS_CERT", NULL, "FILE", tls_cert, "", 0,
+           "PEM certificate chain (the server's certificate first, then intermediates); with server.tls_key "
+           "the server speaks HTTPS only (TLS 1.2 or 1.3) on its port. Empty: plain HTTP."),
+    STRING("server", "tls_key", "--tls-key", "AISERVE_TLS_KEY", NULL, "FILE", tls_key, "", 0,
+           "PEM private key (not passphrase-protected) of server.tls_cert; give both or neither."),
 
     STRING("models", "repository", "--model-repository", "AISERVE_MODEL_REPOSITORY", "MODEL_PATH", "DIR",
            model_repository, "./models", 1, "Directory of models, laid out as NAME/VERSION/ with a Hugging Face model in each version."),
@@ -109,6 +156,34 @@ const core_setting core_settings[] = {
            "API key store, written by `aiserve keys`; it holds only SHA-256 hashes of the keys. Missing or empty: no "
            "keys are required. Read again on SIGHUP and when the file changes."),
 
+    BOOL("ratelimit", "enabled", "--rate-limit", "AISERVE_RATE_LIMIT", ratelimit_enabled, 1,
+         "Limit requests to the model endpoints with a token bucket per API key (per client address for "
+         "requests without one); over the limit a request gets 429 with Retry-After."),
+    TIERS("ratelimit", "tiers", "--rate-limit-tiers", "AISERVE_RATE_LIMIT_TIERS", ratelimit_tiers,
+          "Limits per tier: requests per minute (the refill rate) and burst (the bucket size). A key's tier is "
+          "set by `aiserve keys create --tier`; a tier that is not listed gets the limits of \"default\"; "
+          "requests without a key use \"anonymous\". Both exist even when not listed (100/100)."),
+    ITEMS("ratelimit", "trusted_proxies", "--trusted-proxies", "AISERVE_TRUSTED_PROXIES", "LIST", trusted_proxies,
+          check_address, "IP addresses or CIDR blocks",
+          "Proxies whose X-Forwarded-For header is believed when a request without a key is limited by its "
+          "client address; from any other peer the header is ignored."),
+
+    BOOL("cache", "enabled", "--cache", "AISERVE_CACHE", cache_enabled, 1,
+         "Cache prediction responses in memory, keyed by model, version, texts and parameters, and run "
+         "identical requests that arrive together once."),
+    SIZE("cache", "max_size", "--cache-max-size", "AISERVE_CACHE_MAX_SIZE", cache_max_bytes, 64 * MIB, 64 * KIB,
+         INT64_C(64) * GIB, "Memory the response cache may hold (keys, answers and bookkeeping); past it the least "
+         "recently used answers are dropped."),
+    DURATION("cache", "ttl", "--cache-ttl", "AISERVE_CACHE_TTL", cache_ttl_ms, MS, 1 * HOUR, 1 * SEC, 30 * 24 * HOUR,
+             "How long a cached answer is served before it is computed again."),
+
+    ITEMS("cors", "allowed_origins", "--cors-allowed-origins", "AISERVE_CORS_ALLOWED_ORIGINS", "LIST",
+          cors_allowed_origins, check_origin, "origins (scheme://host[:port]) or *",
+          "Web pages (origins) whose scripts may call the API from a browser, or * for any page; empty: none "
+          "(browsers keep every other site's pages from reading the answers)."),
+    DURATION("cors", "max_age", "--cors-max-age", "AISERVE_CORS_MAX_AGE", cors_max_age_ms, MS, 10 * MIN, 0,
+             24 * HOUR, "How long a browser may cache a preflight's answer (Access-Control-Max-Age, in whole seconds)."),
+
     LEVEL("logging", "level", "--log-level", "AISERVE_LOG_LEVEL", "LOG_LEVEL", log_level, CORE_LOG_INFO,
           "Least severe level that is logged: debug, info, warning or error."),
     BOOL("logging", "access_log", "--access-log", "AISERVE_ACCESS_LOG", access_log, 1,
@@ -118,7 +193,8 @@ const core_setting core_settings[] = {
 const size_t core_n_settings = sizeof core_settings / sizeof core_settings[0];
 _Static_assert(sizeof core_settings / sizeof core_settings[0] <= CORE_MAX_SETTINGS, "raise CORE_MAX_SETTINGS");
 
-const char *const core_sections[] = {"server", "models", "batching", "limits", "auth", "logging", NULL};
+const char *const core_sections[] = {"server", "models",    "batching", "limits", "auth",
+                                     "ratelimit", "cache", "cors", "logging", NULL};
 _Static_assert(sizeof core_sections / sizeof core_sections[0] <= 16, "config_file.c tracks 16 sections");
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
@@ -259,11 +335,226 @@ static int valid_utf8(const unsigned char *p, size_t n) {
     return 1;
 }
 
+/* --- lists and tiers ------------------------------------------------------ */
+
+/* An IPv4 or IPv6 address, optionally with a /prefix length. */
+static int check_address(const char *item, char *why, size_t cap) {
+    char addr[64];
+    const char *slash = strchr(item, '/');
+    size_t n = slash ? (size_t)(slash - item) : strlen(item);
+    unsigned char bytes[16];
+    int bits = 0;
+    if (n > 0 && n < sizeof addr) {
+        memcpy(addr, item, n);
+        addr[n] = 0;
+        if (inet_pton(AF_INET, addr, bytes) == 1)
+            bits = 32;
+        else if (inet_pton(AF_INET6, addr, bytes) == 1)
+            bits = 128;
+    }
+    if (!bits)
+        return snprintf(why, cap, "'%.64s' is not an IP address or a CIDR block (10.0.0.0/8, fd00::/8)", item), -1;
+    if (slash) {
+        int64_t len;
+        const char *p = slash + 1;
+        if (!*p || strlen(p) > 3 || strspn(p, "0123456789") != strlen(p) || parse_int(p, &len) < 0 || len > bits)
+            return snprintf(why, cap, "'%.64s': the prefix length must be 0..%d", item, bits), -1;
+    }
+    return 0;
+}
+
+static int is_blank(char ch) { return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r'; }
+
+/* value[0..len) trimmed of blanks into *start / *n. */
+static void trim(const char **start, size_t *n) {
+    while (*n && is_blank(**start))
+        (*start)++, (*n)--;
+    while (*n && is_blank((*start)[*n - 1]))
+        (*n)--;
+}
+
+/* A list: items separated by commas, optionally inside [ ]; blanks around
+ * items are dropped; stored joined by "," ("" for none). */
+static int apply_list(const core_setting *s, char *place, const char *value, size_t len, char *why, size_t cap) {
+    if (!valid_utf8((const unsigned char *)value, len))
+        return snprintf(why, cap, "is not valid UTF-8"), -1;
+    trim(&value, &len);
+    if (len >= 2 && value[0] == '[' && value[len - 1] == ']') {
+        value++, len -= 2;
+        trim(&value, &len);
+    }
+    char *out = calloc(1, s->size);
+    char *item = malloc(len + 1);
+    if (!out || !item) {
+        free(out);
+        free(item);
+        return snprintf(why, cap, "out of memory"), -1;
+    }
+    size_t used = 0;
+    int rc = 0;
+    for (size_t pos = 0; len > 0 && pos <= len && rc == 0;) {
+        const char *comma = memchr(value + pos, ',', len - pos);
+        size_t end = comma ? (size_t)(comma - value) : len;
+        const char *p = value + pos;
+        size_t n = end - pos;
+        trim(&p, &n);
+        pos = end + 1;
+        if (n == 0) {
+            rc = -1;
+            snprintf(why, cap, "has an empty item (two commas in a row, or one at an end)");
+            break;
+        }
+        memcpy(item, p, n);
+        item[n] = 0;
+        if (s->check_item && s->check_item(item, why, cap) < 0) {
+            rc = -1;
+            break;
+        }
+        if (used + (used ? 1 : 0) + n > (size_t)s->max) {
+            rc = -1;
+            snprintf(why, cap, "is longer than %lld bytes", (long long)s->max);
+            break;
+        }
+        if (used)
+            out[used++] = ',';
+        memcpy(out + used, item, n);
+        used += n;
+        if (!comma)
+            break;
+    }
+    if (rc == 0)
+        memcpy(place, out, s->size);
+    free(out);
+    free(item);
+    return rc;
+}
+
+static const core_tier builtin_tiers[] = {{"default", 100, 100}, {"anonymous", 100, 100}};
+
+static int tier_name_ok(const char *p, size_t n) {
+    if (n == 0 || n > CORE_TIER_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+              ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* A rate in 1..CORE_TIER_RATE_MAX from p[0..n). */
+static int parse_rate(const char *p, size_t n, int *out) {
+    char text[16];
+    int64_t v;
+    if (n == 0 || n >= sizeof text)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+    memcpy(text, p, n);
+    text[n] = 0;
+    if (parse_int(text, &v) < 0 || v < 1 || v > CORE_TIER_RATE_MAX)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int core_tiers_parse(const char *text, size_t len, core_tiers *out, char *why, size_t cap) {
+    core_tiers t;
+    memset(&t, 0, sizeof t);
+    for (size_t i = 0; i < sizeof builtin_tiers / sizeof builtin_tiers[0]; i++)
+        t.tier[t.n++] = builtin_tiers[i];
+    int given[CORE_MAX_TIERS] = {0};
+    if (memchr(text, 0, len))
+        return snprintf(why, cap, "the value contains a NUL byte"), -1;
+    trim(&text, &len);
+    for (size_t pos = 0; len > 0;) {
+        const char *comma = memchr(text + pos, ',', len - pos);
+        size_t end = comma ? (size_t)(comma - text) : len;
+        const char *p = text + pos;
+        size_t n = end - pos;
+        trim(&p, &n);
+        if (n == 0)
+            return snprintf(why, cap, "has an empty item (two commas in a row, or one at an end)"), -1;
+        const char *eq = memchr(p, '=', n);
+        const char *name = p;
+        size_t name_len = eq ? (size_t)(eq - p) : n;
+        trim(&name, &name_len);
+        if (!eq)
+            return snprintf(why, cap, "'%.*s' is not NAME=REQUESTS_PER_MINUTE/BURST", (int)(n < 80 ? n : 80), p), -1;
+        if (!tier_name_ok(name, name_len))
+            return snprintf(why, cap, "'%.*s' is not a tier name (1 to %d of A-Z a-z 0-9 . _ -)",
+                            (int)(name_len < 80 ? name_len : 80), name, CORE_TIER_NAME_MAX),
+                   -1;
+        const char *rates = eq + 1;
+        size_t rates_len = (size_t)(p + n - rates);
+        trim(&rates, &rates_len);
+        const char *slash = memchr(rates, '/', rates_len);
+        const char *rpm = rates, *burst = slash ? slash + 1 : NULL;
+        size_t rpm_len = slash ? (size_t)(slash - rates) : rates_len;
+        size_t burst_len = slash ? (size_t)(rates + rates_len - burst) : 0;
+        trim(&rpm, &rpm_len);
+        if (burst)
+            trim(&burst, &burst_len);
+        core_tier tier;
+        memset(&tier, 0, sizeof tier);
+        memcpy(tier.name, name, name_len);
+        if (parse_rate(rpm, rpm_len, &tier.requests_per_minute) < 0)
+            return snprintf(why, cap, "tier %s: requests per minute '%.*s' is not an integer in 1..%d", tier.name,
+                            (int)(rpm_len < 40 ? rpm_len : 40), rpm, CORE_TIER_RATE_MAX),
+                   -1;
+        tier.burst = tier.requests_per_minute;
+        if (burst && parse_rate(burst, burst_len, &tier.burst) < 0)
+            return snprintf(why, cap, "tier %s: burst '%.*s' is not an integer in 1..%d", tier.name,
+                            (int)(burst_len < 40 ? burst_len : 40), burst, CORE_TIER_RATE_MAX),
+                   -1;
+        int k = 0;
+        while (k < t.n && strcmp(t.tier[k].name, tier.name) != 0)
+            k++;
+        if (k < t.n && given[k])
+            return snprintf(why, cap, "tier %s is given twice", tier.name), -1;
+        if (k == t.n) {
+            if (t.n == CORE_MAX_TIERS)
+                return snprintf(why, cap, "has more than %d tiers", CORE_MAX_TIERS), -1;
+            t.n++;
+        }
+        t.tier[k] = tier;
+        given[k] = 1;
+        if (!comma)
+            break;
+        pos = end + 1;
+    }
+    *out = t;
+    return 0;
+}
+
+void core_tiers_format(const core_tiers *t, char *buf, size_t cap) {
+    size_t used = 0;
+    buf[0] = 0;
+    for (int i = 0; i < t->n && i < CORE_MAX_TIERS; i++) {
+        int w = snprintf(buf + used, cap - used, "%s%.*s=%d/%d", i ? "," : "", CORE_TIER_NAME_MAX,
+                         t->tier[i].name, t->tier[i].requests_per_minute, t->tier[i].burst);
+        if (w < 0 || (size_t)w >= cap - used)
+            break;
+        used += (size_t)w;
+    }
+}
+
 int core_setting_apply(const core_setting *s, core_config *c, const char *value, size_t len, char *why,
                        size_t cap) {
     char *place = (char *)c + s->offset;
     if (memchr(value, 0, len))
         return snprintf(why, cap, "the value contains a NUL byte"), -1;
+    if (s->type == SETTING_LIST)
+        return apply_list(s, place, value, len, why, cap);
+    if (s->type == SETTING_TIERS) {
+        core_tiers t;
+        if (core_tiers_parse(value, len, &t, why, cap) < 0)
+            return -1;
+        memcpy(place, &t, sizeof t);
+        return 0;
+    }
     if (s->type == SETTING_STRING) {
         if ((int64_t)len < s->min)
             return snprintf(why, cap, "must not be empty"), -1;
@@ -358,6 +649,8 @@ int core_setting_apply(const core_setting *s, core_config *c, const char *value,
         return 0;
     }
     case SETTING_STRING:
+    case SETTING_LIST:
+    case SETTING_TIERS:
         break;
     }
     return snprintf(why, cap, "unknown setting type"), -1;
@@ -370,8 +663,16 @@ void core_config_defaults(core_config *c) {
         char *place = (char *)c + s->offset;
         switch (s->type) {
         case SETTING_STRING:
+        case SETTING_LIST:
             snprintf(place, s->size, "%s", s->def_str);
             break;
+        case SETTING_TIERS: {
+            core_tiers t;
+            char why[8];
+            core_tiers_parse(s->def_str, strlen(s->def_str), &t, why, sizeof why);
+            memcpy(place, &t, sizeof t);
+            break;
+        }
         case SETTING_INT: {
             int v = (int)s->def;
             memcpy(place, &v, sizeof v);
@@ -407,9 +708,24 @@ void core_config_defaults(core_config *c) {
 static int in_bounds(const core_setting *s, const core_config *c) {
     const char *place = (const char *)c + s->offset;
     switch (s->type) {
-    case SETTING_STRING: {
+    case SETTING_STRING:
+    case SETTING_LIST: {
         const char *end = memchr(place, 0, s->size);
         return end && end - place >= s->min;
+    }
+    case SETTING_TIERS: {
+        core_tiers t;
+        memcpy(&t, place, sizeof t);
+        if (t.n < 2 || t.n > CORE_MAX_TIERS)
+            return 0;
+        for (int i = 0; i < t.n; i++) {
+            const core_tier *tier = &t.tier[i];
+            const char *end = memchr(tier->name, 0, sizeof tier->name);
+            if (!end || !tier_name_ok(tier->name, (size_t)(end - tier->name)) || tier->requests_per_minute < 1 ||
+                tier->requests_per_minute > CORE_TIER_RATE_MAX || tier->burst < 1 || tier->burst > CORE_TIER_RATE_MAX)
+                return 0;
+        }
+        return 1;
     }
     case SETTING_INT: {
         int v;
@@ -446,7 +762,12 @@ int core_config_check(const core_config *c, const core_origins *origins, core_er
     for (size_t i = 0; i < core_n_settings; i++) {
         const core_setting *s = &core_settings[i];
         if (!in_bounds(s, c)) {
-            if (s->type == SETTING_STRING) {
+            if (s->type == SETTING_TIERS) {
+                core_set_error(err, "%s: a tier has a bad name or a rate outside 1..%d, or there are more than %d",
+                               s->name, CORE_TIER_RATE_MAX, CORE_MAX_TIERS);
+                return -1;
+            }
+            if (s->type == SETTING_STRING || s->type == SETTING_LIST) {
                 const char *place = (const char *)c + s->offset;
                 core_set_error(err, "%s: %s", s->name,
                                memchr(place, 0, s->size) ? "must not be empty" : "is not NUL-terminated");
@@ -458,6 +779,14 @@ int core_config_check(const core_config *c, const core_origins *origins, core_er
             core_set_error(err, "%s: %s is out of range %s", s->name, value, range);
             return -1;
         }
+    }
+    if (!c->tls_cert[0] != !c->tls_key[0]) {
+        const core_setting *set = core_setting_by_name("server", c->tls_cert[0] ? "tls_cert" : "tls_key");
+        core_set_error(err,
+                       "%s is set (from %s) but %s is not: HTTPS needs both the certificate and its key "
+                       "(--tls-cert FILE --tls-key FILE); give neither for plain HTTP",
+                       set->name, origin_of(origins, set), c->tls_cert[0] ? "server.tls_key" : "server.tls_cert");
+        return -1;
     }
     if (c->max_inputs > c->max_queue_size) {
         const core_setting *in = core_setting_by_name("limits", "max_inputs");

@@ -2,11 +2,20 @@
  * config_file.c - reads the YAML configuration file (libyaml's document API).
  *
  * The file is one mapping of sections, each a mapping of settings whose
- * values are scalars:
+ * values are scalars, except a list (a sequence of scalars, or one scalar
+ * with commas) and tiers (a mapping of tier names to mappings):
  *
  *     server:
  *       port: 8080
  *       read_timeout: 5s
+ *     ratelimit:
+ *       trusted_proxies: [10.0.0.0/8, 192.168.1.5]
+ *       tiers:
+ *         pro: {requests_per_minute: 1000, burst: 200}
+ *
+ * Lists and tiers are turned into their one-line text ("10.0.0.0/8,
+ * 192.168.1.5", "pro=1000/200") and given to the setting's parser, so the
+ * file, the environment and the flags share one set of rules.
  *
  * Anything else is an error naming the file, the line (of the key) and the key: an
  * unknown section or key (with the closest real one suggested), a key or
@@ -73,6 +82,148 @@ static const char *key_text(file_ctx *ctx, const yaml_node_t *key) {
     return (const char *)key->data.scalar.value;
 }
 
+/* Appends text to a growing buffer; -1 when out of memory. */
+static int append(char **buf, size_t *len, size_t *cap, const char *text, size_t n) {
+    if (*len + n + 1 > *cap) {
+        size_t want = (*cap ? *cap * 2 : 256);
+        while (want < *len + n + 1)
+            want *= 2;
+        char *grown = realloc(*buf, want);
+        if (!grown)
+            return -1;
+        *buf = grown;
+        *cap = want;
+    }
+    memcpy(*buf + *len, text, n);
+    *len += n;
+    (*buf)[*len] = 0;
+    return 0;
+}
+
+/* A sequence of scalars as "a,b,c" (malloc'd into *out). */
+static int list_text(file_ctx *ctx, const core_setting *s, const yaml_node_t *seq, char **out) {
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (yaml_node_item_t *it = seq->data.sequence.items.start; it < seq->data.sequence.items.top; it++) {
+        yaml_node_t *item = yaml_document_get_node(ctx->doc, *it);
+        if (!item || item->type != YAML_SCALAR_NODE || is_null(item)) {
+            core_set_error(ctx->err, "%s:%zu: %s: each item must be a single value, found %s", ctx->path,
+                           item ? line_of(item) : 0, s->name, item ? shape_name(item) : "nothing");
+            free(buf);
+            return -1;
+        }
+        const char *v = (const char *)item->data.scalar.value;
+        size_t n = item->data.scalar.length;
+        if (memchr(v, ',', n)) {
+            core_set_error(ctx->err, "%s:%zu: %s: an item of a sequence must not contain a comma", ctx->path,
+                           line_of(item), s->name);
+            free(buf);
+            return -1;
+        }
+        if ((len && append(&buf, &len, &cap, ",", 1) < 0) || append(&buf, &len, &cap, v, n) < 0) {
+            core_set_error(ctx->err, "out of memory");
+            free(buf);
+            return -1;
+        }
+    }
+    if (!buf && append(&buf, &len, &cap, "", 0) < 0) {
+        core_set_error(ctx->err, "out of memory");
+        return -1;
+    }
+    *out = buf;
+    return 0;
+}
+
+/* A scalar that is a whole number (digits only), for a tier's rates. */
+static const char *rate_text(const yaml_node_t *v) {
+    if (v->type != YAML_SCALAR_NODE || v->data.scalar.length == 0 || v->data.scalar.length > 12)
+        return NULL;
+    const char *p = (const char *)v->data.scalar.value;
+    return strspn(p, "0123456789") == v->data.scalar.length ? p : NULL;
+}
+
+/* A mapping of tiers as "name=rpm/burst,..." (malloc'd into *out). */
+static int tiers_text(file_ctx *ctx, const core_setting *s, const yaml_node_t *map, char **out) {
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top; pair++) {
+        yaml_node_t *k = yaml_document_get_node(ctx->doc, pair->key);
+        yaml_node_t *v = yaml_document_get_node(ctx->doc, pair->value);
+        const char *name = k ? key_text(ctx, k) : NULL;
+        if (!name || !v) {
+            free(buf);
+            return -1;
+        }
+        if (strpbrk(name, ",=/") || !*name) {
+            core_set_error(ctx->err, "%s:%zu: %s: '%.64s' is not a tier name (1 to 64 of A-Z a-z 0-9 . _ -)",
+                           ctx->path, line_of(k), s->name, name);
+            free(buf);
+            return -1;
+        }
+        if (v->type != YAML_MAPPING_NODE) {
+            core_set_error(ctx->err,
+                           "%s:%zu: %s.%.64s: expected a mapping {requests_per_minute: N, burst: N}, found %s",
+                           ctx->path, line_of(k), s->name, name, shape_name(v));
+            free(buf);
+            return -1;
+        }
+        const char *rpm = NULL, *burst = NULL;
+        size_t rpm_line = 0, burst_line = 0;
+        for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
+            yaml_node_t *fk = yaml_document_get_node(ctx->doc, q->key);
+            yaml_node_t *fv = yaml_document_get_node(ctx->doc, q->value);
+            const char *field = fk ? key_text(ctx, fk) : NULL;
+            if (!field || !fv) {
+                free(buf);
+                return -1;
+            }
+            const char **slot = strcmp(field, "requests_per_minute") == 0 ? &rpm
+                                : strcmp(field, "burst") == 0            ? &burst
+                                                                         : NULL;
+            size_t *slot_line = slot == &rpm ? &rpm_line : &burst_line;
+            if (!slot) {
+                core_set_error(ctx->err, "%s:%zu: %s.%.64s: unknown key '%.64s' (a tier has requests_per_minute and burst)",
+                               ctx->path, line_of(fk), s->name, name, field);
+                free(buf);
+                return -1;
+            }
+            if (*slot) {
+                core_set_error(ctx->err, "%s:%zu: %s.%.64s.%s is set twice (also at line %zu)", ctx->path,
+                               line_of(fk), s->name, name, field, *slot_line);
+                free(buf);
+                return -1;
+            }
+            *slot = rate_text(fv);
+            *slot_line = line_of(fk);
+            if (!*slot) {
+                core_set_error(ctx->err, "%s:%zu: %s.%.64s.%s: expected a whole number in 1..%d", ctx->path,
+                               line_of(fk), s->name, name, field, CORE_TIER_RATE_MAX);
+                free(buf);
+                return -1;
+            }
+        }
+        if (!rpm) {
+            core_set_error(ctx->err, "%s:%zu: %s.%.64s: requests_per_minute is missing", ctx->path, line_of(k),
+                           s->name, name);
+            free(buf);
+            return -1;
+        }
+        if ((len && append(&buf, &len, &cap, ",", 1) < 0) || append(&buf, &len, &cap, name, strlen(name)) < 0 ||
+            append(&buf, &len, &cap, "=", 1) < 0 || append(&buf, &len, &cap, rpm, strlen(rpm)) < 0 ||
+            (burst && (append(&buf, &len, &cap, "/", 1) < 0 || append(&buf, &len, &cap, burst, strlen(burst)) < 0))) {
+            core_set_error(ctx->err, "out of memory");
+            free(buf);
+            return -1;
+        }
+    }
+    if (!buf && append(&buf, &len, &cap, "", 0) < 0) {
+        core_set_error(ctx->err, "out of memory");
+        return -1;
+    }
+    *out = buf;
+    return 0;
+}
+
 static int read_setting(file_ctx *ctx, const char *section, const yaml_node_t *key_node,
                         const yaml_node_t *value) {
     const char *key = key_text(ctx, key_node);
@@ -96,19 +247,29 @@ static int read_setting(file_ctx *ctx, const char *section, const yaml_node_t *k
         return -1;
     }
     ctx->seen_line[i] = line_of(key_node);
-    if (value->type != YAML_SCALAR_NODE) {
+    char *composed = NULL; /* a list's or tiers' one-line text */
+    if (s->type == SETTING_LIST && value->type == YAML_SEQUENCE_NODE) {
+        if (list_text(ctx, s, value, &composed) < 0)
+            return -1;
+    } else if (s->type == SETTING_TIERS && value->type == YAML_MAPPING_NODE) {
+        if (tiers_text(ctx, s, value, &composed) < 0)
+            return -1;
+    } else if (value->type != YAML_SCALAR_NODE) {
         core_set_error(ctx->err, "%s:%zu: %s: expected a single value, found %s", ctx->path,
                        line_of(key_node), s->name, shape_name(value));
         return -1;
     }
-    if (is_null(value)) {
+    if (!composed && is_null(value)) {
         core_set_error(ctx->err, "%s:%zu: %s has no value (delete the line to keep the default)", ctx->path,
                        line_of(key_node), s->name);
         return -1;
     }
     char why[400];
-    if (core_setting_apply(s, ctx->c, (const char *)value->data.scalar.value, value->data.scalar.length, why,
-                           sizeof why) < 0) {
+    const char *text = composed ? composed : (const char *)value->data.scalar.value;
+    size_t text_len = composed ? strlen(composed) : value->data.scalar.length;
+    int rc = core_setting_apply(s, ctx->c, text, text_len, why, sizeof why);
+    free(composed);
+    if (rc < 0) {
         core_set_error(ctx->err, "%s:%zu: %s: %s", ctx->path, line_of(key_node), s->name, why);
         return -1;
     }
@@ -141,7 +302,7 @@ static int read_section(file_ctx *ctx, const yaml_node_t *key_node, const yaml_n
         else
             core_set_error(ctx->err,
                            "%s:%zu: unknown section '%.100s' (sections: server, models, batching, limits, "
-                           "auth, logging)",
+                           "auth, ratelimit, cache, logging)",
                            ctx->path, line_of(key_node), name);
         return -1;
     }

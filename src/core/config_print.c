@@ -20,6 +20,7 @@ const char *core_setting_type_name(const core_setting *s) {
     static const char *const names[] = {
         [SETTING_STRING] = "string", [SETTING_INT] = "int",   [SETTING_BOOL] = "bool",
         [SETTING_DURATION] = "duration", [SETTING_SIZE] = "size", [SETTING_LEVEL] = "level",
+        [SETTING_LIST] = "list", [SETTING_TIERS] = "tiers",
     };
     return names[s->type];
 }
@@ -65,6 +66,15 @@ void core_setting_format(const core_setting *s, const core_config *c, char *buf,
         snprintf(buf, cap, "%s", core_log_level_name(v));
         return;
     }
+    case SETTING_LIST:
+        snprintf(buf, cap, "%.*s", (int)s->size, *place ? place : "[]");
+        return;
+    case SETTING_TIERS: {
+        core_tiers t;
+        memcpy(&t, place, sizeof t);
+        core_tiers_format(&t, buf, cap);
+        return;
+    }
     }
     snprintf(buf, cap, "?");
 }
@@ -102,6 +112,12 @@ void core_setting_format_range(const core_setting *s, char *buf, size_t cap) {
         return;
     case SETTING_LEVEL:
         snprintf(buf, cap, "debug/info/warning/error");
+        return;
+    case SETTING_LIST:
+        snprintf(buf, cap, "%s", s->items ? s->items : "items");
+        return;
+    case SETTING_TIERS:
+        snprintf(buf, cap, "rates %lld..%lld", (long long)s->min, (long long)s->max);
         return;
     }
     snprintf(buf, cap, "?");
@@ -150,6 +166,12 @@ static void describe_value(const core_setting *s, char *buf, size_t cap) {
         return;
     case SETTING_INT:
         snprintf(buf, cap, "Default %s; %s.", def, range);
+        return;
+    case SETTING_LIST:
+        snprintf(buf, cap, "Default %s%s; %s, separated by commas.", def, strcmp(def, "[]") ? "" : " (none)", range);
+        return;
+    case SETTING_TIERS:
+        snprintf(buf, cap, "Default %s; NAME=REQUESTS_PER_MINUTE/BURST items separated by commas, %s.", def, range);
         return;
     }
 }
@@ -218,6 +240,12 @@ void core_config_write_markdown(FILE *f) {
         case SETTING_SIZE:
             snprintf(type, sizeof type, "size, %s", range);
             break;
+        case SETTING_LIST:
+            snprintf(type, sizeof type, "list of %s", range);
+            break;
+        case SETTING_TIERS:
+            snprintf(type, sizeof type, "tiers, NAME=RPM/BURST,... (%s)", range);
+            break;
         case SETTING_STRING:
         case SETTING_INT:
         case SETTING_BOOL:
@@ -272,6 +300,42 @@ static void write_quoted(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+/* A stored list ("a,b") as a flow sequence of quoted items: ["a", "b"]
+ * (YAML), or a JSON array when json is set (the same text). */
+static void write_list(FILE *f, const char *list, int json) {
+    fputc('[', f);
+    char item[1024];
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        snprintf(item, sizeof item, "%.*s", (int)(n < sizeof item ? n : sizeof item - 1), p);
+        if (p != list)
+            fputs(json ? "," : ", ", f);
+        write_quoted(f, item);
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    fputc(']', f);
+}
+
+/* Tiers as a block mapping, one tier a line:
+ *     default: {requests_per_minute: 100, burst: 100}
+ * A name that does not start with a letter or digit is quoted. */
+static void write_tiers_yaml(FILE *f, const char *place) {
+    core_tiers t;
+    memcpy(&t, place, sizeof t);
+    for (int i = 0; i < t.n && i < CORE_MAX_TIERS; i++) {
+        const char *name = t.tier[i].name;
+        char first = name[0];
+        fputs("\n    ", f);
+        if ((first >= 'a' && first <= 'z') || (first >= 'A' && first <= 'Z') || (first >= '0' && first <= '9'))
+            fputs(name, f);
+        else
+            write_quoted(f, name);
+        fprintf(f, ": {requests_per_minute: %d, burst: %d}", t.tier[i].requests_per_minute, t.tier[i].burst);
+    }
+}
+
 int core_config_write_yaml(const core_config *c, FILE *f) {
     write_wrapped(f, "# ",
                   "aiserve configuration (docs/configuration.md). Every key is optional and defaults as "
@@ -286,9 +350,13 @@ int core_config_write_yaml(const core_config *c, FILE *f) {
         char value[4200];
         core_setting_format(s, c, value, sizeof value);
         write_wrapped(f, "  # ", s->help);
-        fprintf(f, "  %s: ", s->key);
+        fprintf(f, s->type == SETTING_TIERS ? "  %s:" : "  %s: ", s->key);
         if (s->type == SETTING_STRING)
             write_quoted(f, value);
+        else if (s->type == SETTING_LIST)
+            write_list(f, (const char *)c + s->offset, 0);
+        else if (s->type == SETTING_TIERS)
+            write_tiers_yaml(f, (const char *)c + s->offset);
         else
             fputs(value, f);
         fputc('\n', f);
@@ -342,6 +410,22 @@ char *core_config_describe_json(const core_config *c) {
             core_log_level v;
             memcpy(&v, place, sizeof v);
             write_quoted(f, core_log_level_name(v));
+            break;
+        }
+        case SETTING_LIST:
+            write_list(f, place, 1);
+            break;
+        case SETTING_TIERS: {
+            core_tiers t;
+            memcpy(&t, place, sizeof t);
+            fputc('{', f);
+            for (int k = 0; k < t.n && k < CORE_MAX_TIERS; k++) {
+                fputs(k ? "," : "", f);
+                write_quoted(f, t.tier[k].name);
+                fprintf(f, ":{\"requests_per_minute\":%d,\"burst\":%d}", t.tier[k].requests_per_minute,
+                        t.tier[k].burst);
+            }
+            fputc('}', f);
             break;
         }
         }

@@ -17,6 +17,11 @@
  *      size      bytes, or with k M G T (x1000, also kB MB ...) or
  *                Ki Mi Gi Ti (x1024, also KiB MiB ...), any case ("1MiB", "64k")
  *      level     debug, info, warning (or warn), error (any case)
+ *      list      items separated by commas ("10.0.0.0/8,::1"), or a YAML
+ *                sequence; "[]" is the empty list
+ *      tiers     NAME=REQUESTS_PER_MINUTE/BURST items separated by commas
+ *                ("default=100/100,pro=1000/200"), or a YAML mapping
+ *                NAME: {requests_per_minute: N, burst: N}
  *    An environment variable set to "" counts as unset.
  *  - Failures fill a caller-owned core_error with one line naming where the
  *    bad value came from ("aiserve.yaml:12: server.port: ...",
@@ -56,6 +61,23 @@ typedef enum core_log_level {
 /* "debug", "info", "warning", "error"; "unknown" for anything else. */
 const char *core_log_level_name(core_log_level level);
 
+/* Rate-limit tiers (ratelimit.tiers). The built-in tiers "default" and
+ * "anonymous" are always present, first and in that order (100 requests a
+ * minute, burst 100, unless configured); configured tiers follow in the
+ * order given. */
+#define CORE_MAX_TIERS 32
+#define CORE_TIER_NAME_MAX 64 /* [A-Za-z0-9._-]{1,64}, as API key tiers */
+#define CORE_TIER_RATE_MAX 10000000
+typedef struct core_tier {
+    char name[CORE_TIER_NAME_MAX + 1];
+    int requests_per_minute; /* 1..CORE_TIER_RATE_MAX: refill rate */
+    int burst;               /* 1..CORE_TIER_RATE_MAX: bucket size */
+} core_tier;
+typedef struct core_tiers {
+    int n;
+    core_tier tier[CORE_MAX_TIERS];
+} core_tiers;
+
 /* The server's effective configuration. Plain data: copy it freely.
  * Durations are stored in the unit their field name carries; 0 in a
  * *_threads field means "one per CPU" (core_cpu_count) and is resolved by
@@ -71,6 +93,8 @@ typedef struct core_config {
     int64_t read_timeout_ms;   /* server.read_timeout: whole request within this */
     int64_t idle_timeout_ms;   /* server.idle_timeout: keep-alive idle */
     int64_t drain_timeout_ms;  /* server.drain_timeout: graceful shutdown bound */
+    char tls_cert[4096];       /* server.tls_cert: PEM chain; "" = plain HTTP */
+    char tls_key[4096];        /* server.tls_key: its PEM key; set together with tls_cert */
     /* models */
     char model_repository[4096]; /* models.repository */
     char default_model[256];     /* models.default_model; "" = the only model, else "sentiment" */
@@ -85,6 +109,17 @@ typedef struct core_config {
     int max_inputs;     /* limits.max_inputs, texts per request */
     /* auth */
     char keys_file[4096]; /* auth.keys_file: the API key store (JSON) */
+    /* ratelimit */
+    bool ratelimit_enabled;      /* ratelimit.enabled */
+    core_tiers ratelimit_tiers;  /* ratelimit.tiers */
+    char trusted_proxies[1024];  /* ratelimit.trusted_proxies: "addr,cidr,..." ("" = none) */
+    /* cache */
+    bool cache_enabled;          /* cache.enabled */
+    uint64_t cache_max_bytes;    /* cache.max_size */
+    int64_t cache_ttl_ms;        /* cache.ttl */
+    /* cors */
+    char cors_allowed_origins[4096]; /* cors.allowed_origins: "origin,origin" or "*" ("" = none) */
+    int64_t cors_max_age_ms;         /* cors.max_age: preflight cache time */
     /* logging */
     core_log_level log_level; /* logging.level */
     bool access_log;          /* logging.access_log: one JSON line per request */
@@ -154,7 +189,7 @@ typedef struct core_setting_info {
     const char *env_alias; /* the seed's name ("MODEL_PATH", "LOG_LEVEL"), which `env` overrides; or NULL */
     const char *flag;      /* "--port" */
     const char *field;     /* name in core_config, "port" */
-    const char *type;      /* "string", "int", "bool", "duration", "size", "level" */
+    const char *type;      /* "string", "int", "bool", "duration", "size", "level", "list", "tiers" */
     const char *help;      /* one or two sentences */
     char default_text[64]; /* the default as it would be written in YAML */
     char range_text[64];   /* "0..65535", "1ms..1h", "true/false", ... */

@@ -23,11 +23,14 @@ typedef enum setting_type {
     SETTING_DURATION,
     SETTING_SIZE,
     SETTING_LEVEL,
+    SETTING_LIST,
+    SETTING_TIERS,
 } setting_type;
 
 /* Storage by type: STRING char[size], INT int, BOOL bool, DURATION int64_t
  * in units of unit_us microseconds, SIZE uint64_t bytes, LEVEL
- * core_log_level. */
+ * core_log_level, LIST char[size] (items joined by ",", no blanks; "" is
+ * the empty list), TIERS core_tiers. */
 typedef struct core_setting {
     const char *section;   /* "server" */
     const char *key;       /* "port" */
@@ -43,6 +46,10 @@ typedef struct core_setting {
     const char *def_str;   /* default of a string */
     int64_t min, max;      /* bounds in storage units; for a string, its length */
     int64_t unit_us;       /* duration: microseconds per stored unit (1 or 1000) */
+    /* list: checks one item (0, or -1 with why); `items` names what an item
+     * is, for --help and the docs ("IP addresses or CIDR blocks"). */
+    int (*check_item)(const char *item, char *why, size_t cap);
+    const char *items;
     const char *help;
 } core_setting;
 
@@ -80,6 +87,14 @@ const char *core_setting_type_name(const core_setting *s);
 const char *core_suggest_flag(const char *flag);
 const core_setting *core_suggest_key(const char *section, const char *key);
 const char *core_suggest_section(const char *name);
+
+/* Parses tiers text ("default=100/100,pro=1000/200"; blanks around items
+ * are fine; "" gives only the built-ins) into *out, which is zeroed first
+ * (so equal configurations compare equal bytewise). Returns 0, or -1 with
+ * why. */
+int core_tiers_parse(const char *text, size_t len, core_tiers *out, char *why, size_t cap);
+/* "default=100/100,anonymous=100/100,pro=1000/200". */
+void core_tiers_format(const core_tiers *t, char *buf, size_t cap);
 
 /* Duration text with a bare number in units of bare_unit_us. */
 int core_parse_duration(const char *s, int64_t bare_unit_us, int64_t *out_us);

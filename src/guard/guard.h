@@ -1,7 +1,10 @@
 /*
  * guard.h - the guard module's one public header: what stands between a
- * request and the model. Today: API keys (guard_keys_*, guard_keyset_*,
- * guard_keystore_*). Rate limiting and the response cache join it later.
+ * request and the model: API keys (guard_keys_*, guard_keyset_*,
+ * guard_keystore_*), rate limiting (guard_ratelimit_*) and the response
+ * cache with request coalescing (guard_cache_*). Rate limits and cached
+ * answers live in a key-value backend (store.h) that this module sees only
+ * through its table of functions, so memory and Redis are interchangeable.
  *
  * API keys
  * --------
@@ -59,6 +62,7 @@
 #include <stdint.h>
 
 #include "obs.h"
+#include "store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -277,6 +281,228 @@ void guard_keys_count_failure(guard_keys *k, guard_auth_status status);
 
 /* Drops the view's reference. Any thread; the view may be used again. */
 void guard_keys_view_release(guard_keys_view *view);
+
+/* ---- rate limiting ------------------------------------------------------
+ *
+ * A token bucket per API key (by the key's name), or per client address for
+ * requests without a key. Each key has a tier (guard_key_info.tier); the
+ * tier gives the bucket's size (burst) and refill rate (requests per
+ * minute). A tier that is not configured gets the limits of "default";
+ * requests without a key use "anonymous".
+ *
+ * The bucket lives in a kv_store and one kv_bucket_take decides (atomic in
+ * every backend: never read-then-write). The answer comes to a callback:
+ * at once from the memory backend, later (on the caller's event loop) from
+ * a remote one. A backend failure admits the request (fail open; the
+ * result says so in `status`).
+ *
+ * Client addresses: a request's address is its TCP peer. X-Forwarded-For
+ * is believed only when the peer is a trusted proxy: then the header's
+ * addresses are read from the right, skipping trusted proxies, and the
+ * first untrusted one is the client. IPv6 clients are limited per /64
+ * (one subscriber's allocation), so hopping inside it does not help.
+ *
+ * Threads: create and destroy from one controlling thread; everything else
+ * from any thread.
+ */
+
+typedef struct guard_tier {
+    char name[GUARD_NAME_MAX + 1];
+    int64_t requests_per_minute; /* refill rate, >= 1 */
+    int64_t burst;               /* bucket size, >= 1 */
+} guard_tier;
+
+typedef struct guard_ratelimit_options {
+    const guard_tier *tiers;     /* n_tiers, copied; "default" and "anonymous" must be among them */
+    size_t n_tiers;
+    const char *trusted_proxies; /* "10.0.0.0/8,::1" (addresses or CIDR blocks); NULL or "": none */
+    kv_store *store;             /* borrowed; must outlive the limiter */
+} guard_ratelimit_options;
+
+typedef struct guard_ratelimit guard_ratelimit;
+
+/* Makes a limiter over opts->store. metrics (borrowed, must outlive the
+ * limiter; may be NULL) gets aiserve_ratelimit_decisions_total{result} and
+ * the gauge aiserve_ratelimit_buckets. Returns 0 with *out (free with
+ * guard_ratelimit_destroy), or GUARD_EINVAL (a tier missing or out of
+ * range, a bad proxy address) / GUARD_ENOMEM with err. */
+int guard_ratelimit_create(const guard_ratelimit_options *opts, metrics_registry *metrics,
+                           guard_ratelimit **out, guard_error *err);
+void guard_ratelimit_destroy(guard_ratelimit *rl); /* NULL is fine */
+
+/* The tier that a key's tier name (NULL: no key) maps to; borrowed from
+ * the limiter. Never NULL. */
+const guard_tier *guard_ratelimit_tier(const guard_ratelimit *rl, const char *tier_name);
+
+#define GUARD_CLIENT_MAX 64 /* enough for any address as text */
+
+/* The client address a request without a key is limited by, as text into
+ * out[cap]: peer (the TCP peer, as text) unless it is a trusted proxy, and
+ * then the rightmost untrusted address of the X-Forwarded-For values (the
+ * n_forwarded header values in the order received; each may list several
+ * addresses). An entry that is not an address ends the walk (the last
+ * trusted hop is the client). IPv4-mapped IPv6 addresses are written as
+ * IPv4; IPv6 addresses as their /64 ("2001:db8:1:2::/64"). */
+void guard_ratelimit_client(const guard_ratelimit *rl, const char *peer, const char *const *forwarded,
+                            size_t n_forwarded, char *out, size_t cap);
+
+typedef struct guard_ratelimit_result {
+    bool allowed;
+    int status;            /* KV_OK, or the backend's failure (the request was admitted) */
+    const guard_tier *tier;/* borrowed from the limiter */
+    int64_t limit;         /* the tier's burst: X-RateLimit-Limit */
+    int64_t remaining;     /* whole requests left now: X-RateLimit-Remaining */
+    int64_t reset_s;       /* seconds until the bucket is full (rounded up): X-RateLimit-Reset */
+    int64_t retry_after_s; /* refused: seconds until one request is allowed, >= 1; else 0 */
+} guard_ratelimit_result;
+
+typedef void (*guard_ratelimit_cb)(const guard_ratelimit_result *result, void *ud);
+
+/* Per-check state, owned by the caller (embed it in the request); it must
+ * stay valid until the callback has run. Fields are private. */
+typedef struct guard_ratelimit_req {
+    guard_ratelimit *rl;
+    const guard_tier *tier;
+    guard_ratelimit_cb cb;
+    void *ud;
+} guard_ratelimit_req;
+
+/* Takes one request from the bucket of key_name (a valid key's name) or,
+ * when key_name is NULL or "", of client (guard_ratelimit_client's text),
+ * with the limits of tier_name (the key's tier; ignored without a key).
+ * cb(result, ud) runs exactly once: before this returns for the memory
+ * backend, later on `base`'s loop for a remote one. Counts the decision. */
+void guard_ratelimit_check(guard_ratelimit *rl, struct event_base *base, const char *key_name,
+                           const char *tier_name, const char *client, guard_ratelimit_req *req,
+                           guard_ratelimit_cb cb, void *ud);
+
+/* ---- the response cache -------------------------------------------------
+ *
+ * Answers to prediction requests, stored as the exact response body under
+ * a 128-bit XXH3 key of everything that decides the answer: the model
+ * name, the resolved version (so versions never share entries), the kind
+ * of request (one text or a list), each text and the parameters, every
+ * field length-prefixed so no two different inputs hash the same bytes.
+ * Entries live in a kv_store with a time to live.
+ *
+ * Coalescing: identical requests in flight at the same time run once. The
+ * first to guard_cache_join a key is the leader (it looks the key up, runs
+ * the model on a miss, stores the answer, and publishes the outcome); the
+ * others are followers, which hold no thread: their waiter's callback is
+ * called once, from the leader's thread, with the leader's outcome (its
+ * answer, or its error). A flight ends when it is published, after the
+ * answer was stored, so a request that arrives later finds it stored.
+ *
+ * Threads: create and destroy from one controlling thread; everything else
+ * from any thread. Metrics: aiserve_cache_requests_total{result=hit|miss|
+ * bypass}, aiserve_cache_coalesced_total, aiserve_cache_evictions_total
+ * {reason=capacity|expired}, aiserve_cache_bytes, aiserve_cache_entries.
+ */
+
+typedef struct guard_cache guard_cache;
+
+typedef struct guard_cache_options {
+    kv_store *store;  /* borrowed; must outlive the cache */
+    uint64_t ttl_us;  /* how long an answer is kept; >= 1 */
+} guard_cache_options;
+
+/* Returns 0 with *out (free with guard_cache_destroy), or GUARD_EINVAL /
+ * GUARD_ENOMEM with err. metrics as for the limiter. */
+int guard_cache_create(const guard_cache_options *opts, metrics_registry *metrics, guard_cache **out,
+                       guard_error *err);
+/* Every flight must have been published. NULL is fine. */
+void guard_cache_destroy(guard_cache *c);
+
+typedef struct guard_cache_key {
+    unsigned char bytes[16];
+} guard_cache_key;
+
+typedef enum guard_cache_kind { GUARD_CACHE_SINGLE = 1, GUARD_CACHE_LIST = 2 } guard_cache_kind;
+
+/* Everything an answer depends on. Strings are borrowed for the call. */
+typedef struct guard_cache_input {
+    const char *model;         /* the model's name */
+    long version;              /* the resolved version */
+    guard_cache_kind kind;
+    const char *const *texts;  /* n texts of lens[i] bytes */
+    const size_t *lens;
+    size_t n;
+    const void *params;        /* canonical bytes of any parameters; NULL/0: none */
+    size_t params_len;
+} guard_cache_input;
+
+void guard_cache_key_make(const guard_cache_input *in, guard_cache_key *out);
+
+typedef void (*guard_cache_lookup_cb)(int hit, const void *body, size_t len, void *ud);
+
+/* Per-lookup state, owned by the caller; valid until the callback ran. */
+typedef struct guard_cache_req {
+    guard_cache *cache;
+    guard_cache_lookup_cb cb;
+    void *ud;
+} guard_cache_req;
+
+/* Looks the key up: cb(hit, body, len, ud) exactly once (body borrowed for
+ * the callback; a backend failure is a miss). Counts hit or miss. */
+void guard_cache_lookup(guard_cache *c, struct event_base *base, const guard_cache_key *key,
+                        guard_cache_req *req, guard_cache_lookup_cb cb, void *ud);
+
+/* Stores body[0..len) (copied) under key for the cache's time to live.
+ * Only answers; never errors. */
+void guard_cache_store(guard_cache *c, struct event_base *base, const guard_cache_key *key, const void *body,
+                       size_t len);
+
+/* Counts a request that skipped the lookup (Cache-Control: no-cache). */
+void guard_cache_count_bypass(guard_cache *c);
+
+/* Frees expired entries of the backend; about once a second, any thread. */
+void guard_cache_maintain(guard_cache *c);
+
+/* What a leader tells its followers: an answer (error 0, the body) or an
+ * error (the caller's own code > 0, a message, flags). Immutable,
+ * refcounted. */
+typedef struct guard_cache_outcome guard_cache_outcome;
+
+/* Returns a new outcome (one reference, the caller's) or NULL when out of
+ * memory. body is copied (error 0); message (may be NULL) is copied and
+ * cut at 511 bytes. */
+guard_cache_outcome *guard_cache_outcome_create(int error, int flags, bool from_cache, const void *body,
+                                                size_t len, const char *message);
+void guard_cache_outcome_retain(guard_cache_outcome *o);
+void guard_cache_outcome_release(guard_cache_outcome *o); /* NULL is fine */
+int guard_cache_outcome_error(const guard_cache_outcome *o);
+int guard_cache_outcome_flags(const guard_cache_outcome *o);
+bool guard_cache_outcome_from_cache(const guard_cache_outcome *o);
+const char *guard_cache_outcome_body(const guard_cache_outcome *o, size_t *len);
+const char *guard_cache_outcome_message(const guard_cache_outcome *o); /* "" when none */
+
+/* A follower's registration, owned by the caller (embed it in the
+ * request). on_outcome runs exactly once, on the leader's thread, with a
+ * reference the waiter then owns (release it when done); like a batcher's
+ * on_done, it must only hand the request back to its own thread. */
+typedef struct guard_cache_waiter guard_cache_waiter;
+struct guard_cache_waiter {
+    void (*on_outcome)(guard_cache_waiter *w, guard_cache_outcome *o);
+    guard_cache_waiter *next_; /* private */
+};
+
+typedef struct guard_cache_flight guard_cache_flight;
+
+#define GUARD_CACHE_LEADER 1
+#define GUARD_CACHE_FOLLOWER 0
+
+/* Joins the flight for key. Returns GUARD_CACHE_LEADER with *flight set:
+ * the caller must guard_cache_publish it exactly once (even on failure);
+ * *flight may be NULL when memory ran out (lead alone; publishing NULL is
+ * fine). Or GUARD_CACHE_FOLLOWER: w's on_outcome will be called; counts
+ * aiserve_cache_coalesced_total. */
+int guard_cache_join(guard_cache *c, const guard_cache_key *key, guard_cache_waiter *w,
+                     guard_cache_flight **flight);
+
+/* Ends the flight and calls every follower's on_outcome, on this thread,
+ * with its own reference to o (borrowed here). o NULL (out of memory):
+ * followers get an outcome with error -1. */
+void guard_cache_publish(guard_cache *c, guard_cache_flight *flight, guard_cache_outcome *o);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,8 @@
 /*
  * guard_int.h - what the guard module's files share and nobody else sees:
  * error helpers, SHA-256, reading the key store file and turning its JSON
- * into a keyset. Not a public header.
+ * into a keyset, and the metrics collector that the limiter and the cache
+ * use to publish their backend's size. Not a public header.
  */
 #ifndef AISERVE_GUARD_INT_H
 #define AISERVE_GUARD_INT_H
@@ -42,5 +43,17 @@ int guard_keyset_from_json(const char *path, json_t *doc, guard_keyset **out, gu
  * (*doc NULL); otherwise *doc is the document (caller decrefs). Returns 0 or
  * GUARD_EFORMAT with err ("path: not valid JSON: ... (line L, column C)"). */
 int guard_json_parse(const char *path, const char *data, size_t len, json_t **doc, guard_error *err);
+
+/* A metrics collector over a kv_store that can be detached: the registry
+ * owns the collector's box (it may render after the limiter or cache is
+ * gone), and detaching makes later renders skip it. fn(ud, store, series)
+ * runs at every render, under the box's lock, with the n (<= 8) series
+ * given here. Returns NULL when out of memory. */
+typedef struct guard_collector guard_collector;
+typedef void (*guard_collect_fn)(void *ud, kv_store *store, metric *const *series);
+guard_collector *guard_collector_attach(metrics_registry *r, kv_store *store, guard_collect_fn fn, void *ud,
+                                        metric *const *series, size_t n);
+/* Stops the collector from touching the store. NULL is fine. */
+void guard_collector_detach(guard_collector *c);
 
 #endif /* AISERVE_GUARD_INT_H */

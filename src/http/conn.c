@@ -23,6 +23,13 @@
  *    still slips through gets a canned 503 and is closed.
  *  - A request in progress (handed to the router, not yet answered) is never
  *    timed out here: the request deadline (504) covers it.
+ *  - With TLS the bufferevent is an OpenSSL one (tls.c) and everything
+ *    above holds unchanged: its input buffer holds the decrypted bytes the
+ *    raw checks want, bufferevent_getfd gives the socket, and shutdown()
+ *    ends the TLS session with the TCP one. The handshake counts as part
+ *    of the first request (read_timeout from accept), so a client cannot
+ *    hold a connection by handshaking slowly; canned answers go out as TLS
+ *    records (write_raw), and only once the handshake is done.
  *
  * Loop thread only (each loop sweeps its own connections); the fd table is
  * shared, but an entry is only written by the loop that owns the fd.
@@ -43,12 +50,14 @@
 struct http_conn {
     http_loop *loop;
     struct bufferevent *bev;
+    int is_tls;                /* bev is an OpenSSL bufferevent */
     evutil_socket_t fd;        /* -1 until evhttp has set it */
     uint64_t accepted_us;
     uint64_t request_start_us; /* first byte of the request being received; 0: none */
     uint64_t idle_since_us;    /* last answer written (or accept) */
     int busy;                  /* a request is being handled */
-    int closing;               /* 1: shutdown() done; 2: over the limit, answer 503 */
+    int closing;               /* 1: shutdown() done; 2: over the limit, answer 503;
+                                  3: refuse (no TLS session could be made) */
     struct evbuffer_cb_entry *input_cb;
     /* The request being received, as raw bytes (see on_input). */
     int in_body;               /* its head ended ("\r\n\r\n" seen) */
@@ -59,11 +68,46 @@ struct http_conn {
 
 static void remember_fd(http_conn *c);
 
+/* Best effort: the socket is about to be shut down either way. */
+static void write_raw(http_conn *c, const char *data, size_t n) {
+    if (c->is_tls) {
+        http_tls_send(c->bev, data, n);
+        return;
+    }
+    ssize_t w = send(c->fd, data, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w;
+}
+
+static void shut(http_conn *c) {
+    if (c->fd >= 0 && !c->closing) {
+        shutdown(c->fd, SHUT_RDWR);
+        c->closing = 1;
+    }
+}
+
+/* A connection over max_connections: the canned 503, then closed. */
+static void answer_busy(http_conn *c) {
+    static const char body[] =
+        "{\"error\":{\"message\":\"too many open connections; retry later\","
+        "\"type\":\"service_unavailable_error\",\"code\":\"too_many_connections\"}}";
+    char busy[512];
+    int n = snprintf(busy, sizeof busy,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                     sizeof body - 1, body);
+    write_raw(c, busy, (size_t)n);
+    c->closing = 0;
+    shut(c);
+}
+
 /* Answers the raw connection with an error and closes it (see on_input). */
 static void reject(http_conn *c, http_error e, const char *message) {
     remember_fd(c);
     if (c->fd >= 0 && !c->closing) {
-        http_send_raw_error(c->loop, c->fd, e, message);
+        char response[2048];
+        size_t n = http_raw_error_format(c->loop, e, message, response, sizeof response);
+        if (n)
+            write_raw(c, response, n);
         shutdown(c->fd, SHUT_RDWR);
         c->closing = 1;
     }
@@ -82,7 +126,29 @@ static void reject(http_conn *c, http_error e, const char *message) {
  * own (larger) limits. */
 static void on_input(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
     http_conn *c = arg;
-    if (info->n_added == 0 || c->busy || c->closing)
+    if (info->n_added == 0)
+        return;
+    if (c->closing == 3) {
+        /* No TLS session: these bytes came in clear on the TLS port and
+         * must never reach evhttp. */
+        remember_fd(c);
+        evbuffer_drain(buf, evbuffer_get_length(buf));
+        if (c->fd >= 0)
+            shutdown(c->fd, SHUT_RDWR);
+        return;
+    }
+    if (c->closing == 2) {
+        /* Over the limit: answered now, before evhttp could serve it (the
+         * sweep answers those that send nothing). Over TLS, bytes here
+         * mean the handshake is done, so the 503 can go out encrypted. */
+        remember_fd(c);
+        if (c->fd >= 0) {
+            evbuffer_drain(buf, evbuffer_get_length(buf));
+            answer_busy(c);
+        }
+        return;
+    }
+    if (c->busy || c->closing)
         return;
     http_server *s = c->loop->server;
     if (c->request_start_us == 0)
@@ -157,17 +223,34 @@ static void remember_fd(http_conn *c) {
 struct bufferevent *http_conn_bev_create(struct event_base *base, void *arg) {
     http_loop *loop = arg;
     http_server *s = loop->server;
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev)
-        return NULL;
     http_conn *c = calloc(1, sizeof *c);
+    struct bufferevent *bev = s->tls ? http_tls_bev_new(s->tls, base) : NULL;
+    int refuse = 0;
+    if (!bev) {
+        if (!c && s->tls)
+            return NULL; /* out of memory twice over: evhttp's own (plain) bufferevent would
+                            need memory too; a client could at worst be served in clear
+                            what it chose to send in clear */
+        /* Out of memory for the TLS session: a plain bufferevent whose
+         * bytes on_input throws away (closing 3), never served in clear. */
+        refuse = s->tls != NULL;
+        bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (!bev) {
+        free(c);
+        return NULL;
+    }
     if (!c)
         return bev; /* served, just not watched */
     c->loop = loop;
     c->bev = bev;
+    c->is_tls = s->tls && !refuse;
+    c->closing = refuse ? 3 : 0;
     c->fd = -1;
     c->content_length = -1;
     c->accepted_us = c->idle_since_us = http_now_us();
+    if (c->is_tls)
+        c->request_start_us = c->accepted_us; /* the handshake is part of the first request */
     bufferevent_incref(bev);
     c->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), on_input, c);
     c->next = loop->conns;
@@ -246,13 +329,6 @@ static void forget(http_loop *loop, http_conn *c) {
     metric_dec(s->metrics.connections);
 }
 
-static void shut(http_conn *c) {
-    if (c->fd >= 0 && !c->closing) {
-        shutdown(c->fd, SHUT_RDWR);
-        c->closing = 1;
-    }
-}
-
 void http_conn_sweep(evutil_socket_t fd_unused, short what, void *arg) {
     (void)fd_unused;
     (void)what;
@@ -274,19 +350,14 @@ void http_conn_sweep(evutil_socket_t fd_unused, short what, void *arg) {
             continue;
         }
         remember_fd(c);
-        if (c->closing == 2 && c->fd >= 0) {
-            static const char body[] =
-                "{\"error\":{\"message\":\"too many open connections; retry later\","
-                "\"type\":\"service_unavailable_error\",\"code\":\"too_many_connections\"}}";
-            char busy[512];
-            int n = snprintf(busy, sizeof busy,
-                             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                             "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                             sizeof body - 1, body);
-            ssize_t w = send(c->fd, busy, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)w;
-            c->closing = 0;
-            shut(c);
+        if (c->closing == 2 && c->fd >= 0 && c->is_tls && !http_tls_is_established(c->bev) &&
+            now - c->accepted_us <= read_us) {
+            /* Over the limit on TLS: the 503 can only go out encrypted, so
+             * it waits for the handshake (bounded by read_timeout). */
+        } else if (c->closing == 2 && c->fd >= 0) {
+            answer_busy(c);
+        } else if (c->closing == 3 && c->fd >= 0) {
+            shutdown(c->fd, SHUT_RDWR); /* stays 3: on_input keeps dropping bytes */
         } else if (!c->busy && !c->closing) {
             if (c->request_start_us && now - c->request_start_us > read_us)
                 shut(c); /* a request that never finishes arriving */

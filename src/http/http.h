@@ -46,6 +46,13 @@ typedef struct http_options {
     int access_log;              /* one JSON line per request */
     const char *version;         /* aiserve version, for /health and build info */
     guard_keys *keys;            /* API keys; borrowed, must outlive the server; NULL: open */
+    guard_ratelimit *ratelimit;  /* rate limits on the model endpoints; borrowed; NULL: none */
+    guard_cache *cache;          /* response cache and coalescing; borrowed; NULL: none */
+    /* Read by http_server_create only: */
+    const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS. NULL or "": HTTP */
+    const char *tls_key_file;    /* PEM private key matching the certificate */
+    const char *cors_allowed_origins; /* comma-separated origins, or "*"; NULL or "": none */
+    int64_t cors_max_age_s;      /* Access-Control-Max-Age on preflight answers */
 } http_options;
 
 typedef struct http_server http_server;

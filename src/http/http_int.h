@@ -26,6 +26,7 @@
     X(INVALID_JSON, 400, "invalid_request_error", "invalid_json")                  \
     X(INVALID_UTF8, 400, "invalid_request_error", "invalid_utf8")                  \
     X(INVALID_REQUEST_FRAMING, 400, "invalid_request_error", "invalid_framing")    \
+    X(CORS_FORBIDDEN, 400, "invalid_request_error", "cors_forbidden")              \
     X(MISSING_API_KEY, 401, "authentication_error", "missing_api_key")             \
     X(INVALID_API_KEY, 403, "permission_error", "invalid_api_key")                 \
     X(INSUFFICIENT_SCOPE, 403, "permission_error", "insufficient_scope")           \
@@ -41,6 +42,7 @@
     X(TEXT_TOO_LONG, 422, "invalid_request_error", "text_too_long")                \
     X(TOO_MANY_INPUTS, 422, "invalid_request_error", "too_many_inputs")            \
     X(UNSUPPORTED_MODEL, 422, "invalid_request_error", "unsupported_model")        \
+    X(RATE_LIMITED, 429, "rate_limit_error", "rate_limited")                       \
     X(NOT_READY, 503, "service_unavailable_error", "not_ready")                    \
     X(OVERLOADED, 503, "service_unavailable_error", "overloaded")                  \
     X(SHUTTING_DOWN, 503, "service_unavailable_error", "shutting_down")            \
@@ -61,6 +63,8 @@ const char *http_error_code(http_error e);
 typedef struct http_loop http_loop;
 typedef struct http_call http_call;
 typedef struct http_conn http_conn;
+typedef struct http_cors http_cors;
+struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 
 /* Endpoint label values: route templates, never the client's path. */
 typedef enum http_endpoint {
@@ -127,6 +131,8 @@ struct http_server {
     atomic_int accept_paused;     /* listeners off: at max_connections */
     http_conn **conn_by_fd;       /* entries written by the fd's loop only */
     size_t n_conn_by_fd;
+    struct ssl_ctx_st *tls;       /* HTTPS when set (tls.c); owned */
+    http_cors *cors;              /* CORS allow-list (cors.c); owned */
 };
 
 struct http_call {
@@ -139,6 +145,17 @@ struct http_call {
     char path[256];               /* for the log only; truncated */
     char client[64];
     char key_name[GUARD_NAME_MAX + 1]; /* the API key's name once known; "" otherwise */
+    char key_tier[GUARD_NAME_MAX + 1]; /* that key's rate-limit tier */
+    /* Rate limit and response cache (protect.c). */
+    char model_name[256];         /* /v1/models/{name}/predict: the name asked for */
+    int has_model_name;
+    guard_ratelimit_req ratelimit_req;
+    int cache_role;               /* HTTP_CACHE_*: how this prediction uses the cache */
+    guard_cache_key cache_key;
+    guard_cache_req cache_req;
+    guard_cache_waiter waiter;    /* follower: how the leader's outcome reaches it */
+    guard_cache_flight *flight;   /* leader: the flight to publish (may be NULL) */
+    guard_cache_outcome *outcome; /* follower: the leader's outcome, once posted */
     int status;
     /* Prediction state. */
     json_t *body;                 /* parsed request; texts point into it */
@@ -155,6 +172,36 @@ struct http_call {
 /* routes.c */
 void http_route(http_call *call);
 void http_finish_prediction(http_call *call);
+/* The prediction path after the rate limit: reads and validates the body,
+ * borrows the model version, then http_predict_dispatch. */
+void http_predict_admitted(http_call *call);
+/* Queues call's texts on its version's scheduler (answered later through
+ * the done list), or answers the refusal (503) at once. */
+void http_predict_submit(http_call *call);
+
+/* protect.c: rate limiting and the response cache on the prediction path.
+ * Every prediction answer goes through http_prediction_answer or
+ * http_prediction_fail (or a cache hit), so a leader always publishes to
+ * its followers. */
+enum { HTTP_CACHE_NONE = 0, HTTP_CACHE_BYPASS, HTTP_CACHE_LEADER, HTTP_CACHE_FOLLOWER };
+#define HTTP_FAIL_RETRY_AFTER 1 /* flag: the answer carries Retry-After: 1 */
+/* Rate-limits call (X-RateLimit-* headers; 429 over the limit), then
+ * http_predict_admitted. */
+void http_limit_request(http_call *call);
+/* With a version borrowed and texts checked: a cache hit, a follower of an
+ * identical request in flight, or http_predict_submit. */
+void http_predict_dispatch(http_call *call);
+/* The model's answer, as its JSON text (body, malloc'd, taken): stored in
+ * the cache, given to followers, sent. */
+void http_prediction_answer(http_call *call, char *body, size_t len);
+/* A failed prediction: given to followers (never cached), sent. */
+void http_prediction_fail(http_call *call, http_error e, int flags, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* A follower whose outcome was posted to its loop: answers it. */
+void http_finish_follower(http_call *call);
+/* The methods path answers ("GET", "POST") and its endpoint label, or NULL
+ * when no route matches (CORS preflights). */
+const char *http_route_methods(const char *path, http_endpoint *ep);
 
 /* reply.c */
 void http_reply_json(http_call *call, int status, json_t *body); /* takes body */
@@ -174,10 +221,43 @@ void http_conn_sweep(evutil_socket_t fd, short what, void *loop);
 int http_conn_table_init(http_server *s);
 void http_conn_release_all(http_loop *loop);
 
-/* reply.c: an error written straight to a connection evhttp has not
- * parsed a request from (limits caught in conn.c); counted and logged like
- * any answer. */
-void http_send_raw_error(http_loop *loop, int fd, http_error e, const char *message);
+/* reply.c: a whole HTTP response (head and JSON error body) for a
+ * connection evhttp has not parsed a request from (limits caught in
+ * conn.c), written into out[cap]; counted and logged like any answer.
+ * Returns its length, 0 when it does not fit. conn.c sends it. */
+size_t http_raw_error_format(http_loop *loop, http_error e, const char *message, char *out, size_t cap);
+
+/* tls.c: HTTPS through libevent's OpenSSL bufferevents. */
+/* Loads a PEM certificate chain and its private key into a new server
+ * context (TLS 1.2+). Returns 0, or -1 with a message naming the file and
+ * OpenSSL's error in err. Any thread; the context is freed with
+ * http_tls_destroy. */
+int http_tls_create(const char *cert_file, const char *key_file, struct ssl_ctx_st **out, char *err,
+                    size_t err_len);
+void http_tls_destroy(struct ssl_ctx_st *ctx);
+/* An accepting OpenSSL bufferevent for one connection (evhttp sets its
+ * socket); NULL when out of memory. Loop thread. */
+struct bufferevent *http_tls_bev_new(struct ssl_ctx_st *ctx, struct event_base *base);
+/* Whether the handshake finished. */
+int http_tls_is_established(struct bufferevent *bev);
+/* Best effort: writes n bytes as one TLS record straight to the
+ * connection, when its handshake is done and no answer is being written.
+ * Returns what SSL_write returned, or -1. Loop thread. */
+int http_tls_send(struct bufferevent *bev, const void *data, size_t n);
+
+/* cors.c: the CORS allow-list and preflights. */
+/* Parses cors.allowed_origins (comma-separated origins, or "*"; "" or
+ * NULL allows none). Returns 0 (*out owned, freed with http_cors_destroy),
+ * or -1 with a message naming the bad entry. */
+int http_cors_create(const char *allowed_origins, int64_t max_age_s, http_cors **out, char *err,
+                     size_t err_len);
+void http_cors_destroy(http_cors *cors);
+/* Answers call when it is a CORS preflight on a known route (before API
+ * keys are checked) and returns 1; returns 0 for anything else. */
+int http_cors_preflight(http_call *call, const char *path);
+/* Adds the CORS response headers call's answer needs (reply.c, for every
+ * answer). */
+void http_cors_add_headers(http_call *call);
 
 /* head_scan.c: facts from a raw request head (n bytes, not NUL-terminated). */
 /* The Content-Length value; -1 when there is none; -2 when two disagree or

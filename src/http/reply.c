@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
@@ -127,6 +126,7 @@ static void send_and_finish(http_call *call, int status, struct evbuffer *body) 
     call->status = status;
     if (call->req && !call->discard) {
         struct evkeyvalq *h = evhttp_request_get_output_headers(call->req);
+        http_cors_add_headers(call);
         evhttp_add_header(h, "X-Request-ID", call->request_id);
         if (atomic_load(&s->draining))
             evhttp_add_header(h, "Connection", "close");
@@ -161,7 +161,8 @@ void http_reply_text(http_call *call, int status, const char *content_type, cons
     struct evbuffer *body = evbuffer_new();
     if (body)
         evbuffer_add(body, text, len);
-    http_add_header(call, "Content-Type", content_type);
+    if (content_type) /* NULL: none, for 204 */
+        http_add_header(call, "Content-Type", content_type);
     send_and_finish(call, status, body);
 }
 
@@ -193,7 +194,7 @@ void http_reply_error(http_call *call, http_error e, const char *fmt, ...) {
     http_reply_json(call, error_table[e].status, json_pack("{s:o}", "error", err));
 }
 
-void http_send_raw_error(http_loop *loop, int fd, http_error e, const char *message) {
+size_t http_raw_error_format(http_loop *loop, http_error e, const char *message, char *out, size_t cap) {
     http_server *s = loop->server;
     char id[40];
     http_request_id_make(NULL, id, sizeof id);
@@ -202,22 +203,17 @@ void http_send_raw_error(http_loop *loop, int fd, http_error e, const char *mess
     char *body = err ? json_dumps(err, JSON_COMPACT) : NULL;
     json_decref(err);
     if (!body)
-        return;
+        return 0;
     static const char *const reasons[] = {[400] = "Bad Request", [413] = "Payload Too Large",
                                           [431] = "Request Header Fields Too Large"};
     int status = error_table[e].status;
     const char *reason = status < 432 && reasons[status] ? reasons[status] : "Error";
-    char head[512];
-    int n = snprintf(head, sizeof head,
+    int n = snprintf(out, cap,
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nX-Request-ID: %s\r\n"
-                     "Connection: close\r\nContent-Length: %zu\r\n\r\n",
-                     status, reason, id, strlen(body));
-    /* Best effort: the socket is about to be shut down either way. */
-    ssize_t w = send(fd, head, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w == n)
-        w = send(fd, body, strlen(body), MSG_NOSIGNAL | MSG_DONTWAIT);
-    (void)w;
+                     "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                     status, reason, id, strlen(body), body);
     free(body);
+    size_t len = n > 0 && (size_t)n < cap ? (size_t)n : 0;
     char code[8];
     snprintf(code, sizeof code, "%d", status);
     const char *labels[] = {http_endpoint_names[EP_OTHER], code};
@@ -225,4 +221,5 @@ void http_send_raw_error(http_loop *loop, int fd, http_error e, const char *mess
     if (s->opts.access_log && log_enabled(LOG_INFO))
         log_event(LOG_INFO, "request", "request_id", json_string(id), "status", json_integer(status),
                   "error", json_string(error_table[e].code), NULL);
+    return len;
 }

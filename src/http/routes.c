@@ -13,6 +13,13 @@
  * `predict` scope, the rest of /v1/models any valid key; /health* and
  * /metrics are open, and so is everything when no keys are configured.
  *
+ * The prediction path, in order: API key, method, rate limit
+ * (protect.c: http_limit_request), body and texts, model version, then
+ * the response cache and coalescing (protect.c: http_predict_dispatch),
+ * and only on a miss the scheduler (http_predict_submit). Every answer of
+ * that path goes through protect.c (http_prediction_answer / _fail), so a
+ * request that others coalesced onto always tells them how it went.
+ *
  * Validation happens here, before anything is queued: the body must be JSON
  * (jansson rejects invalid UTF-8 and nesting deeper than 2048), the schema is
  * checked field by field with a message naming the field, and limits (body
@@ -261,8 +268,23 @@ static int check_text(http_call *call, json_t *value, const char *field, size_t 
     return 0;
 }
 
+/* The prediction path: rate limit (protect.c), then http_predict_admitted.
+ * model_name (NULL: the default model) is kept in the call, since the
+ * limiter may answer later. */
 static void predict(http_call *call, const char *model_name) {
+    call->has_model_name = model_name != NULL;
+    if (model_name)
+        snprintf(call->model_name, sizeof call->model_name, "%s", model_name);
+    http_limit_request(call);
+}
+
+void http_predict_admitted(http_call *call) {
     http_server *s = call->loop->server;
+    const char *model_name = call->has_model_name ? call->model_name : NULL;
+    if (!call->req) { /* the client left while the limiter answered: 499, as nginx logs it */
+        http_reply_text(call, 499, "text/plain", "", 0);
+        return;
+    }
     struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
     size_t len = evbuffer_get_length(in);
     if (len > s->opts.max_body_bytes) {
@@ -343,9 +365,17 @@ static void predict(http_call *call, const char *model_name) {
                          serving_version_model(call->version));
         return;
     }
+    call->job.n = n;
+    http_predict_dispatch(call);
+}
+
+void http_predict_submit(http_call *call) {
+    http_server *s = call->loop->server;
+    const engine_model_info *info = serving_version_info(call->version);
+    size_t n = call->job.n;
     call->probs = calloc(n * (size_t)info->n_labels, sizeof *call->probs);
     if (!call->probs) {
-        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
         return;
     }
     serving_job *job = &call->job;
@@ -365,14 +395,14 @@ static void predict(http_call *call, const char *model_name) {
         metric *m = metric_series(s->metrics.model_errors, et);
         if (m)
             metric_inc(m);
-        http_add_header(call, "Retry-After", "1");
         if (rc == SERVING_EFULL) {
             metric_inc(s->metrics.shed);
-            http_reply_error(call, HTTP_ERR_OVERLOADED,
-                             "model '%s' is overloaded (queue full); retry later",
-                             serving_version_model(call->version));
+            http_prediction_fail(call, HTTP_ERR_OVERLOADED, HTTP_FAIL_RETRY_AFTER,
+                                 "model '%s' is overloaded (queue full); retry later",
+                                 serving_version_model(call->version));
         } else {
-            http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "%s", serving_status_message(rc));
+            http_prediction_fail(call, HTTP_ERR_SHUTTING_DOWN, HTTP_FAIL_RETRY_AFTER, "%s",
+                                 serving_status_message(rc));
         }
     }
     /* Answered later by http_finish_prediction on this loop. */
@@ -381,6 +411,10 @@ static void predict(http_call *call, const char *model_name) {
 void http_finish_prediction(http_call *call) {
     http_server *s = call->loop->server;
     serving_job *job = &call->job;
+    if (call->cache_role == HTTP_CACHE_FOLLOWER) { /* posted by its leader, not by a batcher */
+        http_finish_follower(call);
+        return;
+    }
     if (job->status != 0) {
         const char *type = job->status == SERVING_ETIMEOUT ? "timeout"
                            : job->status == SERVING_ESTOPPED ? "stopped"
@@ -391,20 +425,18 @@ void http_finish_prediction(http_call *call) {
         if (m)
             metric_inc(m);
         if (job->status == SERVING_ETIMEOUT)
-            http_reply_error(call, HTTP_ERR_TIMEOUT, "the request did not finish within %lld ms",
-                             (long long)s->opts.request_timeout_ms);
+            http_prediction_fail(call, HTTP_ERR_TIMEOUT, 0, "the request did not finish within %lld ms",
+                                 (long long)s->opts.request_timeout_ms);
         else if (job->status == SERVING_ESTOPPED)
-            http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "the model is shutting down");
+            http_prediction_fail(call, HTTP_ERR_SHUTTING_DOWN, 0, "the model is shutting down");
         else if (job->status == SERVING_EINPUT)
-            http_reply_error(call, HTTP_ERR_INVALID_TEXT, "%s", job->error);
+            http_prediction_fail(call, HTTP_ERR_INVALID_TEXT, 0, "%s", job->error);
         else
-            http_reply_error(call, HTTP_ERR_INTERNAL, "inference failed");
+            http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "inference failed");
         return;
     }
-    if (!call->req || call->discard) { /* the client left: 499, as nginx logs it */
-        http_reply_text(call, 499, "text/plain", "", 0);
-        return;
-    }
+    /* The answer is built even when the client left (499 then): it may be
+     * cached, and followers may be waiting for it. */
     const engine_model_info *info = serving_version_info(call->version);
     const int K = info->n_labels;
     char ver[32];
@@ -429,7 +461,14 @@ void http_finish_prediction(http_call *call) {
         out = json_pack("{s:o}", "predictions", preds);
     json_object_set_new(out, "model", json_string(serving_version_model(call->version)));
     json_object_set_new(out, "model_version", json_string(ver));
-    http_reply_json(call, 200, out);
+    /* Serialised as http_reply_json does, so a cache hit is byte-identical. */
+    char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(out);
+    if (!text) {
+        http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
+        return;
+    }
+    http_prediction_answer(call, text, strlen(text));
 }
 
 /* ---- API keys ------------------------------------------------------------ */
@@ -494,8 +533,10 @@ static int authorized(http_call *call, guard_scopes required) {
                          "the request carries two different API keys (X-API-Key and Authorization); send one");
         return 0;
     }
-    if (auth.key)
+    if (auth.key) {
         snprintf(call->key_name, sizeof call->key_name, "%s", auth.key->name);
+        snprintf(call->key_tier, sizeof call->key_tier, "%s", auth.key->tier);
+    }
     switch (auth.status) {
     case GUARD_AUTH_OK:
     case GUARD_AUTH_OPEN:
@@ -531,6 +572,32 @@ static int authorized(http_call *call, guard_scopes required) {
 
 /* ---- routing ---------------------------------------------------------- */
 
+/* What http_route below accepts, for CORS preflights: keep the two in step. */
+const char *http_route_methods(const char *path, http_endpoint *ep) {
+    static const struct { const char *path; http_endpoint ep; const char *methods; } fixed[] = {
+        {"/predict", EP_PREDICT, "POST"},          {"/v1/models", EP_MODELS, "GET"},
+        {"/health", EP_HEALTH, "GET"},             {"/health/live", EP_HEALTH_LIVE, "GET"},
+        {"/health/ready", EP_HEALTH_READY, "GET"}, {"/metrics", EP_METRICS, "GET"},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        if (strcmp(path, fixed[i].path) == 0) {
+            *ep = fixed[i].ep;
+            return fixed[i].methods;
+        }
+    }
+    static const char prefix[] = "/v1/models/";
+    if (strncmp(path, prefix, sizeof prefix - 1) == 0) {
+        const char *rest = path + sizeof prefix - 1;
+        const char *slash = strchr(rest, '/');
+        size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
+        if (name_len > 0 && name_len < 256 && (!slash || strcmp(slash, "/predict") == 0)) {
+            *ep = slash ? EP_MODEL_PREDICT : EP_MODEL;
+            return slash ? "POST" : "GET";
+        }
+    }
+    return NULL;
+}
+
 static int method_is(http_call *call, enum evhttp_cmd_type want) {
     if (evhttp_request_get_command(call->req) == want)
         return 1;
@@ -557,6 +624,8 @@ void http_route(http_call *call) {
                          s->opts.max_header_bytes);
         return;
     }
+    if (http_cors_preflight(call, path)) /* before the API key: browsers send none */
+        return;
 
     /* Fixed routes. Trailing slashes are not folded: paths are exact. */
     static const struct { const char *path; http_endpoint ep; } fixed[] = {

@@ -15,6 +15,9 @@
  *  - conn.c checks the raw bytes against the body and header limits and
  *    answers 413 / 431 in JSON before evhttp parses them; evhttp's own
  *    limits sit above ours as a backstop that bounds memory.
+ *  - HTTPS, when configured, lives below evhttp: conn.c gives each
+ *    connection an OpenSSL bufferevent (tls.c), so evhttp and conn.c's
+ *    checks see the decrypted bytes, on the same port and loops.
  *
  * Threads: http_server_* from the controlling thread; everything else runs
  * on the loop threads, except post_done, which batcher threads call.
@@ -260,6 +263,19 @@ int http_server_create(const http_options *opts, serving_repo *repo, metrics_reg
     s->port = opts->port;
     s->n_loops = opts->n_threads > 0 ? opts->n_threads : 1;
     s->start_time = (double)time(NULL);
+    /* Pointers into the caller's strings are not kept. */
+    s->opts.tls_cert_file = s->opts.tls_key_file = s->opts.cors_allowed_origins = NULL;
+    if (opts->tls_cert_file && opts->tls_cert_file[0] &&
+        http_tls_create(opts->tls_cert_file, opts->tls_key_file ? opts->tls_key_file : "", &s->tls, err,
+                        err_len) != 0) {
+        free(s);
+        return -1;
+    }
+    if (http_cors_create(opts->cors_allowed_origins, opts->cors_max_age_s, &s->cors, err, err_len) != 0) {
+        http_tls_destroy(s->tls);
+        free(s);
+        return -1;
+    }
     register_metrics(s);
     *out = s;
     return 0;
@@ -386,5 +402,7 @@ void http_server_destroy(http_server *s) {
     }
     free(s->loops);
     free(s->conn_by_fd);
+    http_cors_destroy(s->cors);
+    http_tls_destroy(s->tls); /* after evhttp_free: every SSL object is gone */
     free(s);
 }

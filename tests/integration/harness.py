@@ -35,8 +35,12 @@ STOP_TIMEOUT = 30.0
 class Server:
     """One aiserve process on a free loopback port."""
 
-    def __init__(self, *args, repo=MODELS, env=None, use_repo_flag=True):
+    def __init__(self, *args, repo=MODELS, env=None, use_repo_flag=True, ca=None):
         self.args = list(args)
+        # A CA file (the test certificate) when the server speaks HTTPS
+        # (--tls-cert / --tls-key in args): URLs use https and requests
+        # verifies the server against it.
+        self.ca = str(ca) if ca else None
         self.repo = repo
         self.env = env
         self.use_repo_flag = use_repo_flag
@@ -65,6 +69,11 @@ class Server:
         # this): a data/keys.json in the working directory must not turn
         # authentication on for every test.
         env["AISERVE_KEYS_FILE"] = "/nonexistent/aiserve-tests/keys.json"
+        # No rate limits unless a test asks for them (--rate-limit wins):
+        # the suite sends far more than 100 requests a minute from one
+        # address. The response cache keeps its default (on); tests that
+        # count inferences start their server with --no-cache.
+        env["AISERVE_RATE_LIMIT"] = "false"
         if self.env:
             env.update(self.env)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -108,7 +117,7 @@ class Server:
                 raise RuntimeError("server exited (%s) while waiting for %s:\n%s"
                                    % (self.proc.returncode, path, self.output()))
             try:
-                r = requests.get(self.url(path), timeout=2)
+                r = requests.get(self.url(path), timeout=2, verify=self.ca or True)
                 last = r.status_code
                 if r.status_code == status:
                     return r
@@ -177,15 +186,25 @@ class Server:
 
     # -- HTTP ------------------------------------------------------------
     def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
+        return "%s://127.0.0.1:%d%s" % ("https" if self.ca else "http", self.port, path)
 
     def get(self, path, **kw):
         kw.setdefault("timeout", 30)
+        if self.ca:
+            kw.setdefault("verify", self.ca)
         return requests.get(self.url(path), **kw)
 
     def post(self, path, **kw):
         kw.setdefault("timeout", 30)
+        if self.ca:
+            kw.setdefault("verify", self.ca)
         return requests.post(self.url(path), **kw)
+
+    def options(self, path, **kw):
+        kw.setdefault("timeout", 30)
+        if self.ca:
+            kw.setdefault("verify", self.ca)
+        return requests.options(self.url(path), **kw)
 
     def predict(self, text, path="/predict", **kw):
         return self.post(path, json={"text": text}, **kw)

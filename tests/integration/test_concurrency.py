@@ -38,7 +38,7 @@ def _post(sock, path, payload, rid):
 
 
 def test_200_concurrent_keepalive_clients(server_factory):
-    s = server_factory()
+    s = server_factory("--no-cache")  # every request must reach the batcher
     # reference answers: one text per request, one at a time
     ref = {}
     for t in TEXTS:
@@ -101,7 +101,7 @@ def test_200_concurrent_keepalive_clients(server_factory):
 
 
 def test_health_and_metrics_answer_while_predict_saturated(server_factory):
-    s = server_factory()
+    s = server_factory("--no-cache")  # every request must reach the batcher
     stop = threading.Event()
     counts = {"ok": 0, "other": 0}
     lock = threading.Lock()

@@ -90,11 +90,11 @@ def _connect_refused(port):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_graceful_drain_loses_nothing(server_factory, sig):
-    # A drain timeout far above the burst's compute time, even under ASan:
-    # this test is about losing nothing, test_drain_timeout_bounds_shutdown
-    # about the bound.
-    s = server_factory("--max-batch-size", "1", "--max-queue-size", "100000",
-                       "--drain-timeout", "300s", clean_exit=False)
+    # Drain and request timeouts far above the burst's compute time, even
+    # under ASan on a busy machine: this test is about losing nothing;
+    # test_drain_timeout_bounds_shutdown is about the bound.
+    s = server_factory("--no-cache", "--max-batch-size", "1", "--max-queue-size", "100000",
+                       "--drain-timeout", "300s", "--request-timeout", "300s", clean_exit=False)
     expected = s.post("/predict", json={"texts": LONG_TEXTS}).json()["predictions"]
     done_before = _completed(s)
     futs, ex = _burst(s, 20)
@@ -137,7 +137,7 @@ def test_idle_keepalive_connection_does_not_hold_shutdown(server_factory):
 
 
 def test_drain_timeout_bounds_shutdown(server_factory):
-    s = server_factory("--max-batch-size", "1", "--max-queue-size", "100000", "--drain-timeout", "300ms", clean_exit=False)
+    s = server_factory("--no-cache", "--max-batch-size", "1", "--max-queue-size", "100000", "--drain-timeout", "300ms", clean_exit=False)
     done_before = _completed(s)
     futs, ex = _burst(s, 40)          # about 5 s of work
     try:
@@ -163,7 +163,7 @@ def test_drain_timeout_bounds_shutdown(server_factory):
 
 
 def test_second_signal_exits_at_once(server_factory):
-    s = server_factory("--max-batch-size", "1", "--max-queue-size", "100000", clean_exit=False)
+    s = server_factory("--no-cache", "--max-batch-size", "1", "--max-queue-size", "100000", clean_exit=False)
     done_before = _completed(s)
     futs, ex = _burst(s, 40)          # about 5 s of work, drain timeout 30 s
     try:

@@ -507,6 +507,162 @@ static void test_cross_setting_check(void **state) {
     c.log_level = (core_log_level)9;
     assert_int_equal(core_config_validate(&c, &err), -1);
     assert_contains(err.message, "logging.level");
+
+    /* HTTPS needs the certificate and its key together. */
+    LOAD_FAILS(LIST("--tls-cert", "/tls/cert.pem"), NONE,
+               "server.tls_cert is set (from flag --tls-cert) but server.tls_key is not");
+    LOAD_FAILS(NONE, LIST("AISERVE_TLS_KEY=/tls/key.pem"),
+               "server.tls_key is set (from environment AISERVE_TLS_KEY) but server.tls_cert is not");
+    load_ok(&c, LIST("--tls-cert", "/tls/cert.pem", "--tls-key", "/tls/key.pem"), NONE);
+    assert_string_equal(c.tls_key, "/tls/key.pem");
+}
+
+static void test_cors_origins(void **state) {
+    (void)state;
+    core_config c;
+    load_ok(&c, LIST("--cors-allowed-origins", " https://a.example , http://localhost:3000,http://[::1]:8080"),
+            NONE);
+    assert_string_equal(c.cors_allowed_origins, "https://a.example,http://localhost:3000,http://[::1]:8080");
+    assert_int_equal(c.cors_max_age_ms, 600000);
+    load_ok(&c, NONE, LIST("AISERVE_CORS_ALLOWED_ORIGINS=*", "AISERVE_CORS_MAX_AGE=2h"));
+    assert_string_equal(c.cors_allowed_origins, "*");
+    assert_int_equal(c.cors_max_age_ms, 7200000);
+    LOAD_FAILS(LIST("--cors-allowed-origins", "https://a.example/"), NONE, "'https://a.example/' is not an origin");
+    LOAD_FAILS(LIST("--cors-allowed-origins", "a.example"), NONE, "'a.example' is not an origin");
+    LOAD_FAILS(LIST("--cors-allowed-origins", "https://a.example:99999"), NONE, "is not an origin");
+    LOAD_FAILS(LIST("--cors-allowed-origins", "null"), NONE, "'null' is not an origin");
+    LOAD_FAILS(LIST("--cors-max-age", "25h"), NONE, "flag --cors-max-age: 25h is out of range 0ms..24h");
+}
+
+/* Rate-limit tiers (a mapping in YAML, NAME=RPM/BURST elsewhere), trusted
+ * proxies (a list) and the cache settings. */
+static void yaml_fails(const char *text, const char *fragment) {
+    const char *path = temp_yaml(text);
+    load_fails(LIST("--config", path), NONE, LIST(fragment));
+    unlink(path);
+}
+
+static void test_rate_limit_settings(void **state) {
+    (void)state;
+    core_config c;
+    load_ok(&c, NONE, NONE);
+    assert_true(c.ratelimit_enabled);
+    assert_int_equal(c.ratelimit_tiers.n, 2);
+    assert_string_equal(c.ratelimit_tiers.tier[0].name, "default");
+    assert_int_equal(c.ratelimit_tiers.tier[0].requests_per_minute, 100);
+    assert_int_equal(c.ratelimit_tiers.tier[0].burst, 100);
+    assert_string_equal(c.ratelimit_tiers.tier[1].name, "anonymous");
+    assert_string_equal(c.trusted_proxies, "");
+    assert_true(c.cache_enabled);
+    assert_int_equal(c.cache_max_bytes, 64u << 20);
+    assert_int_equal(c.cache_ttl_ms, 3600000);
+
+    /* Flags: built-ins replaced by name, others added in order; a missing
+     * burst equals the rate; blanks around items are fine. */
+    load_ok(&c, LIST("--rate-limit-tiers", " pro=1000/200 , default=50, free=10/1", "--no-rate-limit",
+                     "--trusted-proxies", "[10.0.0.0/8, ::1]", "--no-cache", "--cache-ttl", "90s"),
+            NONE);
+    assert_false(c.ratelimit_enabled);
+    assert_int_equal(c.ratelimit_tiers.n, 4);
+    assert_string_equal(c.ratelimit_tiers.tier[0].name, "default");
+    assert_int_equal(c.ratelimit_tiers.tier[0].requests_per_minute, 50);
+    assert_int_equal(c.ratelimit_tiers.tier[0].burst, 50);
+    assert_string_equal(c.ratelimit_tiers.tier[1].name, "anonymous");
+    assert_string_equal(c.ratelimit_tiers.tier[2].name, "pro");
+    assert_int_equal(c.ratelimit_tiers.tier[2].burst, 200);
+    assert_string_equal(c.ratelimit_tiers.tier[3].name, "free");
+    assert_string_equal(c.trusted_proxies, "10.0.0.0/8,::1");
+    assert_false(c.cache_enabled);
+    assert_int_equal(c.cache_ttl_ms, 90000);
+    load_ok(&c, NONE, LIST("AISERVE_RATE_LIMIT_TIERS=anonymous=5/2", "AISERVE_TRUSTED_PROXIES=192.168.0.1",
+                           "AISERVE_CACHE_MAX_SIZE=1GiB"));
+    assert_int_equal(c.ratelimit_tiers.tier[1].requests_per_minute, 5);
+    assert_int_equal(c.ratelimit_tiers.tier[1].burst, 2);
+    assert_string_equal(c.trusted_proxies, "192.168.0.1");
+    assert_int_equal(c.cache_max_bytes, 1u << 30);
+
+    /* YAML: a mapping of tiers, a sequence (or one line) of proxies. */
+    const char *path = temp_yaml("ratelimit:\n"
+                                 "  tiers:\n"
+                                 "    pro: {requests_per_minute: 1000, burst: 200}\n"
+                                 "    anonymous:\n"
+                                 "      requests_per_minute: 30\n"
+                                 "  trusted_proxies:\n"
+                                 "    - 10.0.0.0/8\n"
+                                 "    - \"fd00::/8\"\n"
+                                 "cache:\n"
+                                 "  max_size: 128MiB\n");
+    load_ok(&c, LIST("--config", path), NONE);
+    unlink(path);
+    assert_int_equal(c.ratelimit_tiers.n, 3);
+    assert_string_equal(c.ratelimit_tiers.tier[2].name, "pro");
+    assert_int_equal(c.ratelimit_tiers.tier[2].requests_per_minute, 1000);
+    assert_int_equal(c.ratelimit_tiers.tier[1].requests_per_minute, 30);
+    assert_int_equal(c.ratelimit_tiers.tier[1].burst, 30);
+    assert_string_equal(c.trusted_proxies, "10.0.0.0/8,fd00::/8");
+    assert_int_equal(c.cache_max_bytes, 128u << 20);
+    path = temp_yaml("ratelimit:\n  tiers: \"pro=10/5\"\n  trusted_proxies: \"127.0.0.1, ::1\"\n");
+    load_ok(&c, LIST("--config", path), NONE);
+    unlink(path);
+    assert_int_equal(c.ratelimit_tiers.tier[2].burst, 5);
+    assert_string_equal(c.trusted_proxies, "127.0.0.1,::1");
+    path = temp_yaml("ratelimit:\n  tiers: {}\n  trusted_proxies: []\n");
+    load_ok(&c, LIST("--config", path), NONE);
+    unlink(path);
+    assert_int_equal(c.ratelimit_tiers.n, 2);
+    assert_string_equal(c.trusted_proxies, "");
+
+    /* Errors name the place and the problem. */
+    LOAD_FAILS(LIST("--rate-limit-tiers", "pro=0/5"), NONE,
+               "flag --rate-limit-tiers: tier pro: requests per minute '0' is not an integer in 1..10000000");
+    LOAD_FAILS(LIST("--rate-limit-tiers", "pro=5/x"), NONE, "tier pro: burst 'x' is not an integer");
+    LOAD_FAILS(LIST("--rate-limit-tiers", "pro"), NONE, "'pro' is not NAME=REQUESTS_PER_MINUTE/BURST");
+    LOAD_FAILS(LIST("--rate-limit-tiers", "a/b=1"), NONE, "'a/b' is not a tier name");
+    LOAD_FAILS(LIST("--rate-limit-tiers", "pro=1,pro=2"), NONE, "tier pro is given twice");
+    LOAD_FAILS(LIST("--rate-limit-tiers", "pro=1,"), NONE, "has an empty item");
+    LOAD_FAILS(NONE, LIST("AISERVE_TRUSTED_PROXIES=10.0.0.0/33"), "environment AISERVE_TRUSTED_PROXIES",
+               "'10.0.0.0/33': the prefix length must be 0..32");
+    LOAD_FAILS(LIST("--trusted-proxies", "proxy.example"), NONE, "'proxy.example' is not an IP address");
+    LOAD_FAILS(LIST("--trusted-proxies", "1.2.3.4,,5.6.7.8"), NONE, "has an empty item");
+    LOAD_FAILS(LIST("--cache-max-size", "1KiB"), NONE, "out of range 64KiB..64GiB");
+    LOAD_FAILS(LIST("--cache-ttl", "0s"), NONE, "out of range 1s..720h");
+    yaml_fails("ratelimit:\n  tiers:\n    pro: {requests_per_minute: 10, brust: 5}\n",
+               ":3: ratelimit.tiers.pro: unknown key 'brust'");
+    yaml_fails("ratelimit:\n  tiers:\n    pro: {burst: 5}\n", ":3: ratelimit.tiers.pro: requests_per_minute is missing");
+    yaml_fails("ratelimit:\n  tiers:\n    pro: {requests_per_minute: ten}\n",
+               ":3: ratelimit.tiers.pro.requests_per_minute: expected a whole number");
+    yaml_fails("ratelimit:\n  tiers:\n    pro: 10\n", ":3: ratelimit.tiers.pro: expected a mapping");
+    yaml_fails("ratelimit:\n  tiers:\n    pro: {requests_per_minute: 1, requests_per_minute: 2}\n",
+               "requests_per_minute is set twice");
+    yaml_fails("ratelimit:\n  tiers:\n    - pro\n", ":2: ratelimit.tiers: expected a single value, found a sequence");
+    yaml_fails("ratelimit:\n  tiers:\n    \"bad name\": {requests_per_minute: 1}\n",
+               "'bad name' is not a tier name");
+    yaml_fails("ratelimit:\n  trusted_proxies:\n    - [10.0.0.1]\n",
+               "ratelimit.trusted_proxies: each item must be a single value, found a sequence");
+    yaml_fails("ratelimit:\n  trusted_proxies:\n    - \"10.0.0.1,10.0.0.2\"\n", "must not contain a comma");
+    yaml_fails("ratelimit:\n  trusted_proxies: {a: 1}\n", "expected a single value, found a mapping");
+
+    /* What is loaded is written back as it loads. */
+    core_config d;
+    core_config_defaults(&d);
+    core_error err;
+    assert_int_equal(core_config_set(&d, "ratelimit.tiers", "-odd=7/3,pro=1000/200", &err), 0);
+    assert_int_equal(core_config_set(&d, "ratelimit.trusted_proxies", "::1,10.1.0.0/16", &err), 0);
+    char *yaml = capture_yaml(&d);
+    assert_contains(yaml, "  tiers:\n    default: {requests_per_minute: 100, burst: 100}\n");
+    assert_contains(yaml, "    \"-odd\": {requests_per_minute: 7, burst: 3}\n");
+    assert_contains(yaml, "  trusted_proxies: [\"::1\", \"10.1.0.0/16\"]\n");
+    path = temp_yaml(yaml);
+    core_config back;
+    load_ok(&back, LIST("--config", path), NONE);
+    unlink(path);
+    assert_memory_equal(&back.ratelimit_tiers, &d.ratelimit_tiers, sizeof d.ratelimit_tiers);
+    assert_string_equal(back.trusted_proxies, d.trusted_proxies);
+    free(yaml);
+    char *json = core_config_describe_json(&d);
+    assert_contains(json, "\"ratelimit_tiers\":{\"default\":{\"requests_per_minute\":100,\"burst\":100},");
+    assert_contains(json, "\"trusted_proxies\":[\"::1\",\"10.1.0.0/16\"]");
+    free(json);
 }
 
 /* --- flags ---------------------------------------------------------------- */
@@ -979,6 +1135,8 @@ int main(void) {
         cmocka_unit_test(test_values_trimmed_and_sizes),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_cross_setting_check),
+        cmocka_unit_test(test_cors_origins),
+        cmocka_unit_test(test_rate_limit_settings),
         cmocka_unit_test(test_flag_forms),
         cmocka_unit_test(test_yaml_errors),
         cmocka_unit_test(test_yaml_accepted_forms),
