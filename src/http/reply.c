@@ -120,6 +120,18 @@ static void access_log(http_call *call, double seconds) {
     log_json(LOG_INFO, "request", f);
 }
 
+/* Reason phrases libevent 2.1 does not know (it would say "Client Error");
+ * NULL lets libevent choose. */
+static const char *reason_phrase(int status) {
+    switch (status) {
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 499: return "Client Closed Request";
+    default: return NULL;
+    }
+}
+
 /* Writes the answer (when the connection still lives), counts, logs, frees. */
 static void send_and_finish(http_call *call, int status, struct evbuffer *body) {
     http_server *s = call->loop->server;
@@ -133,7 +145,7 @@ static void send_and_finish(http_call *call, int status, struct evbuffer *body) 
         struct evhttp_connection *evcon = evhttp_request_get_connection(call->req);
         if (evcon)
             evhttp_connection_set_closecb(evcon, NULL, NULL);
-        evhttp_send_reply(call->req, status, NULL, body);
+        evhttp_send_reply(call->req, status, reason_phrase(status), body);
     } else if (call->req) {
         struct evhttp_connection *evcon = evhttp_request_get_connection(call->req);
         if (evcon)
