@@ -27,9 +27,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "serving_int.h"
+
+/* Nice value of the compute threads (see loader_main). */
+#define SERVING_COMPUTE_NICE 5
 
 typedef struct repo_model {
     char name[128];
@@ -402,6 +406,13 @@ static int load_version(serving_repo *r, serving_version *v, char *error, size_t
 
 static void *loader_main(void *arg) {
     serving_repo *r = arg;
+    /* Inference yields to the event loops: a thread's nice value is
+     * inherited by the threads it creates, so every version's batcher and
+     * compute workers (started below) run at nice +SERVING_COMPUTE_NICE,
+     * and /health, /metrics and new connections stay fast while the model
+     * is saturated. Linux: PRIO_PROCESS with 0 names the calling thread. */
+    if (setpriority(PRIO_PROCESS, 0, SERVING_COMPUTE_NICE) != 0)
+        log_event(LOG_DEBUG, "compute_nice_failed", "errno", json_integer(errno), NULL);
     for (repo_model *m = r->models; m; m = m->next) {
         for (serving_version *v = m->versions; v; v = v->next) {
             pthread_mutex_lock(&r->lock);
