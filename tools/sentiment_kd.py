@@ -326,6 +326,24 @@ class EMA:
             self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
 
 
+def adamw_with_warmup(model, cfg, n_examples):
+    """BERT's optimiser: AdamW (no weight decay on biases and LayerNorm),
+    linear warmup over cfg["warmup"] of the steps, then linear decay to 0.
+    Returns (optimizer, scheduler); step the scheduler once per batch."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-6)
+    steps_per_epoch = math.ceil(n_examples / cfg["batch"])
+    total = steps_per_epoch * cfg["epochs"]
+    warm = max(1, int(cfg["warmup"] * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / (total - warm)))
+    return opt, sched
+
+
 def train_student(model, seqs, gold, soft, cfg, device, seed, evaluate=None, log=print,
                   word_dropout_id=None):
     """Trains `model` (hf_reference BertForSequenceClassification) in place.
@@ -341,17 +359,7 @@ def train_student(model, seqs, gold, soft, cfg, device, seed, evaluate=None, log
     whatever the caller wants appended to the history.
     """
     model.to(device)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-6)
-    steps_per_epoch = math.ceil(len(seqs) / cfg["batch"])
-    total = steps_per_epoch * cfg["epochs"]
-    warm = max(1, int(cfg["warmup"] * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / (total - warm)))
+    opt, sched = adamw_with_warmup(model, cfg, len(seqs))
     lengths = [len(s) for s in seqs]
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)

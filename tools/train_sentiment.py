@@ -272,17 +272,9 @@ def main():
         return main_distill(args, cfg, command, t_start, vocab, tok, config, model, n_params,
                             train_rows, dev_rows, train_ids, dev_ids, train_y, dev_y)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-6)
+    from sentiment_kd import adamw_with_warmup
+    opt, sched = adamw_with_warmup(model, cfg, len(train_ids))
     steps_per_epoch = math.ceil(len(train_ids) / cfg["batch"])
-    total = steps_per_epoch * cfg["epochs"]
-    warm = max(1, int(cfg["warmup"] * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / (total - warm)))
 
     lengths = [len(s) for s in train_ids]
     rng = random.Random(SEED)
