@@ -395,6 +395,10 @@ void http_server_destroy(http_server *s) {
             event_free(loop->control_event);
         if (loop->done_event)
             event_free(loop->done_event);
+        /* Freed bufferevents finish on the loop (deferred callbacks of TLS
+         * bufferevents hold a reference until they run): let them. */
+        for (int k = 0; loop->base && k < 8; k++)
+            event_base_loop(loop->base, EVLOOP_NONBLOCK);
         if (loop->base)
             event_base_free(loop->base);
         guard_keys_view_release(&loop->keys_view);
