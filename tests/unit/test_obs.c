@@ -642,6 +642,7 @@ static void test_process_metrics(void **state) {
     volatile double burn = 0;
     for (int i = 0; i < 2000000; i++)
         burn += i * 0.5;
+    assert_true(burn > 0); /* CPU time was spent (and the loop is used) */
     char *text = render(r);
     const char *types[] = {"# TYPE process_cpu_seconds_total counter", "# TYPE process_resident_memory_bytes gauge",
                            "# TYPE process_virtual_memory_bytes gauge", "# TYPE process_open_fds gauge",
