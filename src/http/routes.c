@@ -64,8 +64,10 @@ static size_t head_bytes(struct evhttp_request *req) {
     return n;
 }
 
-static int is_valid_utf8(const unsigned char *s, size_t n, size_t *code_points) {
-    size_t i = 0, cps = 0;
+/* For the short strings that come from the URL (paths, decoded model
+ * names); bodies are checked by jansson as it parses. */
+static int is_valid_utf8(const unsigned char *s, size_t n) {
+    size_t i = 0;
     while (i < n) {
         unsigned char c = s[i];
         size_t len;
@@ -86,10 +88,7 @@ static int is_valid_utf8(const unsigned char *s, size_t n, size_t *code_points) 
             cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
             return 0;
         i += len;
-        cps++;
     }
-    if (code_points)
-        *code_points = cps;
     return 1;
 }
 
@@ -251,7 +250,8 @@ static int check_text(http_call *call, json_t *value, const char *field, size_t 
     }
     const char *text = json_string_value(value);
     size_t len = json_string_length(value), cps = 0;
-    is_valid_utf8((const unsigned char *)text, len, &cps); /* jansson already checked */
+    for (size_t i = 0; i < len; i++) /* jansson checked the UTF-8: count lead bytes */
+        cps += ((unsigned char)text[i] & 0xC0) != 0x80;
     int blank = 1;
     for (size_t i = 0; i < len && blank; i++)
         blank = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
@@ -293,12 +293,14 @@ void http_predict_admitted(http_call *call) {
         return;
     }
     const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    if (!is_valid_utf8((const unsigned char *)data, len, NULL)) {
-        http_reply_error(call, HTTP_ERR_INVALID_UTF8, "request body is not valid UTF-8");
-        return;
-    }
+    /* One pass: jansson checks the UTF-8 of every byte it reads. */
     json_error_t jerr;
     json_t *body = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+    if (!body && json_error_code(&jerr) == json_error_invalid_utf8) {
+        http_reply_error(call, HTTP_ERR_INVALID_UTF8, "request body is not valid UTF-8 (line %d, column %d)",
+                         jerr.line, jerr.column);
+        return;
+    }
     if (!body) {
         http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s (line %d, column %d)",
                          jerr.text, jerr.line, jerr.column);
@@ -685,7 +687,7 @@ void http_route(http_call *call) {
             raw[name_len] = '\0';
             size_t dlen = 0;
             char *name = evhttp_uridecode(raw, 0, &dlen);
-            if (name && strlen(name) == dlen && is_valid_utf8((unsigned char *)name, dlen, NULL)) {
+            if (name && strlen(name) == dlen && is_valid_utf8((unsigned char *)name, dlen)) {
                 if (!*tail) {
                     call->endpoint = EP_MODEL;
                     if (method_is(call, EVHTTP_REQ_GET))
@@ -705,5 +707,5 @@ void http_route(http_call *call) {
         }
     }
     http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
-                     is_valid_utf8((const unsigned char *)path, strlen(path), NULL) ? path : "(path)");
+                     is_valid_utf8((const unsigned char *)path, strlen(path)) ? path : "(path)");
 }
