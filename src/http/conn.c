@@ -284,9 +284,12 @@ static void on_reply_done(struct evhttp_request *req, void *arg) {
     c->head_bytes = c->body_bytes = 0;
     c->content_length = -1;
     c->idle_since_us = http_now_us();
-    /* A pipelined next request may already be waiting in the buffer. */
-    c->request_start_us =
-        evbuffer_get_length(bufferevent_get_input(c->bev)) ? c->idle_since_us : 0;
+    c->request_start_us = 0;
+    /* A pipelined next request may already be waiting in the buffer: its
+     * bytes get the same checks as bytes that arrive later. */
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer_cb_info waiting = {.orig_size = 0, .n_added = evbuffer_get_length(in)};
+    on_input(in, &waiting, c);
 }
 
 void http_conn_request_started(http_loop *loop, struct evhttp_request *req) {

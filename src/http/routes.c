@@ -54,16 +54,6 @@ static const char *method_name(enum evhttp_cmd_type m) {
     return "OTHER";
 }
 
-/* Bytes of the request head as the client sent it, approximately: request
- * line plus "Name: value\r\n" per header. */
-static size_t head_bytes(struct evhttp_request *req) {
-    size_t n = strlen(evhttp_request_get_uri(req)) + 16;
-    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
-    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next)
-        n += strlen(kv->key) + strlen(kv->value) + 4;
-    return n;
-}
-
 /* For the short strings that come from the URL (paths, decoded model
  * names); bodies are checked by jansson as it parses. */
 static int is_valid_utf8(const unsigned char *s, size_t n) {
@@ -611,7 +601,6 @@ static int method_is(http_call *call, enum evhttp_cmd_type want) {
 }
 
 void http_route(http_call *call) {
-    http_server *s = call->loop->server;
     struct evhttp_request *req = call->req;
     snprintf(call->method, sizeof call->method, "%s", method_name(evhttp_request_get_command(req)));
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -620,12 +609,6 @@ void http_route(http_call *call) {
         path = "/";
     snprintf(call->path, sizeof call->path, "%s", path);
 
-    if (head_bytes(req) > s->opts.max_header_bytes) {
-        http_reply_error(call, HTTP_ERR_HEADERS_TOO_LARGE,
-                         "request headers are larger than the limit of %zu bytes",
-                         s->opts.max_header_bytes);
-        return;
-    }
     if (http_cors_preflight(call, path)) /* before the API key: browsers send none */
         return;
 
