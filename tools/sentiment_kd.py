@@ -270,7 +270,9 @@ def augment(seqs, n, seed, vocab_tokens, max_len=128, p_drop=0.15):
 
 def student_forward(model, ids, mask, p, p_attn, training):
     """hf_reference BertForSequenceClassification forward with HF's dropout
-    sites (the same as train_sentiment.train_forward, device-aware)."""
+    sites (embeddings, attention probabilities, attention output, FFN output,
+    before the classifier); with dropout off it is the reference forward
+    (train_sentiment checks this at start). Device-aware."""
     b = model.bert
     e = b.embeddings
     pos = torch.arange(ids.shape[1], device=ids.device)

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_reference as hf  # noqa: E402
+import sentiment_kd as kd  # noqa: E402
 
 DATA_DIR = "/work/shared/data"
 TRAIN_TSV = os.path.join(DATA_DIR, "sst2/train.tsv")
@@ -133,34 +134,9 @@ def hf_init_(model, std=0.02):
 
 
 def train_forward(model, ids, mask, p, p_attn, training):
-    """hf_reference BertForSequenceClassification forward with HF's dropout sites."""
-    b = model.bert
-    e = b.embeddings
-    pos = torch.arange(ids.shape[1], device=ids.device)
-    x = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(pos)[None]
-                    + e.token_type_embeddings(torch.zeros_like(ids)))
-    x = F.dropout(x, p, training)
-    bsz, t, h = x.shape
-    for layer in b.encoder.layer:
-        s = layer.attention.self
-        nh = layer.n_heads
-        d = h // nh
-
-        def split(y):
-            return y.view(bsz, t, nh, d).transpose(1, 2)
-
-        q, k, v = split(s.query(x)), split(s.key(x)), split(s.value(x))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
-        bias = (1.0 - mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
-        probs = F.dropout(torch.softmax(scores + bias, dim=-1), p_attn, training)
-        ctx = torch.matmul(probs, v).transpose(1, 2).reshape(bsz, t, h)
-        o = layer.attention.output
-        x = o.LayerNorm(F.dropout(o.dense(ctx), p, training) + x)
-        y = layer.output.dense(layer.act(layer.intermediate.dense(x)))
-        x = layer.output.LayerNorm(F.dropout(y, p, training) + x)
-    pooled = b.pooler(x)
-    return model.classifier(F.dropout(pooled, p, training))
-
+    """hf_reference BertForSequenceClassification forward with HF's dropout
+    sites; one implementation, shared with the distilled student."""
+    return kd.student_forward(model, ids, mask, p, p_attn, training)
 
 def pad_batch(seqs):
     width = max(len(s) for s in seqs)
@@ -272,8 +248,7 @@ def main():
         return main_distill(args, cfg, command, t_start, vocab, tok, config, model, n_params,
                             train_rows, dev_rows, train_ids, dev_ids, train_y, dev_y)
 
-    from sentiment_kd import adamw_with_warmup
-    opt, sched = adamw_with_warmup(model, cfg, len(train_ids))
+    opt, sched = kd.adamw_with_warmup(model, cfg, len(train_ids))
     steps_per_epoch = math.ceil(len(train_ids) / cfg["batch"])
 
     lengths = [len(s) for s in train_ids]
@@ -332,7 +307,6 @@ def main_distill(args, cfg, command, t_start, vocab, tok, config, model, n_param
                  train_rows, dev_rows, train_ids, dev_ids, train_y, dev_y):
     """Version 2: teachers, then the student on gold + ensemble probabilities,
     with EMA weights; dev picks the epoch of the EMA weights (the only use of dev)."""
-    import sentiment_kd as kd
     t_train = time.time()
     labels = train_y.tolist()
     comp = kd.Compact(train_ids)
