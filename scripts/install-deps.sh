@@ -17,6 +17,8 @@ packages=(
   libyaml-dev                     # configuration file (aiserve.yaml)
   libssl-dev                      # SHA-256 and random bytes for API keys (libcrypto); TLS (libssl)
   libxxhash-dev                   # XXH3: response cache keys, store shards
+  libhiredis-dev                  # Redis client (async, on libevent): shared cache and limits
+  redis-server                    # the real Redis the integration tests start on loopback
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)
   openssl curl                    # HTTPS tests: test certificates made at run time, curl as the client

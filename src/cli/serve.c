@@ -9,7 +9,8 @@
  *      (bounded by drain_timeout), exit 0; a second signal exits at once.
  *   -> rate limits and the response cache, each in its own memory store
  *      (guard over store), swept for expired entries once a second from
- *      this thread
+ *      this thread; or both in one Redis (redis.url), with a connection per
+ *      HTTP loop
  *   -> SIGHUP, or the API key store's file changing (checked about once a
  *      second from this thread, never on a request's path): the key store
  *      is read again; a file that does not load is logged and the keys in
@@ -99,9 +100,12 @@ static void log_auth_state(guard_keys *keys, const char *host) {
     }
 }
 
-/* Rate limiting and the response cache, with their memory stores. */
+/* Rate limiting and the response cache, with their stores: one memory
+ * store each, or one Redis store (redis.url) that both share with every
+ * instance pointed at it. */
 typedef struct protection {
-    kv_store *limits, *answers;
+    kv_store *limits, *answers; /* memory stores, when no Redis */
+    kv_store *redis;            /* the shared store, when redis.url is set */
     guard_ratelimit *ratelimit;
     guard_cache *cache;
 } protection;
@@ -116,6 +120,7 @@ static void protection_close(protection *p) {
     kv_destroy(p->answers);
     guard_ratelimit_destroy(p->ratelimit);
     kv_destroy(p->limits);
+    kv_destroy(p->redis);
     memset(p, 0, sizeof *p);
 }
 
@@ -124,8 +129,21 @@ static int protection_open(const core_config *cfg, metrics_registry *registry, p
                            size_t cap) {
     memset(p, 0, sizeof *p);
     guard_error gerr = {0};
+    if (cfg->redis_url[0] && (cfg->ratelimit_enabled || cfg->cache_enabled)) {
+        kv_redis_options ro = {
+            .url = cfg->redis_url,
+            .key_prefix = cfg->redis_key_prefix,
+            .connect_timeout_us = (uint64_t)cfg->redis_connect_timeout_ms * 1000u,
+            .command_timeout_us = (uint64_t)cfg->redis_command_timeout_ms * 1000u,
+            .metrics = registry,
+        };
+        char rerr[300];
+        if (kv_redis_create(&ro, &p->redis, rerr, sizeof rerr) != KV_OK) {
+            snprintf(err, cap, "redis.url: %s", rerr);
+            return -1;
+        }
+    }
     if (cfg->ratelimit_enabled) {
-        kv_memory_options mo = {.max_bytes = RATELIMIT_STORE_BYTES};
         guard_tier tiers[CORE_MAX_TIERS];
         size_t n = 0;
         for (int i = 0; i < cfg->ratelimit_tiers.n && i < CORE_MAX_TIERS; i++, n++) {
@@ -135,12 +153,21 @@ static int protection_open(const core_config *cfg, metrics_registry *registry, p
             tiers[n].requests_per_minute = t->requests_per_minute;
             tiers[n].burst = t->burst;
         }
-        guard_ratelimit_options ro = {.tiers = tiers, .n_tiers = n, .trusted_proxies = cfg->trusted_proxies};
-        if (kv_memory_create(&mo, &p->limits) != KV_OK) {
+        guard_ratelimit_options ro = {
+            .tiers = tiers,
+            .n_tiers = n,
+            .trusted_proxies = cfg->trusted_proxies,
+            .store = p->redis,
+            .deny_on_backend_failure = strcmp(cfg->ratelimit_on_backend_failure, "deny") == 0,
+        };
+        kv_memory_options mo = {.max_bytes = RATELIMIT_STORE_BYTES};
+        if (!p->redis && kv_memory_create(&mo, &p->limits) != KV_OK) {
             snprintf(err, cap, "rate limiter: out of memory");
+            protection_close(p);
             return -1;
         }
-        ro.store = p->limits;
+        if (!ro.store)
+            ro.store = p->limits;
         if (guard_ratelimit_create(&ro, registry, &p->ratelimit, &gerr) != 0) {
             snprintf(err, cap, "rate limiter: %.400s", gerr.message);
             protection_close(p);
@@ -149,12 +176,13 @@ static int protection_open(const core_config *cfg, metrics_registry *registry, p
     }
     if (cfg->cache_enabled) {
         kv_memory_options mo = {.max_bytes = cfg->cache_max_bytes};
-        if (kv_memory_create(&mo, &p->answers) != KV_OK) {
+        if (!p->redis && kv_memory_create(&mo, &p->answers) != KV_OK) {
             snprintf(err, cap, "cache: cannot make a store of %llu bytes", (unsigned long long)cfg->cache_max_bytes);
             protection_close(p);
             return -1;
         }
-        guard_cache_options co = {.store = p->answers, .ttl_us = (uint64_t)cfg->cache_ttl_ms * 1000u};
+        guard_cache_options co = {.store = p->redis ? p->redis : p->answers,
+                                  .ttl_us = (uint64_t)cfg->cache_ttl_ms * 1000u};
         if (guard_cache_create(&co, registry, &p->cache, &gerr) != 0) {
             snprintf(err, cap, "cache: %.400s", gerr.message);
             protection_close(p);
@@ -295,6 +323,7 @@ int cli_serve(int argc, char **argv) {
         .keys = keys,
         .ratelimit = prot.ratelimit,
         .cache = prot.cache,
+        .shared_store = prot.redis,
         .tls_cert_file = cfg.tls_cert,
         .tls_key_file = cfg.tls_key,
         .cors_allowed_origins = cfg.cors_allowed_origins,

@@ -167,6 +167,10 @@ const core_setting core_settings[] = {
           check_address, "IP addresses or CIDR blocks",
           "Proxies whose X-Forwarded-For header is believed when a request without a key is limited by its "
           "client address; from any other peer the header is ignored."),
+    STRING("ratelimit", "on_backend_failure", "--rate-limit-on-backend-failure",
+           "AISERVE_RATE_LIMIT_ON_BACKEND_FAILURE", NULL, "allow|deny", ratelimit_on_backend_failure, "allow", 4,
+           "What the limiter does while its store (Redis) cannot be reached: allow admits every request (the "
+           "service stays up, unlimited); deny answers 503 with Retry-After."),
 
     BOOL("cache", "enabled", "--cache", "AISERVE_CACHE", cache_enabled, 1,
          "Cache prediction responses in memory, keyed by model, version, texts and parameters, and run "
@@ -176,6 +180,25 @@ const core_setting core_settings[] = {
          "recently used answers are dropped."),
     DURATION("cache", "ttl", "--cache-ttl", "AISERVE_CACHE_TTL", cache_ttl_ms, MS, 1 * HOUR, 1 * SEC, 30 * 24 * HOUR,
              "How long a cached answer is served before it is computed again."),
+
+    {ROW("redis", "url", "--redis-url", "AISERVE_REDIS_URL", NULL, "URL", SETTING_STRING),
+     PLACE(redis_url, char[sizeof(MEMBER(redis_url))]), .def_str = "", .min = 0,
+     .max = sizeof(MEMBER(redis_url)) - 1, .secret_userinfo = true,
+     .help = "Redis that rate limits and cached answers live in, shared by every instance pointed at it: "
+             "redis://[[user]:password@]host[:port][/db] or unix:///path/redis.sock[?db=N]. Empty: both stay "
+             "in this process's memory. The password is never logged."},
+    STRING("redis", "key_prefix", "--redis-key-prefix", "AISERVE_REDIS_KEY_PREFIX", NULL, "PREFIX",
+           redis_key_prefix, "aiserve:", 0,
+           "Put before every Redis key, so several deployments can share one Redis without sharing answers "
+           "or limits."),
+    DURATION("redis", "connect_timeout", "--redis-connect-timeout", "AISERVE_REDIS_CONNECT_TIMEOUT",
+             redis_connect_timeout_ms, MS, 1 * SEC, 10 * MS, 60 * SEC,
+             "A connection to Redis must be up (connected, authenticated, answering) within this, or it is "
+             "retried with backoff (100 ms doubling to 5 s)."),
+    DURATION("redis", "command_timeout", "--redis-command-timeout", "AISERVE_REDIS_COMMAND_TIMEOUT",
+             redis_command_timeout_ms, MS, 1 * SEC, 10 * MS, 60 * SEC,
+             "Redis must answer a command within this; otherwise the connection is dropped and reopened, and "
+             "the requests that waited go on without it (cache bypassed, limits by their failure policy)."),
 
     ITEMS("cors", "allowed_origins", "--cors-allowed-origins", "AISERVE_CORS_ALLOWED_ORIGINS", "LIST",
           cors_allowed_origins, check_origin, "origins (scheme://host[:port]) or *",
@@ -194,7 +217,7 @@ const size_t core_n_settings = sizeof core_settings / sizeof core_settings[0];
 _Static_assert(sizeof core_settings / sizeof core_settings[0] <= CORE_MAX_SETTINGS, "raise CORE_MAX_SETTINGS");
 
 const char *const core_sections[] = {"server", "models",    "batching", "limits", "auth",
-                                     "ratelimit", "cache", "cors", "logging", NULL};
+                                     "ratelimit", "cache", "redis", "cors", "logging", NULL};
 _Static_assert(sizeof core_sections / sizeof core_sections[0] <= 16, "config_file.c tracks 16 sections");
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
@@ -786,6 +809,13 @@ int core_config_check(const core_config *c, const core_origins *origins, core_er
                        "%s is set (from %s) but %s is not: HTTPS needs both the certificate and its key "
                        "(--tls-cert FILE --tls-key FILE); give neither for plain HTTP",
                        set->name, origin_of(origins, set), c->tls_cert[0] ? "server.tls_key" : "server.tls_cert");
+        return -1;
+    }
+    if (strcmp(c->ratelimit_on_backend_failure, "allow") != 0 &&
+        strcmp(c->ratelimit_on_backend_failure, "deny") != 0) {
+        const core_setting *set = core_setting_by_name("ratelimit", "on_backend_failure");
+        core_set_error(err, "%s: '%s' (from %s) must be allow or deny", set->name, c->ratelimit_on_backend_failure,
+                       origin_of(origins, set));
         return -1;
     }
     if (c->max_inputs > c->max_queue_size) {

@@ -30,9 +30,16 @@ static const char *zero_unit(const core_setting *s) { return s->unit_us == 1000 
 void core_setting_format(const core_setting *s, const core_config *c, char *buf, size_t cap) {
     const char *place = (const char *)c + s->offset;
     switch (s->type) {
-    case SETTING_STRING:
+    case SETTING_STRING: {
         snprintf(buf, cap, "%.*s", (int)s->size, place);
+        /* scheme://user:password@host -> scheme://user:***@host */
+        char *scheme = s->secret_userinfo ? strstr(buf, "://") : NULL;
+        char *at = scheme ? strrchr(scheme, '@') : NULL;
+        char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
+        if (colon && (size_t)(colon - buf) + 5 + strlen(at) < cap)
+            memmove(colon + 4, at, strlen(at) + 1), memcpy(colon + 1, "***", 3);
         return;
+    }
     case SETTING_INT: {
         int v;
         memcpy(&v, place, sizeof v);

@@ -113,10 +113,16 @@ typedef struct core_config {
     bool ratelimit_enabled;      /* ratelimit.enabled */
     core_tiers ratelimit_tiers;  /* ratelimit.tiers */
     char trusted_proxies[1024];  /* ratelimit.trusted_proxies: "addr,cidr,..." ("" = none) */
+    char ratelimit_on_backend_failure[8]; /* ratelimit.on_backend_failure: "allow" or "deny" */
     /* cache */
     bool cache_enabled;          /* cache.enabled */
     uint64_t cache_max_bytes;    /* cache.max_size */
     int64_t cache_ttl_ms;        /* cache.ttl */
+    /* redis */
+    char redis_url[1024];           /* redis.url: "" = memory backends */
+    char redis_key_prefix[65];      /* redis.key_prefix */
+    int64_t redis_connect_timeout_ms; /* redis.connect_timeout */
+    int64_t redis_command_timeout_ms; /* redis.command_timeout */
     /* cors */
     char cors_allowed_origins[4096]; /* cors.allowed_origins: "origin,origin" or "*" ("" = none) */
     int64_t cors_max_age_ms;         /* cors.max_age: preflight cache time */

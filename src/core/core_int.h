@@ -51,6 +51,7 @@ typedef struct core_setting {
     int (*check_item)(const char *item, char *why, size_t cap);
     const char *items;
     const char *help;
+    bool secret_userinfo;  /* a URL whose password is shown as *** wherever it is printed */
 } core_setting;
 
 extern const core_setting core_settings[];

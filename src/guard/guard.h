@@ -293,8 +293,9 @@ void guard_keys_view_release(guard_keys_view *view);
  * The bucket lives in a kv_store and one kv_bucket_take decides (atomic in
  * every backend: never read-then-write). The answer comes to a callback:
  * at once from the memory backend, later (on the caller's event loop) from
- * a remote one. A backend failure admits the request (fail open; the
- * result says so in `status`).
+ * a remote one. When the backend fails (Redis unreachable), the request is
+ * admitted (fail open, the default) or refused (deny_on_backend_failure);
+ * either way the result says so in `status`.
  *
  * Client addresses: a request's address is its TCP peer. X-Forwarded-For
  * is believed only when the peer is a trusted proxy: then the header's
@@ -317,6 +318,7 @@ typedef struct guard_ratelimit_options {
     size_t n_tiers;
     const char *trusted_proxies; /* "10.0.0.0/8,::1" (addresses or CIDR blocks); NULL or "": none */
     kv_store *store;             /* borrowed; must outlive the limiter */
+    bool deny_on_backend_failure;/* refuse, rather than admit, what the store cannot decide */
 } guard_ratelimit_options;
 
 typedef struct guard_ratelimit guard_ratelimit;
@@ -348,7 +350,7 @@ void guard_ratelimit_client(const guard_ratelimit *rl, const char *peer, const c
 
 typedef struct guard_ratelimit_result {
     bool allowed;
-    int status;            /* KV_OK, or the backend's failure (the request was admitted) */
+    int status;            /* KV_OK, or the backend's failure (decided by the failure policy) */
     const guard_tier *tier;/* borrowed from the limiter */
     int64_t limit;         /* the tier's burst: X-RateLimit-Limit */
     int64_t remaining;     /* whole requests left now: X-RateLimit-Remaining */

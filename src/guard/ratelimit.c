@@ -44,7 +44,8 @@ struct guard_ratelimit {
     const guard_tier *default_tier, *anonymous_tier;
     proxy_net *proxies;
     size_t n_proxies;
-    metric *allowed, *limited;
+    bool deny_on_failure;
+    metric *allowed, *limited, *failed_open, *failed_closed;
     guard_collector *collector;
 };
 
@@ -211,6 +212,7 @@ int guard_ratelimit_create(const guard_ratelimit_options *opts, metrics_registry
         return guard_set_error(err, GUARD_ENOMEM, "out of memory");
     }
     rl->store = opts->store;
+    rl->deny_on_failure = opts->deny_on_backend_failure;
     rl->n_tiers = opts->n_tiers;
     memcpy(rl->tiers, opts->tiers, opts->n_tiers * sizeof *rl->tiers);
     int rc = 0;
@@ -232,10 +234,14 @@ int guard_ratelimit_create(const guard_ratelimit_options *opts, metrics_registry
     if (rc == 0 && metrics) {
         const char *result[] = {"result"};
         metric_family *f = metrics_counter(metrics, "aiserve_ratelimit_decisions_total",
-                                           "Rate-limit decisions on the model endpoints: allowed or limited (429)",
+                                           "Rate-limit decisions on the model endpoints: allowed, limited (429), "
+                                           "or made without the backend (unreachable): failed_open (admitted) or "
+                                           "failed_closed (503), as ratelimit.on_backend_failure says",
                                            1, result);
         rl->allowed = metric_get(f, "allowed", NULL);
         rl->limited = metric_get(f, "limited", NULL);
+        rl->failed_open = metric_get(f, "failed_open", NULL);
+        rl->failed_closed = metric_get(f, "failed_closed", NULL);
         f = metrics_gauge(metrics, "aiserve_ratelimit_buckets",
                           "Token buckets held (one per active API key or client address; idle ones expire)", 0,
                           NULL);
@@ -285,13 +291,16 @@ static void on_bucket(int status, const kv_bucket_result *r, void *ud) {
             if (res.retry_after_s < 1)
                 res.retry_after_s = 1;
         }
+        metric_inc(res.allowed ? rl->allowed : rl->limited);
     } else {
-        /* Fail open: an outage of the backend must not take the service
-         * down with it. */
-        res.allowed = true;
-        res.remaining = req->tier->burst;
+        /* The backend could not decide. Fail open by default (an outage of
+         * Redis must not take the service down with it), or closed when
+         * configured so. */
+        res.allowed = !rl->deny_on_failure;
+        res.remaining = res.allowed ? req->tier->burst : 0;
+        res.retry_after_s = res.allowed ? 0 : 1;
+        metric_inc(res.allowed ? rl->failed_open : rl->failed_closed);
     }
-    metric_inc(res.allowed ? rl->allowed : rl->limited);
     guard_ratelimit_cb cb = req->cb;
     void *cb_ud = req->ud;
     cb(&res, cb_ud); /* may free req */

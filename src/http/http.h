@@ -48,6 +48,11 @@ typedef struct http_options {
     guard_keys *keys;            /* API keys; borrowed, must outlive the server; NULL: open */
     guard_ratelimit *ratelimit;  /* rate limits on the model endpoints; borrowed; NULL: none */
     guard_cache *cache;          /* response cache and coalescing; borrowed; NULL: none */
+    /* A remote store (Redis) the limiter and the cache use: each loop opens
+     * its connection to it at start (kv_attach) and closes it on its own
+     * thread at shutdown (kv_detach); /health reports "degraded" with the
+     * reason while it cannot be reached. Borrowed; NULL: none. */
+    kv_store *shared_store;
     /* Read by http_server_create only: */
     const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS. NULL or "": HTTP */
     const char *tls_key_file;    /* PEM private key matching the certificate */

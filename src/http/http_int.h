@@ -43,6 +43,7 @@
     X(TOO_MANY_INPUTS, 422, "invalid_request_error", "too_many_inputs")            \
     X(UNSUPPORTED_MODEL, 422, "invalid_request_error", "unsupported_model")        \
     X(RATE_LIMITED, 429, "rate_limit_error", "rate_limited")                       \
+    X(RATE_LIMITER_UNAVAILABLE, 503, "service_unavailable_error", "rate_limiter_unavailable") \
     X(NOT_READY, 503, "service_unavailable_error", "not_ready")                    \
     X(OVERLOADED, 503, "service_unavailable_error", "overloaded")                  \
     X(SHUTTING_DOWN, 503, "service_unavailable_error", "shutting_down")            \
@@ -90,6 +91,7 @@ struct http_loop {
     struct evhttp_bound_socket *bound;  /* NULL once closed for the drain */
     int listening;                      /* listener enabled */
     struct event *control_event;        /* other threads: "re-read the listener state" */
+    struct event *stop_event;           /* http_server_destroy: close the store connection, stop */
     pthread_t thread;
     /* Calls whose job finished, posted by batcher threads. */
     pthread_mutex_t done_lock;

@@ -58,7 +58,12 @@ static void on_limited(const guard_ratelimit_result *r, void *ud) {
         return;
     }
     add_number_header(call, "Retry-After", (long long)r->retry_after_s);
-    if (call->key_name[0])
+    if (r->status != KV_OK)
+        http_reply_error(call, HTTP_ERR_RATE_LIMITER_UNAVAILABLE,
+                         "the rate limiter's store cannot be reached, and ratelimit.on_backend_failure is deny; "
+                         "retry in %lld s",
+                         (long long)r->retry_after_s);
+    else if (call->key_name[0])
         http_reply_error(call, HTTP_ERR_RATE_LIMITED,
                          "the API key '%s' is over its rate limit (tier %s: %lld requests a minute, burst %lld); "
                          "retry in %lld s",

@@ -110,11 +110,21 @@ static void handle_health(http_call *call) {
     int any_loaded = 0;
     json_t *models = loaded_models_json(s, &any_loaded);
     const char *status = ready ? "healthy" : settled ? "unhealthy" : "loading";
+    kv_health store = {.ok = true};
+    kv_get_health(s->opts.shared_store, &store);
+    if (ready && !store.ok)
+        status = "degraded"; /* still serving: the cache is bypassed, limits follow their policy */
     if (atomic_load(&s->draining))
         status = "shutting_down";
     json_t *body = json_pack("{s:s, s:b, s:b, s:o, s:s, s:f}", "status", status, "model_loaded",
                              any_loaded, "ready", ready, "models", models, "version", s->version,
                              "uptime_seconds", (double)time(NULL) - s->start_time);
+    if (s->opts.shared_store) {
+        json_t *dep = json_pack("{s:s}", "status", store.ok ? "up" : "down");
+        if (!store.ok)
+            json_object_set_new(dep, "error", json_string(store.reason));
+        json_object_set_new(body, "dependencies", json_pack("{s:o}", kv_backend_name(s->opts.shared_store), dep));
+    }
     if (!ready || atomic_load(&s->draining)) {
         json_object_set_new(body, "error",
                             json_pack("{s:s, s:s, s:s, s:s}", "message",

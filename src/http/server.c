@@ -165,6 +165,16 @@ static void on_control_event(evutil_socket_t fd, short what, void *arg) {
     http_loop_apply_listener_state(arg);
 }
 
+/* Shutdown, on the loop's thread: close its store connection (pending
+ * operations fail and their requests go on as in an outage), then stop. */
+static void on_stop_event(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    http_loop *loop = arg;
+    kv_detach(loop->server->opts.shared_store, loop->base);
+    event_base_loopbreak(loop->base);
+}
+
 static void *loop_main(void *arg) {
     http_loop *loop = arg;
     event_base_dispatch(loop->base);
@@ -303,8 +313,9 @@ int http_server_start(http_server *s, char *err, size_t err_len) {
         loop->done_event = loop->base ? event_new(loop->base, -1, 0, on_done_event, loop) : NULL;
         loop->sweep_event = loop->base ? event_new(loop->base, -1, EV_PERSIST, http_conn_sweep, loop) : NULL;
         loop->control_event = loop->base ? event_new(loop->base, -1, 0, on_control_event, loop) : NULL;
+        loop->stop_event = loop->base ? event_new(loop->base, -1, 0, on_stop_event, loop) : NULL;
         if (!loop->base || !loop->http || !loop->done_event || !loop->sweep_event ||
-            !loop->control_event) {
+            !loop->control_event || !loop->stop_event) {
             set_err(err, err_len, "cannot create an event loop%s%s", "", "");
             return -1;
         }
@@ -323,6 +334,10 @@ int http_server_start(http_server *s, char *err, size_t err_len) {
         event_add(loop->sweep_event, &sweep);
         if (make_listener(s, loop, err, err_len) != 0)
             return -1;
+        if (kv_attach(s->opts.shared_store, loop->base) != KV_OK) {
+            set_err(err, err_len, "cannot set up the %s connection of an event loop%s", kv_backend_name(s->opts.shared_store), "");
+            return -1;
+        }
     }
     for (int i = 0; i < s->n_loops; i++) {
         if (pthread_create(&s->loops[i].thread, NULL, loop_main, &s->loops[i]) != 0) {
@@ -358,9 +373,11 @@ int http_server_in_flight(const http_server *s) {
 void http_server_destroy(http_server *s) {
     if (!s)
         return;
+    /* Each loop closes its own store connection (its pending operations
+     * end there, as after an outage), then stops. */
     for (int i = 0; s->loops && i < s->n_loops; i++)
-        if (s->loops[i].base && s->loops[i].thread)
-            event_base_loopbreak(s->loops[i].base);
+        if (s->loops[i].base && s->loops[i].thread && s->loops[i].stop_event)
+            event_active(s->loops[i].stop_event, EV_READ, 0);
     for (int i = 0; s->loops && i < s->n_loops; i++)
         if (s->loops[i].thread)
             pthread_join(s->loops[i].thread, NULL);
@@ -393,6 +410,10 @@ void http_server_destroy(http_server *s) {
             event_free(loop->sweep_event);
         if (loop->control_event)
             event_free(loop->control_event);
+        if (loop->stop_event)
+            event_free(loop->stop_event);
+        if (loop->base && !loop->thread) /* never ran: close its connection here */
+            kv_detach(s->opts.shared_store, loop->base);
         if (loop->done_event)
             event_free(loop->done_event);
         /* Freed bufferevents finish on the loop (deferred callbacks of TLS

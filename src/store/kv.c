@@ -61,6 +61,22 @@ void kv_get_stats(kv_store *s, kv_stats *out) {
 
 const char *kv_backend_name(const kv_store *s) { return s ? s->backend->name : "none"; }
 
+int kv_attach(kv_store *s, struct event_base *base) {
+    return s && s->backend->attach ? s->backend->attach(s, base) : KV_OK;
+}
+
+void kv_detach(kv_store *s, struct event_base *base) {
+    if (s && s->backend->detach)
+        s->backend->detach(s, base);
+}
+
+void kv_get_health(kv_store *s, kv_health *out) {
+    out->ok = true;
+    out->reason[0] = 0;
+    if (s && s->backend->health)
+        s->backend->health(s, out);
+}
+
 void kv_destroy(kv_store *s) {
     if (s)
         s->backend->destroy(s);

@@ -2,8 +2,8 @@
  * store.h - the store module's one public header: key-value backends behind
  * one table of function pointers (kv_backend), so that the response cache
  * and the rate limiter never know where their data lives. Today: the
- * in-memory backend (kv_memory_create). The Redis backend (hiredis on each
- * event loop) plugs in behind the same table.
+ * in-memory backend (kv_memory_create) and Redis (kv_redis_create: hiredis
+ * on each event loop, shared by every instance that points at it).
  *
  * Operations (the whole vocabulary a feature may use):
  *  - get / set: bytes under a key, set with a time to live. Values are
@@ -28,6 +28,14 @@
  *  - Values handed to a callback are borrowed for the callback only.
  *  - No callback runs with a backend lock held: a callback may call the
  *    store again.
+ *
+ * Event loops (remote backends): each loop that will call the store is
+ * attached first (kv_attach, before the loop runs, from the thread that
+ * owns it), which opens that loop's connection, and detached on its own
+ * thread before the loop is freed (kv_detach), which fails whatever is
+ * still pending with KV_EUNAVAILABLE. kv_get_health says whether the
+ * backend can be reached, and why not. The memory backend needs none of
+ * this: attach and detach do nothing, and it is always healthy.
  *
  * Memory backend design:
  *  - The key space is split into shards (a power of two, default 64) by the
@@ -56,6 +64,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "obs.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -110,6 +120,12 @@ typedef void (*kv_get_cb)(int status, const void *value, size_t len, void *ud);
 typedef void (*kv_set_cb)(int status, void *ud);
 typedef void (*kv_bucket_cb)(int status, const kv_bucket_result *result, void *ud);
 
+/* Whether the backend can be reached now; reason says why not. */
+typedef struct kv_health {
+    bool ok;
+    char reason[256]; /* "" when ok; never holds a password */
+} kv_health;
+
 /* What a backend holds, for metrics. Fields a backend cannot know are 0. */
 typedef struct kv_stats {
     uint64_t entries;          /* live entries (buckets included) */
@@ -131,6 +147,9 @@ typedef struct kv_backend {
                         const kv_bucket_params *params, kv_bucket_cb cb, void *ud);
     void (*maintain)(kv_store *s);
     void (*get_stats)(kv_store *s, kv_stats *out);
+    int (*attach)(kv_store *s, struct event_base *base);
+    void (*detach)(kv_store *s, struct event_base *base);
+    void (*health)(kv_store *s, struct kv_health *out);
     void (*destroy)(kv_store *s);
 } kv_backend;
 
@@ -158,6 +177,20 @@ void kv_maintain(kv_store *s);
 void kv_get_stats(kv_store *s, kv_stats *out);
 const char *kv_backend_name(const kv_store *s);
 
+/* Opens the connection base's loop will use (remote backends). Call it for
+ * each loop before the loop runs. KV_OK, KV_EINVAL (base NULL), KV_ENOMEM.
+ * NULL s is fine (KV_OK). */
+int kv_attach(kv_store *s, struct event_base *base);
+
+/* Closes base's connection, on base's own thread, before the loop is freed:
+ * pending operations end with KV_EUNAVAILABLE, on this thread, before this
+ * returns. Later operations with this base fail with KV_EUNAVAILABLE. */
+void kv_detach(kv_store *s, struct event_base *base);
+
+/* Fills *out: ok, or the reason the backend cannot be reached. Any thread.
+ * NULL s is healthy. */
+void kv_get_health(kv_store *s, kv_health *out);
+
 /* Frees the store and everything in it. NULL is fine. No other call may
  * run on it at the same time or later. */
 void kv_destroy(kv_store *s);
@@ -177,6 +210,33 @@ typedef struct kv_memory_options {
 /* Makes an empty memory store (owned by the caller: kv_destroy). Returns
  * KV_OK, KV_EINVAL (bad options) or KV_ENOMEM. */
 int kv_memory_create(const kv_memory_options *opts, kv_store **out);
+
+/* ---- the Redis backend -------------------------------------------------- */
+
+typedef struct kv_redis_options {
+    /* redis://[[user]:password@]host[:port][/db] (port 6379, db 0 by
+     * default; %XX escapes in user and password) or
+     * unix://[[user]:password@]/path/to/socket[?db=N]. Borrowed for the call. */
+    const char *url;
+    const char *key_prefix;       /* before every key; NULL: "aiserve:" (at most 64 bytes) */
+    uint64_t connect_timeout_us;  /* connect + handshake; 0: 1 s */
+    uint64_t command_timeout_us;  /* a reply later than this drops the connection; 0: 1 s */
+    uint64_t retry_min_us;        /* reconnect backoff: first wait (0: 100 ms), doubling to */
+    uint64_t retry_max_us;        /* (0: 5 s) */
+    metrics_registry *metrics;    /* aiserve_redis_errors_total{kind}, aiserve_redis_connections; may be NULL */
+    /* Tests only: the clock token buckets use (microseconds), instead of
+     * Redis's own TIME. NULL in production: every instance then shares
+     * Redis's clock. */
+    uint64_t (*now_us)(void *clock_ud);
+    void *clock_ud;
+} kv_redis_options;
+
+/* Makes a Redis store (owned by the caller: kv_destroy after every loop
+ * was detached). Connects nothing yet: each kv_attach opens its loop's
+ * connection, and a Redis that is down is retried with backoff, never an
+ * error here. Returns KV_OK, or KV_EINVAL (bad URL or prefix) / KV_ENOMEM
+ * with a message in err[cap] (which never repeats a password). */
+int kv_redis_create(const kv_redis_options *opts, kv_store **out, char *err, size_t cap);
 
 #ifdef __cplusplus
 }
