@@ -27,19 +27,26 @@ const char *core_setting_type_name(const core_setting *s) {
 
 static const char *zero_unit(const core_setting *s) { return s->unit_us == 1000 ? "ms" : "us"; }
 
+/* scheme://user:password@host -> scheme://user:***@host, in place (buf
+ * holds cap bytes). */
+static void redact_userinfo(char *buf, size_t cap) {
+    char *scheme = strstr(buf, "://");
+    char *at = scheme ? strrchr(scheme, '@') : NULL;
+    char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
+    if (colon && (size_t)(colon - buf) + 5 + strlen(at) < cap) {
+        memmove(colon + 4, at, strlen(at) + 1);
+        memcpy(colon + 1, "***", 3);
+    } else if (colon) {
+        snprintf(buf, cap, "(a URL with a password)");
+    }
+}
+
 void core_setting_format(const core_setting *s, const core_config *c, char *buf, size_t cap) {
     const char *place = (const char *)c + s->offset;
     switch (s->type) {
-    case SETTING_STRING: {
+    case SETTING_STRING:
         snprintf(buf, cap, "%.*s", (int)s->size, place);
-        /* scheme://user:password@host -> scheme://user:***@host */
-        char *scheme = s->secret_userinfo ? strstr(buf, "://") : NULL;
-        char *at = scheme ? strrchr(scheme, '@') : NULL;
-        char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
-        if (colon && (size_t)(colon - buf) + 5 + strlen(at) < cap)
-            memmove(colon + 4, at, strlen(at) + 1), memcpy(colon + 1, "***", 3);
         return;
-    }
     case SETTING_INT: {
         int v;
         memcpy(&v, place, sizeof v);
@@ -386,6 +393,8 @@ char *core_config_describe_json(const core_config *c) {
         case SETTING_STRING: {
             char value[4200];
             core_setting_format(s, c, value, sizeof value);
+            if (s->secret_userinfo) /* this text goes to the log */
+                redact_userinfo(value, sizeof value);
             write_quoted(f, value);
             break;
         }

@@ -184,7 +184,8 @@ int core_config_write_yaml(const core_config *c, FILE *f);
 
 /* *c as one JSON object for the startup log line: the field names of
  * core_config as keys (so the unit is in the name: "read_timeout_ms"),
- * numbers as numbers, log_level as its name, plus "config_file". Returns a
+ * numbers as numbers, log_level as its name, plus "config_file"; a URL's
+ * password (redis.url) shows as ***. Returns a
  * malloc'd string the caller frees with free(), or NULL when out of memory. */
 char *core_config_describe_json(const core_config *c);
 

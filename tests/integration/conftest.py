@@ -34,3 +34,20 @@ def server():
     assert rc == 0, "server exited %r on SIGTERM:\n%s" % (rc, s.output())
 
 
+
+
+@pytest.fixture
+def redis_factory():
+    """Start real redis-servers on free loopback ports: make(password=None).
+    All are stopped at teardown."""
+    from harness import RedisServer
+    started = []
+
+    def make(**kw):
+        r = RedisServer(**kw)
+        started.append(r)
+        return r.start()
+
+    yield make
+    for r in started:
+        r.stop()

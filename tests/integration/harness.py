@@ -412,3 +412,99 @@ def assert_error(resp, status, code=None):
 
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def free_port():
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, without persistence.
+    restart() brings it back on the same port (as after a crash)."""
+
+    def __init__(self, password=None):
+        self.port = free_port()
+        self.password = password
+        self.proc = None
+
+    def start(self, timeout=START_TIMEOUT):
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--protected-mode", "no"]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited: %s" % self.proc.stdout.read().decode())
+            try:
+                if self.command("PING") in ("PONG", "NOAUTH Authentication required."):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer on port %d" % self.port)
+
+    def url(self, db=0):
+        auth = ":%s@" % self.password if self.password else ""
+        return "redis://%s127.0.0.1:%d/%d" % (auth, self.port, db)
+
+    def command(self, *args, db=0):
+        """One command through a fresh connection (RESP); returns the decoded reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            f = s.makefile("rwb")
+            pre = []
+            if self.password:
+                pre.append(("AUTH", self.password))
+            if db:
+                pre.append(("SELECT", str(db)))
+            for cmd in pre + [args]:
+                f.write(b"*%d\r\n" % len(cmd))
+                for a in cmd:
+                    a = a if isinstance(a, bytes) else str(a).encode()
+                    f.write(b"$%d\r\n%s\r\n" % (len(a), a))
+            f.flush()
+            replies = [_resp_read(f) for _ in range(len(pre) + 1)]
+            return replies[-1]
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _resp_read(f):
+    line = f.readline()
+    if not line:
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:].rstrip(b"\r\n")
+    if kind in (b"+", b"-"):
+        return rest.decode()
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise OSError("unexpected reply %r" % line)
