@@ -28,7 +28,7 @@ packages=(
 for arg in "$@"; do
   case "$arg" in
     --bench) packages+=(python3-torch python3-onnx python3-numpy nodejs npm
-                        wrk python3-fastapi python3-uvicorn) ;;
+                        wrk python3-fastapi python3-uvicorn python3-redis) ;;
     --tools) packages+=(python3-torch python3-numpy) ;;
     *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac

@@ -18,6 +18,7 @@
 -- counts 2xx responses without a "label" in the body.
 --
 -- WRK_PATH (environment) changes the path, e.g. /v1/models/sentiment/predict.
+-- WRK_API_KEY (environment), when set, is sent as X-API-Key.
 
 local sentences = {
   "the iditarod lasts for days - this just felt like it did .",
@@ -88,6 +89,7 @@ local sentences = {
 
 local path = os.getenv("WRK_PATH") or "/predict"
 local headers = { ["Content-Type"] = "application/json" }
+if os.getenv("WRK_API_KEY") then headers["X-API-Key"] = os.getenv("WRK_API_KEY") end
 local threads = {}
 local thread_index = 0
 

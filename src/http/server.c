@@ -165,6 +165,21 @@ static void on_control_event(evutil_socket_t fd, short what, void *arg) {
     http_loop_apply_listener_state(arg);
 }
 
+/* An event base with epoll's change list: evhttp turns a connection's read
+ * and write events off and on again several times per request, and the
+ * change list folds those into at most one epoll_ctl per fd per loop turn
+ * (perf showed epoll_ctl as the largest cost of a cached answer). Safe here:
+ * no fd is ever dup'ed. */
+static struct event_base *new_loop_base(void) {
+    struct event_config *cfg = event_config_new();
+    if (!cfg)
+        return NULL;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    struct event_base *base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    return base;
+}
+
 /* Shutdown, on the loop's thread: close its store connection (pending
  * operations fail and their requests go on as in an outage), then stop. */
 static void on_stop_event(evutil_socket_t fd, short what, void *arg) {
@@ -308,7 +323,7 @@ int http_server_start(http_server *s, char *err, size_t err_len) {
         loop->server = s;
         loop->index = i;
         pthread_mutex_init(&loop->done_lock, NULL);
-        loop->base = event_base_new();
+        loop->base = new_loop_base();
         loop->http = loop->base ? evhttp_new(loop->base) : NULL;
         loop->done_event = loop->base ? event_new(loop->base, -1, 0, on_done_event, loop) : NULL;
         loop->sweep_event = loop->base ? event_new(loop->base, -1, EV_PERSIST, http_conn_sweep, loop) : NULL;
