@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# run.sh [BUILD_DIR] - the cache benchmark: cache hits (the same 64 requests
-# repeated, every one already cached) through aiserve's memory cache and its
+# run.sh [BUILD_DIR] - the cache benchmark: cache hits (the same request
+# repeated, hit.lua, already cached) through aiserve's memory cache and its
 # Redis cache, side by side with the seed's FastAPI service and its Redis
 # cache decorator (seed_cached_service.py), on the bundled sentiment model
 # and one real redis-server on a free loopback port; and the cost of the API
@@ -128,7 +128,7 @@ run_wrk() {  # name phase conc dur
   [[ "$1" == *guard ]] && key_env=(WRK_API_KEY="$KEY")
   t0=$(cpu_ticks)
   out=$(env "${key_env[@]}" wrk -t"$WRK_THREADS" -c"$3" -d"$4s" --latency --timeout 30s \
-        -s "$ROOT/bench/http/predict.lua" "$URL" 2>&1) || { echo "$out" >&2; die "wrk failed ($1)"; }
+        -s "$HERE/hit.lua" "$URL" 2>&1) || { echo "$out" >&2; die "wrk failed ($1)"; }
   t1=$(cpu_ticks)
   line=$(grep '^{' <<<"$out" | tail -1)
   "$PY" -c 'import json, sys; r = json.loads(sys.argv[1]); e = r["socket_errors"]
@@ -142,11 +142,12 @@ for name in seed-redis aiserve-memory aiserve-memory-guard aiserve-redis aiserve
   [[ "$SKIP" == *" $name "* ]] && continue
   log "$name"
   start "$name"
-  run_wrk "$name" warmup 8 "$WARMUP"   # fills the cache: 64 distinct requests
-  # every answer is now cached
-  hit=$(curl -s -D - -o /dev/null -H 'Content-Type: application/json' \
-        ${KEY:+-H "X-API-Key: $KEY"} -d '{"text": "the iditarod lasts for days - this just felt like it did ."}' \
-        "$URL/predict" | tr -d '\r' | sed -n 's/^X-Cache: //Ip')
+  run_wrk "$name" warmup 8 "$WARMUP"   # the first request fills the cache
+  # the answer is cached now, and it is a real answer
+  body=$(curl -s -D "$TMP/headers" -H 'Content-Type: application/json' ${KEY:+-H "X-API-Key: $KEY"} \
+        -d "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$HERE/hit.lua")" "$URL/predict")
+  grep -q '"label"' <<<"$body" || die "$name: no label in the answer: $body"
+  hit=$(tr -d '\r' <"$TMP/headers" | sed -n 's/^X-Cache: //Ip')
   [[ "$name" == seed-redis || "$hit" == HIT ]] || die "$name: a warm request was not a cache hit ($hit)"
   for c in $CONCS; do run_wrk "$name" hit "$c" "$DUR"; done
   stop_pid "$SERVER_PID"
