@@ -14,6 +14,11 @@
  *    SERVING_ETIMEOUT without computing anything.
  *  - The engine call runs outside the queue lock; submitting never waits for
  *    inference.
+ *  - Background jobs (batch jobs) wait in a second FIFO that is neither
+ *    bounded nor delayed: when the online queue is empty, the batcher gives
+ *    the next batch (at most max_batch_size texts) to the first background
+ *    job, then puts it back at the front of its FIFO; online jobs that
+ *    arrive meanwhile wait for at most that one batch.
  *  - If the engine refuses a batch (it should not: texts were validated), the
  *    jobs of that batch are retried one by one so that one bad job cannot
  *    fail its neighbours.
@@ -41,7 +46,8 @@ struct sched {
     pthread_mutex_t lock;
     pthread_cond_t wake;       /* work arrived or stopping */
     serving_job *head, *tail;
-    size_t queued_texts;       /* texts not yet taken by a batch */
+    size_t queued_texts;       /* texts not yet taken by a batch (online queue) */
+    serving_job *bg_head, *bg_tail; /* background jobs: run only when head is empty */
     int stopping;
     int refusing;              /* sched_cancel: no new jobs */
     pthread_t thread;
@@ -143,18 +149,32 @@ static void *batcher_main(void *arg) {
     sched *s = arg;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->stopping && !s->head)
+        while (!s->stopping && !s->head && !s->bg_head)
             pthread_cond_wait(&s->wake, &s->lock);
         if (s->stopping)
             break;
-        /* Let the batch fill, up to max_queue_delay_us after the oldest job
-         * arrived (or at once when it is already full). */
-        uint64_t fill_until = s->head->enqueued_us_ + (uint64_t)s->max_delay_us;
-        while (!s->stopping && s->head && s->queued_texts < (size_t)s->max_batch &&
-               serving_now_us() < fill_until)
-            wait_until(s, fill_until);
-        if (s->stopping)
-            break;
+        serving_job *background = NULL;
+        if (!s->head) {
+            /* Nothing online: one background job gets this batch (at most
+             * max_batch of its texts, at once), then goes back to the front
+             * of its queue, so online work that arrives meanwhile is next. */
+            background = s->bg_head;
+            s->bg_head = background->qnext_;
+            if (!s->bg_head)
+                s->bg_tail = NULL;
+            background->qnext_ = NULL;
+            s->head = s->tail = background;
+            s->queued_texts += background->n - background->next_;
+        } else {
+            /* Let the batch fill, up to max_queue_delay_us after the oldest
+             * job arrived (or at once when it is already full). */
+            uint64_t fill_until = s->head->enqueued_us_ + (uint64_t)s->max_delay_us;
+            while (!s->stopping && s->head && s->queued_texts < (size_t)s->max_batch &&
+                   serving_now_us() < fill_until)
+                wait_until(s, fill_until);
+            if (s->stopping)
+                break;
+        }
 
         /* Take up to max_batch texts; expire jobs whose deadline passed
          * before they started. */
@@ -191,6 +211,14 @@ static void *batcher_main(void *arg) {
         }
         if (!s->head)
             s->tail = NULL;
+        if (background && s->head == background) { /* texts left: back to its queue's front */
+            s->head = s->tail = NULL;
+            s->queued_texts -= background->n - background->next_;
+            background->qnext_ = s->bg_head;
+            s->bg_head = background;
+            if (!s->bg_tail)
+                s->bg_tail = background;
+        }
         metric_set(s->metrics.queue_depth, (double)s->queued_texts);
         pthread_mutex_unlock(&s->lock);
 
@@ -237,8 +265,12 @@ static void *batcher_main(void *arg) {
     }
     /* Stopping: everything still queued is answered ESTOPPED. A job that
      * already rode in a batch has texts left; it fails as a whole. */
+    if (s->tail) /* online first, then background */
+        s->tail->qnext_ = s->bg_head;
+    else
+        s->head = s->bg_head;
     serving_job *rest = s->head;
-    s->head = s->tail = NULL;
+    s->head = s->tail = s->bg_head = s->bg_tail = NULL;
     s->queued_texts = 0;
     pthread_mutex_unlock(&s->lock);
     while (rest) {
@@ -302,13 +334,23 @@ int sched_submit(sched *s, serving_job *job) {
         pthread_mutex_unlock(&s->lock);
         return SERVING_ESTOPPED;
     }
+    job->enqueued_us_ = serving_now_us();
+    if (job->background) { /* unbounded here: the job system bounds what it submits */
+        if (s->bg_tail)
+            s->bg_tail->qnext_ = job;
+        else
+            s->bg_head = job;
+        s->bg_tail = job;
+        pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
     /* An empty queue takes any job, even one larger than the bound, so a
      * request within the per-request input limit can always run. */
     if (s->head && s->queued_texts + job->n > s->max_queue) {
         pthread_mutex_unlock(&s->lock);
         return SERVING_EFULL;
     }
-    job->enqueued_us_ = serving_now_us();
     if (s->tail)
         s->tail->qnext_ = job;
     else
@@ -344,6 +386,22 @@ void sched_cancel(sched *s) {
         }
     }
     s->tail = last;
+    /* Background jobs that have not started go too; one that has (at
+     * the front) is finished by the batcher, as above. */
+    serving_job **bp = &s->bg_head, *bg_last = NULL;
+    while (*bp) {
+        serving_job *job = *bp;
+        if (job->next_ == 0) {
+            *bp = job->qnext_;
+            job->qnext_ = NULL;
+            *tail_taken = job;
+            tail_taken = &job->qnext_;
+        } else {
+            bg_last = job;
+            bp = &job->qnext_;
+        }
+    }
+    s->bg_tail = bg_last;
     metric_set(s->metrics.queue_depth, (double)s->queued_texts);
     pthread_mutex_unlock(&s->lock);
     while (taken) {

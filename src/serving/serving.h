@@ -167,6 +167,11 @@ struct serving_job {
     const size_t *lens;
     size_t n;
     uint64_t deadline_us;      /* core clock (CLOCK_MONOTONIC, us); 0: none */
+    /* Background work (batch jobs): queued apart and run only when no
+     * online job waits, one batch at a time (at most max_batch_size of its
+     * texts), so online latency sees at most one batch of it. Not counted
+     * against max_queue_size; never refused as full. */
+    int background;
     float *probs;              /* n x n_labels, written by the scheduler */
     void (*on_done)(serving_job *job, void *user); /* batcher thread, exactly once */
     void *user;

@@ -202,6 +202,7 @@ typedef struct test_job {
     serving_job job;
     tracker *t;
     atomic_int calls;
+    int seq; /* order of completion among all jobs of the test binary */
     const char *texts[16];
     size_t lens[16];
     float probs[16 * 8];
@@ -218,9 +219,12 @@ static void tracker_fini(tracker *t) {
     pthread_cond_destroy(&t->cond);
 }
 
+static atomic_int completions;
+
 static void on_done(serving_job *job, void *user) {
     test_job *tj = user;
     (void)job;
+    tj->seq = atomic_fetch_add(&completions, 1);
     atomic_fetch_add(&tj->calls, 1);
     pthread_mutex_lock(&tj->t->lock);
     tj->t->n_done++;
@@ -894,6 +898,64 @@ static void test_queue_bound_and_stop(void **state) {
     repo_dir_remove(&d);
 }
 
+/* Background jobs (batch jobs) run only when no online job waits: with an
+ * online job waiting for its batch to fill (2 s), two 16-text background
+ * jobs submitted behind it do not start, and a second online job submitted
+ * after them joins the first one's batch and both finish before any
+ * background text runs; then the background jobs run, in batches of at
+ * most max_batch_size, with the engine's answers; they are not bounded by
+ * max_queue_size and do not count in the online queue's depth. */
+static void test_background_yields_to_online(void **state) {
+    (void)state;
+    repo_dir d;
+    repo_dir_init(&d);
+    repo_link(&d, "a", "1", "distilbert-f32");
+    metrics_registry *m = metrics_registry_create();
+    serving_options o = options(&d);
+    o.max_batch_size = 2;
+    o.max_queue_size = 4;
+    o.max_queue_delay_us = 2 * 1000000;
+    serving_repo *r = repo_open(&o, m);
+    serving_version *v = acquire_ok(r, "a", 0);
+    engine_model *ref = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(FIXTURES "/distilbert-f32", &eo, &ref, &eerr), 0);
+
+    tracker t;
+    tracker_init(&t);
+    static test_job j[4];
+    const char *texts[16];
+    for (size_t i = 0; i < 16; i++)
+        texts[i] = pool[(i + 1) % POOL_N];
+    job_fill(&j[0], &t, texts, 1);  /* online, waits for company */
+    job_fill(&j[1], &t, texts, 16); /* background */
+    job_fill(&j[2], &t, texts, 16); /* background */
+    job_fill(&j[3], &t, texts + 3, 1); /* online: fills the batch */
+    j[1].job.background = j[2].job.background = 1;
+    assert_int_equal(serving_submit(v, &j[0].job), 0);
+    assert_int_equal(serving_submit(v, &j[1].job), 0); /* 16 > max_queue_size: not bounded */
+    assert_int_equal(serving_submit(v, &j[2].job), 0);
+    assert_true(serving_queue_depth(v) <= 1);
+    assert_int_equal(serving_submit(v, &j[3].job), 0);
+    assert_int_equal(tracker_wait(&t, 4), 0);
+    /* Completion order: both online jobs before either background job. */
+    assert_true(j[0].seq < j[1].seq && j[0].seq < j[2].seq);
+    assert_true(j[3].seq < j[1].seq && j[3].seq < j[2].seq);
+    assert_int_equal(j[0].job.batch_size, 2);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(j[i].job.status, 0);
+        assert_probs_match(ref, &j[i]);
+    }
+    assert_int_equal(j[1].job.batch_size, 2);
+    serving_version_release(v);
+    serving_repo_destroy(r);
+    engine_model_free(ref);
+    tracker_fini(&t);
+    metrics_registry_destroy(m);
+    repo_dir_remove(&d);
+}
+
 /* A job whose deadline passed before it started is answered ETIMEOUT
  * without computing anything; its neighbours are not affected. */
 static void test_deadline(void **state) {
@@ -1185,6 +1247,7 @@ int main(void) {
         cmocka_unit_test(test_bad_text_isolated),
         cmocka_unit_test(test_queue_bound_and_stop),
         cmocka_unit_test(test_deadline),
+        cmocka_unit_test(test_background_yields_to_online),
         cmocka_unit_test(test_embedding_unsupported),
         cmocka_unit_test(test_reference_outlives_destroy),
         cmocka_unit_test(test_destroy_with_queued_jobs),
