@@ -18,6 +18,7 @@ packages=(
   libssl-dev                      # SHA-256 and random bytes for API keys (libcrypto); TLS (libssl)
   libxxhash-dev                   # XXH3: response cache keys, store shards
   libhiredis-dev                  # Redis client (async, on libevent): shared cache and limits
+  libsqlite3-dev                  # batch jobs persisted on one machine (WAL)
   redis-server                    # the real Redis the integration tests start on loopback
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)

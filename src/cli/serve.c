@@ -36,6 +36,7 @@
 #include "http.h"
 #include "obs.h"
 #include "serving.h"
+#include "jobs.h"
 #include "store.h"
 
 #ifndef AISERVE_VERSION
@@ -306,6 +307,27 @@ int cli_serve(int argc, char **argv) {
         return 2;
     }
 
+    jobs *batch = NULL;
+    if (cfg.batch_enabled) {
+        jobs_options jo = {
+            .data_dir = cfg.batch_data_dir,
+            .repo = repo,
+            .max_inputs = (size_t)cfg.batch_max_inputs,
+            .max_active_per_owner = cfg.batch_max_jobs_per_key,
+            .retention_us = (uint64_t)cfg.batch_retention_ms * 1000u,
+            .metrics = registry,
+        };
+        char batch_err[512] = "";
+        if (jobs_open(&jo, &batch, batch_err, sizeof batch_err) != JOBS_OK) {
+            log_event(LOG_ERROR, "startup_failed", "error", json_string(batch_err), NULL);
+            serving_repo_destroy(repo);
+            protection_close(&prot);
+            guard_keys_close(keys);
+            metrics_registry_destroy(registry);
+            return 2;
+        }
+    }
+
     http_options hopts = {
         .host = cfg.host,
         .port = cfg.port,
@@ -324,6 +346,8 @@ int cli_serve(int argc, char **argv) {
         .ratelimit = prot.ratelimit,
         .cache = prot.cache,
         .shared_store = prot.redis,
+        .jobs = batch,
+        .max_batch_inputs = (size_t)cfg.batch_max_inputs,
         .tls_cert_file = cfg.tls_cert,
         .tls_key_file = cfg.tls_key,
         .cors_allowed_origins = cfg.cors_allowed_origins,
@@ -335,6 +359,7 @@ int cli_serve(int argc, char **argv) {
         http_server_start(server, herr, sizeof herr) != 0) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string(herr), NULL);
         http_server_destroy(server);
+        jobs_close(batch);
         serving_repo_destroy(repo);
         protection_close(&prot);
         guard_keys_close(keys);
@@ -348,9 +373,10 @@ int cli_serve(int argc, char **argv) {
               json_integer(http_server_port(server)), "tls", json_boolean(cfg.tls_cert[0] != 0),
               "event_loops", json_integer(hopts.n_threads), "model_repository",
               json_string(cfg.model_repository), NULL);
-    if (serving_repo_start(repo) != 0) {
+    if (serving_repo_start(repo) != 0 || (batch && jobs_start(batch) != JOBS_OK)) {
         log_event(LOG_ERROR, "startup_failed", "error", json_string("cannot start the loader"), NULL);
         http_server_destroy(server);
+        jobs_close(batch);
         serving_repo_destroy(repo);
         protection_close(&prot);
         guard_keys_close(keys);
@@ -428,6 +454,7 @@ int cli_serve(int argc, char **argv) {
         _exit(0);
     }
     http_server_destroy(server);
+    jobs_close(batch); /* before the repository: its worker holds a version */
     serving_repo_destroy(repo);
     protection_close(&prot);
     guard_keys_close(keys);

@@ -200,6 +200,23 @@ const core_setting core_settings[] = {
              "Redis must answer a command within this; otherwise the connection is dropped and reopened, and "
              "the requests that waited go on without it (cache bypassed, limits by their failure policy)."),
 
+    BOOL("batch", "enabled", "--batch", "AISERVE_BATCH", batch_enabled, 1,
+         "Accept batch jobs (POST /batch_predict, /v1/batch): stored in SQLite under batch.data_dir and run "
+         "in the background, only on capacity online requests leave free."),
+    STRING("batch", "data_dir", "--batch-data-dir", "AISERVE_BATCH_DATA_DIR", NULL, "DIR", batch_data_dir,
+           "./data", 1,
+           "Directory of the batch job database (jobs.db, SQLite in WAL mode); created if missing. One aiserve "
+           "process per directory."),
+    INT("batch", "max_inputs", "--batch-max-inputs", "AISERVE_BATCH_MAX_INPUTS", batch_max_inputs, 100000, 1,
+        10000000, "Inputs per batch job, at most; more gets 422. The request body must also fit "
+        "server.max_body_size."),
+    INT("batch", "max_jobs_per_key", "--batch-max-jobs-per-key", "AISERVE_BATCH_MAX_JOBS_PER_KEY",
+        batch_max_jobs_per_key, 4, 1, 100000,
+        "Unfinished (queued or running) batch jobs per API key, at most; one more gets 429."),
+    DURATION("batch", "retention", "--batch-retention", "AISERVE_BATCH_RETENTION", batch_retention_ms, MS,
+             24 * HOUR, 1 * SEC, 365 * 24 * HOUR,
+             "How long a finished batch job and its results are kept; then they are deleted."),
+
     ITEMS("cors", "allowed_origins", "--cors-allowed-origins", "AISERVE_CORS_ALLOWED_ORIGINS", "LIST",
           cors_allowed_origins, check_origin, "origins (scheme://host[:port]) or *",
           "Web pages (origins) whose scripts may call the API from a browser, or * for any page; empty: none "
@@ -217,7 +234,7 @@ const size_t core_n_settings = sizeof core_settings / sizeof core_settings[0];
 _Static_assert(sizeof core_settings / sizeof core_settings[0] <= CORE_MAX_SETTINGS, "raise CORE_MAX_SETTINGS");
 
 const char *const core_sections[] = {"server", "models",    "batching", "limits", "auth",
-                                     "ratelimit", "cache", "redis", "cors", "logging", NULL};
+                                     "ratelimit", "cache", "redis", "batch", "cors", "logging", NULL};
 _Static_assert(sizeof core_sections / sizeof core_sections[0] <= 16, "config_file.c tracks 16 sections");
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};

@@ -123,6 +123,12 @@ typedef struct core_config {
     char redis_key_prefix[65];      /* redis.key_prefix */
     int64_t redis_connect_timeout_ms; /* redis.connect_timeout */
     int64_t redis_command_timeout_ms; /* redis.command_timeout */
+    /* batch */
+    bool batch_enabled;             /* batch.enabled */
+    char batch_data_dir[4096];      /* batch.data_dir: jobs.db lives here */
+    int batch_max_inputs;           /* batch.max_inputs: per job */
+    int batch_max_jobs_per_key;     /* batch.max_jobs_per_key: unfinished jobs per key */
+    int64_t batch_retention_ms;     /* batch.retention: finished jobs are deleted after this */
     /* cors */
     char cors_allowed_origins[4096]; /* cors.allowed_origins: "origin,origin" or "*" ("" = none) */
     int64_t cors_max_age_ms;         /* cors.max_age: preflight cache time */

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "guard.h"
+#include "jobs.h"
 #include "obs.h"
 #include "serving.h"
 
@@ -53,6 +54,8 @@ typedef struct http_options {
      * thread at shutdown (kv_detach); /health reports "degraded" with the
      * reason while it cannot be reached. Borrowed; NULL: none. */
     kv_store *shared_store;
+    jobs *jobs;                  /* batch jobs (/batch_predict, /v1/batch); borrowed; NULL: 503 batch_disabled */
+    size_t max_batch_inputs;     /* inputs per batch job: 422 above */
     /* Read by http_server_create only: */
     const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS. NULL or "": HTTP */
     const char *tls_key_file;    /* PEM private key matching the certificate */

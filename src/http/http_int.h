@@ -43,6 +43,10 @@
     X(TOO_MANY_INPUTS, 422, "invalid_request_error", "too_many_inputs")            \
     X(UNSUPPORTED_MODEL, 422, "invalid_request_error", "unsupported_model")        \
     X(RATE_LIMITED, 429, "rate_limit_error", "rate_limited")                       \
+    X(TOO_MANY_JOBS, 429, "rate_limit_error", "too_many_jobs")                     \
+    X(JOB_NOT_FOUND, 404, "invalid_request_error", "job_not_found")                \
+    X(JOB_FINISHED, 409, "invalid_request_error", "job_finished")                  \
+    X(BATCH_DISABLED, 503, "service_unavailable_error", "batch_disabled")          \
     X(RATE_LIMITER_UNAVAILABLE, 503, "service_unavailable_error", "rate_limiter_unavailable") \
     X(NOT_READY, 503, "service_unavailable_error", "not_ready")                    \
     X(OVERLOADED, 503, "service_unavailable_error", "overloaded")                  \
@@ -77,6 +81,11 @@ typedef enum http_endpoint {
     EP_HEALTH_LIVE,
     EP_HEALTH_READY,
     EP_METRICS,
+    EP_BATCH_PREDICT,
+    EP_BATCH_RESULT,
+    EP_BATCHES,
+    EP_BATCH,
+    EP_BATCH_RESULTS,
     EP_OTHER,
     EP_COUNT
 } http_endpoint;
@@ -173,6 +182,21 @@ struct http_call {
 
 /* routes.c */
 void http_route(http_call *call);
+/* The request's key may use an endpoint that needs `required`: 1, or 0
+ * after answering 401/403. */
+int http_authorized(http_call *call, guard_scopes required);
+/* The request's method is `want`: 1, or 0 after answering 405 with Allow. */
+int http_method_is(http_call *call, enum evhttp_cmd_type want);
+/* Checks one text of a request (a string, not blank, within the length
+ * limit); field "text", or a list's name with index i ("texts[3]").
+ * Returns 0, or -1 after answering 422. */
+int http_check_text(http_call *call, json_t *value, const char *field, size_t index);
+
+/* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. Returns 1
+ * when path is one of them (and the call was answered), else 0. */
+int http_route_batch(http_call *call, const char *path);
+/* For CORS preflights: the methods a batch path takes, or NULL. */
+const char *http_batch_route_methods(const char *path, http_endpoint *ep);
 void http_finish_prediction(http_call *call);
 /* The prediction path after the rate limit: reads and validates the body,
  * borrows the model version, then http_predict_dispatch. */

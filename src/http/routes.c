@@ -237,13 +237,13 @@ static void handle_model(http_call *call, const char *name) {
 /* ---- prediction --------------------------------------------------------- */
 
 /* Checks one text; returns 0 or replies with the error and returns -1. */
-static int check_text(http_call *call, json_t *value, const char *field, size_t index) {
+int http_check_text(http_call *call, json_t *value, const char *field, size_t index) {
     http_server *s = call->loop->server;
     char where[64];
     if (strcmp(field, "text") == 0)
         snprintf(where, sizeof where, "text");
     else
-        snprintf(where, sizeof where, "texts[%zu]", index);
+        snprintf(where, sizeof where, "%.20s[%zu]", field, index);
     if (!json_is_string(value)) {
         http_reply_error(call, HTTP_ERR_INVALID_TEXT, "%s must be a string", where);
         return -1;
@@ -344,7 +344,7 @@ void http_predict_admitted(http_call *call) {
     }
     for (size_t i = 0; i < n; i++) {
         json_t *v = text ? text : json_array_get(texts, i);
-        if (check_text(call, v, text ? "text" : "texts", i) != 0)
+        if (http_check_text(call, v, text ? "text" : "texts", i) != 0)
             return;
         call->texts[i] = json_string_value(v);
         call->lens[i] = json_string_length(v);
@@ -516,7 +516,7 @@ static int presented_key(struct evhttp_request *req, const char **key, size_t *l
  * Returns 1 when the request may go on (a good key, or no keys configured);
  * otherwise answers 401 or 403 and returns 0. Messages name the key's
  * name at most, never the key. */
-static int authorized(http_call *call, guard_scopes required) {
+int http_authorized(http_call *call, guard_scopes required) {
     http_server *s = call->loop->server;
     if (!s->opts.keys)
         return 1;
@@ -597,10 +597,10 @@ const char *http_route_methods(const char *path, http_endpoint *ep) {
             return slash ? "POST" : "GET";
         }
     }
-    return NULL;
+    return http_batch_route_methods(path, ep);
 }
 
-static int method_is(http_call *call, enum evhttp_cmd_type want) {
+int http_method_is(http_call *call, enum evhttp_cmd_type want) {
     if (evhttp_request_get_command(call->req) == want)
         return 1;
     http_add_header(call, "Allow", want == EVHTTP_REQ_GET ? "GET" : "POST");
@@ -634,27 +634,27 @@ void http_route(http_call *call) {
         call->endpoint = fixed[i].ep;
         switch (fixed[i].ep) {
         case EP_PREDICT:
-            if (authorized(call, GUARD_SCOPE_PREDICT) && method_is(call, EVHTTP_REQ_POST))
+            if (http_authorized(call, GUARD_SCOPE_PREDICT) && http_method_is(call, EVHTTP_REQ_POST))
                 predict(call, NULL);
             return;
         case EP_MODELS:
-            if (authorized(call, GUARD_SCOPE_ANY) && method_is(call, EVHTTP_REQ_GET))
+            if (http_authorized(call, GUARD_SCOPE_ANY) && http_method_is(call, EVHTTP_REQ_GET))
                 handle_models(call);
             return;
         case EP_HEALTH:
-            if (method_is(call, EVHTTP_REQ_GET))
+            if (http_method_is(call, EVHTTP_REQ_GET))
                 handle_health(call);
             return;
         case EP_HEALTH_LIVE:
-            if (method_is(call, EVHTTP_REQ_GET))
+            if (http_method_is(call, EVHTTP_REQ_GET))
                 http_reply_json(call, 200, json_pack("{s:s}", "status", "alive"));
             return;
         case EP_HEALTH_READY:
-            if (method_is(call, EVHTTP_REQ_GET))
+            if (http_method_is(call, EVHTTP_REQ_GET))
                 handle_ready(call);
             return;
         case EP_METRICS:
-            if (method_is(call, EVHTTP_REQ_GET))
+            if (http_method_is(call, EVHTTP_REQ_GET))
                 handle_metrics(call);
             return;
         default:
@@ -673,7 +673,7 @@ void http_route(http_call *call) {
         const char *tail = slash ? slash : "";
         if (name_len > 0 && name_len < 256 && (!*tail || strcmp(tail, "/predict") == 0)) {
             call->endpoint = *tail ? EP_MODEL_PREDICT : EP_MODEL;
-            if (!authorized(call, *tail ? GUARD_SCOPE_PREDICT : GUARD_SCOPE_ANY))
+            if (!http_authorized(call, *tail ? GUARD_SCOPE_PREDICT : GUARD_SCOPE_ANY))
                 return;
             char raw[256];
             memcpy(raw, rest, name_len);
@@ -683,11 +683,11 @@ void http_route(http_call *call) {
             if (name && strlen(name) == dlen && is_valid_utf8((unsigned char *)name, dlen)) {
                 if (!*tail) {
                     call->endpoint = EP_MODEL;
-                    if (method_is(call, EVHTTP_REQ_GET))
+                    if (http_method_is(call, EVHTTP_REQ_GET))
                         handle_model(call, name);
                 } else {
                     call->endpoint = EP_MODEL_PREDICT;
-                    if (method_is(call, EVHTTP_REQ_POST))
+                    if (http_method_is(call, EVHTTP_REQ_POST))
                         predict(call, name);
                 }
                 free(name);
@@ -699,6 +699,8 @@ void http_route(http_call *call) {
             return;
         }
     }
+    if (http_route_batch(call, path))
+        return;
     http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
                      is_valid_utf8((const unsigned char *)path, strlen(path)) ? path : "(path)");
 }

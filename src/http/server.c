@@ -51,6 +51,11 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_HEALTH_LIVE] = "/health/live",
     [EP_HEALTH_READY] = "/health/ready",
     [EP_METRICS] = "/metrics",
+    [EP_BATCH_PREDICT] = "/batch_predict",
+    [EP_BATCH_RESULT] = "/batch_result/{task_id}",
+    [EP_BATCHES] = "/v1/batch",
+    [EP_BATCH] = "/v1/batch/{id}",
+    [EP_BATCH_RESULTS] = "/v1/batch/{id}/results",
     [EP_OTHER] = "other",
 };
 

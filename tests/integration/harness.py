@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import weakref
@@ -51,6 +52,7 @@ class Server:
         self._listening = threading.Event()
         self._reader = None
         self.returncode = None
+        self.batch_dir = None
 
     # -- process ---------------------------------------------------------
     def start(self, wait="ready"):
@@ -74,6 +76,13 @@ class Server:
         # address. The response cache keeps its default (on); tests that
         # count inferences start their server with --no-cache.
         env["AISERVE_RATE_LIMIT"] = "false"
+        # Batch jobs in a directory of this server's own (the job database
+        # takes an exclusive lock: two servers must never share one by
+        # accident). A test that restarts a server on the same jobs passes
+        # --batch-data-dir (a flag wins over this).
+        if self.batch_dir is None:
+            self.batch_dir = tempfile.mkdtemp(prefix="aiserve-jobs-")
+        env["AISERVE_BATCH_DATA_DIR"] = self.batch_dir
         if self.env:
             env.update(self.env)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,0 +1,506 @@
+/*
+ * batch.c - the batch job endpoints: the seed's POST /batch_predict and
+ * GET /batch_result/{task_id}, and POST /v1/batch, GET /v1/batch/{id},
+ * GET /v1/batch/{id}/results, DELETE /v1/batch/{id} (docs/batch.md). Jobs
+ * live in the jobs module (jobs.h); this file parses, checks and answers.
+ *
+ *  - Every endpoint needs the `batch` scope; a job belongs to the API key
+ *    that made it (the key's name; "" without keys), and another key's job
+ *    is 404, never its results.
+ *  - Inputs get /predict's checks (strings, not blank, within
+ *    limits.max_text_length); an invalid job is refused whole (422) and
+ *    nothing is stored.
+ *  - A result equals /predict's answer for that input: {"label",
+ *    "confidence", "model", "model_version"}, serialised the same way.
+ *
+ * Loop thread only. The jobs calls are synchronous SQLite (milliseconds;
+ * storing a 100,000-input job takes a fraction of a second on this loop).
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+
+#include "http_int.h"
+
+#define RESULTS_PAGE_DEFAULT 1000
+#define RESULTS_PAGE_MAX 10000
+
+static jobs *jobs_of(http_call *call) { return call->loop->server->opts.jobs; }
+
+static int reply_jobs_error(http_call *call, int rc, const char *message) {
+    switch (rc) {
+    case JOBS_ENOTFOUND:
+        http_reply_error(call, HTTP_ERR_JOB_NOT_FOUND, "no batch job with this id");
+        break;
+    case JOBS_EINVAL:
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s", message ? message : "invalid job");
+        break;
+    case JOBS_ENOMODEL:
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", message ? message : "model not found");
+        break;
+    case JOBS_ELIMIT:
+        http_reply_error(call, HTTP_ERR_TOO_MANY_JOBS, "%s", message ? message : "too many unfinished jobs");
+        break;
+    case JOBS_EFINISHED:
+        http_reply_error(call, HTTP_ERR_JOB_FINISHED, "the batch job has already finished");
+        break;
+    default:
+        log_event(LOG_ERROR, "batch_store_error", "error", json_string(message ? message : jobs_status_message(rc)),
+                  "request_id", json_string(call->request_id), NULL);
+        http_reply_error(call, HTTP_ERR_INTERNAL, "the batch job store failed");
+        break;
+    }
+    return -1;
+}
+
+/* ---- reading a job ---------------------------------------------------------- */
+
+typedef struct inputs {
+    json_t *owner;       /* keeps the texts' strings alive */
+    const char **texts;
+    size_t *lens;
+    size_t n;
+} inputs;
+
+static void inputs_free(inputs *in) {
+    json_decref(in->owner);
+    free(in->texts);
+    free(in->lens);
+    memset(in, 0, sizeof *in);
+}
+
+/* Checks and collects the texts of a JSON array (each a string, or an
+ * object with "text"); field names the list in errors. 0, or -1 answered. */
+static int collect(http_call *call, json_t *list, const char *field, inputs *in) {
+    size_t n = json_array_size(list);
+    size_t max = call->loop->server->opts.max_batch_inputs;
+    if (n == 0)
+        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s must not be empty", field), -1;
+    if (n > max)
+        return http_reply_error(call, HTTP_ERR_TOO_MANY_INPUTS, "%s has %zu inputs; the limit is %zu", field, n,
+                                max),
+               -1;
+    in->texts = malloc(n * sizeof *in->texts);
+    in->lens = malloc(n * sizeof *in->lens);
+    if (!in->texts || !in->lens)
+        return http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory"), -1;
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(list, i);
+        if (json_is_object(v) && json_object_get(v, "text"))
+            v = json_object_get(v, "text");
+        if (http_check_text(call, v, field, i) != 0)
+            return -1;
+        in->texts[i] = json_string_value(v);
+        in->lens[i] = json_string_length(v);
+    }
+    in->n = n;
+    return 0;
+}
+
+static const char *header(http_call *call, const char *name) {
+    return evhttp_find_header(evhttp_request_get_input_headers(call->req), name);
+}
+
+static int is_jsonl(const char *content_type) {
+    static const char *const types[] = {"application/jsonl", "application/x-ndjson", "application/x-jsonl",
+                                        "application/jsonlines"};
+    if (!content_type)
+        return 0;
+    size_t n = strcspn(content_type, ";, ");
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (n == strlen(types[i]) && strncasecmp(content_type, types[i], n) == 0)
+            return 1;
+    return 0;
+}
+
+/* The body: JSON Lines (one string or {"text": ...} per line; blank lines
+ * skipped) into a JSON array, or a JSON document. NULL after answering. */
+static json_t *read_body(http_call *call, int jsonl) {
+    struct evbuffer *buf = evhttp_request_get_input_buffer(call->req);
+    size_t len = evbuffer_get_length(buf);
+    if (len > call->loop->server->opts.max_body_bytes)
+        return http_reply_error(call, HTTP_ERR_BODY_TOO_LARGE, "request body is %zu bytes; the limit is %zu", len,
+                                call->loop->server->opts.max_body_bytes),
+               NULL;
+    const char *data = len ? (const char *)evbuffer_pullup(buf, -1) : "";
+    json_error_t jerr;
+    if (!jsonl) {
+        json_t *body = json_loadb(data, len, JSON_DECODE_ANY, &jerr);
+        if (!body)
+            http_reply_error(call,
+                             json_error_code(&jerr) == json_error_invalid_utf8 ? HTTP_ERR_INVALID_UTF8
+                                                                                : HTTP_ERR_INVALID_JSON,
+                             "request body is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+                             jerr.column);
+        return body;
+    }
+    json_t *list = json_array();
+    size_t line_no = 0;
+    for (size_t at = 0; at < len;) {
+        const char *nl = memchr(data + at, '\n', len - at);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        line_no++;
+        size_t a = at, b = end;
+        while (a < b && (data[a] == ' ' || data[a] == '\t' || data[a] == '\r'))
+            a++;
+        while (b > a && (data[b - 1] == ' ' || data[b - 1] == '\t' || data[b - 1] == '\r'))
+            b--;
+        if (b > a) {
+            json_t *v = json_loadb(data + a, b - a, JSON_DECODE_ANY, &jerr);
+            if (!v) {
+                http_reply_error(call,
+                                 json_error_code(&jerr) == json_error_invalid_utf8 ? HTTP_ERR_INVALID_UTF8
+                                                                                    : HTTP_ERR_INVALID_JSON,
+                                 "JSON Lines body, line %zu: %s", line_no, jerr.text);
+                json_decref(list);
+                return NULL;
+            }
+            json_array_append_new(list, v);
+        }
+        at = end + 1;
+    }
+    return list;
+}
+
+/* ---- answers ---------------------------------------------------------------- */
+
+static json_t *iso_time(int64_t ms) {
+    if (ms <= 0)
+        return json_null();
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char buf[64];
+    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return json_string(buf);
+}
+
+static json_t *job_json(const jobs_info *info) {
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:{s:I, s:I}}", "id", info->id, "object", "batch", "model",
+                          info->model, "status", info->status, "progress", "done", (json_int_t)info->done,
+                          "total", (json_int_t)info->total);
+    char ver[32];
+    snprintf(ver, sizeof ver, "%ld", info->version);
+    json_object_set_new(o, "model_version", info->version ? json_string(ver) : json_null());
+    json_object_set_new(o, "created_at", iso_time(info->created_ms));
+    json_object_set_new(o, "started_at", iso_time(info->started_ms));
+    json_object_set_new(o, "finished_at", iso_time(info->finished_ms));
+    json_object_set_new(o, "error", info->error[0] ? json_string(info->error) : json_null());
+    return o;
+}
+
+/* One input's result as /predict answers it (single text), or, with
+ * brief, as an entry of /predict's "predictions" list. NULL label: none. */
+static json_t *result_json(http_call *call, const jobs_info *info, const jobs_result *r, int brief) {
+    if (r->label < 0)
+        return json_null();
+    serving_version *v = NULL;
+    serving_error serr;
+    const char *label = NULL;
+    if (serving_acquire(call->loop->server->repo, info->model, info->version, &v, &serr) == 0)
+        label = serving_version_label(v, r->label);
+    json_t *o = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence", r->confidence);
+    if (v)
+        serving_version_release(v);
+    if (!brief) {
+        char ver[32];
+        snprintf(ver, sizeof ver, "%ld", info->version);
+        json_object_set_new(o, "model", json_string(info->model));
+        json_object_set_new(o, "model_version", json_string(ver));
+    }
+    return o;
+}
+
+static size_t query_size(http_call *call, const char *name, size_t dflt, int *bad) {
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(call->req);
+    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+    if (!q)
+        return dflt;
+    struct evkeyvalq params;
+    if (evhttp_parse_query_str(q, &params) != 0) {
+        *bad = 1;
+        return dflt;
+    }
+    const char *v = evhttp_find_header(&params, name);
+    size_t out = dflt;
+    if (v) {
+        char *end;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (!*v || *end || v[0] == '-' || x > (1ull << 40))
+            *bad = 1;
+        else
+            out = (size_t)x;
+    }
+    evhttp_clear_headers(&params);
+    return out;
+}
+
+/* ---- handlers --------------------------------------------------------------- */
+
+static void submit_job(http_call *call, jobs_kind kind) {
+    int jsonl = kind == JOBS_KIND_V1 && is_jsonl(header(call, "Content-Type"));
+    json_t *body = read_body(call, jsonl);
+    if (!body)
+        return;
+    inputs in = {.owner = body};
+    const char *model = NULL, *field = "inputs";
+    json_t *list = NULL;
+    if (jsonl) {
+        list = body;
+    } else if (kind == JOBS_KIND_SEED) {
+        field = "texts";
+        list = json_is_array(body) ? body : json_is_object(body) ? json_object_get(body, "texts") : NULL;
+        if (!json_is_array(list)) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                             "the body must be a JSON list of texts, or {\"texts\": [...]}");
+            inputs_free(&in);
+            return;
+        }
+    } else {
+        json_t *m = json_is_object(body) ? json_object_get(body, "model") : NULL;
+        list = json_is_object(body) ? json_object_get(body, "inputs") : NULL;
+        if (!json_is_array(list) || (m && !json_is_string(m))) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                             "the body must be {\"model\": NAME (optional), \"inputs\": [texts]}, or JSON Lines "
+                             "with Content-Type: application/jsonl");
+            inputs_free(&in);
+            return;
+        }
+        model = m ? json_string_value(m) : NULL;
+    }
+    if (collect(call, list, field, &in) != 0) {
+        inputs_free(&in);
+        return;
+    }
+    char id[JOBS_ID_MAX], err[512] = "";
+    int rc = jobs_submit(jobs_of(call), kind, call->key_name, model, in.texts, in.lens, in.n, id, err,
+                         sizeof err);
+    size_t n = in.n;
+    inputs_free(&in);
+    if (rc != JOBS_OK) {
+        reply_jobs_error(call, rc, err);
+        return;
+    }
+    log_event(LOG_INFO, "batch_job_queued", "id", json_string(id), "inputs", json_integer((json_int_t)n),
+              "key", json_string(call->key_name), "request_id", json_string(call->request_id), NULL);
+    if (kind == JOBS_KIND_SEED) {
+        http_reply_json(call, 202, json_pack("{s:s, s:s}", "task_id", id, "status", "pending"));
+        return;
+    }
+    jobs_info info;
+    if (jobs_get(jobs_of(call), id, call->key_name, &info) != JOBS_OK) {
+        reply_jobs_error(call, JOBS_EDB, NULL);
+        return;
+    }
+    char location[64];
+    snprintf(location, sizeof location, "/v1/batch/%s", id);
+    http_add_header(call, "Location", location);
+    http_reply_json(call, 202, job_json(&info));
+}
+
+static void seed_result(http_call *call, const char *id) {
+    jobs_info info;
+    int rc = jobs_get(jobs_of(call), id, call->key_name, &info);
+    if (rc != JOBS_OK) {
+        reply_jobs_error(call, rc, NULL);
+        return;
+    }
+    if (strcmp(info.status, "completed") != 0) {
+        const char *status = strcmp(info.status, "queued") == 0 || strcmp(info.status, "running") == 0
+                                 ? "pending" : info.status;
+        json_t *o = json_pack("{s:s}", "status", status);
+        if (info.error[0])
+            json_object_set_new(o, "error", json_string(info.error));
+        http_reply_json(call, 200, o);
+        return;
+    }
+    jobs_result *r = NULL;
+    size_t n = 0;
+    rc = jobs_results(jobs_of(call), id, call->key_name, 0, info.total, &r, &n);
+    if (rc != JOBS_OK) {
+        reply_jobs_error(call, rc, NULL);
+        return;
+    }
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(list, result_json(call, &info, &r[i], 1));
+    free(r);
+    http_reply_json(call, 200, json_pack("{s:s, s:o}", "status", "completed", "results", list));
+}
+
+static void v1_results(http_call *call, const char *id) {
+    int bad = 0;
+    size_t offset = query_size(call, "offset", 0, &bad);
+    size_t limit = query_size(call, "limit", RESULTS_PAGE_DEFAULT, &bad);
+    const char *accept = header(call, "Accept");
+    int jsonl = is_jsonl(accept);
+    if (bad || (!jsonl && (limit < 1 || limit > RESULTS_PAGE_MAX))) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                         "offset must be a whole number and limit one from 1 to %d", RESULTS_PAGE_MAX);
+        return;
+    }
+    jobs_info info;
+    int rc = jobs_get(jobs_of(call), id, call->key_name, &info);
+    if (rc != JOBS_OK) {
+        reply_jobs_error(call, rc, NULL);
+        return;
+    }
+    if (jsonl) { /* every result, one per line (pages of the store, one body) */
+        struct evbuffer *out = evbuffer_new();
+        for (size_t at = offset; out && at < info.total; at += RESULTS_PAGE_MAX) {
+            jobs_result *r = NULL;
+            size_t n = 0;
+            if (jobs_results(jobs_of(call), id, call->key_name, at, RESULTS_PAGE_MAX, &r, &n) != JOBS_OK)
+                break;
+            for (size_t i = 0; i < n; i++) {
+                json_t *o = result_json(call, &info, &r[i], 0);
+                json_t *line = json_pack("{s:I, s:o}", "index", (json_int_t)(at + i), "result", o);
+                char *text = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(9));
+                if (text) {
+                    evbuffer_add(out, text, strlen(text));
+                    evbuffer_add(out, "\n", 1);
+                }
+                free(text);
+                json_decref(line);
+            }
+            free(r);
+        }
+        size_t len = out ? evbuffer_get_length(out) : 0;
+        const char *data = len ? (const char *)evbuffer_pullup(out, -1) : "";
+        http_reply_text(call, 200, "application/jsonl", data, len);
+        if (out)
+            evbuffer_free(out);
+        return;
+    }
+    jobs_result *r = NULL;
+    size_t n = 0;
+    rc = jobs_results(jobs_of(call), id, call->key_name, offset, limit, &r, &n);
+    if (rc != JOBS_OK) {
+        reply_jobs_error(call, rc, NULL);
+        return;
+    }
+    json_t *data = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(data, json_pack("{s:I, s:o}", "index", (json_int_t)(offset + i), "result",
+                                              result_json(call, &info, &r[i], 0)));
+    free(r);
+    http_reply_json(call, 200,
+                    json_pack("{s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:b}", "object", "list", "id", info.id, "status",
+                              info.status, "data", data, "offset", (json_int_t)offset, "limit", (json_int_t)limit,
+                              "total", (json_int_t)info.total, "has_more", offset + n < info.total));
+}
+
+/* The id in path after prefix, up to the next '/' (or the end), as long as
+ * it looks like an id; "" otherwise. */
+static const char *path_id(const char *rest, char id[JOBS_ID_MAX], const char **tail) {
+    size_t n = strcspn(rest, "/");
+    *tail = rest + n;
+    id[0] = 0;
+    if (n == 0 || n >= JOBS_ID_MAX)
+        return id;
+    for (size_t i = 0; i < n; i++)
+        if (!((rest[i] >= 'a' && rest[i] <= 'z') || (rest[i] >= '0' && rest[i] <= '9') || rest[i] == '_'))
+            return id;
+    memcpy(id, rest, n);
+    id[n] = 0;
+    return id;
+}
+
+const char *http_batch_route_methods(const char *path, http_endpoint *ep) {
+    if (strcmp(path, "/batch_predict") == 0)
+        return *ep = EP_BATCH_PREDICT, "POST";
+    if (strcmp(path, "/v1/batch") == 0)
+        return *ep = EP_BATCHES, "POST";
+    if (strncmp(path, "/batch_result/", 14) == 0)
+        return *ep = EP_BATCH_RESULT, "GET";
+    if (strncmp(path, "/v1/batch/", 10) == 0) {
+        const char *slash = strchr(path + 10, '/');
+        if (!slash)
+            return *ep = EP_BATCH, "GET, DELETE";
+        if (strcmp(slash, "/results") == 0)
+            return *ep = EP_BATCH_RESULTS, "GET";
+    }
+    return NULL;
+}
+
+int http_route_batch(http_call *call, const char *path) {
+    http_endpoint ep;
+    if (!http_batch_route_methods(path, &ep))
+        return 0;
+    call->endpoint = ep;
+    if (!http_authorized(call, GUARD_SCOPE_BATCH))
+        return 1;
+    if (!jobs_of(call)) {
+        http_reply_error(call, HTTP_ERR_BATCH_DISABLED, "batch jobs are turned off on this server (batch.enabled)");
+        return 1;
+    }
+    char id[JOBS_ID_MAX];
+    const char *tail = "";
+    switch (ep) {
+    case EP_BATCH_PREDICT:
+        if (http_method_is(call, EVHTTP_REQ_POST))
+            submit_job(call, JOBS_KIND_SEED);
+        return 1;
+    case EP_BATCHES:
+        if (http_method_is(call, EVHTTP_REQ_POST))
+            submit_job(call, JOBS_KIND_V1);
+        return 1;
+    case EP_BATCH_RESULT:
+        path_id(path + 14, id, &tail);
+        if (!http_method_is(call, EVHTTP_REQ_GET))
+            return 1;
+        if (!id[0] || *tail)
+            http_reply_error(call, HTTP_ERR_JOB_NOT_FOUND, "no batch job with this id");
+        else
+            seed_result(call, id);
+        return 1;
+    case EP_BATCH:
+    case EP_BATCH_RESULTS: {
+        path_id(path + 10, id, &tail);
+        enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
+        if (ep == EP_BATCH && m == EVHTTP_REQ_DELETE) {
+            int rc = id[0] ? jobs_cancel(jobs_of(call), id, call->key_name) : JOBS_ENOTFOUND;
+            jobs_info info;
+            if (rc == JOBS_OK)
+                rc = jobs_get(jobs_of(call), id, call->key_name, &info);
+            if (rc != JOBS_OK) {
+                reply_jobs_error(call, rc, NULL);
+                return 1;
+            }
+            log_event(LOG_INFO, "batch_job_cancelled", "id", json_string(id), "request_id",
+                      json_string(call->request_id), NULL);
+            http_reply_json(call, 200, job_json(&info));
+            return 1;
+        }
+        if (m != EVHTTP_REQ_GET) {
+            http_add_header(call, "Allow", ep == EP_BATCH ? "GET, DELETE" : "GET");
+            http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s", call->method,
+                             http_endpoint_names[ep]);
+            return 1;
+        }
+        if (!id[0]) {
+            http_reply_error(call, HTTP_ERR_JOB_NOT_FOUND, "no batch job with this id");
+            return 1;
+        }
+        if (ep == EP_BATCH_RESULTS) {
+            v1_results(call, id);
+            return 1;
+        }
+        jobs_info info;
+        int rc = jobs_get(jobs_of(call), id, call->key_name, &info);
+        if (rc != JOBS_OK)
+            reply_jobs_error(call, rc, NULL);
+        else
+            http_reply_json(call, 200, job_json(&info));
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}

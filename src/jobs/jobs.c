@@ -1,0 +1,745 @@
+/*
+ * jobs.c - batch jobs in SQLite and the worker that runs them (jobs.h has
+ * the model and the guarantees).
+ *
+ *  - Two connections to <data_dir>/jobs.db: `api` (the HTTP loops, under
+ *    api_lock) and `work` (the worker thread only). WAL lets the API read
+ *    while the worker writes; busy_timeout covers the moments both write.
+ *  - The worker: pick the oldest unfinished job; pin its model version on
+ *    first start; read the next chunk of inputs after `done`; submit it as a
+ *    background serving_job and wait for it; then, in one transaction, insert
+ *    the chunk's results and advance `done` -- but only while the job is
+ *    still running (a cancel in between rolls the chunk back). When nothing
+ *    is left, wait for jobs_submit's signal (or 1 s, for retention).
+ *  - Retention: finished jobs older than retention_us are deleted with their
+ *    inputs and results, from the worker, at most once a second.
+ *
+ * Threads: as jobs.h says. The worker is the only writer of results and of
+ * `done`; the API writes new jobs and cancellations.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "jobs.h"
+
+struct jobs {
+    jobs_options opts;
+    char *data_dir;
+    int lock_fd;
+    sqlite3 *api, *work;
+    pthread_mutex_t api_lock;
+
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock; /* guards stopping and the wake-up */
+    pthread_cond_t wake;
+    bool stopping, kicked;
+
+    /* The chunk in flight (worker only, plus its on_done). */
+    pthread_mutex_t chunk_lock;
+    pthread_cond_t chunk_done;
+    bool chunk_finished;
+
+    metric *inputs_processed, *jobs_finished[3], *queue_inputs, *duration;
+    metric *by_state[5];
+};
+
+static const char *const states[5] = {"queued", "running", "completed", "failed", "cancelled"};
+
+static const struct {
+    int code;
+    const char *message;
+} status_table[] = {
+#define JOBS_STATUS_ROW(name, code, msg) {code, msg},
+    JOBS_STATUS_MAP(JOBS_STATUS_ROW)
+#undef JOBS_STATUS_ROW
+};
+
+const char *jobs_status_message(int status) {
+    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
+        if (status_table[i].code == status)
+            return status_table[i].message;
+    return "unknown status";
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=FULL;"
+    "CREATE TABLE IF NOT EXISTS jobs ("
+    "  id TEXT PRIMARY KEY, owner TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0,"
+    "  status TEXT NOT NULL, kind INTEGER NOT NULL, total INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,"
+    "  created_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0,"
+    "  finished_ms INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '');"
+    "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_ms);"
+    "CREATE TABLE IF NOT EXISTS inputs (job TEXT NOT NULL, idx INTEGER NOT NULL, text TEXT NOT NULL,"
+    "  PRIMARY KEY (job, idx)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS results (job TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,"
+    "  confidence REAL NOT NULL, PRIMARY KEY (job, idx)) WITHOUT ROWID;";
+
+static int open_db(const char *path, sqlite3 **out, char *err, size_t cap) {
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_busy_timeout(db, 10000);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, schema, NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, cap, "%s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return JOBS_EDB;
+    }
+    *out = db;
+    return JOBS_OK;
+}
+
+static int check_integrity(sqlite3 *db, const char *path, char *err, size_t cap) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL);
+    if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+        const char *r = (const char *)sqlite3_column_text(st, 0);
+        if (r && strcmp(r, "ok") == 0) {
+            sqlite3_finalize(st);
+            return JOBS_OK;
+        }
+        snprintf(err, cap, "%s fails its integrity check (%.200s); move it away to start with no jobs", path,
+                 r ? r : "?");
+    } else {
+        snprintf(err, cap, "%s: %s", path, sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+    return JOBS_EDB;
+}
+
+static void register_metrics(jobs *j, metrics_registry *m) {
+    if (!m)
+        return;
+    metric_family *f = metrics_gauge(m, "aiserve_batch_jobs", "Batch jobs held, by state (finished ones until "
+                                     "retention deletes them)", 1, (const char *[]){"state"});
+    for (int i = 0; i < 5; i++)
+        j->by_state[i] = metric_get(f, states[i], NULL);
+    f = metrics_counter(m, "aiserve_batch_inputs_processed_total", "Batch job inputs computed and stored", 0,
+                        NULL);
+    j->inputs_processed = f ? metric_series(f, NULL) : NULL;
+    f = metrics_counter(m, "aiserve_batch_jobs_finished_total", "Batch jobs that ended, by how", 1,
+                        (const char *[]){"state"});
+    for (int i = 0; i < 3; i++)
+        j->jobs_finished[i] = metric_get(f, states[2 + i], NULL);
+    f = metrics_gauge(m, "aiserve_batch_queue_inputs", "Inputs of unfinished batch jobs not yet computed", 0,
+                      NULL);
+    j->queue_inputs = f ? metric_series(f, NULL) : NULL;
+    f = metrics_histogram(m, "aiserve_batch_job_duration_seconds",
+                          "From a batch job's submission to its completion", 0, NULL,
+                          (const double[]){0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400}, 11);
+    j->duration = f ? metric_series(f, NULL) : NULL;
+}
+
+int jobs_open(const jobs_options *opts, jobs **out, char *err, size_t cap) {
+    *out = NULL;
+    if (!opts || !opts->data_dir || !*opts->data_dir || !opts->repo || opts->max_inputs < 1 ||
+        opts->max_active_per_owner < 1)
+        return snprintf(err, cap, "jobs: invalid options"), JOBS_EINVAL;
+    if (mkdir(opts->data_dir, 0700) != 0 && errno != EEXIST)
+        return snprintf(err, cap, "cannot create %s: %s", opts->data_dir, strerror(errno)), JOBS_EDB;
+    jobs *j = calloc(1, sizeof *j);
+    if (!j)
+        return snprintf(err, cap, "out of memory"), JOBS_ENOMEM;
+    j->opts = *opts;
+    if (!j->opts.chunk_size)
+        j->opts.chunk_size = 32;
+    j->lock_fd = -1;
+    j->data_dir = strdup(opts->data_dir);
+    pthread_mutex_init(&j->api_lock, NULL);
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->wake, NULL);
+    pthread_mutex_init(&j->chunk_lock, NULL);
+    pthread_cond_init(&j->chunk_done, NULL);
+    char path[4200], lock_path[4300];
+    snprintf(path, sizeof path, "%s/jobs.db", opts->data_dir);
+    snprintf(lock_path, sizeof lock_path, "%s.lock", path);
+    int rc = JOBS_OK;
+    j->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (j->lock_fd < 0)
+        rc = JOBS_EDB, snprintf(err, cap, "cannot open %s: %s", lock_path, strerror(errno));
+    else if (flock(j->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        rc = JOBS_EDB, snprintf(err, cap,
+                                "%s is in use by another aiserve process (%s held); give each instance its own "
+                                "batch.data_dir, or share jobs through Redis",
+                                path, lock_path);
+    if (rc == JOBS_OK)
+        rc = open_db(path, &j->api, err, cap);
+    if (rc == JOBS_OK)
+        rc = check_integrity(j->api, path, err, cap);
+    if (rc == JOBS_OK)
+        rc = open_db(path, &j->work, err, cap);
+    if (rc != JOBS_OK) {
+        jobs_close(j);
+        return rc;
+    }
+    register_metrics(j, opts->metrics);
+    *out = j;
+    return JOBS_OK;
+}
+
+/* ---- the API --------------------------------------------------------------- */
+
+static void new_id(char id[JOBS_ID_MAX]) {
+    unsigned char b[12];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) /* never on Linux >= 3.17 with a seeded pool */
+        for (size_t i = 0; i < sizeof b; i++)
+            b[i] = (unsigned char)random();
+    int n = snprintf(id, JOBS_ID_MAX, "batch_");
+    for (size_t i = 0; i < sizeof b; i++)
+        n += snprintf(id + n, (size_t)(JOBS_ID_MAX - n), "%02x", b[i]);
+}
+
+static void kick(jobs *j) {
+    pthread_mutex_lock(&j->lock);
+    j->kicked = true;
+    pthread_cond_signal(&j->wake);
+    pthread_mutex_unlock(&j->lock);
+}
+
+#define DB_FAIL(db) (snprintf(err, cap, "job database: %s", sqlite3_errmsg(db)), JOBS_EDB)
+
+int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, const char *const *texts,
+                const size_t *lens, size_t n, char id_out[JOBS_ID_MAX], char *err, size_t cap) {
+    if (n == 0)
+        return snprintf(err, cap, "a job needs at least one input"), JOBS_EINVAL;
+    if (n > j->opts.max_inputs)
+        return snprintf(err, cap, "the job has %zu inputs; the limit is %zu", n, j->opts.max_inputs),
+               JOBS_EINVAL;
+    serving_version *v = NULL;
+    serving_error serr = {0};
+    int src = serving_acquire(j->opts.repo, model, 0, &v, &serr);
+    if (src == SERVING_ENOTFOUND)
+        return snprintf(err, cap, "%s", serr.message), JOBS_ENOMODEL;
+    char model_name[256];
+    snprintf(model_name, sizeof model_name, "%s",
+             v ? serving_version_model(v) : model ? model : serving_repo_default_model(j->opts.repo));
+    if (v)
+        serving_version_release(v);
+    if (!owner)
+        owner = "";
+    int rc = JOBS_OK;
+    sqlite3 *db = j->api;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&j->api_lock);
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = DB_FAIL(db);
+        goto out;
+    }
+    /* Concurrent jobs per owner, counted inside the transaction. */
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM jobs WHERE owner = ?1 AND status IN ('queued', 'running')",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = DB_FAIL(db);
+        goto rollback;
+    }
+    sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
+    int active = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (active >= j->opts.max_active_per_owner) {
+        rc = JOBS_ELIMIT;
+        snprintf(err, cap, "%d jobs of this key are unfinished; the limit is %d (wait for one, or cancel one)",
+                 active, j->opts.max_active_per_owner);
+        goto rollback;
+    }
+    new_id(id_out);
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO jobs (id, owner, model, status, kind, total, created_ms) "
+                           "VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = DB_FAIL(db);
+        goto rollback;
+    }
+    sqlite3_bind_text(st, 1, id_out, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, model_name, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 4, (int)kind);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)n);
+    sqlite3_bind_int64(st, 6, now_ms());
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        rc = DB_FAIL(db);
+        goto rollback;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(db, "INSERT INTO inputs (job, idx, text) VALUES (?1, ?2, ?3)", -1, &st, NULL) !=
+        SQLITE_OK) {
+        rc = DB_FAIL(db);
+        goto rollback;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_text(st, 1, id_out, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)i);
+        sqlite3_bind_text(st, 3, texts[i], (int)lens[i], SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            rc = DB_FAIL(db);
+            goto rollback;
+        }
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = DB_FAIL(db);
+        goto rollback;
+    }
+    pthread_mutex_unlock(&j->api_lock);
+    kick(j);
+    return JOBS_OK;
+rollback:
+    sqlite3_finalize(st);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+out:
+    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+static void info_from_row(sqlite3_stmt *st, jobs_info *out) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->id, sizeof out->id, "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(out->model, sizeof out->model, "%s", (const char *)sqlite3_column_text(st, 1));
+    out->version = (long)sqlite3_column_int64(st, 2);
+    snprintf(out->status, sizeof out->status, "%s", (const char *)sqlite3_column_text(st, 3));
+    out->kind = (jobs_kind)sqlite3_column_int(st, 4);
+    out->total = (size_t)sqlite3_column_int64(st, 5);
+    out->done = (size_t)sqlite3_column_int64(st, 6);
+    out->created_ms = sqlite3_column_int64(st, 7);
+    out->started_ms = sqlite3_column_int64(st, 8);
+    out->finished_ms = sqlite3_column_int64(st, 9);
+    snprintf(out->error, sizeof out->error, "%s", (const char *)sqlite3_column_text(st, 10));
+}
+
+#define INFO_COLUMNS "id, model, version, status, kind, total, done, created_ms, started_ms, finished_ms, error"
+
+int jobs_get(jobs *j, const char *id, const char *owner, jobs_info *out) {
+    sqlite3_stmt *st = NULL;
+    int rc = JOBS_ENOTFOUND;
+    pthread_mutex_lock(&j->api_lock);
+    if (sqlite3_prepare_v2(j->api, "SELECT " INFO_COLUMNS " FROM jobs WHERE id = ?1 AND owner = ?2", -1, &st,
+                           NULL) != SQLITE_OK) {
+        rc = JOBS_EDB;
+    } else {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, owner ? owner : "", -1, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            info_from_row(st, out);
+            rc = JOBS_OK;
+        } else if (s != SQLITE_DONE) {
+            rc = JOBS_EDB;
+        }
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size_t limit, jobs_result **out,
+                 size_t *n) {
+    *out = NULL;
+    *n = 0;
+    jobs_info info;
+    int rc = jobs_get(j, id, owner, &info);
+    if (rc != JOBS_OK)
+        return rc;
+    if (offset >= info.total || limit == 0)
+        return JOBS_OK;
+    if (limit > info.total - offset)
+        limit = info.total - offset;
+    jobs_result *r = malloc(limit * sizeof *r);
+    if (!r)
+        return JOBS_ENOMEM;
+    for (size_t i = 0; i < limit; i++)
+        r[i] = (jobs_result){.label = -1};
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&j->api_lock);
+    if (sqlite3_prepare_v2(j->api,
+                           "SELECT idx, label, confidence FROM results WHERE job = ?1 AND idx >= ?2 AND idx < ?3",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = JOBS_EDB;
+    } else {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)offset);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)(offset + limit));
+        int s;
+        while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+            size_t k = (size_t)sqlite3_column_int64(st, 0) - offset;
+            if (k < limit)
+                r[k] = (jobs_result){.label = sqlite3_column_int(st, 1),
+                                     .confidence = sqlite3_column_double(st, 2)};
+        }
+        if (s != SQLITE_DONE)
+            rc = JOBS_EDB;
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&j->api_lock);
+    if (rc != JOBS_OK) {
+        free(r);
+        return rc;
+    }
+    *out = r;
+    *n = limit;
+    return JOBS_OK;
+}
+
+int jobs_cancel(jobs *j, const char *id, const char *owner) {
+    jobs_info info;
+    int rc = jobs_get(j, id, owner, &info);
+    if (rc != JOBS_OK)
+        return rc;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&j->api_lock);
+    if (sqlite3_prepare_v2(j->api,
+                           "UPDATE jobs SET status = 'cancelled', finished_ms = ?3 "
+                           "WHERE id = ?1 AND owner = ?2 AND status IN ('queued', 'running')",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = JOBS_EDB;
+    } else {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, owner ? owner : "", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, now_ms());
+        if (sqlite3_step(st) != SQLITE_DONE)
+            rc = JOBS_EDB;
+        else if (sqlite3_changes(j->api) == 0)
+            rc = JOBS_EFINISHED;
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&j->api_lock);
+    if (rc == JOBS_OK)
+        metric_inc(j->jobs_finished[2]);
+    return rc;
+}
+
+/* ---- the worker ------------------------------------------------------------- */
+
+static bool stopping(jobs *j) {
+    pthread_mutex_lock(&j->lock);
+    bool s = j->stopping;
+    pthread_mutex_unlock(&j->lock);
+    return s;
+}
+
+/* Sleeps until kicked, stopped or ms passed. */
+static void nap(jobs *j, int ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&j->lock);
+    while (!j->stopping && !j->kicked)
+        if (pthread_cond_timedwait(&j->wake, &j->lock, &ts) != 0)
+            break;
+    j->kicked = false;
+    pthread_mutex_unlock(&j->lock);
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, const char *id, int64_t a, const char *text) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, a);
+        if (text)
+            sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static void fail_job(jobs *j, const char *id, const char *why) {
+    if (exec_sql(j->work,
+                 "UPDATE jobs SET status = 'failed', finished_ms = ?2, error = ?3 WHERE id = ?1 AND status = 'running'",
+                 id, now_ms(), why) == SQLITE_OK &&
+        sqlite3_changes(j->work) > 0)
+        metric_inc(j->jobs_finished[1]);
+    log_event(LOG_ERROR, "batch_job_failed", "id", json_string(id), "error", json_string(why), NULL);
+}
+
+static void on_chunk_done(serving_job *job, void *user) {
+    (void)job;
+    jobs *j = user;
+    pthread_mutex_lock(&j->chunk_lock);
+    j->chunk_finished = true;
+    pthread_cond_signal(&j->chunk_done);
+    pthread_mutex_unlock(&j->chunk_lock);
+}
+
+/* Refreshes the gauges from the database (worker connection). */
+static void update_gauges(jobs *j) {
+    if (!j->by_state[0])
+        return;
+    double count[5] = {0}, remaining = 0;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(j->work, "SELECT status, count(*), sum(total - done) FROM jobs GROUP BY status", -1,
+                           &st, NULL) == SQLITE_OK) {
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *s = (const char *)sqlite3_column_text(st, 0);
+            for (int i = 0; i < 5; i++)
+                if (s && strcmp(s, states[i]) == 0) {
+                    count[i] = sqlite3_column_double(st, 1);
+                    if (i < 2)
+                        remaining += sqlite3_column_double(st, 2);
+                }
+        }
+    }
+    sqlite3_finalize(st);
+    for (int i = 0; i < 5; i++)
+        metric_set(j->by_state[i], count[i]);
+    metric_set(j->queue_inputs, remaining);
+}
+
+static void purge_expired(jobs *j) {
+    int64_t cutoff = now_ms() - (int64_t)(j->opts.retention_us / 1000);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(j->work,
+                           "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
+                           "AND finished_ms > 0 AND finished_ms <= ?1 LIMIT 100",
+                           -1, &st, NULL) != SQLITE_OK)
+        return;
+    sqlite3_bind_int64(st, 1, cutoff);
+    char ids[100][JOBS_ID_MAX];
+    int n = 0;
+    while (n < 100 && sqlite3_step(st) == SQLITE_ROW)
+        snprintf(ids[n++], JOBS_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    for (int i = 0; i < n; i++) {
+        sqlite3_exec(j->work, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        int ok = exec_sql(j->work, "DELETE FROM results WHERE job = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK &&
+                 exec_sql(j->work, "DELETE FROM inputs WHERE job = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK &&
+                 exec_sql(j->work, "DELETE FROM jobs WHERE id = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK;
+        sqlite3_exec(j->work, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+        if (ok)
+            log_event(LOG_INFO, "batch_job_purged", "id", json_string(ids[i]), NULL);
+    }
+}
+
+/* Runs one chunk of the oldest unfinished job. Returns 1 when it did some
+ * work, 0 when there was nothing to do (or it should wait). */
+static int run_one_chunk(jobs *j) {
+    sqlite3 *db = j->work;
+    sqlite3_stmt *st = NULL;
+    jobs_info info;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT " INFO_COLUMNS " FROM jobs WHERE status IN ('queued', 'running') "
+                           "ORDER BY created_ms, rowid LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    if (found)
+        info_from_row(st, &info);
+    sqlite3_finalize(st);
+    if (!found)
+        return 0;
+
+    /* The version: pinned at the first start, so a job sees one version. */
+    serving_version *v = NULL;
+    serving_error serr = {0};
+    int rc = serving_acquire(j->opts.repo, info.model, info.version, &v, &serr);
+    if (rc == SERVING_ENOTREADY) /* models still loading: later */
+        return 0;
+    if (rc != 0) {
+        if (strcmp(info.status, "queued") == 0)
+            exec_sql(db, "UPDATE jobs SET status = 'running', started_ms = ?2 WHERE id = ?1", info.id, now_ms(),
+                     NULL);
+        fail_job(j, info.id, serr.message[0] ? serr.message : "the model version is gone");
+        return 1;
+    }
+    if (strcmp(info.status, "queued") == 0) {
+        info.version = serving_version_number(v);
+        sqlite3_stmt *up = NULL;
+        if (sqlite3_prepare_v2(db,
+                               "UPDATE jobs SET status = 'running', started_ms = ?2, version = ?3 "
+                               "WHERE id = ?1 AND status = 'queued'",
+                               -1, &up, NULL) == SQLITE_OK) {
+            sqlite3_bind_text(up, 1, info.id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(up, 2, now_ms());
+            sqlite3_bind_int64(up, 3, info.version);
+            sqlite3_step(up);
+        }
+        sqlite3_finalize(up);
+        log_event(LOG_INFO, "batch_job_started", "id", json_string(info.id), "model", json_string(info.model),
+                  "version", json_integer(info.version), "inputs", json_integer((json_int_t)info.total), NULL);
+    }
+
+    /* The next chunk's inputs. */
+    size_t cap = j->opts.chunk_size, n = 0;
+    char **texts = calloc(cap, sizeof *texts);
+    size_t *lens = calloc(cap, sizeof *lens);
+    const engine_model_info *mi = serving_version_info(v);
+    int K = mi->n_labels > 0 ? mi->n_labels : 1;
+    float *probs = calloc(cap * (size_t)K, sizeof *probs);
+    if (!texts || !lens || !probs) {
+        free(texts), free(lens), free(probs);
+        serving_version_release(v);
+        return 0;
+    }
+    if (sqlite3_prepare_v2(db, "SELECT text FROM inputs WHERE job = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, info.id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)info.done);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)cap);
+        while (n < cap && sqlite3_step(st) == SQLITE_ROW) {
+            lens[n] = (size_t)sqlite3_column_bytes(st, 0);
+            texts[n] = strndup((const char *)sqlite3_column_text(st, 0), lens[n]);
+            if (!texts[n])
+                break;
+            n++;
+        }
+    }
+    sqlite3_finalize(st);
+
+    int did = 1;
+    if (n == 0) {
+        fail_job(j, info.id, "the job's inputs are missing from the database");
+        goto done;
+    }
+    serving_job job = {.texts = (const char *const *)texts, .lens = lens, .n = n, .probs = probs,
+                       .on_done = on_chunk_done, .user = j, .background = 1};
+    j->chunk_finished = false;
+    rc = serving_submit(v, &job);
+    if (rc != 0) {
+        did = 0; /* stopping, or refused: try again later */
+        goto done;
+    }
+    pthread_mutex_lock(&j->chunk_lock);
+    while (!j->chunk_finished)
+        pthread_cond_wait(&j->chunk_done, &j->chunk_lock);
+    pthread_mutex_unlock(&j->chunk_lock);
+    if (job.status == SERVING_ESTOPPED) {
+        did = 0;
+        goto done;
+    }
+    if (job.status != 0) {
+        fail_job(j, info.id, job.error[0] ? job.error : "inference failed");
+        goto done;
+    }
+
+    /* Results and progress together, only while the job still runs. */
+    int ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    if (ok && sqlite3_prepare_v2(db, "INSERT INTO results (job, idx, label, confidence) VALUES (?1, ?2, ?3, ?4)",
+                                 -1, &st, NULL) == SQLITE_OK) {
+        for (size_t i = 0; i < n && ok; i++) {
+            const float *p = probs + i * (size_t)K;
+            int best = 0;
+            for (int k = 1; k < K; k++)
+                if (p[k] > p[best])
+                    best = k;
+            sqlite3_bind_text(st, 1, info.id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)(info.done + i));
+            sqlite3_bind_int(st, 3, best);
+            sqlite3_bind_double(st, 4, (double)p[best]);
+            ok = sqlite3_step(st) == SQLITE_DONE;
+            sqlite3_reset(st);
+        }
+        sqlite3_finalize(st);
+    } else {
+        ok = 0;
+    }
+    bool finished = info.done + n >= info.total;
+    int64_t t = now_ms();
+    if (ok && sqlite3_prepare_v2(db,
+                                 "UPDATE jobs SET done = done + ?2, status = ?3, finished_ms = ?4 "
+                                 "WHERE id = ?1 AND status = 'running' AND done = ?5",
+                                 -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, info.id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)n);
+        sqlite3_bind_text(st, 3, finished ? "completed" : "running", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, finished ? t : 0);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)info.done);
+        ok = sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(db) == 1;
+        sqlite3_finalize(st);
+    } else {
+        ok = 0;
+    }
+    sqlite3_exec(db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    if (ok) {
+        metric_add(j->inputs_processed, (double)n);
+        if (finished) {
+            metric_inc(j->jobs_finished[0]);
+            metric_observe(j->duration, (double)(t - info.created_ms) / 1000.0);
+            log_event(LOG_INFO, "batch_job_completed", "id", json_string(info.id), "inputs",
+                      json_integer((json_int_t)info.total), "seconds", json_real((double)(t - info.created_ms) / 1000.0),
+                      NULL);
+        }
+    }
+done:
+    for (size_t i = 0; i < n; i++)
+        free(texts[i]);
+    free(texts), free(lens), free(probs);
+    serving_version_release(v);
+    return did;
+}
+
+static void *worker_main(void *arg) {
+    jobs *j = arg;
+    uint64_t last_purge = 0;
+    while (!stopping(j)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+        if (now - last_purge >= 1000) {
+            purge_expired(j);
+            update_gauges(j);
+            last_purge = now;
+        }
+        if (!run_one_chunk(j)) {
+            update_gauges(j);
+            nap(j, 200);
+        }
+    }
+    return NULL;
+}
+
+int jobs_start(jobs *j) {
+    if (pthread_create(&j->thread, NULL, worker_main, j) != 0)
+        return JOBS_ENOMEM;
+    j->started = true;
+    return JOBS_OK;
+}
+
+void jobs_close(jobs *j) {
+    if (!j)
+        return;
+    if (j->started) {
+        pthread_mutex_lock(&j->lock);
+        j->stopping = true;
+        pthread_cond_signal(&j->wake);
+        pthread_mutex_unlock(&j->lock);
+        pthread_join(j->thread, NULL);
+    }
+    sqlite3_close(j->work);
+    sqlite3_close(j->api);
+    if (j->lock_fd >= 0)
+        close(j->lock_fd);
+    pthread_mutex_destroy(&j->api_lock);
+    pthread_mutex_destroy(&j->lock);
+    pthread_cond_destroy(&j->wake);
+    pthread_mutex_destroy(&j->chunk_lock);
+    pthread_cond_destroy(&j->chunk_done);
+    free(j->data_dir);
+    free(j);
+}
