@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -82,6 +83,7 @@ class Server:
         # --batch-data-dir (a flag wins over this).
         if self.batch_dir is None:
             self.batch_dir = tempfile.mkdtemp(prefix="aiserve-jobs-")
+            weakref.finalize(self, shutil.rmtree, self.batch_dir, True)
         env["AISERVE_BATCH_DATA_DIR"] = self.batch_dir
         if self.env:
             env.update(self.env)

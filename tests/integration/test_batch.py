@@ -1,0 +1,251 @@
+"""test_batch.py - batch jobs with the real binary, in SQLite: a 500-input job
+whose results equal /predict's answers in order (v1 pages, JSON Lines, and the
+seed's endpoints), kill -9 mid-job and a restart (nothing lost or doubled),
+cancel, retention, invalid jobs (never stored), owners and scopes, the
+per-key limit, and a database that is corrupt or already in use.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from harness import BIN, MODELS, assert_error, sample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEV = "/work/shared/data/sst2/dev.tsv" if os.path.exists("/work/shared/data/sst2/dev.tsv") else \
+    os.path.join(ROOT, "..", "shared", "data", "sst2", "dev.tsv")
+
+
+def dev_sentences(n):
+    with open(DEV, encoding="utf-8") as f:
+        next(f)
+        rows = [line.rsplit("\t", 1)[0].strip() for line in f if line.strip()]
+    return [rows[i % len(rows)] for i in range(n)]
+
+
+def wait_status(s, job_id, want=("completed",), timeout=120, **kw):
+    deadline = time.monotonic() + timeout
+    body = None
+    while time.monotonic() < deadline:
+        r = s.get("/v1/batch/" + job_id, **kw)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["status"] in want:
+            return body
+        time.sleep(0.05)
+    raise AssertionError("job never reached %r: %r" % (want, body))
+
+
+def all_results(s, job_id, page=200, **kw):
+    out, offset = [], 0
+    while True:
+        r = s.get("/v1/batch/%s/results?offset=%d&limit=%d" % (job_id, offset, page), **kw)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        out += body["data"]
+        offset += len(body["data"])
+        if not body["has_more"]:
+            return out, body
+
+
+def test_500_inputs_equal_single_predictions(server_factory):
+    s = server_factory("--no-cache")
+    texts = dev_sentences(500)
+    r = s.post("/v1/batch", json={"model": "sentiment", "inputs": texts})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["object"] == "batch" and job["status"] == "queued" and job["progress"] == {"done": 0, "total": 500}
+    assert r.headers["Location"] == "/v1/batch/" + job["id"]
+    done = wait_status(s, job["id"])
+    assert done["progress"] == {"done": 500, "total": 500} and done["model_version"] == "1"
+    assert done["created_at"] <= done["started_at"] <= done["finished_at"] and done["error"] is None
+    results, last = all_results(s, job["id"])
+    assert [x["index"] for x in results] == list(range(500))
+    assert last["total"] == 500 and last["status"] == "completed"
+    singles = {}
+    for t in set(texts):
+        singles[t] = s.predict(t).json()
+    for i, t in enumerate(texts):
+        assert results[i]["result"] == singles[t], (i, t)
+    # JSON Lines: every result, one per line, the same objects
+    r = s.get("/v1/batch/%s/results" % job["id"], headers={"Accept": "application/jsonl"})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/jsonl")
+    lines = [json.loads(l) for l in r.text.splitlines()]
+    assert lines == results
+    m = s.metrics()
+    assert sample(m, "aiserve_batch_inputs_processed_total") == 500
+    assert sample(m, "aiserve_batch_jobs_finished_total", state="completed") == 1
+    assert sample(m, "aiserve_batch_job_duration_seconds_count") == 1
+    assert s.logs("batch_job_completed")[0]["id"] == job["id"]
+
+
+def test_seed_endpoints_and_json_lines_upload(server_factory):
+    s = server_factory()
+    texts = ["a wonderful , moving film .", "dull and far too long .", "it 's fine ."]
+    for body in (texts, {"texts": texts}):
+        r = s.post("/batch_predict", json=body)
+        assert r.status_code == 202, r.text
+        task = r.json()["task_id"]
+        assert task.startswith("batch_") and len(task) == 30
+        deadline = time.monotonic() + 60
+        while True:
+            res = s.get("/batch_result/" + task).json()
+            if res["status"] != "pending":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert res["status"] == "completed"
+        want = s.post("/predict", json={"texts": texts}).json()["predictions"]
+        assert res["results"] == want
+    assert_error(s.get("/batch_result/batch_000000000000000000000000"), 404, "job_not_found")
+    assert_error(s.get("/batch_result/../../etc/passwd"), 404)
+    # JSON Lines upload: strings or {"text": ...}; blank lines skipped
+    body = '"a wonderful , moving film ."\n{"text": "dull and far too long ."}\n\n'
+    r = s.post("/v1/batch", data=body.encode(), headers={"Content-Type": "application/jsonl"})
+    assert r.status_code == 202, r.text
+    job = wait_status(s, r.json()["id"])
+    assert job["progress"]["total"] == 2
+    bad = '"ok"\n{"text": \n'
+    r = s.post("/v1/batch", data=bad.encode(), headers={"Content-Type": "application/x-ndjson"})
+    err = assert_error(r, 400, "invalid_json")
+    assert "line 2" in err["message"]
+
+
+def test_invalid_jobs_are_never_stored(server_factory):
+    s = server_factory("--batch-max-inputs", "3")
+    cases = [
+        ({"inputs": []}, 422, "invalid_request"),
+        ({"inputs": ["ok", 7]}, 422, "invalid_text"),
+        ({"inputs": ["ok", "   "]}, 422, "empty_text"),
+        ({"inputs": ["a", "b", "c", "d"]}, 422, "too_many_inputs"),
+        ({"texts": ["a"]}, 422, "invalid_request"),
+        ({"model": "nope", "inputs": ["a"]}, 404, "model_not_found"),
+        ({"model": 5, "inputs": ["a"]}, 422, "invalid_request"),
+    ]
+    for body, status, code in cases:
+        assert_error(s.post("/v1/batch", json=body), status, code)
+    assert_error(s.post("/v1/batch", data=b"{nope"), 400, "invalid_json")
+    assert_error(s.post("/batch_predict", json={"text": "a"}), 422, "invalid_request")
+    assert_error(s.post("/batch_predict", json=[]), 422, "invalid_request")
+    assert_error(s.get("/v1/batch"), 405, "method_not_allowed")
+    assert_error(s.get("/v1/batch/batch_x/results?limit=0"), 422, "invalid_request")
+    assert_error(s.get("/v1/batch/batch_x/results?offset=-1"), 422, "invalid_request")
+    time.sleep(1.5)                                     # the gauges refresh about once a second
+    m = s.metrics()
+    for state in ("queued", "running", "completed", "failed", "cancelled"):
+        assert sample(m, "aiserve_batch_jobs", state=state) == 0
+
+
+def test_kill_9_mid_job_then_restart_loses_nothing(server_factory, tmp_path):
+    data = str(tmp_path / "jobs")
+    n = 6000
+    texts = dev_sentences(n)
+    args = ("--batch-data-dir", data, "--max-body-size", "8MiB", "--no-cache")
+    s = server_factory(*args, clean_exit=False)
+    r = s.post("/v1/batch", json={"inputs": texts})
+    assert r.status_code == 202
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        done = s.get("/v1/batch/" + job_id).json()["progress"]["done"]
+        if done >= 64:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    s.kill()                                            # SIGKILL, mid-job
+    assert 0 < done < n, done
+    s2 = server_factory(*args)
+    body = wait_status(s2, job_id, timeout=300)
+    assert body["progress"] == {"done": n, "total": n}
+    results, _ = all_results(s2, job_id, page=5000)
+    assert [x["index"] for x in results] == list(range(n))
+    singles = {t: s2.predict(t).json() for t in set(texts)}
+    assert all(results[i]["result"] == singles[t] for i, t in enumerate(texts))
+    # what the killed process had committed was not computed again
+    assert sample(s2.metrics(), "aiserve_batch_inputs_processed_total") <= n - done + 64
+
+
+def test_cancel_stops_work(server_factory):
+    s = server_factory("--max-body-size", "8MiB")
+    r = s.post("/v1/batch", json={"inputs": dev_sentences(20000)})
+    job_id = r.json()["id"]
+    r = requests.delete(s.url("/v1/batch/" + job_id), timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    done = r.json()["progress"]["done"]
+    time.sleep(0.5)
+    body = s.get("/v1/batch/" + job_id).json()
+    assert body["status"] == "cancelled" and body["progress"]["done"] - done <= 32 and body["finished_at"]
+    assert body["progress"]["done"] < 20000
+    # results computed before the cancel stay readable; the rest are null
+    res = s.get("/v1/batch/%s/results?offset=19990&limit=10" % job_id).json()
+    assert all(x["result"] is None for x in res["data"])
+    assert_error(requests.delete(s.url("/v1/batch/" + job_id), timeout=10), 409, "job_finished")
+    assert sample(s.metrics(), "aiserve_batch_jobs_finished_total", state="cancelled") == 1
+
+
+def test_retention_purges(server_factory):
+    s = server_factory("--batch-retention", "1s")
+    job_id = s.post("/v1/batch", json={"inputs": ["short lived"]}).json()["id"]
+    wait_status(s, job_id)
+    deadline = time.monotonic() + 30
+    while s.get("/v1/batch/" + job_id).status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert_error(s.get("/v1/batch/%s/results" % job_id), 404, "job_not_found")
+    assert s.logs("batch_job_purged")
+
+
+def test_owners_scopes_and_limits(server_factory, tmp_path):
+    keys = tmp_path / "keys.json"
+
+    def key(name, scopes):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+        p = subprocess.run([BIN, "keys", "create", "--keys-file", str(keys), "--name", name, "--scopes", scopes],
+                           capture_output=True, timeout=30, env=env)
+        assert p.returncode == 0, p.stderr
+        return {"X-API-Key": p.stdout.decode().strip()}
+
+    alice, bob, predict_only = key("alice", "batch"), key("bob", "batch,predict"), key("carol", "predict")
+    s = server_factory("--keys-file", str(keys), "--batch-max-jobs-per-key", "1", "--max-body-size", "8MiB")
+    assert_error(s.post("/v1/batch", json={"inputs": ["x"]}), 401, "missing_api_key")
+    assert_error(s.post("/v1/batch", json={"inputs": ["x"]}, headers=predict_only), 403, "insufficient_scope")
+    r = s.post("/v1/batch", json={"inputs": dev_sentences(20000)}, headers=alice)
+    assert r.status_code == 202
+    job_id = r.json()["id"]
+    # one unfinished job per key: alice's second waits; bob has his own count
+    assert_error(s.post("/v1/batch", json={"inputs": ["x"]}, headers=alice), 429, "too_many_jobs")
+    # another key never sees alice's job or its results
+    assert_error(s.get("/v1/batch/" + job_id, headers=bob), 404, "job_not_found")
+    assert_error(s.get("/v1/batch/%s/results" % job_id, headers=bob), 404, "job_not_found")
+    assert_error(requests.delete(s.url("/v1/batch/" + job_id), headers=bob, timeout=10), 404, "job_not_found")
+    assert_error(s.get("/batch_result/" + job_id, headers=bob), 404, "job_not_found")
+    assert s.get("/v1/batch/" + job_id, headers=alice).status_code == 200
+    assert requests.delete(s.url("/v1/batch/" + job_id), headers=alice, timeout=10).status_code == 200
+    assert s.post("/v1/batch", json={"inputs": ["x"]}, headers=alice).status_code == 202
+
+
+def test_database_corrupt_or_in_use(server_factory, tmp_path):
+    data = tmp_path / "jobs"
+    s = server_factory("--batch-data-dir", str(data))
+    # a second process on the same directory is refused at start
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+    cmd = [BIN, "serve", "--port", "0", "--model-repository", MODELS, "--keys-file", "/nonexistent/k.json",
+           "--batch-data-dir", str(data)]
+    p = subprocess.run(cmd, capture_output=True, timeout=60, env=env)
+    assert p.returncode == 2 and b"in use by another aiserve process" in p.stdout + p.stderr
+    assert s.alive()
+    s.stop()
+    # a file that is not a database: a clear error, and the file is left as it was
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "jobs.db").write_bytes(b"this is not SQLite " * 100)
+    cmd[-1] = str(bad)
+    p = subprocess.run(cmd, capture_output=True, timeout=60, env=env)
+    assert p.returncode == 2
+    assert b"jobs.db" in p.stdout + p.stderr
+    assert (bad / "jobs.db").read_bytes() == b"this is not SQLite " * 100
