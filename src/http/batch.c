@@ -13,8 +13,10 @@
  *  - A result equals /predict's answer for that input: {"label",
  *    "confidence", "model", "model_version"}, serialised the same way.
  *
- * Loop thread only. The jobs calls are synchronous SQLite (milliseconds;
- * storing a 100,000-input job takes a fraction of a second on this loop).
+ * Loop thread only. Storing a job (a fraction of a second for 100,000
+ * inputs) happens on the jobs system's writer thread (jobs_submit_async),
+ * and the answer comes back through this loop's done list; reads (status,
+ * results) are synchronous SQLite, a few milliseconds at most.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -243,6 +245,49 @@ static size_t query_size(http_call *call, const char *name, size_t dflt, int *ba
 
 /* ---- handlers --------------------------------------------------------------- */
 
+typedef struct pending_submit {
+    jobs_submit_req req;
+    inputs in;
+    http_call *call;
+} pending_submit;
+
+/* The writer thread: hand the call back to its loop. */
+static void on_stored_elsewhere(jobs_submit_req *req) {
+    pending_submit *ps = req->ud;
+    http_post_done(NULL, ps->call);
+}
+
+/* The call's loop: answer the submission. */
+static void on_stored(http_call *call) {
+    pending_submit *ps = call->posted_state;
+    call->on_posted = NULL;
+    call->posted_state = NULL;
+    jobs_kind kind = ps->req.kind;
+    size_t n = ps->in.n;
+    char id[JOBS_ID_MAX];
+    snprintf(id, sizeof id, "%s", ps->req.id);
+    int rc = ps->req.status;
+    if (rc != JOBS_OK) {
+        reply_jobs_error(call, rc, ps->req.error);
+    } else {
+        log_event(LOG_INFO, "batch_job_queued", "id", json_string(id), "inputs", json_integer((json_int_t)n),
+                  "key", json_string(call->key_name), "request_id", json_string(call->request_id), NULL);
+        jobs_info info;
+        if (kind == JOBS_KIND_SEED) {
+            http_reply_json(call, 202, json_pack("{s:s, s:s}", "task_id", id, "status", "pending"));
+        } else if (jobs_get(jobs_of(call), id, call->key_name, &info) != JOBS_OK) {
+            reply_jobs_error(call, JOBS_EDB, NULL);
+        } else {
+            char location[64];
+            snprintf(location, sizeof location, "/v1/batch/%s", id);
+            http_add_header(call, "Location", location);
+            http_reply_json(call, 202, job_json(&info));
+        }
+    }
+    inputs_free(&ps->in);
+    free(ps);
+}
+
 static void submit_job(http_call *call, jobs_kind kind) {
     int jsonl = kind == JOBS_KIND_V1 && is_jsonl(header(call, "Content-Type"));
     json_t *body = read_body(call, jsonl);
@@ -278,30 +323,23 @@ static void submit_job(http_call *call, jobs_kind kind) {
         inputs_free(&in);
         return;
     }
-    char id[JOBS_ID_MAX], err[512] = "";
-    int rc = jobs_submit(jobs_of(call), kind, call->key_name, model, in.texts, in.lens, in.n, id, err,
-                         sizeof err);
-    size_t n = in.n;
-    inputs_free(&in);
-    if (rc != JOBS_OK) {
-        reply_jobs_error(call, rc, err);
+    /* Stored by the jobs system's writer thread; the answer comes back to
+     * this loop (on_stored), which holds no thread meanwhile. */
+    pending_submit *ps = calloc(1, sizeof *ps);
+    if (!ps) {
+        inputs_free(&in);
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
         return;
     }
-    log_event(LOG_INFO, "batch_job_queued", "id", json_string(id), "inputs", json_integer((json_int_t)n),
-              "key", json_string(call->key_name), "request_id", json_string(call->request_id), NULL);
-    if (kind == JOBS_KIND_SEED) {
-        http_reply_json(call, 202, json_pack("{s:s, s:s}", "task_id", id, "status", "pending"));
-        return;
-    }
-    jobs_info info;
-    if (jobs_get(jobs_of(call), id, call->key_name, &info) != JOBS_OK) {
-        reply_jobs_error(call, JOBS_EDB, NULL);
-        return;
-    }
-    char location[64];
-    snprintf(location, sizeof location, "/v1/batch/%s", id);
-    http_add_header(call, "Location", location);
-    http_reply_json(call, 202, job_json(&info));
+    ps->in = in;
+    ps->call = call;
+    ps->req = (jobs_submit_req){.kind = kind, .owner = call->key_name, .model = model,
+                                .texts = in.texts, .lens = in.lens, .n = in.n, .cb = on_stored_elsewhere,
+                                .ud = ps};
+    call->on_posted = on_stored;
+    call->posted_state = ps;
+    atomic_fetch_add(&call->loop->server->pending_jobs, 1);
+    jobs_submit_async(jobs_of(call), &ps->req);
 }
 
 static void seed_result(http_call *call, const char *id) {

@@ -178,6 +178,11 @@ struct http_call {
     int single;                   /* {"text": ...} rather than {"texts": [...]} */
     int discard;                  /* server stopping: free without answering */
     http_call *next_done;
+    /* Set when the call was posted to its loop for something other than a
+     * prediction (a batch job being stored): the loop calls it instead of
+     * http_finish_prediction. */
+    void (*on_posted)(http_call *call);
+    void *posted_state;
 };
 
 /* routes.c */

@@ -411,6 +411,10 @@ void http_predict_submit(http_call *call) {
 }
 
 void http_finish_prediction(http_call *call) {
+    if (call->on_posted) {
+        call->on_posted(call);
+        return;
+    }
     http_server *s = call->loop->server;
     serving_job *job = &call->job;
     if (call->cache_role == HTTP_CACHE_FOLLOWER) { /* posted by its leader, not by a batcher */

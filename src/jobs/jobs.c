@@ -14,6 +14,9 @@
  *  - Retention: finished jobs older than retention_us are deleted with their
  *    inputs and results, from the worker, at most once a second.
  *
+ *  - A writer thread stores jobs_submit_async's jobs, so an event loop
+ *    never waits on the disk; it shares `lock` and `wake` with the worker.
+ *
  * Threads: as jobs.h says. The worker is the only writer of results and of
  * `done`; the API writes new jobs and cancellations.
  */
@@ -47,6 +50,11 @@ struct jobs {
     pthread_mutex_t lock; /* guards stopping and the wake-up */
     pthread_cond_t wake;
     bool stopping, kicked;
+
+    /* Submissions waiting for the writer thread (lock, wake). */
+    jobs_submit_req *submit_head, *submit_tail;
+    pthread_t writer;
+    bool writer_started;
 
     /* The chunk in flight (worker only, plus its on_done). */
     pthread_mutex_t chunk_lock;
@@ -214,7 +222,7 @@ static void new_id(char id[JOBS_ID_MAX]) {
 static void kick(jobs *j) {
     pthread_mutex_lock(&j->lock);
     j->kicked = true;
-    pthread_cond_signal(&j->wake);
+    pthread_cond_broadcast(&j->wake);
     pthread_mutex_unlock(&j->lock);
 }
 
@@ -714,7 +722,49 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+static void run_submit(jobs *j, jobs_submit_req *r) {
+    r->error[0] = 0;
+    r->status = jobs_submit(j, r->kind, r->owner, r->model, r->texts, r->lens, r->n, r->id, r->error,
+                            sizeof r->error);
+    r->cb(r);
+}
+
+static void *writer_main(void *arg) {
+    jobs *j = arg;
+    pthread_mutex_lock(&j->lock);
+    for (;;) {
+        while (!j->stopping && !j->submit_head)
+            pthread_cond_wait(&j->wake, &j->lock);
+        if (!j->submit_head) /* stopping, nothing left */
+            break;
+        jobs_submit_req *r = j->submit_head;
+        j->submit_head = r->next_;
+        if (!j->submit_head)
+            j->submit_tail = NULL;
+        pthread_mutex_unlock(&j->lock);
+        run_submit(j, r);
+        pthread_mutex_lock(&j->lock);
+    }
+    pthread_mutex_unlock(&j->lock);
+    return NULL;
+}
+
+void jobs_submit_async(jobs *j, jobs_submit_req *req) {
+    req->next_ = NULL;
+    pthread_mutex_lock(&j->lock);
+    if (j->submit_tail)
+        j->submit_tail->next_ = req;
+    else
+        j->submit_head = req;
+    j->submit_tail = req;
+    pthread_cond_broadcast(&j->wake);
+    pthread_mutex_unlock(&j->lock);
+}
+
 int jobs_start(jobs *j) {
+    if (pthread_create(&j->writer, NULL, writer_main, j) != 0)
+        return JOBS_ENOMEM;
+    j->writer_started = true;
     if (pthread_create(&j->thread, NULL, worker_main, j) != 0)
         return JOBS_ENOMEM;
     j->started = true;
@@ -724,12 +774,20 @@ int jobs_start(jobs *j) {
 void jobs_close(jobs *j) {
     if (!j)
         return;
-    if (j->started) {
-        pthread_mutex_lock(&j->lock);
-        j->stopping = true;
-        pthread_cond_signal(&j->wake);
-        pthread_mutex_unlock(&j->lock);
+    pthread_mutex_lock(&j->lock);
+    j->stopping = true;
+    pthread_cond_broadcast(&j->wake);
+    pthread_mutex_unlock(&j->lock);
+    if (j->started)
         pthread_join(j->thread, NULL);
+    if (j->writer_started) /* it stores what is queued, then stops */
+        pthread_join(j->writer, NULL);
+    while (j->submit_head) { /* never started: refuse what came */
+        jobs_submit_req *r = j->submit_head;
+        j->submit_head = r->next_;
+        r->status = JOBS_EDB;
+        snprintf(r->error, sizeof r->error, "the batch job system is shutting down");
+        r->cb(r);
     }
     sqlite3_close(j->work);
     sqlite3_close(j->api);

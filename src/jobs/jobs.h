@@ -102,6 +102,29 @@ typedef enum jobs_kind { JOBS_KIND_SEED = 1, JOBS_KIND_V1 = 2 } jobs_kind;
 int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, const char *const *texts,
                 const size_t *lens, size_t n, char id_out[JOBS_ID_MAX], char *err, size_t cap);
 
+/* jobs_submit off the caller's thread: for event loops, which must not wait
+ * on the disk (storing 100,000 inputs takes most of a second). The request
+ * and everything it points to are borrowed until cb runs; cb runs exactly
+ * once, on the jobs system's writer thread (or, for requests still queued
+ * at jobs_close, on the closing thread with JOBS_EDB), and must only hand
+ * the request back to its owner. */
+typedef struct jobs_submit_req jobs_submit_req;
+struct jobs_submit_req {
+    jobs_kind kind;
+    const char *owner, *model;
+    const char *const *texts;
+    const size_t *lens;
+    size_t n;
+    void (*cb)(jobs_submit_req *req);
+    void *ud;
+    /* Filled before cb: jobs_submit's result, id and message. */
+    int status;
+    char id[JOBS_ID_MAX];
+    char error[512];
+    jobs_submit_req *next_; /* private */
+};
+void jobs_submit_async(jobs *j, jobs_submit_req *req);
+
 typedef struct jobs_info {
     char id[JOBS_ID_MAX];
     char model[256];
