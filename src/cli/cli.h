@@ -36,9 +36,22 @@ int cli_add_text(cli_args *a, const char *s, size_t len);
  * and returns NULL. Close with cli_close. */
 FILE *cli_open(const char *path);
 void cli_close(FILE *f);
-/* Prints obj as one compact JSON line on stdout and releases it. */
+/* Parses a decimal int in [lo, hi] into *out; -1 (and *out untouched) when
+ * s is not one. */
+int cli_parse_int(const char *s, int lo, int hi, int *out);
+/* Writes obj (taken; NULL is fine) to out as one compact JSON line, with
+ * floats at 7 significant digits: the one number format of every command.
+ * Returns 0, or -1 when it could not be formatted or written. */
+int cli_write_json(FILE *out, json_t *obj);
+/* cli_write_json on stdout, ignoring failures (stdout's are seen at exit). */
 void cli_print_json(json_t *obj);
 json_t *cli_float_array(const float *v, size_t n);
+/* Adds one text's classification result to obj (borrowed, returned for
+ * chaining): "label" (the argmax of logits), "confidence", "probs" and
+ * "logits", each array n_labels long in label-id order. The per-text result
+ * of predict and batch. */
+json_t *cli_prediction_set(json_t *obj, const engine_model *m, const float *logits,
+                           const float *probs);
 
 /* aiserve eval: accuracy, per-class precision and recall, confusion matrix
  * and throughput of the model on a labelled TSV. Returns the exit status. */
@@ -51,5 +64,11 @@ int cli_serve(int argc, char **argv);
 /* `aiserve keys create|list|revoke`: argv holds the arguments after "keys".
  * Returns the exit status (0 ok, 2 usage or key store error). */
 int cli_keys(int argc, char **argv);
+
+/* `aiserve batch`: classifies a .txt or .jsonl file into a JSON-lines file,
+ * resumably (batch.c has the contract). argv[0] is "batch", the options
+ * follow. Returns the exit status: 0 ok, 1 some line got an error result,
+ * 2 usage, input, output or model load error, 130 interrupted. */
+int cli_batch(int argc, char **argv);
 
 #endif

@@ -4,6 +4,7 @@
  *
  *   aiserve serve    [--config FILE] [flags]      (serve.c)
  *   aiserve keys     create|list|revoke ...       (keys.c)
+ *   aiserve batch    --model DIR --input FILE --output FILE.jsonl [--resume]   (batch.c)
  *   aiserve predict  --model DIR [--batch-size N] [--threads N] [--input FILE] [TEXT ...]
  *   aiserve embed    --model DIR [--pooling mean|cls] [--normalize] [--input FILE] [TEXT ...]
  *   aiserve tokenize --model DIR [--max-length N] [--input FILE] [TEXT ...]
@@ -27,17 +28,18 @@
 #include "cli.h"
 #include "engine.h"
 
-
-
 static void usage(FILE *out) {
     fputs("usage: aiserve COMMAND --model DIR [options] [TEXT ...]\n"
           "\n"
           "       aiserve serve [options]   (HTTP server; aiserve serve --help)\n"
           "       aiserve keys create|list|revoke   (API keys; aiserve keys --help)\n"
+          "       aiserve batch --model DIR --input FILE --output FILE.jsonl [--resume]\n"
           "\n"
           "commands:\n"
           "  serve     serve the models of a repository over HTTP (see aiserve serve --help)\n"
           "  keys      create, list and revoke API keys (see aiserve keys --help)\n"
+          "  batch     classify a .txt or .jsonl file into a JSON-lines file, with progress,\n"
+          "            resumable (see aiserve batch --help)\n"
           "  predict   classify texts: {\"label\", \"confidence\", \"probs\", \"logits\"} per text\n"
           "  embed     embed texts: {\"embedding\": [...]} per text\n"
           "  tokenize  show what the model sees: {\"ids\", \"tokens\"} per text\n"
@@ -120,7 +122,7 @@ static int read_lines(cli_args *a, const char *path) {
     return rc;
 }
 
-static int parse_int(const char *s, int lo, int hi, int *out) {
+int cli_parse_int(const char *s, int lo, int hi, int *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -153,11 +155,11 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             a->input = optarg;
             break;
         case 'b':
-            if (parse_int(optarg, 1, 4096, &a->batch_size))
+            if (cli_parse_int(optarg, 1, 4096, &a->batch_size))
                 return fprintf(stderr, "aiserve: --batch-size must be 1..4096\n"), -1;
             break;
         case 't':
-            if (parse_int(optarg, 1, 256, &a->n_threads))
+            if (cli_parse_int(optarg, 1, 256, &a->n_threads))
                 return fprintf(stderr, "aiserve: --threads must be 1..256\n"), -1;
             break;
         case 'p':
@@ -172,7 +174,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             a->normalize = 1;
             break;
         case 'l':
-            if (parse_int(optarg, 2, 1 << 20, &a->max_length))
+            if (cli_parse_int(optarg, 2, 1 << 20, &a->max_length))
                 return fprintf(stderr, "aiserve: --max-length must be at least 2\n"), -1;
             break;
         case 'd':
@@ -203,14 +205,19 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     return 0;
 }
 
-void cli_print_json(json_t *obj) {
-    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7));
+int cli_write_json(FILE *out, json_t *obj) {
+    char *s = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(7)) : NULL;
+    int rc = -1;
     if (s) {
-        fputs(s, stdout);
-        fputc('\n', stdout);
+        rc = fputs(s, out) == EOF || fputc('\n', out) == EOF ? -1 : 0;
         free(s);
     }
     json_decref(obj);
+    return rc;
+}
+
+void cli_print_json(json_t *obj) {
+    cli_write_json(stdout, obj);
 }
 
 json_t *cli_float_array(const float *v, size_t n) {
@@ -224,18 +231,18 @@ static void print_error_line(const char *message) {
     cli_print_json(json_pack("{s:s}", "error", message));
 }
 
-static json_t *prediction_json(const engine_model *m, const float *logits, const float *probs) {
+json_t *cli_prediction_set(json_t *obj, const engine_model *m, const float *logits,
+                           const float *probs) {
     const engine_model_info *info = engine_model_get_info(m);
     int best = 0;
     for (int j = 1; j < info->n_labels; j++)
         if (logits[j] > logits[best])
             best = j;
-    json_t *o = json_object();
-    json_object_set_new(o, "label", json_string(engine_model_label(m, best)));
-    json_object_set_new(o, "confidence", json_real(probs[best]));
-    json_object_set_new(o, "probs", cli_float_array(probs, (size_t)info->n_labels));
-    json_object_set_new(o, "logits", cli_float_array(logits, (size_t)info->n_labels));
-    return o;
+    json_object_set_new(obj, "label", json_string(engine_model_label(m, best)));
+    json_object_set_new(obj, "confidence", json_real(probs[best]));
+    json_object_set_new(obj, "probs", cli_float_array(probs, (size_t)info->n_labels));
+    json_object_set_new(obj, "logits", cli_float_array(logits, (size_t)info->n_labels));
+    return obj;
 }
 
 /* Runs one chunk; if the batch is rejected for its input, runs the texts one
@@ -263,7 +270,7 @@ static int run_chunk(engine_model *m, cli_args *a, size_t first, size_t n, float
     for (size_t i = 0; i < n; i++) {
         if (strcmp(a->command, "predict") == 0) {
             size_t k = (size_t)info->n_labels;
-            cli_print_json(prediction_json(m, buf_a + i * k, buf_b + i * k));
+            cli_print_json(cli_prediction_set(json_object(), m, buf_a + i * k, buf_b + i * k));
         } else {
             size_t h = (size_t)info->hidden;
             cli_print_json(json_pack("{s:o}", "embedding", cli_float_array(buf_a + i * h, h)));
@@ -355,13 +362,15 @@ int main(int argc, char **argv) {
         return cli_serve(argc - 2, argv + 2);
     if (strcmp(argv[1], "keys") == 0)
         return cli_keys(argc - 2, argv + 2);
+    if (strcmp(argv[1], "batch") == 0)
+        return cli_batch(argc - 1, argv + 1);
     cli_args a = {.command = argv[1]};
     static const char *const commands[] = {"predict", "embed", "tokenize", "info", "eval"};
     int known = 0;
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         known |= strcmp(a.command, commands[i]) == 0;
     if (!known) {
-        fprintf(stderr, "aiserve: unknown command '%s' (serve, keys, predict, embed, tokenize, info, eval)\n",
+        fprintf(stderr, "aiserve: unknown command '%s' (serve, keys, batch, predict, embed, tokenize, info, eval)\n",
                 a.command);
         return EXIT_LOAD;
     }
