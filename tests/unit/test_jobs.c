@@ -1,0 +1,338 @@
+/*
+ * test_jobs.c - the jobs module through jobs.h, on the bundled sentiment
+ * model: a job's results equal the engine's argmax and probability for
+ * each input, in order, across chunks; pages of results; owners; the input
+ * and per-owner limits; a job stored by one process and run by the next
+ * (resume); cancel before and after the end; retention; submissions through
+ * the writer thread, and the ones still queued when it closes; and a data
+ * directory that is in use or holds something that is not a database.
+ *
+ * Each test has its own temporary data directory. Waits are bounded
+ * generously; nothing asserts how fast anything is.
+ */
+#define _GNU_SOURCE
+#include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "jobs.h"
+#include "serving.h"
+
+#define MODELS AISERVE_SOURCE_DIR "/models"
+#define WAIT_MS 120000
+
+typedef struct fixture {
+    char dir[64];
+    metrics_registry *m;
+    serving_repo *repo;
+} fixture;
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/aiserve-jobs-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    f->m = metrics_registry_create();
+    serving_options o = {.repository = MODELS, .engine_threads = 1, .max_batch_size = 8,
+                         .max_queue_delay_us = 0, .max_queue_size = 1000};
+    serving_error err = {0};
+    assert_int_equal(serving_repo_create(&o, f->m, &f->repo, &err), 0);
+    assert_int_equal(serving_repo_start(f->repo), 0);
+    for (int i = 0; i < WAIT_MS && !serving_repo_is_settled(f->repo); i++)
+        sleep_ms(1);
+    assert_true(serving_repo_is_ready(f->repo));
+    *state = f;
+    return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    serving_repo_destroy(f->repo);
+    metrics_registry_destroy(f->m);
+    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static jobs_options options(fixture *f) {
+    return (jobs_options){.data_dir = f->dir, .repo = f->repo, .max_inputs = 1000, .max_active_per_owner = 2,
+                          .retention_us = 3600ull * 1000000u, .chunk_size = 8};
+}
+
+static jobs *open_ok(const jobs_options *o) {
+    jobs *j = NULL;
+    char err[512] = "";
+    int rc = jobs_open(o, &j, err, sizeof err);
+    if (rc != JOBS_OK)
+        fail_msg("jobs_open: %s", err);
+    return j;
+}
+
+static const char *const sentences[] = {
+    "a wonderful , moving film .", "dull and far too long .", "it 's fine .", "the best film of the year",
+    "i hated every minute", "a masterpiece of tedium", "charming and funny", "not good , not bad",
+    "utterly forgettable", "a joy from start to finish", "the plot makes no sense",
+};
+#define N_SENT (sizeof sentences / sizeof sentences[0])
+
+static void texts_of(size_t n, const char **texts, size_t *lens) {
+    for (size_t i = 0; i < n; i++) {
+        texts[i] = sentences[(i * 7) % N_SENT];
+        lens[i] = strlen(texts[i]);
+    }
+}
+
+static void submit_ok(jobs *j, const char *owner, size_t n, char id[JOBS_ID_MAX]) {
+    const char *texts[64];
+    size_t lens[64];
+    char err[512] = "";
+    assert_true(n <= 64);
+    texts_of(n, texts, lens);
+    int rc = jobs_submit(j, JOBS_KIND_V1, owner, NULL, texts, lens, n, id, err, sizeof err);
+    if (rc != JOBS_OK)
+        fail_msg("jobs_submit: %s", err);
+    assert_int_equal(strncmp(id, "batch_", 6), 0);
+    assert_int_equal(strlen(id), 30);
+}
+
+static jobs_info wait_status(jobs *j, const char *id, const char *owner, const char *want) {
+    jobs_info info;
+    for (int i = 0; i < WAIT_MS / 5; i++) {
+        assert_int_equal(jobs_get(j, id, owner, &info), JOBS_OK);
+        if (strcmp(info.status, want) == 0)
+            return info;
+        sleep_ms(5);
+    }
+    fail_msg("job %s is %s, never %s", id, info.status, want);
+    return info;
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+static void test_results_equal_engine(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    jobs *j = open_ok(&o);
+    assert_int_equal(jobs_start(j), JOBS_OK);
+    char id[JOBS_ID_MAX];
+    submit_ok(j, "alice", 30, id); /* 4 chunks of 8 */
+    jobs_info info = wait_status(j, id, "alice", "completed");
+    assert_int_equal(info.total, 30);
+    assert_int_equal(info.done, 30);
+    assert_int_equal(info.version, 1);
+    assert_string_equal(info.model, "sentiment");
+    assert_true(info.created_ms > 0 && info.started_ms >= info.created_ms && info.finished_ms >= info.started_ms);
+
+    engine_model *ref = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(MODELS "/sentiment/1", &eo, &ref, &eerr), 0);
+    const char *texts[64];
+    size_t lens[64];
+    texts_of(30, texts, lens);
+    float probs[64 * 2];
+    assert_int_equal(engine_classify(ref, texts, lens, 30, NULL, probs, &eerr), 0);
+    jobs_result *r = NULL;
+    size_t n = 0;
+    assert_int_equal(jobs_results(j, id, "alice", 0, 100, &r, &n), JOBS_OK);
+    assert_int_equal(n, 30);
+    for (size_t i = 0; i < n; i++) {
+        int best = probs[2 * i + 1] > probs[2 * i] ? 1 : 0;
+        assert_int_equal(r[i].label, best);
+        assert_true(r[i].confidence == (double)probs[2 * i + best]);
+    }
+    free(r);
+    /* A page in the middle; past the end; another owner. */
+    assert_int_equal(jobs_results(j, id, "alice", 25, 10, &r, &n), JOBS_OK);
+    assert_int_equal(n, 5);
+    free(r);
+    assert_int_equal(jobs_results(j, id, "alice", 30, 10, &r, &n), JOBS_OK);
+    assert_int_equal(n, 0);
+    assert_null(r);
+    assert_int_equal(jobs_results(j, id, "bob", 0, 10, &r, &n), JOBS_ENOTFOUND);
+    assert_int_equal(jobs_get(j, id, "bob", &info), JOBS_ENOTFOUND);
+    assert_int_equal(jobs_cancel(j, id, "bob"), JOBS_ENOTFOUND);
+    assert_int_equal(jobs_cancel(j, id, "alice"), JOBS_EFINISHED);
+    assert_int_equal(jobs_get(j, "batch_nope", "alice", &info), JOBS_ENOTFOUND);
+    engine_model_free(ref);
+    jobs_close(j);
+}
+
+static void test_limits(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    o.max_inputs = 10;
+    jobs *j = open_ok(&o); /* not started: jobs stay queued */
+    const char *texts[64];
+    size_t lens[64];
+    texts_of(11, texts, lens);
+    char id[JOBS_ID_MAX], err[512];
+    assert_int_equal(jobs_submit(j, JOBS_KIND_V1, "a", NULL, texts, lens, 0, id, err, sizeof err), JOBS_EINVAL);
+    assert_int_equal(jobs_submit(j, JOBS_KIND_V1, "a", NULL, texts, lens, 11, id, err, sizeof err), JOBS_EINVAL);
+    assert_non_null(strstr(err, "limit is 10"));
+    assert_int_equal(jobs_submit(j, JOBS_KIND_V1, "a", "nope", texts, lens, 1, id, err, sizeof err),
+                     JOBS_ENOMODEL);
+    submit_ok(j, "a", 1, id);
+    submit_ok(j, "a", 1, id);
+    assert_int_equal(jobs_submit(j, JOBS_KIND_V1, "a", NULL, texts, lens, 1, id, err, sizeof err), JOBS_ELIMIT);
+    submit_ok(j, "b", 1, id); /* per owner */
+    /* A cancelled job no longer counts. */
+    char first[JOBS_ID_MAX];
+    submit_ok(j, "c", 1, first);
+    submit_ok(j, "c", 1, id);
+    assert_int_equal(jobs_cancel(j, first, "c"), JOBS_OK);
+    assert_int_equal(jobs_cancel(j, first, "c"), JOBS_EFINISHED);
+    submit_ok(j, "c", 1, id);
+    jobs_close(j);
+}
+
+static void test_resume_in_next_process_and_cancel(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    jobs *j = open_ok(&o);
+    char kept[JOBS_ID_MAX], dropped[JOBS_ID_MAX];
+    submit_ok(j, "", 20, kept);
+    submit_ok(j, "", 20, dropped);
+    assert_int_equal(jobs_cancel(j, dropped, ""), JOBS_OK);
+    jobs_close(j); /* stored, never run */
+    /* Another process on the same directory while this one runs: refused. */
+    j = open_ok(&o);
+    jobs *other = NULL;
+    char err[512] = "";
+    assert_int_equal(jobs_open(&o, &other, err, sizeof err), JOBS_EDB);
+    assert_null(other);
+    assert_non_null(strstr(err, "in use by another aiserve process"));
+    assert_int_equal(jobs_start(j), JOBS_OK);
+    jobs_info info = wait_status(j, kept, "", "completed");
+    assert_int_equal(info.done, 20);
+    assert_int_equal(jobs_get(j, dropped, "", &info), JOBS_OK);
+    assert_string_equal(info.status, "cancelled");
+    assert_int_equal(info.done, 0);
+    jobs_result *r = NULL;
+    size_t n = 0;
+    assert_int_equal(jobs_results(j, dropped, "", 0, 20, &r, &n), JOBS_OK);
+    assert_int_equal(n, 20);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(r[i].label, -1); /* never computed */
+    free(r);
+    jobs_close(j);
+}
+
+static void test_retention(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    o.retention_us = 200000;
+    jobs *j = open_ok(&o);
+    assert_int_equal(jobs_start(j), JOBS_OK);
+    char id[JOBS_ID_MAX];
+    submit_ok(j, "", 3, id);
+    wait_status(j, id, "", "completed");
+    jobs_info info;
+    int rc = JOBS_OK;
+    for (int i = 0; i < WAIT_MS / 10 && rc == JOBS_OK; i++) {
+        rc = jobs_get(j, id, "", &info);
+        sleep_ms(10);
+    }
+    assert_int_equal(rc, JOBS_ENOTFOUND);
+    jobs_close(j);
+}
+
+static atomic_int async_calls;
+
+static void on_stored(jobs_submit_req *req) {
+    (void)req;
+    atomic_fetch_add(&async_calls, 1);
+}
+
+static void test_async_submit(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    const char *texts[4];
+    size_t lens[4];
+    texts_of(4, texts, lens);
+    /* Queued before the writer runs, answered when it starts. */
+    jobs *j = open_ok(&o);
+    jobs_submit_req a = {.kind = JOBS_KIND_SEED, .owner = "", .texts = texts, .lens = lens, .n = 4,
+                         .cb = on_stored};
+    jobs_submit_req bad = a;
+    bad.n = 0;
+    atomic_store(&async_calls, 0);
+    jobs_submit_async(j, &a);
+    jobs_submit_async(j, &bad);
+    assert_int_equal(atomic_load(&async_calls), 0);
+    assert_int_equal(jobs_start(j), JOBS_OK);
+    for (int i = 0; i < WAIT_MS && atomic_load(&async_calls) < 2; i++)
+        sleep_ms(1);
+    assert_int_equal(atomic_load(&async_calls), 2);
+    assert_int_equal(a.status, JOBS_OK);
+    assert_int_equal(bad.status, JOBS_EINVAL);
+    jobs_info info = wait_status(j, a.id, "", "completed");
+    assert_int_equal(info.kind, JOBS_KIND_SEED);
+    jobs_close(j);
+    /* Still queued when it closes without ever starting: refused, once. */
+    j = open_ok(&o);
+    jobs_submit_req late = a;
+    jobs_submit_async(j, &late);
+    jobs_close(j);
+    assert_int_equal(atomic_load(&async_calls), 3);
+    assert_int_equal(late.status, JOBS_EDB);
+}
+
+static void test_bad_directory(void **state) {
+    fixture *f = *state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/jobs.db", f->dir);
+    static const char junk[] = "this is not SQLite, this is not SQLite, this is not SQLite, this is not SQLite";
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fwrite(junk, 1, sizeof junk, fp);
+    fclose(fp);
+    jobs_options o = options(f);
+    jobs *j = NULL;
+    char err[512] = "";
+    assert_int_equal(jobs_open(&o, &j, err, sizeof err), JOBS_EDB);
+    assert_null(j);
+    assert_non_null(strstr(err, "jobs.db"));
+    char back[sizeof junk] = "";
+    fp = fopen(path, "r");
+    assert_int_equal(fread(back, 1, sizeof back, fp), sizeof junk);
+    fclose(fp);
+    assert_memory_equal(back, junk, sizeof junk); /* left as it was */
+    o.data_dir = "";
+    assert_int_equal(jobs_open(&o, &j, err, sizeof err), JOBS_EINVAL);
+    o.data_dir = "/proc/aiserve-cannot-be-made";
+    assert_int_equal(jobs_open(&o, &j, err, sizeof err), JOBS_EDB);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_results_equal_engine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_in_next_process_and_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_submit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_directory, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
