@@ -11,6 +11,9 @@
 -- Output (last line): the same JSON line as bench/http/predict.lua, with
 -- non_2xx taken from wrk's status error count and bad_body 0.
 
+local write_result = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./")
+                            .. "../http/result_line.lua")
+
 wrk.method = "POST"
 wrk.path = "/predict"
 wrk.body = '{"text": "a subtle and well-crafted ( for the most part ) chiller ."}'
@@ -18,16 +21,5 @@ wrk.headers["Content-Type"] = "application/json"
 if os.getenv("WRK_API_KEY") then wrk.headers["X-API-Key"] = os.getenv("WRK_API_KEY") end
 
 function done(summary, latency, requests)
-  local secs = summary.duration / 1e6
-  local e = summary.errors
-  local function ms(us) return us / 1000.0 end
-  io.write(string.format(
-    '{"requests": %d, "duration_s": %.3f, "requests_per_s": %.2f, ' ..
-    '"latency_ms": {"mean": %.3f, "p50": %.3f, "p90": %.3f, "p99": %.3f, "max": %.3f}, ' ..
-    '"non_2xx": %d, "bad_body": 0, "status_errors": %d, ' ..
-    '"socket_errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}}\n',
-    summary.requests, secs, summary.requests / secs,
-    ms(latency.mean), ms(latency:percentile(50)), ms(latency:percentile(90)),
-    ms(latency:percentile(99)), ms(latency.max),
-    e.status, e.status, e.connect, e.read, e.write, e.timeout))
+  write_result(summary, latency, summary.errors.status, 0)
 end

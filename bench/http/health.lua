@@ -8,6 +8,9 @@
 --
 -- WRK_PATH (environment) changes the path, e.g. /health/live.
 
+local write_result = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./")
+                            .. "result_line.lua")
+
 wrk.method = "GET"
 wrk.path = os.getenv("WRK_PATH") or "/health"
 local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "20")
@@ -36,16 +39,5 @@ function done(summary, latency, requests)
   for _, t in ipairs(threads) do
     non2xx = non2xx + t:get("non_2xx")
   end
-  local secs = summary.duration / 1e6
-  local e = summary.errors
-  local function ms(us) return us / 1000.0 end
-  io.write(string.format(
-    '{"requests": %d, "duration_s": %.3f, "requests_per_s": %.2f, ' ..
-    '"latency_ms": {"mean": %.3f, "p50": %.3f, "p90": %.3f, "p99": %.3f, "max": %.3f}, ' ..
-    '"non_2xx": %d, "bad_body": 0, "status_errors": %d, ' ..
-    '"socket_errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}}\n',
-    summary.requests, secs, summary.requests / secs,
-    ms(latency.mean), ms(latency:percentile(50)), ms(latency:percentile(90)),
-    ms(latency:percentile(99)), ms(latency.max),
-    non2xx, e.status, e.connect, e.read, e.write, e.timeout))
+  write_result(summary, latency, non2xx, 0)
 end

@@ -20,6 +20,9 @@
 -- WRK_PATH (environment) changes the path, e.g. /v1/models/sentiment/predict.
 -- WRK_API_KEY (environment), when set, is sent as X-API-Key.
 
+local write_result = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./")
+                            .. "result_line.lua")
+
 local sentences = {
   "the iditarod lasts for days - this just felt like it did .",
   "i had to look away - this was god awful .",
@@ -126,16 +129,5 @@ function done(summary, latency, requests)
     non2xx = non2xx + t:get("non_2xx")
     bad = bad + t:get("bad_body")
   end
-  local secs = summary.duration / 1e6
-  local e = summary.errors
-  local function ms(us) return us / 1000.0 end
-  io.write(string.format(
-    '{"requests": %d, "duration_s": %.3f, "requests_per_s": %.2f, ' ..
-    '"latency_ms": {"mean": %.3f, "p50": %.3f, "p90": %.3f, "p99": %.3f, "max": %.3f}, ' ..
-    '"non_2xx": %d, "bad_body": %d, "status_errors": %d, ' ..
-    '"socket_errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}}\n',
-    summary.requests, secs, summary.requests / secs,
-    ms(latency.mean), ms(latency:percentile(50)), ms(latency:percentile(90)),
-    ms(latency:percentile(99)), ms(latency.max),
-    non2xx, bad, e.status, e.connect, e.read, e.write, e.timeout))
+  write_result(summary, latency, non2xx, bad)
 end

@@ -7,11 +7,9 @@ per-key limit, and a database that is corrupt or already in use.
 
 import json
 import os
-import signal
 import subprocess
 import time
 
-import pytest
 import requests
 
 from harness import BIN, MODELS, assert_error, sample

@@ -32,6 +32,23 @@ def create_key(path, name, tier):
     return p.stdout.decode().strip()
 
 
+def concurrent_predictions(servers, key, n):
+    """n clients released at once, client i on servers[i % len(servers)], each
+    POSTing one distinct text with the key. Returns (responses, seconds)."""
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        s = servers[i % len(servers)]
+        barrier.wait(30)
+        return requests.post(s.url("/predict"), json={"text": "client %d" % i},
+                             headers={"X-API-Key": key}, timeout=60)
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        results = list(ex.map(one, range(n)))
+    return results, time.monotonic() - t0
+
+
 def limit_headers(r):
     h = r.headers
     return int(h["X-RateLimit-Limit"]), int(h["X-RateLimit-Remaining"]), int(h["X-RateLimit-Reset"])
@@ -43,17 +60,7 @@ def test_limit_exact_under_50_concurrent_clients(server_factory, tmp_path):
     # 10 a minute, burst 10: one more token only every 6 s.
     s = server_factory("--rate-limit", "--rate-limit-tiers", "tight=10/10", "--keys-file", str(keys))
     n = 50
-    barrier = threading.Barrier(n)
-
-    def one(i):
-        barrier.wait(30)
-        return requests.post(s.url("/predict"), json={"text": "client %d" % i},
-                             headers={"X-API-Key": key}, timeout=60)
-
-    t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(n) as ex:
-        results = list(ex.map(one, range(n)))
-    elapsed = time.monotonic() - t0
+    results, elapsed = concurrent_predictions([s], key, n)
     ok = [r for r in results if r.status_code == 200]
     limited = [r for r in results if r.status_code == 429]
     assert len(ok) + len(limited) == n, [r.status_code for r in results]

@@ -6,8 +6,6 @@ and back, caching resumed), the deny policy, passwords (never logged),
 errors and stalls from Redis itself, key prefixes, and bad URLs.
 """
 
-import concurrent.futures
-import json
 import os
 import subprocess
 import threading
@@ -18,7 +16,7 @@ import requests
 
 from harness import BIN, assert_error, free_port, sample
 
-from test_ratelimit import create_key, limit_headers
+from test_ratelimit import concurrent_predictions, create_key, limit_headers
 
 
 def serve(server_factory, redis_url, *args, **kw):
@@ -69,18 +67,7 @@ def test_limit_exact_across_two_instances_under_50_clients(server_factory, redis
     a = serve(server_factory, redis.url(), *args)
     b = serve(server_factory, redis.url(), *args)
     n = 50
-    barrier = threading.Barrier(n)
-
-    def one(i):
-        s = a if i % 2 else b
-        barrier.wait(30)
-        return requests.post(s.url("/predict"), json={"text": "client %d" % i},
-                             headers={"X-API-Key": key}, timeout=60)
-
-    t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(n) as ex:
-        results = list(ex.map(one, range(n)))
-    elapsed = time.monotonic() - t0
+    results, elapsed = concurrent_predictions([b, a], key, n)
     ok = [r for r in results if r.status_code == 200]
     limited = [r for r in results if r.status_code == 429]
     assert len(ok) + len(limited) == n, [r.status_code for r in results]
