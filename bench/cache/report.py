@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """report.py RAW.jsonl OUT.json REVISION CPU - the cache benchmark's table:
-requests/s and latency per configuration and concurrency, aiserve's ratios to
+requests/s and latency per configuration and concurrency (medians over the
+rounds), aiserve's ratios to
 the seed's Redis-cached service, and the cost of the API key check plus rate
 limiting (1 - guarded / open throughput) per backend."""
 
@@ -10,17 +11,33 @@ import sys
 
 raw, out, rev, cpu = sys.argv[1:5]
 runs = [json.loads(l) for l in open(raw) if l.strip()]
-hits = {}
+# Medians over the rounds of each (configuration, concurrency).
+rounds = {}
 for r in runs:
     if r["phase"] == "hit":
         res = dict(r["result"])
         res["cpu_us_per_request"] = 1e6 * r["server_cpu_s"] / max(1, res["requests"])
-        hits[(r["config"], r["concurrency"])] = res
+        rounds.setdefault((r["config"], r["concurrency"]), []).append(res)
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+hits = {}
+for key, rs in rounds.items():
+    hits[key] = {"requests_per_s": median([x["requests_per_s"] for x in rs]),
+                 "cpu_us_per_request": median([x["cpu_us_per_request"] for x in rs]),
+                 "latency_ms": {k: median([x["latency_ms"][k] for x in rs]) for k in rs[0]["latency_ms"]},
+                 "rounds": len(rs)}
 concs = sorted({c for _, c in hits})
 configs = [c for c in ("seed-redis", "aiserve-memory", "aiserve-memory-guard", "aiserve-redis",
                        "aiserve-redis-guard") if any((c, k) in hits for k in concs)]
 
-print("\ncache hits, bundled sentiment model, %s, %d CPUs, revision %s" % (cpu, os.cpu_count(), rev))
+print("\ncache hits, bundled sentiment model, %s, %d CPUs, revision %s; medians of %d rounds"
+      % (cpu, os.cpu_count(), rev, max(v["rounds"] for v in hits.values())))
 print("%-22s %5s %10s %8s %8s %8s %9s %11s" % ("configuration", "conc", "req/s", "p50 ms", "p99 ms", "max ms",
                                                "x seed", "CPU us/req"))
 summary = {}

@@ -20,8 +20,11 @@
 # records the server's own CPU time, so the table also gives CPU microseconds
 # per request: the steadier measure of what the key check and the limiter
 # cost. Prints a table with ratios and writes bench/cache/work/results-<UTC>.json.
-# Environment: BENCH_DURATION (10 s), BENCH_WARMUP (3 s), BENCH_CONCURRENCY
-# ("8 64"), BENCH_WRK_THREADS (1), BENCH_SKIP (names from the list above),
+# Each configuration runs BENCH_ROUNDS times (3) at each concurrency, the
+# aiserve configurations interleaved round by round (all four servers up at
+# once, idle but for the one being measured), and the report takes medians.
+# Environment: BENCH_DURATION (5 s per run), BENCH_ROUNDS (3), BENCH_WARMUP
+# (3 s), BENCH_CONCURRENCY ("8 64"), BENCH_WRK_THREADS (1), BENCH_SKIP (names from the list above),
 # BENCH_HTTP_THREADS (aiserve's event loops; default one per CPU).
 # A benchmark, not a test: it never fails on a number, only when a server does
 # not start or answers with an error.
@@ -33,7 +36,8 @@ BUILD=${1:-build}
 HERE="$ROOT/bench/cache"
 WORK="$HERE/work"
 PY=/usr/bin/python3
-DUR=${BENCH_DURATION:-10}
+DUR=${BENCH_DURATION:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-3}
 CONCS=${BENCH_CONCURRENCY:-8 64}
 WRK_THREADS=${BENCH_WRK_THREADS:-1}
@@ -43,7 +47,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RAW="$WORK/raw-$STAMP.jsonl"
 OUT="$WORK/results-$STAMP.json"
 TMP=$(mktemp -d /tmp/aiserve-bench-cache.XXXXXX)
-SERVER_PID=""
+declare -A PIDS=() PORTS=()
 REDIS_PID=""
 
 log() { echo "run.sh: $*" >&2; }
@@ -60,7 +64,7 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
-cleanup() { stop_pid "$SERVER_PID"; stop_pid "$REDIS_PID"; rm -rf "$TMP"; }
+cleanup() { for p in "${PIDS[@]}"; do stop_pid "$p"; done; stop_pid "$REDIS_PID"; rm -rf "$TMP"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -75,9 +79,7 @@ mkdir -p "$WORK"
 MODEL="$ROOT/models/sentiment/2"
 [[ -d "$MODEL" ]] || MODEL="$ROOT/models/sentiment/1"
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
 RPORT=$(free_port)
-URL="http://127.0.0.1:$PORT"
 
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --loglevel warning \
   >"$TMP/redis.log" 2>&1 &
@@ -92,44 +94,46 @@ KEY=$(env -u AISERVE_KEYS_FILE "$AISERVE" keys create --keys-file "$KEYS" --name
 mkdir -p "$TMP/repo/sentiment"
 ln -s "$MODEL" "$TMP/repo/sentiment/$(basename "$MODEL")"
 
-start() {  # name
-  local name=$1
+start() {  # name: starts it on a port of its own
+  local name=$1 port
+  port=$(free_port)
+  PORTS[$name]=$port
   SERVER_LOG="$TMP/$name.log"
-  redis-cli -p "$RPORT" flushall >/dev/null
-  local common=(serve --model-repository "$TMP/repo" --host 127.0.0.1 --port "$PORT"
-                --no-access-log ${BENCH_HTTP_THREADS:+--http-threads "$BENCH_HTTP_THREADS"})
+  local common=(serve --model-repository "$TMP/repo" --host 127.0.0.1 --port "$port"
+                --no-access-log --batch-data-dir "$TMP/jobs-$name"
+                ${BENCH_HTTP_THREADS:+--http-threads "$BENCH_HTTP_THREADS"})
   local guard=(--keys-file "$KEYS" --rate-limit --rate-limit-tiers "unlimited=10000000/10000000")
   local open=(--keys-file "$TMP/none.json" --no-rate-limit)
   case "$name" in
     seed-redis)
       REDIS_URL="redis://127.0.0.1:$RPORT/0" MODEL_PATH="$MODEL" TORCH_NUM_THREADS=1 \
-        PYTHONPATH="$HERE" "$PY" -m uvicorn seed_cached_service:app --host 127.0.0.1 --port "$PORT" \
+        PYTHONPATH="$HERE" "$PY" -m uvicorn seed_cached_service:app --host 127.0.0.1 --port "$port" \
         --workers 1 --log-level warning >"$SERVER_LOG" 2>&1 & ;;
     aiserve-memory) "$AISERVE" "${common[@]}" "${open[@]}" >"$SERVER_LOG" 2>&1 & ;;
     aiserve-memory-guard) "$AISERVE" "${common[@]}" "${guard[@]}" >"$SERVER_LOG" 2>&1 & ;;
     aiserve-redis) "$AISERVE" "${common[@]}" "${open[@]}" --redis-url "redis://127.0.0.1:$RPORT/0" \
-                     >"$SERVER_LOG" 2>&1 & ;;
+                     --redis-key-prefix "open:" >"$SERVER_LOG" 2>&1 & ;;
     aiserve-redis-guard) "$AISERVE" "${common[@]}" "${guard[@]}" --redis-url "redis://127.0.0.1:$RPORT/0" \
-                           >"$SERVER_LOG" 2>&1 & ;;
+                           --redis-key-prefix "guard:" >"$SERVER_LOG" 2>&1 & ;;
   esac
-  SERVER_PID=$!
+  PIDS[$name]=$!
   for _ in $(seq 600); do
-    curl -sf "$URL/health" >/dev/null 2>&1 && curl -s "$URL/health" | grep -q '"status":"healthy"' && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || die "$name exited at start"
+    curl -s "http://127.0.0.1:$port/health" 2>/dev/null | grep -q '"status":"healthy"' && return 0
+    kill -0 "${PIDS[$name]}" 2>/dev/null || die "$name exited at start"
     sleep 0.1
   done
   die "$name did not become healthy"
 }
 
-cpu_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$SERVER_PID/stat"; }
+cpu_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 
 run_wrk() {  # name phase conc dur
-  local out line key_env=() t0 t1
+  local out line key_env=() t0 t1 pid=${PIDS[$1]}
   [[ "$1" == *guard ]] && key_env=(WRK_API_KEY="$KEY")
-  t0=$(cpu_ticks)
+  t0=$(cpu_ticks "$pid")
   out=$(env "${key_env[@]}" wrk -t"$WRK_THREADS" -c"$3" -d"$4s" --latency --timeout 30s \
-        -s "$HERE/hit.lua" "$URL" 2>&1) || { echo "$out" >&2; die "wrk failed ($1)"; }
-  t1=$(cpu_ticks)
+        -s "$HERE/hit.lua" "http://127.0.0.1:${PORTS[$1]}" 2>&1) || { echo "$out" >&2; die "wrk failed ($1)"; }
+  t1=$(cpu_ticks "$pid")
   line=$(grep '^{' <<<"$out" | tail -1)
   "$PY" -c 'import json, sys; r = json.loads(sys.argv[1]); e = r["socket_errors"]
 sys.exit("errors: %r" % r if r["non_2xx"] or r["bad_body"] or e["connect"] or e["read"] or e["write"] else 0)' \
@@ -138,20 +142,42 @@ sys.exit("errors: %r" % r if r["non_2xx"] or r["bad_body"] or e["connect"] or e[
   log "  $1 $2 c=$3: $(sed 's/"latency_ms".*//' <<<"$line")"
 }
 
-for name in seed-redis aiserve-memory aiserve-memory-guard aiserve-redis aiserve-redis-guard; do
-  [[ "$SKIP" == *" $name "* ]] && continue
-  log "$name"
-  start "$name"
-  run_wrk "$name" warmup 8 "$WARMUP"   # the first request fills the cache
-  # the answer is cached now, and it is a real answer
+warm() {  # name: fill the cache, and check that the answer is real and cached
+  local name=$1
+  run_wrk "$name" warmup 8 "$WARMUP"
   body=$(curl -s -D "$TMP/headers" -H 'Content-Type: application/json' ${KEY:+-H "X-API-Key: $KEY"} \
-        -d "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$HERE/hit.lua")" "$URL/predict")
+        -d "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$HERE/hit.lua")" "http://127.0.0.1:${PORTS[$name]}/predict")
   grep -q '"label"' <<<"$body" || die "$name: no label in the answer: $body"
   hit=$(tr -d '\r' <"$TMP/headers" | sed -n 's/^X-Cache: //Ip')
   [[ "$name" == seed-redis || "$hit" == HIT ]] || die "$name: a warm request was not a cache hit ($hit)"
-  for c in $CONCS; do run_wrk "$name" hit "$c" "$DUR"; done
-  stop_pid "$SERVER_PID"
-  SERVER_PID=""
+}
+
+skipped() { [[ "$SKIP" == *" $1 "* ]]; }
+
+# The seed first, alone (its rounds back to back), then stopped.
+if ! skipped seed-redis; then
+  log "seed-redis"
+  start seed-redis
+  warm seed-redis
+  for c in $CONCS; do
+    for r in $(seq "$ROUNDS"); do run_wrk seed-redis hit "$c" "$DUR"; done
+  done
+  stop_pid "${PIDS[seed-redis]}"
+fi
+
+# The aiserve configurations all run at once (an idle server takes no CPU),
+# and their runs are interleaved, round after round, so that a change in
+# what else the machine does touches every configuration alike.
+configs=()
+for name in aiserve-memory aiserve-memory-guard aiserve-redis aiserve-redis-guard; do
+  skipped "$name" || configs+=("$name")
 done
+for name in "${configs[@]}"; do log "$name"; start "$name"; warm "$name"; done
+for c in $CONCS; do
+  for r in $(seq "$ROUNDS"); do
+    for name in "${configs[@]}"; do run_wrk "$name" hit "$c" "$DUR"; done
+  done
+done
+for name in "${configs[@]}"; do stop_pid "${PIDS[$name]}"; done
 
 "$PY" "$HERE/report.py" "$RAW" "$OUT" "$(git -C "$ROOT" rev-parse --short HEAD)" "$(lscpu | sed -n 's/^Model name: *//p' | head -1)"

@@ -157,13 +157,30 @@ void guard_now_rfc3339(char *buf, size_t cap) {
 static EVP_MD *sha256_md;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
 
-static void sha256_fetch(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+/* One digest context per thread, made once and reused (EVP_Digest would
+ * allocate and free one per key check). Freed at thread exit. */
+static pthread_key_t sha256_ctx_key;
+
+static void sha256_ctx_free(void *ctx) { EVP_MD_CTX_free(ctx); }
+
+static void sha256_fetch(void) {
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    pthread_key_create(&sha256_ctx_key, sha256_ctx_free);
+}
 
 int guard_sha256(const void *data, size_t len, unsigned char out[GUARD_SHA256_BYTES]) {
     pthread_once(&sha256_once, sha256_fetch);
     const EVP_MD *md = sha256_md ? sha256_md : EVP_sha256();
+    EVP_MD_CTX *ctx = pthread_getspecific(sha256_ctx_key);
+    if (!ctx && (ctx = EVP_MD_CTX_new()) != NULL && pthread_setspecific(sha256_ctx_key, ctx) != 0) {
+        EVP_MD_CTX_free(ctx);
+        ctx = NULL;
+    }
     unsigned int n = 0;
-    if (EVP_Digest(data, len, out, &n, md, NULL) != 1 || n != GUARD_SHA256_BYTES)
+    if (!ctx) /* out of memory: the one-shot call */
+        return EVP_Digest(data, len, out, &n, md, NULL) == 1 && n == GUARD_SHA256_BYTES ? 0 : -1;
+    if (EVP_DigestInit_ex(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, data, len) != 1 ||
+        EVP_DigestFinal_ex(ctx, out, &n) != 1 || n != GUARD_SHA256_BYTES)
         return -1;
     return 0;
 }

@@ -310,11 +310,15 @@ void guard_ratelimit_check(guard_ratelimit *rl, struct event_base *base, const c
                            const char *tier_name, const char *client, guard_ratelimit_req *req,
                            guard_ratelimit_cb cb, void *ud) {
     int keyed = key_name && *key_name;
+    /* "rl:k:<key name>" or "rl:a:<client>", built without snprintf (this
+     * runs on every limited request). */
     char key[8 + GUARD_NAME_MAX + GUARD_CLIENT_MAX];
-    int n = snprintf(key, sizeof key, "rl:%s:%s", keyed ? "k" : "a",
-                     keyed ? key_name : (client && *client ? client : "unknown"));
-    if (n < 0 || (size_t)n >= sizeof key)
-        n = (int)sizeof key - 1;
+    const char *who = keyed ? key_name : (client && *client ? client : "unknown");
+    size_t who_len = strnlen(who, sizeof key - 6);
+    memcpy(key, keyed ? "rl:k:" : "rl:a:", 5);
+    memcpy(key + 5, who, who_len);
+    key[5 + who_len] = '\0';
+    int n = (int)(5 + who_len);
     req->rl = rl;
     req->tier = guard_ratelimit_tier(rl, keyed ? (tier_name ? tier_name : "default") : NULL);
     req->cb = cb;

@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #include "http.h"
 
@@ -184,6 +185,32 @@ struct http_call {
     void (*on_posted)(http_call *call);
     void *posted_state;
 };
+
+/* Copies the string src into dst[cap], cut to fit, always terminated: the
+ * per-request copies, without snprintf's format parsing. */
+static inline void http_copy(char *dst, size_t cap, const char *src) {
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* Writes v in decimal into buf (>= 21 bytes); returns buf. */
+static inline char *http_format_int(long long v, char buf[24]) {
+    char tmp[24];
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    int k = 0;
+    if (v < 0)
+        buf[k++] = '-';
+    while (n)
+        buf[k++] = tmp[--n];
+    buf[k] = '\0';
+    return buf;
+}
 
 /* routes.c */
 void http_route(http_call *call);

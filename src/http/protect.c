@@ -43,9 +43,8 @@
 /* ---- rate limiting ---------------------------------------------------- */
 
 static void add_number_header(http_call *call, const char *name, long long v) {
-    char text[32];
-    snprintf(text, sizeof text, "%lld", v);
-    http_add_header(call, name, text);
+    char text[24];
+    http_add_header(call, name, http_format_int(v, text));
 }
 
 static void on_limited(const guard_ratelimit_result *r, void *ud) {

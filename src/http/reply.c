@@ -54,7 +54,7 @@ void http_request_id_make(struct evhttp_request *req, char *out, size_t cap) {
     const char *given =
         req ? evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-ID") : NULL;
     if (given && valid_request_id(given)) {
-        snprintf(out, cap, "%s", given);
+        http_copy(out, cap, given);
         return;
     }
     /* 128 random bits from a per-thread xorshift seeded by getrandom. */
@@ -74,8 +74,15 @@ void http_request_id_make(struct evhttp_request *req, char *out, size_t cap) {
         state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
         words[i] = state[1] + s0;
     }
-    snprintf(out, cap, "%016llx%016llx", (unsigned long long)words[0],
-             (unsigned long long)words[1]);
+    static const char hex[] = "0123456789abcdef";
+    if (cap < 33) {
+        if (cap)
+            out[0] = '\0';
+        return;
+    }
+    for (int i = 0; i < 32; i++)
+        out[i] = hex[(words[i / 16] >> (60 - 4 * (i % 16))) & 15];
+    out[32] = '\0';
 }
 
 void http_add_header(http_call *call, const char *name, const char *value) {

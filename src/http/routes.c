@@ -274,7 +274,7 @@ int http_check_text(http_call *call, json_t *value, const char *field, size_t in
 static void predict(http_call *call, const char *model_name) {
     call->has_model_name = model_name != NULL;
     if (model_name)
-        snprintf(call->model_name, sizeof call->model_name, "%s", model_name);
+        http_copy(call->model_name, sizeof call->model_name, model_name);
     http_limit_request(call);
 }
 
@@ -540,8 +540,8 @@ int http_authorized(http_call *call, guard_scopes required) {
         return 0;
     }
     if (auth.key) {
-        snprintf(call->key_name, sizeof call->key_name, "%s", auth.key->name);
-        snprintf(call->key_tier, sizeof call->key_tier, "%s", auth.key->tier);
+        http_copy(call->key_name, sizeof call->key_name, auth.key->name);
+        http_copy(call->key_tier, sizeof call->key_tier, auth.key->tier);
     }
     switch (auth.status) {
     case GUARD_AUTH_OK:
@@ -616,12 +616,12 @@ int http_method_is(http_call *call, enum evhttp_cmd_type want) {
 
 void http_route(http_call *call) {
     struct evhttp_request *req = call->req;
-    snprintf(call->method, sizeof call->method, "%s", method_name(evhttp_request_get_command(req)));
+    http_copy(call->method, sizeof call->method, method_name(evhttp_request_get_command(req)));
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path)
         path = "/";
-    snprintf(call->path, sizeof call->path, "%s", path);
+    http_copy(call->path, sizeof call->path, path);
 
     if (http_cors_preflight(call, path)) /* before the API key: browsers send none */
         return;

@@ -98,7 +98,7 @@ static void handle_request(struct evhttp_request *req, void *arg) {
         char *addr = NULL;
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(evcon, &addr, &port);
-        snprintf(call->client, sizeof call->client, "%s", addr ? addr : "");
+        http_copy(call->client, sizeof call->client, addr ? addr : "");
         /* While the call is pending, a closing connection tells it. */
         evhttp_connection_set_closecb(evcon, on_connection_close, call);
     }
