@@ -87,6 +87,9 @@ typedef enum http_endpoint {
     EP_BATCHES,
     EP_BATCH,
     EP_BATCH_RESULTS,
+    EP_V2,
+    EP_V2_MODEL,
+    EP_V2_INFER,
     EP_OTHER,
     EP_COUNT
 } http_endpoint;
@@ -177,6 +180,9 @@ struct http_call {
     size_t *lens;
     float *probs;
     int single;                   /* {"text": ...} rather than {"texts": [...]} */
+    int kserve;                   /* an Open Inference Protocol infer request (kserve.c) */
+    int kserve_outputs;           /* its outputs: 1 label, 2 probabilities */
+    long want_version;            /* the version the path names; 0: the newest */
     int discard;                  /* server stopping: free without answering */
     http_call *next_done;
     /* Set when the call was posted to its loop for something other than a
@@ -223,6 +229,22 @@ int http_method_is(http_call *call, enum evhttp_cmd_type want);
  * limit); field "text", or a list's name with index i ("texts[3]").
  * Returns 0, or -1 after answering 422. */
 int http_check_text(http_call *call, json_t *value, const char *field, size_t index);
+
+/* The prediction path for a model by name (NULL: the default model): rate
+ * limit, then http_predict_admitted. */
+void http_predict_named(http_call *call, const char *model_name);
+
+/* kserve.c: /v2 (Open Inference Protocol). http_route_kserve returns 1 when
+ * path is one of its paths (answered, or on the prediction path). */
+int http_route_kserve(http_call *call, const char *path);
+const char *http_kserve_route_methods(const char *path, http_endpoint *ep);
+/* Reads an infer request's texts into call (texts, lens; *n); 0, or -1
+ * after answering the error. */
+int http_kserve_read_inputs(http_call *call, json_t *body, size_t *n);
+/* The cache parameters of an infer request into buf; returns the length. */
+size_t http_kserve_params(http_call *call, char *buf, size_t cap);
+/* The infer response body for a computed call (malloc'd), or NULL (ENOMEM). */
+char *http_kserve_answer(http_call *call);
 
 /* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. Returns 1
  * when path is one of them (and the call was answered), else 0. */

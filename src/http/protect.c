@@ -175,6 +175,13 @@ void http_predict_dispatch(http_call *call) {
         .lens = call->lens,
         .n = call->job.n,
     };
+    char params[160];
+    if (call->kserve) { /* another body for the same texts */
+        in.params = params;
+        in.params_len = http_kserve_params(call, params, sizeof params);
+        if (in.params_len >= sizeof params)
+            in.params_len = sizeof params - 1;
+    }
     guard_cache_key_make(&in, &call->cache_key);
     if (wants_fresh(call->req)) {
         call->cache_role = HTTP_CACHE_BYPASS;

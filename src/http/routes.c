@@ -271,7 +271,7 @@ int http_check_text(http_call *call, json_t *value, const char *field, size_t in
 /* The prediction path: rate limit (protect.c), then http_predict_admitted.
  * model_name (NULL: the default model) is kept in the call, since the
  * limiter may answer later. */
-static void predict(http_call *call, const char *model_name) {
+void http_predict_named(http_call *call, const char *model_name) {
     call->has_model_name = model_name != NULL;
     if (model_name)
         http_copy(call->model_name, sizeof call->model_name, model_name);
@@ -307,6 +307,12 @@ void http_predict_admitted(http_call *call) {
         return;
     }
     call->body = body;
+    size_t n = 1;
+    if (call->kserve) {
+        if (http_kserve_read_inputs(call, body, &n) != 0)
+            return;
+        goto texts_read;
+    }
     if (!json_is_object(body)) {
         http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "request body must be a JSON object");
         return;
@@ -318,7 +324,6 @@ void http_predict_admitted(http_call *call) {
                          "give exactly one of \"text\" (a string) or \"texts\" (a list of strings)");
         return;
     }
-    size_t n = 1;
     if (texts) {
         if (!json_is_array(texts)) {
             http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "texts must be a list of strings");
@@ -350,10 +355,13 @@ void http_predict_admitted(http_call *call) {
         call->lens[i] = json_string_length(v);
     }
 
+texts_read:;
     serving_error serr = {0};
-    if (serving_acquire(s->repo, model_name, 0, &call->version, &serr) != 0) {
-        if (serr.status == SERVING_ENOTFOUND) {
-            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", serr.message);
+    if (serving_acquire(s->repo, model_name, call->want_version, &call->version, &serr) != 0) {
+        if (serr.status == SERVING_ENOTFOUND || serr.status == SERVING_ENOVERSION) {
+            http_reply_error(call, serr.status == SERVING_ENOTFOUND ? HTTP_ERR_MODEL_NOT_FOUND
+                                                                    : HTTP_ERR_VERSION_NOT_FOUND,
+                             "%s", serr.message);
         } else {
             http_add_header(call, "Retry-After", "1");
             http_reply_error(call, HTTP_ERR_NOT_READY, "%s", serr.message);
@@ -443,6 +451,14 @@ void http_finish_prediction(http_call *call) {
     }
     /* The answer is built even when the client left (499 then): it may be
      * cached, and followers may be waiting for it. */
+    if (call->kserve) {
+        char *body = http_kserve_answer(call);
+        if (!body)
+            http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
+        else
+            http_prediction_answer(call, body, strlen(body));
+        return;
+    }
     const engine_model_info *info = serving_version_info(call->version);
     const int K = info->n_labels;
     char ver[32];
@@ -601,7 +617,8 @@ const char *http_route_methods(const char *path, http_endpoint *ep) {
             return slash ? "POST" : "GET";
         }
     }
-    return http_batch_route_methods(path, ep);
+    const char *m = http_kserve_route_methods(path, ep);
+    return m ? m : http_batch_route_methods(path, ep);
 }
 
 int http_method_is(http_call *call, enum evhttp_cmd_type want) {
@@ -639,7 +656,7 @@ void http_route(http_call *call) {
         switch (fixed[i].ep) {
         case EP_PREDICT:
             if (http_authorized(call, GUARD_SCOPE_PREDICT) && http_method_is(call, EVHTTP_REQ_POST))
-                predict(call, NULL);
+                http_predict_named(call, NULL);
             return;
         case EP_MODELS:
             if (http_authorized(call, GUARD_SCOPE_ANY) && http_method_is(call, EVHTTP_REQ_GET))
@@ -692,7 +709,7 @@ void http_route(http_call *call) {
                 } else {
                     call->endpoint = EP_MODEL_PREDICT;
                     if (http_method_is(call, EVHTTP_REQ_POST))
-                        predict(call, name);
+                        http_predict_named(call, name);
                 }
                 free(name);
                 return;
@@ -703,7 +720,7 @@ void http_route(http_call *call) {
             return;
         }
     }
-    if (http_route_batch(call, path))
+    if (http_route_kserve(call, path) || http_route_batch(call, path))
         return;
     http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
                      is_valid_utf8((const unsigned char *)path, strlen(path)) ? path : "(path)");

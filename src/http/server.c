@@ -56,6 +56,9 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_BATCHES] = "/v1/batch",
     [EP_BATCH] = "/v1/batch/{id}",
     [EP_BATCH_RESULTS] = "/v1/batch/{id}/results",
+    [EP_V2] = "/v2",
+    [EP_V2_MODEL] = "/v2/models/{name}",
+    [EP_V2_INFER] = "/v2/models/{name}/infer",
     [EP_OTHER] = "other",
 };
 
