@@ -76,6 +76,7 @@ struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 typedef enum http_endpoint {
     EP_PREDICT,
     EP_MODEL_PREDICT,
+    EP_MODEL_VERSION_PREDICT,
     EP_MODELS,
     EP_MODEL,
     EP_HEALTH,

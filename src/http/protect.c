@@ -136,6 +136,10 @@ static void send_body(http_call *call, const char *body, size_t len, const char 
     }
     if (x_cache)
         http_add_header(call, "X-Cache", x_cache);
+    if (call->version) { /* which version answered, for A/B clients */
+        char ver[24];
+        http_add_header(call, "X-Model-Version", http_format_int(serving_version_number(call->version), ver));
+    }
     http_reply_text(call, 200, "application/json", body, len);
 }
 

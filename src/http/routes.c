@@ -285,6 +285,16 @@ void http_predict_admitted(http_call *call) {
         http_reply_text(call, 499, "text/plain", "", 0);
         return;
     }
+    /* X-Model-Version pins a version (the path's, when it names one, wins). */
+    const char *pin = evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-Model-Version");
+    if (pin && !call->want_version) {
+        size_t digits = strspn(pin, "0123456789");
+        if (digits == 0 || digits > 12 || pin[digits] || pin[0] == '0') {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "X-Model-Version must be a version number (1, 2, ...)");
+            return;
+        }
+        call->want_version = strtol(pin, NULL, 10);
+    }
     struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
     size_t len = evbuffer_get_length(in);
     if (len > s->opts.max_body_bytes) {
@@ -594,6 +604,19 @@ int http_authorized(http_call *call, guard_scopes required) {
 
 /* ---- routing ---------------------------------------------------------- */
 
+/* The version of a "/versions/{v}/predict" tail (a positive decimal
+ * number), or 0 for any other tail. */
+static long version_predict_tail(const char *tail) {
+    static const char head[] = "/versions/";
+    if (strncmp(tail, head, sizeof head - 1) != 0)
+        return 0;
+    const char *p = tail + sizeof head - 1;
+    size_t digits = strspn(p, "0123456789");
+    if (digits == 0 || digits > 12 || p[0] == '0' || strcmp(p + digits, "/predict") != 0)
+        return 0;
+    return strtol(p, NULL, 10);
+}
+
 /* What http_route below accepts, for CORS preflights: keep the two in step. */
 const char *http_route_methods(const char *path, http_endpoint *ep) {
     static const struct { const char *path; http_endpoint ep; const char *methods; } fixed[] = {
@@ -612,6 +635,10 @@ const char *http_route_methods(const char *path, http_endpoint *ep) {
         const char *rest = path + sizeof prefix - 1;
         const char *slash = strchr(rest, '/');
         size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
+        if (name_len > 0 && name_len < 256 && slash && version_predict_tail(slash) > 0) {
+            *ep = EP_MODEL_VERSION_PREDICT;
+            return "POST";
+        }
         if (name_len > 0 && name_len < 256 && (!slash || strcmp(slash, "/predict") == 0)) {
             *ep = slash ? EP_MODEL_PREDICT : EP_MODEL;
             return slash ? "POST" : "GET";
@@ -692,6 +719,9 @@ void http_route(http_call *call) {
         const char *slash = strchr(rest, '/');
         size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
         const char *tail = slash ? slash : "";
+        long pinned = version_predict_tail(tail);
+        if (pinned > 0)
+            tail = "/predict"; /* /versions/{v}/predict: a prediction, pinned */
         if (name_len > 0 && name_len < 256 && (!*tail || strcmp(tail, "/predict") == 0)) {
             call->endpoint = *tail ? EP_MODEL_PREDICT : EP_MODEL;
             if (!http_authorized(call, *tail ? GUARD_SCOPE_PREDICT : GUARD_SCOPE_ANY))
@@ -707,7 +737,8 @@ void http_route(http_call *call) {
                     if (http_method_is(call, EVHTTP_REQ_GET))
                         handle_model(call, name);
                 } else {
-                    call->endpoint = EP_MODEL_PREDICT;
+                    call->endpoint = pinned > 0 ? EP_MODEL_VERSION_PREDICT : EP_MODEL_PREDICT;
+                    call->want_version = pinned > 0 ? pinned : 0;
                     if (http_method_is(call, EVHTTP_REQ_POST))
                         http_predict_named(call, name);
                 }

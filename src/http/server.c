@@ -45,6 +45,7 @@
 const char *const http_endpoint_names[EP_COUNT] = {
     [EP_PREDICT] = "/predict",
     [EP_MODEL_PREDICT] = "/v1/models/{name}/predict",
+    [EP_MODEL_VERSION_PREDICT] = "/v1/models/{name}/versions/{version}/predict",
     [EP_MODELS] = "/v1/models",
     [EP_MODEL] = "/v1/models/{name}",
     [EP_HEALTH] = "/health",

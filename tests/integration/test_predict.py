@@ -217,3 +217,24 @@ def test_model_path_env(server_factory, tmp_path):
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "only"          # the only model is the default
     assert r.json()["label"] in ("NEGATIVE", "POSITIVE")
+
+
+def test_version_pinning(server):
+    """A version is pinned by the path or by X-Model-Version; every answer
+    says which version served it (body and X-Model-Version)."""
+    r = server.post("/v1/models/sentiment/versions/1/predict", json={"text": "a fine film"})
+    assert r.status_code == 200 and r.json()["model_version"] == "1"
+    assert r.headers["X-Model-Version"] == "1"
+    r = server.post("/predict", json={"text": "a fine film"}, headers={"X-Model-Version": "1"})
+    assert r.status_code == 200 and r.headers["X-Model-Version"] == "1"
+    assert server.post("/predict", json={"text": "a fine film"}).headers["X-Model-Version"] == "1"
+    assert_error(server.post("/v1/models/sentiment/versions/2/predict", json={"text": "x"}), 404,
+                 "version_not_found")
+    assert_error(server.post("/predict", json={"text": "x"}, headers={"X-Model-Version": "2"}), 404,
+                 "version_not_found")
+    for bad in ("0", "-1", "v1", "1.0", ""):
+        assert_error(server.post("/predict", json={"text": "x"}, headers={"X-Model-Version": bad}), 422,
+                     "invalid_request")
+    assert_error(server.post("/v1/models/sentiment/versions/01/predict", json={"text": "x"}), 404)
+    assert_error(server.post("/v1/models/nope/versions/1/predict", json={"text": "x"}), 404, "model_not_found")
+    assert_error(server.get("/v1/models/sentiment/versions/1/predict"), 405, "method_not_allowed")
