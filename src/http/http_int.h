@@ -219,6 +219,15 @@ static inline char *http_format_int(long long v, char buf[24]) {
     return buf;
 }
 
+/* The index of the largest of p[0..k): the predicted label. */
+static inline int http_best_label(const float *p, int k) {
+    int best = 0;
+    for (int j = 1; j < k; j++)
+        if (p[j] > p[best])
+            best = j;
+    return best;
+}
+
 /* routes.c */
 void http_route(http_call *call);
 /* The request's key may use an endpoint that needs `required`: 1, or 0

@@ -302,11 +302,7 @@ char *http_kserve_answer(http_call *call) {
     if (call->kserve_outputs & 1) {
         json_t *labels = json_array();
         for (size_t i = 0; i < n; i++) {
-            const float *p = call->probs + i * (size_t)K;
-            int best = 0;
-            for (int j = 1; j < K; j++)
-                if (p[j] > p[best])
-                    best = j;
+            int best = http_best_label(call->probs + i * (size_t)K, K);
             const char *label = serving_version_label(call->version, best);
             json_array_append_new(labels, json_string(label ? label : ""));
         }

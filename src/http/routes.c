@@ -477,10 +477,7 @@ void http_finish_prediction(http_call *call) {
     json_t *out = NULL;
     for (size_t i = 0; i < job->n; i++) {
         const float *p = call->probs + i * (size_t)K;
-        int best = 0;
-        for (int j = 1; j < K; j++)
-            if (p[j] > p[best])
-                best = j;
+        int best = http_best_label(p, K);
         const char *label = serving_version_label(call->version, best);
         json_t *pred = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence",
                                  (double)p[best]);
