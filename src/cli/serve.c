@@ -296,6 +296,7 @@ int cli_serve(int argc, char **argv) {
         .max_batch_size = cfg.max_batch_size,
         .max_queue_delay_us = cfg.max_queue_delay_us,
         .max_queue_size = cfg.max_queue_size,
+        .version_policy = cfg.version_policy,
     };
     serving_repo *repo = NULL;
     serving_error serr = {0};

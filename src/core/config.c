@@ -134,6 +134,11 @@ const core_setting core_settings[] = {
            model_repository, "./models", 1, "Directory of models, laid out as NAME/VERSION/ with a Hugging Face model in each version."),
     STRING("models", "default_model", "--default-model", "AISERVE_DEFAULT_MODEL", NULL, "NAME", default_model,
            "", 0, "Model that /predict serves; empty means the only model in the repository, or \"sentiment\" when there are several."),
+    STRING("models", "version_policy", "--version-policy", "AISERVE_VERSION_POLICY", NULL, "POLICY",
+           version_policy, "latest", 3,
+           "Which versions of each model are loaded and served, as TF Serving's version policy: latest (the "
+           "newest that loads), latest:N (the N newest; older ones only while none of those loads), all, or "
+           "specific:1,3 (those only). A request without a version gets the newest loaded one."),
     INT("models", "engine_threads", "--engine-threads", "AISERVE_ENGINE_THREADS", engine_threads, 0, 0, 256,
         "Compute threads per model for the forward pass; 0 means one per CPU."),
 

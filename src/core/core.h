@@ -99,6 +99,7 @@ typedef struct core_config {
     char model_repository[4096]; /* models.repository */
     char default_model[256];     /* models.default_model; "" = the only model, else "sentiment" */
     int engine_threads;          /* models.engine_threads; 0 = one per CPU */
+    char version_policy[512];    /* models.version_policy: latest[:N], all, specific:V,V */
     /* batching */
     int max_batch_size;         /* batching.max_batch_size, texts per forward pass */
     int64_t max_queue_delay_us; /* batching.max_queue_delay_us */

@@ -41,8 +41,15 @@ typedef struct repo_model {
     struct repo_model *next;
 } repo_model;
 
+#define SERVING_MAX_SPECIFIC 64
+
 struct serving_repo {
     serving_options opts;
+    /* The version policy: the `latest` newest (0 with n_specific 0: all),
+     * or the specific versions listed. */
+    int latest;
+    long specific[SERVING_MAX_SPECIFIC];
+    size_t n_specific;
     char repository[4096];
     char default_model[128];
     metrics_registry *metrics;
@@ -110,6 +117,16 @@ static int valid_model_name(const char *s) {
 }
 
 /* A positive decimal integer without sign or leading zeros; 0 otherwise. */
+/* A version number at the start of s ("12," -> 12, *end at ','): digits
+ * only, no leading zero, at most 18 of them; 0 when there is none. */
+static long parse_version_prefix(const char *s, char **end) {
+    size_t n = strspn(s, "0123456789");
+    *end = (char *)s + n;
+    if (n == 0 || n > 18 || s[0] == '0')
+        return 0;
+    return strtol(s, NULL, 10);
+}
+
 static long parse_version(const char *s) {
     if (!s[0] || s[0] == '0' || strlen(s) > 9)
         return 0;
@@ -207,6 +224,56 @@ static int scan_model(serving_repo *r, const char *name, repo_model **out) {
     return 0;
 }
 
+/* Parses a version policy (serving.h) into r. 0, or -1 with err set. */
+static int parse_policy(serving_repo *r, const char *text, serving_error *err) {
+    r->latest = 1;
+    r->n_specific = 0;
+    if (!text || !*text || strcmp(text, "latest") == 0)
+        return 0;
+    if (strcmp(text, "all") == 0) {
+        r->latest = 0;
+        return 0;
+    }
+    char *end;
+    if (strncmp(text, "latest:", 7) == 0) {
+        long n = parse_version_prefix(text + 7, &end);
+        if (n >= 1 && n <= 1000 && !*end) {
+            r->latest = (int)n;
+            return 0;
+        }
+    } else if (strncmp(text, "specific:", 9) == 0) {
+        const char *p = text + 9;
+        r->latest = 0;
+        for (;;) {
+            long v = parse_version_prefix(p, &end);
+            if (v <= 0 || r->n_specific == SERVING_MAX_SPECIFIC || (*end && *end != ','))
+                break;
+            r->specific[r->n_specific++] = v;
+            if (!*end)
+                return 0;
+            p = end + 1;
+        }
+        r->n_specific = 0;
+    }
+    r->latest = 1;
+    return serving_error_set(err, SERVING_EINPUT,
+                             "version policy '%.100s': write latest, latest:N, all, or specific:1,3 (at most %d "
+                             "versions)", text, SERVING_MAX_SPECIFIC), -1;
+}
+
+/* Whether the loader should try v, given what it tried and loaded so far. */
+static int policy_wants(const serving_repo *r, const serving_version *v, int attempted, int loaded) {
+    if (r->n_specific) {
+        for (size_t i = 0; i < r->n_specific; i++)
+            if (r->specific[i] == v->number)
+                return 1;
+        return 0;
+    }
+    if (r->latest == 0) /* all */
+        return 1;
+    return attempted < r->latest || loaded == 0;
+}
+
 int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
                         serving_repo **out, serving_error *err) {
     *out = NULL;
@@ -214,6 +281,11 @@ int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
     if (!r)
         return serving_error_set(err, SERVING_ENOMEM, "out of memory");
     r->opts = *opts;
+    r->opts.version_policy = NULL;
+    if (parse_policy(r, opts->version_policy, err) != 0) {
+        free(r);
+        return SERVING_EINPUT;
+    }
     snprintf(r->repository, sizeof r->repository, "%s", opts->repository ? opts->repository : ".");
     r->opts.repository = r->repository;
     r->metrics = metrics;
@@ -414,12 +486,16 @@ static void *loader_main(void *arg) {
     if (setpriority(PRIO_PROCESS, 0, SERVING_COMPUTE_NICE) != 0)
         log_event(LOG_DEBUG, "compute_nice_failed", "errno", json_integer(errno), NULL);
     for (repo_model *m = r->models; m; m = m->next) {
+        int attempted = 0, loaded = 0;
         for (serving_version *v = m->versions; v; v = v->next) {
             pthread_mutex_lock(&r->lock);
             int stop = r->stop;
             pthread_mutex_unlock(&r->lock);
             if (stop)
                 break;
+            if (!policy_wants(r, v, attempted, loaded))
+                continue;
+            attempted++;
             char error[sizeof v->error] = "";
             double seconds = 0;
             int rc = load_version(r, v, error, sizeof error, &seconds);
@@ -434,25 +510,21 @@ static void *loader_main(void *arg) {
                       "path", json_string(v->dir),
                       rc == 0 ? "load_seconds" : "error",
                       rc == 0 ? json_real(seconds) : json_string(error), NULL);
-            if (rc == 0)
-                break; /* newest loadable version found; older ones stay unloaded */
+            loaded += rc == 0;
         }
-        /* Versions older than the one that loaded were never tried: they
-         * are not "loading" any more, they are simply not served. */
+        /* Versions the policy did not try are not "loading" any more: they
+         * are simply not served (and not listed). */
         pthread_mutex_lock(&r->lock);
         serving_version *prev = NULL, *v = m->versions;
-        int found = 0;
         while (v) {
             serving_version *next = v->next;
-            if (found && v->state == SERVING_STATE_LOADING) {
+            if (v->state == SERVING_STATE_LOADING && !r->stop) {
                 if (prev)
                     prev->next = next;
                 else
                     m->versions = next;
                 serving_version_release(v);
             } else {
-                if (v->state == SERVING_STATE_AVAILABLE)
-                    found = 1;
                 prev = v;
             }
             v = next;

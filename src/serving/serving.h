@@ -84,6 +84,12 @@ typedef struct serving_options {
     int max_batch_size;        /* texts per engine call, >= 1 */
     int64_t max_queue_delay_us;/* how long the batcher waits for a batch to fill */
     int max_queue_size;        /* texts waiting per version before EFULL */
+    /* Which versions of each model are loaded (TF Serving's version
+     * policy): "latest" or "latest:N" (the N newest; when none of them
+     * loads, older ones are tried until one does), "all", or
+     * "specific:V[,V...]" (only those, no fallback). NULL or "": latest:1.
+     * serving_repo_create refuses anything else (SERVING_EINPUT). */
+    const char *version_policy;
 } serving_options;
 
 typedef struct serving_repo serving_repo;
