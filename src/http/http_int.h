@@ -91,6 +91,7 @@ typedef enum http_endpoint {
     EP_V2,
     EP_V2_MODEL,
     EP_V2_INFER,
+    EP_ADMIN_TRAFFIC,
     EP_OTHER,
     EP_COUNT
 } http_endpoint;
@@ -255,6 +256,12 @@ int http_kserve_read_inputs(http_call *call, json_t *body, size_t *n);
 size_t http_kserve_params(http_call *call, char *buf, size_t cap);
 /* The infer response body for a computed call (malloc'd), or NULL (ENOMEM). */
 char *http_kserve_answer(http_call *call);
+
+/* admin.c: /admin/... (scope admin). Returns 1 when path is one of them. */
+int http_route_admin(http_call *call, const char *path);
+const char *http_admin_route_methods(const char *path, http_endpoint *ep);
+/* routes.c: a split as {"1": 80, "2": 20} ({} for none). */
+json_t *http_split_json(const serving_split *split);
 
 /* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. Returns 1
  * when path is one of them (and the call was answered), else 0. */

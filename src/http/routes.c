@@ -192,6 +192,17 @@ static json_t *version_json(const serving_version_status *v) {
     return o;
 }
 
+/* A split as {"1": 80, "2": 20} ({} for none). */
+json_t *http_split_json(const serving_split *split) {
+    json_t *o = json_object();
+    for (size_t i = 0; i < split->n; i++) {
+        char ver[32];
+        snprintf(ver, sizeof ver, "%ld", split->version[i]);
+        json_object_set_new(o, ver, json_integer(split->weight[i]));
+    }
+    return o;
+}
+
 /* {"name", "default", "versions": [...]} for each model (or just `only`). */
 static json_t *models_json(http_server *s, const char *only) {
     serving_version_status *list = NULL;
@@ -208,6 +219,9 @@ static json_t *models_json(http_server *s, const char *only) {
         if (!cur_name || strcmp(cur_name, list[i].model) != 0) {
             cur = json_pack("{s:s, s:s, s:b, s:[]}", "name", list[i].model, "object", "model",
                             "default", strcmp(list[i].model, def) == 0, "versions");
+            serving_split split;
+            serving_get_split(s->repo, list[i].model, &split);
+            json_object_set_new(cur, "traffic", http_split_json(&split));
             json_array_append_new(models, cur);
             cur_name = list[i].model;
         }
@@ -367,7 +381,15 @@ void http_predict_admitted(http_call *call) {
 
 texts_read:;
     serving_error serr = {0};
-    if (serving_acquire(s->repo, model_name, call->want_version, &call->version, &serr) != 0) {
+    /* A pinned version, or the one the model's traffic split assigns (by
+     * X-User-ID when given: sticky). */
+    const char *user = call->want_version ? NULL
+                                          : evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-User-ID");
+    int acquired = call->want_version
+                       ? serving_acquire(s->repo, model_name, call->want_version, &call->version, &serr)
+                       : serving_acquire_routed(s->repo, model_name, user, user ? strlen(user) : 0, &call->version,
+                                                &serr);
+    if (acquired != 0) {
         if (serr.status == SERVING_ENOTFOUND || serr.status == SERVING_ENOVERSION) {
             http_reply_error(call, serr.status == SERVING_ENOTFOUND ? HTTP_ERR_MODEL_NOT_FOUND
                                                                     : HTTP_ERR_VERSION_NOT_FOUND,
@@ -642,7 +664,9 @@ const char *http_route_methods(const char *path, http_endpoint *ep) {
         }
     }
     const char *m = http_kserve_route_methods(path, ep);
-    return m ? m : http_batch_route_methods(path, ep);
+    if (!m)
+        m = http_batch_route_methods(path, ep);
+    return m ? m : http_admin_route_methods(path, ep);
 }
 
 int http_method_is(http_call *call, enum evhttp_cmd_type want) {
@@ -748,7 +772,7 @@ void http_route(http_call *call) {
             return;
         }
     }
-    if (http_route_kserve(call, path) || http_route_batch(call, path))
+    if (http_route_kserve(call, path) || http_route_batch(call, path) || http_route_admin(call, path))
         return;
     http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
                      is_valid_utf8((const unsigned char *)path, strlen(path)) ? path : "(path)");

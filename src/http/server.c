@@ -60,6 +60,7 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_V2] = "/v2",
     [EP_V2_MODEL] = "/v2/models/{name}",
     [EP_V2_INFER] = "/v2/models/{name}/infer",
+    [EP_ADMIN_TRAFFIC] = "/admin/models/{name}/traffic",
     [EP_OTHER] = "other",
 };
 

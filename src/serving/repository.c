@@ -30,6 +30,9 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #include "serving_int.h"
 
 /* Nice value of the compute threads (see loader_main). */
@@ -38,6 +41,7 @@
 typedef struct repo_model {
     char name[128];
     serving_version *versions; /* newest first */
+    serving_split split;       /* under the repository lock */
     struct repo_model *next;
 } repo_model;
 
@@ -730,4 +734,112 @@ int serving_repo_list(serving_repo *r, serving_version_status **out, size_t *n) 
     *out = list;
     *n = count;
     return 0;
+}
+
+/* ---- traffic splits --------------------------------------------------------- */
+
+static repo_model *find_model_locked(serving_repo *r, const char *name) {
+    repo_model *m = r->models;
+    while (m && strcmp(m->name, name) != 0)
+        m = m->next;
+    return m;
+}
+
+int serving_set_split(serving_repo *r, const char *model, const serving_split *split, serving_error *err) {
+    if (!split || split->n > SERVING_MAX_SPLIT)
+        return serving_error_set(err, SERVING_EINPUT, "a split has 0 to %d versions", SERVING_MAX_SPLIT);
+    serving_split sorted = *split;
+    int sum = 0;
+    for (size_t i = 0; i < sorted.n; i++) {
+        if (sorted.weight[i] < 0 || sorted.weight[i] > 100)
+            return serving_error_set(err, SERVING_EINPUT, "version %ld: a weight is a percentage, 0 to 100",
+                                     sorted.version[i]);
+        sum += sorted.weight[i];
+        for (size_t j = i; j > 0 && sorted.version[j - 1] > sorted.version[j]; j--) { /* insertion sort */
+            long v = sorted.version[j];
+            int w = sorted.weight[j];
+            sorted.version[j] = sorted.version[j - 1], sorted.weight[j] = sorted.weight[j - 1];
+            sorted.version[j - 1] = v, sorted.weight[j - 1] = w;
+        }
+    }
+    for (size_t i = 1; i < sorted.n; i++)
+        if (sorted.version[i] == sorted.version[i - 1])
+            return serving_error_set(err, SERVING_EINPUT, "version %ld is listed twice", sorted.version[i]);
+    if (sorted.n && sum != 100)
+        return serving_error_set(err, SERVING_EINPUT, "the weights sum to %d; they must sum to 100", sum);
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model);
+    int rc = 0;
+    if (!m)
+        rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
+    for (size_t i = 0; rc == 0 && i < sorted.n; i++) {
+        serving_version *v = m->versions;
+        while (v && v->number != sorted.version[i])
+            v = v->next;
+        if (!v)
+            rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name,
+                                   sorted.version[i]);
+    }
+    if (rc == 0)
+        m->split = sorted;
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int serving_get_split(serving_repo *r, const char *model, serving_split *out) {
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model ? model : r->default_model);
+    if (m)
+        *out = m->split;
+    pthread_mutex_unlock(&r->lock);
+    return m ? 0 : SERVING_ENOTFOUND;
+}
+
+/* A random bucket 0..99 for requests without a user: a per-thread xorshift. */
+static unsigned random_bucket(void) {
+    static __thread uint64_t x;
+    if (!x)
+        x = ((serving_now_us() * 0x9e3779b97f4a7c15ull) ^ (uint64_t)(uintptr_t)&x) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return (unsigned)(x % 100);
+}
+
+int serving_acquire_routed(serving_repo *r, const char *model, const char *user, size_t user_len,
+                           serving_version **out, serving_error *err) {
+    if (!model)
+        model = r->default_model;
+    long version = 0;
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model);
+    if (m && m->split.n) {
+        unsigned bucket;
+        if (user && user_len) { /* XXH3-64 of "model\0user": stable everywhere */
+            XXH3_state_t st;
+            XXH3_64bits_reset(&st);
+            XXH3_64bits_update(&st, m->name, strlen(m->name) + 1);
+            XXH3_64bits_update(&st, user, user_len);
+            bucket = (unsigned)(XXH3_64bits_digest(&st) % 100);
+        } else {
+            bucket = random_bucket();
+        }
+        unsigned edge = 0;
+        for (size_t i = 0; i < m->split.n; i++) {
+            edge += (unsigned)m->split.weight[i];
+            if (bucket < edge) {
+                version = m->split.version[i];
+                break;
+            }
+        }
+        /* A version of the split that cannot answer: the newest that can. */
+        serving_version *v = m->versions;
+        while (v && (v->number != version || v->state != SERVING_STATE_AVAILABLE))
+            v = v->next;
+        if (!v)
+            version = 0;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return serving_acquire(r, model, version, out, err);
 }

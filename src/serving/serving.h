@@ -164,6 +164,39 @@ typedef struct serving_version_status {
 /* Fills a malloc'd array (caller frees) sorted by model then version. */
 int serving_repo_list(serving_repo *repo, serving_version_status **out, size_t *n);
 
+/* ---- traffic splits (A/B) ------------------------------------------------
+ *
+ * A model may split the requests that name no version between versions by
+ * weight (percent, summing to 100). A request with a user id is assigned by
+ * a stable hash of the model's name and the id (XXH3-64, the same on every
+ * instance and after every restart): bucket = hash % 100, and the buckets
+ * are the versions' weights laid end to end in version order. Without a
+ * user id the bucket is random. A version of the split that is not
+ * available (still loading, failed, unloaded) is skipped for the newest
+ * available one. No split: the newest available version. */
+
+#define SERVING_MAX_SPLIT 16
+
+typedef struct serving_split {
+    size_t n;                        /* 0: no split */
+    long version[SERVING_MAX_SPLIT]; /* ascending */
+    int weight[SERVING_MAX_SPLIT];   /* 0..100, summing to 100 */
+} serving_split;
+
+/* Sets (n > 0) or clears (n == 0) model's split. Refuses (SERVING_EINPUT,
+ * with the reason in err; the old split stays) weights that are not 0..100
+ * or do not sum to 100, a version listed twice, or a version the model does
+ * not have (any state); SERVING_ENOTFOUND for an unknown model. */
+int serving_set_split(serving_repo *repo, const char *model, const serving_split *split, serving_error *err);
+
+/* The model's split (n 0: none). SERVING_ENOTFOUND for an unknown model. */
+int serving_get_split(serving_repo *repo, const char *model, serving_split *out);
+
+/* serving_acquire for a request that named no version: the version the
+ * split assigns (user: the X-User-ID bytes, or NULL / len 0 for none). */
+int serving_acquire_routed(serving_repo *repo, const char *model, const char *user, size_t user_len,
+                           serving_version **out, serving_error *err);
+
 /* A unit of work for a version's scheduler. The caller owns the job and
  * every buffer it points to until on_done has run. */
 typedef struct serving_job serving_job;

@@ -1,13 +1,17 @@
 """test_versions.py - which versions a model serves (models.version_policy,
 as TF Serving's): latest (with fallback past a broken newest version),
 latest:N, all and specific, each checked in /v1/models and by pinning
-versions through the path and X-Model-Version; and a policy that does not
-parse stops the start."""
+versions through the path and X-Model-Version; a policy that does not parse
+stops the start. Traffic splits (PUT /admin/models/{name}/traffic): 2,000
+users on 80/20 land within 4 points of 80 %, each keeps their version across
+repeats and a restart, requests without a user are split at random, bad
+splits are refused and leave the old one, and the admin scope is needed."""
 
 import os
 import subprocess
 
 import pytest
+import requests
 
 from harness import BIN, SENTIMENT, assert_error
 
@@ -66,3 +70,78 @@ def test_bad_policy_stops_the_start(tmp_path, policy):
                         "--version-policy", policy], capture_output=True, timeout=60, env=env)
     assert p.returncode == 2
     assert b"version policy" in p.stdout + p.stderr
+
+
+def put_split(s, split, **kw):
+    return requests.put(s.url("/admin/models/sentiment/traffic"), json=split, timeout=30, **kw)
+
+
+def versions_of_users(s, users):
+    out = {}
+    for u in users:
+        r = s.predict("a fine film", headers={"X-User-ID": u})
+        assert r.status_code == 200
+        out[u] = r.headers["X-Model-Version"]
+    return out
+
+
+def test_traffic_split_sticky_users(server_factory, tmp_path):
+    repo = repo_with_versions(tmp_path)
+    s = server_factory("--version-policy", "specific:1,2", repo=repo)
+    assert s.get("/admin/models/sentiment/traffic").json() == {"model": "sentiment", "traffic": {}}
+    r = put_split(s, {"1": 80, "2": 20})
+    assert r.status_code == 200 and r.json()["traffic"] == {"1": 80, "2": 20}
+    assert s.get("/v1/models/sentiment").json()["traffic"] == {"1": 80, "2": 20}
+    users = ["user-%d" % i for i in range(2000)]
+    first = versions_of_users(s, users)
+    share = sum(v == "1" for v in first.values()) / len(users)
+    assert abs(share - 0.80) <= 0.04, share
+    assert versions_of_users(s, users[:300]) == {u: first[u] for u in users[:300]}     # repeats
+    # requests without a user: weighted random
+    anon = [served_version(s) for _ in range(300)]
+    assert 0.65 <= anon.count("1") / 300 <= 0.95
+    # a pinned version wins over the split
+    assert served_version(s, **{"X-User-ID": users[0], "X-Model-Version": "2"}) == "2"
+    s.stop()
+    # after a restart (the split set again), every user lands where they did
+    s2 = server_factory("--version-policy", "specific:1,2", repo=repo)
+    assert put_split(s2, {"2": 20, "1": 80}).status_code == 200
+    assert versions_of_users(s2, users[:500]) == {u: first[u] for u in users[:500]}
+
+
+@pytest.mark.parametrize("split, words", [
+    ({"1": 80, "2": 10}, "sum to 90"),
+    ({"1": 80, "5": 20}, "no version 5"),
+    ({"1": 150, "2": -50}, "0 to 100"),
+    ({"v1": 100}, "version numbers"),
+    ({"1": 80.5, "2": 19.5}, "version numbers"),
+    ([80, 20], "version numbers"),
+])
+def test_bad_splits_leave_the_old_one(server_factory, tmp_path, split, words):
+    s = server_factory("--version-policy", "all", repo=repo_with_versions(tmp_path))
+    assert put_split(s, {"1": 50, "2": 50}).status_code == 200
+    r = put_split(s, split)
+    err = assert_error(r, 422, "invalid_request")
+    assert words in err["message"], err["message"]
+    assert s.get("/admin/models/sentiment/traffic").json()["traffic"] == {"1": 50, "2": 50}
+    assert_error(requests.put(s.url("/admin/models/nope/traffic"), json={"1": 100}, timeout=30), 404,
+                 "model_not_found")
+    assert put_split(s, {}).json()["traffic"] == {}                     # cleared
+
+
+def test_admin_needs_the_admin_scope(server_factory, tmp_path):
+    keys = tmp_path / "keys.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+
+    def key(name, scopes):
+        p = subprocess.run([BIN, "keys", "create", "--keys-file", str(keys), "--name", name, "--scopes", scopes],
+                           capture_output=True, timeout=30, env=env)
+        assert p.returncode == 0
+        return {"X-API-Key": p.stdout.decode().strip()}
+
+    admin, user = key("ops", "admin"), key("app", "predict")
+    s = server_factory("--keys-file", str(keys), "--version-policy", "all", repo=repo_with_versions(tmp_path))
+    assert_error(put_split(s, {"1": 100}), 401, "missing_api_key")
+    assert_error(put_split(s, {"1": 100}, headers=user), 403, "insufficient_scope")
+    assert put_split(s, {"1": 100}, headers=admin).status_code == 200
+    assert served_version(s, **user) == "1"

@@ -1,0 +1,121 @@
+/*
+ * admin.c - the admin API (scope admin): GET and PUT
+ * /admin/models/{name}/traffic, a model's traffic split between its
+ * versions (serving.h, serving_set_split). The split takes effect for the
+ * next request; it lives in memory (a restart starts without one).
+ *
+ *   PUT /admin/models/sentiment/traffic  {"1": 80, "2": 20}
+ *     -> 200 {"model": "sentiment", "traffic": {"1": 80, "2": 20}}
+ *   PUT ... {} clears the split (the newest version takes everything).
+ *
+ * A split that does not sum to 100, has a weight outside 0..100 or names a
+ * version the model does not have is 422 and the old split stays.
+ *
+ * Loop thread only.
+ */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "http_int.h"
+
+/* "/admin/models/{name}/traffic" -> name (at most cap - 1 bytes); 1, else 0. */
+static int traffic_model(const char *path, char *name, size_t cap) {
+    static const char prefix[] = "/admin/models/", suffix[] = "/traffic";
+    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
+        return 0;
+    const char *rest = path + sizeof prefix - 1;
+    const char *slash = strchr(rest, '/');
+    if (!slash || slash == rest || strcmp(slash, suffix) != 0 || (size_t)(slash - rest) >= cap)
+        return 0;
+    memcpy(name, rest, (size_t)(slash - rest));
+    name[slash - rest] = 0;
+    return 1;
+}
+
+const char *http_admin_route_methods(const char *path, http_endpoint *ep) {
+    char name[256];
+    if (!traffic_model(path, name, sizeof name))
+        return NULL;
+    *ep = EP_ADMIN_TRAFFIC;
+    return "GET, PUT";
+}
+
+static void reply_split(http_call *call, const char *model) {
+    serving_split split;
+    if (serving_get_split(call->loop->server->repo, model, &split) != 0) {
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", model);
+        return;
+    }
+    http_reply_json(call, 200, json_pack("{s:s, s:o}", "model", model, "traffic", http_split_json(&split)));
+}
+
+static void put_split(http_call *call, const char *model) {
+    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+    size_t len = evbuffer_get_length(in);
+    json_error_t jerr;
+    json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
+    if (!body) {
+        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+        return;
+    }
+    serving_split split = {0};
+    const char *key;
+    json_t *value;
+    int bad = !json_is_object(body) || json_object_size(body) > SERVING_MAX_SPLIT;
+    json_object_foreach(body, key, value) {
+        if (bad)
+            break;
+        char *end;
+        long v = strtol(key, &end, 10);
+        if (v <= 0 || *end || key[0] == '0' || key[0] == '+' || !json_is_integer(value)) {
+            bad = 1;
+            break;
+        }
+        split.version[split.n] = v;
+        json_int_t w = json_integer_value(value);
+        split.weight[split.n++] = w < -1 ? -1 : w > 101 ? 101 : (int)w;
+    }
+    json_decref(body);
+    if (bad) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                         "the body must be an object of version numbers to whole percentages, as {\"1\": 80, "
+                         "\"2\": 20} (at most %d versions; {} clears the split)", SERVING_MAX_SPLIT);
+        return;
+    }
+    serving_error err = {0};
+    int rc = serving_set_split(call->loop->server->repo, model, &split, &err);
+    if (rc == SERVING_ENOTFOUND) {
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
+        return;
+    }
+    if (rc != 0) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the split in use is unchanged", err.message);
+        return;
+    }
+    log_event(LOG_INFO, "traffic_split_set", "model", json_string(model), "key", json_string(call->key_name),
+              "request_id", json_string(call->request_id), NULL);
+    reply_split(call, model);
+}
+
+int http_route_admin(http_call *call, const char *path) {
+    char name[256];
+    if (!traffic_model(path, name, sizeof name))
+        return 0;
+    call->endpoint = EP_ADMIN_TRAFFIC;
+    if (!http_authorized(call, GUARD_SCOPE_ADMIN))
+        return 1;
+    enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
+    if (m == EVHTTP_REQ_GET) {
+        reply_split(call, name);
+    } else if (m == EVHTTP_REQ_PUT) {
+        put_split(call, name);
+    } else {
+        http_add_header(call, "Allow", "GET, PUT");
+        http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use GET or PUT", call->method,
+                         http_endpoint_names[EP_ADMIN_TRAFFIC]);
+    }
+    return 1;
+}
