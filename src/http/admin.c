@@ -1,8 +1,10 @@
 /*
  * admin.c - the admin API (scope admin): GET and PUT
  * /admin/models/{name}/traffic, a model's traffic split between its
- * versions (serving.h, serving_set_split). The split takes effect for the
- * next request; it lives in memory (a restart starts without one).
+ * versions (serving.h, serving_set_split); GET /admin/models/{name}/aliases
+ * and PUT / DELETE /admin/models/{name}/aliases/{alias}, names for
+ * versions (serving_set_alias). Changes take effect for the next request;
+ * they live in memory (a restart starts without them).
  *
  *   PUT /admin/models/sentiment/traffic  {"1": 80, "2": 20}
  *     -> 200 {"model": "sentiment", "traffic": {"1": 80, "2": 20}}
@@ -35,12 +37,84 @@ static int traffic_model(const char *path, char *name, size_t cap) {
     return 1;
 }
 
+/* "/admin/models/{name}/aliases[/{alias}]" -> name and alias ("" when
+ * none); 1, else 0. */
+static int alias_path(const char *path, char *name, size_t cap, char *alias, size_t alias_cap) {
+    static const char prefix[] = "/admin/models/", mid[] = "/aliases";
+    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
+        return 0;
+    const char *rest = path + sizeof prefix - 1;
+    const char *slash = strchr(rest, '/');
+    if (!slash || slash == rest || strncmp(slash, mid, sizeof mid - 1) != 0 || (size_t)(slash - rest) >= cap)
+        return 0;
+    const char *tail = slash + sizeof mid - 1;
+    if (*tail && (*tail != '/' || !tail[1] || strchr(tail + 1, '/') || strlen(tail + 1) >= alias_cap))
+        return 0;
+    memcpy(name, rest, (size_t)(slash - rest));
+    name[slash - rest] = 0;
+    snprintf(alias, alias_cap, "%s", *tail ? tail + 1 : "");
+    return 1;
+}
+
 const char *http_admin_route_methods(const char *path, http_endpoint *ep) {
-    char name[256];
-    if (!traffic_model(path, name, sizeof name))
-        return NULL;
-    *ep = EP_ADMIN_TRAFFIC;
-    return "GET, PUT";
+    char name[256], alias[SERVING_ALIAS_MAX + 2];
+    if (traffic_model(path, name, sizeof name)) {
+        *ep = EP_ADMIN_TRAFFIC;
+        return "GET, PUT";
+    }
+    if (alias_path(path, name, sizeof name, alias, sizeof alias)) {
+        *ep = EP_ADMIN_ALIASES;
+        return alias[0] ? "PUT, DELETE" : "GET";
+    }
+    return NULL;
+}
+
+static void reply_aliases(http_call *call, const char *model) {
+    serving_alias aliases[SERVING_MAX_ALIASES];
+    size_t n = 0;
+    if (serving_get_aliases(call->loop->server->repo, model, aliases, SERVING_MAX_ALIASES, &n) != 0) {
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", model);
+        return;
+    }
+    http_reply_json(call, 200, json_pack("{s:s, s:o}", "model", model, "aliases", http_aliases_json(aliases, n)));
+}
+
+static void set_alias(http_call *call, const char *model, const char *alias, int remove) {
+    long version = 0;
+    if (!remove) {
+        struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+        size_t len = evbuffer_get_length(in);
+        json_error_t jerr;
+        json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
+        if (!body) {
+            http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+            return;
+        }
+        json_t *v = json_object_get(body, "version");
+        if (json_is_string(v) && strspn(json_string_value(v), "0123456789") == json_string_length(v))
+            version = strtol(json_string_value(v), NULL, 10);
+        else if (json_is_integer(v))
+            version = json_integer_value(v) > 0 && json_integer_value(v) < (1ll << 40) ? (long)json_integer_value(v) : -1;
+        json_decref(body);
+        if (version <= 0) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "the body must be {\"version\": N}, N a version number");
+            return;
+        }
+    }
+    serving_error err = {0};
+    int rc = serving_set_alias(call->loop->server->repo, model, alias, version, &err);
+    if (rc == SERVING_ENOTFOUND)
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
+    else if (rc == SERVING_ENOVERSION)
+        http_reply_error(call, HTTP_ERR_VERSION_NOT_FOUND, "%s", err.message);
+    else if (rc != 0)
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s", err.message);
+    else {
+        log_event(LOG_INFO, remove ? "alias_removed" : "alias_set", "model", json_string(model), "alias",
+                  json_string(alias), "version", json_integer(version), "request_id", json_string(call->request_id),
+                  NULL);
+        reply_aliases(call, model);
+    }
 }
 
 static void reply_split(http_call *call, const char *model) {
@@ -101,7 +175,22 @@ static void put_split(http_call *call, const char *model) {
 }
 
 int http_route_admin(http_call *call, const char *path) {
-    char name[256];
+    char name[256], alias[SERVING_ALIAS_MAX + 2];
+    if (alias_path(path, name, sizeof name, alias, sizeof alias)) {
+        call->endpoint = EP_ADMIN_ALIASES;
+        if (!http_authorized(call, GUARD_SCOPE_ADMIN))
+            return 1;
+        enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
+        if (!alias[0] && m == EVHTTP_REQ_GET)
+            reply_aliases(call, name);
+        else if (alias[0] && (m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_DELETE))
+            set_alias(call, name, alias, m == EVHTTP_REQ_DELETE);
+        else {
+            http_add_header(call, "Allow", alias[0] ? "PUT, DELETE" : "GET");
+            http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
+        }
+        return 1;
+    }
     if (!traffic_model(path, name, sizeof name))
         return 0;
     call->endpoint = EP_ADMIN_TRAFFIC;

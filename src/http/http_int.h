@@ -92,6 +92,7 @@ typedef enum http_endpoint {
     EP_V2_MODEL,
     EP_V2_INFER,
     EP_ADMIN_TRAFFIC,
+    EP_ADMIN_ALIASES,
     EP_OTHER,
     EP_COUNT
 } http_endpoint;
@@ -185,6 +186,7 @@ struct http_call {
     int kserve;                   /* an Open Inference Protocol infer request (kserve.c) */
     int kserve_outputs;           /* its outputs: 1 label, 2 probabilities */
     long want_version;            /* the version the path names; 0: the newest */
+    char version_ref[72];         /* the version or alias the path or X-Model-Version names; "" none */
     int discard;                  /* server stopping: free without answering */
     http_call *next_done;
     /* Set when the call was posted to its loop for something other than a
@@ -260,8 +262,10 @@ char *http_kserve_answer(http_call *call);
 /* admin.c: /admin/... (scope admin). Returns 1 when path is one of them. */
 int http_route_admin(http_call *call, const char *path);
 const char *http_admin_route_methods(const char *path, http_endpoint *ep);
-/* routes.c: a split as {"1": 80, "2": 20} ({} for none). */
+/* routes.c: a split as {"1": 80, "2": 20} ({} for none); aliases as
+ * {"production": "2"}. */
 json_t *http_split_json(const serving_split *split);
+json_t *http_aliases_json(const serving_alias *aliases, size_t n);
 
 /* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. Returns 1
  * when path is one of them (and the call was answered), else 0. */

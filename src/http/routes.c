@@ -192,6 +192,17 @@ static json_t *version_json(const serving_version_status *v) {
     return o;
 }
 
+/* Aliases as {"production": "2"}. */
+json_t *http_aliases_json(const serving_alias *aliases, size_t n) {
+    json_t *o = json_object();
+    for (size_t i = 0; i < n; i++) {
+        char ver[32];
+        snprintf(ver, sizeof ver, "%ld", aliases[i].version);
+        json_object_set_new(o, aliases[i].name, json_string(ver));
+    }
+    return o;
+}
+
 /* A split as {"1": 80, "2": 20} ({} for none). */
 json_t *http_split_json(const serving_split *split) {
     json_t *o = json_object();
@@ -222,6 +233,10 @@ static json_t *models_json(http_server *s, const char *only) {
             serving_split split;
             serving_get_split(s->repo, list[i].model, &split);
             json_object_set_new(cur, "traffic", http_split_json(&split));
+            serving_alias aliases[SERVING_MAX_ALIASES];
+            size_t n_aliases = 0;
+            serving_get_aliases(s->repo, list[i].model, aliases, SERVING_MAX_ALIASES, &n_aliases);
+            json_object_set_new(cur, "aliases", http_aliases_json(aliases, n_aliases));
             json_array_append_new(models, cur);
             cur_name = list[i].model;
         }
@@ -249,6 +264,8 @@ static void handle_model(http_call *call, const char *name) {
 }
 
 /* ---- prediction --------------------------------------------------------- */
+
+static int version_ref_valid(const char *ref);
 
 /* Checks one text; returns 0 or replies with the error and returns -1. */
 int http_check_text(http_call *call, json_t *value, const char *field, size_t index) {
@@ -299,15 +316,25 @@ void http_predict_admitted(http_call *call) {
         http_reply_text(call, 499, "text/plain", "", 0);
         return;
     }
-    /* X-Model-Version pins a version (the path's, when it names one, wins). */
+    /* X-Model-Version pins a version or an alias (the path's, when it names
+     * one, wins). */
     const char *pin = evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-Model-Version");
-    if (pin && !call->want_version) {
-        size_t digits = strspn(pin, "0123456789");
-        if (digits == 0 || digits > 12 || pin[digits] || pin[0] == '0') {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "X-Model-Version must be a version number (1, 2, ...)");
+    if (pin && !call->want_version && !call->version_ref[0]) {
+        if (!version_ref_valid(pin)) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                             "X-Model-Version must be a version number (1, 2, ...) or an alias (production)");
             return;
         }
-        call->want_version = strtol(pin, NULL, 10);
+        http_copy(call->version_ref, sizeof call->version_ref, pin);
+    }
+    if (call->version_ref[0]) {
+        if (call->version_ref[0] >= '1' && call->version_ref[0] <= '9') {
+            call->want_version = strtol(call->version_ref, NULL, 10);
+        } else if (serving_resolve_alias(s->repo, model_name, call->version_ref, &call->want_version) != 0) {
+            http_reply_error(call, HTTP_ERR_VERSION_NOT_FOUND, "model '%.100s' has no version or alias '%s'",
+                             model_name ? model_name : serving_repo_default_model(s->repo), call->version_ref);
+            return;
+        }
     }
     struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
     size_t len = evbuffer_get_length(in);
@@ -623,17 +650,27 @@ int http_authorized(http_call *call, guard_scopes required) {
 
 /* ---- routing ---------------------------------------------------------- */
 
-/* The version of a "/versions/{v}/predict" tail (a positive decimal
- * number), or 0 for any other tail. */
-static long version_predict_tail(const char *tail) {
+/* A version number (1, 2, ... no leading zero) or an alias name. */
+static int version_ref_valid(const char *ref) {
+    size_t digits = strspn(ref, "0123456789");
+    if (digits)
+        return digits <= 12 && !ref[digits] && ref[0] != '0';
+    return serving_alias_name_valid(ref);
+}
+
+/* The version ref of a "/versions/{v}/predict" tail (a version number or
+ * an alias) into ref[cap]: 1, or 0 for any other tail. */
+static int version_predict_tail(const char *tail, char *ref, size_t cap) {
     static const char head[] = "/versions/";
     if (strncmp(tail, head, sizeof head - 1) != 0)
         return 0;
     const char *p = tail + sizeof head - 1;
-    size_t digits = strspn(p, "0123456789");
-    if (digits == 0 || digits > 12 || p[0] == '0' || strcmp(p + digits, "/predict") != 0)
+    size_t n = strcspn(p, "/");
+    if (n == 0 || n >= cap || strcmp(p + n, "/predict") != 0)
         return 0;
-    return strtol(p, NULL, 10);
+    memcpy(ref, p, n);
+    ref[n] = 0;
+    return version_ref_valid(ref);
 }
 
 /* What http_route below accepts, for CORS preflights: keep the two in step. */
@@ -654,7 +691,8 @@ const char *http_route_methods(const char *path, http_endpoint *ep) {
         const char *rest = path + sizeof prefix - 1;
         const char *slash = strchr(rest, '/');
         size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
-        if (name_len > 0 && name_len < 256 && slash && version_predict_tail(slash) > 0) {
+        char ref[72];
+        if (name_len > 0 && name_len < 256 && slash && version_predict_tail(slash, ref, sizeof ref)) {
             *ep = EP_MODEL_VERSION_PREDICT;
             return "POST";
         }
@@ -740,8 +778,9 @@ void http_route(http_call *call) {
         const char *slash = strchr(rest, '/');
         size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
         const char *tail = slash ? slash : "";
-        long pinned = version_predict_tail(tail);
-        if (pinned > 0)
+        char ref[72];
+        int pinned = version_predict_tail(tail, ref, sizeof ref);
+        if (pinned)
             tail = "/predict"; /* /versions/{v}/predict: a prediction, pinned */
         if (name_len > 0 && name_len < 256 && (!*tail || strcmp(tail, "/predict") == 0)) {
             call->endpoint = *tail ? EP_MODEL_PREDICT : EP_MODEL;
@@ -758,8 +797,9 @@ void http_route(http_call *call) {
                     if (http_method_is(call, EVHTTP_REQ_GET))
                         handle_model(call, name);
                 } else {
-                    call->endpoint = pinned > 0 ? EP_MODEL_VERSION_PREDICT : EP_MODEL_PREDICT;
-                    call->want_version = pinned > 0 ? pinned : 0;
+                    call->endpoint = pinned ? EP_MODEL_VERSION_PREDICT : EP_MODEL_PREDICT;
+                    if (pinned)
+                        http_copy(call->version_ref, sizeof call->version_ref, ref);
                     if (http_method_is(call, EVHTTP_REQ_POST))
                         http_predict_named(call, name);
                 }

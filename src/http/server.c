@@ -61,6 +61,7 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_V2_MODEL] = "/v2/models/{name}",
     [EP_V2_INFER] = "/v2/models/{name}/infer",
     [EP_ADMIN_TRAFFIC] = "/admin/models/{name}/traffic",
+    [EP_ADMIN_ALIASES] = "/admin/models/{name}/aliases",
     [EP_OTHER] = "other",
 };
 

@@ -42,6 +42,8 @@ typedef struct repo_model {
     char name[128];
     serving_version *versions; /* newest first */
     serving_split split;       /* under the repository lock */
+    serving_alias aliases[SERVING_MAX_ALIASES]; /* the same */
+    size_t n_aliases;
     struct repo_model *next;
 } repo_model;
 
@@ -842,4 +844,82 @@ int serving_acquire_routed(serving_repo *r, const char *model, const char *user,
     }
     pthread_mutex_unlock(&r->lock);
     return serving_acquire(r, model, version, out, err);
+}
+
+/* ---- aliases ------------------------------------------------------------------ */
+
+int serving_alias_name_valid(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > SERVING_ALIAS_MAX || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z')))
+        return 0;
+    for (size_t i = 1; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+              s[i] == '.' || s[i] == '_' || s[i] == '-'))
+            return 0;
+    return 1;
+}
+
+int serving_set_alias(serving_repo *r, const char *model, const char *alias, long version, serving_error *err) {
+    if (!serving_alias_name_valid(alias))
+        return serving_error_set(err, SERVING_EINPUT,
+                                 "an alias is a letter, then up to 63 letters, digits, '.', '_' or '-'");
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model);
+    int rc = 0;
+    if (!m) {
+        rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
+        goto out;
+    }
+    size_t at = 0;
+    while (at < m->n_aliases && strcmp(m->aliases[at].name, alias) != 0)
+        at++;
+    if (version == 0) {
+        if (at == m->n_aliases) {
+            rc = serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no alias '%s'", m->name, alias);
+        } else {
+            m->aliases[at] = m->aliases[--m->n_aliases];
+        }
+        goto out;
+    }
+    serving_version *v = m->versions;
+    while (v && v->number != version)
+        v = v->next;
+    if (!v) {
+        rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name, version);
+    } else if (at == m->n_aliases && m->n_aliases == SERVING_MAX_ALIASES) {
+        rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has %d aliases, the most it may have", m->name,
+                               SERVING_MAX_ALIASES);
+    } else {
+        if (at == m->n_aliases)
+            m->n_aliases++;
+        snprintf(m->aliases[at].name, sizeof m->aliases[at].name, "%s", alias);
+        m->aliases[at].version = version;
+    }
+out:
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int serving_get_aliases(serving_repo *r, const char *model, serving_alias *out, size_t cap, size_t *n) {
+    *n = 0;
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model ? model : r->default_model);
+    for (size_t i = 0; m && i < m->n_aliases && i < cap; i++)
+        out[(*n)++] = m->aliases[i];
+    pthread_mutex_unlock(&r->lock);
+    return m ? 0 : SERVING_ENOTFOUND;
+}
+
+int serving_resolve_alias(serving_repo *r, const char *model, const char *alias, long *version) {
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model ? model : r->default_model);
+    int rc = m ? SERVING_ENOVERSION : SERVING_ENOTFOUND;
+    for (size_t i = 0; m && i < m->n_aliases; i++)
+        if (strcmp(m->aliases[i].name, alias) == 0) {
+            *version = m->aliases[i].version;
+            rc = 0;
+            break;
+        }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
 }

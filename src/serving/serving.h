@@ -192,6 +192,37 @@ int serving_set_split(serving_repo *repo, const char *model, const serving_split
 /* The model's split (n 0: none). SERVING_ENOTFOUND for an unknown model. */
 int serving_get_split(serving_repo *repo, const char *model, serving_split *out);
 
+/* ---- aliases --------------------------------------------------------------
+ *
+ * Names for versions of a model ("production", "staging", any name of
+ * [A-Za-z][A-Za-z0-9._-]{0,63} that is not a number), usable wherever a
+ * version is. In memory. */
+
+#define SERVING_MAX_ALIASES 16
+#define SERVING_ALIAS_MAX 64
+
+typedef struct serving_alias {
+    char name[SERVING_ALIAS_MAX + 1];
+    long version;
+} serving_alias;
+
+/* 1 when s is a valid alias name. */
+int serving_alias_name_valid(const char *s);
+
+/* Points alias at version (a version the model has, any state), or
+ * removes it (version 0; SERVING_ENOVERSION when there was none).
+ * SERVING_EINPUT (bad name, too many aliases, no such version) with err,
+ * SERVING_ENOTFOUND for an unknown model. */
+int serving_set_alias(serving_repo *repo, const char *model, const char *alias, long version, serving_error *err);
+
+/* The model's aliases into out[cap] (*n set). SERVING_ENOTFOUND for an
+ * unknown model. */
+int serving_get_aliases(serving_repo *repo, const char *model, serving_alias *out, size_t cap, size_t *n);
+
+/* The version alias names: 0 with *version, or SERVING_ENOTFOUND /
+ * SERVING_ENOVERSION (no such model / alias). */
+int serving_resolve_alias(serving_repo *repo, const char *model, const char *alias, long *version);
+
 /* serving_acquire for a request that named no version: the version the
  * split assigns (user: the X-User-ID bytes, or NULL / len 0 for none). */
 int serving_acquire_routed(serving_repo *repo, const char *model, const char *user, size_t user_len,

@@ -232,9 +232,11 @@ def test_version_pinning(server):
                  "version_not_found")
     assert_error(server.post("/predict", json={"text": "x"}, headers={"X-Model-Version": "2"}), 404,
                  "version_not_found")
-    for bad in ("0", "-1", "v1", "1.0", ""):
+    for bad in ("0", "-1", "1.0", "", "no spaces"):
         assert_error(server.post("/predict", json={"text": "x"}, headers={"X-Model-Version": bad}), 422,
                      "invalid_request")
     assert_error(server.post("/v1/models/sentiment/versions/01/predict", json={"text": "x"}), 404)
+    assert_error(server.post("/predict", json={"text": "x"}, headers={"X-Model-Version": "v1"}), 404,
+                 "version_not_found")  # a valid alias name, but no such alias
     assert_error(server.post("/v1/models/nope/versions/1/predict", json={"text": "x"}), 404, "model_not_found")
     assert_error(server.get("/v1/models/sentiment/versions/1/predict"), 405, "method_not_allowed")

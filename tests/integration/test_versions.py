@@ -145,3 +145,33 @@ def test_admin_needs_the_admin_scope(server_factory, tmp_path):
     assert_error(put_split(s, {"1": 100}, headers=user), 403, "insufficient_scope")
     assert put_split(s, {"1": 100}, headers=admin).status_code == 200
     assert served_version(s, **user) == "1"
+
+
+def test_aliases(server_factory, tmp_path):
+    s = server_factory("--version-policy", "all", repo=repo_with_versions(tmp_path))
+    url = s.url("/admin/models/sentiment/aliases")
+    assert s.get("/admin/models/sentiment/aliases").json() == {"model": "sentiment", "aliases": {}}
+    r = requests.put(url + "/production", json={"version": 1}, timeout=30)
+    assert r.status_code == 200 and r.json()["aliases"] == {"production": "1"}
+    assert requests.put(url + "/staging", json={"version": "2"}, timeout=30).status_code == 200
+    assert s.get("/v1/models/sentiment").json()["aliases"] == {"production": "1", "staging": "2"}
+    # an alias works wherever a version does
+    r = s.post("/v1/models/sentiment/versions/production/predict", json={"text": "a fine film"})
+    assert r.status_code == 200 and r.json()["model_version"] == "1"
+    assert served_version(s, **{"X-Model-Version": "staging"}) == "2"
+    # moving an alias moves its traffic at once
+    assert requests.put(url + "/production", json={"version": 2}, timeout=30).status_code == 200
+    assert served_version(s, **{"X-Model-Version": "production"}) == "2"
+    assert_error(s.predict("x", headers={"X-Model-Version": "canary"}), 404, "version_not_found")
+    assert_error(s.post("/v1/models/sentiment/versions/canary/predict", json={"text": "x"}), 404,
+                 "version_not_found")
+    assert_error(s.predict("x", headers={"X-Model-Version": "bad alias!"}), 422, "invalid_request")
+    # bad requests change nothing
+    assert_error(requests.put(url + "/canary", json={"version": 9}, timeout=30), 422, "invalid_request")
+    assert_error(requests.put(url + "/canary", json={"v": 1}, timeout=30), 422, "invalid_request")
+    assert_error(requests.put(url + "/9lives", json={"version": 1}, timeout=30), 422, "invalid_request")
+    assert_error(requests.put(s.url("/admin/models/nope/aliases/x"), json={"version": 1}, timeout=30), 404,
+                 "model_not_found")
+    assert_error(requests.delete(url + "/canary", timeout=30), 404, "version_not_found")
+    assert requests.delete(url + "/staging", timeout=30).json()["aliases"] == {"production": "2"}
+    assert_error(s.predict("x", headers={"X-Model-Version": "staging"}), 404, "version_not_found")
