@@ -139,6 +139,11 @@ const core_setting core_settings[] = {
            "Which versions of each model are loaded and served, as TF Serving's version policy: latest (the "
            "newest that loads), latest:N (the N newest; older ones only while none of those loads), all, or "
            "specific:1,3 (those only). A request without a version gets the newest loaded one."),
+    DURATION("models", "poll_interval", "--poll-interval", "AISERVE_POLL_INTERVAL", poll_interval_ms, MS,
+             2 * SEC, 0, 1 * HOUR,
+             "How often the repository is looked at again: a new version directory is loaded and warmed up, "
+             "then serves (as the version policy says); a version the policy drops, or whose directory is "
+             "gone, is unloaded once no request holds it. 0: only at start."),
     INT("models", "engine_threads", "--engine-threads", "AISERVE_ENGINE_THREADS", engine_threads, 0, 0, 256,
         "Compute threads per model for the forward pass; 0 means one per CPU."),
 

@@ -66,6 +66,7 @@ struct serving_repo {
     repo_model *models; /* sorted by name */
     int loader_started, settled, stop;
     pthread_t loader;
+    pthread_cond_t wake;       /* the loader's poll wait; signalled at stop */
 };
 
 static const struct {
@@ -111,6 +112,8 @@ int serving_error_set(serving_error *err, int status, const char *fmt, ...) {
     }
     return status;
 }
+
+static int is_hidden(const struct serving_version *v);
 
 static int valid_model_name(const char *s) {
     size_t n = strlen(s);
@@ -296,6 +299,11 @@ int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
     r->opts.repository = r->repository;
     r->metrics = metrics;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->wake, &ca);
+    pthread_condattr_destroy(&ca);
 
     const char *mv[] = {"model", "version"};
     const char *mvl[] = {"model", "version", "label"};
@@ -482,6 +490,195 @@ static int load_version(serving_repo *r, serving_version *v, char *error, size_t
     return 0;
 }
 
+/* ---- watching the repository (after the first load) ------------------------ */
+
+/* A version found by the watcher that the policy does not want (yet): kept
+ * in the list so it is not "found" again, but neither listed nor served. */
+static int is_hidden(const serving_version *v) {
+    return v->state == SERVING_STATE_LOADING && v->load_seconds < 0;
+}
+
+/* Loads v (LOADING) off the lock and records the outcome. */
+static int load_and_record(serving_repo *r, serving_version *v) {
+    char error[sizeof v->error] = "";
+    double seconds = 0;
+    int rc = load_version(r, v, error, sizeof error, &seconds);
+    pthread_mutex_lock(&r->lock);
+    v->state = rc == 0 ? SERVING_STATE_AVAILABLE : SERVING_STATE_FAILED;
+    memcpy(v->error, error, sizeof error);
+    v->load_seconds = seconds;
+    pthread_mutex_unlock(&r->lock);
+    set_state_metric(r, v);
+    log_event(rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "model_loaded" : "model_load_failed", "model",
+              json_string(v->model), "version", json_integer(v->number), "path", json_string(v->dir),
+              rc == 0 ? "load_seconds" : "error", rc == 0 ? json_real(seconds) : json_string(error), NULL);
+    return rc;
+}
+
+/* Adds the version directories of m that appeared since the last look (as
+ * LOADING), and marks listed versions whose directory went away UNLOADING.
+ * Caller holds the lock. */
+static void rescan_model(serving_repo *r, repo_model *m) {
+    repo_model *fresh = NULL;
+    if (scan_model(r, m->name, &fresh) != 0 || !fresh)
+        return;
+    for (serving_version *v = m->versions; v; v = v->next) {
+        serving_version *f = fresh->versions;
+        while (f && f->number != v->number)
+            f = f->next;
+        if (!f && v->state != SERVING_STATE_UNLOADING) {
+            if (v->state == SERVING_STATE_AVAILABLE)
+                log_event(LOG_INFO, "model_unloading", "model", json_string(v->model), "version",
+                          json_integer(v->number), "reason", json_string("its directory is gone"), NULL);
+            v->state = SERVING_STATE_UNLOADING;
+        }
+    }
+    while (fresh->versions) {
+        serving_version *f = fresh->versions;
+        fresh->versions = f->next;
+        serving_version *v = m->versions;
+        while (v && v->number != f->number)
+            v = v->next;
+        if (v) { /* known already */
+            serving_version_release(f);
+            continue;
+        }
+        serving_version **pp = &m->versions; /* newest first */
+        while (*pp && (*pp)->number > f->number)
+            pp = &(*pp)->next;
+        f->next = *pp;
+        *pp = f;
+        log_event(LOG_INFO, "model_version_found", "model", json_string(f->model), "version",
+                  json_integer(f->number), "path", json_string(f->dir), NULL);
+    }
+    free(fresh);
+}
+
+/* Whether the policy wants new version v of m loaded now. Caller holds the
+ * lock. */
+static int watch_wants(const serving_repo *r, const repo_model *m, const serving_version *v) {
+    if (r->n_specific || r->latest == 0)
+        return policy_wants(r, v, 0, 0);
+    int newer = 0; /* versions above v that serve or may: latest:N counts them */
+    for (const serving_version *o = m->versions; o; o = o->next)
+        if (o->number > v->number && o->state != SERVING_STATE_FAILED && o->state != SERVING_STATE_UNLOADING &&
+            !(o->state == SERVING_STATE_LOADING && o->load_seconds < 0))
+            newer++;
+    return newer < r->latest;
+}
+
+/* After loads: AVAILABLE versions the policy no longer wants (latest:N:
+ * beyond the N newest available) become UNLOADING; UNLOADING versions that
+ * nobody holds any more leave the list and are freed. */
+static void retire(serving_repo *r, repo_model *m) {
+    serving_version *freed = NULL;
+    pthread_mutex_lock(&r->lock);
+    if (r->latest > 0 && !r->n_specific) {
+        int kept = 0;
+        for (serving_version *v = m->versions; v; v = v->next) {
+            if (v->state != SERVING_STATE_AVAILABLE)
+                continue;
+            if (++kept > r->latest) {
+                v->state = SERVING_STATE_UNLOADING;
+                log_event(LOG_INFO, "model_unloading", "model", json_string(v->model), "version",
+                          json_integer(v->number), "reason", json_string("a newer version serves"), NULL);
+            }
+        }
+    }
+    serving_version **pp = &m->versions;
+    while (*pp) {
+        serving_version *v = *pp;
+        if (v->state == SERVING_STATE_UNLOADING && atomic_load(&v->refs) == 1) {
+            *pp = v->next;
+            v->next = freed;
+            freed = v;
+        } else {
+            pp = &v->next;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    while (freed) { /* the list's reference was the last: off the lock */
+        serving_version *v = freed;
+        freed = v->next;
+        set_state_metric(r, v);
+        log_event(LOG_INFO, "model_unloaded", "model", json_string(v->model), "version", json_integer(v->number),
+                  NULL);
+        serving_version_release(v);
+    }
+}
+
+/* Every poll_interval_us: new version directories (and models) are loaded
+ * as the policy says, warmed up, and only then served; versions the policy
+ * drops, or whose directory is gone, stop taking requests at once and are
+ * freed when the last request holding them is done. A version that fails
+ * is reported and never retried (until the process restarts); what served
+ * before keeps serving. */
+static void watch(serving_repo *r) {
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (r->opts.poll_interval_us % 1000000u) * 1000u;
+        ts.tv_sec += (time_t)(r->opts.poll_interval_us / 1000000u) + (time_t)(ns / 1000000000u);
+        ts.tv_nsec = (long)(ns % 1000000000u);
+        pthread_mutex_lock(&r->lock);
+        while (!r->stop && pthread_cond_timedwait(&r->wake, &r->lock, &ts) == 0)
+            ;
+        if (r->stop) {
+            pthread_mutex_unlock(&r->lock);
+            return;
+        }
+        for (repo_model *m = r->models; m; m = m->next)
+            rescan_model(r, m);
+        /* New models. */
+        DIR *d = opendir(r->repository);
+        struct dirent *e;
+        while (d && (e = readdir(d)) != NULL) {
+            repo_model *m = r->models, *last = NULL;
+            while (m && strcmp(m->name, e->d_name) != 0)
+                last = m, m = m->next;
+            if (m || !valid_model_name(e->d_name))
+                continue;
+            repo_model *fresh = NULL;
+            if (scan_model(r, e->d_name, &fresh) == 0 && fresh && fresh->versions) {
+                if (last)
+                    last->next = fresh;
+                else
+                    r->models = fresh;
+                log_event(LOG_INFO, "model_found", "model", json_string(fresh->name), NULL);
+            } else if (fresh) {
+                while (fresh->versions) {
+                    serving_version *v = fresh->versions;
+                    fresh->versions = v->next;
+                    serving_version_release(v);
+                }
+                free(fresh);
+            }
+        }
+        if (d)
+            closedir(d);
+        pthread_mutex_unlock(&r->lock);
+
+        for (repo_model *m = r->models; m; m = m->next) {
+            for (;;) { /* the newest wanted LOADING version, one at a time */
+                pthread_mutex_lock(&r->lock);
+                serving_version *next = NULL;
+                for (serving_version *v = m->versions; v && !next; v = v->next)
+                    if (v->state == SERVING_STATE_LOADING && v->load_seconds >= 0 && watch_wants(r, m, v))
+                        next = v;
+                for (serving_version *v = m->versions; v && !next; v = v->next)
+                    if (v->state == SERVING_STATE_LOADING)
+                        v->load_seconds = -1; /* not wanted now: skipped until the policy changes */
+                int stop = r->stop;
+                pthread_mutex_unlock(&r->lock);
+                if (!next || stop)
+                    break;
+                load_and_record(r, next);
+            }
+            retire(r, m);
+        }
+    }
+}
+
 static void *loader_main(void *arg) {
     serving_repo *r = arg;
     /* Inference yields to the event loops: a thread's nice value is
@@ -540,6 +737,8 @@ static void *loader_main(void *arg) {
     pthread_mutex_lock(&r->lock);
     r->settled = 1;
     pthread_mutex_unlock(&r->lock);
+    if (r->opts.poll_interval_us > 0)
+        watch(r);
     return NULL;
 }
 
@@ -582,6 +781,7 @@ void serving_repo_destroy(serving_repo *r) {
     if (r->loader_started) {
         pthread_mutex_lock(&r->lock);
         r->stop = 1;
+        pthread_cond_broadcast(&r->wake);
         pthread_mutex_unlock(&r->lock);
         pthread_join(r->loader, NULL);
     }
@@ -596,6 +796,7 @@ void serving_repo_destroy(serving_repo *r) {
             set_state_metric(r, v);
     free_models(r);
     pthread_mutex_destroy(&r->lock);
+    pthread_cond_destroy(&r->wake);
     free(r);
 }
 
@@ -624,7 +825,7 @@ int serving_acquire(serving_repo *r, const char *model, long version, serving_ve
         serving_version *found = NULL;
         int any_version = 0, loading = 0;
         for (serving_version *v = m->versions; v; v = v->next) {
-            if (version && v->number != version)
+            if (is_hidden(v) || (version && v->number != version))
                 continue;
             any_version = 1;
             loading |= v->state == SERVING_STATE_LOADING;
@@ -702,8 +903,10 @@ int serving_repo_list(serving_repo *r, serving_version_status **out, size_t *n) 
     for (repo_model *m = r->models; m; m = m->next) {
         /* Oldest first inside a model, as a listing reads. */
         size_t first = i;
-        for (serving_version *v = m->versions; v; v = v->next, i++) {
-            serving_version_status *s = &list[i];
+        for (serving_version *v = m->versions; v; v = v->next) {
+            if (is_hidden(v))
+                continue;
+            serving_version_status *s = &list[i++];
             snprintf(s->model, sizeof s->model, "%s", v->model);
             s->version = v->number;
             s->state = v->state;
@@ -734,7 +937,7 @@ int serving_repo_list(serving_repo *r, serving_version_status **out, size_t *n) 
     }
     pthread_mutex_unlock(&r->lock);
     *out = list;
-    *n = count;
+    *n = i; /* hidden versions are not listed */
     return 0;
 }
 

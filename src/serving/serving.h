@@ -90,6 +90,11 @@ typedef struct serving_options {
      * "specific:V[,V...]" (only those, no fallback). NULL or "": latest:1.
      * serving_repo_create refuses anything else (SERVING_EINPUT). */
     const char *version_policy;
+    /* How often the repository is looked at again after the first load:
+     * new versions and models are loaded (warm-up included) before they
+     * serve, versions the policy drops or whose directory is gone are
+     * unloaded once no request holds them. 0: never. */
+    uint64_t poll_interval_us;
 } serving_options;
 
 typedef struct serving_repo serving_repo;

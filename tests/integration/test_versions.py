@@ -175,3 +175,60 @@ def test_aliases(server_factory, tmp_path):
     assert_error(requests.delete(url + "/canary", timeout=30), 404, "version_not_found")
     assert requests.delete(url + "/staging", timeout=30).json()["aliases"] == {"production": "2"}
     assert_error(s.predict("x", headers={"X-Model-Version": "staging"}), 404, "version_not_found")
+
+
+def test_new_version_under_load_then_broken_one(server_factory, tmp_path):
+    """A version directory that appears while requests flow is loaded, warmed
+    up and then serves; the old version is unloaded once idle; not one
+    request fails. A broken version that appears later is reported and the
+    serving version stays."""
+    import threading
+    import time
+    repo = tmp_path / "repo"
+    (repo / "sentiment").mkdir(parents=True)
+    os.symlink(SENTIMENT, repo / "sentiment" / "1")
+    s = server_factory("--poll-interval", "200ms", "--no-cache", repo=repo)
+    stop = threading.Event()
+    seen, statuses = [], []
+
+    def client(k):
+        i = 0
+        while not stop.is_set():
+            r = requests.post(s.url("/predict"), json={"text": "steady %d %d" % (k, i)}, timeout=30)
+            statuses.append(r.status_code)
+            seen.append(r.headers.get("X-Model-Version"))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        os.symlink(SENTIMENT, repo / "sentiment" / "2")
+        deadline = time.monotonic() + 60
+        while "2" not in seen[-20:]:
+            assert time.monotonic() < deadline, "version 2 never served"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert seen[0] == "1" and seen[-1] == "2"
+    deadline = time.monotonic() + 30
+    while states(s) != {"2": "available"}:
+        assert time.monotonic() < deadline, states(s)
+        time.sleep(0.05)
+    s.wait_log("model_unloaded", model="sentiment", version=1)
+    # a broken newer version: reported, never served
+    bad = repo / "sentiment" / "3"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    deadline = time.monotonic() + 30
+    while states(s).get("3") != "failed":
+        assert time.monotonic() < deadline, states(s)
+        time.sleep(0.05)
+    versions = {v["version"]: v for v in s.get("/v1/models/sentiment").json()["versions"]}
+    assert versions["3"]["error"]
+    assert served_version(s) == "2"
