@@ -3,7 +3,8 @@
  * /admin/models/{name}/traffic, a model's traffic split between its
  * versions (serving.h, serving_set_split); GET /admin/models/{name}/aliases
  * and PUT / DELETE /admin/models/{name}/aliases/{alias}, names for
- * versions (serving_set_alias). Changes take effect for the next request;
+ * versions (serving_set_alias); GET and PUT /admin/models/{name}/shadow, a
+ * candidate version that a share of requests is also sent to (shadow.c). Changes take effect for the next request;
  * they live in memory (a restart starts without them).
  *
  *   PUT /admin/models/sentiment/traffic  {"1": 80, "2": 20}
@@ -23,9 +24,9 @@
 
 #include "http_int.h"
 
-/* "/admin/models/{name}/traffic" -> name (at most cap - 1 bytes); 1, else 0. */
-static int traffic_model(const char *path, char *name, size_t cap) {
-    static const char prefix[] = "/admin/models/", suffix[] = "/traffic";
+/* "/admin/models/{name}<suffix>" -> name (at most cap - 1 bytes); 1, else 0. */
+static int model_path(const char *path, const char *suffix, char *name, size_t cap) {
+    static const char prefix[] = "/admin/models/";
     if (strncmp(path, prefix, sizeof prefix - 1) != 0)
         return 0;
     const char *rest = path + sizeof prefix - 1;
@@ -36,6 +37,8 @@ static int traffic_model(const char *path, char *name, size_t cap) {
     name[slash - rest] = 0;
     return 1;
 }
+
+static int traffic_model(const char *path, char *name, size_t cap) { return model_path(path, "/traffic", name, cap); }
 
 /* "/admin/models/{name}/aliases[/{alias}]" -> name and alias ("" when
  * none); 1, else 0. */
@@ -66,7 +69,75 @@ const char *http_admin_route_methods(const char *path, http_endpoint *ep) {
         *ep = EP_ADMIN_ALIASES;
         return alias[0] ? "PUT, DELETE" : "GET";
     }
+    if (model_path(path, "/shadow", name, sizeof name)) {
+        *ep = EP_ADMIN_SHADOW;
+        return "GET, PUT";
+    }
     return NULL;
+}
+
+/* A shadow as {"version": "2", "percent": 10}, or {} for none. */
+static json_t *shadow_json(const serving_shadow *sh) {
+    if (!sh->version)
+        return json_object();
+    char ver[24];
+    return json_pack("{s:s, s:i}", "version", http_format_int(sh->version, ver), "percent", sh->percent);
+}
+
+static void shadow_endpoint(http_call *call, const char *model) {
+    serving_repo *repo = call->loop->server->repo;
+    enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
+    if (m == EVHTTP_REQ_PUT) {
+        struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+        size_t len = evbuffer_get_length(in);
+        json_error_t jerr;
+        json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
+        if (!body) {
+            http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+            return;
+        }
+        json_t *v = json_object_get(body, "version"), *p = json_object_get(body, "percent");
+        serving_shadow sh = {0};
+        int bad = !json_is_object(body);
+        if (!bad && (v || p)) {
+            bad = !json_is_integer(p) && !(json_is_integer(v) && json_integer_value(v) == 0);
+            json_int_t vi = json_is_integer(v) ? json_integer_value(v)
+                            : json_is_string(v) && strspn(json_string_value(v), "0123456789") == json_string_length(v)
+                                ? strtoll(json_string_value(v), NULL, 10) : -1;
+            json_int_t pi = json_is_integer(p) ? json_integer_value(p) : 0;
+            bad = bad || vi < 0 || vi > (1ll << 40) || pi < 0 || pi > 100;
+            sh.version = (long)vi;
+            sh.percent = (int)pi;
+        }
+        json_decref(body);
+        if (bad) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                             "the body must be {\"version\": N, \"percent\": 1..100}, or {} to turn the shadow off");
+            return;
+        }
+        serving_error err = {0};
+        int rc = serving_set_shadow(repo, model, &sh, &err);
+        if (rc == SERVING_ENOTFOUND) {
+            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
+            return;
+        }
+        if (rc != 0) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the shadow in use is unchanged", err.message);
+            return;
+        }
+        log_event(LOG_INFO, "shadow_set", "model", json_string(model), "version", json_integer(sh.version),
+                  "percent", json_integer(sh.percent), "request_id", json_string(call->request_id), NULL);
+    } else if (m != EVHTTP_REQ_GET) {
+        http_add_header(call, "Allow", "GET, PUT");
+        http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
+        return;
+    }
+    serving_shadow sh;
+    if (serving_get_shadow(repo, model, &sh) != 0) {
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", model);
+        return;
+    }
+    http_reply_json(call, 200, json_pack("{s:s, s:o}", "model", model, "shadow", shadow_json(&sh)));
 }
 
 static void reply_aliases(http_call *call, const char *model) {
@@ -189,6 +260,12 @@ int http_route_admin(http_call *call, const char *path) {
             http_add_header(call, "Allow", alias[0] ? "PUT, DELETE" : "GET");
             http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
         }
+        return 1;
+    }
+    if (model_path(path, "/shadow", name, sizeof name)) {
+        call->endpoint = EP_ADMIN_SHADOW;
+        if (http_authorized(call, GUARD_SCOPE_ADMIN))
+            shadow_endpoint(call, name);
         return 1;
     }
     if (!traffic_model(path, name, sizeof name))

@@ -93,6 +93,7 @@ typedef enum http_endpoint {
     EP_V2_INFER,
     EP_ADMIN_TRAFFIC,
     EP_ADMIN_ALIASES,
+    EP_ADMIN_SHADOW,
     EP_OTHER,
     EP_COUNT
 } http_endpoint;
@@ -126,6 +127,7 @@ typedef struct http_metrics {
     metric_family *requests;      /* prediction_requests_total{endpoint,status} */
     metric *latency[EP_COUNT];    /* prediction_latency_seconds{endpoint} */
     metric_family *model_errors;  /* model_errors_total{error_type} */
+    metric_family *shadow;        /* aiserve_shadow_predictions_total{model,version,result} */
     metric *connections;          /* aiserve_http_connections */
     metric *in_flight;            /* aiserve_http_requests_in_flight */
     metric *shed;                 /* aiserve_requests_shed_total */
@@ -258,6 +260,10 @@ int http_kserve_read_inputs(http_call *call, json_t *body, size_t *n);
 size_t http_kserve_params(http_call *call, char *buf, size_t cap);
 /* The infer response body for a computed call (malloc'd), or NULL (ENOMEM). */
 char *http_kserve_answer(http_call *call);
+
+/* shadow.c: after a computed prediction (call->probs), maybe send a copy
+ * to the model's shadow version as background work, to be compared. */
+void http_shadow_maybe(http_call *call);
 
 /* admin.c: /admin/... (scope admin). Returns 1 when path is one of them. */
 int http_route_admin(http_call *call, const char *path);

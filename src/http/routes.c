@@ -237,6 +237,13 @@ static json_t *models_json(http_server *s, const char *only) {
             size_t n_aliases = 0;
             serving_get_aliases(s->repo, list[i].model, aliases, SERVING_MAX_ALIASES, &n_aliases);
             json_object_set_new(cur, "aliases", http_aliases_json(aliases, n_aliases));
+            serving_shadow sh;
+            serving_get_shadow(s->repo, list[i].model, &sh);
+            char shv[24];
+            json_object_set_new(cur, "shadow", sh.version ? json_pack("{s:s, s:i}", "version",
+                                                                      http_format_int(sh.version, shv), "percent",
+                                                                      sh.percent)
+                                                          : json_null());
             json_array_append_new(models, cur);
             cur_name = list[i].model;
         }
@@ -510,6 +517,7 @@ void http_finish_prediction(http_call *call) {
     }
     /* The answer is built even when the client left (499 then): it may be
      * cached, and followers may be waiting for it. */
+    http_shadow_maybe(call);
     if (call->kserve) {
         char *body = http_kserve_answer(call);
         if (!body)

@@ -62,6 +62,7 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_V2_INFER] = "/v2/models/{name}/infer",
     [EP_ADMIN_TRAFFIC] = "/admin/models/{name}/traffic",
     [EP_ADMIN_ALIASES] = "/admin/models/{name}/aliases",
+    [EP_ADMIN_SHADOW] = "/admin/models/{name}/shadow",
     [EP_OTHER] = "other",
 };
 
@@ -262,6 +263,10 @@ static void register_metrics(http_server *s) {
     }
     s->metrics.model_errors = metrics_counter(r, "model_errors_total",
                                               "Failed predictions by error type", 1, et);
+    s->metrics.shadow = metrics_counter(r, "aiserve_shadow_predictions_total",
+                                        "Texts of shadow traffic compared with the answer the client got: the "
+                                        "shadow version agreed (same label), disagreed, or failed",
+                                        3, (const char *[]){"model", "version", "result"});
     metric_family *f;
     f = metrics_gauge(r, "aiserve_http_connections", "Open client connections", 0, NULL);
     s->metrics.connections = f ? metric_series(f, NULL) : NULL;

@@ -43,6 +43,7 @@ typedef struct repo_model {
     serving_version *versions; /* newest first */
     serving_split split;       /* under the repository lock */
     serving_alias aliases[SERVING_MAX_ALIASES]; /* the same */
+    serving_shadow shadow;     /* the same */
     size_t n_aliases;
     struct repo_model *next;
 } repo_model;
@@ -1125,4 +1126,37 @@ int serving_resolve_alias(serving_repo *r, const char *model, const char *alias,
         }
     pthread_mutex_unlock(&r->lock);
     return rc;
+}
+
+/* ---- shadow traffic -------------------------------------------------------------- */
+
+int serving_set_shadow(serving_repo *r, const char *model, const serving_shadow *shadow, serving_error *err) {
+    if (shadow->version < 0 || (shadow->version && (shadow->percent < 1 || shadow->percent > 100)))
+        return serving_error_set(err, SERVING_EINPUT, "percent is 1 to 100 (version 0 turns the shadow off)");
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model);
+    int rc = 0;
+    if (!m) {
+        rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
+    } else if (shadow->version) {
+        serving_version *v = m->versions;
+        while (v && (v->number != shadow->version || is_hidden(v)))
+            v = v->next;
+        if (!v)
+            rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name, shadow->version);
+    }
+    if (rc == 0)
+        m->shadow = shadow->version ? *shadow : (serving_shadow){0};
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int serving_get_shadow(serving_repo *r, const char *model, serving_shadow *out) {
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model ? model : r->default_model);
+    if (m)
+        *out = m->shadow;
+    pthread_mutex_unlock(&r->lock);
+    return m ? 0 : SERVING_ENOTFOUND;
 }

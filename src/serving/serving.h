@@ -197,6 +197,23 @@ int serving_set_split(serving_repo *repo, const char *model, const serving_split
 /* The model's split (n 0: none). SERVING_ENOTFOUND for an unknown model. */
 int serving_get_split(serving_repo *repo, const char *model, serving_split *out);
 
+/* ---- shadow traffic ---------------------------------------------------------
+ *
+ * A share of a model's requests can also be sent to a candidate version
+ * whose answers are only compared, never returned (the HTTP layer does the
+ * sending, as background work). */
+
+typedef struct serving_shadow {
+    long version; /* 0: none */
+    int percent;  /* 0..100 of the requests */
+} serving_shadow;
+
+/* Sets (version > 0, percent 1..100) or clears (version 0) model's shadow.
+ * SERVING_EINPUT (bad percent, no such version) with err, SERVING_ENOTFOUND
+ * for an unknown model. */
+int serving_set_shadow(serving_repo *repo, const char *model, const serving_shadow *shadow, serving_error *err);
+int serving_get_shadow(serving_repo *repo, const char *model, serving_shadow *out);
+
 /* ---- aliases --------------------------------------------------------------
  *
  * Names for versions of a model ("production", "staging", any name of

@@ -232,3 +232,37 @@ def test_new_version_under_load_then_broken_one(server_factory, tmp_path):
     versions = {v["version"]: v for v in s.get("/v1/models/sentiment").json()["versions"]}
     assert versions["3"]["error"]
     assert served_version(s) == "2"
+
+
+def test_shadow_traffic(server_factory, tmp_path):
+    """Every request also goes to the shadow version; the client only ever
+    sees the primary's answer; agreement is counted."""
+    import time
+    from harness import sample
+    s = server_factory("--version-policy", "all", "--no-cache", repo=repo_with_versions(tmp_path))
+    assert put_split(s, {"1": 100}).status_code == 200                 # primary: version 1
+    url = s.url("/admin/models/sentiment/shadow")
+    assert requests.get(url, timeout=30).json() == {"model": "sentiment", "shadow": {}}
+    r = requests.put(url, json={"version": 2, "percent": 100}, timeout=30)
+    assert r.status_code == 200 and r.json()["shadow"] == {"version": "2", "percent": 100}
+    assert s.get("/v1/models/sentiment").json()["shadow"] == {"version": "2", "percent": 100}
+    texts = ["shadowed %d" % i for i in range(40)]
+    for t in texts:
+        r = s.predict(t)
+        assert r.status_code == 200 and r.json()["model_version"] == "1"   # never the shadow's answer
+    r = s.post("/predict", json={"texts": texts[:5]})
+    assert r.json()["model_version"] == "1"
+    deadline = time.monotonic() + 60
+    while True:
+        m = s.metrics()
+        agree = sample(m, "aiserve_shadow_predictions_total", model="sentiment", version="2", result="agree")
+        if agree == 45 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert agree == 45                        # the same weights: every text agrees
+    # pinned requests to the shadow's own version are not shadowed again
+    served_version(s, **{"X-Model-Version": "2"})
+    for bad in ({"version": 2, "percent": 0}, {"version": 9, "percent": 10}, {"version": 2, "percent": 150},
+                {"percent": 10}):
+        assert_error(requests.put(url, json=bad, timeout=30), 422, "invalid_request")
+    assert requests.put(url, json={}, timeout=30).json()["shadow"] == {}
