@@ -4,7 +4,9 @@
  * versions (serving.h, serving_set_split); GET /admin/models/{name}/aliases
  * and PUT / DELETE /admin/models/{name}/aliases/{alias}, names for
  * versions (serving_set_alias); GET and PUT /admin/models/{name}/shadow, a
- * candidate version that a share of requests is also sent to (shadow.c). Changes take effect for the next request;
+ * candidate version that a share of requests is also sent to (shadow.c);
+ * GET and PUT /admin/models/{name}/cascade, "ask this version, then that
+ * one when unsure" (cascade.c). Changes take effect for the next request;
  * they live in memory (a restart starts without them).
  *
  *   PUT /admin/models/sentiment/traffic  {"1": 80, "2": 20}
@@ -73,7 +75,83 @@ const char *http_admin_route_methods(const char *path, http_endpoint *ep) {
         *ep = EP_ADMIN_SHADOW;
         return "GET, PUT";
     }
+    if (model_path(path, "/cascade", name, sizeof name)) {
+        *ep = EP_ADMIN_CASCADE;
+        return "GET, PUT";
+    }
     return NULL;
+}
+
+/* A version number from JSON (an integer or a string of digits); -1 if not. */
+static long json_version(json_t *v) {
+    if (json_is_integer(v))
+        return json_integer_value(v) >= 0 && json_integer_value(v) < (1ll << 40) ? (long)json_integer_value(v) : -1;
+    if (json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) < 13 &&
+        strspn(json_string_value(v), "0123456789") == json_string_length(v))
+        return strtol(json_string_value(v), NULL, 10);
+    return -1;
+}
+
+static json_t *cascade_json(const serving_cascade *c) {
+    if (!c->first)
+        return json_object();
+    char a[24], b[24];
+    return json_pack("{s:s, s:s, s:f}", "first", http_format_int(c->first, a), "then", http_format_int(c->then, b),
+                     "threshold", c->threshold);
+}
+
+static void cascade_endpoint(http_call *call, const char *model) {
+    serving_repo *repo = call->loop->server->repo;
+    enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
+    if (m == EVHTTP_REQ_PUT) {
+        struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+        size_t len = evbuffer_get_length(in);
+        json_error_t jerr;
+        json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
+        if (!body) {
+            http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+            return;
+        }
+        serving_cascade c = {0};
+        int bad = !json_is_object(body);
+        if (!bad && json_object_size(body) > 0) {
+            c.first = json_version(json_object_get(body, "first"));
+            c.then = json_version(json_object_get(body, "then"));
+            json_t *t = json_object_get(body, "threshold");
+            bad = c.first <= 0 || c.then <= 0 || !json_is_number(t);
+            c.threshold = json_is_number(t) ? json_number_value(t) : 0;
+        }
+        json_decref(body);
+        if (bad) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                             "the body must be {\"first\": N, \"then\": M, \"threshold\": 0.9}, or {} to turn the "
+                             "cascade off");
+            return;
+        }
+        serving_error err = {0};
+        int rc = serving_set_cascade(repo, model, &c, &err);
+        if (rc == SERVING_ENOTFOUND) {
+            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
+            return;
+        }
+        if (rc != 0) {
+            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the cascade in use is unchanged", err.message);
+            return;
+        }
+        log_event(LOG_INFO, "cascade_set", "model", json_string(model), "first", json_integer(c.first), "then",
+                  json_integer(c.then), "threshold", json_real(c.threshold), "request_id",
+                  json_string(call->request_id), NULL);
+    } else if (m != EVHTTP_REQ_GET) {
+        http_add_header(call, "Allow", "GET, PUT");
+        http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
+        return;
+    }
+    serving_cascade c;
+    if (serving_get_cascade(repo, model, &c) != 0) {
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", model);
+        return;
+    }
+    http_reply_json(call, 200, json_pack("{s:s, s:o}", "model", model, "cascade", cascade_json(&c)));
 }
 
 /* A shadow as {"version": "2", "percent": 10}, or {} for none. */
@@ -260,6 +338,12 @@ int http_route_admin(http_call *call, const char *path) {
             http_add_header(call, "Allow", alias[0] ? "PUT, DELETE" : "GET");
             http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
         }
+        return 1;
+    }
+    if (model_path(path, "/cascade", name, sizeof name)) {
+        call->endpoint = EP_ADMIN_CASCADE;
+        if (http_authorized(call, GUARD_SCOPE_ADMIN))
+            cascade_endpoint(call, name);
         return 1;
     }
     if (model_path(path, "/shadow", name, sizeof name)) {

@@ -70,6 +70,7 @@ typedef struct http_loop http_loop;
 typedef struct http_call http_call;
 typedef struct http_conn http_conn;
 typedef struct http_cors http_cors;
+typedef struct http_cascade http_cascade;
 struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 
 /* Endpoint label values: route templates, never the client's path. */
@@ -94,6 +95,7 @@ typedef enum http_endpoint {
     EP_ADMIN_TRAFFIC,
     EP_ADMIN_ALIASES,
     EP_ADMIN_SHADOW,
+    EP_ADMIN_CASCADE,
     EP_OTHER,
     EP_COUNT
 } http_endpoint;
@@ -128,6 +130,7 @@ typedef struct http_metrics {
     metric *latency[EP_COUNT];    /* prediction_latency_seconds{endpoint} */
     metric_family *model_errors;  /* model_errors_total{error_type} */
     metric_family *shadow;        /* aiserve_shadow_predictions_total{model,version,result} */
+    metric_family *cascade;       /* aiserve_cascade_texts_total{model,result} */
     metric *connections;          /* aiserve_http_connections */
     metric *in_flight;            /* aiserve_http_requests_in_flight */
     metric *shed;                 /* aiserve_requests_shed_total */
@@ -189,6 +192,7 @@ struct http_call {
     int kserve_outputs;           /* its outputs: 1 label, 2 probabilities */
     long want_version;            /* the version the path names; 0: the newest */
     char version_ref[72];         /* the version or alias the path or X-Model-Version names; "" none */
+    http_cascade *cascade;        /* the model's cascade, when this request takes it (cascade.c) */
     int discard;                  /* server stopping: free without answering */
     http_call *next_done;
     /* Set when the call was posted to its loop for something other than a
@@ -260,6 +264,20 @@ int http_kserve_read_inputs(http_call *call, json_t *body, size_t *n);
 size_t http_kserve_params(http_call *call, char *buf, size_t cap);
 /* The infer response body for a computed call (malloc'd), or NULL (ENOMEM). */
 char *http_kserve_answer(http_call *call);
+
+/* cascade.c. begin: before the version is chosen; 1 when this request
+ * takes the model's cascade (its first stage pinned to `first`).
+ * escalate: after the first stage; 1 when a second job went out (the call
+ * comes back through the done list). returned: 1 when the call came back
+ * from that second job. result: text i's label, confidence and version.
+ * used: some text was answered by the second version. */
+int http_cascade_begin(http_call *call, const char *model);
+size_t http_cascade_params(http_call *call, char *buf, size_t cap);
+int http_cascade_escalate(http_call *call);
+int http_cascade_returned(http_call *call);
+void http_cascade_result(http_call *call, size_t i, const char **label, double *confidence, long *version);
+int http_cascade_used(const http_call *call);
+void http_cascade_free(http_cascade *c);
 
 /* shadow.c: after a computed prediction (call->probs), maybe send a copy
  * to the model's shadow version as background work, to be compared. */

@@ -136,7 +136,7 @@ static void send_body(http_call *call, const char *body, size_t len, const char 
     }
     if (x_cache)
         http_add_header(call, "X-Cache", x_cache);
-    if (call->version) { /* which version answered, for A/B clients */
+    if (call->version && !call->cascade) { /* which version answered (a cascade's: per text, in the body) */
         char ver[24];
         http_add_header(call, "X-Model-Version", http_format_int(serving_version_number(call->version), ver));
     }
@@ -180,9 +180,10 @@ void http_predict_dispatch(http_call *call) {
         .n = call->job.n,
     };
     char params[160];
-    if (call->kserve) { /* another body for the same texts */
+    if (call->kserve || call->cascade) { /* another body for the same texts */
         in.params = params;
-        in.params_len = http_kserve_params(call, params, sizeof params);
+        in.params_len = call->kserve ? http_kserve_params(call, params, sizeof params)
+                                     : http_cascade_params(call, params, sizeof params);
         if (in.params_len >= sizeof params)
             in.params_len = sizeof params - 1;
     }

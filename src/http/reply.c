@@ -91,6 +91,7 @@ void http_add_header(http_call *call, const char *name, const char *value) {
 }
 
 void http_call_free(http_call *call) {
+    http_cascade_free(call->cascade);
     if (call->version)
         serving_version_release(call->version);
     json_decref(call->body);

@@ -415,6 +415,8 @@ void http_predict_admitted(http_call *call) {
 
 texts_read:;
     serving_error serr = {0};
+    /* A cascade pins its first stage to its `first` version. */
+    http_cascade_begin(call, model_name);
     /* A pinned version, or the one the model's traffic split assigns (by
      * X-User-ID when given: sticky). */
     const char *user = call->want_version ? NULL
@@ -495,7 +497,8 @@ void http_finish_prediction(http_call *call) {
         http_finish_follower(call);
         return;
     }
-    if (job->status != 0) {
+    int second_stage = http_cascade_returned(call);
+    if (!second_stage && job->status != 0) {
         const char *type = job->status == SERVING_ETIMEOUT ? "timeout"
                            : job->status == SERVING_ESTOPPED ? "stopped"
                            : job->status == SERVING_EINPUT ? "invalid_input"
@@ -517,7 +520,11 @@ void http_finish_prediction(http_call *call) {
     }
     /* The answer is built even when the client left (499 then): it may be
      * cached, and followers may be waiting for it. */
-    http_shadow_maybe(call);
+    if (!second_stage) {
+        if (http_cascade_escalate(call))
+            return; /* unsure texts went to the second version: back later */
+        http_shadow_maybe(call);
+    }
     if (call->kserve) {
         char *body = http_kserve_answer(call);
         if (!body)
@@ -526,27 +533,30 @@ void http_finish_prediction(http_call *call) {
             http_prediction_answer(call, body, strlen(body));
         return;
     }
-    const engine_model_info *info = serving_version_info(call->version);
-    const int K = info->n_labels;
     char ver[32];
-    snprintf(ver, sizeof ver, "%ld", serving_version_number(call->version));
+    long answered_by = serving_version_number(call->version);
+    int cascaded = http_cascade_used(call);
     json_t *preds = call->single ? NULL : json_array();
     json_t *out = NULL;
-    for (size_t i = 0; i < job->n; i++) {
-        const float *p = call->probs + i * (size_t)K;
-        int best = http_best_label(p, K);
-        const char *label = serving_version_label(call->version, best);
-        json_t *pred = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence",
-                                 (double)p[best]);
-        if (call->single)
+    for (size_t i = 0; i < call->job.n; i++) {
+        const char *label;
+        double confidence;
+        long version;
+        http_cascade_result(call, i, &label, &confidence, &version);
+        json_t *pred = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence", confidence);
+        if (call->single) {
             out = pred;
-        else
+            answered_by = version;
+        } else {
+            if (cascaded) /* texts of one list may be answered by different versions */
+                json_object_set_new(pred, "model_version", json_string(http_format_int(version, ver)));
             json_array_append_new(preds, pred);
+        }
     }
     if (!call->single)
         out = json_pack("{s:o}", "predictions", preds);
     json_object_set_new(out, "model", json_string(serving_version_model(call->version)));
-    json_object_set_new(out, "model_version", json_string(ver));
+    json_object_set_new(out, "model_version", json_string(http_format_int(answered_by, ver)));
     /* Serialised as http_reply_json does, so a cache hit is byte-identical. */
     char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(out);

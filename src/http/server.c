@@ -63,6 +63,7 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_ADMIN_TRAFFIC] = "/admin/models/{name}/traffic",
     [EP_ADMIN_ALIASES] = "/admin/models/{name}/aliases",
     [EP_ADMIN_SHADOW] = "/admin/models/{name}/shadow",
+    [EP_ADMIN_CASCADE] = "/admin/models/{name}/cascade",
     [EP_OTHER] = "other",
 };
 
@@ -267,6 +268,11 @@ static void register_metrics(http_server *s) {
                                         "Texts of shadow traffic compared with the answer the client got: the "
                                         "shadow version agreed (same label), disagreed, or failed",
                                         3, (const char *[]){"model", "version", "result"});
+    s->metrics.cascade = metrics_counter(r, "aiserve_cascade_texts_total",
+                                         "Texts of cascaded predictions: answered by the first version, "
+                                         "escalated to the second (confidence below the threshold), or "
+                                         "left with the first's answer because the second failed",
+                                         2, (const char *[]){"model", "result"});
     metric_family *f;
     f = metrics_gauge(r, "aiserve_http_connections", "Open client connections", 0, NULL);
     s->metrics.connections = f ? metric_series(f, NULL) : NULL;

@@ -44,6 +44,7 @@ typedef struct repo_model {
     serving_split split;       /* under the repository lock */
     serving_alias aliases[SERVING_MAX_ALIASES]; /* the same */
     serving_shadow shadow;     /* the same */
+    serving_cascade cascade;   /* the same */
     size_t n_aliases;
     struct repo_model *next;
 } repo_model;
@@ -1157,6 +1158,41 @@ int serving_get_shadow(serving_repo *r, const char *model, serving_shadow *out) 
     repo_model *m = find_model_locked(r, model ? model : r->default_model);
     if (m)
         *out = m->shadow;
+    pthread_mutex_unlock(&r->lock);
+    return m ? 0 : SERVING_ENOTFOUND;
+}
+
+/* ---- cascades ---------------------------------------------------------------------- */
+
+int serving_set_cascade(serving_repo *r, const char *model, const serving_cascade *c, serving_error *err) {
+    if (c->first && (c->then <= 0 || c->then == c->first || !(c->threshold > 0 && c->threshold <= 1)))
+        return serving_error_set(err, SERVING_EINPUT,
+                                 "a cascade needs two different versions and a threshold above 0, at most 1");
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model);
+    int rc = 0;
+    if (!m)
+        rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
+    for (int k = 0; rc == 0 && c->first && k < 2; k++) {
+        long want = k ? c->then : c->first;
+        serving_version *v = m->versions;
+        while (v && (v->number != want || is_hidden(v)))
+            v = v->next;
+        if (!v)
+            rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name, want);
+    }
+    if (rc == 0)
+        m->cascade = c->first ? *c : (serving_cascade){0};
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+int serving_get_cascade(serving_repo *r, const char *model, serving_cascade *out) {
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model ? model : r->default_model);
+    if (m)
+        *out = m->cascade;
     pthread_mutex_unlock(&r->lock);
     return m ? 0 : SERVING_ENOTFOUND;
 }

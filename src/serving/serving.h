@@ -214,6 +214,22 @@ typedef struct serving_shadow {
 int serving_set_shadow(serving_repo *repo, const char *model, const serving_shadow *shadow, serving_error *err);
 int serving_get_shadow(serving_repo *repo, const char *model, serving_shadow *out);
 
+/* ---- cascades ---------------------------------------------------------------
+ *
+ * "Ask version `first`; when its confidence in a text is below `threshold`,
+ * ask version `then`" (the HTTP layer runs it). */
+
+typedef struct serving_cascade {
+    long first, then; /* 0: none */
+    double threshold; /* 0 < threshold <= 1 */
+} serving_cascade;
+
+/* Sets (first and then > 0, different) or clears (first 0) model's
+ * cascade. SERVING_EINPUT (bad threshold, unknown or equal versions) with
+ * err, SERVING_ENOTFOUND for an unknown model. */
+int serving_set_cascade(serving_repo *repo, const char *model, const serving_cascade *c, serving_error *err);
+int serving_get_cascade(serving_repo *repo, const char *model, serving_cascade *out);
+
 /* ---- aliases --------------------------------------------------------------
  *
  * Names for versions of a model ("production", "staging", any name of

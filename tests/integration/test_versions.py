@@ -266,3 +266,38 @@ def test_shadow_traffic(server_factory, tmp_path):
                 {"percent": 10}):
         assert_error(requests.put(url, json=bad, timeout=30), 422, "invalid_request")
     assert requests.put(url, json={}, timeout=30).json()["shadow"] == {}
+
+
+def test_cascade_escalates_exactly_the_unsure_texts(server_factory, tmp_path):
+    from harness import sample
+    s = server_factory("--version-policy", "all", repo=repo_with_versions(tmp_path))
+    texts = ["a wonderful , moving film .", "dull and far too long .", "it 's fine .", "meh",
+             "not bad at all", "the best film of the year", "i hated every minute", "a quiet , odd little film"]
+    first = {t: s.predict(t, headers={"X-Model-Version": "1"}).json()["confidence"] for t in texts}
+    ranked = sorted(first.values())
+    threshold = (ranked[len(texts) // 2 - 1] + ranked[len(texts) // 2]) / 2   # half the texts are below it
+    unsure = {t for t, c in first.items() if c < threshold}
+    assert 0 < len(unsure) < len(texts)
+    url = s.url("/admin/models/sentiment/cascade")
+    r = requests.put(url, json={"first": 1, "then": 2, "threshold": threshold}, timeout=30)
+    assert r.status_code == 200
+    assert r.json()["cascade"] == {"first": "1", "then": "2", "threshold": pytest.approx(threshold, rel=1e-8)}
+    assert s.get("/v1/models/sentiment").json()["versions"]  # still listed
+    body = s.post("/predict", json={"texts": texts}).json()
+    assert body["model_version"] == "1"
+    for t, p in zip(texts, body["predictions"]):
+        assert p["model_version"] == ("2" if t in unsure else "1"), (t, first[t], threshold)
+    for t in texts:                                            # single texts: the version that answered
+        assert s.predict(t).json()["model_version"] == ("2" if t in unsure else "1")
+    m = s.metrics()
+    assert sample(m, "aiserve_cascade_texts_total", model="sentiment", result="escalated") == 2 * len(unsure)
+    assert sample(m, "aiserve_cascade_texts_total", model="sentiment", result="first") == \
+        2 * (len(texts) - len(unsure))
+    # a pinned version skips the cascade
+    r = s.predict(texts[0], headers={"X-Model-Version": "2"})
+    assert r.json()["model_version"] == "2" and r.headers["X-Model-Version"] == "2"
+    for bad in ({"first": 1, "then": 1, "threshold": 0.5}, {"first": 1, "then": 9, "threshold": 0.5},
+                {"first": 1, "then": 2, "threshold": 1.5}, {"first": 1, "then": 2}):
+        assert_error(requests.put(url, json=bad, timeout=30), 422, "invalid_request")
+    assert requests.put(url, json={}, timeout=30).json()["cascade"] == {}
+    assert s.post("/predict", json={"texts": texts}).json()["predictions"][0].get("model_version") is None
