@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <openssl/evp.h>
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -492,6 +493,61 @@ static int load_version(serving_repo *r, serving_version *v, char *error, size_t
     return 0;
 }
 
+/* SHA-256 of dir/model.safetensors as hex into out[65]; "" on failure.
+ * Runs on the loader thread after a version serves (it never delays one). */
+static void hash_weights(const char *dir, char out[65]) {
+    out[0] = 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "rb");
+    EVP_MD_CTX *ctx = f ? EVP_MD_CTX_new() : NULL;
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(ctx);
+        if (f)
+            fclose(f);
+        return;
+    }
+    static __thread unsigned char buf[1 << 16];
+    size_t n;
+    int ok = 1;
+    while (ok && (n = fread(buf, 1, sizeof buf, f)) > 0)
+        ok = EVP_DigestUpdate(ctx, buf, n) == 1;
+    unsigned char md[32];
+    unsigned int len = 0;
+    ok = ok && !ferror(f) && EVP_DigestFinal_ex(ctx, md, &len) == 1 && len == 32;
+    EVP_MD_CTX_free(ctx);
+    fclose(f);
+    for (unsigned i = 0; ok && i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* Hashes the weights of every AVAILABLE version that has no hash yet. */
+static void hash_available(serving_repo *r) {
+    for (repo_model *m = r->models; m; m = m->next) {
+        for (;;) {
+            pthread_mutex_lock(&r->lock);
+            serving_version *v = m->versions;
+            while (v && !(v->state == SERVING_STATE_AVAILABLE && !v->sha256[0]))
+                v = v->next;
+            if (v)
+                atomic_fetch_add(&v->refs, 1);
+            int stop = r->stop;
+            pthread_mutex_unlock(&r->lock);
+            if (!v)
+                break;
+            char hex[65];
+            if (!stop)
+                hash_weights(v->dir, hex);
+            pthread_mutex_lock(&r->lock);
+            snprintf(v->sha256, sizeof v->sha256, "%s", !stop && hex[0] ? hex : "-");
+            pthread_mutex_unlock(&r->lock);
+            serving_version_release(v);
+            if (stop)
+                return;
+        }
+    }
+}
+
 /* ---- watching the repository (after the first load) ------------------------ */
 
 /* A version found by the watcher that the policy does not want (yet): kept
@@ -678,6 +734,7 @@ static void watch(serving_repo *r) {
             }
             retire(r, m);
         }
+        hash_available(r);
     }
 }
 
@@ -739,6 +796,7 @@ static void *loader_main(void *arg) {
     pthread_mutex_lock(&r->lock);
     r->settled = 1;
     pthread_mutex_unlock(&r->lock);
+    hash_available(r);
     if (r->opts.poll_interval_us > 0)
         watch(r);
     return NULL;
@@ -914,6 +972,8 @@ int serving_repo_list(serving_repo *r, serving_version_status **out, size_t *n) 
             s->state = v->state;
             snprintf(s->error, sizeof s->error, "%s", v->error);
             s->load_seconds = v->load_seconds;
+            if (v->sha256[0] && v->sha256[0] != '-')
+                memcpy(s->sha256, v->sha256, sizeof s->sha256);
             if (v->state == SERVING_STATE_AVAILABLE && v->engine) {
                 const engine_model_info *info = engine_model_get_info(v->engine);
                 s->has_info = 1;

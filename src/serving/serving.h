@@ -164,6 +164,7 @@ typedef struct serving_version_status {
     char dtype[16];
     char labels[16][64];       /* first 16 labels */
     int n_labels_listed;
+    char sha256[65];           /* SHA-256 of model.safetensors (hex), once hashed after the load; else "" */
 } serving_version_status;
 
 /* Fills a malloc'd array (caller frees) sorted by model then version. */

@@ -50,6 +50,7 @@ struct serving_version {
     serving_state state;    /* under the repository lock */
     char error[512];
     double load_seconds;
+    char sha256[65];        /* of model.safetensors, hex; "" until hashed (under the lock) */
     engine_model *engine;   /* AVAILABLE: loaded */
     sched *sched;
     sched_metrics metrics;

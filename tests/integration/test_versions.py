@@ -301,3 +301,17 @@ def test_cascade_escalates_exactly_the_unsure_texts(server_factory, tmp_path):
         assert_error(requests.put(url, json=bad, timeout=30), 422, "invalid_request")
     assert requests.put(url, json={}, timeout=30).json()["cascade"] == {}
     assert s.post("/predict", json={"texts": texts}).json()["predictions"][0].get("model_version") is None
+
+
+def test_metadata_has_the_weights_sha256(server):
+    import hashlib
+    import time
+    want = hashlib.sha256(open(os.path.join(SENTIMENT, "model.safetensors"), "rb").read()).hexdigest()
+    deadline = time.monotonic() + 30
+    while True:
+        v = server.get("/v1/models/sentiment").json()["versions"][0]
+        if v["sha256"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert v["sha256"] == want
+    assert {"architecture", "labels", "max_length", "parameters", "dtype", "load_seconds"} <= set(v)
