@@ -72,6 +72,20 @@
 
 static int check_address(const char *item, char *why, size_t cap);
 
+/* A traffic split entry: MODEL@VERSION=PERCENT. */
+static int check_split_item(const char *item, char *why, size_t cap) {
+    const char *at = strchr(item, '@'), *eq = at ? strchr(at, '=') : NULL;
+    int ok = at && eq && at > item && at - item < 128;
+    if (ok) {
+        size_t vd = strspn(at + 1, "0123456789"), wd = strspn(eq + 1, "0123456789");
+        ok = vd > 0 && at + 1 + vd == eq && at[1] != '0' && wd > 0 && wd <= 3 && !eq[1 + wd] &&
+             strtol(eq + 1, NULL, 10) <= 100;
+    }
+    if (!ok)
+        return snprintf(why, cap, "'%.100s' is not MODEL@VERSION=PERCENT (sentiment@2=20)", item), -1;
+    return 0;
+}
+
 /* A web origin as browsers send it in the Origin header: scheme "://" host
  * [":" port] and nothing after (no path, no trailing slash); or "*". */
 static int check_origin(const char *item, char *why, size_t cap) {
@@ -139,6 +153,11 @@ const core_setting core_settings[] = {
            "Which versions of each model are loaded and served, as TF Serving's version policy: latest (the "
            "newest that loads), latest:N (the N newest; older ones only while none of those loads), all, or "
            "specific:1,3 (those only). A request without a version gets the newest loaded one."),
+    ITEMS("models", "traffic", "--traffic", "AISERVE_TRAFFIC", "LIST", traffic, check_split_item,
+          "MODEL@VERSION=PERCENT entries",
+          "Traffic splits at start: the share of a model's requests (those that name no version) each version "
+          "gets, as sentiment@1=80, sentiment@2=20 (per model, summing to 100). Requests with X-User-ID stick to "
+          "one version. The admin API changes them while serving."),
     DURATION("models", "poll_interval", "--poll-interval", "AISERVE_POLL_INTERVAL", poll_interval_ms, MS,
              2 * SEC, 0, 1 * HOUR,
              "How often the repository is looked at again: a new version directory is loaded and warmed up, "

@@ -315,3 +315,27 @@ def test_metadata_has_the_weights_sha256(server):
         time.sleep(0.05)
     assert v["sha256"] == want
     assert {"architecture", "labels", "max_length", "parameters", "dtype", "load_seconds"} <= set(v)
+
+
+def test_traffic_split_from_configuration(server_factory, tmp_path):
+    s = server_factory("--version-policy", "all", "--traffic", "sentiment@1=80,sentiment@2=20",
+                       repo=repo_with_versions(tmp_path))
+    assert s.get("/admin/models/sentiment/traffic").json()["traffic"] == {"1": 80, "2": 20}
+    users = ["user-%d" % i for i in range(400)]
+    got = versions_of_users(s, users)
+    assert 0.70 <= sum(v == "1" for v in got.values()) / len(users) <= 0.90
+
+
+@pytest.mark.parametrize("traffic, words", [
+    ("sentiment@1=80,sentiment@2=30", "sum to 110"),
+    ("sentiment@1=100,nope@1=100", "not found"),
+    ("sentiment@7=100", "no version 7"),
+    ("sentiment=100", "MODEL@VERSION=PERCENT"),
+])
+def test_bad_traffic_configuration_stops_the_start(tmp_path, traffic, words):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+    p = subprocess.run([BIN, "serve", "--port", "0", "--model-repository", str(repo_with_versions(tmp_path)),
+                        "--keys-file", "/nonexistent/k.json", "--batch-data-dir", str(tmp_path / "jobs"),
+                        "--traffic", traffic], capture_output=True, timeout=60, env=env)
+    assert p.returncode == 2
+    assert words.encode() in p.stdout + p.stderr, (p.stdout + p.stderr)[-500:]
