@@ -6,7 +6,9 @@
  * versions (serving_set_alias); GET and PUT /admin/models/{name}/shadow, a
  * candidate version that a share of requests is also sent to (shadow.c);
  * GET and PUT /admin/models/{name}/cascade, "ask this version, then that
- * one when unsure" (cascade.c). Changes take effect for the next request;
+ * one when unsure" (cascade.c); POST
+ * /admin/models/{name}/versions/{v}/load and /unload, whatever the version
+ * policy says (serving_admin_version; 202, done by the loader thread). Changes take effect for the next request;
  * they live in memory (a restart starts without them).
  *
  *   PUT /admin/models/sentiment/traffic  {"1": 80, "2": 20}
@@ -61,8 +63,40 @@ static int alias_path(const char *path, char *name, size_t cap, char *alias, siz
     return 1;
 }
 
+/* "/admin/models/{name}/versions/{v}/load|unload" -> name, version and
+ * whether to load; 1, else 0. */
+static int version_action_path(const char *path, char *name, size_t cap, long *version, int *load) {
+    static const char prefix[] = "/admin/models/";
+    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
+        return 0;
+    const char *rest = path + sizeof prefix - 1;
+    const char *slash = strchr(rest, '/');
+    if (!slash || slash == rest || (size_t)(slash - rest) >= cap || strncmp(slash, "/versions/", 10) != 0)
+        return 0;
+    const char *num = slash + 10;
+    size_t digits = strspn(num, "0123456789");
+    if (digits == 0 || digits > 12 || num[0] == '0')
+        return 0;
+    if (strcmp(num + digits, "/load") == 0)
+        *load = 1;
+    else if (strcmp(num + digits, "/unload") == 0)
+        *load = 0;
+    else
+        return 0;
+    memcpy(name, rest, (size_t)(slash - rest));
+    name[slash - rest] = 0;
+    *version = strtol(num, NULL, 10);
+    return 1;
+}
+
 const char *http_admin_route_methods(const char *path, http_endpoint *ep) {
     char name[256], alias[SERVING_ALIAS_MAX + 2];
+    long version;
+    int load;
+    if (version_action_path(path, name, sizeof name, &version, &load)) {
+        *ep = EP_ADMIN_VERSION;
+        return "POST";
+    }
     if (traffic_model(path, name, sizeof name)) {
         *ep = EP_ADMIN_TRAFFIC;
         return "GET, PUT";
@@ -325,6 +359,31 @@ static void put_split(http_call *call, const char *model) {
 
 int http_route_admin(http_call *call, const char *path) {
     char name[256], alias[SERVING_ALIAS_MAX + 2];
+    long version;
+    int load;
+    if (version_action_path(path, name, sizeof name, &version, &load)) {
+        call->endpoint = EP_ADMIN_VERSION;
+        if (!http_authorized(call, GUARD_SCOPE_ADMIN) || !http_method_is(call, EVHTTP_REQ_POST))
+            return 1;
+        serving_error err = {0};
+        int rc = serving_admin_version(call->loop->server->repo, name, version, load, &err);
+        if (rc == SERVING_ENOTFOUND)
+            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
+        else if (rc == SERVING_ENOVERSION)
+            http_reply_error(call, HTTP_ERR_VERSION_NOT_FOUND, "%s", err.message);
+        else if (rc != 0) {
+            http_add_header(call, "Retry-After", "1");
+            http_reply_error(call, HTTP_ERR_NOT_READY, "%s", err.message);
+        } else {
+            log_event(LOG_INFO, load ? "version_load_requested" : "version_unload_requested", "model",
+                      json_string(name), "version", json_integer(version), "request_id",
+                      json_string(call->request_id), NULL);
+            char ver[24];
+            http_reply_json(call, 202, json_pack("{s:s, s:s, s:s}", "model", name, "version",
+                                                 http_format_int(version, ver), "action", load ? "load" : "unload"));
+        }
+        return 1;
+    }
     if (alias_path(path, name, sizeof name, alias, sizeof alias)) {
         call->endpoint = EP_ADMIN_ALIASES;
         if (!http_authorized(call, GUARD_SCOPE_ADMIN))

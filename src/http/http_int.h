@@ -96,6 +96,7 @@ typedef enum http_endpoint {
     EP_ADMIN_ALIASES,
     EP_ADMIN_SHADOW,
     EP_ADMIN_CASCADE,
+    EP_ADMIN_VERSION,
     EP_OTHER,
     EP_COUNT
 } http_endpoint;

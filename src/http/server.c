@@ -64,6 +64,7 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_ADMIN_ALIASES] = "/admin/models/{name}/aliases",
     [EP_ADMIN_SHADOW] = "/admin/models/{name}/shadow",
     [EP_ADMIN_CASCADE] = "/admin/models/{name}/cascade",
+    [EP_ADMIN_VERSION] = "/admin/models/{name}/versions/{version}/load|unload",
     [EP_OTHER] = "other",
 };
 

@@ -68,6 +68,7 @@ struct serving_repo {
     pthread_mutex_t lock;
     repo_model *models; /* sorted by name */
     int loader_started, settled, stop;
+    int kicked;                /* the admin API asked the watcher to look now */
     pthread_t loader;
     pthread_cond_t wake;       /* the loader's poll wait; signalled at stop */
 };
@@ -615,6 +616,8 @@ static void rescan_model(serving_repo *r, repo_model *m) {
 /* Whether the policy wants new version v of m loaded now. Caller holds the
  * lock. */
 static int watch_wants(const serving_repo *r, const repo_model *m, const serving_version *v) {
+    if (v->admin)
+        return v->admin > 0;
     if (r->n_specific || r->latest == 0)
         return policy_wants(r, v, 0, 0);
     int newer = 0; /* versions above v that serve or may: latest:N counts them */
@@ -634,7 +637,7 @@ static void retire(serving_repo *r, repo_model *m) {
     if (r->latest > 0 && !r->n_specific) {
         int kept = 0;
         for (serving_version *v = m->versions; v; v = v->next) {
-            if (v->state != SERVING_STATE_AVAILABLE)
+            if (v->state != SERVING_STATE_AVAILABLE || v->admin > 0) /* loaded by the admin API: stays */
                 continue;
             if (++kept > r->latest) {
                 v->state = SERVING_STATE_UNLOADING;
@@ -679,8 +682,13 @@ static void watch(serving_repo *r) {
         ts.tv_sec += (time_t)(r->opts.poll_interval_us / 1000000u) + (time_t)(ns / 1000000000u);
         ts.tv_nsec = (long)(ns % 1000000000u);
         pthread_mutex_lock(&r->lock);
-        while (!r->stop && pthread_cond_timedwait(&r->wake, &r->lock, &ts) == 0)
-            ;
+        while (!r->stop && !r->kicked) {
+            int rc = r->opts.poll_interval_us ? pthread_cond_timedwait(&r->wake, &r->lock, &ts)
+                                              : pthread_cond_wait(&r->wake, &r->lock);
+            if (rc != 0)
+                break; /* the poll interval passed */
+        }
+        r->kicked = 0;
         if (r->stop) {
             pthread_mutex_unlock(&r->lock);
             return;
@@ -797,8 +805,7 @@ static void *loader_main(void *arg) {
     r->settled = 1;
     pthread_mutex_unlock(&r->lock);
     hash_available(r);
-    if (r->opts.poll_interval_us > 0)
-        watch(r);
+    watch(r); /* polls every poll_interval_us; with 0, only when the admin API asks */
     return NULL;
 }
 
@@ -1255,4 +1262,52 @@ int serving_get_cascade(serving_repo *r, const char *model, serving_cascade *out
         *out = m->cascade;
     pthread_mutex_unlock(&r->lock);
     return m ? 0 : SERVING_ENOTFOUND;
+}
+
+/* ---- the admin API: load and unload ------------------------------------------------ */
+
+int serving_admin_version(serving_repo *r, const char *model, long version, int load, serving_error *err) {
+    pthread_mutex_lock(&r->lock);
+    repo_model *m = find_model_locked(r, model);
+    serving_version *v = m ? m->versions : NULL;
+    while (v && v->number != version)
+        v = v->next;
+    if (m && !v && r->settled) { /* a directory the policy left out, or new: look again */
+        rescan_model(r, m);
+        for (v = m->versions; v && v->number != version;)
+            v = v->next;
+    }
+    int rc = 0;
+    if (!m) {
+        rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
+    } else if (!v) {
+        rc = serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no version %ld", m->name, version);
+    } else if (!r->settled) {
+        rc = serving_error_set(err, SERVING_ENOTREADY, "the repository is still loading; try again");
+    } else if (load) {
+        v->admin = 1;
+        if (v->state == SERVING_STATE_FAILED || is_hidden(v)) { /* try (again) */
+            v->state = SERVING_STATE_LOADING;
+            v->load_seconds = 0;
+            v->error[0] = 0;
+        } else if (v->state == SERVING_STATE_UNLOADING) {
+            rc = serving_error_set(err, SERVING_ENOTREADY, "version %ld is unloading; load it again once it is gone",
+                                   version);
+        }
+    } else {
+        v->admin = -1;
+        if (v->state == SERVING_STATE_AVAILABLE) {
+            v->state = SERVING_STATE_UNLOADING;
+            log_event(LOG_INFO, "model_unloading", "model", json_string(v->model), "version", json_integer(v->number),
+                      "reason", json_string("the admin API"), NULL);
+        } else if (v->state == SERVING_STATE_LOADING) {
+            v->load_seconds = -1; /* hidden: not loaded */
+        }
+    }
+    if (rc == 0) {
+        r->kicked = 1;
+        pthread_cond_broadcast(&r->wake);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
 }

@@ -170,6 +170,14 @@ typedef struct serving_version_status {
 /* Fills a malloc'd array (caller frees) sorted by model then version. */
 int serving_repo_list(serving_repo *repo, serving_version_status **out, size_t *n);
 
+/* The admin API: load (load != 0) or unload version of model, whatever
+ * the version policy says (until the process restarts). Asynchronous: the
+ * loader thread does it at once (loading: warm-up, then available;
+ * unloading: no new requests, freed once idle). SERVING_ENOTFOUND,
+ * SERVING_ENOVERSION (not in the repository), SERVING_ENOTREADY (the
+ * first load is not finished, or the version is still unloading). */
+int serving_admin_version(serving_repo *repo, const char *model, long version, int load, serving_error *err);
+
 /* ---- traffic splits (A/B) ------------------------------------------------
  *
  * A model may split the requests that name no version between versions by

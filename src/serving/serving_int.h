@@ -51,6 +51,7 @@ struct serving_version {
     char error[512];
     double load_seconds;
     char sha256[65];        /* of model.safetensors, hex; "" until hashed (under the lock) */
+    int admin;              /* the admin API: 1 load (whatever the policy), -1 unload, 0 the policy decides */
     engine_model *engine;   /* AVAILABLE: loaded */
     sched *sched;
     sched_metrics metrics;

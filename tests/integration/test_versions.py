@@ -339,3 +339,35 @@ def test_bad_traffic_configuration_stops_the_start(tmp_path, traffic, words):
                         "--traffic", traffic], capture_output=True, timeout=60, env=env)
     assert p.returncode == 2
     assert words.encode() in p.stdout + p.stderr, (p.stdout + p.stderr)[-500:]
+
+
+def test_admin_load_and_unload(server_factory, tmp_path):
+    import time
+    repo = tmp_path / "repo"
+    (repo / "sentiment").mkdir(parents=True)
+    os.symlink(SENTIMENT, repo / "sentiment" / "1")
+    os.symlink(SENTIMENT, repo / "sentiment" / "2")
+    s = server_factory("--poll-interval", "0", repo=repo)        # latest: only 2 loads
+
+    def wait_states(want):
+        deadline = time.monotonic() + 30
+        while states(s) != want:
+            assert time.monotonic() < deadline, states(s)
+            time.sleep(0.05)
+
+    assert states(s) == {"2": "available"}
+    r = requests.post(s.url("/admin/models/sentiment/versions/1/load"), timeout=30)
+    assert r.status_code == 202 and r.json() == {"model": "sentiment", "version": "1", "action": "load"}
+    wait_states({"1": "available", "2": "available"})              # the policy does not unload it
+    assert served_version(s, **{"X-Model-Version": "1"}) == "1"
+    assert served_version(s) == "2"
+    r = requests.post(s.url("/admin/models/sentiment/versions/2/unload"), timeout=30)
+    assert r.status_code == 202
+    wait_states({"1": "available"})
+    assert served_version(s) == "1"
+    assert_error(s.predict("x", headers={"X-Model-Version": "2"}), 404, "version_not_found")
+    assert_error(requests.post(s.url("/admin/models/sentiment/versions/9/load"), timeout=30), 404,
+                 "version_not_found")
+    assert_error(requests.post(s.url("/admin/models/nope/versions/1/load"), timeout=30), 404, "model_not_found")
+    assert_error(requests.get(s.url("/admin/models/sentiment/versions/1/load"), timeout=30), 405,
+                 "method_not_allowed")
