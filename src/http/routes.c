@@ -426,6 +426,13 @@ texts_read:;
                        ? serving_acquire(s->repo, model_name, call->want_version, &call->version, &serr)
                        : serving_acquire_routed(s->repo, model_name, user, user ? strlen(user) : 0, &call->version,
                                                 &serr);
+    if (acquired != 0 && call->cascade) { /* its first version cannot answer: no cascade for this one */
+        http_cascade_free(call->cascade);
+        call->cascade = NULL;
+        call->want_version = 0;
+        user = evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-User-ID");
+        acquired = serving_acquire_routed(s->repo, model_name, user, user ? strlen(user) : 0, &call->version, &serr);
+    }
     if (acquired != 0) {
         if (serr.status == SERVING_ENOTFOUND || serr.status == SERVING_ENOVERSION) {
             http_reply_error(call, serr.status == SERVING_ENOTFOUND ? HTTP_ERR_MODEL_NOT_FOUND
