@@ -28,6 +28,26 @@
 
 #include "http_int.h"
 
+/* The request body as JSON, or NULL after answering 400. */
+static json_t *json_body(http_call *call) {
+    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+    size_t len = evbuffer_get_length(in);
+    json_error_t jerr;
+    json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
+    if (!body)
+        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+    return body;
+}
+
+/* Answers a refused change (rc from serving_set_*): 404 for an unknown
+ * model, else 422 saying that `what` in use is unchanged. */
+static void reply_refused(http_call *call, int rc, const serving_error *err, const char *what) {
+    if (rc == SERVING_ENOTFOUND)
+        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err->message);
+    else
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the %s in use is unchanged", err->message, what);
+}
+
 /* "/admin/models/{name}<suffix>" -> name (at most cap - 1 bytes); 1, else 0. */
 static int model_path(const char *path, const char *suffix, char *name, size_t cap) {
     static const char prefix[] = "/admin/models/";
@@ -138,14 +158,9 @@ static void cascade_endpoint(http_call *call, const char *model) {
     serving_repo *repo = call->loop->server->repo;
     enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
     if (m == EVHTTP_REQ_PUT) {
-        struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
-        size_t len = evbuffer_get_length(in);
-        json_error_t jerr;
-        json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
-        if (!body) {
-            http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+        json_t *body = json_body(call);
+        if (!body)
             return;
-        }
         serving_cascade c = {0};
         int bad = !json_is_object(body);
         if (!bad && json_object_size(body) > 0) {
@@ -164,12 +179,8 @@ static void cascade_endpoint(http_call *call, const char *model) {
         }
         serving_error err = {0};
         int rc = serving_set_cascade(repo, model, &c, &err);
-        if (rc == SERVING_ENOTFOUND) {
-            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
-            return;
-        }
         if (rc != 0) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the cascade in use is unchanged", err.message);
+            reply_refused(call, rc, &err, "cascade");
             return;
         }
         log_event(LOG_INFO, "cascade_set", "model", json_string(model), "first", json_integer(c.first), "then",
@@ -200,14 +211,9 @@ static void shadow_endpoint(http_call *call, const char *model) {
     serving_repo *repo = call->loop->server->repo;
     enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
     if (m == EVHTTP_REQ_PUT) {
-        struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
-        size_t len = evbuffer_get_length(in);
-        json_error_t jerr;
-        json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
-        if (!body) {
-            http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+        json_t *body = json_body(call);
+        if (!body)
             return;
-        }
         json_t *v = json_object_get(body, "version"), *p = json_object_get(body, "percent");
         serving_shadow sh = {0};
         int bad = !json_is_object(body);
@@ -229,12 +235,8 @@ static void shadow_endpoint(http_call *call, const char *model) {
         }
         serving_error err = {0};
         int rc = serving_set_shadow(repo, model, &sh, &err);
-        if (rc == SERVING_ENOTFOUND) {
-            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
-            return;
-        }
         if (rc != 0) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the shadow in use is unchanged", err.message);
+            reply_refused(call, rc, &err, "shadow");
             return;
         }
         log_event(LOG_INFO, "shadow_set", "model", json_string(model), "version", json_integer(sh.version),
@@ -265,14 +267,9 @@ static void reply_aliases(http_call *call, const char *model) {
 static void set_alias(http_call *call, const char *model, const char *alias, int remove) {
     long version = 0;
     if (!remove) {
-        struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
-        size_t len = evbuffer_get_length(in);
-        json_error_t jerr;
-        json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
-        if (!body) {
-            http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+        json_t *body = json_body(call);
+        if (!body)
             return;
-        }
         json_t *v = json_object_get(body, "version");
         if (json_is_string(v) && strspn(json_string_value(v), "0123456789") == json_string_length(v))
             version = strtol(json_string_value(v), NULL, 10);
@@ -310,14 +307,9 @@ static void reply_split(http_call *call, const char *model) {
 }
 
 static void put_split(http_call *call, const char *model) {
-    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
-    size_t len = evbuffer_get_length(in);
-    json_error_t jerr;
-    json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
-    if (!body) {
-        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
+    json_t *body = json_body(call);
+    if (!body)
         return;
-    }
     serving_split split = {0};
     const char *key;
     json_t *value;
@@ -344,12 +336,8 @@ static void put_split(http_call *call, const char *model) {
     }
     serving_error err = {0};
     int rc = serving_set_split(call->loop->server->repo, model, &split, &err);
-    if (rc == SERVING_ENOTFOUND) {
-        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
-        return;
-    }
     if (rc != 0) {
-        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the split in use is unchanged", err.message);
+        reply_refused(call, rc, &err, "split");
         return;
     }
     log_event(LOG_INFO, "traffic_split_set", "model", json_string(model), "key", json_string(call->key_name),

@@ -1012,6 +1012,14 @@ int serving_repo_list(serving_repo *r, serving_version_status **out, size_t *n) 
 
 /* ---- traffic splits --------------------------------------------------------- */
 
+/* Whether m lists `number` (hidden versions do not count). Lock held. */
+static int has_version_locked(const repo_model *m, long number) {
+    for (const serving_version *v = m->versions; v; v = v->next)
+        if (v->number == number && !is_hidden(v))
+            return 1;
+    return 0;
+}
+
 static repo_model *find_model_locked(serving_repo *r, const char *name) {
     repo_model *m = r->models;
     while (m && strcmp(m->name, name) != 0)
@@ -1046,14 +1054,10 @@ int serving_set_split(serving_repo *r, const char *model, const serving_split *s
     int rc = 0;
     if (!m)
         rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
-    for (size_t i = 0; rc == 0 && i < sorted.n; i++) {
-        serving_version *v = m->versions;
-        while (v && v->number != sorted.version[i])
-            v = v->next;
-        if (!v)
+    for (size_t i = 0; rc == 0 && i < sorted.n; i++)
+        if (!has_version_locked(m, sorted.version[i]))
             rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name,
                                    sorted.version[i]);
-    }
     if (rc == 0)
         m->split = sorted;
     pthread_mutex_unlock(&r->lock);
@@ -1206,12 +1210,8 @@ int serving_set_shadow(serving_repo *r, const char *model, const serving_shadow 
     int rc = 0;
     if (!m) {
         rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
-    } else if (shadow->version) {
-        serving_version *v = m->versions;
-        while (v && (v->number != shadow->version || is_hidden(v)))
-            v = v->next;
-        if (!v)
-            rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name, shadow->version);
+    } else if (shadow->version && !has_version_locked(m, shadow->version)) {
+        rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name, shadow->version);
     }
     if (rc == 0)
         m->shadow = shadow->version ? *shadow : (serving_shadow){0};
@@ -1240,14 +1240,10 @@ int serving_set_cascade(serving_repo *r, const char *model, const serving_cascad
     int rc = 0;
     if (!m)
         rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
-    for (int k = 0; rc == 0 && c->first && k < 2; k++) {
-        long want = k ? c->then : c->first;
-        serving_version *v = m->versions;
-        while (v && (v->number != want || is_hidden(v)))
-            v = v->next;
-        if (!v)
-            rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name, want);
-    }
+    for (int k = 0; rc == 0 && c->first && k < 2; k++)
+        if (!has_version_locked(m, k ? c->then : c->first))
+            rc = serving_error_set(err, SERVING_EINPUT, "model '%s' has no version %ld", m->name,
+                                   k ? c->then : c->first);
     if (rc == 0)
         m->cascade = c->first ? *c : (serving_cascade){0};
     pthread_mutex_unlock(&r->lock);
