@@ -273,6 +273,14 @@ def student_forward(model, ids, mask, p, p_attn, training):
     sites (embeddings, attention probabilities, attention output, FFN output,
     before the classifier); with dropout off it is the reference forward
     (train_sentiment checks this at start). Device-aware."""
+    x = encoder_forward(model, ids, mask, p, p_attn, training)
+    pooled = model.bert.pooler(x)
+    return model.classifier(F.dropout(pooled, p, training))
+
+
+def encoder_forward(model, ids, mask, p, p_attn, training):
+    """The encoder part of student_forward: last hidden states [B, T, H]
+    (also used by masked-LM pretraining, tools/sentiment_mlm.py)."""
     b = model.bert
     e = b.embeddings
     pos = torch.arange(ids.shape[1], device=ids.device)
@@ -297,8 +305,7 @@ def student_forward(model, ids, mask, p, p_attn, training):
         x = o.LayerNorm(F.dropout(o.dense(ctx), p, training) + x)
         y = layer.output.dense(layer.act(layer.intermediate.dense(x)))
         x = layer.output.LayerNorm(F.dropout(y, p, training) + x)
-    pooled = b.pooler(x)
-    return model.classifier(F.dropout(pooled, p, training))
+    return x
 
 
 @torch.no_grad()
@@ -362,6 +369,7 @@ def train_student(model, seqs, gold, soft, cfg, device, seed, evaluate=None, log
     """
     model.to(device)
     opt, sched = adamw_with_warmup(model, cfg, len(seqs))
+    steps_per_epoch = math.ceil(len(seqs) / cfg["batch"])
     lengths = [len(s) for s in seqs]
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)

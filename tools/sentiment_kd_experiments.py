@@ -6,12 +6,15 @@ dev is never read here). Results go to $OUT/results.jsonl and $OUT/log.txt.
     OUT=/tmp/kdexp /usr/bin/python3 tools/sentiment_kd_experiments.py
     (env: PLAN=S0,S1,... students to run; CNNONLY=1 only the CNN teachers;
      NHELD=1000 held-out roots; TEP=4 teacher epochs; QUICK=1 5 % of train;
+     MLMEP=N overrides the MLM epochs of the M* students (smoke tests);
      KD_DATA=DIR with train.tsv, train_ids.pt (token ids) and vocab.txt, to run
      on a machine without /work/shared, e.g. a GPU box)
 
 The held-out table in the version 2 model card (train_sentiment.distill_section)
 came from running this on one H200 GPU (PLAN=S0,S1,S2,S4,S3,S5,S6,S7, then
 CNNONLY=1 PLAN=S8,S9,S10,S11); S1 is the recipe in train_sentiment's PRESETS[2].
+M1 (S1 after masked-LM self-pretraining, tools/sentiment_mlm.py) was run on
+CPU: CNNONLY=1 PLAN=M1.
 """
 import copy, json, os, sys, time
 import torch
@@ -19,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sentiment_kd as kd
 import hf_reference as hf
 import train_sentiment as ts
+import sentiment_mlm as mlm
 HERE = os.environ.get("KD_DATA")
 
 OUT = os.environ.get("OUT", "/tmp/kdexp")
@@ -106,7 +110,11 @@ seen = set(t for s in tr_seqs for t in s) | {0, 100, 101, 102, 103}
 aug_cache = {}
 
 
-def run_student(name, ens="cnn3", aug=0, **over):
+MLM = dict(batch=128, lr=1e-3, warmup=0.06, weight_decay=0.01, dropout=0.1,
+           attn_dropout=0.1, corpus="roots", max_len=64)
+
+
+def run_student(name, ens="cnn3", aug=0, mlm_epochs=0, **over):
     cfg = dict(BASE, **over)
     t = time.time()
     seqs, gold = list(tr_seqs), list(tr_y)
@@ -131,6 +139,14 @@ def run_student(name, ens="cnn3", aug=0, **over):
     model = hf.BertForSequenceClassification(config)
     ts.hf_init_(model)
     model.to(dev)
+    if mlm_epochs:
+        # Masked-LM pretraining on the held-out split's training rows only.
+        t_m = time.time()
+        mc = dict(MLM, epochs=int(os.environ.get("MLMEP", mlm_epochs)))
+        corp = mlm.corpus([texts[k] for k in tr_idx], tr_seqs, mc["corpus"], mc["max_len"])
+        for h in mlm.pretrain(model, corp, mc, 1234, log=log, device=dev):
+            result(kind="mlm", name=name, **h)
+        log(f"student {name} MLM pretraining {time.time() - t_m:.0f}s")
 
     def ev(m, tag, ep):
         out = {}
@@ -161,6 +177,10 @@ SPECS = {
     "S9": dict(ens="cnn3", dropout=0.2, word_dropout=0.1),
     "S10": dict(ens=None, lr=2e-4),
     "S11": dict(ens="cnn3", lr=2e-4, batch=64),
+    # masked-LM self-pretraining (tools/sentiment_mlm.py) on the training
+    # part's root sentences, then S1 / S0
+    "M1": dict(ens="cnn3", mlm_epochs=10),
+    "M0": dict(ens=None, mlm_epochs=10),
 }
 for n in PLAN:
     run_student(n, **SPECS[n])

@@ -31,6 +31,14 @@ out of training, and the held-out roots were the validation set
 results in distill_section() below, which the version 2 model card includes).
 The final model trains on all of train.
 
+Optional masked-LM self-pretraining (tools/sentiment_mlm.py; --mlm-epochs N
+or a preset's mlm_epochs, settings in MLM_DEFAULTS): before teachers and
+training, the encoder is pretrained as a BERT masked language model on train's
+root sentences (the only text at hand; no labels), following Krishna et al.
+2022. Tested on the same held-out split (experiment M1 in
+tools/sentiment_kd_experiments.py, pretraining on the held-out split's
+training rows only); not in the presets.
+
 The model is tools/hf_reference.py's BertForSequenceClassification (HF's
 state_dict names and math). That module has no dropout, so training uses
 train_forward() below: the same math with HF's dropout sites added
@@ -59,6 +67,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_reference as hf  # noqa: E402
 import sentiment_kd as kd  # noqa: E402
+import sentiment_mlm as mlm  # noqa: E402
 
 DATA_DIR = "/work/shared/data"
 TRAIN_TSV = os.path.join(DATA_DIR, "sst2/train.tsv")
@@ -81,6 +90,12 @@ PRESETS = {
             teachers=[("cnn", 1), ("cnn", 2), ("cnn", 3)], teacher_epochs=4,
             alpha=0.5, ema=0.999),
 }
+
+# Masked-LM self-pretraining (tools/sentiment_mlm.py), off unless a preset or
+# --mlm-epochs sets mlm_epochs; these are the settings of held-out experiment
+# M1 (tools/sentiment_kd_experiments.py).
+MLM_DEFAULTS = dict(mlm_epochs=0, mlm_batch=128, mlm_lr=1e-3, mlm_warmup=0.06,
+                    mlm_corpus="roots", mlm_max_len=64)
 
 
 def read_tsv(path):
@@ -189,15 +204,22 @@ def main():
     ap.add_argument("--out", required=True, help="model directory to write")
     ap.add_argument("--epochs", type=int, default=None,
                     help="override the preset's epoch count (time budget only)")
+    ap.add_argument("--mlm-epochs", type=int, default=None, metavar="N",
+                    help="masked-LM self-pretraining epochs before training "
+                         "(tools/sentiment_mlm.py; 0 = none, the presets' default)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", type=int, default=0, metavar="N",
                     help="code check only: train on the first N rows, 1 epoch")
     args = ap.parse_args()
-    cfg = dict(PRESETS[args.version])
+    cfg = dict(MLM_DEFAULTS, **PRESETS[args.version])
     if args.epochs is not None:
         cfg["epochs"] = args.epochs
+    if args.mlm_epochs is not None:
+        cfg["mlm_epochs"] = args.mlm_epochs
     if args.smoke:
         cfg.update(epochs=1, teacher_epochs=1)
+        if cfg.get("mlm_epochs"):
+            cfg.update(mlm_epochs=1)
     command = "/usr/bin/python3 tools/train_sentiment.py " + " ".join(sys.argv[1:])
 
     torch.set_num_threads(args.threads)
@@ -243,6 +265,17 @@ def main():
         ids, mask = pad_batch(dev_ids[:16])
         diff = (train_forward(model, ids, mask, 0.0, 0.0, False) - model(ids, mask)).abs().max()
         assert diff < 1e-6, f"train_forward differs from reference by {diff}"
+
+    if cfg.get("mlm_epochs"):
+        # Masked-LM self-pretraining on the train text (tools/sentiment_mlm.py).
+        t0 = time.time()
+        mcfg = mlm.preset_cfg(cfg)
+        corpus = mlm.corpus([s for s, _ in train_rows], train_ids, mcfg["corpus"],
+                            mcfg["max_len"])
+        hist = mlm.pretrain(model, corpus, mcfg, SEED, log=lambda m: print(m, flush=True))
+        cfg = dict(cfg, mlm_seconds=time.time() - t0, mlm_history=hist,
+                   mlm_sequences=len(corpus), mlm_pieces=sum(map(len, corpus)))
+        print(f"MLM pretraining {cfg['mlm_seconds']:.0f}s", flush=True)
 
     if cfg.get("teachers"):
         return main_distill(args, cfg, command, t_start, vocab, tok, config, model, n_params,
@@ -358,6 +391,7 @@ def main_distill(args, cfg, command, t_start, vocab, tok, config, model, n_param
 
 def finish(args, cfg, command, t_start, train_seconds, vocab, config, model, n_params, state,
            history, best_epoch, train_rows, dev_rows, dev_ids, dev_y):
+    train_seconds += cfg.get("mlm_seconds", 0.0)  # pretraining is part of training
     model.load_state_dict(state)
     with torch.no_grad():
         hf.round_weights_(model, "F16")
@@ -443,6 +477,29 @@ out. Then the final model was trained as above on all of train.
 """
 
 
+def mlm_section(cfg):
+    """Model-card text for masked-LM self-pretraining (tools/sentiment_mlm.py)."""
+    m = mlm.preset_cfg(cfg)
+    what = ("the root rows of train (rows that are not a word sub-span of another\n  "
+            "row, i.e. about the full training sentences; every other row's text is\n  "
+            "inside one of them)" if m["corpus"] == "roots" else "the distinct train rows")
+    h = cfg["mlm_history"][-1]
+    return f"""- Masked-LM self-pretraining (tools/sentiment_mlm.py; Krishna et al., 2022,
+  *Downstream datasets make surprisingly good pretraining corpora*): before
+  fine-tuning, the encoder is pretrained as a BERT masked language model on
+  {what}: {cfg['mlm_sequences']:,} distinct sequences,
+  {cfg['mlm_pieces']:,} word pieces, cut to {m['max_len']} pieces. No other text and no labels are
+  used. 15 % of the word pieces of each sequence are predicted (80 % replaced by
+  [MASK], 10 % by a random word piece, 10 % kept; new masks every epoch); BERT's
+  MLM head (dense, GELU, LayerNorm, decoder tied to the word embeddings; softmax
+  over the word pieces seen in the pretraining text), discarded afterwards.
+  AdamW, peak lr {m['lr']}, warmup {m['warmup'] * 100:.0f} % then linear decay, batch
+  {m['batch']}, {m["epochs"]} epochs, dropout as in fine-tuning; {cfg['mlm_seconds'] / 60:.1f} min.
+  Final masked-piece loss {h['loss']:.3f} (accuracy {h['acc'] * 100:.1f} %). The pooler
+  and classifier start from random initialisation at fine-tuning.
+"""
+
+
 def write_card(args, cfg, config, n_params, history, best_epoch, acc, train_seconds,
                total_seconds, command, n_train, n_dev):
     cpu = "unknown CPU"
@@ -470,12 +527,23 @@ def write_card(args, cfg, config, n_params, history, best_epoch, acc, train_seco
                 f"EMA snapshots; that EMA rather than raw weights ship was decided on the "
                 f"held-out split above, not on dev).")
         distill = distill_section(cfg)
+    if cfg.get("mlm_epochs"):
+        origin = ("(random initialisation, no downloaded or externally pretrained weights;\n"
+                  "masked-language-model self-pretraining on the SST-2 train sentences\n"
+                  "themselves, then fine-tuning) on GLUE SST-2 by\n`tools/train_sentiment.py`.")
+        mlm_text = mlm_section(cfg)
+        no_pretraining = ("no pretraining beyond masked-LM on the SST-2 train\n  "
+                          "sentences themselves")
+    else:
+        origin = ("(random initialisation, no pretraining) on GLUE SST-2 by\n"
+                  "`tools/train_sentiment.py`.")
+        mlm_text = ""
+        no_pretraining = "no language-model\n  pretraining"
     card = f"""# aiserve sentiment v{args.version} (SST-2, trained from scratch)
 
 Binary sentiment classifier (NEGATIVE / POSITIVE) for English movie-review
 text, a small BERT (`BertForSequenceClassification`) trained **from scratch**
-(random initialisation, no pretraining) on GLUE SST-2 by
-`tools/train_sentiment.py`.
+{origin}
 
 ## Data
 
@@ -522,7 +590,7 @@ embeddings). Weights stored as F16 in `model.safetensors`
   {train_seconds / 60:.1f} min ({total_seconds / 60:.1f} min including
   tokenisation, evaluation and export).
 
-{distill}{table_head}
+{mlm_text}{distill}{table_head}
 {rows}
 
 {kept}
@@ -535,8 +603,7 @@ embeddings). Weights stored as F16 in `model.safetensors`
 
 ## Known limits
 
-- Trained from scratch on ~67K short movie-review phrases only; no language-model
-  pretraining, so it knows words only from SST-2 and generalises far worse than
+- Trained from scratch on ~67K short movie-review phrases only; {no_pretraining}, so it knows words only from SST-2 and generalises far worse than
   fine-tuned pretrained models (e.g. DistilBERT SST-2 reaches ~91 %).
 - English only. Expects lower-case (the tokenizer lower-cases anyway),
   PTB-style tokenised text similar to movie reviews; other domains (product
