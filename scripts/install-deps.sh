@@ -23,12 +23,13 @@ packages=(
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)
   openssl curl                    # HTTPS tests: test certificates made at run time, curl as the client
+  nodejs npm                      # the official openai npm client drives /v1/embeddings in the tests
   prometheus                      # promtool: tests check /metrics with `promtool check metrics`
   clang libclang-rt-14-dev        # libFuzzer targets and sanitizer runtimes
 )
 for arg in "$@"; do
   case "$arg" in
-    --bench) packages+=(python3-torch python3-onnx python3-numpy nodejs npm
+    --bench) packages+=(python3-torch python3-onnx python3-numpy
                         wrk python3-fastapi python3-uvicorn python3-redis) ;;
     --tools) packages+=(python3-torch python3-numpy) ;;
     *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;

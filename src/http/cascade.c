@@ -44,7 +44,7 @@ static void count(http_call *call, const char *result, double n) {
 
 int http_cascade_begin(http_call *call, const char *model) {
     serving_cascade cfg;
-    if (call->want_version || call->version_ref[0] || call->kserve ||
+    if (call->want_version || call->version_ref[0] || call->kserve || call->embed ||
         serving_get_cascade(call->loop->server->repo, model, &cfg) != 0 || !cfg.first)
         return 0;
     call->cascade = calloc(1, sizeof *call->cascade);

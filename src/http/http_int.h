@@ -79,6 +79,7 @@ typedef enum http_endpoint {
     EP_MODEL_PREDICT,
     EP_MODEL_VERSION_PREDICT,
     EP_MODELS,
+    EP_EMBEDDINGS,
     EP_MODEL,
     EP_HEALTH,
     EP_HEALTH_LIVE,
@@ -190,6 +191,8 @@ struct http_call {
     float *probs;
     int single;                   /* {"text": ...} rather than {"texts": [...]} */
     int kserve;                   /* an Open Inference Protocol infer request (kserve.c) */
+    int embed;                    /* a /v1/embeddings request (embeddings.c) */
+    int embed_base64;             /* its vectors as base64 */
     int kserve_outputs;           /* its outputs: 1 label, 2 probabilities */
     long want_version;            /* the version the path names; 0: the newest */
     char version_ref[72];         /* the version or alias the path or X-Model-Version names; "" none */
@@ -253,6 +256,13 @@ int http_check_text(http_call *call, json_t *value, const char *field, size_t in
 /* The prediction path for a model by name (NULL: the default model): rate
  * limit, then http_predict_admitted. */
 void http_predict_named(http_call *call, const char *model_name);
+
+/* embeddings.c: /v1/embeddings. read: the body into call (texts, model,
+ * format); 0, or -1 after answering. answer: the response body (malloc'd)
+ * or NULL. params: the cache parameters. */
+int http_embeddings_read(http_call *call, json_t *body, size_t *n);
+char *http_embeddings_answer(http_call *call);
+size_t http_embeddings_params(http_call *call, char *buf, size_t cap);
 
 /* kserve.c: /v2 (Open Inference Protocol). http_route_kserve returns 1 when
  * path is one of its paths (answered, or on the prediction path). */

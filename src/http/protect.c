@@ -180,10 +180,11 @@ void http_predict_dispatch(http_call *call) {
         .n = call->job.n,
     };
     char params[160];
-    if (call->kserve || call->cascade) { /* another body for the same texts */
+    if (call->kserve || call->cascade || call->embed) { /* another body for the same texts */
         in.params = params;
-        in.params_len = call->kserve ? http_kserve_params(call, params, sizeof params)
-                                     : http_cascade_params(call, params, sizeof params);
+        in.params_len = call->kserve  ? http_kserve_params(call, params, sizeof params)
+                        : call->embed ? http_embeddings_params(call, params, sizeof params)
+                                      : http_cascade_params(call, params, sizeof params);
         if (in.params_len >= sizeof params)
             in.params_len = sizeof params - 1;
     }

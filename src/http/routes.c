@@ -367,9 +367,11 @@ void http_predict_admitted(http_call *call) {
     }
     call->body = body;
     size_t n = 1;
-    if (call->kserve) {
-        if (http_kserve_read_inputs(call, body, &n) != 0)
+    if (call->kserve || call->embed) {
+        if ((call->kserve ? http_kserve_read_inputs(call, body, &n) : http_embeddings_read(call, body, &n)) != 0)
             return;
+        if (call->embed && call->has_model_name)
+            model_name = call->model_name; /* the body names it */
         goto texts_read;
     }
     if (!json_is_object(body)) {
@@ -445,7 +447,13 @@ texts_read:;
         return;
     }
     const engine_model_info *info = serving_version_info(call->version);
-    if (info->task != ENGINE_TASK_CLASSIFY || info->n_labels <= 0) {
+    if (call->embed && info->task != ENGINE_TASK_EMBED) {
+        http_reply_error(call, HTTP_ERR_UNSUPPORTED_MODEL,
+                         "model '%s' is a classifier; /v1/embeddings needs an embedding model",
+                         serving_version_model(call->version));
+        return;
+    }
+    if (!call->embed && (info->task != ENGINE_TASK_CLASSIFY || info->n_labels <= 0)) {
         http_reply_error(call, HTTP_ERR_UNSUPPORTED_MODEL,
                          "model '%s' is an embedding model; it does not predict labels",
                          serving_version_model(call->version));
@@ -459,7 +467,7 @@ void http_predict_submit(http_call *call) {
     http_server *s = call->loop->server;
     const engine_model_info *info = serving_version_info(call->version);
     size_t n = call->job.n;
-    call->probs = calloc(n * (size_t)info->n_labels, sizeof *call->probs);
+    call->probs = calloc(n * (size_t)(call->embed ? info->hidden : info->n_labels), sizeof *call->probs);
     if (!call->probs) {
         http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
         return;
@@ -533,8 +541,8 @@ void http_finish_prediction(http_call *call) {
             return; /* unsure texts went to the second version: back later */
         http_shadow_maybe(call);
     }
-    if (call->kserve) {
-        char *body = http_kserve_answer(call);
+    if (call->kserve || call->embed) {
+        char *body = call->kserve ? http_kserve_answer(call) : http_embeddings_answer(call);
         if (!body)
             http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
         else
@@ -703,6 +711,7 @@ static int version_predict_tail(const char *tail, char *ref, size_t cap) {
 const char *http_route_methods(const char *path, http_endpoint *ep) {
     static const struct { const char *path; http_endpoint ep; const char *methods; } fixed[] = {
         {"/predict", EP_PREDICT, "POST"},          {"/v1/models", EP_MODELS, "GET"},
+        {"/v1/embeddings", EP_EMBEDDINGS, "POST"},
         {"/health", EP_HEALTH, "GET"},             {"/health/live", EP_HEALTH_LIVE, "GET"},
         {"/health/ready", EP_HEALTH_READY, "GET"}, {"/metrics", EP_METRICS, "GET"},
     };
@@ -760,6 +769,7 @@ void http_route(http_call *call) {
         {"/predict", EP_PREDICT},          {"/v1/models", EP_MODELS},
         {"/health", EP_HEALTH},            {"/health/live", EP_HEALTH_LIVE},
         {"/health/ready", EP_HEALTH_READY}, {"/metrics", EP_METRICS},
+        {"/v1/embeddings", EP_EMBEDDINGS},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
         if (strcmp(path, fixed[i].path) != 0)
@@ -773,6 +783,12 @@ void http_route(http_call *call) {
         case EP_MODELS:
             if (http_authorized(call, GUARD_SCOPE_ANY) && http_method_is(call, EVHTTP_REQ_GET))
                 handle_models(call);
+            return;
+        case EP_EMBEDDINGS:
+            if (http_authorized(call, GUARD_SCOPE_EMBED) && http_method_is(call, EVHTTP_REQ_POST)) {
+                call->embed = 1;
+                http_predict_named(call, NULL);
+            }
             return;
         case EP_HEALTH:
             if (http_method_is(call, EVHTTP_REQ_GET))

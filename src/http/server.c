@@ -47,6 +47,7 @@ const char *const http_endpoint_names[EP_COUNT] = {
     [EP_MODEL_PREDICT] = "/v1/models/{name}/predict",
     [EP_MODEL_VERSION_PREDICT] = "/v1/models/{name}/versions/{version}/predict",
     [EP_MODELS] = "/v1/models",
+    [EP_EMBEDDINGS] = "/v1/embeddings",
     [EP_MODEL] = "/v1/models/{name}",
     [EP_HEALTH] = "/health",
     [EP_HEALTH_LIVE] = "/health/live",

@@ -82,7 +82,7 @@ void http_shadow_maybe(http_call *call) {
     http_server *s = call->loop->server;
     serving_shadow sh;
     const char *model = serving_version_model(call->version);
-    if (serving_get_shadow(s->repo, model, &sh) != 0 || !sh.version ||
+    if (call->embed || serving_get_shadow(s->repo, model, &sh) != 0 || !sh.version ||
         sh.version == serving_version_number(call->version) || coin() >= (unsigned)sh.percent)
         return;
     serving_version *v = NULL;

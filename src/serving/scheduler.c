@@ -38,6 +38,10 @@
 struct sched {
     engine_model *model;
     int n_labels;
+    int embed;                 /* an embedding model: outputs are vectors */
+    sched_embed embed_opts;
+    int width;                 /* floats per text: n_labels, or hidden for embeddings */
+    int max_length;            /* the model's, for counting an embedding's tokens */
     int max_batch;
     int64_t max_delay_us;
     size_t max_queue;
@@ -81,16 +85,33 @@ static void wait_until(sched *s, uint64_t until_us) {
 
 /* Runs one batch's texts through the engine and distributes the results.
  * Returns 0 or the engine's status (with err filled). */
+static int run_texts(sched *s, const char **texts, const size_t *lens, size_t n, float *out, engine_stats *stats,
+                     engine_error *err) {
+    if (!s->embed)
+        return engine_classify_stats(s->model, texts, lens, n, NULL, out, stats, err);
+    int rc = engine_embed(s->model, texts, lens, n, s->embed_opts.pooling, s->embed_opts.normalize, out, err);
+    /* The engine does not report an embedding's tokens: count them (the
+     * usage an embeddings client is told). */
+    static __thread int32_t ids[8192];
+    for (size_t i = 0; rc == 0 && stats && i < n; i++) {
+        size_t n_ids = 0;
+        if (engine_tokenize(s->model, texts[i], lens[i], s->max_length, ids, sizeof ids / sizeof ids[0], &n_ids,
+                            err) == 0)
+            stats->n_tokens += n_ids;
+    }
+    return rc;
+}
+
 static int run_engine(sched *s, size_t n_texts, engine_stats *stats, engine_error *err) {
-    return engine_classify_stats(s->model, s->texts, s->lens, n_texts, NULL, s->probs, stats, err);
+    return run_texts(s, s->texts, s->lens, n_texts, s->probs, stats, err);
 }
 
 static void deliver(sched *s, struct slice *sl, size_t offset, int batch_texts, uint64_t infer_us,
                     size_t tokens_share) {
     serving_job *job = sl->job;
-    const size_t K = (size_t)s->n_labels;
+    const size_t K = (size_t)s->width;
     memcpy(job->probs + sl->first * K, s->probs + offset * K, sl->count * K * sizeof(float));
-    for (size_t i = 0; i < sl->count; i++) {
+    for (size_t i = 0; !s->embed && i < sl->count; i++) {
         const float *p = s->probs + (offset + i) * K;
         size_t best = 0;
         for (size_t j = 1; j < K; j++)
@@ -117,8 +138,8 @@ static void run_slices_alone(sched *s, size_t n_slices, int batch_texts) {
         engine_stats stats = {0};
         engine_error err = {0};
         uint64_t t0 = serving_now_us();
-        int rc = engine_classify_stats(s->model, s->texts + offset, s->lens + offset, sl->count,
-                                       NULL, s->probs + offset * (size_t)s->n_labels, &stats, &err);
+        int rc = run_texts(s, s->texts + offset, s->lens + offset, sl->count, s->probs + offset * (size_t)s->width,
+                           &stats, &err);
         uint64_t dt = serving_now_us() - t0;
         if (rc) {
             serving_job *job = sl->job;
@@ -283,13 +304,19 @@ static void *batcher_main(void *arg) {
 }
 
 int sched_create(engine_model *model, const serving_options *opts, const sched_metrics *metrics,
-                 sched **out) {
+                 const sched_embed *embed, sched **out) {
     *out = NULL;
     sched *s = calloc(1, sizeof *s);
     if (!s)
         return SERVING_ENOMEM;
     s->model = model;
-    s->n_labels = engine_model_get_info(model)->n_labels;
+    const engine_model_info *info = engine_model_get_info(model);
+    s->n_labels = info->n_labels;
+    s->embed = info->task == ENGINE_TASK_EMBED;
+    if (embed)
+        s->embed_opts = *embed;
+    s->width = s->embed ? info->hidden : s->n_labels;
+    s->max_length = info->max_length;
     s->max_batch = opts->max_batch_size > 0 ? opts->max_batch_size : 1;
     s->max_delay_us = opts->max_queue_delay_us > 0 ? opts->max_queue_delay_us : 0;
     s->max_queue = opts->max_queue_size > 0 ? (size_t)opts->max_queue_size : 1;
@@ -297,7 +324,7 @@ int sched_create(engine_model *model, const serving_options *opts, const sched_m
     const size_t B = (size_t)s->max_batch;
     s->texts = calloc(B, sizeof *s->texts);
     s->lens = calloc(B, sizeof *s->lens);
-    s->probs = calloc(B * (size_t)(s->n_labels > 0 ? s->n_labels : 1), sizeof *s->probs);
+    s->probs = calloc(B * (size_t)(s->width > 0 ? s->width : 1), sizeof *s->probs);
     s->slices = calloc(B, sizeof *s->slices);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -320,7 +347,7 @@ int sched_create(engine_model *model, const serving_options *opts, const sched_m
 int sched_submit(sched *s, serving_job *job) {
     if (job->n == 0)
         return SERVING_EINPUT;
-    if (s->n_labels <= 0)
+    if (s->width <= 0)
         return SERVING_EUNSUPPORTED;
     job->status = 0;
     job->error[0] = '\0';

@@ -289,7 +289,9 @@ struct serving_job {
      * texts), so online latency sees at most one batch of it. Not counted
      * against max_queue_size; never refused as full. */
     int background;
-    float *probs;              /* n x n_labels, written by the scheduler */
+    float *probs;              /* n x n_labels (classifiers) or n x hidden (embedding models: each
+                                  text's vector, pooled and normalised as the model's
+                                  sentence-transformers files say), written by the scheduler */
     void (*on_done)(serving_job *job, void *user); /* batcher thread, exactly once */
     void *user;
     /* Filled by the scheduler before on_done. */
@@ -307,7 +309,7 @@ struct serving_job {
 
 /* Queues the job on version v. Returns 0, and then on_done runs exactly
  * once on the batcher thread; or SERVING_EFULL / SERVING_ESTOPPED /
- * SERVING_EUNSUPPORTED (not a classifier) / SERVING_EINPUT (n == 0), and
+ * SERVING_EUNSUPPORTED (a model with no output) / SERVING_EINPUT (n == 0), and
  * then on_done never runs. */
 int serving_submit(serving_version *v, serving_job *job);
 

@@ -29,8 +29,15 @@ typedef struct sched sched;
 
 /* Starts the batcher thread for `model` (borrowed; must outlive the
  * scheduler). `metrics` is copied (its predictions array is borrowed). */
+/* How an embedding model's batcher pools and normalises (ignored for
+ * classifiers). */
+typedef struct sched_embed {
+    engine_pooling pooling;
+    int normalize;
+} sched_embed;
+
 int sched_create(engine_model *model, const serving_options *opts, const sched_metrics *metrics,
-                 sched **out);
+                 const sched_embed *embed, sched **out);
 int sched_submit(sched *s, serving_job *job);
 size_t sched_depth(sched *s);
 /* Refuses new jobs (SERVING_ESTOPPED) and answers every queued job that has

@@ -1011,7 +1011,7 @@ static void test_deadline(void **state) {
 }
 
 /* An embedding model loads (its warm-up embeds) but takes no classify jobs. */
-static void test_embedding_unsupported(void **state) {
+static void test_embedding_through_scheduler(void **state) {
     (void)state;
     repo_dir d;
     repo_dir_init(&d);
@@ -1021,19 +1021,37 @@ static void test_embedding_unsupported(void **state) {
     serving_repo *r = repo_open(&o, m);
     assert_int_equal(serving_repo_is_ready(r), 1);
     serving_version *v = acquire_ok(r, NULL, 0);
-    assert_int_equal(serving_version_info(v)->task, ENGINE_TASK_EMBED);
-    assert_int_equal(serving_version_info(v)->n_labels, 0);
+    const engine_model_info *info = serving_version_info(v);
+    assert_int_equal(info->task, ENGINE_TASK_EMBED);
+    assert_int_equal(info->n_labels, 0);
     assert_null(serving_version_label(v, 0));
 
+    /* No sentence-transformers files: mean pooling, L2-normalised, as
+     * engine_embed computes it. */
     tracker t;
     tracker_init(&t);
     static test_job j;
-    job_fill(&j, &t, pool, 2);
-    assert_int_equal(serving_submit(v, &j.job), SERVING_EUNSUPPORTED);
-    assert_int_equal(serving_queue_depth(v), 0);
+    job_fill(&j, &t, pool, 3);
+    const size_t H = (size_t)info->hidden;
+    float *out = calloc(3 * H, sizeof *out), *want = calloc(3 * H, sizeof *want);
+    j.job.probs = out;
+    assert_int_equal(serving_submit(v, &j.job), 0);
+    assert_int_equal(tracker_wait(&t, 1), 0);
+    assert_int_equal(j.job.status, 0);
+    assert_true(j.job.n_tokens > 3); /* counted for the embeddings API's usage */
+    engine_model *ref = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(FIXTURES "/bert-base-embed", &eo, &ref, &eerr), 0);
+    assert_int_equal(engine_embed(ref, j.texts, j.lens, 3, ENGINE_POOL_MEAN, 1, want, &eerr), 0);
+    for (size_t i = 0; i < 3 * H; i++)
+        if (fabsf(out[i] - want[i]) > 1e-5f)
+            fail_msg("embedding %zu: %g, engine %g", i, (double)out[i], (double)want[i]);
+    engine_model_free(ref);
+    free(out);
+    free(want);
     serving_version_release(v);
     serving_repo_destroy(r);
-    assert_int_equal(atomic_load(&j.calls), 0);
     tracker_fini(&t);
     metrics_registry_destroy(m);
     repo_dir_remove(&d);
@@ -1248,7 +1266,7 @@ int main(void) {
         cmocka_unit_test(test_queue_bound_and_stop),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_background_yields_to_online),
-        cmocka_unit_test(test_embedding_unsupported),
+        cmocka_unit_test(test_embedding_through_scheduler),
         cmocka_unit_test(test_reference_outlives_destroy),
         cmocka_unit_test(test_destroy_with_queued_jobs),
         cmocka_unit_test(test_metrics_after_traffic),

@@ -1,0 +1,129 @@
+"""test_embeddings.py - POST /v1/embeddings with the real binary: vectors equal
+`aiserve embed` (mean pooling and L2 normalisation by default; pooling and
+normalisation from a model's sentence-transformers files), base64 equal to
+floats, usage equal to the tokens, the errors, and the official `openai` npm
+client (installed here with npm) talking to the server as an application
+would."""
+
+import base64
+import json
+import os
+import shutil
+import struct
+import subprocess
+
+import pytest
+import requests
+
+from harness import BIN, FIXTURES, MODELS, assert_error
+
+EMBED = os.path.join(FIXTURES, "bert-base-embed")
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEXTS = ["hello world", "a quiet , odd little film", "Ünïcödé text, with accents: café"]
+
+
+def cli_embed(texts, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+    p = subprocess.run([BIN, "embed", "--model", EMBED, *args, *texts], capture_output=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line)["embedding"] for line in p.stdout.decode().splitlines()]
+
+
+def make_repo(tmp_path, st_files=None):
+    """minilm/1 -> the embedding fixture (optionally with sentence-transformers
+    files), sentiment/1 -> the bundled classifier."""
+    repo = tmp_path / "repo"
+    v = repo / "minilm" / "1"
+    v.mkdir(parents=True)
+    for f in os.listdir(EMBED):
+        os.symlink(os.path.join(EMBED, f), v / f)
+    for rel, content in (st_files or {}).items():
+        (v / rel).parent.mkdir(parents=True, exist_ok=True)
+        (v / rel).write_text(json.dumps(content))
+    (repo / "sentiment").mkdir()
+    os.symlink(os.path.join(MODELS, "sentiment", "1"), repo / "sentiment" / "1")
+    return repo
+
+
+def close(a, b, tol=1e-5):
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_vectors_usage_and_base64(server_factory, tmp_path):
+    s = server_factory(repo=make_repo(tmp_path))
+    r = s.post("/v1/embeddings", json={"model": "minilm", "input": TEXTS})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "minilm"
+    want = cli_embed(TEXTS, "--normalize")
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    for d, w in zip(body["data"], want):
+        assert d["object"] == "embedding" and close(d["embedding"], w)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+    p = subprocess.run([BIN, "tokenize", "--model", EMBED, *TEXTS], capture_output=True, timeout=60, env=env)
+    tokens = sum(len(json.loads(line)["ids"]) for line in p.stdout.decode().splitlines())
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    # one string; base64 is the little-endian float32 bytes of the same vector
+    r = s.post("/v1/embeddings", json={"model": "minilm", "input": TEXTS[0], "encoding_format": "base64"})
+    raw = base64.b64decode(r.json()["data"][0]["embedding"])
+    vec = list(struct.unpack("<%df" % (len(raw) // 4), raw))
+    assert close(vec, want[0])
+
+
+def test_sentence_transformers_pooling(server_factory, tmp_path):
+    st = {"modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                           {"idx": 1, "name": "1", "path": "1_Pooling",
+                            "type": "sentence_transformers.models.Pooling"}],
+          "1_Pooling/config.json": {"word_embedding_dimension": 32, "pooling_mode_cls_token": True,
+                                    "pooling_mode_mean_tokens": False}}
+    s = server_factory(repo=make_repo(tmp_path, st))
+    got = s.post("/v1/embeddings", json={"model": "minilm", "input": TEXTS}).json()["data"]
+    want = cli_embed(TEXTS, "--pooling", "cls")             # CLS, not normalised: no Normalize module
+    assert all(close(d["embedding"], w) for d, w in zip(got, want))
+
+
+def test_errors(server_factory, tmp_path):
+    s = server_factory(repo=make_repo(tmp_path))
+    cases = [
+        ({"model": "sentiment", "input": "x"}, 422, "unsupported_model"),
+        ({"model": "nope", "input": "x"}, 404, "model_not_found"),
+        ({"model": "minilm", "input": []}, 422, "invalid_request"),
+        ({"model": "minilm", "input": ["ok", 3]}, 422, "invalid_text"),
+        ({"model": "minilm", "input": "  "}, 422, "empty_text"),
+        ({"model": "minilm", "input": "x", "encoding_format": "int8"}, 422, "invalid_request"),
+        ({"model": 7, "input": "x"}, 422, "invalid_request"),
+        ({"model": "minilm"}, 422, "invalid_request"),
+    ]
+    for body, status, code in cases:
+        assert_error(s.post("/v1/embeddings", json=body), status, code)
+    assert_error(s.get("/v1/embeddings"), 405, "method_not_allowed")
+    # /predict on the embedding model is still refused
+    assert_error(s.post("/v1/models/minilm/predict", json={"text": "x"}), 422, "unsupported_model")
+
+
+@pytest.fixture(scope="module")
+def openai_client_dir(tmp_path_factory):
+    if not shutil.which("npm") or not shutil.which("node"):
+        pytest.fail("node and npm are needed (scripts/install-deps.sh installs them)")
+    d = tmp_path_factory.mktemp("openai-npm")
+    p = subprocess.run(["npm", "install", "--prefix", str(d), "--no-audit", "--no-fund", "--silent", "openai@4"],
+                       capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    return d
+
+
+@pytest.mark.parametrize("encoding", [None, "float"])
+def test_official_openai_client(server_factory, tmp_path, openai_client_dir, encoding):
+    s = server_factory(repo=make_repo(tmp_path))
+    env = dict(os.environ, NODE_PATH=str(openai_client_dir / "node_modules"))
+    args = ["node", os.path.join(HERE, "js", "openai_embeddings.js"), s.url(""), "minilm", json.dumps(TEXTS)]
+    if encoding:
+        args.append(encoding)
+    p = subprocess.run(args, capture_output=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr.decode()
+    res = json.loads(p.stdout)
+    want = cli_embed(TEXTS, "--normalize")
+    assert res["model"] == "minilm" and len(res["data"]) == 3
+    for d, w in zip(res["data"], want):
+        assert close(d["embedding"], w)
+    assert res["usage"]["prompt_tokens"] > 0
