@@ -41,10 +41,10 @@ for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   [[ "$status" == "install ok installed" ]] || missing+=("$p")
 done
-# nodejs may come from elsewhere (the CI image ships its own node and npm).
-if [[ " ${missing[*]} " == *" nodejs "* ]] && command -v node >/dev/null; then
-  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
-fi
+# node and npm may come from elsewhere (the CI image ships its own, which
+# Debian's npm package would conflict with): a command on PATH is enough.
+if command -v node >/dev/null; then missing=("${missing[@]/nodejs}"); fi
+if command -v npm >/dev/null; then missing=("${missing[@]/npm}"); fi
 missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
 if ((${#missing[@]} == 0)); then
   exit 0
