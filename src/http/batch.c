@@ -278,6 +278,12 @@ static void on_stored(http_call *call) {
         } else if (jobs_get(jobs_of(call), id, call->key_name, &info) != JOBS_OK) {
             reply_jobs_error(call, JOBS_EDB, NULL);
         } else {
+            /* The job as it was stored (the worker may have started it
+             * since): queued, nothing done yet. */
+            snprintf(info.status, sizeof info.status, "queued");
+            info.done = 0;
+            info.version = 0;
+            info.started_ms = info.finished_ms = 0;
             char location[64];
             snprintf(location, sizeof location, "/v1/batch/%s", id);
             http_add_header(call, "Location", location);
