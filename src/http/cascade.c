@@ -6,9 +6,9 @@
  * aiserve_cascade_texts_total{model, result=first|escalated|error}.
  *
  * A request takes the cascade when it names no version (path,
- * X-Model-Version) and is not an Open Inference Protocol request: the
- * first stage is its ordinary prediction, pinned to the cascade's `first`
- * version; then http_cascade_escalate sends the unsure texts to `then` as
+ * X-Model-Version), is a /predict-style request, and the cascade's first
+ * version can answer (serving_acquire_request decides, with the version):
+ * the first stage is its ordinary prediction on that version; then http_cascade_escalate sends the unsure texts to `then` as
  * a second job on the same call (answered through the loop's done list
  * again), and http_cascade_result picks each text's answer.
  *
@@ -42,18 +42,12 @@ static void count(http_call *call, const char *result, double n) {
         metric_add(m, n);
 }
 
-int http_cascade_begin(http_call *call, const char *model) {
-    serving_cascade cfg;
-    if (call->want_version || call->version_ref[0] || call->kserve || call->embed ||
-        serving_get_cascade(call->loop->server->repo, model, &cfg) != 0 || !cfg.first)
-        return 0;
+void http_cascade_begin(http_call *call, const serving_cascade *cfg) {
     call->cascade = calloc(1, sizeof *call->cascade);
-    if (!call->cascade)
-        return 0;
-    call->cascade->cfg = cfg;
+    if (!call->cascade) /* out of memory: answered by the first version alone */
+        return;
+    call->cascade->cfg = *cfg;
     call->cascade->stage = 1;
-    call->want_version = cfg.first;
-    return 1;
 }
 
 size_t http_cascade_params(http_call *call, char *buf, size_t cap) {

@@ -197,6 +197,7 @@ struct http_call {
     long want_version;            /* the version the path names; 0: the newest */
     char version_ref[72];         /* the version or alias the path or X-Model-Version names; "" none */
     http_cascade *cascade;        /* the model's cascade, when this request takes it (cascade.c) */
+    serving_shadow shadow;        /* the model's shadow when the version was chosen (shadow.c) */
     int discard;                  /* server stopping: free without answering */
     http_call *next_done;
     /* Set when the call was posted to its loop for something other than a
@@ -276,13 +277,13 @@ size_t http_kserve_params(http_call *call, char *buf, size_t cap);
 /* The infer response body for a computed call (malloc'd), or NULL (ENOMEM). */
 char *http_kserve_answer(http_call *call);
 
-/* cascade.c. begin: before the version is chosen; 1 when this request
- * takes the model's cascade (its first stage pinned to `first`).
+/* cascade.c. begin: the request takes the cascade cfg (its version, the
+ * first stage, is acquired already).
  * escalate: after the first stage; 1 when a second job went out (the call
  * comes back through the done list). returned: 1 when the call came back
  * from that second job. result: text i's label, confidence and version.
  * used: some text was answered by the second version. */
-int http_cascade_begin(http_call *call, const char *model);
+void http_cascade_begin(http_call *call, const serving_cascade *cfg);
 size_t http_cascade_params(http_call *call, char *buf, size_t cap);
 int http_cascade_escalate(http_call *call);
 int http_cascade_returned(http_call *call);

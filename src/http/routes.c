@@ -418,23 +418,17 @@ void http_predict_admitted(http_call *call) {
 
 texts_read:;
     serving_error serr = {0};
-    /* A cascade pins its first stage to its `first` version. */
-    http_cascade_begin(call, model_name);
-    /* A pinned version, or the one the model's traffic split assigns (by
-     * X-User-ID when given: sticky). */
+    /* One pass over the model under the repository lock: the pinned
+     * version; or the cascade's first version; or the one the traffic split
+     * assigns (by X-User-ID when given: sticky); and the model's shadow. */
     const char *user = call->want_version ? NULL
                                           : evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-User-ID");
-    int acquired = call->want_version
-                       ? serving_acquire(s->repo, model_name, call->want_version, &call->version, &serr)
-                       : serving_acquire_routed(s->repo, model_name, user, user ? strlen(user) : 0, &call->version,
-                                                &serr);
-    if (acquired != 0 && call->cascade) { /* its first version cannot answer: no cascade for this one */
-        http_cascade_free(call->cascade);
-        call->cascade = NULL;
-        call->want_version = 0;
-        user = evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-User-ID");
-        acquired = serving_acquire_routed(s->repo, model_name, user, user ? strlen(user) : 0, &call->version, &serr);
-    }
+    serving_route route;
+    int acquired = serving_acquire_request(s->repo, model_name, call->want_version, user, user ? strlen(user) : 0,
+                                           !call->kserve && !call->embed, &call->version, &route, &serr);
+    call->shadow = route.shadow;
+    if (acquired == 0 && route.cascade.first)
+        http_cascade_begin(call, &route.cascade);
     if (acquired != 0) {
         if (serr.status == SERVING_ENOTFOUND || serr.status == SERVING_ENOVERSION) {
             http_reply_error(call, serr.status == SERVING_ENOTFOUND ? HTTP_ERR_MODEL_NOT_FOUND

@@ -80,10 +80,10 @@ static unsigned coin(void) {
 
 void http_shadow_maybe(http_call *call) {
     http_server *s = call->loop->server;
-    serving_shadow sh;
+    const serving_shadow sh = call->shadow; /* as it was when the version was chosen */
     const char *model = serving_version_model(call->version);
-    if (call->embed || serving_get_shadow(s->repo, model, &sh) != 0 || !sh.version ||
-        sh.version == serving_version_number(call->version) || coin() >= (unsigned)sh.percent)
+    if (call->embed || !sh.version || sh.version == serving_version_number(call->version) ||
+        coin() >= (unsigned)sh.percent)
         return;
     serving_version *v = NULL;
     serving_error err;

@@ -119,6 +119,7 @@ int serving_error_set(serving_error *err, int status, const char *fmt, ...) {
 }
 
 static int is_hidden(const struct serving_version *v);
+static repo_model *find_model_locked(serving_repo *r, const char *name);
 
 static int valid_model_name(const char *s) {
     size_t n = strlen(s);
@@ -937,44 +938,42 @@ void serving_repo_cancel_queued(serving_repo *r) {
     pthread_mutex_unlock(&r->lock);
 }
 
+/* serving_acquire with the lock held and the model found (m may be NULL). */
+static int acquire_locked(serving_repo *r, repo_model *m, const char *model, long version, serving_version **out,
+                          serving_error *err) {
+    if (!m)
+        return serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
+    serving_version *found = NULL;
+    int any_version = 0, loading = 0;
+    for (serving_version *v = m->versions; v; v = v->next) {
+        if (is_hidden(v) || (version && v->number != version))
+            continue;
+        any_version = 1;
+        loading |= v->state == SERVING_STATE_LOADING;
+        if (v->state == SERVING_STATE_AVAILABLE) {
+            found = v;
+            break;
+        }
+    }
+    if (found) {
+        atomic_fetch_add(&found->refs, 1);
+        *out = found;
+        return 0;
+    }
+    if (version && !any_version)
+        return serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no version %ld", m->name, version);
+    if (loading || !r->settled)
+        return serving_error_set(err, SERVING_ENOTREADY, "model '%s' is still loading", m->name);
+    return serving_error_set(err, SERVING_ENOTREADY, "model '%s' has no loadable version", m->name);
+}
+
 int serving_acquire(serving_repo *r, const char *model, long version, serving_version **out,
                     serving_error *err) {
     *out = NULL;
     if (!model)
         model = r->default_model;
     pthread_mutex_lock(&r->lock);
-    repo_model *m = r->models;
-    while (m && strcmp(m->name, model) != 0)
-        m = m->next;
-    int rc = 0;
-    if (!m) {
-        rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
-    } else {
-        serving_version *found = NULL;
-        int any_version = 0, loading = 0;
-        for (serving_version *v = m->versions; v; v = v->next) {
-            if (is_hidden(v) || (version && v->number != version))
-                continue;
-            any_version = 1;
-            loading |= v->state == SERVING_STATE_LOADING;
-            if (v->state == SERVING_STATE_AVAILABLE) {
-                found = v;
-                break;
-            }
-        }
-        if (found) {
-            atomic_fetch_add(&found->refs, 1);
-            *out = found;
-        } else if (version && !any_version) {
-            rc = serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no version %ld",
-                                   m->name, version);
-        } else if (loading || !r->settled) {
-            rc = serving_error_set(err, SERVING_ENOTREADY, "model '%s' is still loading", m->name);
-        } else {
-            rc = serving_error_set(err, SERVING_ENOTREADY, "model '%s' has no loadable version",
-                                   m->name);
-        }
-    }
+    int rc = acquire_locked(r, find_model_locked(r, model), model, version, out, err);
     pthread_mutex_unlock(&r->lock);
     return rc;
 }
@@ -1146,41 +1145,54 @@ static unsigned random_bucket(void) {
     return (unsigned)(x % 100);
 }
 
-int serving_acquire_routed(serving_repo *r, const char *model, const char *user, size_t user_len,
-                           serving_version **out, serving_error *err) {
+/* Whether m's version `number` can answer now. Lock held. */
+static int available_locked(const repo_model *m, long number) {
+    for (const serving_version *v = m->versions; v; v = v->next)
+        if (v->number == number && v->state == SERVING_STATE_AVAILABLE)
+            return 1;
+    return 0;
+}
+
+int serving_acquire_request(serving_repo *r, const char *model, long version, const char *user, size_t user_len,
+                            int allow_cascade, serving_version **out, serving_route *route, serving_error *err) {
+    *out = NULL;
+    memset(route, 0, sizeof *route);
     if (!model)
         model = r->default_model;
-    long version = 0;
     pthread_mutex_lock(&r->lock);
     repo_model *m = find_model_locked(r, model);
-    if (m && m->split.n) {
-        unsigned bucket;
-        if (user && user_len) { /* XXH3-64 of "model\0user": stable everywhere */
-            XXH3_state_t st;
-            XXH3_64bits_reset(&st);
-            XXH3_64bits_update(&st, m->name, strlen(m->name) + 1);
-            XXH3_64bits_update(&st, user, user_len);
-            bucket = (unsigned)(XXH3_64bits_digest(&st) % 100);
-        } else {
-            bucket = random_bucket();
-        }
-        unsigned edge = 0;
-        for (size_t i = 0; i < m->split.n; i++) {
-            edge += (unsigned)m->split.weight[i];
-            if (bucket < edge) {
-                version = m->split.version[i];
-                break;
+    if (m && !version) {
+        if (allow_cascade && m->cascade.first && available_locked(m, m->cascade.first)) {
+            route->cascade = m->cascade; /* the first stage: its `first` version */
+            version = m->cascade.first;
+        } else if (m->split.n) {
+            unsigned bucket;
+            if (user && user_len) { /* XXH3-64 of "model\0user": stable everywhere */
+                XXH3_state_t st;
+                XXH3_64bits_reset(&st);
+                XXH3_64bits_update(&st, m->name, strlen(m->name) + 1);
+                XXH3_64bits_update(&st, user, user_len);
+                bucket = (unsigned)(XXH3_64bits_digest(&st) % 100);
+            } else {
+                bucket = random_bucket();
             }
+            unsigned edge = 0;
+            for (size_t i = 0; i < m->split.n; i++) {
+                edge += (unsigned)m->split.weight[i];
+                if (bucket < edge) {
+                    version = m->split.version[i];
+                    break;
+                }
+            }
+            if (!available_locked(m, version)) /* a version of the split that cannot answer: the newest */
+                version = 0;
         }
-        /* A version of the split that cannot answer: the newest that can. */
-        serving_version *v = m->versions;
-        while (v && (v->number != version || v->state != SERVING_STATE_AVAILABLE))
-            v = v->next;
-        if (!v)
-            version = 0;
     }
+    if (m)
+        route->shadow = m->shadow;
+    int rc = acquire_locked(r, m, model, version, out, err);
     pthread_mutex_unlock(&r->lock);
-    return serving_acquire(r, model, version, out, err);
+    return rc;
 }
 
 /* ---- aliases ------------------------------------------------------------------ */

@@ -270,10 +270,20 @@ int serving_get_aliases(serving_repo *repo, const char *model, serving_alias *ou
  * SERVING_ENOVERSION (no such model / alias). */
 int serving_resolve_alias(serving_repo *repo, const char *model, const char *alias, long *version);
 
-/* serving_acquire for a request that named no version: the version the
- * split assigns (user: the X-User-ID bytes, or NULL / len 0 for none). */
-int serving_acquire_routed(serving_repo *repo, const char *model, const char *user, size_t user_len,
-                           serving_version **out, serving_error *err);
+/* What a request's version choice brings with it (copies). */
+typedef struct serving_route {
+    serving_shadow shadow;   /* the model's shadow (version 0: none) */
+    serving_cascade cascade; /* first != 0: the request takes the cascade, and *out is its `first` version */
+} serving_route;
+
+/* serving_acquire for a request, in one pass under the lock: `version`
+ * when it names one (no routing); else, with allow_cascade and a cascade
+ * whose first version can answer, that version (route->cascade set); else
+ * the version the traffic split assigns (user: the X-User-ID bytes, or NULL
+ * / len 0 for none); else the newest available. route->shadow is the
+ * model's shadow either way. Errors as serving_acquire. */
+int serving_acquire_request(serving_repo *repo, const char *model, long version, const char *user, size_t user_len,
+                            int allow_cascade, serving_version **out, serving_route *route, serving_error *err);
 
 /* A unit of work for a version's scheduler. The caller owns the job and
  * every buffer it points to until on_done has run. */
