@@ -363,7 +363,16 @@ int cli_serve(int argc, char **argv) {
             .max_active_per_owner = cfg.batch_max_jobs_per_key,
             .retention_us = (uint64_t)cfg.batch_retention_ms * 1000u,
             .metrics = registry,
+            .lease_us = (uint64_t)cfg.batch_lease_ms * 1000u,
         };
+        kv_redis_options batch_redis = {
+            .url = cfg.redis_url,
+            .key_prefix = cfg.redis_key_prefix,
+            .connect_timeout_us = (uint64_t)cfg.redis_connect_timeout_ms * 1000u,
+            .command_timeout_us = (uint64_t)cfg.redis_command_timeout_ms * 1000u,
+        };
+        if (strcmp(cfg.batch_store, "redis") == 0 || (strcmp(cfg.batch_store, "auto") == 0 && cfg.redis_url[0]))
+            jo.redis = &batch_redis;
         char batch_err[512] = "";
         if (jobs_open(&jo, &batch, batch_err, sizeof batch_err) != JOBS_OK) {
             log_event(LOG_ERROR, "startup_failed", "error", json_string(batch_err), NULL);

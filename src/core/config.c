@@ -230,8 +230,13 @@ const core_setting core_settings[] = {
              "the requests that waited go on without it (cache bypassed, limits by their failure policy)."),
 
     BOOL("batch", "enabled", "--batch", "AISERVE_BATCH", batch_enabled, 1,
-         "Accept batch jobs (POST /batch_predict, /v1/batch): stored in SQLite under batch.data_dir and run "
-         "in the background, only on capacity online requests leave free."),
+         "Accept batch jobs (POST /batch_predict, /v1/batch): stored (see batch.store) and run in the "
+         "background, only on capacity online requests leave free."),
+    STRING("batch", "store", "--batch-store", "AISERVE_BATCH_STORE", NULL, "auto|sqlite|redis", batch_store,
+           "auto", 4,
+           "Where batch jobs live: sqlite (jobs.db under batch.data_dir, this instance only), redis (one queue "
+           "in redis.url that every instance naming it shares: any instance accepts, runs and answers for any "
+           "job), or auto (redis when redis.url is set, else sqlite)."),
     STRING("batch", "data_dir", "--batch-data-dir", "AISERVE_BATCH_DATA_DIR", NULL, "DIR", batch_data_dir,
            "./data", 1,
            "Directory of the batch job database (jobs.db, SQLite in WAL mode); created if missing. One aiserve "
@@ -245,6 +250,11 @@ const core_setting core_settings[] = {
     DURATION("batch", "retention", "--batch-retention", "AISERVE_BATCH_RETENTION", batch_retention_ms, MS,
              24 * HOUR, 1 * SEC, 365 * 24 * HOUR,
              "How long a finished batch job and its results are kept; then they are deleted."),
+    DURATION("batch", "lease", "--batch-lease", "AISERVE_BATCH_LEASE", batch_lease_ms, MS, 30 * SEC, 1 * SEC,
+             HOUR,
+             "Redis store: how long a chunk an instance took stays its own without renewal (renewed every third "
+             "of this while it waits or runs). A chunk whose instance died goes back on the queue this long "
+             "after its last renewal."),
 
     ITEMS("cors", "allowed_origins", "--cors-allowed-origins", "AISERVE_CORS_ALLOWED_ORIGINS", "LIST",
           cors_allowed_origins, check_origin, "origins (scheme://host[:port]) or *",
@@ -862,6 +872,19 @@ int core_config_check(const core_config *c, const core_origins *origins, core_er
         const core_setting *set = core_setting_by_name("ratelimit", "on_backend_failure");
         core_set_error(err, "%s: '%s' (from %s) must be allow or deny", set->name, c->ratelimit_on_backend_failure,
                        origin_of(origins, set));
+        return -1;
+    }
+    if (strcmp(c->batch_store, "auto") != 0 && strcmp(c->batch_store, "sqlite") != 0 &&
+        strcmp(c->batch_store, "redis") != 0) {
+        const core_setting *set = core_setting_by_name("batch", "store");
+        core_set_error(err, "%s: '%s' (from %s) must be auto, sqlite or redis", set->name, c->batch_store,
+                       origin_of(origins, set));
+        return -1;
+    }
+    if (strcmp(c->batch_store, "redis") == 0 && !c->redis_url[0]) {
+        const core_setting *set = core_setting_by_name("batch", "store");
+        core_set_error(err, "%s is redis (from %s) but redis.url is empty: name the Redis (--redis-url URL)",
+                       set->name, origin_of(origins, set));
         return -1;
     }
     if (c->max_inputs > c->max_queue_size) {

@@ -132,6 +132,8 @@ typedef struct core_config {
     int batch_max_inputs;           /* batch.max_inputs: per job */
     int batch_max_jobs_per_key;     /* batch.max_jobs_per_key: unfinished jobs per key */
     int64_t batch_retention_ms;     /* batch.retention: finished jobs are deleted after this */
+    char batch_store[8];            /* batch.store: "auto", "sqlite" or "redis" */
+    int64_t batch_lease_ms;         /* batch.lease: Redis store, a chunk's lease without renewal */
     /* cors */
     char cors_allowed_origins[4096]; /* cors.allowed_origins: "origin,origin" or "*" ("" = none) */
     int64_t cors_max_age_ms;         /* cors.max_age: preflight cache time */

@@ -13,10 +13,10 @@
  *  - A result equals /predict's answer for that input: {"label",
  *    "confidence", "model", "model_version"}, serialised the same way.
  *
- * Loop thread only. Storing a job (a fraction of a second for 100,000
- * inputs) happens on the jobs system's writer thread (jobs_submit_async),
- * and the answer comes back through this loop's done list; reads (status,
- * results) are synchronous SQLite, a few milliseconds at most.
+ * Loop thread only. Every store operation runs on a jobs thread
+ * (jobs_async: storing 100,000 inputs takes most of a second; with Redis
+ * every read is a round trip) and the answer comes back through this
+ * loop's done list, so the loop never waits.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -50,6 +50,12 @@ static int reply_jobs_error(http_call *call, int rc, const char *message) {
         break;
     case JOBS_EFINISHED:
         http_reply_error(call, HTTP_ERR_JOB_FINISHED, "the batch job has already finished");
+        break;
+    case JOBS_EUNAVAILABLE:
+        log_event(LOG_WARN, "batch_queue_unavailable", "error", json_string(message ? message : ""), "request_id",
+                  json_string(call->request_id), NULL);
+        http_add_header(call, "Retry-After", "1");
+        http_reply_error(call, HTTP_ERR_JOB_QUEUE_UNAVAILABLE, "the batch job queue is unavailable; try again shortly");
         break;
     default:
         log_event(LOG_ERROR, "batch_store_error", "error", json_string(message ? message : jobs_status_message(rc)),
@@ -245,53 +251,76 @@ static size_t query_size(http_call *call, const char *name, size_t dflt, int *ba
 
 /* ---- handlers --------------------------------------------------------------- */
 
-typedef struct pending_submit {
-    jobs_submit_req req;
-    inputs in;
+/* Every endpoint asks the jobs system through jobs_async and answers when
+ * the reply comes back to this loop: no loop waits on the disk or on
+ * Redis. */
+typedef struct pending pending;
+typedef void answer_fn(http_call *call, pending *p);
+struct pending {
+    jobs_req req;
+    inputs in;        /* SUBMIT: the texts, owned until answered */
     http_call *call;
-} pending_submit;
+    answer_fn *answer;
+    int jsonl;        /* RESULTS: JSON Lines instead of a page */
+};
 
-/* The writer thread: hand the call back to its loop. */
-static void on_stored_elsewhere(jobs_submit_req *req) {
-    pending_submit *ps = req->ud;
-    http_post_done(NULL, ps->call);
+/* A jobs thread: hand the call back to its loop. */
+static void on_answered_elsewhere(jobs_req *req) {
+    pending *p = req->ud;
+    http_post_done(NULL, p->call);
 }
 
-/* The call's loop: answer the submission. */
-static void on_stored(http_call *call) {
-    pending_submit *ps = call->posted_state;
+/* The call's loop. */
+static void on_answered(http_call *call) {
+    pending *p = call->posted_state;
     call->on_posted = NULL;
     call->posted_state = NULL;
-    jobs_kind kind = ps->req.kind;
-    size_t n = ps->in.n;
-    char id[JOBS_ID_MAX];
-    snprintf(id, sizeof id, "%s", ps->req.id);
-    int rc = ps->req.status;
-    if (rc != JOBS_OK) {
-        reply_jobs_error(call, rc, ps->req.error);
-    } else {
-        log_event(LOG_INFO, "batch_job_queued", "id", json_string(id), "inputs", json_integer((json_int_t)n),
-                  "key", json_string(call->key_name), "request_id", json_string(call->request_id), NULL);
-        jobs_info info;
-        if (kind == JOBS_KIND_SEED) {
-            http_reply_json(call, 202, json_pack("{s:s, s:s}", "task_id", id, "status", "pending"));
-        } else if (jobs_get(jobs_of(call), id, call->key_name, &info) != JOBS_OK) {
-            reply_jobs_error(call, JOBS_EDB, NULL);
-        } else {
-            /* The job as it was stored (the worker may have started it
-             * since): queued, nothing done yet. */
-            snprintf(info.status, sizeof info.status, "queued");
-            info.done = 0;
-            info.version = 0;
-            info.started_ms = info.finished_ms = 0;
-            char location[64];
-            snprintf(location, sizeof location, "/v1/batch/%s", id);
-            http_add_header(call, "Location", location);
-            http_reply_json(call, 202, job_json(&info));
-        }
+    p->answer(call, p);
+    free(p->req.results);
+    inputs_free(&p->in);
+    free(p);
+}
+
+static pending *pending_new(http_call *call, jobs_op op, const char *id, answer_fn *answer) {
+    pending *p = calloc(1, sizeof *p);
+    if (!p) {
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        return NULL;
     }
-    inputs_free(&ps->in);
-    free(ps);
+    p->req.op = op;
+    if (id)
+        snprintf(p->req.id, sizeof p->req.id, "%s", id);
+    p->answer = answer;
+    return p;
+}
+
+static void ask(http_call *call, pending *p) {
+    p->call = call;
+    p->req.owner = call->key_name;
+    p->req.cb = on_answered_elsewhere;
+    p->req.ud = p;
+    call->on_posted = on_answered;
+    call->posted_state = p;
+    atomic_fetch_add(&call->loop->server->pending_jobs, 1);
+    jobs_async(jobs_of(call), &p->req);
+}
+
+static void answer_submit(http_call *call, pending *p) {
+    if (p->req.status != JOBS_OK) {
+        reply_jobs_error(call, p->req.status, p->req.error);
+        return;
+    }
+    const char *id = p->req.id;
+    log_event(LOG_INFO, "batch_job_queued", "id", json_string(id), "inputs", json_integer((json_int_t)p->in.n),
+              "key", json_string(call->key_name), "request_id", json_string(call->request_id), NULL);
+    if (p->req.kind == JOBS_KIND_SEED) {
+        http_reply_json(call, 202, json_pack("{s:s, s:s}", "task_id", id, "status", "pending"));
+        return;
+    }
+    char location[64];
+    snprintf(location, sizeof location, "/v1/batch/%s", id);
+    http_add_header(call, "Location", location);
+    http_reply_json(call, 202, job_json(&p->req.info)); /* as stored: queued, nothing done */
 }
 
 static void submit_job(http_call *call, jobs_kind kind) {
@@ -329,91 +358,72 @@ static void submit_job(http_call *call, jobs_kind kind) {
         inputs_free(&in);
         return;
     }
-    /* Stored by the jobs system's writer thread; the answer comes back to
-     * this loop (on_stored), which holds no thread meanwhile. */
-    pending_submit *ps = calloc(1, sizeof *ps);
-    if (!ps) {
+    pending *p = pending_new(call, JOBS_OP_SUBMIT, NULL, answer_submit);
+    if (!p) {
         inputs_free(&in);
-        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
         return;
     }
-    ps->in = in;
-    ps->call = call;
-    ps->req = (jobs_submit_req){.kind = kind, .owner = call->key_name, .model = model,
-                                .texts = in.texts, .lens = in.lens, .n = in.n, .cb = on_stored_elsewhere,
-                                .ud = ps};
-    call->on_posted = on_stored;
-    call->posted_state = ps;
-    atomic_fetch_add(&call->loop->server->pending_jobs, 1);
-    jobs_submit_async(jobs_of(call), &ps->req);
+    p->in = in;
+    p->req.kind = kind;
+    p->req.model = model;
+    p->req.texts = in.texts;
+    p->req.lens = in.lens;
+    p->req.n = in.n;
+    ask(call, p);
 }
 
-static void seed_result(http_call *call, const char *id) {
-    jobs_info info;
-    int rc = jobs_get(jobs_of(call), id, call->key_name, &info);
-    if (rc != JOBS_OK) {
-        reply_jobs_error(call, rc, NULL);
-        return;
-    }
-    if (strcmp(info.status, "completed") != 0) {
-        const char *status = strcmp(info.status, "queued") == 0 || strcmp(info.status, "running") == 0
-                                 ? "pending" : info.status;
-        json_t *o = json_pack("{s:s}", "status", status);
-        if (info.error[0])
-            json_object_set_new(o, "error", json_string(info.error));
-        http_reply_json(call, 200, o);
-        return;
-    }
-    jobs_result *r = NULL;
-    size_t n = 0;
-    rc = jobs_results(jobs_of(call), id, call->key_name, 0, info.total, &r, &n);
-    if (rc != JOBS_OK) {
-        reply_jobs_error(call, rc, NULL);
+static void answer_seed_results(http_call *call, pending *p) {
+    if (p->req.status != JOBS_OK) {
+        reply_jobs_error(call, p->req.status, p->req.error);
         return;
     }
     json_t *list = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(list, result_json(call, &info, &r[i], 1));
-    free(r);
+    for (size_t i = 0; i < p->req.n_results; i++)
+        json_array_append_new(list, result_json(call, &p->req.info, &p->req.results[i], 1));
     http_reply_json(call, 200, json_pack("{s:s, s:o}", "status", "completed", "results", list));
 }
 
-static void v1_results(http_call *call, const char *id) {
-    int bad = 0;
-    size_t offset = query_size(call, "offset", 0, &bad);
-    size_t limit = query_size(call, "limit", RESULTS_PAGE_DEFAULT, &bad);
-    const char *accept = header(call, "Accept");
-    int jsonl = is_jsonl(accept);
-    if (bad || (!jsonl && (limit < 1 || limit > RESULTS_PAGE_MAX))) {
-        http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                         "offset must be a whole number and limit one from 1 to %d", RESULTS_PAGE_MAX);
+static void answer_seed_status(http_call *call, pending *p) {
+    const jobs_info *info = &p->req.info;
+    if (p->req.status != JOBS_OK) {
+        reply_jobs_error(call, p->req.status, p->req.error);
         return;
     }
-    jobs_info info;
-    int rc = jobs_get(jobs_of(call), id, call->key_name, &info);
-    if (rc != JOBS_OK) {
-        reply_jobs_error(call, rc, NULL);
+    if (strcmp(info->status, "completed") == 0 && !call->discard) { /* then its results: a second ask */
+        pending *next = pending_new(call, JOBS_OP_RESULTS, info->id, answer_seed_results);
+        if (next) {
+            next->req.limit = info->total;
+            ask(call, next);
+        }
         return;
     }
-    if (jsonl) { /* every result, one per line (pages of the store, one body) */
+    const char *status =
+        strcmp(info->status, "queued") == 0 || strcmp(info->status, "running") == 0 ? "pending" : info->status;
+    json_t *o = json_pack("{s:s}", "status", status);
+    if (info->error[0])
+        json_object_set_new(o, "error", json_string(info->error));
+    http_reply_json(call, 200, o);
+}
+
+static void answer_results(http_call *call, pending *p) {
+    const jobs_info *info = &p->req.info;
+    if (p->req.status != JOBS_OK) {
+        reply_jobs_error(call, p->req.status, p->req.error);
+        return;
+    }
+    size_t offset = p->req.offset, n = p->req.n_results;
+    if (p->jsonl) { /* every result from offset, one per line */
         struct evbuffer *out = evbuffer_new();
-        for (size_t at = offset; out && at < info.total; at += RESULTS_PAGE_MAX) {
-            jobs_result *r = NULL;
-            size_t n = 0;
-            if (jobs_results(jobs_of(call), id, call->key_name, at, RESULTS_PAGE_MAX, &r, &n) != JOBS_OK)
-                break;
-            for (size_t i = 0; i < n; i++) {
-                json_t *o = result_json(call, &info, &r[i], 0);
-                json_t *line = json_pack("{s:I, s:o}", "index", (json_int_t)(at + i), "result", o);
-                char *text = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(9));
-                if (text) {
-                    evbuffer_add(out, text, strlen(text));
-                    evbuffer_add(out, "\n", 1);
-                }
-                free(text);
-                json_decref(line);
+        for (size_t i = 0; out && i < n; i++) {
+            json_t *o = result_json(call, info, &p->req.results[i], 0);
+            json_t *line = json_pack("{s:I, s:o}", "index", (json_int_t)(offset + i), "result", o);
+            char *text = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(9));
+            if (text) {
+                evbuffer_add(out, text, strlen(text));
+                evbuffer_add(out, "\n", 1);
             }
-            free(r);
+            free(text);
+            json_decref(line);
         }
         size_t len = out ? evbuffer_get_length(out) : 0;
         const char *data = len ? (const char *)evbuffer_pullup(out, -1) : "";
@@ -422,22 +432,55 @@ static void v1_results(http_call *call, const char *id) {
             evbuffer_free(out);
         return;
     }
-    jobs_result *r = NULL;
-    size_t n = 0;
-    rc = jobs_results(jobs_of(call), id, call->key_name, offset, limit, &r, &n);
-    if (rc != JOBS_OK) {
-        reply_jobs_error(call, rc, NULL);
-        return;
-    }
     json_t *data = json_array();
     for (size_t i = 0; i < n; i++)
         json_array_append_new(data, json_pack("{s:I, s:o}", "index", (json_int_t)(offset + i), "result",
-                                              result_json(call, &info, &r[i], 0)));
-    free(r);
+                                              result_json(call, info, &p->req.results[i], 0)));
     http_reply_json(call, 200,
-                    json_pack("{s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:b}", "object", "list", "id", info.id, "status",
-                              info.status, "data", data, "offset", (json_int_t)offset, "limit", (json_int_t)limit,
-                              "total", (json_int_t)info.total, "has_more", offset + n < info.total));
+                    json_pack("{s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:b}", "object", "list", "id", info->id, "status",
+                              info->status, "data", data, "offset", (json_int_t)offset, "limit",
+                              (json_int_t)p->req.limit, "total", (json_int_t)info->total, "has_more",
+                              offset + n < info->total));
+}
+
+static void v1_results(http_call *call, const char *id) {
+    int bad = 0;
+    size_t offset = query_size(call, "offset", 0, &bad);
+    size_t limit = query_size(call, "limit", RESULTS_PAGE_DEFAULT, &bad);
+    int jsonl = is_jsonl(header(call, "Accept"));
+    if (bad || (!jsonl && (limit < 1 || limit > RESULTS_PAGE_MAX))) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                         "offset must be a whole number and limit one from 1 to %d", RESULTS_PAGE_MAX);
+        return;
+    }
+    pending *p = pending_new(call, JOBS_OP_RESULTS, id, answer_results);
+    if (!p)
+        return;
+    p->jsonl = jsonl;
+    p->req.offset = offset;
+    p->req.limit = jsonl ? SIZE_MAX : limit;
+    ask(call, p);
+}
+
+static void answer_job(http_call *call, pending *p) {
+    if (p->req.status != JOBS_OK) {
+        reply_jobs_error(call, p->req.status, p->req.error);
+        return;
+    }
+    if (p->req.op == JOBS_OP_CANCEL)
+        log_event(LOG_INFO, "batch_job_cancelled", "id", json_string(p->req.id), "request_id",
+                  json_string(call->request_id), NULL);
+    http_reply_json(call, 200, job_json(&p->req.info));
+}
+
+static void ask_about(http_call *call, jobs_op op, const char *id, answer_fn *answer) {
+    if (!id[0]) {
+        http_reply_error(call, HTTP_ERR_JOB_NOT_FOUND, "no batch job with this id");
+        return;
+    }
+    pending *p = pending_new(call, op, id, answer);
+    if (p)
+        ask(call, p);
 }
 
 /* The id in path after prefix, up to the next '/' (or the end), as long as
@@ -497,29 +540,15 @@ int http_route_batch(http_call *call, const char *path) {
         return 1;
     case EP_BATCH_RESULT:
         path_id(path + 14, id, &tail);
-        if (!http_method_is(call, EVHTTP_REQ_GET))
-            return 1;
-        if (!id[0] || *tail)
-            http_reply_error(call, HTTP_ERR_JOB_NOT_FOUND, "no batch job with this id");
-        else
-            seed_result(call, id);
+        if (http_method_is(call, EVHTTP_REQ_GET))
+            ask_about(call, JOBS_OP_GET, *tail ? "" : id, answer_seed_status);
         return 1;
     case EP_BATCH:
     case EP_BATCH_RESULTS: {
         path_id(path + 10, id, &tail);
         enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
         if (ep == EP_BATCH && m == EVHTTP_REQ_DELETE) {
-            int rc = id[0] ? jobs_cancel(jobs_of(call), id, call->key_name) : JOBS_ENOTFOUND;
-            jobs_info info;
-            if (rc == JOBS_OK)
-                rc = jobs_get(jobs_of(call), id, call->key_name, &info);
-            if (rc != JOBS_OK) {
-                reply_jobs_error(call, rc, NULL);
-                return 1;
-            }
-            log_event(LOG_INFO, "batch_job_cancelled", "id", json_string(id), "request_id",
-                      json_string(call->request_id), NULL);
-            http_reply_json(call, 200, job_json(&info));
+            ask_about(call, JOBS_OP_CANCEL, id, answer_job);
             return 1;
         }
         if (m != EVHTTP_REQ_GET) {
@@ -528,20 +557,10 @@ int http_route_batch(http_call *call, const char *path) {
                              http_endpoint_names[ep]);
             return 1;
         }
-        if (!id[0]) {
-            http_reply_error(call, HTTP_ERR_JOB_NOT_FOUND, "no batch job with this id");
-            return 1;
-        }
-        if (ep == EP_BATCH_RESULTS) {
+        if (ep == EP_BATCH_RESULTS && id[0])
             v1_results(call, id);
-            return 1;
-        }
-        jobs_info info;
-        int rc = jobs_get(jobs_of(call), id, call->key_name, &info);
-        if (rc != JOBS_OK)
-            reply_jobs_error(call, rc, NULL);
         else
-            http_reply_json(call, 200, job_json(&info));
+            ask_about(call, JOBS_OP_GET, id, answer_job);
         return 1;
     }
     default:

@@ -49,6 +49,7 @@
     X(JOB_FINISHED, 409, "invalid_request_error", "job_finished")                  \
     X(BATCH_DISABLED, 503, "service_unavailable_error", "batch_disabled")          \
     X(RATE_LIMITER_UNAVAILABLE, 503, "service_unavailable_error", "rate_limiter_unavailable") \
+    X(JOB_QUEUE_UNAVAILABLE, 503, "service_unavailable_error", "job_queue_unavailable") \
     X(NOT_READY, 503, "service_unavailable_error", "not_ready")                    \
     X(OVERLOADED, 503, "service_unavailable_error", "overloaded")                  \
     X(SHUTTING_DOWN, 503, "service_unavailable_error", "shutting_down")            \

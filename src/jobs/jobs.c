@@ -1,21 +1,20 @@
 /*
- * jobs.c - batch jobs in SQLite and the worker that runs them (jobs.h has
- * the model and the guarantees).
+ * jobs.c - batch jobs: the store-neutral parts (options, threads, the
+ * requests of jobs_async, the chunk computation) and the SQLite store
+ * (jobs.h has the model and the guarantees; redis_jobs.c the Redis store).
  *
- *  - Two connections to <data_dir>/jobs.db: `api` (the HTTP loops, under
- *    api_lock) and `work` (the worker thread only). WAL lets the API read
- *    while the worker writes; busy_timeout covers the moments both write.
- *  - The worker: pick the oldest unfinished job; pin its model version on
- *    first start; read the next chunk of inputs after `done`; submit it as a
- *    background serving_job and wait for it; then, in one transaction, insert
- *    the chunk's results and advance `done` -- but only while the job is
- *    still running (a cancel in between rolls the chunk back). When nothing
- *    is left, wait for jobs_submit's signal (or 1 s, for retention).
+ *  - SQLite connections to <data_dir>/jobs.db: `api` (the synchronous
+ *    functions and the writer thread, under api_lock), `reader` (the reader
+ *    thread) and `work` (the worker). WAL lets readers read while the
+ *    worker writes; busy_timeout covers the moments two write.
+ *  - The SQLite worker: pick the oldest unfinished job; pin its model
+ *    version on first start; read the next chunk of inputs after `done`;
+ *    submit it as a background serving_job and wait for it; then, in one
+ *    transaction, insert the chunk's results and advance `done` -- but only
+ *    while the job is still running (a cancel in between rolls the chunk
+ *    back). When nothing is left, wait for a submission's kick (or 200 ms).
  *  - Retention: finished jobs older than retention_us are deleted with their
  *    inputs and results, from the worker, at most once a second.
- *
- *  - A writer thread stores jobs_submit_async's jobs, so an event loop
- *    never waits on the disk; it shares `lock` and `wake` with the worker.
  *
  * Threads: as jobs.h says. The worker is the only writer of results and of
  * `done`; the API writes new jobs and cancellations.
@@ -34,38 +33,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
+#include "jobs_int.h"
 
-#include "jobs.h"
-
-struct jobs {
-    jobs_options opts;
-    char *data_dir;
-    int lock_fd;
-    sqlite3 *api, *work;
-    pthread_mutex_t api_lock;
-
-    pthread_t thread;
-    bool started;
-    pthread_mutex_t lock; /* guards stopping and the wake-up */
-    pthread_cond_t wake;
-    bool stopping, kicked;
-
-    /* Submissions waiting for the writer thread (lock, wake). */
-    jobs_submit_req *submit_head, *submit_tail;
-    pthread_t writer;
-    bool writer_started;
-
-    /* The chunk in flight (worker only, plus its on_done). */
-    pthread_mutex_t chunk_lock;
-    pthread_cond_t chunk_done;
-    bool chunk_finished;
-
-    metric *inputs_processed, *jobs_finished[3], *queue_inputs, *duration;
-    metric *by_state[5];
-};
-
-static const char *const states[5] = {"queued", "running", "completed", "failed", "cancelled"};
+const char *const jobs_states[5] = {"queued", "running", "completed", "failed", "cancelled"};
 
 static const struct {
     int code;
@@ -83,7 +53,7 @@ const char *jobs_status_message(int status) {
     return "unknown status";
 }
 
-static int64_t now_ms(void) {
+int64_t jobs_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -143,14 +113,14 @@ static void register_metrics(jobs *j, metrics_registry *m) {
     metric_family *f = metrics_gauge(m, "aiserve_batch_jobs", "Batch jobs held, by state (finished ones until "
                                      "retention deletes them)", 1, (const char *[]){"state"});
     for (int i = 0; i < 5; i++)
-        j->by_state[i] = metric_get(f, states[i], NULL);
+        j->by_state[i] = metric_get(f, jobs_states[i], NULL);
     f = metrics_counter(m, "aiserve_batch_inputs_processed_total", "Batch job inputs computed and stored", 0,
                         NULL);
     j->inputs_processed = f ? metric_series(f, NULL) : NULL;
     f = metrics_counter(m, "aiserve_batch_jobs_finished_total", "Batch jobs that ended, by how", 1,
                         (const char *[]){"state"});
     for (int i = 0; i < 3; i++)
-        j->jobs_finished[i] = metric_get(f, states[2 + i], NULL);
+        j->jobs_finished[i] = metric_get(f, jobs_states[2 + i], NULL);
     f = metrics_gauge(m, "aiserve_batch_queue_inputs", "Inputs of unfinished batch jobs not yet computed", 0,
                       NULL);
     j->queue_inputs = f ? metric_series(f, NULL) : NULL;
@@ -158,30 +128,32 @@ static void register_metrics(jobs *j, metrics_registry *m) {
                           "From a batch job's submission to its completion", 0, NULL,
                           (const double[]){0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400}, 11);
     j->duration = f ? metric_series(f, NULL) : NULL;
+    f = metrics_counter(m, "aiserve_batch_lease_expiries_total",
+                        "Chunks of batch jobs whose lease expired (their instance died or stalled) and that this "
+                        "instance put back on the shared queue (Redis store only)",
+                        0, NULL);
+    j->lease_expiries = f ? metric_series(f, NULL) : NULL;
 }
 
-int jobs_open(const jobs_options *opts, jobs **out, char *err, size_t cap) {
-    *out = NULL;
-    if (!opts || !opts->data_dir || !*opts->data_dir || !opts->repo || opts->max_inputs < 1 ||
-        opts->max_active_per_owner < 1)
-        return snprintf(err, cap, "jobs: invalid options"), JOBS_EINVAL;
-    if (mkdir(opts->data_dir, 0700) != 0 && errno != EEXIST)
-        return snprintf(err, cap, "cannot create %s: %s", opts->data_dir, strerror(errno)), JOBS_EDB;
-    jobs *j = calloc(1, sizeof *j);
-    if (!j)
-        return snprintf(err, cap, "out of memory"), JOBS_ENOMEM;
-    j->opts = *opts;
-    if (!j->opts.chunk_size)
-        j->opts.chunk_size = 32;
-    j->lock_fd = -1;
-    j->data_dir = strdup(opts->data_dir);
-    pthread_mutex_init(&j->api_lock, NULL);
-    pthread_mutex_init(&j->lock, NULL);
-    pthread_cond_init(&j->wake, NULL);
-    pthread_mutex_init(&j->chunk_lock, NULL);
-    pthread_cond_init(&j->chunk_done, NULL);
+void jobs_count_finished(jobs *j, const char *state, int64_t created_ms, int64_t finished_ms) {
+    for (int i = 0; i < 3; i++)
+        if (strcmp(state, jobs_states[2 + i]) == 0)
+            metric_inc(j->jobs_finished[i]);
+    if (strcmp(state, "completed") == 0)
+        metric_observe(j->duration, (double)(finished_ms - created_ms) / 1000.0);
+}
+
+void jobs_set_gauges(jobs *j, const double count[5], double remaining_inputs) {
+    for (int i = 0; i < 5; i++)
+        metric_set(j->by_state[i], count[i]);
+    metric_set(j->queue_inputs, remaining_inputs);
+}
+
+static int open_sqlite(jobs *j, char *err, size_t cap) {
+    if (mkdir(j->opts.data_dir, 0700) != 0 && errno != EEXIST)
+        return snprintf(err, cap, "cannot create %s: %s", j->opts.data_dir, strerror(errno)), JOBS_EDB;
     char path[4200], lock_path[4300];
-    snprintf(path, sizeof path, "%s/jobs.db", opts->data_dir);
+    snprintf(path, sizeof path, "%s/jobs.db", j->opts.data_dir);
     snprintf(lock_path, sizeof lock_path, "%s.lock", path);
     int rc = JOBS_OK;
     j->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -193,11 +165,48 @@ int jobs_open(const jobs_options *opts, jobs **out, char *err, size_t cap) {
                                 "batch.data_dir, or share jobs through Redis",
                                 path, lock_path);
     if (rc == JOBS_OK)
-        rc = open_db(path, &j->api, err, cap);
+        rc = open_db(path, &j->api.db, err, cap);
     if (rc == JOBS_OK)
-        rc = check_integrity(j->api, path, err, cap);
+        rc = check_integrity(j->api.db, path, err, cap);
     if (rc == JOBS_OK)
-        rc = open_db(path, &j->work, err, cap);
+        rc = open_db(path, &j->reader.db, err, cap);
+    if (rc == JOBS_OK)
+        rc = open_db(path, &j->work.db, err, cap);
+    return rc;
+}
+
+static int open_links(jobs *j, const kv_redis_options *ro, char *err, size_t cap) {
+    jobs_conn *conns[3] = {&j->api, &j->reader, &j->work};
+    for (int i = 0; i < 3; i++)
+        if (kv_redis_link_create(ro, &conns[i]->link, err, cap) != KV_OK)
+            return JOBS_EINVAL;
+    rjobs_check(j);
+    return JOBS_OK;
+}
+
+int jobs_open(const jobs_options *opts, jobs **out, char *err, size_t cap) {
+    *out = NULL;
+    if (!opts || (!opts->redis && (!opts->data_dir || !*opts->data_dir)) || !opts->repo || opts->max_inputs < 1 ||
+        opts->max_active_per_owner < 1)
+        return snprintf(err, cap, "jobs: invalid options"), JOBS_EINVAL;
+    jobs *j = calloc(1, sizeof *j);
+    if (!j)
+        return snprintf(err, cap, "out of memory"), JOBS_ENOMEM;
+    j->opts = *opts;
+    j->opts.redis = NULL; /* borrowed for this call only */
+    j->redis = opts->redis != NULL;
+    if (!j->opts.chunk_size)
+        j->opts.chunk_size = 32;
+    if (!j->opts.lease_us)
+        j->opts.lease_us = 30000000u;
+    j->lock_fd = -1;
+    pthread_mutex_init(&j->api_lock, NULL);
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->wake, NULL);
+    pthread_mutex_init(&j->chunk_lock, NULL);
+    pthread_cond_init(&j->chunk_done, NULL);
+    int rc = j->redis ? open_links(j, opts->redis, err, cap) : open_sqlite(j, err, cap);
+    j->opts.data_dir = NULL; /* borrowed too; only open_sqlite needs it */
     if (rc != JOBS_OK) {
         jobs_close(j);
         return rc;
@@ -209,7 +218,7 @@ int jobs_open(const jobs_options *opts, jobs **out, char *err, size_t cap) {
 
 /* ---- the API --------------------------------------------------------------- */
 
-static void new_id(char id[JOBS_ID_MAX]) {
+void jobs_new_id(char id[JOBS_ID_MAX]) {
     unsigned char b[12];
     if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) /* never on Linux >= 3.17 with a seeded pool */
         for (size_t i = 0; i < sizeof b; i++)
@@ -226,10 +235,7 @@ static void kick(jobs *j) {
     pthread_mutex_unlock(&j->lock);
 }
 
-#define DB_FAIL(db) (snprintf(err, cap, "job database: %s", sqlite3_errmsg(db)), JOBS_EDB)
-
-int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, const char *const *texts,
-                const size_t *lens, size_t n, char id_out[JOBS_ID_MAX], char *err, size_t cap) {
+int jobs_check_submit(jobs *j, size_t n, const char *model, char model_name[256], char *err, size_t cap) {
     if (n == 0)
         return snprintf(err, cap, "a job needs at least one input"), JOBS_EINVAL;
     if (n > j->opts.max_inputs)
@@ -240,21 +246,22 @@ int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, c
     int src = serving_acquire(j->opts.repo, model, 0, &v, &serr);
     if (src == SERVING_ENOTFOUND)
         return snprintf(err, cap, "%s", serr.message), JOBS_ENOMODEL;
-    char model_name[256];
-    snprintf(model_name, sizeof model_name, "%s",
+    snprintf(model_name, 256, "%s",
              v ? serving_version_model(v) : model ? model : serving_repo_default_model(j->opts.repo));
     if (v)
         serving_version_release(v);
-    if (!owner)
-        owner = "";
+    return JOBS_OK;
+}
+
+#define DB_FAIL(db) (snprintf(err, cap, "job database: %s", sqlite3_errmsg(db)), JOBS_EDB)
+
+static int sqlite_submit(jobs *j, sqlite3 *db, jobs_kind kind, const char *owner, const char *model_name,
+                         const char *const *texts, const size_t *lens, size_t n, char id_out[JOBS_ID_MAX],
+                         char *err, size_t cap) {
     int rc = JOBS_OK;
-    sqlite3 *db = j->api;
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&j->api_lock);
-    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-        rc = DB_FAIL(db);
-        goto out;
-    }
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return DB_FAIL(db);
     /* Concurrent jobs per owner, counted inside the transaction. */
     if (sqlite3_prepare_v2(db, "SELECT count(*) FROM jobs WHERE owner = ?1 AND status IN ('queued', 'running')",
                            -1, &st, NULL) != SQLITE_OK) {
@@ -271,7 +278,7 @@ int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, c
                  active, j->opts.max_active_per_owner);
         goto rollback;
     }
-    new_id(id_out);
+    jobs_new_id(id_out);
     if (sqlite3_prepare_v2(db,
                            "INSERT INTO jobs (id, owner, model, status, kind, total, created_ms) "
                            "VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
@@ -284,7 +291,7 @@ int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, c
     sqlite3_bind_text(st, 3, model_name, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 4, (int)kind);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)n);
-    sqlite3_bind_int64(st, 6, now_ms());
+    sqlite3_bind_int64(st, 6, jobs_now_ms());
     if (sqlite3_step(st) != SQLITE_DONE) {
         rc = DB_FAIL(db);
         goto rollback;
@@ -312,14 +319,26 @@ int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, c
         rc = DB_FAIL(db);
         goto rollback;
     }
-    pthread_mutex_unlock(&j->api_lock);
-    kick(j);
     return JOBS_OK;
 rollback:
     sqlite3_finalize(st);
     sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-out:
-    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+static int conn_submit(jobs *j, jobs_conn *c, jobs_kind kind, const char *owner, const char *model,
+                       const char *const *texts, const size_t *lens, size_t n, char id_out[JOBS_ID_MAX], char *err,
+                       size_t cap) {
+    char model_name[256];
+    int rc = jobs_check_submit(j, n, model, model_name, err, cap);
+    if (rc != JOBS_OK)
+        return rc;
+    if (!owner)
+        owner = "";
+    rc = j->redis ? rjobs_submit(j, c->link, kind, owner, model_name, texts, lens, n, id_out, err, cap)
+                  : sqlite_submit(j, c->db, kind, owner, model_name, texts, lens, n, id_out, err, cap);
+    if (rc == JOBS_OK)
+        kick(j);
     return rc;
 }
 
@@ -340,52 +359,39 @@ static void info_from_row(sqlite3_stmt *st, jobs_info *out) {
 
 #define INFO_COLUMNS "id, model, version, status, kind, total, done, created_ms, started_ms, finished_ms, error"
 
-int jobs_get(jobs *j, const char *id, const char *owner, jobs_info *out) {
+static int conn_get(jobs *j, jobs_conn *c, const char *id, const char *owner, jobs_info *out, char *err,
+                    size_t cap) {
+    if (!owner)
+        owner = "";
+    if (j->redis)
+        return rjobs_get(j, c->link, id, owner, out, err, cap);
     sqlite3_stmt *st = NULL;
     int rc = JOBS_ENOTFOUND;
-    pthread_mutex_lock(&j->api_lock);
-    if (sqlite3_prepare_v2(j->api, "SELECT " INFO_COLUMNS " FROM jobs WHERE id = ?1 AND owner = ?2", -1, &st,
+    if (sqlite3_prepare_v2(c->db, "SELECT " INFO_COLUMNS " FROM jobs WHERE id = ?1 AND owner = ?2", -1, &st,
                            NULL) != SQLITE_OK) {
-        rc = JOBS_EDB;
+        rc = DB_FAIL(c->db);
     } else {
         sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, owner ? owner : "", -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
         int s = sqlite3_step(st);
         if (s == SQLITE_ROW) {
             info_from_row(st, out);
             rc = JOBS_OK;
         } else if (s != SQLITE_DONE) {
-            rc = JOBS_EDB;
+            rc = DB_FAIL(c->db);
         }
     }
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&j->api_lock);
     return rc;
 }
 
-int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size_t limit, jobs_result **out,
-                 size_t *n) {
-    *out = NULL;
-    *n = 0;
-    jobs_info info;
-    int rc = jobs_get(j, id, owner, &info);
-    if (rc != JOBS_OK)
-        return rc;
-    if (offset >= info.total || limit == 0)
-        return JOBS_OK;
-    if (limit > info.total - offset)
-        limit = info.total - offset;
-    jobs_result *r = malloc(limit * sizeof *r);
-    if (!r)
-        return JOBS_ENOMEM;
-    for (size_t i = 0; i < limit; i++)
-        r[i] = (jobs_result){.label = -1};
+static int sqlite_results(sqlite3 *db, const char *id, size_t offset, size_t limit, jobs_result *r, char *err,
+                          size_t cap) {
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&j->api_lock);
-    if (sqlite3_prepare_v2(j->api,
-                           "SELECT idx, label, confidence FROM results WHERE job = ?1 AND idx >= ?2 AND idx < ?3",
+    int rc = JOBS_OK;
+    if (sqlite3_prepare_v2(db, "SELECT idx, label, confidence FROM results WHERE job = ?1 AND idx >= ?2 AND idx < ?3",
                            -1, &st, NULL) != SQLITE_OK) {
-        rc = JOBS_EDB;
+        rc = DB_FAIL(db);
     } else {
         sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)offset);
@@ -394,14 +400,33 @@ int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size
         while ((s = sqlite3_step(st)) == SQLITE_ROW) {
             size_t k = (size_t)sqlite3_column_int64(st, 0) - offset;
             if (k < limit)
-                r[k] = (jobs_result){.label = sqlite3_column_int(st, 1),
-                                     .confidence = sqlite3_column_double(st, 2)};
+                r[k] = (jobs_result){.label = sqlite3_column_int(st, 1), .confidence = sqlite3_column_double(st, 2)};
         }
         if (s != SQLITE_DONE)
-            rc = JOBS_EDB;
+            rc = DB_FAIL(db);
     }
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+static int conn_results(jobs *j, jobs_conn *c, const char *id, const char *owner, size_t offset, size_t limit,
+                        jobs_info *info, jobs_result **out, size_t *n, char *err, size_t cap) {
+    *out = NULL;
+    *n = 0;
+    int rc = conn_get(j, c, id, owner, info, err, cap);
+    if (rc != JOBS_OK)
+        return rc;
+    if (offset >= info->total || limit == 0)
+        return JOBS_OK;
+    if (limit > info->total - offset)
+        limit = info->total - offset;
+    jobs_result *r = malloc(limit * sizeof *r);
+    if (!r)
+        return snprintf(err, cap, "out of memory"), JOBS_ENOMEM;
+    for (size_t i = 0; i < limit; i++)
+        r[i] = (jobs_result){.label = -1};
+    rc = j->redis ? rjobs_results(j, c->link, info, offset, limit, r, err, cap)
+                  : sqlite_results(c->db, id, offset, limit, r, err, cap);
     if (rc != JOBS_OK) {
         free(r);
         return rc;
@@ -411,57 +436,197 @@ int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size
     return JOBS_OK;
 }
 
-int jobs_cancel(jobs *j, const char *id, const char *owner) {
-    jobs_info info;
-    int rc = jobs_get(j, id, owner, &info);
-    if (rc != JOBS_OK)
-        return rc;
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&j->api_lock);
-    if (sqlite3_prepare_v2(j->api,
-                           "UPDATE jobs SET status = 'cancelled', finished_ms = ?3 "
-                           "WHERE id = ?1 AND owner = ?2 AND status IN ('queued', 'running')",
-                           -1, &st, NULL) != SQLITE_OK) {
-        rc = JOBS_EDB;
+static int conn_cancel(jobs *j, jobs_conn *c, const char *id, const char *owner, char *err, size_t cap) {
+    if (!owner)
+        owner = "";
+    int rc;
+    if (j->redis) {
+        rc = rjobs_cancel(j, c->link, id, owner, err, cap);
     } else {
-        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, owner ? owner : "", -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, now_ms());
-        if (sqlite3_step(st) != SQLITE_DONE)
-            rc = JOBS_EDB;
-        else if (sqlite3_changes(j->api) == 0)
-            rc = JOBS_EFINISHED;
+        jobs_info info;
+        rc = conn_get(j, c, id, owner, &info, err, cap);
+        if (rc != JOBS_OK)
+            return rc;
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(c->db,
+                               "UPDATE jobs SET status = 'cancelled', finished_ms = ?3 "
+                               "WHERE id = ?1 AND owner = ?2 AND status IN ('queued', 'running')",
+                               -1, &st, NULL) != SQLITE_OK) {
+            rc = DB_FAIL(c->db);
+        } else {
+            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, jobs_now_ms());
+            if (sqlite3_step(st) != SQLITE_DONE)
+                rc = DB_FAIL(c->db);
+            else if (sqlite3_changes(c->db) == 0)
+                rc = JOBS_EFINISHED;
+        }
+        sqlite3_finalize(st);
     }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&j->api_lock);
     if (rc == JOBS_OK)
-        metric_inc(j->jobs_finished[2]);
+        jobs_count_finished(j, "cancelled", 0, 0);
     return rc;
+}
+
+/* The synchronous API: the `api` connection, under api_lock. */
+
+int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, const char *const *texts,
+                const size_t *lens, size_t n, char id_out[JOBS_ID_MAX], char *err, size_t cap) {
+    pthread_mutex_lock(&j->api_lock);
+    int rc = conn_submit(j, &j->api, kind, owner, model, texts, lens, n, id_out, err, cap);
+    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+int jobs_get(jobs *j, const char *id, const char *owner, jobs_info *out) {
+    char err[256];
+    pthread_mutex_lock(&j->api_lock);
+    int rc = conn_get(j, &j->api, id, owner, out, err, sizeof err);
+    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size_t limit, jobs_result **out,
+                 size_t *n) {
+    char err[256];
+    jobs_info info;
+    pthread_mutex_lock(&j->api_lock);
+    int rc = conn_results(j, &j->api, id, owner, offset, limit, &info, out, n, err, sizeof err);
+    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+int jobs_cancel(jobs *j, const char *id, const char *owner) {
+    char err[256];
+    pthread_mutex_lock(&j->api_lock);
+    int rc = conn_cancel(j, &j->api, id, owner, err, sizeof err);
+    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
+/* Runs one request of jobs_async on connection c; then its callback. */
+static void run_request(jobs *j, jobs_conn *c, jobs_req *r) {
+    r->error[0] = 0;
+    r->results = NULL;
+    r->n_results = 0;
+    char *err = r->error;
+    size_t cap = sizeof r->error;
+    switch (r->op) {
+    case JOBS_OP_SUBMIT:
+        r->status = conn_submit(j, c, r->kind, r->owner, r->model, r->texts, r->lens, r->n, r->id, err, cap);
+        if (r->status == JOBS_OK && (r->status = conn_get(j, c, r->id, r->owner, &r->info, err, cap)) == JOBS_OK) {
+            /* As stored: the worker may have begun since. */
+            snprintf(r->info.status, sizeof r->info.status, "queued");
+            r->info.done = 0;
+            r->info.version = 0;
+            r->info.started_ms = r->info.finished_ms = 0;
+        }
+        break;
+    case JOBS_OP_GET:
+        r->status = conn_get(j, c, r->id, r->owner, &r->info, err, cap);
+        break;
+    case JOBS_OP_RESULTS:
+        r->status = conn_results(j, c, r->id, r->owner, r->offset, r->limit, &r->info, &r->results, &r->n_results,
+                                 err, cap);
+        break;
+    case JOBS_OP_CANCEL:
+        r->status = conn_cancel(j, c, r->id, r->owner, err, cap);
+        if (r->status == JOBS_OK)
+            r->status = conn_get(j, c, r->id, r->owner, &r->info, err, cap);
+        break;
+    default:
+        r->status = JOBS_EINVAL;
+        snprintf(err, cap, "unknown operation");
+        break;
+    }
+    r->cb(r);
 }
 
 /* ---- the worker ------------------------------------------------------------- */
 
-static bool stopping(jobs *j) {
+bool jobs_is_stopping(jobs *j) {
     pthread_mutex_lock(&j->lock);
     bool s = j->stopping;
     pthread_mutex_unlock(&j->lock);
     return s;
 }
 
-/* Sleeps until kicked, stopped or ms passed. */
-static void nap(jobs *j, int ms) {
+static struct timespec deadline_in(int ms) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += ms / 1000;
     ts.tv_nsec += (long)(ms % 1000) * 1000000L;
     if (ts.tv_nsec >= 1000000000L)
         ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    return ts;
+}
+
+void jobs_nap(jobs *j, int ms) {
+    struct timespec ts = deadline_in(ms);
     pthread_mutex_lock(&j->lock);
     while (!j->stopping && !j->kicked)
         if (pthread_cond_timedwait(&j->wake, &j->lock, &ts) != 0)
             break;
     j->kicked = false;
     pthread_mutex_unlock(&j->lock);
+}
+
+static void on_chunk_done(serving_job *job, void *user) {
+    (void)job;
+    jobs *j = user;
+    pthread_mutex_lock(&j->chunk_lock);
+    j->chunk_finished = true;
+    pthread_cond_signal(&j->chunk_done);
+    pthread_mutex_unlock(&j->chunk_lock);
+}
+
+int jobs_compute(jobs *j, serving_version *v, char **texts, const size_t *lens, size_t n, jobs_result *out,
+                 void (*waiting)(void *ud), void *ud, int period_ms, char *err, size_t cap) {
+    const engine_model_info *mi = serving_version_info(v);
+    int K = mi->n_labels > 0 ? mi->n_labels : 1;
+    float *probs = calloc(n * (size_t)K, sizeof *probs);
+    if (!probs)
+        return snprintf(err, cap, "out of memory"), -1;
+    serving_job job = {.texts = (const char *const *)texts, .lens = lens, .n = n, .probs = probs,
+                       .on_done = on_chunk_done, .user = j, .background = 1};
+    j->chunk_finished = false;
+    if (serving_submit(v, &job) != 0) { /* stopping, or refused: later */
+        free(probs);
+        return 1;
+    }
+    pthread_mutex_lock(&j->chunk_lock);
+    while (!j->chunk_finished) {
+        if (!waiting) {
+            pthread_cond_wait(&j->chunk_done, &j->chunk_lock);
+            continue;
+        }
+        struct timespec ts = deadline_in(period_ms);
+        if (pthread_cond_timedwait(&j->chunk_done, &j->chunk_lock, &ts) != 0 && !j->chunk_finished) {
+            pthread_mutex_unlock(&j->chunk_lock);
+            waiting(ud);
+            pthread_mutex_lock(&j->chunk_lock);
+        }
+    }
+    pthread_mutex_unlock(&j->chunk_lock);
+    int rc = 0;
+    if (job.status == SERVING_ESTOPPED) {
+        rc = 1;
+    } else if (job.status != 0) {
+        snprintf(err, cap, "%s", job.error[0] ? job.error : "inference failed");
+        rc = -1;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            const float *p = probs + i * (size_t)K;
+            int best = 0;
+            for (int k = 1; k < K; k++)
+                if (p[k] > p[best])
+                    best = k;
+            out[i] = (jobs_result){.label = best, .confidence = (double)p[best]};
+        }
+    }
+    free(probs);
+    return rc;
 }
 
 static int exec_sql(sqlite3 *db, const char *sql, const char *id, int64_t a, const char *text) {
@@ -479,21 +644,12 @@ static int exec_sql(sqlite3 *db, const char *sql, const char *id, int64_t a, con
 }
 
 static void fail_job(jobs *j, const char *id, const char *why) {
-    if (exec_sql(j->work,
+    if (exec_sql(j->work.db,
                  "UPDATE jobs SET status = 'failed', finished_ms = ?2, error = ?3 WHERE id = ?1 AND status = 'running'",
-                 id, now_ms(), why) == SQLITE_OK &&
-        sqlite3_changes(j->work) > 0)
-        metric_inc(j->jobs_finished[1]);
+                 id, jobs_now_ms(), why) == SQLITE_OK &&
+        sqlite3_changes(j->work.db) > 0)
+        jobs_count_finished(j, "failed", 0, 0);
     log_event(LOG_ERROR, "batch_job_failed", "id", json_string(id), "error", json_string(why), NULL);
-}
-
-static void on_chunk_done(serving_job *job, void *user) {
-    (void)job;
-    jobs *j = user;
-    pthread_mutex_lock(&j->chunk_lock);
-    j->chunk_finished = true;
-    pthread_cond_signal(&j->chunk_done);
-    pthread_mutex_unlock(&j->chunk_lock);
 }
 
 /* Refreshes the gauges from the database (worker connection). */
@@ -502,12 +658,12 @@ static void update_gauges(jobs *j) {
         return;
     double count[5] = {0}, remaining = 0;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(j->work, "SELECT status, count(*), sum(total - done) FROM jobs GROUP BY status", -1,
+    if (sqlite3_prepare_v2(j->work.db, "SELECT status, count(*), sum(total - done) FROM jobs GROUP BY status", -1,
                            &st, NULL) == SQLITE_OK) {
         while (sqlite3_step(st) == SQLITE_ROW) {
             const char *s = (const char *)sqlite3_column_text(st, 0);
             for (int i = 0; i < 5; i++)
-                if (s && strcmp(s, states[i]) == 0) {
+                if (s && strcmp(s, jobs_states[i]) == 0) {
                     count[i] = sqlite3_column_double(st, 1);
                     if (i < 2)
                         remaining += sqlite3_column_double(st, 2);
@@ -515,15 +671,14 @@ static void update_gauges(jobs *j) {
         }
     }
     sqlite3_finalize(st);
-    for (int i = 0; i < 5; i++)
-        metric_set(j->by_state[i], count[i]);
-    metric_set(j->queue_inputs, remaining);
+    jobs_set_gauges(j, count, remaining);
 }
 
 static void purge_expired(jobs *j) {
-    int64_t cutoff = now_ms() - (int64_t)(j->opts.retention_us / 1000);
+    sqlite3 *db = j->work.db;
+    int64_t cutoff = jobs_now_ms() - (int64_t)(j->opts.retention_us / 1000);
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(j->work,
+    if (sqlite3_prepare_v2(db,
                            "SELECT id FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
                            "AND finished_ms > 0 AND finished_ms <= ?1 LIMIT 100",
                            -1, &st, NULL) != SQLITE_OK)
@@ -535,20 +690,58 @@ static void purge_expired(jobs *j) {
         snprintf(ids[n++], JOBS_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
     sqlite3_finalize(st);
     for (int i = 0; i < n; i++) {
-        sqlite3_exec(j->work, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-        int ok = exec_sql(j->work, "DELETE FROM results WHERE job = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK &&
-                 exec_sql(j->work, "DELETE FROM inputs WHERE job = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK &&
-                 exec_sql(j->work, "DELETE FROM jobs WHERE id = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK;
-        sqlite3_exec(j->work, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        int ok = exec_sql(db, "DELETE FROM results WHERE job = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK &&
+                 exec_sql(db, "DELETE FROM inputs WHERE job = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK &&
+                 exec_sql(db, "DELETE FROM jobs WHERE id = ?1 AND ?2 >= 0", ids[i], 0, NULL) == SQLITE_OK;
+        sqlite3_exec(db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
         if (ok)
             log_event(LOG_INFO, "batch_job_purged", "id", json_string(ids[i]), NULL);
     }
 }
 
+/* Stores a chunk's results and advances `done`, in one transaction, only
+ * while the job still runs from where the chunk began. */
+static int store_chunk(sqlite3 *db, const jobs_info *info, const jobs_result *res, size_t n, bool finished,
+                       int64_t t) {
+    sqlite3_stmt *st = NULL;
+    int ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
+    if (ok && sqlite3_prepare_v2(db, "INSERT INTO results (job, idx, label, confidence) VALUES (?1, ?2, ?3, ?4)",
+                                 -1, &st, NULL) == SQLITE_OK) {
+        for (size_t i = 0; i < n && ok; i++) {
+            sqlite3_bind_text(st, 1, info->id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)(info->done + i));
+            sqlite3_bind_int(st, 3, res[i].label);
+            sqlite3_bind_double(st, 4, res[i].confidence);
+            ok = sqlite3_step(st) == SQLITE_DONE;
+            sqlite3_reset(st);
+        }
+        sqlite3_finalize(st);
+    } else {
+        ok = 0;
+    }
+    if (ok && sqlite3_prepare_v2(db,
+                                 "UPDATE jobs SET done = done + ?2, status = ?3, finished_ms = ?4 "
+                                 "WHERE id = ?1 AND status = 'running' AND done = ?5",
+                                 -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, info->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)n);
+        sqlite3_bind_text(st, 3, finished ? "completed" : "running", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, finished ? t : 0);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)info->done);
+        ok = sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(db) == 1;
+        sqlite3_finalize(st);
+    } else {
+        ok = 0;
+    }
+    sqlite3_exec(db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    return ok;
+}
+
 /* Runs one chunk of the oldest unfinished job. Returns 1 when it did some
  * work, 0 when there was nothing to do (or it should wait). */
 static int run_one_chunk(jobs *j) {
-    sqlite3 *db = j->work;
+    sqlite3 *db = j->work.db;
     sqlite3_stmt *st = NULL;
     jobs_info info;
     if (sqlite3_prepare_v2(db,
@@ -571,8 +764,8 @@ static int run_one_chunk(jobs *j) {
         return 0;
     if (rc != 0) {
         if (strcmp(info.status, "queued") == 0)
-            exec_sql(db, "UPDATE jobs SET status = 'running', started_ms = ?2 WHERE id = ?1", info.id, now_ms(),
-                     NULL);
+            exec_sql(db, "UPDATE jobs SET status = 'running', started_ms = ?2 WHERE id = ?1", info.id,
+                     jobs_now_ms(), NULL);
         fail_job(j, info.id, serr.message[0] ? serr.message : "the model version is gone");
         return 1;
     }
@@ -584,7 +777,7 @@ static int run_one_chunk(jobs *j) {
                                "WHERE id = ?1 AND status = 'queued'",
                                -1, &up, NULL) == SQLITE_OK) {
             sqlite3_bind_text(up, 1, info.id, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(up, 2, now_ms());
+            sqlite3_bind_int64(up, 2, jobs_now_ms());
             sqlite3_bind_int64(up, 3, info.version);
             sqlite3_step(up);
         }
@@ -597,11 +790,9 @@ static int run_one_chunk(jobs *j) {
     size_t cap = j->opts.chunk_size, n = 0;
     char **texts = calloc(cap, sizeof *texts);
     size_t *lens = calloc(cap, sizeof *lens);
-    const engine_model_info *mi = serving_version_info(v);
-    int K = mi->n_labels > 0 ? mi->n_labels : 1;
-    float *probs = calloc(cap * (size_t)K, sizeof *probs);
-    if (!texts || !lens || !probs) {
-        free(texts), free(lens), free(probs);
+    jobs_result *res = calloc(cap, sizeof *res);
+    if (!texts || !lens || !res) {
+        free(texts), free(lens), free(res);
         serving_version_release(v);
         return 0;
     }
@@ -621,91 +812,37 @@ static int run_one_chunk(jobs *j) {
     sqlite3_finalize(st);
 
     int did = 1;
+    char why[256];
     if (n == 0) {
         fail_job(j, info.id, "the job's inputs are missing from the database");
-        goto done;
-    }
-    serving_job job = {.texts = (const char *const *)texts, .lens = lens, .n = n, .probs = probs,
-                       .on_done = on_chunk_done, .user = j, .background = 1};
-    j->chunk_finished = false;
-    rc = serving_submit(v, &job);
-    if (rc != 0) {
+    } else if ((rc = jobs_compute(j, v, texts, lens, n, res, NULL, NULL, 0, why, sizeof why)) == 1) {
         did = 0; /* stopping, or refused: try again later */
-        goto done;
-    }
-    pthread_mutex_lock(&j->chunk_lock);
-    while (!j->chunk_finished)
-        pthread_cond_wait(&j->chunk_done, &j->chunk_lock);
-    pthread_mutex_unlock(&j->chunk_lock);
-    if (job.status == SERVING_ESTOPPED) {
-        did = 0;
-        goto done;
-    }
-    if (job.status != 0) {
-        fail_job(j, info.id, job.error[0] ? job.error : "inference failed");
-        goto done;
-    }
-
-    /* Results and progress together, only while the job still runs. */
-    int ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
-    if (ok && sqlite3_prepare_v2(db, "INSERT INTO results (job, idx, label, confidence) VALUES (?1, ?2, ?3, ?4)",
-                                 -1, &st, NULL) == SQLITE_OK) {
-        for (size_t i = 0; i < n && ok; i++) {
-            const float *p = probs + i * (size_t)K;
-            int best = 0;
-            for (int k = 1; k < K; k++)
-                if (p[k] > p[best])
-                    best = k;
-            sqlite3_bind_text(st, 1, info.id, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 2, (sqlite3_int64)(info.done + i));
-            sqlite3_bind_int(st, 3, best);
-            sqlite3_bind_double(st, 4, (double)p[best]);
-            ok = sqlite3_step(st) == SQLITE_DONE;
-            sqlite3_reset(st);
-        }
-        sqlite3_finalize(st);
+    } else if (rc != 0) {
+        fail_job(j, info.id, why);
     } else {
-        ok = 0;
-    }
-    bool finished = info.done + n >= info.total;
-    int64_t t = now_ms();
-    if (ok && sqlite3_prepare_v2(db,
-                                 "UPDATE jobs SET done = done + ?2, status = ?3, finished_ms = ?4 "
-                                 "WHERE id = ?1 AND status = 'running' AND done = ?5",
-                                 -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(st, 1, info.id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)n);
-        sqlite3_bind_text(st, 3, finished ? "completed" : "running", -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 4, finished ? t : 0);
-        sqlite3_bind_int64(st, 5, (sqlite3_int64)info.done);
-        ok = sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(db) == 1;
-        sqlite3_finalize(st);
-    } else {
-        ok = 0;
-    }
-    sqlite3_exec(db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
-    if (ok) {
-        metric_add(j->inputs_processed, (double)n);
-        if (finished) {
-            metric_inc(j->jobs_finished[0]);
-            metric_observe(j->duration, (double)(t - info.created_ms) / 1000.0);
-            log_event(LOG_INFO, "batch_job_completed", "id", json_string(info.id), "inputs",
-                      json_integer((json_int_t)info.total), "seconds", json_real((double)(t - info.created_ms) / 1000.0),
-                      NULL);
+        bool finished = info.done + n >= info.total;
+        int64_t t = jobs_now_ms();
+        if (store_chunk(db, &info, res, n, finished, t)) {
+            metric_add(j->inputs_processed, (double)n);
+            if (finished) {
+                jobs_count_finished(j, "completed", info.created_ms, t);
+                log_event(LOG_INFO, "batch_job_completed", "id", json_string(info.id), "inputs",
+                          json_integer((json_int_t)info.total), "seconds",
+                          json_real((double)(t - info.created_ms) / 1000.0), NULL);
+            }
         }
     }
-done:
     for (size_t i = 0; i < n; i++)
         free(texts[i]);
-    free(texts), free(lens), free(probs);
+    free(texts), free(lens), free(res);
     serving_version_release(v);
     return did;
 }
 
-static void *worker_main(void *arg) {
+static void *sqlite_worker_main(void *arg) {
     jobs *j = arg;
     uint64_t last_purge = 0;
-    while (!stopping(j)) {
+    while (!jobs_is_stopping(j)) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
@@ -716,59 +853,101 @@ static void *worker_main(void *arg) {
         }
         if (!run_one_chunk(j)) {
             update_gauges(j);
-            nap(j, 200);
+            jobs_nap(j, 200);
         }
     }
     return NULL;
 }
 
-static void run_submit(jobs *j, jobs_submit_req *r) {
-    r->error[0] = 0;
-    r->status = jobs_submit(j, r->kind, r->owner, r->model, r->texts, r->lens, r->n, r->id, r->error,
-                            sizeof r->error);
-    r->cb(r);
-}
+/* ---- jobs_async's threads ----------------------------------------------------- */
 
-static void *writer_main(void *arg) {
-    jobs *j = arg;
+typedef struct api_thread {
+    jobs *j;
+    jobs_queue *q;
+    jobs_conn *c;
+    pthread_mutex_t *conn_lock; /* the writer shares `api` with the synchronous functions */
+} api_thread;
+
+static void *api_main(void *arg) {
+    api_thread t = *(api_thread *)arg;
+    free(arg);
+    jobs *j = t.j;
     pthread_mutex_lock(&j->lock);
     for (;;) {
-        while (!j->stopping && !j->submit_head)
+        while (!j->stopping && !t.q->head)
             pthread_cond_wait(&j->wake, &j->lock);
-        if (!j->submit_head) /* stopping, nothing left */
+        if (!t.q->head) /* stopping, nothing left */
             break;
-        jobs_submit_req *r = j->submit_head;
-        j->submit_head = r->next_;
-        if (!j->submit_head)
-            j->submit_tail = NULL;
+        jobs_req *r = t.q->head;
+        t.q->head = r->next_;
+        if (!t.q->head)
+            t.q->tail = NULL;
         pthread_mutex_unlock(&j->lock);
-        run_submit(j, r);
+        if (t.conn_lock)
+            pthread_mutex_lock(t.conn_lock);
+        run_request(j, t.c, r);
+        if (t.conn_lock)
+            pthread_mutex_unlock(t.conn_lock);
         pthread_mutex_lock(&j->lock);
     }
     pthread_mutex_unlock(&j->lock);
     return NULL;
 }
 
-void jobs_submit_async(jobs *j, jobs_submit_req *req) {
+void jobs_async(jobs *j, jobs_req *req) {
     req->next_ = NULL;
     pthread_mutex_lock(&j->lock);
-    if (j->submit_tail)
-        j->submit_tail->next_ = req;
+    jobs_queue *q = req->op == JOBS_OP_SUBMIT ? &j->writes : &j->reads;
+    if (q->tail)
+        q->tail->next_ = req;
     else
-        j->submit_head = req;
-    j->submit_tail = req;
+        q->head = req;
+    q->tail = req;
     pthread_cond_broadcast(&j->wake);
     pthread_mutex_unlock(&j->lock);
 }
 
+static int start_api_thread(jobs *j, pthread_t *th, jobs_queue *q, jobs_conn *c, pthread_mutex_t *conn_lock) {
+    api_thread *t = malloc(sizeof *t);
+    if (!t)
+        return -1;
+    *t = (api_thread){.j = j, .q = q, .c = c, .conn_lock = conn_lock};
+    if (pthread_create(th, NULL, api_main, t) != 0) {
+        free(t);
+        return -1;
+    }
+    return 0;
+}
+
 int jobs_start(jobs *j) {
-    if (pthread_create(&j->writer, NULL, writer_main, j) != 0)
+    if (start_api_thread(j, &j->writer, &j->writes, &j->api, &j->api_lock) != 0)
         return JOBS_ENOMEM;
     j->writer_started = true;
-    if (pthread_create(&j->thread, NULL, worker_main, j) != 0)
+    if (start_api_thread(j, &j->reader_thread, &j->reads, &j->reader, NULL) != 0)
         return JOBS_ENOMEM;
-    j->started = true;
+    j->reader_started = true;
+    if (pthread_create(&j->worker, NULL, j->redis ? rjobs_worker_main : sqlite_worker_main, j) != 0)
+        return JOBS_ENOMEM;
+    j->worker_started = true;
     return JOBS_OK;
+}
+
+static void refuse_queued(jobs_queue *q) {
+    while (q->head) { /* never started: refuse what came */
+        jobs_req *r = q->head;
+        q->head = r->next_;
+        r->status = JOBS_EUNAVAILABLE;
+        r->results = NULL;
+        r->n_results = 0;
+        snprintf(r->error, sizeof r->error, "the batch job system is shutting down");
+        r->cb(r);
+    }
+    q->tail = NULL;
+}
+
+static void close_conn(jobs_conn *c) {
+    sqlite3_close(c->db);
+    kv_redis_link_destroy(c->link);
 }
 
 void jobs_close(jobs *j) {
@@ -778,19 +957,17 @@ void jobs_close(jobs *j) {
     j->stopping = true;
     pthread_cond_broadcast(&j->wake);
     pthread_mutex_unlock(&j->lock);
-    if (j->started)
-        pthread_join(j->thread, NULL);
+    if (j->worker_started)
+        pthread_join(j->worker, NULL);
     if (j->writer_started) /* it stores what is queued, then stops */
         pthread_join(j->writer, NULL);
-    while (j->submit_head) { /* never started: refuse what came */
-        jobs_submit_req *r = j->submit_head;
-        j->submit_head = r->next_;
-        r->status = JOBS_EDB;
-        snprintf(r->error, sizeof r->error, "the batch job system is shutting down");
-        r->cb(r);
-    }
-    sqlite3_close(j->work);
-    sqlite3_close(j->api);
+    if (j->reader_started)
+        pthread_join(j->reader_thread, NULL);
+    refuse_queued(&j->writes);
+    refuse_queued(&j->reads);
+    close_conn(&j->work);
+    close_conn(&j->reader);
+    close_conn(&j->api);
     if (j->lock_fd >= 0)
         close(j->lock_fd);
     pthread_mutex_destroy(&j->api_lock);
@@ -798,6 +975,5 @@ void jobs_close(jobs *j) {
     pthread_cond_destroy(&j->wake);
     pthread_mutex_destroy(&j->chunk_lock);
     pthread_cond_destroy(&j->chunk_done);
-    free(j->data_dir);
     free(j);
 }

@@ -1,8 +1,8 @@
 /*
  * jobs.h - the jobs module's one public header: asynchronous batch jobs
- * (the seed's /batch_predict and /v1/batch), persisted in SQLite so that
- * nothing is lost or done twice across a crash, run through the same
- * schedulers as online requests at background priority.
+ * (the seed's /batch_predict and /v1/batch), persisted so that nothing is
+ * lost or done twice across a crash, run through the same schedulers as
+ * online requests at background priority.
  *
  * Model (what a user sees):
  *  - A job is a list of texts for one model, owned by the API key that
@@ -14,24 +14,35 @@
  *    (kept in the job, so every input of one job sees one version).
  *  - Jobs of other owners do not exist for a caller (JOBS_ENOTFOUND).
  *
- * Persistence (SQLite, WAL, synchronous=FULL) in <data_dir>/jobs.db:
- *  - jobs(id, owner, model, version, status, total, done, created_ms,
- *    started_ms, finished_ms, error, kind); inputs(job, idx, text);
- *    results(job, idx, label, confidence).
- *  - Submitting writes the job and every input in one transaction: a job
- *    that is visible is whole.
- *  - The worker computes a chunk (at most chunk_size inputs from `done`),
- *    then writes its results and advances `done` in one transaction. A
- *    crash (kill -9) at any moment loses at most the chunk in flight, which
- *    is computed again on restart: nothing lost, nothing stored twice.
- *  - An flock on <data_dir>/jobs.db.lock: one process per data directory.
- *  - A database that is not SQLite, fails its integrity check, or is locked
- *    by another process is an error at open, never silently replaced.
+ * Two stores, one behaviour:
  *
- * Threads: one worker thread (jobs_start) runs jobs oldest first, one
- * chunk at a time, each chunk a background serving_job (serving.h), so it
- * only takes batches that online traffic leaves free. The API functions may
- * be called from any thread (they share one connection under a mutex).
+ *  - SQLite (WAL, synchronous=FULL) in <data_dir>/jobs.db, for one
+ *    instance: jobs(id, owner, model, version, status, total, done, ...),
+ *    inputs(job, idx, text), results(job, idx, label, confidence).
+ *    Submitting writes the job and every input in one transaction: a job
+ *    that is visible is whole. The worker computes a chunk (chunk_size
+ *    inputs from `done`), then writes its results and advances `done` in
+ *    one transaction; a crash (kill -9) loses at most the chunk in flight,
+ *    computed again on restart. An flock on <data_dir>/jobs.db.lock keeps
+ *    one process per data directory; a database that is not SQLite, fails
+ *    its integrity check, or is locked is an error at open.
+ *
+ *  - Redis (opts.redis), shared by every instance that names the same
+ *    Redis: a job is split into chunks, each a task on one queue list; an
+ *    instance's worker takes a task and leases it (a sorted set of lease
+ *    expiries, renewed while the chunk waits or runs), then stores the
+ *    chunk's results with HSETNX and advances `done` in one Lua script.
+ *    A lease that expires (its instance died) is put back on the queue by
+ *    whichever instance notices first. Any instance accepts a job, any
+ *    instance's worker runs its chunks, any instance answers for it.
+ *    Finished jobs expire after the retention. redis_jobs.c has the keys.
+ *
+ * Threads: one worker thread (jobs_start) runs chunks oldest job first,
+ * each chunk a background serving_job (serving.h), so it only takes batches
+ * that online traffic leaves free. Event loops use jobs_async, which never
+ * waits: submissions go to a writer thread, reads and cancels to a reader
+ * thread (a status poll never waits behind a 100,000-input upload). The
+ * synchronous functions may be called from any other thread.
  */
 #ifndef AISERVE_JOBS_H
 #define AISERVE_JOBS_H
@@ -42,6 +53,7 @@
 
 #include "obs.h"
 #include "serving.h"
+#include "store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,7 +67,8 @@ extern "C" {
     X(ENOMODEL, -4, "no such model")                                    \
     X(EDB, -5, "the job database failed")                               \
     X(ENOMEM, -6, "out of memory")                                      \
-    X(EFINISHED, -7, "the job has already finished")
+    X(EFINISHED, -7, "the job has already finished")                   \
+    X(EUNAVAILABLE, -8, "the job queue (Redis) is unavailable")
 
 typedef enum jobs_status {
 #define JOBS_STATUS_ENUM(name, code, msg) JOBS_##name = code,
@@ -75,13 +88,20 @@ typedef struct jobs_options {
     uint64_t retention_us;    /* finished jobs (and results) are deleted this long after they finish */
     size_t chunk_size;        /* inputs per committed chunk; 0: 32 */
     metrics_registry *metrics;/* may be NULL */
+    /* The Redis that holds the shared queue (url, key_prefix, timeouts);
+     * NULL: SQLite under data_dir. Borrowed for jobs_open. */
+    const kv_redis_options *redis;
+    uint64_t lease_us;        /* Redis: how long a chunk stays leased without renewal; 0: 30 s */
 } jobs_options;
 
 typedef struct jobs jobs;
 
-/* Opens (creating if needed) <data_dir>/jobs.db and checks it. Jobs that
- * were running when the last process stopped are resumed by the worker.
- * Returns JOBS_OK, or JOBS_EDB / JOBS_EINVAL with a message in err[cap]. */
+/* SQLite: opens (creating if needed) <data_dir>/jobs.db and checks it;
+ * jobs that were running when the last process stopped are resumed by the
+ * worker. Redis: checks the URL; a Redis that does not answer is logged,
+ * not an error (while it is away, the functions below fail with
+ * JOBS_EUNAVAILABLE and the worker waits). Returns JOBS_OK, or JOBS_EDB /
+ * JOBS_EINVAL with a message in err[cap]. */
 int jobs_open(const jobs_options *opts, jobs **out, char *err, size_t cap);
 
 /* Starts the worker thread. JOBS_OK or JOBS_ENOMEM. */
@@ -97,33 +117,11 @@ typedef enum jobs_kind { JOBS_KIND_SEED = 1, JOBS_KIND_V1 = 2 } jobs_kind;
 /* Stores a new job of n texts (texts[i] of lens[i] bytes, valid UTF-8,
  * checked by the caller) for `model` (NULL: the default model), owned by
  * owner ("" for none). Returns JOBS_OK with the id in id_out; JOBS_EINVAL
- * (n is 0 or over max_inputs), JOBS_ENOMODEL, JOBS_ELIMIT, JOBS_EDB, with a
+ * (n is 0 or over max_inputs), JOBS_ENOMODEL, JOBS_ELIMIT, JOBS_EDB or
+ * JOBS_EUNAVAILABLE (Redis store), with a
  * message in err. Nothing is stored on failure. */
 int jobs_submit(jobs *j, jobs_kind kind, const char *owner, const char *model, const char *const *texts,
                 const size_t *lens, size_t n, char id_out[JOBS_ID_MAX], char *err, size_t cap);
-
-/* jobs_submit off the caller's thread: for event loops, which must not wait
- * on the disk (storing 100,000 inputs takes most of a second). The request
- * and everything it points to are borrowed until cb runs; cb runs exactly
- * once, on the jobs system's writer thread (or, for requests still queued
- * at jobs_close, on the closing thread with JOBS_EDB), and must only hand
- * the request back to its owner. */
-typedef struct jobs_submit_req jobs_submit_req;
-struct jobs_submit_req {
-    jobs_kind kind;
-    const char *owner, *model;
-    const char *const *texts;
-    const size_t *lens;
-    size_t n;
-    void (*cb)(jobs_submit_req *req);
-    void *ud;
-    /* Filled before cb: jobs_submit's result, id and message. */
-    int status;
-    char id[JOBS_ID_MAX];
-    char error[512];
-    jobs_submit_req *next_; /* private */
-};
-void jobs_submit_async(jobs *j, jobs_submit_req *req);
 
 typedef struct jobs_info {
     char id[JOBS_ID_MAX];
@@ -136,7 +134,8 @@ typedef struct jobs_info {
     char error[256];
 } jobs_info;
 
-/* The job, if owner owns it: JOBS_OK, JOBS_ENOTFOUND, JOBS_EDB. */
+/* The job, if owner owns it: JOBS_OK, JOBS_ENOTFOUND, JOBS_EDB or
+ * JOBS_EUNAVAILABLE (Redis store: also below). */
 int jobs_get(jobs *j, const char *id, const char *owner, jobs_info *out);
 
 typedef struct jobs_result {
@@ -154,6 +153,40 @@ int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size
  * ended; nothing changes), JOBS_ENOTFOUND, JOBS_EDB. The worker stops at
  * its next chunk; results computed so far are kept. */
 int jobs_cancel(jobs *j, const char *id, const char *owner);
+
+/* ---- the same, for event loops ------------------------------------------- */
+
+typedef enum jobs_op { JOBS_OP_SUBMIT, JOBS_OP_GET, JOBS_OP_RESULTS, JOBS_OP_CANCEL } jobs_op;
+
+/* One call of the functions above, run off the caller's thread. The
+ * request and everything it points to are borrowed until cb runs; cb runs
+ * exactly once, on a jobs thread (or, for requests still queued at
+ * jobs_close, on the closing thread with JOBS_EUNAVAILABLE), and must only
+ * hand the request back to its owner. */
+typedef struct jobs_req jobs_req;
+struct jobs_req {
+    jobs_op op;
+    const char *owner;       /* every op */
+    char id[JOBS_ID_MAX];    /* GET, RESULTS, CANCEL: the job; SUBMIT: filled with the new id */
+    /* SUBMIT */
+    jobs_kind kind;
+    const char *model;
+    const char *const *texts;
+    const size_t *lens;
+    size_t n;
+    /* RESULTS */
+    size_t offset, limit;
+    void (*cb)(jobs_req *req);
+    void *ud;
+    /* Filled before cb. */
+    int status;              /* the function's result */
+    char error[512];         /* its message, when it has one */
+    jobs_info info;          /* on JOBS_OK: the job after the op (SUBMIT: as stored: queued, nothing done) */
+    jobs_result *results;    /* RESULTS: malloc'd, n_results of them; the owner frees */
+    size_t n_results;
+    jobs_req *next_;         /* private */
+};
+void jobs_async(jobs *j, jobs_req *req);
 
 #ifdef __cplusplus
 }

@@ -122,9 +122,8 @@ typedef struct redis_conn {
 
 struct redis_store {
     kv_store base;
-    char *host, *unix_path, *user, *password, *prefix;
-    char endpoint[300]; /* "host:port" or the socket path, for messages */
-    int port, db;
+    redis_target t; /* where Redis is (parsed from the URL) */
+    char *prefix;
     size_t prefix_len;
     uint64_t connect_timeout_us, command_timeout_us, retry_min_us, retry_max_us;
     uint64_t (*now_us)(void *);
@@ -174,7 +173,7 @@ static void conn_lost(redis_conn *c, const char *why) {
     set_reason(r, "%s", why);
     if (!c->logged_down) {
         c->logged_down = true;
-        log_event(LOG_WARN, "redis_unavailable", "redis", json_string(r->endpoint), "error", json_string(why),
+        log_event(LOG_WARN, "redis_unavailable", "redis", json_string(r->t.endpoint), "error", json_string(why),
                   "message",
                   json_string("cache lookups are bypassed and rate limiting follows its backend-failure "
                               "policy until Redis answers again"),
@@ -242,7 +241,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
         set_state(c, CONN_READY);
         if (c->logged_down) {
             c->logged_down = false;
-            log_event(LOG_INFO, "redis_available", "redis", json_string(c->store->endpoint), NULL);
+            log_event(LOG_INFO, "redis_available", "redis", json_string(c->store->t.endpoint), NULL);
         }
     }
 }
@@ -259,7 +258,7 @@ static int send_argv(redis_conn *c, redisCallbackFn *fn, void *privdata, int arg
 static void conn_start(redis_conn *c) {
     redis_store *r = c->store;
     redisAsyncContext *ac =
-        r->unix_path ? redisAsyncConnectUnix(r->unix_path) : redisAsyncConnect(r->host, r->port);
+        r->t.unix_path ? redisAsyncConnectUnix(r->t.unix_path) : redisAsyncConnect(r->t.host, r->t.port);
     if (!ac || ac->err) {
         char why[200];
         snprintf(why, sizeof why, "cannot connect: %.160s", ac ? ac->errstr : "out of memory");
@@ -281,13 +280,13 @@ static void conn_start(redis_conn *c) {
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     set_state(c, CONN_CONNECTING);
     char db[16];
-    snprintf(db, sizeof db, "%d", r->db);
+    snprintf(db, sizeof db, "%d", r->t.db);
     int ok = 1;
-    if (r->password) {
-        const char *argv[3] = {"AUTH", r->user ? r->user : r->password, r->password};
-        ok = send_argv(c, on_handshake, c, r->user ? 3 : 2, argv, NULL) == 0;
+    if (r->t.password) {
+        const char *argv[3] = {"AUTH", r->t.user ? r->t.user : r->t.password, r->t.password};
+        ok = send_argv(c, on_handshake, c, r->t.user ? 3 : 2, argv, NULL) == 0;
     }
-    if (ok && r->db) {
+    if (ok && r->t.db) {
         const char *argv[2] = {"SELECT", db};
         ok = send_argv(c, on_handshake, c, 2, argv, NULL) == 0;
     }
@@ -589,12 +588,12 @@ static void redis_health(kv_store *s, kv_health *out) {
         return;
     pthread_mutex_lock(&r->reason_lock);
     if (attached == 0)
-        snprintf(out->reason, sizeof out->reason, "redis at %.100s: not connected", r->endpoint);
+        snprintf(out->reason, sizeof out->reason, "redis at %.100s: not connected", r->t.endpoint);
     else if (r->last_error[0])
-        snprintf(out->reason, sizeof out->reason, "redis at %.60s: %d of %d connections down (%.120s)", r->endpoint,
+        snprintf(out->reason, sizeof out->reason, "redis at %.60s: %d of %d connections down (%.120s)", r->t.endpoint,
                  attached - ready, attached, r->last_error);
     else
-        snprintf(out->reason, sizeof out->reason, "redis at %.100s: connecting", r->endpoint);
+        snprintf(out->reason, sizeof out->reason, "redis at %.100s: connecting", r->t.endpoint);
     pthread_mutex_unlock(&r->reason_lock);
 }
 
@@ -608,10 +607,7 @@ static void redis_destroy(kv_store *s) {
         free(c);
     }
     pthread_mutex_destroy(&r->reason_lock);
-    free(r->host);
-    free(r->unix_path);
-    free(r->user);
-    free(r->password);
+    redis_target_free(&r->t);
     free(r->prefix);
     free(r);
 }
@@ -626,122 +622,6 @@ static const kv_backend redis_backend = {
     .health = redis_health,
     .destroy = redis_destroy,
 };
-
-/* ---- URL ------------------------------------------------------------------- */
-
-static int hex_value(char ch) {
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* A copy of s[0..n) with %XX decoded; NULL on a bad escape, NUL byte or no
- * memory. */
-static char *decode(const char *s, size_t n) {
-    char *out = malloc(n + 1), *o = out;
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (ch == '%') {
-            int hi = i + 2 < n ? hex_value(s[i + 1]) : -1;
-            int lo = i + 2 < n ? hex_value(s[i + 2]) : -1;
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                free(out);
-                return NULL;
-            }
-            ch = (char)(hi * 16 + lo);
-            i += 2;
-        }
-        *o++ = ch;
-    }
-    *o = 0;
-    return out;
-}
-
-static int parse_db(const char *s, int *db) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < 0 || v > 100000)
-        return -1;
-    *db = (int)v;
-    return 0;
-}
-
-#define URL_FAIL(...) return snprintf(err, cap, __VA_ARGS__), KV_EINVAL
-
-/* redis://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path[?db=N] */
-static int parse_url(redis_store *r, const char *url, char *err, size_t cap) {
-    const char *p;
-    int is_unix = 0;
-    if (strncmp(url, "redis://", 8) == 0)
-        p = url + 8;
-    else if (strncmp(url, "unix://", 7) == 0)
-        p = url + 7, is_unix = 1;
-    else if (strncmp(url, "rediss://", 9) == 0)
-        URL_FAIL("redis URL: rediss:// (TLS) is not supported by this build's hiredis; use a TLS tunnel "
-                 "(stunnel, a service mesh) and redis:// to it");
-    else
-        URL_FAIL("redis URL: must start with redis:// or unix:// (redis://[:password@]host[:port][/db])");
-    const char *at = strrchr(p, '@');
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (!colon)
-            URL_FAIL("redis URL: write the password as redis://:password@host (or user:password@)");
-        if (colon > p && !(r->user = decode(p, (size_t)(colon - p))))
-            URL_FAIL("redis URL: bad %%-escape in the user name");
-        if (!(r->password = decode(colon + 1, (size_t)(at - colon - 1))))
-            URL_FAIL("redis URL: bad %%-escape in the password");
-        p = at + 1;
-    }
-    if (is_unix) {
-        const char *q = strchr(p, '?');
-        size_t n = q ? (size_t)(q - p) : strlen(p);
-        if (n == 0 || p[0] != '/')
-            URL_FAIL("redis URL: unix:// needs an absolute socket path (unix:///run/redis.sock)");
-        if (!(r->unix_path = decode(p, n)))
-            URL_FAIL("redis URL: bad %%-escape in the socket path");
-        if (q && (strncmp(q, "?db=", 4) != 0 || parse_db(q + 4, &r->db) != 0))
-            URL_FAIL("redis URL: the only query a unix:// URL takes is ?db=N");
-        snprintf(r->endpoint, sizeof r->endpoint, "%.290s", r->unix_path);
-        return KV_OK;
-    }
-    const char *host = p, *host_end;
-    if (*p == '[') {
-        host = p + 1;
-        host_end = strchr(p, ']');
-        if (!host_end)
-            URL_FAIL("redis URL: unclosed [ in the host");
-        p = host_end + 1;
-    } else {
-        host_end = p + strcspn(p, ":/");
-        p = host_end;
-    }
-    if (host_end == host)
-        URL_FAIL("redis URL: no host (redis://host[:port][/db])");
-    r->host = strndup(host, (size_t)(host_end - host));
-    r->port = 6379;
-    if (*p == ':') {
-        char *end;
-        long port = strtol(p + 1, &end, 10);
-        if (end == p + 1 || port < 1 || port > 65535 || (*end && *end != '/'))
-            URL_FAIL("redis URL: the port must be a number from 1 to 65535");
-        r->port = (int)port;
-        p = end;
-    }
-    if (*p == '/' && p[1] && parse_db(p + 1, &r->db) != 0)
-        URL_FAIL("redis URL: the database after / must be a number (redis://host:6379/0)");
-    else if (*p && *p != '/')
-        URL_FAIL("redis URL: unexpected text after the host");
-    snprintf(r->endpoint, sizeof r->endpoint, "%s%.250s%s:%d", strchr(r->host, ':') ? "[" : "", r->host,
-             strchr(r->host, ':') ? "]" : "", r->port);
-    return KV_OK;
-}
 
 static int sha1_hex(const char *text, char out[41]) {
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -766,7 +646,7 @@ int kv_redis_create(const kv_redis_options *opts, kv_store **out, char *err, siz
     r->base.backend = &redis_backend;
     pthread_mutex_init(&r->reason_lock, NULL);
     atomic_init(&r->n_conns, 0);
-    int rc = parse_url(r, opts->url, err, cap);
+    int rc = redis_target_parse(&r->t, opts->url, err, cap);
     if (rc == KV_OK && sha1_hex(bucket_script, r->script_sha) != 0)
         rc = KV_ENOMEM, snprintf(err, cap, "redis: OpenSSL cannot hash the bucket script");
     const char *prefix = opts->key_prefix ? opts->key_prefix : DEFAULT_PREFIX;

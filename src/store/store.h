@@ -238,6 +238,29 @@ typedef struct kv_redis_options {
  * with a message in err[cap] (which never repeats a password). */
 int kv_redis_create(const kv_redis_options *opts, kv_store **out, char *err, size_t cap);
 
+/* ---- synchronous Redis links, for worker threads ------------------------ */
+
+/* One blocking connection to the Redis of opts->url (opts->key_prefix,
+ * connect_timeout_us and command_timeout_us count; the rest is ignored),
+ * for one thread whose work is to wait (the batch queue's). Never for an
+ * event loop. Connects on first use. KV_OK, KV_EINVAL (bad URL or prefix)
+ * or KV_ENOMEM, with a message in err[cap]. */
+typedef struct kv_redis_link kv_redis_link;
+int kv_redis_link_create(const kv_redis_options *opts, kv_redis_link **out, char *err, size_t cap);
+
+/* Runs one command (hiredis's redisCommandArgv) and returns its
+ * redisReply * (the caller frees it with freeReplyObject), connecting
+ * first when needed. NULL on failure, with the reason in err[cap]: cannot
+ * connect, no answer within the command timeout or a lost connection (the
+ * link reconnects on the next command), or an error reply. */
+void *kv_redis_link_command(kv_redis_link *l, int argc, const char **argv, const size_t *lens, char *err,
+                            size_t cap);
+
+const char *kv_redis_link_prefix(const kv_redis_link *l);   /* "aiserve:" by default */
+const char *kv_redis_link_endpoint(const kv_redis_link *l); /* for messages: never the password */
+void kv_redis_link_reset(kv_redis_link *l);                 /* drops the connection (if any) */
+void kv_redis_link_destroy(kv_redis_link *l);               /* NULL is fine */
+
 #ifdef __cplusplus
 }
 #endif

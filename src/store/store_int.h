@@ -24,4 +24,17 @@ int kv_bucket_params_check(const kv_bucket_params *p);
 void kv_bucket_step(const kv_bucket_params *p, int fresh, int64_t *level, uint64_t *last_us, uint64_t now_us,
                     kv_bucket_result *out);
 
+/* Where a Redis is, parsed from a redis:// or unix:// URL (redis_link.c):
+ * shared by the async backend (redis.c) and the synchronous links. */
+typedef struct redis_target {
+    char *host, *unix_path, *user, *password; /* malloc'd; NULL when absent */
+    char endpoint[300]; /* "host:port" or the socket path, for messages (never the password) */
+    int port, db;
+} redis_target;
+
+/* Fills t from url: KV_OK, or KV_EINVAL with a message in err[cap] (t may
+ * hold parts: free it either way). */
+int redis_target_parse(redis_target *t, const char *url, char *err, size_t cap);
+void redis_target_free(redis_target *t);
+
 #endif /* AISERVE_STORE_INT_H */

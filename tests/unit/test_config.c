@@ -515,6 +515,14 @@ static void test_cross_setting_check(void **state) {
                "server.tls_key is set (from environment AISERVE_TLS_KEY) but server.tls_cert is not");
     load_ok(&c, LIST("--tls-cert", "/tls/cert.pem", "--tls-key", "/tls/key.pem"), NONE);
     assert_string_equal(c.tls_key, "/tls/key.pem");
+
+    /* Batch jobs in Redis need a Redis. */
+    LOAD_FAILS(LIST("--batch-store", "mysql"), NONE,
+               "batch.store: 'mysql' (from flag --batch-store) must be auto, sqlite or redis");
+    LOAD_FAILS(NONE, LIST("AISERVE_BATCH_STORE=redis"),
+               "batch.store is redis (from environment AISERVE_BATCH_STORE) but redis.url is empty");
+    load_ok(&c, LIST("--batch-store", "redis", "--redis-url", "redis://127.0.0.1"), NONE);
+    assert_string_equal(c.batch_store, "redis");
 }
 
 static void test_cors_origins(void **state) {

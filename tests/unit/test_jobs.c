@@ -6,6 +6,9 @@
  * (resume); cancel before and after the end; retention; submissions through
  * the writer thread, and the ones still queued when it closes; and a data
  * directory that is in use or holds something that is not a database.
+ * The store-neutral tests run twice: on SQLite and on a real redis-server
+ * started here; two more are Redis's own (a queue shared by two instances,
+ * a lease left by a dead one; Redis unreachable).
  *
  * Each test has its own temporary data directory. Waits are bounded
  * generously; nothing asserts how fast anything is.
@@ -29,6 +32,8 @@
 #include "engine.h"
 #include "jobs.h"
 #include "serving.h"
+#include "redis_server.h"
+#include <hiredis/hiredis.h>
 
 #define MODELS AISERVE_SOURCE_DIR "/models"
 #define WAIT_MS 120000
@@ -37,12 +42,10 @@ typedef struct fixture {
     char dir[64];
     metrics_registry *m;
     serving_repo *repo;
+    bool redis;              /* the Redis store instead of SQLite */
+    char url[64], prefix[32];
+    kv_redis_options ro;
 } fixture;
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
@@ -58,6 +61,17 @@ static int setup(void **state) {
         sleep_ms(1);
     assert_true(serving_repo_is_ready(f->repo));
     *state = f;
+    return 0;
+}
+
+/* The same, on the Redis store: a fresh key prefix per test. */
+static int setup_redis(void **state) {
+    setup(state);
+    fixture *f = *state;
+    f->redis = true;
+    snprintf(f->url, sizeof f->url, "redis://127.0.0.1:%d", redis_port);
+    snprintf(f->prefix, sizeof f->prefix, "t%ld.%d:", (long)getpid(), rand());
+    f->ro = (kv_redis_options){.url = f->url, .key_prefix = f->prefix};
     return 0;
 }
 
@@ -77,7 +91,8 @@ static int teardown(void **state) {
 
 static jobs_options options(fixture *f) {
     return (jobs_options){.data_dir = f->dir, .repo = f->repo, .max_inputs = 1000, .max_active_per_owner = 2,
-                          .retention_us = 3600ull * 1000000u, .chunk_size = 8};
+                          .retention_us = 3600ull * 1000000u, .chunk_size = 8, .metrics = f->m,
+                          .redis = f->redis ? &f->ro : NULL, .lease_us = 1000000};
 }
 
 static jobs *open_ok(const jobs_options *o) {
@@ -216,13 +231,16 @@ static void test_resume_in_next_process_and_cancel(void **state) {
     submit_ok(j, "", 20, dropped);
     assert_int_equal(jobs_cancel(j, dropped, ""), JOBS_OK);
     jobs_close(j); /* stored, never run */
-    /* Another process on the same directory while this one runs: refused. */
+    /* Another process on the same directory while this one runs: refused
+     * (SQLite); with Redis, instances share the queue. */
     j = open_ok(&o);
-    jobs *other = NULL;
-    char err[512] = "";
-    assert_int_equal(jobs_open(&o, &other, err, sizeof err), JOBS_EDB);
-    assert_null(other);
-    assert_non_null(strstr(err, "in use by another aiserve process"));
+    if (!f->redis) {
+        jobs *other = NULL;
+        char err[512] = "";
+        assert_int_equal(jobs_open(&o, &other, err, sizeof err), JOBS_EDB);
+        assert_null(other);
+        assert_non_null(strstr(err, "in use by another aiserve process"));
+    }
     assert_int_equal(jobs_start(j), JOBS_OK);
     jobs_info info = wait_status(j, kept, "", "completed");
     assert_int_equal(info.done, 20);
@@ -260,7 +278,7 @@ static void test_retention(void **state) {
 
 static atomic_int async_calls;
 
-static void on_stored(jobs_submit_req *req) {
+static void on_stored(jobs_req *req) {
     (void)req;
     atomic_fetch_add(&async_calls, 1);
 }
@@ -273,13 +291,13 @@ static void test_async_submit(void **state) {
     texts_of(4, texts, lens);
     /* Queued before the writer runs, answered when it starts. */
     jobs *j = open_ok(&o);
-    jobs_submit_req a = {.kind = JOBS_KIND_SEED, .owner = "", .texts = texts, .lens = lens, .n = 4,
+    jobs_req a = {.op = JOBS_OP_SUBMIT, .kind = JOBS_KIND_SEED, .owner = "", .texts = texts, .lens = lens, .n = 4,
                          .cb = on_stored};
-    jobs_submit_req bad = a;
+    jobs_req bad = a;
     bad.n = 0;
     atomic_store(&async_calls, 0);
-    jobs_submit_async(j, &a);
-    jobs_submit_async(j, &bad);
+    jobs_async(j, &a);
+    jobs_async(j, &bad);
     assert_int_equal(atomic_load(&async_calls), 0);
     assert_int_equal(jobs_start(j), JOBS_OK);
     for (int i = 0; i < WAIT_MS && atomic_load(&async_calls) < 2; i++)
@@ -292,11 +310,11 @@ static void test_async_submit(void **state) {
     jobs_close(j);
     /* Still queued when it closes without ever starting: refused, once. */
     j = open_ok(&o);
-    jobs_submit_req late = a;
-    jobs_submit_async(j, &late);
+    jobs_req late = a;
+    jobs_async(j, &late);
     jobs_close(j);
     assert_int_equal(atomic_load(&async_calls), 3);
-    assert_int_equal(late.status, JOBS_EDB);
+    assert_int_equal(late.status, JOBS_EUNAVAILABLE);
 }
 
 static void test_bad_directory(void **state) {
@@ -325,8 +343,101 @@ static void test_bad_directory(void **state) {
     assert_int_equal(jobs_open(&o, &j, err, sizeof err), JOBS_EDB);
 }
 
+/* A value of the rendered metrics: the line that starts with `series`. */
+static double metric_in(metrics_registry *m, const char *series) {
+    size_t len = 0;
+    char *text = metrics_render(m, &len);
+    assert_non_null(text);
+    double v = -1;
+    for (char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, series, strlen(series)) == 0 && line[strlen(series)] == ' ')
+            v = strtod(line + strlen(series) + 1, NULL);
+    free(text);
+    return v;
+}
+
+/* Redis only: a job submitted on one instance is run by another and read
+ * on the first; a chunk leased by an instance that died (its lease left to
+ * expire) goes back on the queue and is done once. */
+static void test_redis_shared_queue_and_expired_lease(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    jobs *a = open_ok(&o); /* never started: it only accepts and answers */
+    metrics_registry *mb = metrics_registry_create();
+    o.metrics = mb;
+    jobs *b = open_ok(&o);
+    char id[JOBS_ID_MAX];
+    submit_ok(a, "alice", 40, id); /* 5 chunks of 8 */
+
+    /* The dead instance: it took a chunk and leased it, then vanished. */
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    assert_true(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "RPOP %sbatch:queue", f->prefix);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    char task[64];
+    snprintf(task, sizeof task, "%s", r->str);
+    freeReplyObject(r);
+    assert_non_null(strstr(task, id));
+    r = redisCommand(rc, "ZADD %sbatch:leases 0 %s", f->prefix, task);
+    freeReplyObject(r);
+
+    assert_int_equal(jobs_start(b), JOBS_OK);
+    jobs_info info = wait_status(a, id, "alice", "completed");
+    assert_int_equal(info.done, 40); /* every chunk once */
+    assert_int_equal(info.version, 1);
+    jobs_result *res = NULL;
+    size_t n = 0;
+    assert_int_equal(jobs_results(a, id, "alice", 0, 100, &res, &n), JOBS_OK);
+    assert_int_equal(n, 40);
+    for (size_t i = 0; i < n; i++)
+        assert_true(res[i].label == 0 || res[i].label == 1);
+    free(res);
+    assert_true(metric_in(mb, "aiserve_batch_lease_expiries_total") == 1);
+    assert_true(metric_in(mb, "aiserve_batch_inputs_processed_total") == 40);
+    /* Nothing left behind: no task, no lease, no inputs. */
+    r = redisCommand(rc, "EXISTS %sbatch:queue %sbatch:leases %sbatch:in:%s", f->prefix, f->prefix, f->prefix, id);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    redisFree(rc);
+    jobs_close(b);
+    jobs_close(a);
+    metrics_registry_destroy(mb);
+}
+
+static void test_redis_unreachable(void **state) {
+    fixture *f = *state;
+    snprintf(f->url, sizeof f->url, "redis://127.0.0.1:%d", free_port()); /* nothing listens */
+    jobs_options o = options(f);
+    jobs *j = open_ok(&o); /* opens: Redis may come later */
+    assert_int_equal(jobs_start(j), JOBS_OK);
+    const char *texts[1] = {"fine"};
+    size_t lens[1] = {4};
+    char id[JOBS_ID_MAX], err[512] = "";
+    assert_int_equal(jobs_submit(j, JOBS_KIND_V1, "", NULL, texts, lens, 1, id, err, sizeof err),
+                     JOBS_EUNAVAILABLE);
+    assert_non_null(strstr(err, "cannot connect"));
+    jobs_info info;
+    assert_int_equal(jobs_get(j, "batch_000000000000000000000000", "", &info), JOBS_EUNAVAILABLE);
+    jobs_close(j);
+    j = NULL;
+    snprintf(f->url, sizeof f->url, "http://127.0.0.1");
+    assert_int_equal(jobs_open(&o, &j, err, sizeof err), JOBS_EINVAL);
+    assert_null(j);
+}
+
 int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    redis_port = free_port();
+    redis_start();
+    srand((unsigned)time(NULL));
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_results_equal_engine, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_limits, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_resume_in_next_process_and_cancel, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_retention, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_async_submit, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_shared_queue_and_expired_lease, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_unreachable, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_results_equal_engine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_in_next_process_and_cancel, setup, teardown),
@@ -334,5 +445,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_async_submit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_directory, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    if (redis_pid)
+        redis_kill();
+    return failed;
 }

@@ -1,0 +1,90 @@
+/*
+ * jobs_int.h - what the jobs module's files share: the jobs struct, the
+ * store-neutral pieces of the worker (jobs.c), and the Redis store's entry
+ * points (redis_jobs.c). Not a public header.
+ */
+#ifndef AISERVE_JOBS_INT_H
+#define AISERVE_JOBS_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include <sqlite3.h>
+
+#include "jobs.h"
+
+/* One thread's way to the store: a SQLite connection or a Redis link. */
+typedef struct jobs_conn {
+    sqlite3 *db;
+    kv_redis_link *link;
+} jobs_conn;
+
+typedef struct jobs_queue {
+    jobs_req *head, *tail;
+} jobs_queue;
+
+struct jobs {
+    jobs_options opts;
+    bool redis;        /* the store is Redis (opts.redis) */
+    int lock_fd;       /* SQLite: the data directory's flock */
+
+    /* api: the synchronous functions and the writer thread, under
+     * api_lock; reader: the reader thread's own; work: the worker's own. */
+    jobs_conn api, reader, work;
+    pthread_mutex_t api_lock;
+
+    pthread_t worker, writer, reader_thread;
+    bool worker_started, writer_started, reader_started;
+    pthread_mutex_t lock; /* guards stopping, kicked and both queues */
+    pthread_cond_t wake;
+    bool stopping, kicked;
+    jobs_queue writes, reads; /* jobs_async's requests, by thread */
+
+    /* The chunk in flight (worker only, plus its on_done). */
+    pthread_mutex_t chunk_lock;
+    pthread_cond_t chunk_done;
+    bool chunk_finished;
+
+    metric *inputs_processed, *jobs_finished[3], *queue_inputs, *duration, *lease_expiries;
+    metric *by_state[5];
+};
+
+extern const char *const jobs_states[5]; /* queued, running, completed, failed, cancelled */
+
+int64_t jobs_now_ms(void);
+void jobs_new_id(char id[JOBS_ID_MAX]);
+bool jobs_is_stopping(jobs *j);
+void jobs_nap(jobs *j, int ms); /* until kicked, stopping, or ms passed */
+
+/* A submission's checks, the same for both stores: n within limits, the
+ * model known. Fills model_name (the default model's when model is NULL).
+ * JOBS_OK, JOBS_EINVAL or JOBS_ENOMODEL with a message in err. */
+int jobs_check_submit(jobs *j, size_t n, const char *model, char model_name[256], char *err, size_t cap);
+
+/* Runs texts through v as one background serving_job and waits for it,
+ * calling waiting(ud) every period_ms meanwhile (lease renewal; NULL for
+ * none). Fills out[0..n) (argmax label and its probability). Returns 0,
+ * 1 when the server is stopping (nothing computed), or -1 with the reason
+ * in err. */
+int jobs_compute(jobs *j, serving_version *v, char **texts, const size_t *lens, size_t n, jobs_result *out,
+                 void (*waiting)(void *ud), void *ud, int period_ms, char *err, size_t cap);
+
+/* Metrics for a job that ended (state: completed, failed, cancelled). */
+void jobs_count_finished(jobs *j, const char *state, int64_t created_ms, int64_t finished_ms);
+void jobs_set_gauges(jobs *j, const double count[5], double remaining_inputs);
+
+/* ---- redis_jobs.c ------------------------------------------------------------- */
+
+void rjobs_check(jobs *j); /* PINGs through the API link; logs when Redis does not answer */
+int rjobs_submit(jobs *j, kv_redis_link *l, jobs_kind kind, const char *owner, const char *model_name,
+                 const char *const *texts, const size_t *lens, size_t n, char id_out[JOBS_ID_MAX], char *err,
+                 size_t cap);
+int rjobs_get(jobs *j, kv_redis_link *l, const char *id, const char *owner, jobs_info *out, char *err,
+              size_t cap);
+/* Fills r[0..limit) (label -1 where not computed) for the job info. */
+int rjobs_results(jobs *j, kv_redis_link *l, const jobs_info *info, size_t offset, size_t limit, jobs_result *r,
+                  char *err, size_t cap);
+int rjobs_cancel(jobs *j, kv_redis_link *l, const char *id, const char *owner, char *err, size_t cap);
+void *rjobs_worker_main(void *arg);
+
+#endif /* AISERVE_JOBS_INT_H */
