@@ -1,0 +1,121 @@
+"""test_batch_redis.py - batch jobs in the queue shared through a real
+redis-server (batch.store auto: redis.url is set): two instances, a job
+submitted on one is run by both and read on either, with results equal to
+/predict's; the seed's endpoints across instances; a cancel on one stops the
+other's work; kill -9 of the only instance mid-job, then a new one finishes
+the job from what was stored, its chunk in flight handed over when its lease
+expires, nothing lost or stored twice; Redis down (503 for batch, /predict
+unaffected) and back.
+"""
+
+import time
+
+import requests
+
+from harness import assert_error, sample
+from test_batch import all_results, dev_sentences, wait_status
+
+
+def redis_server(server_factory, redis, *args, **kw):
+    return server_factory("--redis-url", redis.url(), "--no-cache", "--max-body-size", "8MiB",
+                          "--batch-lease", "2s", *args, **kw)
+
+
+def test_two_instances_share_one_queue(server_factory, redis_factory):
+    redis = redis_factory()
+    a = redis_server(server_factory, redis)
+    b = redis_server(server_factory, redis)
+    n = 2000
+    texts = dev_sentences(n)
+    r = a.post("/v1/batch", json={"inputs": texts})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": n}
+    done = wait_status(b, job["id"], timeout=300)          # read on the other instance
+    assert done["progress"] == {"done": n, "total": n} and done["model_version"] == "1"
+    # both instances computed part of it, and together every input once
+    pa = sample(a.metrics(), "aiserve_batch_inputs_processed_total")
+    pb = sample(b.metrics(), "aiserve_batch_inputs_processed_total")
+    assert pa > 0 and pb > 0 and pa + pb == n, (pa, pb)
+    results, last = all_results(a, job["id"], page=1000)
+    assert [x["index"] for x in results] == list(range(n)) and last["status"] == "completed"
+    singles = {t: a.predict(t).json() for t in set(texts)}
+    assert all(results[i]["result"] == singles[t] for i, t in enumerate(texts))
+    r = b.get("/v1/batch/%s/results" % job["id"], headers={"Accept": "application/jsonl"})
+    assert r.status_code == 200 and len(r.text.splitlines()) == n
+
+    # the seed's endpoints, submitted on one, answered on the other
+    r = b.post("/batch_predict", json=["a gorgeous , witty film", "tedious beyond belief"])
+    assert r.status_code == 202 and set(r.json()) == {"task_id", "status"}
+    task = r.json()["task_id"]
+    deadline = time.monotonic() + 60
+    while (body := a.get("/batch_result/" + task).json())["status"] == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert body["status"] == "completed"
+    assert [x["label"] for x in body["results"]] == [b.predict(t).json()["label"] for t in
+                                                     ["a gorgeous , witty film", "tedious beyond belief"]]
+
+    # a cancel on one instance stops the other's work too
+    big = a.post("/v1/batch", json={"inputs": dev_sentences(20000)}).json()["id"]
+    r = requests.delete(b.url("/v1/batch/" + big), timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    time.sleep(1.0)
+    first = a.get("/v1/batch/" + big).json()
+    time.sleep(1.0)
+    later = a.get("/v1/batch/" + big).json()
+    assert later["status"] == "cancelled" and later["progress"] == first["progress"]
+    assert later["progress"]["done"] < 20000
+    assert_error(requests.delete(a.url("/v1/batch/" + big), timeout=10), 409, "job_finished")
+    # the queue keeps nothing of it
+    assert redis.command("LLEN", "aiserve:batch:queue") == 0
+    assert redis.command("ZCARD", "aiserve:batch:leases") == 0
+
+
+def test_kill_9_mid_job_then_a_new_instance_finishes(server_factory, redis_factory):
+    redis = redis_factory()
+    n = 6000
+    texts = dev_sentences(n)
+    s = redis_server(server_factory, redis, clean_exit=False)
+    job_id = s.post("/v1/batch", json={"inputs": texts}).json()["id"]
+    deadline = time.monotonic() + 120
+    while s.get("/v1/batch/" + job_id).json()["progress"]["done"] < 64:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    s.kill()                                               # SIGKILL, mid-job
+    stored = int(redis.command("HGET", "aiserve:batch:job:" + job_id, "done"))
+    held = redis.command("ZCARD", "aiserve:batch:leases")  # the chunk it was computing, if any
+    assert 0 < stored < n and held in (0, 1), (stored, held)
+    s2 = redis_server(server_factory, redis)
+    body = wait_status(s2, job_id, timeout=300)
+    assert body["progress"] == {"done": n, "total": n}
+    results, _ = all_results(s2, job_id, page=5000)
+    assert [x["index"] for x in results] == list(range(n))
+    singles = {t: s2.predict(t).json() for t in set(texts)}
+    assert all(results[i]["result"] == singles[t] for i, t in enumerate(texts))
+    m = s2.metrics()
+    # exactly what was not stored was computed, and the dead lease was handed over
+    assert sample(m, "aiserve_batch_inputs_processed_total") == n - stored
+    assert sample(m, "aiserve_batch_lease_expiries_total") == held
+    if held:
+        assert s2.logs("batch_leases_expired")
+
+
+def test_redis_down_refuses_batch_not_predictions(server_factory, redis_factory):
+    redis = redis_factory()
+    s = redis_server(server_factory, redis)
+    job_id = s.post("/v1/batch", json={"inputs": ["fine"]}).json()["id"]
+    wait_status(s, job_id)
+    redis.kill()
+    r = s.post("/v1/batch", json={"inputs": ["while it is down"]})
+    assert_error(r, 503, "job_queue_unavailable")
+    assert r.headers["Retry-After"] == "1"
+    assert_error(s.get("/v1/batch/" + job_id), 503, "job_queue_unavailable")
+    assert s.predict("online traffic goes on").status_code == 200
+    redis.start()                                          # back, empty (no persistence)
+    deadline = time.monotonic() + 30
+    while (r := s.post("/v1/batch", json={"inputs": ["back again"]})).status_code != 202:
+        assert r.status_code == 503 and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert wait_status(s, r.json()["id"])["progress"] == {"done": 1, "total": 1}
+    assert s.logs("batch_queue_unavailable")
