@@ -16,9 +16,10 @@
  *    inference.
  *  - Background jobs (batch jobs) wait in a second FIFO that is neither
  *    bounded nor delayed: when the online queue is empty, the batcher gives
- *    the next batch (at most max_batch_size texts) to the first background
- *    job, then puts it back at the front of its FIFO; online jobs that
- *    arrive meanwhile wait for at most that one batch.
+ *    the next batch to the first background job, then puts it back at the
+ *    front of its FIFO; online jobs that arrive meanwhile wait for at most
+ *    that one batch, which holds at most a quarter of max_batch_size texts
+ *    (a short forward pass: online latency first, batch throughput second).
  *  - If the engine refuses a batch (it should not: texts were validated), the
  *    jobs of that batch are retried one by one so that one bad job cannot
  *    fail its neighbours.
@@ -176,9 +177,10 @@ static void *batcher_main(void *arg) {
             break;
         serving_job *background = NULL;
         if (!s->head) {
-            /* Nothing online: one background job gets this batch (at most
-             * max_batch of its texts, at once), then goes back to the front
-             * of its queue, so online work that arrives meanwhile is next. */
+            /* Nothing online: one background job gets this batch (a quarter
+             * of max_batch of its texts, at once), then goes back to the
+             * front of its queue, so online work that arrives meanwhile is
+             * next. */
             background = s->bg_head;
             s->bg_head = background->qnext_;
             if (!s->bg_head)
@@ -202,7 +204,10 @@ static void *batcher_main(void *arg) {
         uint64_t now = serving_now_us();
         serving_job *expired = NULL;
         size_t n_texts = 0, n_slices = 0;
-        while (s->head && n_texts < (size_t)s->max_batch) {
+        /* A background batch is a quarter of a full one: an online job
+         * that arrives while it runs waits for a short forward pass. */
+        size_t limit = background ? (size_t)(s->max_batch + 3) / 4 : (size_t)s->max_batch;
+        while (s->head && n_texts < limit) {
             serving_job *job = s->head;
             if (job->next_ == 0 && job->deadline_us && now >= job->deadline_us) {
                 s->head = job->qnext_;
@@ -214,8 +219,8 @@ static void *batcher_main(void *arg) {
             if (job->next_ == 0)
                 job->queue_wait_us = now - job->enqueued_us_;
             size_t take = job->n - job->next_;
-            if (take > (size_t)s->max_batch - n_texts)
-                take = (size_t)s->max_batch - n_texts;
+            if (take > limit - n_texts)
+                take = limit - n_texts;
             for (size_t i = 0; i < take; i++) {
                 s->texts[n_texts + i] = job->texts[job->next_ + i];
                 s->lens[n_texts + i] = job->lens[job->next_ + i];
