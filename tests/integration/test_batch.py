@@ -51,6 +51,19 @@ def all_results(s, job_id, page=200, **kw):
             return out, body
 
 
+def assert_finished_equal_singles(s, job_id, texts, timeout=300):
+    """Waits for the job to complete; its results, read in pages, are one per
+    input in order and equal /predict's answer for each. Returns the results."""
+    n = len(texts)
+    body = wait_status(s, job_id, timeout=timeout)
+    assert body["progress"] == {"done": n, "total": n}
+    results, _ = all_results(s, job_id, page=5000)
+    assert [x["index"] for x in results] == list(range(n))
+    singles = {t: s.predict(t).json() for t in set(texts)}
+    assert all(results[i]["result"] == singles[t] for i, t in enumerate(texts))
+    return results
+
+
 def test_500_inputs_equal_single_predictions(server_factory):
     s = server_factory("--no-cache")
     texts = dev_sentences(500)
@@ -158,12 +171,7 @@ def test_kill_9_mid_job_then_restart_loses_nothing(server_factory, tmp_path):
     s.kill()                                            # SIGKILL, mid-job
     assert 0 < done < n, done
     s2 = server_factory(*args)
-    body = wait_status(s2, job_id, timeout=300)
-    assert body["progress"] == {"done": n, "total": n}
-    results, _ = all_results(s2, job_id, page=5000)
-    assert [x["index"] for x in results] == list(range(n))
-    singles = {t: s2.predict(t).json() for t in set(texts)}
-    assert all(results[i]["result"] == singles[t] for i, t in enumerate(texts))
+    assert_finished_equal_singles(s2, job_id, texts)
     # what the killed process had committed was not computed again
     assert sample(s2.metrics(), "aiserve_batch_inputs_processed_total") <= n - done + 64
 

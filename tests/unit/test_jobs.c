@@ -143,6 +143,32 @@ static jobs_info wait_status(jobs *j, const char *id, const char *owner, const c
     return info;
 }
 
+/* The job's results, in order, are the engine's argmax and its probability
+ * for each of its n inputs (texts_of). */
+static void assert_results_equal_engine(jobs *j, const char *id, const char *owner, size_t n_inputs) {
+    engine_model *ref = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(MODELS "/sentiment/1", &eo, &ref, &eerr), 0);
+    const char *texts[64];
+    size_t lens[64];
+    assert_true(n_inputs <= 64);
+    texts_of(n_inputs, texts, lens);
+    float probs[64 * 2];
+    assert_int_equal(engine_classify(ref, texts, lens, n_inputs, NULL, probs, &eerr), 0);
+    jobs_result *r = NULL;
+    size_t n = 0;
+    assert_int_equal(jobs_results(j, id, owner, 0, 100, &r, &n), JOBS_OK);
+    assert_int_equal(n, n_inputs);
+    for (size_t i = 0; i < n; i++) {
+        int best = probs[2 * i + 1] > probs[2 * i] ? 1 : 0;
+        assert_int_equal(r[i].label, best);
+        assert_true(r[i].confidence == (double)probs[2 * i + best]);
+    }
+    free(r);
+    engine_model_free(ref);
+}
+
 /* ---- tests ---------------------------------------------------------------- */
 
 static void test_results_equal_engine(void **state) {
@@ -159,29 +185,21 @@ static void test_results_equal_engine(void **state) {
     assert_string_equal(info.model, "sentiment");
     assert_true(info.created_ms > 0 && info.started_ms >= info.created_ms && info.finished_ms >= info.started_ms);
 
-    engine_model *ref = NULL;
-    engine_options eo = {.n_threads = 1};
-    engine_error eerr = {0};
-    assert_int_equal(engine_model_load(MODELS "/sentiment/1", &eo, &ref, &eerr), 0);
-    const char *texts[64];
-    size_t lens[64];
-    texts_of(30, texts, lens);
-    float probs[64 * 2];
-    assert_int_equal(engine_classify(ref, texts, lens, 30, NULL, probs, &eerr), 0);
-    jobs_result *r = NULL;
-    size_t n = 0;
-    assert_int_equal(jobs_results(j, id, "alice", 0, 100, &r, &n), JOBS_OK);
-    assert_int_equal(n, 30);
-    for (size_t i = 0; i < n; i++) {
-        int best = probs[2 * i + 1] > probs[2 * i] ? 1 : 0;
-        assert_int_equal(r[i].label, best);
-        assert_true(r[i].confidence == (double)probs[2 * i + best]);
+    assert_results_equal_engine(j, id, "alice", 30);
+    jobs_result *all = NULL, *r = NULL;
+    size_t n_all = 0, n = 0;
+    assert_int_equal(jobs_results(j, id, "alice", 0, 30, &all, &n_all), JOBS_OK);
+    /* Pages across chunk edges; past the end; another owner. */
+    static const size_t pages[][2] = {{25, 10}, {7, 2}, {8, 9}, {0, 1}, {29, 1}};
+    for (size_t p = 0; p < sizeof pages / sizeof pages[0]; p++) {
+        assert_int_equal(jobs_results(j, id, "alice", pages[p][0], pages[p][1], &r, &n), JOBS_OK);
+        assert_int_equal(n, pages[p][0] + pages[p][1] > 30 ? 30 - pages[p][0] : pages[p][1]);
+        for (size_t i = 0; i < n; i++)
+            assert_true(r[i].label == all[pages[p][0] + i].label &&
+                        r[i].confidence == all[pages[p][0] + i].confidence);
+        free(r);
     }
-    free(r);
-    /* A page in the middle; past the end; another owner. */
-    assert_int_equal(jobs_results(j, id, "alice", 25, 10, &r, &n), JOBS_OK);
-    assert_int_equal(n, 5);
-    free(r);
+    free(all);
     assert_int_equal(jobs_results(j, id, "alice", 30, 10, &r, &n), JOBS_OK);
     assert_int_equal(n, 0);
     assert_null(r);
@@ -190,7 +208,6 @@ static void test_results_equal_engine(void **state) {
     assert_int_equal(jobs_cancel(j, id, "bob"), JOBS_ENOTFOUND);
     assert_int_equal(jobs_cancel(j, id, "alice"), JOBS_EFINISHED);
     assert_int_equal(jobs_get(j, "batch_nope", "alice", &info), JOBS_ENOTFOUND);
-    engine_model_free(ref);
     jobs_close(j);
 }
 
@@ -385,13 +402,7 @@ static void test_redis_shared_queue_and_expired_lease(void **state) {
     jobs_info info = wait_status(a, id, "alice", "completed");
     assert_int_equal(info.done, 40); /* every chunk once */
     assert_int_equal(info.version, 1);
-    jobs_result *res = NULL;
-    size_t n = 0;
-    assert_int_equal(jobs_results(a, id, "alice", 0, 100, &res, &n), JOBS_OK);
-    assert_int_equal(n, 40);
-    for (size_t i = 0; i < n; i++)
-        assert_true(res[i].label == 0 || res[i].label == 1);
-    free(res);
+    assert_results_equal_engine(a, id, "alice", 40);
     assert_true(metric_in(mb, "aiserve_batch_lease_expiries_total") == 1);
     assert_true(metric_in(mb, "aiserve_batch_inputs_processed_total") == 40);
     /* Nothing left behind: no task, no lease, no inputs. */
