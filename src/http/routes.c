@@ -112,19 +112,32 @@ static void handle_health(http_call *call) {
     const char *status = ready ? "healthy" : settled ? "unhealthy" : "loading";
     kv_health store = {.ok = true};
     kv_get_health(s->opts.shared_store, &store);
-    if (ready && !store.ok)
-        status = "degraded"; /* still serving: the cache is bypassed, limits follow their policy */
+    char queue_error[200] = "";
+    bool queue_ok = !s->opts.jobs || jobs_queue_ok(s->opts.jobs, queue_error, sizeof queue_error);
+    if (ready && (!store.ok || !queue_ok))
+        status = "degraded"; /* still serving: the cache is bypassed, limits follow their policy, batch waits */
     if (atomic_load(&s->draining))
         status = "shutting_down";
     json_t *body = json_pack("{s:s, s:b, s:b, s:o, s:s, s:f}", "status", status, "model_loaded",
                              any_loaded, "ready", ready, "models", models, "version", s->version,
                              "uptime_seconds", (double)time(NULL) - s->start_time);
+    json_t *deps = json_object();
     if (s->opts.shared_store) {
         json_t *dep = json_pack("{s:s}", "status", store.ok ? "up" : "down");
         if (!store.ok)
             json_object_set_new(dep, "error", json_string(store.reason));
-        json_object_set_new(body, "dependencies", json_pack("{s:o}", kv_backend_name(s->opts.shared_store), dep));
+        json_object_set_new(deps, kv_backend_name(s->opts.shared_store), dep);
     }
+    if (s->opts.jobs && strcmp(jobs_store_name(s->opts.jobs), "redis") == 0) {
+        json_t *dep = json_pack("{s:s}", "status", queue_ok ? "up" : "down");
+        if (!queue_ok)
+            json_object_set_new(dep, "error", json_string(queue_error));
+        json_object_set_new(deps, "batch_queue", dep);
+    }
+    if (json_object_size(deps))
+        json_object_set_new(body, "dependencies", deps);
+    else
+        json_decref(deps);
     if (!ready || atomic_load(&s->draining)) {
         json_object_set_new(body, "error",
                             json_pack("{s:s, s:s, s:s, s:s}", "message",

@@ -205,6 +205,7 @@ int jobs_open(const jobs_options *opts, jobs **out, char *err, size_t cap) {
     pthread_cond_init(&j->wake, NULL);
     pthread_mutex_init(&j->chunk_lock, NULL);
     pthread_cond_init(&j->chunk_done, NULL);
+    pthread_mutex_init(&j->health_lock, NULL);
     int rc = j->redis ? open_links(j, opts->redis, err, cap) : open_sqlite(j, err, cap);
     j->opts.data_dir = NULL; /* borrowed too; only open_sqlite needs it */
     if (rc != JOBS_OK) {
@@ -504,6 +505,17 @@ int jobs_cancel(jobs *j, const char *id, const char *owner) {
     pthread_mutex_unlock(&j->api_lock);
     return rc;
 }
+
+bool jobs_queue_ok(jobs *j, char *reason, size_t cap) {
+    if (!atomic_load(&j->queue_down))
+        return true;
+    pthread_mutex_lock(&j->health_lock);
+    snprintf(reason, cap, "%s", j->queue_error);
+    pthread_mutex_unlock(&j->health_lock);
+    return false;
+}
+
+const char *jobs_store_name(const jobs *j) { return j->redis ? "redis" : "sqlite"; }
 
 /* Runs one request of jobs_async on connection c; then its callback. */
 static void run_request(jobs *j, jobs_conn *c, jobs_req *r) {
@@ -975,5 +987,6 @@ void jobs_close(jobs *j) {
     pthread_cond_destroy(&j->wake);
     pthread_mutex_destroy(&j->chunk_lock);
     pthread_cond_destroy(&j->chunk_done);
+    pthread_mutex_destroy(&j->health_lock);
     free(j);
 }

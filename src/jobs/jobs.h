@@ -154,6 +154,12 @@ int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size
  * its next chunk; results computed so far are kept. */
 int jobs_cancel(jobs *j, const char *id, const char *owner);
 
+/* Redis store: false while the queue's Redis fails (the last command of any
+ * jobs thread did), with the reason in reason[cap]; SQLite: always true.
+ * Any thread. */
+bool jobs_queue_ok(jobs *j, char *reason, size_t cap);
+const char *jobs_store_name(const jobs *j); /* "sqlite" or "redis" */
+
 /* ---- the same, for event loops ------------------------------------------- */
 
 typedef enum jobs_op { JOBS_OP_SUBMIT, JOBS_OP_GET, JOBS_OP_RESULTS, JOBS_OP_CANCEL } jobs_op;

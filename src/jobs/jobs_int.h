@@ -7,6 +7,7 @@
 #define AISERVE_JOBS_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include <sqlite3.h>
@@ -44,6 +45,11 @@ struct jobs {
     pthread_mutex_t chunk_lock;
     pthread_cond_t chunk_done;
     bool chunk_finished;
+
+    /* Redis store: how the last command went, on any thread (jobs_queue_ok). */
+    _Atomic bool queue_down;
+    pthread_mutex_t health_lock; /* guards queue_error */
+    char queue_error[200];
 
     metric *inputs_processed, *jobs_finished[3], *queue_inputs, *duration, *lease_expiries;
     metric *by_state[5];

@@ -33,6 +33,7 @@
  * gives the API, the reader and the worker a link each).
  */
 #define _GNU_SOURCE
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,8 +194,23 @@ static const char gauges_script[] = LUA_PRELUDE
 
 #define MAX_ARGS 12
 
+/* One command; its outcome is what jobs_health reports. */
+static redisReply *command(jobs *j, kv_redis_link *l, int argc, const char **argv, const size_t *lens, char *err,
+                           size_t cap) {
+    redisReply *r = kv_redis_link_command(l, argc, argv, lens, err, cap);
+    bool was_down = atomic_load(&j->queue_down);
+    if (!r || was_down) {
+        pthread_mutex_lock(&j->health_lock);
+        if (!r)
+            snprintf(j->queue_error, sizeof j->queue_error, "%s", err);
+        atomic_store(&j->queue_down, r == NULL);
+        pthread_mutex_unlock(&j->health_lock);
+    }
+    return r;
+}
+
 /* EVAL script 0 prefix args...: the reply (caller frees) or NULL. */
-static redisReply *eval(kv_redis_link *l, const char *script, int nargs, const char *const *args, char *err,
+static redisReply *eval(jobs *j, kv_redis_link *l, const char *script, int nargs, const char *const *args, char *err,
                         size_t cap) {
     const char *argv[MAX_ARGS + 4];
     size_t lens[MAX_ARGS + 4];
@@ -207,7 +223,7 @@ static redisReply *eval(kv_redis_link *l, const char *script, int nargs, const c
         argv[argc++] = args[i];
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
-    return kv_redis_link_command(l, argc, argv, lens, err, cap);
+    return command(j, l, argc, argv, lens, err, cap);
 }
 
 static long long int_of(const redisReply *r) {
@@ -236,7 +252,7 @@ static int bad_reply(redisReply *r, char *err, size_t cap) {
 void rjobs_check(jobs *j) {
     char err[200];
     const char *argv[1] = {"PING"};
-    redisReply *r = kv_redis_link_command(j->api.link, 1, argv, NULL, err, sizeof err);
+    redisReply *r = command(j, j->api.link, 1, argv, NULL, err, sizeof err);
     if (r)
         freeReplyObject(r);
     else
@@ -290,7 +306,7 @@ static int write_inputs(jobs *j, kv_redis_link *l, const char *in_key, const cha
             argv[argc] = fields[c - c0], alens[argc++] = strlen(fields[c - c0]);
             argv[argc] = blobs[c - c0], alens[argc++] = strlen(blobs[c - c0]);
         }
-        redisReply *r = rc == JOBS_OK ? kv_redis_link_command(l, argc, argv, alens, err, cap) : NULL;
+        redisReply *r = rc == JOBS_OK ? command(j, l, argc, argv, alens, err, cap) : NULL;
         if (rc == JOBS_OK && !r)
             rc = JOBS_EUNAVAILABLE;
         if (r)
@@ -299,7 +315,7 @@ static int write_inputs(jobs *j, kv_redis_link *l, const char *in_key, const cha
             free(blobs[c]);
         if (rc == JOBS_OK && c0 == 0) {
             const char *ex[3] = {"PEXPIRE", in_key, INPUT_EXPIRY_MS};
-            if (!(r = kv_redis_link_command(l, 3, ex, NULL, err, cap)))
+            if (!(r = command(j, l, 3, ex, NULL, err, cap)))
                 rc = JOBS_EUNAVAILABLE;
             else
                 freeReplyObject(r);
@@ -310,10 +326,10 @@ static int write_inputs(jobs *j, kv_redis_link *l, const char *in_key, const cha
     return JOBS_OK;
 }
 
-static void drop_key(kv_redis_link *l, const char *key) {
+static void drop_key(jobs *j, kv_redis_link *l, const char *key) {
     char err[64];
     const char *argv[2] = {"DEL", key};
-    redisReply *r = kv_redis_link_command(l, 2, argv, NULL, err, sizeof err);
+    redisReply *r = command(j, l, 2, argv, NULL, err, sizeof err);
     if (r)
         freeReplyObject(r);
 }
@@ -326,7 +342,7 @@ int rjobs_submit(jobs *j, kv_redis_link *l, jobs_kind kind, const char *owner, c
     key_of(in_key, sizeof in_key, l, "in", id_out);
     int rc = write_inputs(j, l, in_key, texts, lens, n, err, cap);
     if (rc != JOBS_OK) {
-        drop_key(l, in_key);
+        drop_key(j, l, in_key);
         return rc;
     }
     size_t cs = j->opts.chunk_size;
@@ -334,19 +350,19 @@ int rjobs_submit(jobs *j, kv_redis_link *l, jobs_kind kind, const char *owner, c
     const char *args[] = {id_out, owner, model_name, NUM(b_kind, kind), NUM(b_total, n),
                           NUM(b_chunks, (n + cs - 1) / cs), NUM(b_cs, cs), NUM(b_created, jobs_now_ms()),
                           NUM(b_max, j->opts.max_active_per_owner)};
-    redisReply *r = eval(l, submit_script, 9, args, err, cap);
+    redisReply *r = eval(j, l, submit_script, 9, args, err, cap);
     if (!r) {
-        drop_key(l, in_key);
+        drop_key(j, l, in_key);
         return JOBS_EUNAVAILABLE;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-        drop_key(l, in_key);
+        drop_key(j, l, in_key);
         return bad_reply(r, err, cap);
     }
     long long made = int_of(r->element[0]), active = int_of(r->element[1]);
     freeReplyObject(r);
     if (!made) {
-        drop_key(l, in_key);
+        drop_key(j, l, in_key);
         snprintf(err, cap, "%lld jobs of this key are unfinished; the limit is %d (wait for one, or cancel one)",
                  active, j->opts.max_active_per_owner);
         return JOBS_ELIMIT;
@@ -360,7 +376,7 @@ int rjobs_get(jobs *j, kv_redis_link *l, const char *id, const char *owner, jobs
     char key[400];
     key_of(key, sizeof key, l, "job", id);
     const char *argv[2] = {"HGETALL", key};
-    redisReply *r = kv_redis_link_command(l, 2, argv, NULL, err, cap);
+    redisReply *r = command(j, l, 2, argv, NULL, err, cap);
     if (!r)
         return JOBS_EUNAVAILABLE;
     if (r->type != REDIS_REPLY_ARRAY)
@@ -420,7 +436,7 @@ int rjobs_results(jobs *j, kv_redis_link *l, const jobs_info *info, size_t offse
     key_of(job_key, sizeof job_key, l, "job", info->id);
     key_of(res_key, sizeof res_key, l, "res", info->id);
     const char *hget[3] = {"HGET", job_key, "chunk"};
-    redisReply *rep = kv_redis_link_command(l, 3, hget, NULL, err, cap);
+    redisReply *rep = command(j, l, 3, hget, NULL, err, cap);
     if (!rep)
         return JOBS_EUNAVAILABLE;
     size_t cs = (size_t)int_of(rep);
@@ -440,7 +456,7 @@ int rjobs_results(jobs *j, kv_redis_link *l, const jobs_info *info, size_t offse
             snprintf(fields[c - c0], sizeof fields[0], "%zu", c);
             argv[argc++] = fields[c - c0];
         }
-        rep = kv_redis_link_command(l, argc, argv, NULL, err, cap);
+        rep = command(j, l, argc, argv, NULL, err, cap);
         if (!rep)
             return JOBS_EUNAVAILABLE;
         if (rep->type != REDIS_REPLY_ARRAY || rep->elements != c1 - c0 + 1)
@@ -458,7 +474,7 @@ int rjobs_results(jobs *j, kv_redis_link *l, const jobs_info *info, size_t offse
 int rjobs_cancel(jobs *j, kv_redis_link *l, const char *id, const char *owner, char *err, size_t cap) {
     char b_now[24], b_ret[24];
     const char *args[] = {id, owner, NUM(b_now, jobs_now_ms()), NUM(b_ret, j->opts.retention_us / 1000)};
-    redisReply *r = eval(l, cancel_script, 4, args, err, cap);
+    redisReply *r = eval(j, l, cancel_script, 4, args, err, cap);
     if (!r)
         return JOBS_EUNAVAILABLE;
     if (r->type != REDIS_REPLY_INTEGER)
@@ -488,7 +504,7 @@ typedef struct worker {
 
 /* A script's integer answer, or -1 when Redis failed. */
 static long long eval_int(worker *w, const char *script, int nargs, const char *const *args) {
-    redisReply *r = eval(w->l, script, nargs, args, w->err, sizeof w->err);
+    redisReply *r = eval(w->j, w->l, script, nargs, args, w->err, sizeof w->err);
     if (!r)
         return -1;
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
@@ -509,7 +525,7 @@ static void note_redis(worker *w, bool ok) {
 static int take_task(worker *w, claim *c) {
     char b_lease[24], b_now[24];
     const char *args[] = {NUM(b_lease, w->j->opts.lease_us / 1000), NUM(b_now, jobs_now_ms())};
-    redisReply *r = eval(w->l, claim_script, 2, args, w->err, sizeof w->err);
+    redisReply *r = eval(w->j, w->l, claim_script, 2, args, w->err, sizeof w->err);
     if (!r)
         return -1;
     if (r->type == REDIS_REPLY_NIL) {
@@ -651,7 +667,7 @@ static int run_task(worker *w, claim *c) {
         int64_t t = jobs_now_ms();
         const char *args[] = {c->task, c->id, NUM(b_chunk, c->chunk), NUM(b_n, n), blob ? blob : "[]",
                               NUM(b_now, t), NUM(b_ret, j->opts.retention_us / 1000)};
-        redisReply *r = blob ? eval(w->l, commit_script, 7, args, w->err, sizeof w->err) : NULL;
+        redisReply *r = blob ? eval(w->j, w->l, commit_script, 7, args, w->err, sizeof w->err) : NULL;
         free(blob);
         if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
             if (int_of(r->element[0]))
@@ -683,7 +699,7 @@ static void housekeeping(worker *w) {
     }
     char b_cut[24];
     const char *args[] = {NUM(b_cut, jobs_now_ms() - (int64_t)(w->j->opts.retention_us / 1000))};
-    redisReply *r = eval(w->l, gauges_script, 1, args, w->err, sizeof w->err);
+    redisReply *r = eval(w->j, w->l, gauges_script, 1, args, w->err, sizeof w->err);
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 6) {
         double count[5];
         for (int i = 0; i < 5; i++)

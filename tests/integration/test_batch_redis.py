@@ -98,12 +98,18 @@ def test_redis_down_refuses_batch_not_predictions(server_factory, redis_factory)
     s = redis_server(server_factory, redis)
     job_id = s.post("/v1/batch", json={"inputs": ["fine"]}).json()["id"]
     wait_status(s, job_id)
+    health = s.get("/health").json()
+    assert health["status"] == "healthy" and health["dependencies"]["batch_queue"] == {"status": "up"}
     redis.kill()
     r = s.post("/v1/batch", json={"inputs": ["while it is down"]})
     assert_error(r, 503, "job_queue_unavailable")
     assert r.headers["Retry-After"] == "1"
     assert_error(s.get("/v1/batch/" + job_id), 503, "job_queue_unavailable")
     assert s.predict("online traffic goes on").status_code == 200
+    health = s.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert health.json()["dependencies"]["batch_queue"]["status"] == "down"
+    assert "error" in health.json()["dependencies"]["batch_queue"]
     redis.start()                                          # back, empty (no persistence)
     deadline = time.monotonic() + 30
     while (r := s.post("/v1/batch", json={"inputs": ["back again"]})).status_code != 202:
@@ -111,3 +117,4 @@ def test_redis_down_refuses_batch_not_predictions(server_factory, redis_factory)
         time.sleep(0.1)
     assert wait_status(s, r.json()["id"])["progress"] == {"done": 1, "total": 1}
     assert s.logs("batch_queue_unavailable")
+    assert s.get("/health").json()["dependencies"]["batch_queue"] == {"status": "up"}
