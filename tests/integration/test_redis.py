@@ -55,7 +55,8 @@ def test_cache_lives_in_redis_and_is_shared(server_factory, redis_factory):
     assert r3.headers["X-Cache"] == "MISS"
     assert sample(b.metrics(), "aiserve_cache_requests_total", result="hit") == 1
     assert sample(a.metrics(), "aiserve_redis_connections") >= 1
-    assert a.get("/health").json()["dependencies"] == {"redis": {"status": "up"}}
+    # both users of Redis: the cache and limits, and the batch queue (batch.store auto)
+    assert a.get("/health").json()["dependencies"] == {"redis": {"status": "up"}, "batch_queue": {"status": "up"}}
 
 
 def test_limit_exact_across_two_instances_under_50_clients(server_factory, redis_factory, tmp_path):
