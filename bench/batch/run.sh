@@ -75,9 +75,13 @@ d0=$(job_done "$id")
 busy=$(wrk_run)
 d1=$(job_done "$id")
 echo "run.sh: with job:  $busy" | cut -c1-200 >&2
+sleep 1.5   # online traffic over: background batches grow back to full size
+d2=$(job_done "$id")
+sleep 5
+d3=$(job_done "$id")
 status=$(curl -s "$URL/v1/batch/$id" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["status"])')
 "$PY" - "$idle" "$busy" "$d0" "$d1" "$DUR" "$INPUTS" "$status" "$t0" "$t1" "$HERE/work/results-$(date -u +%Y%m%dT%H%M%SZ).json" \
-  "$(git -C "$ROOT" rev-parse --short HEAD)" "$CONC" "$STORE" <<'PYEOF'
+  "$(git -C "$ROOT" rev-parse --short HEAD)" "$CONC" "$STORE" "$d2" "$d3" <<'PYEOF'
 import json, sys
 idle, busy = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 d0, d1, dur, n, status = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
@@ -92,9 +96,10 @@ for name, r in (("idle", idle), ("with job", busy)):
     l = r["latency_ms"]
     print("%-10s %10.0f %9.2f %9.2f %9.1f" % (name, r["requests_per_s"], l["p50"], l["p99"], l["max"]))
 print("p99 with the job / idle: %.2fx (target at most 1.5x)" % ratio)
-print("job: stored in %.2f s; %d inputs computed during the %g s run (%.0f/s), status %s at the end"
-      % (submit_s, d1 - d0, dur, (d1 - d0) / dur, status))
-json.dump({"idle": idle, "with_job": busy, "p99_ratio": ratio, "job_inputs_during_run": d1 - d0,
+alone = (int(sys.argv[15]) - int(sys.argv[14])) / 5.0
+print("job: stored in %.2f s; %d inputs computed during the %g s run (%.0f/s); %.0f/s with no online traffic"
+      % (submit_s, d1 - d0, dur, (d1 - d0) / dur, alone))
+json.dump({"idle": idle, "with_job": busy, "p99_ratio": ratio, "job_inputs_during_run": d1 - d0, "job_inputs_per_s_alone": alone,
            "submit_seconds": submit_s, "job_status_after": status, "revision": sys.argv[11], "store": sys.argv[13]},
           open(sys.argv[10], "w"), indent=1)
 PYEOF

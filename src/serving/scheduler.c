@@ -19,7 +19,9 @@
  *    the next batch to the first background job, then puts it back at the
  *    front of its FIFO; online jobs that arrive meanwhile wait for at most
  *    that one batch, which holds at most a quarter of max_batch_size texts
- *    (a short forward pass: online latency first, batch throughput second).
+ *    while online jobs have arrived in the last second (a short forward
+ *    pass: online latency first, batch throughput second), and a full batch
+ *    when none have.
  *  - If the engine refuses a batch (it should not: texts were validated), the
  *    jobs of that batch are retried one by one so that one bad job cannot
  *    fail its neighbours.
@@ -53,6 +55,7 @@ struct sched {
     serving_job *head, *tail;
     size_t queued_texts;       /* texts not yet taken by a batch (online queue) */
     serving_job *bg_head, *bg_tail; /* background jobs: run only when head is empty */
+    uint64_t last_online_us;   /* when the last online job arrived (0: never) */
     int stopping;
     int refusing;              /* sched_cancel: no new jobs */
     pthread_t thread;
@@ -63,6 +66,8 @@ struct sched {
     float *probs;
     struct slice { serving_job *job; size_t first, count; } *slices;
 };
+
+#define ONLINE_RECENT_US 1000000u /* online traffic this recent keeps background batches short */
 
 uint64_t serving_now_us(void) {
     struct timespec ts;
@@ -204,9 +209,13 @@ static void *batcher_main(void *arg) {
         uint64_t now = serving_now_us();
         serving_job *expired = NULL;
         size_t n_texts = 0, n_slices = 0;
-        /* A background batch is a quarter of a full one: an online job
-         * that arrives while it runs waits for a short forward pass. */
-        size_t limit = background ? (size_t)(s->max_batch + 3) / 4 : (size_t)s->max_batch;
+        /* While online traffic is about (an online job in the last
+         * ONLINE_RECENT_US), a background batch is a quarter of a full one:
+         * an online job that arrives while it runs waits for a short
+         * forward pass. With no online traffic it is full. */
+        size_t limit = (size_t)s->max_batch;
+        if (background && s->last_online_us && now - s->last_online_us < ONLINE_RECENT_US)
+            limit = (limit + 3) / 4;
         while (s->head && n_texts < limit) {
             serving_job *job = s->head;
             if (job->next_ == 0 && job->deadline_us && now >= job->deadline_us) {
@@ -389,6 +398,7 @@ int sched_submit(sched *s, serving_job *job) {
         s->head = job;
     s->tail = job;
     s->queued_texts += job->n;
+    s->last_online_us = job->enqueued_us_;
     metric_set(s->metrics.queue_depth, (double)s->queued_texts);
     pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);

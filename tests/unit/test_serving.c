@@ -947,9 +947,46 @@ static void test_background_yields_to_online(void **state) {
         assert_int_equal(j[i].job.status, 0);
         assert_probs_match(ref, &j[i]);
     }
-    /* Background batches hold a quarter of max_batch_size (rounded up): 1. */
+    /* With online traffic about, background batches hold a quarter of
+     * max_batch_size (rounded up): 1. */
     assert_int_equal(j[1].job.batch_size, 1);
     assert_int_equal(j[2].job.batch_size, 1);
+    serving_version_release(v);
+    serving_repo_destroy(r);
+    engine_model_free(ref);
+    tracker_fini(&t);
+    metrics_registry_destroy(m);
+    repo_dir_remove(&d);
+}
+
+/* With no online traffic, a background job's batches are full. */
+static void test_background_alone_takes_full_batches(void **state) {
+    (void)state;
+    repo_dir d;
+    repo_dir_init(&d);
+    repo_link(&d, "a", "1", "distilbert-f32");
+    metrics_registry *m = metrics_registry_create();
+    serving_options o = options(&d);
+    o.max_batch_size = 4;
+    serving_repo *r = repo_open(&o, m);
+    serving_version *v = acquire_ok(r, "a", 0);
+    engine_model *ref = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(FIXTURES "/distilbert-f32", &eo, &ref, &eerr), 0);
+    tracker t;
+    tracker_init(&t);
+    static test_job j[1];
+    const char *texts[8];
+    for (size_t i = 0; i < 8; i++)
+        texts[i] = pool[(i + 2) % POOL_N];
+    job_fill(&j[0], &t, texts, 8);
+    j[0].job.background = 1;
+    assert_int_equal(serving_submit(v, &j[0].job), 0);
+    assert_int_equal(tracker_wait(&t, 1), 0);
+    assert_int_equal(j[0].job.status, 0);
+    assert_int_equal(j[0].job.batch_size, 4); /* two full batches, not eight of one */
+    assert_probs_match(ref, &j[0]);
     serving_version_release(v);
     serving_repo_destroy(r);
     engine_model_free(ref);
@@ -1268,6 +1305,7 @@ int main(void) {
         cmocka_unit_test(test_queue_bound_and_stop),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_background_yields_to_online),
+        cmocka_unit_test(test_background_alone_takes_full_batches),
         cmocka_unit_test(test_embedding_through_scheduler),
         cmocka_unit_test(test_reference_outlives_destroy),
         cmocka_unit_test(test_destroy_with_queued_jobs),
