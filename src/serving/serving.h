@@ -294,10 +294,12 @@ struct serving_job {
     const size_t *lens;
     size_t n;
     uint64_t deadline_us;      /* core clock (CLOCK_MONOTONIC, us); 0: none */
-    /* Background work (batch jobs): queued apart and run only when no
-     * online job waits, one batch at a time (at most max_batch_size of its
-     * texts), so online latency sees at most one batch of it. Not counted
-     * against max_queue_size; never refused as full. */
+    /* Background work (batch jobs, shadow requests): queued apart and run
+     * only when no online job waits, one batch at a time (a quarter of
+     * max_batch_size of its texts while online jobs arrived in the last
+     * second, else max_batch_size), so online latency sees at most one
+     * short batch of it. Not counted against max_queue_size; never refused
+     * as full. */
     int background;
     float *probs;              /* n x n_labels (classifiers) or n x hidden (embedding models: each
                                   text's vector, pooled and normalised as the model's
