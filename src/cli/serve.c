@@ -125,19 +125,25 @@ static void protection_close(protection *p) {
     memset(p, 0, sizeof *p);
 }
 
+/* The Redis of redis.url, as configured: shared by the protection store and
+ * the batch job queue. */
+static kv_redis_options redis_options(const core_config *cfg, metrics_registry *registry) {
+    return (kv_redis_options){
+        .url = cfg->redis_url,
+        .key_prefix = cfg->redis_key_prefix,
+        .connect_timeout_us = (uint64_t)cfg->redis_connect_timeout_ms * 1000u,
+        .command_timeout_us = (uint64_t)cfg->redis_command_timeout_ms * 1000u,
+        .metrics = registry,
+    };
+}
+
 /* Makes what cfg enables. Returns 0, or -1 with a message in err. */
 static int protection_open(const core_config *cfg, metrics_registry *registry, protection *p, char *err,
                            size_t cap) {
     memset(p, 0, sizeof *p);
     guard_error gerr = {0};
     if (cfg->redis_url[0] && (cfg->ratelimit_enabled || cfg->cache_enabled)) {
-        kv_redis_options ro = {
-            .url = cfg->redis_url,
-            .key_prefix = cfg->redis_key_prefix,
-            .connect_timeout_us = (uint64_t)cfg->redis_connect_timeout_ms * 1000u,
-            .command_timeout_us = (uint64_t)cfg->redis_command_timeout_ms * 1000u,
-            .metrics = registry,
-        };
+        kv_redis_options ro = redis_options(cfg, registry);
         char rerr[300];
         if (kv_redis_create(&ro, &p->redis, rerr, sizeof rerr) != KV_OK) {
             snprintf(err, cap, "redis.url: %s", rerr);
@@ -365,12 +371,7 @@ int cli_serve(int argc, char **argv) {
             .metrics = registry,
             .lease_us = (uint64_t)cfg.batch_lease_ms * 1000u,
         };
-        kv_redis_options batch_redis = {
-            .url = cfg.redis_url,
-            .key_prefix = cfg.redis_key_prefix,
-            .connect_timeout_us = (uint64_t)cfg.redis_connect_timeout_ms * 1000u,
-            .command_timeout_us = (uint64_t)cfg.redis_command_timeout_ms * 1000u,
-        };
+        kv_redis_options batch_redis = redis_options(&cfg, NULL); /* links count no metrics */
         if (strcmp(cfg.batch_store, "redis") == 0 || (strcmp(cfg.batch_store, "auto") == 0 && cfg.redis_url[0]))
             jo.redis = &batch_redis;
         char batch_err[512] = "";
