@@ -252,6 +252,17 @@ static void log_keys_reload(guard_keys *keys, int rc, const guard_error *err, co
     log_auth_state(keys, host);
 }
 
+/* Tears down what cli_serve made, in reverse order (NULLs are skipped). */
+static void close_all(http_server *server, jobs *batch, serving_repo *repo, protection *prot, guard_keys *keys,
+                      metrics_registry *registry) {
+    http_server_destroy(server);
+    jobs_close(batch); /* before the repository: its worker holds a version */
+    serving_repo_destroy(repo);
+    protection_close(prot);
+    guard_keys_close(keys);
+    metrics_registry_destroy(registry);
+}
+
 int cli_serve(int argc, char **argv) {
     core_config cfg;
     core_error cerr = {{0}};
@@ -284,11 +295,19 @@ int cli_serve(int argc, char **argv) {
               json_string(AISERVE_REVISION), "pid", json_integer(getpid()), "cpus",
               json_integer(cpus), "config", config_json ? config_json : json_null(), NULL);
 
+    /* What start-up makes, torn down in reverse at `failed` when a step
+     * fails (every close takes what was never made). */
+    char why[512] = "";
+    const char *failed_keys_file = NULL; /* the key store was what failed */
+    guard_keys *keys = NULL;
+    protection prot = {0};
+    serving_repo *repo = NULL;
+    jobs *batch = NULL;
+    http_server *server = NULL;
     metrics_registry *registry = metrics_registry_create();
     if (!registry || metrics_register_process(registry) != 0) {
-        log_event(LOG_ERROR, "startup_failed", "error", json_string("out of memory"), NULL);
-        metrics_registry_destroy(registry);
-        return 2;
+        snprintf(why, sizeof why, "out of memory");
+        goto failed;
     }
     const char *build_labels[] = {"version", "revision"};
     metric_family *build = metrics_gauge(registry, "aiserve_build_info",
@@ -303,13 +322,11 @@ int cli_serve(int argc, char **argv) {
 
     /* A key store that is there but cannot be read must stop the start:
      * serving openly instead would be the wrong way to fail. */
-    guard_keys *keys = NULL;
     guard_error gerr = {0};
     if (guard_keys_open(cfg.keys_file, registry, &keys, &gerr) != 0) {
-        log_event(LOG_ERROR, "startup_failed", "error", json_string(gerr.message), "keys_file",
-                  json_string(cfg.keys_file), NULL);
-        metrics_registry_destroy(registry);
-        return 2;
+        snprintf(why, sizeof why, "%s", gerr.message);
+        failed_keys_file = cfg.keys_file;
+        goto failed;
     }
     {
         guard_keys_stats st;
@@ -321,14 +338,8 @@ int cli_serve(int argc, char **argv) {
         log_auth_state(keys, cfg.host);
     }
 
-    protection prot;
-    char perr[512] = "";
-    if (protection_open(&cfg, registry, &prot, perr, sizeof perr) != 0) {
-        log_event(LOG_ERROR, "startup_failed", "error", json_string(perr), NULL);
-        guard_keys_close(keys);
-        metrics_registry_destroy(registry);
-        return 2;
-    }
+    if (protection_open(&cfg, registry, &prot, why, sizeof why) != 0)
+        goto failed;
 
     serving_options sopts = {
         .repository = cfg.model_repository,
@@ -340,27 +351,14 @@ int cli_serve(int argc, char **argv) {
         .version_policy = cfg.version_policy,
         .poll_interval_us = (uint64_t)cfg.poll_interval_ms * 1000u,
     };
-    serving_repo *repo = NULL;
     serving_error serr = {0};
     if (serving_repo_create(&sopts, registry, &repo, &serr) != 0) {
-        log_event(LOG_ERROR, "startup_failed", "error", json_string(serr.message), NULL);
-        protection_close(&prot);
-        guard_keys_close(keys);
-        metrics_registry_destroy(registry);
-        return 2;
+        snprintf(why, sizeof why, "%s", serr.message);
+        goto failed;
     }
+    if (apply_traffic(repo, cfg.traffic, why, sizeof why) != 0)
+        goto failed;
 
-    char split_err[512] = "";
-    if (apply_traffic(repo, cfg.traffic, split_err, sizeof split_err) != 0) {
-        log_event(LOG_ERROR, "startup_failed", "error", json_string(split_err), NULL);
-        serving_repo_destroy(repo);
-        protection_close(&prot);
-        guard_keys_close(keys);
-        metrics_registry_destroy(registry);
-        return 2;
-    }
-
-    jobs *batch = NULL;
     if (cfg.batch_enabled) {
         jobs_options jo = {
             .data_dir = cfg.batch_data_dir,
@@ -374,15 +372,8 @@ int cli_serve(int argc, char **argv) {
         kv_redis_options batch_redis = redis_options(&cfg, NULL); /* links count no metrics */
         if (strcmp(cfg.batch_store, "redis") == 0 || (strcmp(cfg.batch_store, "auto") == 0 && cfg.redis_url[0]))
             jo.redis = &batch_redis;
-        char batch_err[512] = "";
-        if (jobs_open(&jo, &batch, batch_err, sizeof batch_err) != JOBS_OK) {
-            log_event(LOG_ERROR, "startup_failed", "error", json_string(batch_err), NULL);
-            serving_repo_destroy(repo);
-            protection_close(&prot);
-            guard_keys_close(keys);
-            metrics_registry_destroy(registry);
-            return 2;
-        }
+        if (jobs_open(&jo, &batch, why, sizeof why) != JOBS_OK)
+            goto failed;
     }
 
     http_options hopts = {
@@ -410,19 +401,9 @@ int cli_serve(int argc, char **argv) {
         .cors_allowed_origins = cfg.cors_allowed_origins,
         .cors_max_age_s = cfg.cors_max_age_ms / 1000,
     };
-    http_server *server = NULL;
-    char herr[512] = "";
-    if (http_server_create(&hopts, repo, registry, &server, herr, sizeof herr) != 0 ||
-        http_server_start(server, herr, sizeof herr) != 0) {
-        log_event(LOG_ERROR, "startup_failed", "error", json_string(herr), NULL);
-        http_server_destroy(server);
-        jobs_close(batch);
-        serving_repo_destroy(repo);
-        protection_close(&prot);
-        guard_keys_close(keys);
-        metrics_registry_destroy(registry);
-        return 2;
-    }
+    if (http_server_create(&hopts, repo, registry, &server, why, sizeof why) != 0 ||
+        http_server_start(server, why, sizeof why) != 0)
+        goto failed;
     if (is_exposed(cfg.host))
         log_event(LOG_WARN, "exposed", "host", json_string(cfg.host), "message",
                   json_string("listening beyond loopback"), NULL);
@@ -431,14 +412,8 @@ int cli_serve(int argc, char **argv) {
               "event_loops", json_integer(hopts.n_threads), "model_repository",
               json_string(cfg.model_repository), NULL);
     if (serving_repo_start(repo) != 0 || (batch && jobs_start(batch) != JOBS_OK)) {
-        log_event(LOG_ERROR, "startup_failed", "error", json_string("cannot start the loader"), NULL);
-        http_server_destroy(server);
-        jobs_close(batch);
-        serving_repo_destroy(repo);
-        protection_close(&prot);
-        guard_keys_close(keys);
-        metrics_registry_destroy(registry);
-        return 2;
+        snprintf(why, sizeof why, "cannot start the loader");
+        goto failed;
     }
 
     int sig = 0, announced = 0;
@@ -510,16 +485,20 @@ int cli_serve(int argc, char **argv) {
                   json_string("exiting while a model was still loading"), NULL);
         _exit(0);
     }
-    http_server_destroy(server);
-    jobs_close(batch); /* before the repository: its worker holds a version */
-    serving_repo_destroy(repo);
-    protection_close(&prot);
-    guard_keys_close(keys);
-    metrics_registry_destroy(registry);
+    close_all(server, batch, repo, &prot, keys, registry);
     /* unfinished_requests: in flight when the drain timeout ran out (they
      * were answered 503, or dropped when even that did not get out). */
     log_event(left ? LOG_WARN : LOG_INFO, "stopped", "unfinished_requests", json_integer(left),
               "dropped_requests", json_integer(dropped), "uptime_seconds",
               json_real(core_wall_time() - t_start), NULL);
     return 0;
+
+failed:
+    if (failed_keys_file)
+        log_event(LOG_ERROR, "startup_failed", "error", json_string(why), "keys_file",
+                  json_string(failed_keys_file), NULL);
+    else
+        log_event(LOG_ERROR, "startup_failed", "error", json_string(why), NULL);
+    close_all(server, batch, repo, &prot, keys, registry);
+    return 2;
 }
