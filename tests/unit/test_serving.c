@@ -924,10 +924,19 @@ static void test_background_yields_to_online(void **state) {
 
     tracker t;
     tracker_init(&t);
-    static test_job j[4];
+    static test_job j[4], alone;
     const char *texts[16];
     for (size_t i = 0; i < 16; i++)
         texts[i] = pool[(i + 1) % POOL_N];
+    /* No online traffic yet: a background job's batches are full. */
+    job_fill(&alone, &t, texts, 4);
+    alone.job.background = 1;
+    assert_int_equal(serving_submit(v, &alone.job), 0);
+    assert_int_equal(tracker_wait(&t, 1), 0);
+    assert_int_equal(alone.job.status, 0);
+    assert_int_equal(alone.job.batch_size, 2); /* two full batches, not four of one */
+    assert_probs_match(ref, &alone);
+
     job_fill(&j[0], &t, texts, 1);  /* online, waits for company */
     job_fill(&j[1], &t, texts, 16); /* background */
     job_fill(&j[2], &t, texts, 16); /* background */
@@ -938,7 +947,7 @@ static void test_background_yields_to_online(void **state) {
     assert_int_equal(serving_submit(v, &j[2].job), 0);
     assert_true(serving_queue_depth(v) <= 1);
     assert_int_equal(serving_submit(v, &j[3].job), 0);
-    assert_int_equal(tracker_wait(&t, 4), 0);
+    assert_int_equal(tracker_wait(&t, 5), 0);
     /* Completion order: both online jobs before either background job. */
     assert_true(j[0].seq < j[1].seq && j[0].seq < j[2].seq);
     assert_true(j[3].seq < j[1].seq && j[3].seq < j[2].seq);
@@ -951,42 +960,6 @@ static void test_background_yields_to_online(void **state) {
      * max_batch_size (rounded up): 1. */
     assert_int_equal(j[1].job.batch_size, 1);
     assert_int_equal(j[2].job.batch_size, 1);
-    serving_version_release(v);
-    serving_repo_destroy(r);
-    engine_model_free(ref);
-    tracker_fini(&t);
-    metrics_registry_destroy(m);
-    repo_dir_remove(&d);
-}
-
-/* With no online traffic, a background job's batches are full. */
-static void test_background_alone_takes_full_batches(void **state) {
-    (void)state;
-    repo_dir d;
-    repo_dir_init(&d);
-    repo_link(&d, "a", "1", "distilbert-f32");
-    metrics_registry *m = metrics_registry_create();
-    serving_options o = options(&d);
-    o.max_batch_size = 4;
-    serving_repo *r = repo_open(&o, m);
-    serving_version *v = acquire_ok(r, "a", 0);
-    engine_model *ref = NULL;
-    engine_options eo = {.n_threads = 1};
-    engine_error eerr = {0};
-    assert_int_equal(engine_model_load(FIXTURES "/distilbert-f32", &eo, &ref, &eerr), 0);
-    tracker t;
-    tracker_init(&t);
-    static test_job j[1];
-    const char *texts[8];
-    for (size_t i = 0; i < 8; i++)
-        texts[i] = pool[(i + 2) % POOL_N];
-    job_fill(&j[0], &t, texts, 8);
-    j[0].job.background = 1;
-    assert_int_equal(serving_submit(v, &j[0].job), 0);
-    assert_int_equal(tracker_wait(&t, 1), 0);
-    assert_int_equal(j[0].job.status, 0);
-    assert_int_equal(j[0].job.batch_size, 4); /* two full batches, not eight of one */
-    assert_probs_match(ref, &j[0]);
     serving_version_release(v);
     serving_repo_destroy(r);
     engine_model_free(ref);
@@ -1305,7 +1278,6 @@ int main(void) {
         cmocka_unit_test(test_queue_bound_and_stop),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_background_yields_to_online),
-        cmocka_unit_test(test_background_alone_takes_full_batches),
         cmocka_unit_test(test_embedding_through_scheduler),
         cmocka_unit_test(test_reference_outlives_destroy),
         cmocka_unit_test(test_destroy_with_queued_jobs),
