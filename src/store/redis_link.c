@@ -181,7 +181,8 @@ int kv_redis_link_create(const kv_redis_options *opts, kv_redis_link **out, char
 const char *kv_redis_link_prefix(const kv_redis_link *l) { return l->prefix; }
 const char *kv_redis_link_endpoint(const kv_redis_link *l) { return l->t.endpoint; }
 
-void kv_redis_link_reset(kv_redis_link *l) {
+/* Drops the connection (if any); the next command reconnects. */
+static void link_reset(kv_redis_link *l) {
     if (l && l->c) {
         redisFree(l->c);
         l->c = NULL;
@@ -191,7 +192,7 @@ void kv_redis_link_reset(kv_redis_link *l) {
 void kv_redis_link_destroy(kv_redis_link *l) {
     if (!l)
         return;
-    kv_redis_link_reset(l);
+    link_reset(l);
     redis_target_free(&l->t);
     free(l->prefix);
     free(l);
@@ -208,7 +209,7 @@ static int handshake_step(kv_redis_link *l, redisReply *r, const char *what, cha
              r ? r->str : l->c->errstr[0] ? l->c->errstr : "no answer");
     if (r)
         freeReplyObject(r);
-    kv_redis_link_reset(l);
+    link_reset(l);
     return 0;
 }
 
@@ -217,12 +218,12 @@ static int link_connect(kv_redis_link *l, char *err, size_t cap) {
                           : redisConnectWithTimeout(l->t.host, l->t.port, l->connect_timeout);
     if (!l->c || l->c->err) {
         snprintf(err, cap, "redis %s: cannot connect: %.150s", l->t.endpoint, l->c ? l->c->errstr : "out of memory");
-        kv_redis_link_reset(l);
+        link_reset(l);
         return -1;
     }
     if (redisSetTimeout(l->c, l->command_timeout) != REDIS_OK) {
         snprintf(err, cap, "redis %s: cannot set the command timeout", l->t.endpoint);
-        kv_redis_link_reset(l);
+        link_reset(l);
         return -1;
     }
     if (l->t.password) {
@@ -249,7 +250,7 @@ void *kv_redis_link_command(kv_redis_link *l, int argc, const char **argv, const
         snprintf(err, cap, "redis %s: %.150s", l->t.endpoint,
                  l->c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK) ? "no answer in time"
                                                                                      : l->c->errstr);
-        kv_redis_link_reset(l); /* a late answer must not be read as the next command's */
+        link_reset(l); /* a late answer must not be read as the next command's */
         return NULL;
     }
     if (r->type == REDIS_REPLY_ERROR) {

@@ -258,7 +258,6 @@ void *kv_redis_link_command(kv_redis_link *l, int argc, const char **argv, const
 
 const char *kv_redis_link_prefix(const kv_redis_link *l);   /* "aiserve:" by default */
 const char *kv_redis_link_endpoint(const kv_redis_link *l); /* for messages: never the password */
-void kv_redis_link_reset(kv_redis_link *l);                 /* drops the connection (if any) */
 void kv_redis_link_destroy(kv_redis_link *l);               /* NULL is fine */
 
 #ifdef __cplusplus
