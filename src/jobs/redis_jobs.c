@@ -372,7 +372,6 @@ int rjobs_submit(jobs *j, kv_redis_link *l, jobs_kind kind, const char *owner, c
 
 int rjobs_get(jobs *j, kv_redis_link *l, const char *id, const char *owner, jobs_info *out, char *err,
               size_t cap) {
-    (void)j;
     char key[400];
     key_of(key, sizeof key, l, "job", id);
     const char *argv[2] = {"HGETALL", key};
@@ -431,7 +430,6 @@ static void take_chunk(const char *blob, size_t len, size_t first_index, size_t 
 
 int rjobs_results(jobs *j, kv_redis_link *l, const jobs_info *info, size_t offset, size_t limit, jobs_result *r,
                   char *err, size_t cap) {
-    (void)j;
     char job_key[400], res_key[400];
     key_of(job_key, sizeof job_key, l, "job", info->id);
     key_of(res_key, sizeof res_key, l, "res", info->id);

@@ -25,7 +25,7 @@ def test_two_instances_share_one_queue(server_factory, redis_factory):
     redis = redis_factory()
     a = redis_server(server_factory, redis)
     b = redis_server(server_factory, redis)
-    n = 2000
+    n = 8000                                               # long enough (a second or more) for both workers to join
     texts = dev_sentences(n)
     r = a.post("/v1/batch", json={"inputs": texts})
     assert r.status_code == 202, r.text
