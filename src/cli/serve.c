@@ -458,6 +458,8 @@ int cli_serve(int argc, char **argv) {
         int again = wait_signal(&sigs, 5);
         if (again == SIGHUP) /* no reloads while draining */
             again = 0;
+        if (again && http_server_in_flight(server) == 0)
+            break; /* it came as the last request finished: nothing to abandon, stop as usual */
         if (again) {
             log_event(LOG_WARN, "exit_now", "signal", json_string(strsignal(again)), "in_flight",
                       json_integer(http_server_in_flight(server)), NULL);
