@@ -332,6 +332,16 @@ static void forget(http_loop *loop, http_conn *c) {
     metric_dec(s->metrics.connections);
 }
 
+/* bufferevent_free (evhttp letting go of the connection) clears the
+ * callbacks; our reference keeps the bufferevent itself alive. */
+static int held_by_evhttp(http_conn *c) {
+    bufferevent_data_cb rcb = NULL, wcb = NULL;
+    bufferevent_event_cb ecb = NULL;
+    void *cbarg = NULL;
+    bufferevent_getcb(c->bev, &rcb, &wcb, &ecb, &cbarg);
+    return rcb || wcb || ecb;
+}
+
 void http_conn_sweep(evutil_socket_t fd_unused, short what, void *arg) {
     (void)fd_unused;
     (void)what;
@@ -343,11 +353,7 @@ void http_conn_sweep(evutil_socket_t fd_unused, short what, void *arg) {
     http_conn *c = loop->conns;
     while (c) {
         http_conn *next = c->next;
-        bufferevent_data_cb rcb = NULL, wcb = NULL;
-        bufferevent_event_cb ecb = NULL;
-        void *cbarg = NULL;
-        bufferevent_getcb(c->bev, &rcb, &wcb, &ecb, &cbarg);
-        if (!rcb && !wcb && !ecb) { /* evhttp let go of it */
+        if (!held_by_evhttp(c)) {
             forget(loop, c);
             c = next;
             continue;
@@ -384,6 +390,16 @@ int http_conn_table_init(http_server *s) {
         return -1;
     s->n_conn_by_fd = n;
     return 0;
+}
+
+/* Loop thread: connections evhttp still holds whose answer has not all
+ * been written to the socket yet (shutdown waits for them). */
+int http_conn_unsent(http_loop *loop) {
+    int n = 0;
+    for (http_conn *c = loop->conns; c; c = c->next)
+        if (held_by_evhttp(c) && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+            n++;
+    return n;
 }
 
 /* Loop thread at shutdown, after evhttp_free: drop every reference. */

@@ -114,6 +114,7 @@ struct http_loop {
     int listening;                      /* listener enabled */
     struct event *control_event;        /* other threads: "re-read the listener state" */
     struct event *stop_event;           /* http_server_destroy: close the store connection, stop */
+    uint64_t stop_deadline_us;          /* set by the first stop event: stop flushing then */
     pthread_t thread;
     /* Calls whose job finished, posted by batcher threads. */
     pthread_mutex_t done_lock;
@@ -358,6 +359,7 @@ void http_conn_request_started(http_loop *loop, struct evhttp_request *req);
 void http_conn_sweep(evutil_socket_t fd, short what, void *loop);
 int http_conn_table_init(http_server *s);
 void http_conn_release_all(http_loop *loop);
+int http_conn_unsent(http_loop *loop);
 
 /* reply.c: a whole HTTP response (head and JSON error body) for a
  * connection evhttp has not parsed a request from (limits caught in

@@ -195,13 +195,29 @@ static struct event_base *new_loop_base(void) {
     return base;
 }
 
+/* How long a stopping loop waits for answers already given to reach their
+ * sockets (a client that stopped reading is not waited for beyond this). */
+#define STOP_FLUSH_US 2000000u
+
 /* Shutdown, on the loop's thread: close its store connection (pending
- * operations fail and their requests go on as in an outage), then stop. */
+ * operations fail and their requests go on as in an outage), let the
+ * answers already handed to evhttp finish writing (the drain counts a
+ * request done when it is answered, and the bytes may still sit in the
+ * connection's buffer), then stop. Re-armed as a 1 ms timer while bytes
+ * remain. */
 static void on_stop_event(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     http_loop *loop = arg;
-    kv_detach(loop->server->opts.shared_store, loop->base);
+    if (!loop->stop_deadline_us) {
+        loop->stop_deadline_us = http_now_us() + STOP_FLUSH_US;
+        kv_detach(loop->server->opts.shared_store, loop->base);
+    }
+    if (http_conn_unsent(loop) > 0 && http_now_us() < loop->stop_deadline_us) {
+        struct timeval tick = {0, 1000};
+        event_add(loop->stop_event, &tick);
+        return;
+    }
     event_base_loopbreak(loop->base);
 }
 

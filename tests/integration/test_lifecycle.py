@@ -7,6 +7,7 @@ are queued or running.
 """
 
 import concurrent.futures
+import json
 import signal
 import socket
 import subprocess
@@ -120,6 +121,53 @@ def test_graceful_drain_loses_nothing(server_factory, sig):
     assert rc == 0, s.output()
     stopped = s.logs("stopped")
     assert stopped and stopped[-1]["unfinished_requests"] == 0, s.output()
+
+
+def _read_http_response(sock):
+    """(status line, headers dict, body) of one Content-Length response."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before the response head: %r" % data[:200]
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "connection closed after %d of %d body bytes" % (len(body), length)
+        body += chunk
+    return lines[0], headers, body
+
+
+def test_drain_delivers_an_answer_the_client_has_not_read_yet(server_factory):
+    # A request counts as done once it is answered, but a large answer can
+    # still sit in the connection's buffer behind a slow reader: the server
+    # must not close the connection under it when it stops. 40,000 short
+    # texts make a 1.8 MB answer, far more than the socket buffers hold
+    # while this client reads nothing (the kernel held about 0.5 MB).
+    n = 40000
+    s = server_factory("--no-cache", "--max-inputs", str(n), "--max-queue-size", str(n),
+                       "--max-body-size", "8MiB", clean_exit=False)
+    done_before = _completed(s)
+    body = json.dumps({"texts": ["w%d" % (i % 50) for i in range(n)]}).encode()
+    with socket.socket() as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.connect(("127.0.0.1", s.port))
+        c.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 120
+        while _completed(s) == done_before:     # answered, not yet read
+            assert time.monotonic() < deadline, "the request was never answered"
+            time.sleep(0.02)
+        s.send_signal(signal.SIGTERM)
+        s.wait_log("shutting_down", timeout=10)
+        c.settimeout(30)
+        status, headers, got = _read_http_response(c)
+    assert status == "HTTP/1.1 200 OK"
+    assert len(json.loads(got)["predictions"]) == n
+    assert s.stop(timeout=60) == 0, s.output()
 
 
 def test_idle_keepalive_connection_does_not_hold_shutdown(server_factory):
