@@ -192,13 +192,14 @@ def make_teacher(kind, vocab):
     raise ValueError(kind)
 
 
-# Optimiser settings per teacher kind: Adam at `lr`, batches of `batch`,
-# linear decay to 0 or a constant rate, and an L2 penalty (`l2` x the sum of
-# squared weights, per batch) for the linear model, which has no dropout.
+# Training settings per teacher kind: `epochs` (the default when the caller
+# gives none), Adam at `lr`, batches of `batch`, linear decay to 0 or a
+# constant rate, and an L2 penalty (`l2` x the sum of squared weights, per
+# batch) for the linear model, which has no dropout.
 TEACHER_OPT = {
-    "cnn": dict(lr=1e-3, batch=64, decay=True, l2=0.0),
-    "lstm": dict(lr=1e-3, batch=64, decay=True, l2=0.0),
-    "bigram": dict(lr=1e-2, batch=256, decay=False, l2=1e-5),
+    "cnn": dict(epochs=4, lr=1e-3, batch=64, decay=True, l2=0.0),
+    "lstm": dict(epochs=4, lr=1e-3, batch=64, decay=True, l2=0.0),
+    "bigram": dict(epochs=5, lr=1e-2, batch=256, decay=False, l2=1e-5),
 }
 
 
@@ -217,9 +218,10 @@ class Compact:
         return [[g(t, u) for t in s] for s in seqs]
 
 
-def train_teacher(kind, seqs, labels, seed, device, epochs=4, vocab=30522, log=print,
+def train_teacher(kind, seqs, labels, seed, device, epochs=None, vocab=30522, log=print,
                   evaluate=None):
     o = TEACHER_OPT[kind]
+    epochs = epochs or o["epochs"]
     batch = o["batch"]
     torch.manual_seed(seed)
     model = make_teacher(kind, vocab).to(device)

@@ -5,7 +5,9 @@ dev is never read here). Results go to $OUT/results.jsonl and $OUT/log.txt.
 
     OUT=/tmp/kdexp /usr/bin/python3 tools/sentiment_kd_experiments.py
     (env: PLAN=S0,S1,... students to run; CNNONLY=1 only the CNN teachers;
-     NHELD=1000 held-out roots; TEP=4 teacher epochs; QUICK=1 5 % of train;
+     TEACHERS=kind:seed,... the teachers to train (TEACHERS=bigram:1);
+     NHELD=1000 held-out roots; TEP=N teacher epochs (default: per kind,
+     sentiment_kd.TEACHER_OPT); QUICK=1 5 % of train;
      MLMEP=N overrides the MLM epochs of the M* students (smoke tests);
      THREADS=N CPU threads (2);
      KD_DATA=DIR with train.tsv, train_ids.pt (token ids) and vocab.txt, to run
@@ -77,13 +79,13 @@ log(f"device {dev}; train {len(tr_seqs)} held-out roots {len(va_seqs)}")
 # ---------------- teachers
 comp = kd.Compact(tr_seqs)
 tr_c, va_c = comp(tr_seqs), comp(va_seqs)
-TEP = int(os.environ.get("TEP", 4))
+TEP = int(os.environ["TEP"]) if os.environ.get("TEP") else None
 teachers = {}
 val_probs = {}
 TL = [("cnn", 1), ("cnn", 2), ("cnn", 3), ("lstm", 1), ("lstm", 2)]
 if os.environ.get("CNNONLY"):
     TL = TL[:3]
-if os.environ.get("TEACHERS"):  # e.g. TEACHERS=bigram:1 (BIGRAM_EP epochs)
+if os.environ.get("TEACHERS"):
     TL = [(k, int(sd)) for k, sd in (t.split(":") for t in os.environ["TEACHERS"].split(","))]
 for kind, seed in TL:
     def ev(m, ep, kind=kind, seed=seed):
@@ -92,8 +94,7 @@ for kind, seed in TL:
         result(kind="teacher", teacher=kind, seed=seed, epoch=ep, val=a)
         return round(a * 100, 2)
     t = time.time()
-    ep = int(os.environ.get("BIGRAM_EP", 5)) if kind == "bigram" else TEP
-    m = kd.train_teacher(kind, tr_c, tr_y, seed, dev, epochs=ep, vocab=comp.size, log=log, evaluate=ev)
+    m = kd.train_teacher(kind, tr_c, tr_y, seed, dev, epochs=TEP, vocab=comp.size, log=log, evaluate=ev)
     teachers[(kind, seed)] = m
     val_probs[(kind, seed)] = kd.predict_probs(m, va_c, dev)
     log(f"teacher {kind} {seed} done {time.time() - t:.0f}s")
@@ -101,8 +102,7 @@ for kind, seed in TL:
 ENS = {"cnn3": [("cnn", 1), ("cnn", 2), ("cnn", 3)],
        "lstm2": [("lstm", 1), ("lstm", 2)],
        "cnn3lstm2": [("cnn", 1), ("cnn", 2), ("cnn", 3), ("lstm", 1), ("lstm", 2)],
-       "bigram": [("bigram", 1)],
-       "bigram_cnn3": [("bigram", 1), ("cnn", 1), ("cnn", 2), ("cnn", 3)]}
+       "bigram": [("bigram", 1)]}
 ENS = {name: mem for name, mem in ENS.items() if all(k in teachers for k in mem)}
 for name, mem in ENS.items():
     p = sum(val_probs[k] for k in mem) / len(mem)
