@@ -218,12 +218,38 @@ static void gemm_rows_6x4(int mr, int kc, float alpha, const float *x, int ldx, 
     }
 }
 
+/* C[m x 1] (=|+=) alpha * X[m x kc] w[kc] (+ bias): the columns of an
+ * output width that is not a multiple of 4 (a 2-label classifier head).
+ * Each row's dot product is computed alone, so a text's logits are the
+ * same bits whatever else shares its batch (OpenBLAS picks other kernels,
+ * with another summation order, for other row counts). */
+static void gemm_column(int m, int kc, float alpha, const float *x, int ldx, const float *w, const float *bias,
+                        int accumulate, float *c, int ldc) {
+    for (int r = 0; r < m; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        __m512 acc = _mm512_setzero_ps();
+        for (int k = 0; k < kc; k += 16) {
+            const __mmask16 mk = tail_mask((size_t)(kc - k));
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, xr + k), _mm512_maskz_loadu_ps(mk, w + k), acc);
+        }
+        float *cr = c + (size_t)r * ldc;
+        const float base = accumulate ? *cr : bias ? *bias : 0.0f;
+        *cr = fmaf(_mm512_reduce_add_ps(acc), alpha, base);
+    }
+}
+
 static void avx512_gemm_nt(int m, int n, int k, float alpha, const float *x, int ldx, const float *w,
                            int ldw, const float *bias, float *c, int ldc) {
-    if (n % 4 != 0 || k <= 0) {
+    if (k <= 0) {
         kernels_gemm_nt_blas(m, n, k, alpha, x, ldx, w, ldw, bias, c, ldc);
         return;
     }
+    const int n4 = n - n % 4;
+    for (int j = n4; j < n; j++)
+        for (int kb = 0; kb < k; kb += GEMM_KC)
+            gemm_column(m, k - kb < GEMM_KC ? k - kb : GEMM_KC, alpha, x + kb, ldx, w + (size_t)j * ldw + kb,
+                        bias ? bias + j : NULL, kb > 0, c + j, ldc);
+    n = n4;
     /* Blocks of GEMM_MB rows of X stay in L2; each 4-row slice of W is read
      * once per block and stays in L1 while the block's rows pass it. */
     for (int kb = 0; kb < k; kb += GEMM_KC) {
