@@ -270,18 +270,12 @@ int serving_get_aliases(serving_repo *repo, const char *model, serving_alias *ou
  * SERVING_ENOVERSION (no such model / alias). */
 int serving_resolve_alias(serving_repo *repo, const char *model, const char *alias, long *version);
 
-/* What a request's version choice brings with it (copies). */
+/* TRANSITIONAL (goes when src/http uses serving_resolve): what a request's
+ * version choice brings with it, and the old one-pass acquire. */
 typedef struct serving_route {
-    serving_shadow shadow;   /* the model's shadow (version 0: none) */
-    serving_cascade cascade; /* first != 0: the request takes the cascade, and *out is its `first` version */
+    serving_shadow shadow;
+    serving_cascade cascade;
 } serving_route;
-
-/* serving_acquire for a request, in one pass under the lock: `version`
- * when it names one (no routing); else, with allow_cascade and a cascade
- * whose first version can answer, that version (route->cascade set); else
- * the version the traffic split assigns (user: the X-User-ID bytes, or NULL
- * / len 0 for none); else the newest available. route->shadow is the
- * model's shadow either way. Errors as serving_acquire. */
 int serving_acquire_request(serving_repo *repo, const char *model, long version, const char *user, size_t user_len,
                             int allow_cascade, serving_version **out, serving_route *route, serving_error *err);
 
@@ -330,6 +324,123 @@ size_t serving_queue_depth(serving_version *v);
 
 /* Monotonic clock in microseconds, the one serving_job deadlines use. */
 uint64_t serving_now_us(void);
+
+/* ---- predictions: the one call every front end uses -------------------------
+ *
+ * serving_predict takes a model name, an optional pinned version or alias,
+ * a user id, texts and a priority, and does the serving policy itself:
+ *
+ *   resolve   the version: pinned (number or alias), else the cascade's
+ *             first version when the request may take the model's cascade,
+ *             else the traffic split's (sticky by user), else the newest
+ *             available. The task is checked against the model's
+ *             (SERVING_EUNSUPPORTED: a classifier asked for embeddings or
+ *             the reverse).
+ *   first     one job on that version's scheduler.
+ *   cascade   (classifiers, when taken) texts whose confidence is below the
+ *             threshold go to the cascade's second version as a second job;
+ *             each text keeps the answer of the last version that saw it.
+ *             When the second version fails, the first answers stand.
+ *             Counted in aiserve_cascade_texts_total{model,result}.
+ *   shadow    (classifiers, when asked and the model has one, for its share
+ *             of requests) a copy of the texts goes to the shadow version as
+ *             background work; its labels are compared with the answers and
+ *             counted in aiserve_shadow_predictions_total{model,version,
+ *             result}; never returned, never waited for.
+ *   on_done   exactly once, with per-text results and the versions that
+ *             served them.
+ *
+ * HTTP resolves first (serving_resolve), because the response cache is keyed
+ * by the version that answers; batch jobs and the CLI call serving_predict
+ * directly, which resolves when the caller has not.
+ *
+ * Ownership: the caller owns the request struct and everything its inputs
+ * point to until on_done has run; serving owns what it fills (versions held,
+ * out, results) until serving_request_fini. Threads: any thread for resolve
+ * and predict; on_done runs on a batcher thread (or on the calling thread
+ * when the request is answered at once); fini on any thread except a
+ * batcher's (releasing a version may join its batcher). */
+
+typedef enum serving_task {
+    SERVING_TASK_CLASSIFY = 0, /* labels and probabilities */
+    SERVING_TASK_EMBED = 1,    /* one vector per text (embedding models) */
+} serving_task;
+
+/* One text's answer. */
+typedef struct serving_text_result {
+    int label;                      /* the label id in `version`; -1 for embeddings */
+    float confidence;               /* its probability */
+    const serving_version *version; /* the version that answered this text (held by the request) */
+} serving_text_result;
+
+typedef struct serving_request serving_request;
+struct serving_request {
+    /* ---- filled by the caller (after serving_request_init) ---- */
+    const char *model;         /* NULL or "": the default model */
+    long version;              /* pinned version number; 0: none */
+    const char *version_ref;   /* or a pinned version as text: a number or an alias; NULL / "": none */
+    const char *user_id;       /* sticky split assignment (X-User-ID); NULL: a random bucket */
+    size_t user_id_len;
+    serving_task task;
+    int allow_cascade;         /* take the model's cascade when the resolved version is its first */
+    int allow_shadow;          /* send the model's shadow share */
+    int background;            /* serving_job.background: batch work */
+    const char *const *texts;  /* n UTF-8 texts, borrowed until on_done */
+    const size_t *lens;
+    size_t n;
+    uint64_t deadline_us;      /* serving_now_us clock; 0: none */
+    void (*on_done)(serving_request *r, void *user);
+    void *user;
+
+    /* ---- filled by serving_resolve ---- */
+    serving_version *first;    /* the version that answers first; held until fini */
+    serving_cascade cascade;   /* first != 0: this request takes that cascade */
+    serving_shadow shadow;     /* the model's shadow when resolved (version 0: none) */
+
+    /* ---- filled before on_done ---- */
+    int status;                /* 0 or a negative serving_status */
+    char error[256];
+    float *out;                /* n x width of `first` (n_labels probabilities, or hidden for
+                                  embeddings); owned until fini */
+    serving_text_result *results; /* n (classifiers); owned until fini */
+    serving_version *then;     /* the cascade's second version, held when some text went to it */
+    size_t n_escalated;        /* texts answered by `then` */
+    int batch_size;            /* first stage: largest engine batch its texts rode in */
+    uint64_t queue_wait_us;    /* first stage */
+    uint64_t infer_us;         /* both stages */
+    size_t n_tokens;           /* first stage */
+
+    /* ---- private to serving ---- */
+    serving_repo *repo_;
+    int stage_;
+    serving_job job_;
+    serving_job job2_;
+    size_t *idx2_;
+    const char **texts2_;
+    size_t *lens2_;
+    float *out2_;
+};
+
+/* Zeroes r. */
+void serving_request_init(serving_request *r);
+
+/* Chooses and holds the version (r->first) and notes the cascade and shadow
+ * the request takes. Returns 0, or SERVING_ENOTFOUND, SERVING_ENOVERSION
+ * (no such version or alias), SERVING_ENOTREADY, SERVING_EUNSUPPORTED (the
+ * model's task is not r->task), with err filled. Calling it twice is an
+ * error (SERVING_EINPUT). */
+int serving_resolve(serving_repo *repo, serving_request *r, serving_error *err);
+
+/* Runs the request (resolving first when the caller has not). Returns 0,
+ * and then on_done runs exactly once; or an error (the resolve errors,
+ * SERVING_EFULL, SERVING_ESTOPPED, SERVING_EINPUT for n == 0,
+ * SERVING_ENOMEM), with r->status and r->error set, and then on_done never
+ * runs. */
+int serving_predict(serving_repo *repo, serving_request *r);
+
+/* Releases the versions and frees what serving filled. r may be reused
+ * after serving_request_init. Not on a batcher thread. */
+void serving_request_fini(serving_request *r);
 
 #ifdef __cplusplus
 }
