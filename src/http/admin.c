@@ -28,16 +28,8 @@
 
 #include "http_int.h"
 
-/* The request body as JSON, or NULL after answering 400. */
-static json_t *json_body(http_call *call) {
-    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
-    size_t len = evbuffer_get_length(in);
-    json_error_t jerr;
-    json_t *body = json_loadb(len ? (const char *)evbuffer_pullup(in, -1) : "", len, 0, &jerr);
-    if (!body)
-        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s", jerr.text);
-    return body;
-}
+/* The request body as JSON, or NULL after answering (400, 413). */
+static json_t *json_body(http_call *call) { return http_read_json(call); }
 
 /* Answers a refused change (rc from serving_set_*): 404 for an unknown
  * model, else 422 saying that `what` in use is unchanged. */
@@ -46,94 +38,6 @@ static void reply_refused(http_call *call, int rc, const serving_error *err, con
         http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err->message);
     else
         http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s; the %s in use is unchanged", err->message, what);
-}
-
-/* "/admin/models/{name}<suffix>" -> name (at most cap - 1 bytes); 1, else 0. */
-static int model_path(const char *path, const char *suffix, char *name, size_t cap) {
-    static const char prefix[] = "/admin/models/";
-    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
-        return 0;
-    const char *rest = path + sizeof prefix - 1;
-    const char *slash = strchr(rest, '/');
-    if (!slash || slash == rest || strcmp(slash, suffix) != 0 || (size_t)(slash - rest) >= cap)
-        return 0;
-    memcpy(name, rest, (size_t)(slash - rest));
-    name[slash - rest] = 0;
-    return 1;
-}
-
-static int traffic_model(const char *path, char *name, size_t cap) { return model_path(path, "/traffic", name, cap); }
-
-/* "/admin/models/{name}/aliases[/{alias}]" -> name and alias ("" when
- * none); 1, else 0. */
-static int alias_path(const char *path, char *name, size_t cap, char *alias, size_t alias_cap) {
-    static const char prefix[] = "/admin/models/", mid[] = "/aliases";
-    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
-        return 0;
-    const char *rest = path + sizeof prefix - 1;
-    const char *slash = strchr(rest, '/');
-    if (!slash || slash == rest || strncmp(slash, mid, sizeof mid - 1) != 0 || (size_t)(slash - rest) >= cap)
-        return 0;
-    const char *tail = slash + sizeof mid - 1;
-    if (*tail && (*tail != '/' || !tail[1] || strchr(tail + 1, '/') || strlen(tail + 1) >= alias_cap))
-        return 0;
-    memcpy(name, rest, (size_t)(slash - rest));
-    name[slash - rest] = 0;
-    snprintf(alias, alias_cap, "%s", *tail ? tail + 1 : "");
-    return 1;
-}
-
-/* "/admin/models/{name}/versions/{v}/load|unload" -> name, version and
- * whether to load; 1, else 0. */
-static int version_action_path(const char *path, char *name, size_t cap, long *version, int *load) {
-    static const char prefix[] = "/admin/models/";
-    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
-        return 0;
-    const char *rest = path + sizeof prefix - 1;
-    const char *slash = strchr(rest, '/');
-    if (!slash || slash == rest || (size_t)(slash - rest) >= cap || strncmp(slash, "/versions/", 10) != 0)
-        return 0;
-    const char *num = slash + 10;
-    size_t digits = strspn(num, "0123456789");
-    if (digits == 0 || digits > 12 || num[0] == '0')
-        return 0;
-    if (strcmp(num + digits, "/load") == 0)
-        *load = 1;
-    else if (strcmp(num + digits, "/unload") == 0)
-        *load = 0;
-    else
-        return 0;
-    memcpy(name, rest, (size_t)(slash - rest));
-    name[slash - rest] = 0;
-    *version = strtol(num, NULL, 10);
-    return 1;
-}
-
-const char *http_admin_route_methods(const char *path, http_endpoint *ep) {
-    char name[256], alias[SERVING_ALIAS_MAX + 2];
-    long version;
-    int load;
-    if (version_action_path(path, name, sizeof name, &version, &load)) {
-        *ep = EP_ADMIN_VERSION;
-        return "POST";
-    }
-    if (traffic_model(path, name, sizeof name)) {
-        *ep = EP_ADMIN_TRAFFIC;
-        return "GET, PUT";
-    }
-    if (alias_path(path, name, sizeof name, alias, sizeof alias)) {
-        *ep = EP_ADMIN_ALIASES;
-        return alias[0] ? "PUT, DELETE" : "GET";
-    }
-    if (model_path(path, "/shadow", name, sizeof name)) {
-        *ep = EP_ADMIN_SHADOW;
-        return "GET, PUT";
-    }
-    if (model_path(path, "/cascade", name, sizeof name)) {
-        *ep = EP_ADMIN_CASCADE;
-        return "GET, PUT";
-    }
-    return NULL;
 }
 
 /* A version number from JSON (an integer or a string of digits); -1 if not. */
@@ -154,7 +58,8 @@ static json_t *cascade_json(const serving_cascade *c) {
                      "threshold", c->threshold);
 }
 
-static void cascade_endpoint(http_call *call, const char *model) {
+void http_admin_cascade(http_call *call) {
+    const char *model = call->params.name;
     serving_repo *repo = call->loop->server->repo;
     enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
     if (m == EVHTTP_REQ_PUT) {
@@ -186,10 +91,6 @@ static void cascade_endpoint(http_call *call, const char *model) {
         log_event(LOG_INFO, "cascade_set", "model", json_string(model), "first", json_integer(c.first), "then",
                   json_integer(c.then), "threshold", json_real(c.threshold), "request_id",
                   json_string(call->request_id), NULL);
-    } else if (m != EVHTTP_REQ_GET) {
-        http_add_header(call, "Allow", "GET, PUT");
-        http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
-        return;
     }
     serving_cascade c;
     if (serving_get_cascade(repo, model, &c) != 0) {
@@ -207,7 +108,8 @@ static json_t *shadow_json(const serving_shadow *sh) {
     return json_pack("{s:s, s:i}", "version", http_format_int(sh->version, ver), "percent", sh->percent);
 }
 
-static void shadow_endpoint(http_call *call, const char *model) {
+void http_admin_shadow(http_call *call) {
+    const char *model = call->params.name;
     serving_repo *repo = call->loop->server->repo;
     enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
     if (m == EVHTTP_REQ_PUT) {
@@ -241,10 +143,6 @@ static void shadow_endpoint(http_call *call, const char *model) {
         }
         log_event(LOG_INFO, "shadow_set", "model", json_string(model), "version", json_integer(sh.version),
                   "percent", json_integer(sh.percent), "request_id", json_string(call->request_id), NULL);
-    } else if (m != EVHTTP_REQ_GET) {
-        http_add_header(call, "Allow", "GET, PUT");
-        http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
-        return;
     }
     serving_shadow sh;
     if (serving_get_shadow(repo, model, &sh) != 0) {
@@ -283,12 +181,10 @@ static void set_alias(http_call *call, const char *model, const char *alias, int
     }
     serving_error err = {0};
     int rc = serving_set_alias(call->loop->server->repo, model, alias, version, &err);
-    if (rc == SERVING_ENOTFOUND)
-        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
-    else if (rc == SERVING_ENOVERSION)
-        http_reply_error(call, HTTP_ERR_VERSION_NOT_FOUND, "%s", err.message);
-    else if (rc != 0)
+    if (rc == SERVING_EINPUT)
         http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s", err.message);
+    else if (rc != 0)
+        http_reply_status(call, STATUS_MODULE_SERVING, rc, err.message);
     else {
         log_event(LOG_INFO, remove ? "alias_removed" : "alias_set", "model", json_string(model), "alias",
                   json_string(alias), "version", json_integer(version), "request_id", json_string(call->request_id),
@@ -345,74 +241,29 @@ static void put_split(http_call *call, const char *model) {
     reply_split(call, model);
 }
 
-int http_route_admin(http_call *call, const char *path) {
-    char name[256], alias[SERVING_ALIAS_MAX + 2];
-    long version;
-    int load;
-    if (version_action_path(path, name, sizeof name, &version, &load)) {
-        call->endpoint = EP_ADMIN_VERSION;
-        if (!http_authorized(call, GUARD_SCOPE_ADMIN) || !http_method_is(call, EVHTTP_REQ_POST))
-            return 1;
-        serving_error err = {0};
-        int rc = serving_admin_version(call->loop->server->repo, name, version, load, &err);
-        if (rc == SERVING_ENOTFOUND)
-            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", err.message);
-        else if (rc == SERVING_ENOVERSION)
-            http_reply_error(call, HTTP_ERR_VERSION_NOT_FOUND, "%s", err.message);
-        else if (rc != 0) {
+void http_admin_traffic_get(http_call *call) { reply_split(call, call->params.name); }
+void http_admin_traffic_put(http_call *call) { put_split(call, call->params.name); }
+void http_admin_aliases_get(http_call *call) { reply_aliases(call, call->params.name); }
+void http_admin_alias_put(http_call *call) { set_alias(call, call->params.name, call->params.alias, 0); }
+void http_admin_alias_delete(http_call *call) { set_alias(call, call->params.name, call->params.alias, 1); }
+
+static void version_action(http_call *call, int load) {
+    const char *name = call->params.name;
+    long version = strtol(call->params.version, NULL, 10);
+    serving_error err = {0};
+    int rc = serving_admin_version(call->loop->server->repo, name, version, load, &err);
+    if (rc != 0) {
+        if (rc == SERVING_ENOTREADY)
             http_add_header(call, "Retry-After", "1");
-            http_reply_error(call, HTTP_ERR_NOT_READY, "%s", err.message);
-        } else {
-            log_event(LOG_INFO, load ? "version_load_requested" : "version_unload_requested", "model",
-                      json_string(name), "version", json_integer(version), "request_id",
-                      json_string(call->request_id), NULL);
-            char ver[24];
-            http_reply_json(call, 202, json_pack("{s:s, s:s, s:s}", "model", name, "version",
-                                                 http_format_int(version, ver), "action", load ? "load" : "unload"));
-        }
-        return 1;
+        http_reply_status(call, STATUS_MODULE_SERVING, rc, err.message);
+        return;
     }
-    if (alias_path(path, name, sizeof name, alias, sizeof alias)) {
-        call->endpoint = EP_ADMIN_ALIASES;
-        if (!http_authorized(call, GUARD_SCOPE_ADMIN))
-            return 1;
-        enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
-        if (!alias[0] && m == EVHTTP_REQ_GET)
-            reply_aliases(call, name);
-        else if (alias[0] && (m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_DELETE))
-            set_alias(call, name, alias, m == EVHTTP_REQ_DELETE);
-        else {
-            http_add_header(call, "Allow", alias[0] ? "PUT, DELETE" : "GET");
-            http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed here", call->method);
-        }
-        return 1;
-    }
-    if (model_path(path, "/cascade", name, sizeof name)) {
-        call->endpoint = EP_ADMIN_CASCADE;
-        if (http_authorized(call, GUARD_SCOPE_ADMIN))
-            cascade_endpoint(call, name);
-        return 1;
-    }
-    if (model_path(path, "/shadow", name, sizeof name)) {
-        call->endpoint = EP_ADMIN_SHADOW;
-        if (http_authorized(call, GUARD_SCOPE_ADMIN))
-            shadow_endpoint(call, name);
-        return 1;
-    }
-    if (!traffic_model(path, name, sizeof name))
-        return 0;
-    call->endpoint = EP_ADMIN_TRAFFIC;
-    if (!http_authorized(call, GUARD_SCOPE_ADMIN))
-        return 1;
-    enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
-    if (m == EVHTTP_REQ_GET) {
-        reply_split(call, name);
-    } else if (m == EVHTTP_REQ_PUT) {
-        put_split(call, name);
-    } else {
-        http_add_header(call, "Allow", "GET, PUT");
-        http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use GET or PUT", call->method,
-                         http_endpoint_names[EP_ADMIN_TRAFFIC]);
-    }
-    return 1;
+    log_event(LOG_INFO, load ? "version_load_requested" : "version_unload_requested", "model", json_string(name),
+              "version", json_integer(version), "request_id", json_string(call->request_id), NULL);
+    char ver[24];
+    http_reply_json(call, 202, json_pack("{s:s, s:s, s:s}", "model", name, "version", http_format_int(version, ver),
+                                         "action", load ? "load" : "unload"));
 }
+
+void http_admin_version_load(http_call *call) { version_action(call, 1); }
+void http_admin_version_unload(http_call *call) { version_action(call, 0); }

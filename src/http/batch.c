@@ -37,32 +37,30 @@ static jobs *jobs_of(http_call *call) { return call->loop->server->opts.jobs; }
 static int reply_jobs_error(http_call *call, int rc, const char *message) {
     switch (rc) {
     case JOBS_ENOTFOUND:
-        http_reply_error(call, HTTP_ERR_JOB_NOT_FOUND, "no batch job with this id");
-        break;
-    case JOBS_EINVAL:
-        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s", message ? message : "invalid job");
-        break;
-    case JOBS_ENOMODEL:
-        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "%s", message ? message : "model not found");
-        break;
-    case JOBS_ELIMIT:
-        http_reply_error(call, HTTP_ERR_TOO_MANY_JOBS, "%s", message ? message : "too many unfinished jobs");
+        message = "no batch job with this id";
         break;
     case JOBS_EFINISHED:
-        http_reply_error(call, HTTP_ERR_JOB_FINISHED, "the batch job has already finished");
+        message = "the batch job has already finished";
         break;
     case JOBS_EUNAVAILABLE:
         log_event(LOG_WARN, "batch_queue_unavailable", "error", json_string(message ? message : ""), "request_id",
                   json_string(call->request_id), NULL);
         http_add_header(call, "Retry-After", "1");
-        http_reply_error(call, HTTP_ERR_JOB_QUEUE_UNAVAILABLE, "the batch job queue is unavailable; try again shortly");
+        message = "the batch job queue is unavailable; try again shortly";
+        break;
+    case JOBS_EINVAL:
+    case JOBS_ENOMODEL:
+    case JOBS_ELIMIT:
+        if (!message || !message[0])
+            message = jobs_status_message(rc);
         break;
     default:
         log_event(LOG_ERROR, "batch_store_error", "error", json_string(message ? message : jobs_status_message(rc)),
                   "request_id", json_string(call->request_id), NULL);
-        http_reply_error(call, HTTP_ERR_INTERNAL, "the batch job store failed");
+        message = "the batch job store failed";
         break;
     }
+    http_reply_status(call, STATUS_MODULE_JOBS, rc, message);
     return -1;
 }
 
@@ -85,8 +83,9 @@ static void inputs_free(inputs *in) {
 /* Checks and collects the texts of a JSON array (each a string, or an
  * object with "text"); field names the list in errors. 0, or -1 answered. */
 static int collect(http_call *call, json_t *list, const char *field, inputs *in) {
+    http_server *s = call->loop->server;
     size_t n = json_array_size(list);
-    size_t max = call->loop->server->opts.max_batch_inputs;
+    size_t max = s->opts.max_batch_inputs;
     if (n == 0)
         return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s must not be empty", field), -1;
     if (n > max)
@@ -97,21 +96,19 @@ static int collect(http_call *call, json_t *list, const char *field, inputs *in)
     in->lens = malloc(n * sizeof *in->lens);
     if (!in->texts || !in->lens)
         return http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory"), -1;
+    http_limits limits = {.max_text_chars = (size_t)s->opts.max_text_chars, .max_inputs = max};
+    http_fail why;
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(list, i);
         if (json_is_object(v) && json_object_get(v, "text"))
             v = json_object_get(v, "text");
-        if (http_check_text(call, v, field, i) != 0)
-            return -1;
+        if (http_check_text(&limits, v, field, i, &why) != 0)
+            return http_reply_fail(call, &why), -1;
         in->texts[i] = json_string_value(v);
         in->lens[i] = json_string_length(v);
     }
     in->n = n;
     return 0;
-}
-
-static const char *header(http_call *call, const char *name) {
-    return evhttp_find_header(evhttp_request_get_input_headers(call->req), name);
 }
 
 static int is_jsonl(const char *content_type) {
@@ -129,6 +126,8 @@ static int is_jsonl(const char *content_type) {
 /* The body: JSON Lines (one string or {"text": ...} per line; blank lines
  * skipped) into a JSON array, or a JSON document. NULL after answering. */
 static json_t *read_body(http_call *call, int jsonl) {
+    if (!jsonl)
+        return http_read_json(call);
     struct evbuffer *buf = evhttp_request_get_input_buffer(call->req);
     size_t len = evbuffer_get_length(buf);
     if (len > call->loop->server->opts.max_body_bytes)
@@ -137,16 +136,6 @@ static json_t *read_body(http_call *call, int jsonl) {
                NULL;
     const char *data = len ? (const char *)evbuffer_pullup(buf, -1) : "";
     json_error_t jerr;
-    if (!jsonl) {
-        json_t *body = json_loadb(data, len, JSON_DECODE_ANY, &jerr);
-        if (!body)
-            http_reply_error(call,
-                             json_error_code(&jerr) == json_error_invalid_utf8 ? HTTP_ERR_INVALID_UTF8
-                                                                                : HTTP_ERR_INVALID_JSON,
-                             "request body is not valid JSON: %s (line %d, column %d)", jerr.text, jerr.line,
-                             jerr.column);
-        return body;
-    }
     json_t *list = json_array();
     size_t line_no = 0;
     for (size_t at = 0; at < len;) {
@@ -267,7 +256,7 @@ struct pending {
 /* A jobs thread: hand the call back to its loop. */
 static void on_answered_elsewhere(jobs_req *req) {
     pending *p = req->ud;
-    http_post_done(NULL, p->call);
+    http_post(p->call);
 }
 
 /* The call's loop. */
@@ -289,7 +278,7 @@ static pending *pending_new(http_call *call, jobs_op op, const char *id, answer_
     }
     p->req.op = op;
     if (id)
-        snprintf(p->req.id, sizeof p->req.id, "%s", id);
+        http_copy(p->req.id, sizeof p->req.id, id);
     p->answer = answer;
     return p;
 }
@@ -313,8 +302,8 @@ static void answer_submit(http_call *call, pending *p) {
     const char *id = p->req.id;
     log_event(LOG_INFO, "batch_job_queued", "id", json_string(id), "inputs", json_integer((json_int_t)p->in.n),
               "key", json_string(call->key_name), "request_id", json_string(call->request_id), NULL);
-    if (p->req.kind == JOBS_KIND_SEED) {
-        http_reply_json(call, 202, json_pack("{s:s, s:s}", "task_id", id, "status", "pending"));
+    if (p->req.kind == JOBS_KIND_SEED) { /* 200, as the seed service answered */
+        http_reply_json(call, 200, json_pack("{s:s, s:s}", "task_id", id, "status", "pending"));
         return;
     }
     char location[64];
@@ -324,7 +313,7 @@ static void answer_submit(http_call *call, pending *p) {
 }
 
 static void submit_job(http_call *call, jobs_kind kind) {
-    int jsonl = kind == JOBS_KIND_V1 && is_jsonl(header(call, "Content-Type"));
+    int jsonl = kind == JOBS_KIND_V1 && is_jsonl(http_header(call, "Content-Type"));
     json_t *body = read_body(call, jsonl);
     if (!body)
         return;
@@ -447,7 +436,7 @@ static void v1_results(http_call *call, const char *id) {
     int bad = 0;
     size_t offset = query_size(call, "offset", 0, &bad);
     size_t limit = query_size(call, "limit", RESULTS_PAGE_DEFAULT, &bad);
-    int jsonl = is_jsonl(header(call, "Accept"));
+    int jsonl = is_jsonl(http_header(call, "Accept"));
     if (bad || (!jsonl && (limit < 1 || limit > RESULTS_PAGE_MAX))) {
         http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
                          "offset must be a whole number and limit one from 1 to %d", RESULTS_PAGE_MAX);
@@ -483,87 +472,54 @@ static void ask_about(http_call *call, jobs_op op, const char *id, answer_fn *an
         ask(call, p);
 }
 
-/* The id in path after prefix, up to the next '/' (or the end), as long as
- * it looks like an id; "" otherwise. */
-static const char *path_id(const char *rest, char id[JOBS_ID_MAX], const char **tail) {
-    size_t n = strcspn(rest, "/");
-    *tail = rest + n;
-    id[0] = 0;
-    if (n == 0 || n >= JOBS_ID_MAX)
-        return id;
-    for (size_t i = 0; i < n; i++)
-        if (!((rest[i] >= 'a' && rest[i] <= 'z') || (rest[i] >= '0' && rest[i] <= '9') || rest[i] == '_'))
-            return id;
-    memcpy(id, rest, n);
-    id[n] = 0;
+/* The job id of the path: "" unless it looks like one (then 404). */
+static const char *path_id(http_call *call) {
+    const char *id = call->params.id;
+    for (const char *c = id; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_') || c - id >= JOBS_ID_MAX - 1)
+            return "";
     return id;
 }
 
-const char *http_batch_route_methods(const char *path, http_endpoint *ep) {
-    if (strcmp(path, "/batch_predict") == 0)
-        return *ep = EP_BATCH_PREDICT, "POST";
-    if (strcmp(path, "/v1/batch") == 0)
-        return *ep = EP_BATCHES, "POST";
-    if (strncmp(path, "/batch_result/", 14) == 0)
-        return *ep = EP_BATCH_RESULT, "GET";
-    if (strncmp(path, "/v1/batch/", 10) == 0) {
-        const char *slash = strchr(path + 10, '/');
-        if (!slash)
-            return *ep = EP_BATCH, "GET, DELETE";
-        if (strcmp(slash, "/results") == 0)
-            return *ep = EP_BATCH_RESULTS, "GET";
-    }
-    return NULL;
+/* 0 when batch jobs are on; else answers 503. */
+static int disabled(http_call *call) {
+    if (jobs_of(call))
+        return 0;
+    http_reply_error(call, HTTP_ERR_BATCH_DISABLED, "batch jobs are turned off on this server (batch.enabled)");
+    return 1;
 }
 
-int http_route_batch(http_call *call, const char *path) {
-    http_endpoint ep;
-    if (!http_batch_route_methods(path, &ep))
-        return 0;
-    call->endpoint = ep;
-    if (!http_authorized(call, GUARD_SCOPE_BATCH))
-        return 1;
-    if (!jobs_of(call)) {
-        http_reply_error(call, HTTP_ERR_BATCH_DISABLED, "batch jobs are turned off on this server (batch.enabled)");
-        return 1;
-    }
-    char id[JOBS_ID_MAX];
-    const char *tail = "";
-    switch (ep) {
-    case EP_BATCH_PREDICT:
-        if (http_method_is(call, EVHTTP_REQ_POST))
-            submit_job(call, JOBS_KIND_SEED);
-        return 1;
-    case EP_BATCHES:
-        if (http_method_is(call, EVHTTP_REQ_POST))
-            submit_job(call, JOBS_KIND_V1);
-        return 1;
-    case EP_BATCH_RESULT:
-        path_id(path + 14, id, &tail);
-        if (http_method_is(call, EVHTTP_REQ_GET))
-            ask_about(call, JOBS_OP_GET, *tail ? "" : id, answer_seed_status);
-        return 1;
-    case EP_BATCH:
-    case EP_BATCH_RESULTS: {
-        path_id(path + 10, id, &tail);
-        enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
-        if (ep == EP_BATCH && m == EVHTTP_REQ_DELETE) {
-            ask_about(call, JOBS_OP_CANCEL, id, answer_job);
-            return 1;
-        }
-        if (m != EVHTTP_REQ_GET) {
-            http_add_header(call, "Allow", ep == EP_BATCH ? "GET, DELETE" : "GET");
-            http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s", call->method,
-                             http_endpoint_names[ep]);
-            return 1;
-        }
-        if (ep == EP_BATCH_RESULTS && id[0])
-            v1_results(call, id);
-        else
-            ask_about(call, JOBS_OP_GET, id, answer_job);
-        return 1;
-    }
-    default:
-        return 0;
-    }
+void http_batch_seed_submit(http_call *call) {
+    if (!disabled(call))
+        submit_job(call, JOBS_KIND_SEED);
+}
+
+void http_batch_submit(http_call *call) {
+    if (!disabled(call))
+        submit_job(call, JOBS_KIND_V1);
+}
+
+void http_batch_seed_result(http_call *call) {
+    if (!disabled(call))
+        ask_about(call, JOBS_OP_GET, path_id(call), answer_seed_status);
+}
+
+void http_batch_get(http_call *call) {
+    if (!disabled(call))
+        ask_about(call, JOBS_OP_GET, path_id(call), answer_job);
+}
+
+void http_batch_cancel(http_call *call) {
+    if (!disabled(call))
+        ask_about(call, JOBS_OP_CANCEL, path_id(call), answer_job);
+}
+
+void http_batch_results(http_call *call) {
+    if (disabled(call))
+        return;
+    const char *id = path_id(call);
+    if (id[0])
+        v1_results(call, id);
+    else
+        ask_about(call, JOBS_OP_GET, id, answer_job);
 }

@@ -179,7 +179,7 @@ static int origin_allowed(const http_cors *c, const char *origin) {
     return 0;
 }
 
-static int is_preflight(struct evhttp_request *req) {
+int http_cors_is_preflight(struct evhttp_request *req) {
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
     return evhttp_request_get_command(req) == EVHTTP_REQ_OPTIONS && evhttp_find_header(h, "Origin") &&
            evhttp_find_header(h, "Access-Control-Request-Method");
@@ -218,15 +218,8 @@ static int headers_allowed(const char *list) {
     return 1;
 }
 
-int http_cors_preflight(http_call *call, const char *path) {
+void http_cors_preflight(http_call *call, const char *methods) {
     struct evhttp_request *req = call->req;
-    if (!is_preflight(req))
-        return 0;
-    http_endpoint ep = EP_OTHER;
-    const char *methods = http_route_methods(path, &ep);
-    if (!methods)
-        return 0; /* no such route: 404 as usual */
-    call->endpoint = ep;
     const http_cors *c = call->loop->server->cors;
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
     const char *origin = evhttp_find_header(h, "Origin");
@@ -236,24 +229,23 @@ int http_cors_preflight(http_call *call, const char *path) {
         http_reply_error(call, HTTP_ERR_CORS_FORBIDDEN,
                          "Disallowed CORS origin: %.200s is not in cors.allowed_origins%s", origin,
                          enabled(c) ? "" : " (empty: no origin is allowed)");
-        return 1;
+        return;
     }
     if (!method_listed(methods, method)) {
         http_reply_error(call, HTTP_ERR_CORS_FORBIDDEN, "Disallowed CORS method: %s takes %s, not %.32s",
-                         http_endpoint_names[ep], methods, method);
-        return 1;
+                         http_call_label(call), methods, method);
+        return;
     }
     if (headers && !headers_allowed(headers)) {
         http_reply_error(call, HTTP_ERR_CORS_FORBIDDEN,
                          "Disallowed CORS headers: %.300s; allowed request headers are %s", headers,
                          allowed_headers_value);
-        return 1;
+        return;
     }
     http_add_header(call, "Access-Control-Allow-Methods", methods);
     http_add_header(call, "Access-Control-Allow-Headers", allowed_headers_value);
     http_add_header(call, "Access-Control-Max-Age", c->max_age);
     http_reply_text(call, 204, NULL, "", 0);
-    return 1;
 }
 
 void http_cors_add_headers(http_call *call) {
@@ -270,6 +262,6 @@ void http_cors_add_headers(http_call *call) {
             return;
         http_add_header(call, "Access-Control-Allow-Origin", origin);
     }
-    if (!is_preflight(call->req))
+    if (!http_cors_is_preflight(call->req))
         http_add_header(call, "Access-Control-Expose-Headers", exposed_headers_value);
 }

@@ -6,13 +6,13 @@
  *   -> {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [...]}],
  *       "model": "minilm", "usage": {"prompt_tokens": N, "total_tokens": N}}
  *
- * The request takes the prediction path (scope embed, rate limit, cache,
- * batcher): http_embeddings_read reads the body, the scheduler pools and
- * normalises as the model's sentence-transformers files say, and
- * http_embeddings_answer writes the answer. base64 is the little-endian
+ * The request takes the inference pipeline (scope embed, rate limit, cache,
+ * batcher) with these ops: parse reads the body, the scheduler pools and
+ * normalises as the model's sentence-transformers files say, and answer
+ * writes the answer. base64 is the little-endian
  * float32 bytes of each vector, as OpenAI sends it.
  *
- * Loop thread only.
+ * Pure functions of their arguments (the fuzz target drives the parser).
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -20,45 +20,28 @@
 
 #include "http_int.h"
 
-int http_embeddings_read(http_call *call, json_t *body, size_t *n_out) {
-    http_server *s = call->loop->server;
+static int parse(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail) {
     if (!json_is_object(body))
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "request body must be a JSON object"), -1;
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "request body must be a JSON object");
     json_t *model = json_object_get(body, "model"), *input = json_object_get(body, "input");
     json_t *format = json_object_get(body, "encoding_format");
     if (model && !json_is_string(model))
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "model must be a string"), -1;
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "model must be a string");
     if (format && !(json_is_string(format) && (strcmp(json_string_value(format), "float") == 0 ||
                                                strcmp(json_string_value(format), "base64") == 0)))
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "encoding_format must be float or base64"), -1;
-    call->embed_base64 = format && strcmp(json_string_value(format), "base64") == 0;
-    if (model) {
-        http_copy(call->model_name, sizeof call->model_name, json_string_value(model));
-        call->has_model_name = 1;
-    }
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "encoding_format must be float or base64");
+    in->base64 = format && strcmp(json_string_value(format), "base64") == 0;
+    in->model = model ? json_string_value(model) : NULL;
     int single = json_is_string(input);
     if (!single && !json_is_array(input))
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "input must be a string or a list of strings"), -1;
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "input must be a string or a list of strings");
     size_t n = single ? 1 : json_array_size(input);
     if (n == 0)
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "input must not be empty"), -1;
-    if (n > (size_t)s->opts.max_inputs)
-        return http_reply_error(call, HTTP_ERR_TOO_MANY_INPUTS, "input has %zu items; the limit is %d per request", n,
-                                s->opts.max_inputs),
-               -1;
-    call->texts = calloc(n, sizeof *call->texts);
-    call->lens = calloc(n, sizeof *call->lens);
-    if (!call->texts || !call->lens)
-        return http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory"), -1;
-    for (size_t i = 0; i < n; i++) {
-        json_t *v = single ? input : json_array_get(input, i);
-        if (http_check_text(call, v, single ? "text" : "input", i) != 0)
-            return -1;
-        call->texts[i] = json_string_value(v);
-        call->lens[i] = json_string_length(v);
-    }
-    *n_out = n;
-    return 0;
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "input must not be empty");
+    if (n > limits->max_inputs)
+        return http_fail_set(fail, HTTP_ERR_TOO_MANY_INPUTS, "input has %zu items; the limit is %zu per request", n,
+                             limits->max_inputs);
+    return http_inputs_collect(limits, single ? input : NULL, input, "input", in, fail);
 }
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -79,14 +62,14 @@ static char *base64(const unsigned char *p, size_t n) {
     return out;
 }
 
-char *http_embeddings_answer(http_call *call) {
-    const engine_model_info *info = serving_version_info(call->version);
+static char *answer(const http_inputs *in, const serving_request *r) {
+    const engine_model_info *info = serving_version_info(r->first);
     const size_t H = (size_t)info->hidden;
     json_t *data = json_array();
-    for (size_t i = 0; i < call->job.n; i++) {
-        const float *vec = call->probs + i * H;
+    for (size_t i = 0; i < r->n; i++) {
+        const float *vec = r->out + i * H;
         json_t *emb;
-        if (call->embed_base64) { /* little-endian float32, as OpenAI (x86 and ARM are little-endian) */
+        if (in->base64) { /* little-endian float32, as OpenAI (x86 and ARM are little-endian) */
             char *text = base64((const unsigned char *)vec, H * sizeof(float));
             emb = text ? json_string(text) : json_null();
             free(text);
@@ -98,15 +81,24 @@ char *http_embeddings_answer(http_call *call) {
         json_array_append_new(data, json_pack("{s:s, s:I, s:o}", "object", "embedding", "index", (json_int_t)i,
                                               "embedding", emb));
     }
-    json_int_t tokens = (json_int_t)call->job.n_tokens;
+    json_int_t tokens = (json_int_t)r->n_tokens;
     json_t *out = json_pack("{s:s, s:o, s:s, s:{s:I, s:I}}", "object", "list", "data", data, "model",
-                            serving_version_model(call->version), "usage", "prompt_tokens", tokens, "total_tokens",
+                            serving_version_model(r->first), "usage", "prompt_tokens", tokens, "total_tokens",
                             tokens);
     char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(out);
     return text;
 }
 
-size_t http_embeddings_params(http_call *call, char *buf, size_t cap) {
-    return (size_t)snprintf(buf, cap, "embed:%s", call->embed_base64 ? "base64" : "float");
+static size_t cache_params(const http_inputs *in, const serving_request *r, char *buf, size_t cap) {
+    (void)r;
+    return (size_t)snprintf(buf, cap, "embed:%s", in->base64 ? "base64" : "float");
 }
+
+const http_infer_ops http_embeddings_ops = {
+    .task = SERVING_TASK_EMBED,
+    .allow_cascade = 0,
+    .parse = parse,
+    .cache_params = cache_params,
+    .answer = answer,
+};

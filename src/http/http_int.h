@@ -1,12 +1,14 @@
 /*
  * http_int.h - what the HTTP module's files share: the server and loop
- * structs, the per-request call record, the error table and the reply
- * helpers. Not a public header.
+ * structs, the per-request call, the route table's row, the inference
+ * pipeline's endpoint shape, the error list and the reply helpers. Private
+ * to the aiserve_http library (tests reach it through tests/internal/).
  *
  * Ownership: a call is created by the loop that received the request and is
  * freed by that loop after its answer was written (or its connection died).
- * While a call waits for the scheduler, the batcher thread only touches its
- * job and then posts the call to the loop's done list.
+ * While a call waits for a model, for the job store or for a coalesced
+ * request, other threads only post it back to its loop's done list
+ * (http_post), and the loop runs its on_posted.
  */
 #ifndef AISERVE_HTTP_INT_H
 #define AISERVE_HTTP_INT_H
@@ -20,9 +22,13 @@
 #include <string.h>
 
 #include "http.h"
+#include "status.h"
 
-/* One list generates the error codes with their HTTP status and OpenAI
- * error type (DESIGN.md's status table). */
+/* ---- errors ---------------------------------------------------------------
+ *
+ * The answers' error codes, each with its HTTP status and OpenAI error type
+ * (DESIGN.md's status table). Other modules' statuses become one of these
+ * through the one table in status.c (http_error_of). */
 #define HTTP_ERROR_MAP(X)                                                          \
     X(INVALID_JSON, 400, "invalid_request_error", "invalid_json")                  \
     X(INVALID_UTF8, 400, "invalid_request_error", "invalid_utf8")                  \
@@ -67,42 +73,68 @@ int http_error_status(http_error e);
 const char *http_error_type(http_error e);
 const char *http_error_code(http_error e);
 
+/* status.c: the one table from another module's status to an answer's
+ * error. Statuses a client never causes (ENOMEM, EDB, ...) are INTERNAL. */
+http_error http_error_of(status_module module, int status);
+
+/* A refusal decided away from any call (parsers): the error and its message. */
+typedef struct http_fail {
+    http_error error;
+    char message[256];
+} http_fail;
+/* Fills f; returns -1, so parsers can `return http_fail_set(...)`. */
+int http_fail_set(http_fail *f, http_error e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 typedef struct http_loop http_loop;
 typedef struct http_call http_call;
 typedef struct http_conn http_conn;
 typedef struct http_cors http_cors;
-typedef struct http_cascade http_cascade;
+typedef struct http_infer http_infer;
 struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 
-/* Endpoint label values: route templates, never the client's path. */
-typedef enum http_endpoint {
-    EP_PREDICT,
-    EP_MODEL_PREDICT,
-    EP_MODEL_VERSION_PREDICT,
-    EP_MODELS,
-    EP_EMBEDDINGS,
-    EP_MODEL,
-    EP_HEALTH,
-    EP_HEALTH_LIVE,
-    EP_HEALTH_READY,
-    EP_METRICS,
-    EP_BATCH_PREDICT,
-    EP_BATCH_RESULT,
-    EP_BATCHES,
-    EP_BATCH,
-    EP_BATCH_RESULTS,
-    EP_V2,
-    EP_V2_MODEL,
-    EP_V2_INFER,
-    EP_ADMIN_TRAFFIC,
-    EP_ADMIN_ALIASES,
-    EP_ADMIN_SHADOW,
-    EP_ADMIN_CASCADE,
-    EP_ADMIN_VERSION,
-    EP_OTHER,
-    EP_COUNT
-} http_endpoint;
-extern const char *const http_endpoint_names[EP_COUNT];
+/* ---- the route table (routes.c) -------------------------------------------- */
+
+/* Methods as a bit set. */
+enum {
+    HTTP_GET = 1 << 0,
+    HTTP_POST = 1 << 1,
+    HTTP_PUT = 1 << 2,
+    HTTP_DELETE = 1 << 3,
+};
+
+/* Values the path's {placeholders} matched, each checked and decoded. */
+typedef struct http_path_params {
+    char name[256];    /* {name}: a model name, percent-decoded, valid UTF-8, no NUL */
+    char version[72];  /* {version}: a version number; {ref}: a number or an alias */
+    char id[72];       /* {id}: a job id as the client wrote it ("" when too long) */
+    char alias[72];    /* {alias}: as the client wrote it ("" when too long) */
+} http_path_params;
+
+typedef void http_handler(http_call *call);
+typedef struct http_infer_ops http_infer_ops;
+
+#define HTTP_SCOPE_OPEN ((guard_scopes)~0u)
+
+/* One row of the one route table: every path the server answers. */
+typedef struct http_route {
+    unsigned methods;            /* HTTP_GET ...; HEAD is answered wherever GET is */
+    const char *pattern;         /* "/v1/models/{name}/predict"; {name} {version} {ref} {id} {alias} */
+    const char *label;           /* the metrics' endpoint label */
+    guard_scopes scope;          /* what the API key needs (GUARD_SCOPE_ANY: any valid key);
+                                    HTTP_SCOPE_OPEN: no key at all */
+    http_handler *handler;       /* or, for inference endpoints: */
+    const http_infer_ops *infer; /* the pipeline runs these (pipeline.c) */
+} http_route;
+
+extern const http_route http_routes[];
+extern const size_t http_n_routes;
+#define HTTP_LABEL_OTHER "other" /* answers no route matched */
+
+/* Finds the route for the call's request and runs it: 404, 405 with
+ * Allow, CORS preflights, the scope check, then the handler. */
+void http_dispatch(http_call *call);
+
+/* ---- server, loops, calls ----------------------------------------------- */
 
 struct http_loop {
     http_server *server;
@@ -116,7 +148,7 @@ struct http_loop {
     struct event *stop_event;           /* http_server_destroy: close the store connection, stop */
     uint64_t stop_deadline_us;          /* set by the first stop event: stop flushing then */
     pthread_t thread;
-    /* Calls whose job finished, posted by batcher threads. */
+    /* Calls posted back by other threads (http_post). */
     pthread_mutex_t done_lock;
     http_call *done_head;
     struct event *done_event;
@@ -131,10 +163,9 @@ struct http_loop {
 /* Metric series looked up once at start. */
 typedef struct http_metrics {
     metric_family *requests;      /* prediction_requests_total{endpoint,status} */
-    metric *latency[EP_COUNT];    /* prediction_latency_seconds{endpoint} */
+    metric **latency;             /* prediction_latency_seconds{endpoint}, per route (http_n_routes) */
+    metric *latency_other;        /* ... for answers no route matched */
     metric_family *model_errors;  /* model_errors_total{error_type} */
-    metric_family *shadow;        /* aiserve_shadow_predictions_total{model,version,result} */
-    metric_family *cascade;       /* aiserve_cascade_texts_total{model,result} */
     metric *connections;          /* aiserve_http_connections */
     metric *in_flight;            /* aiserve_http_requests_in_flight */
     metric *shed;                 /* aiserve_requests_shed_total */
@@ -153,7 +184,7 @@ struct http_server {
     double start_time;            /* wall clock */
     atomic_int draining;
     atomic_int in_flight;         /* requests received and not yet answered */
-    atomic_int pending_jobs;      /* calls the scheduler still holds */
+    atomic_int pending_jobs;      /* calls posted elsewhere and not yet back */
     atomic_int connections;
     atomic_int accept_paused;     /* listeners off: at max_connections */
     http_conn **conn_by_fd;       /* entries written by the fd's loop only */
@@ -165,7 +196,8 @@ struct http_server {
 struct http_call {
     http_loop *loop;
     struct evhttp_request *req;   /* NULL once the connection died */
-    http_endpoint endpoint;
+    const http_route *route;      /* NULL until routed, and when no route matched */
+    http_path_params params;
     uint64_t start_us;
     char request_id[72];
     char method[8];
@@ -173,40 +205,13 @@ struct http_call {
     char client[64];
     char key_name[GUARD_NAME_MAX + 1]; /* the API key's name once known; "" otherwise */
     char key_tier[GUARD_NAME_MAX + 1]; /* that key's rate-limit tier */
-    /* Rate limit and response cache (protect.c). */
-    char model_name[256];         /* /v1/models/{name}/predict: the name asked for */
-    int has_model_name;
-    guard_ratelimit_req ratelimit_req;
-    int cache_role;               /* HTTP_CACHE_*: how this prediction uses the cache */
-    guard_cache_key cache_key;
-    guard_cache_req cache_req;
-    guard_cache_waiter waiter;    /* follower: how the leader's outcome reaches it */
-    guard_cache_flight *flight;   /* leader: the flight to publish (may be NULL) */
-    guard_cache_outcome *outcome; /* follower: the leader's outcome, once posted */
-    int status;
-    /* Prediction state. */
-    json_t *body;                 /* parsed request; texts point into it */
-    serving_version *version;
-    serving_job job;
-    const char **texts;
-    size_t *lens;
-    float *probs;
-    int single;                   /* {"text": ...} rather than {"texts": [...]} */
-    int kserve;                   /* an Open Inference Protocol infer request (kserve.c) */
-    int embed;                    /* a /v1/embeddings request (embeddings.c) */
-    int embed_base64;             /* its vectors as base64 */
-    int kserve_outputs;           /* its outputs: 1 label, 2 probabilities */
-    long want_version;            /* the version the path names; 0: the newest */
-    char version_ref[72];         /* the version or alias the path or X-Model-Version names; "" none */
-    http_cascade *cascade;        /* the model's cascade, when this request takes it (cascade.c) */
-    serving_shadow shadow;        /* the model's shadow when the version was chosen (shadow.c) */
+    int status;                   /* the answer's, once sent */
     int discard;                  /* server stopping: free without answering */
-    http_call *next_done;
-    /* Set when the call was posted to its loop for something other than a
-     * prediction (a batch job being stored): the loop calls it instead of
-     * http_finish_prediction. */
+    http_infer *infer;            /* inference endpoints: the pipeline's state (pipeline.c) */
+    /* What the loop runs when another thread posts the call back. */
     void (*on_posted)(http_call *call);
     void *posted_state;
+    http_call *next_done;
 };
 
 /* Copies the string src into dst[cap], cut to fit, always terminated: the
@@ -235,125 +240,141 @@ static inline char *http_format_int(long long v, char buf[24]) {
     return buf;
 }
 
-/* The index of the largest of p[0..k): the predicted label. */
-static inline int http_best_label(const float *p, int k) {
-    int best = 0;
-    for (int j = 1; j < k; j++)
-        if (p[j] > p[best])
-            best = j;
-    return best;
+/* The endpoint label a call is counted under. */
+static inline const char *http_call_label(const http_call *call) {
+    return call->route ? call->route->label : HTTP_LABEL_OTHER;
 }
 
-/* routes.c */
-void http_route(http_call *call);
-/* The request's key may use an endpoint that needs `required`: 1, or 0
- * after answering 401/403. */
-int http_authorized(http_call *call, guard_scopes required);
-/* The request's method is `want`: 1, or 0 after answering 405 with Allow. */
-int http_method_is(http_call *call, enum evhttp_cmd_type want);
-/* Checks one text of a request (a string, not blank, within the length
- * limit); field "text", or a list's name with index i ("texts[3]").
- * Returns 0, or -1 after answering 422. */
-int http_check_text(http_call *call, json_t *value, const char *field, size_t index);
+/* ---- the inference pipeline (pipeline.c) --------------------------------------
+ *
+ * Every inference endpoint has one shape: it supplies how to parse its
+ * body, what besides the texts decides its answer (for the cache key), and
+ * how to format the answer; pipeline.c runs the stages in order:
+ *
+ *   admit (rate limit) -> parse -> resolve version -> cache lookup or
+ *   coalesce -> serving_predict -> store in the cache -> answer
+ */
 
-/* The prediction path for a model by name (NULL: the default model): rate
- * limit, then http_predict_admitted. */
-void http_predict_named(http_call *call, const char *model_name);
+/* A request's inputs as an endpoint's parser read them. The texts point
+ * into `body`, which the inputs own. */
+typedef struct http_inputs {
+    json_t *body;
+    const char **texts;
+    size_t *lens;
+    size_t n;
+    const char *model;   /* the model the body names (embeddings); NULL: the path's or the default */
+    int single;          /* seed {"text": ...}: one prediction object instead of a list */
+    int outputs;         /* KServe: 1 label, 2 probabilities */
+    int base64;          /* embeddings: vectors as base64 */
+} http_inputs;
 
-/* embeddings.c: /v1/embeddings. read: the body into call (texts, model,
- * format); 0, or -1 after answering. answer: the response body (malloc'd)
- * or NULL. params: the cache parameters. */
-int http_embeddings_read(http_call *call, json_t *body, size_t *n);
-char *http_embeddings_answer(http_call *call);
-size_t http_embeddings_params(http_call *call, char *buf, size_t cap);
+/* What parsers may accept (the server's limits). */
+typedef struct http_limits {
+    size_t max_text_chars; /* code points per text */
+    size_t max_inputs;     /* texts per request */
+} http_limits;
 
-/* kserve.c: /v2 (Open Inference Protocol). http_route_kserve returns 1 when
- * path is one of its paths (answered, or on the prediction path). */
-int http_route_kserve(http_call *call, const char *path);
-const char *http_kserve_route_methods(const char *path, http_endpoint *ep);
-/* Reads an infer request's texts into call (texts, lens; *n); 0, or -1
- * after answering the error. */
-int http_kserve_read_inputs(http_call *call, json_t *body, size_t *n);
-/* The cache parameters of an infer request into buf; returns the length. */
-size_t http_kserve_params(http_call *call, char *buf, size_t cap);
-/* The infer response body for a computed call (malloc'd), or NULL (ENOMEM). */
-char *http_kserve_answer(http_call *call);
+struct http_infer_ops {
+    serving_task task;
+    int allow_cascade;   /* requests that name no version take the model's cascade */
+    /* Reads body (a parsed JSON value) into in (taking no reference: the
+     * pipeline keeps the body). 0, or -1 with fail filled. */
+    int (*parse)(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail);
+    /* What else decides the answer for the same texts and version: written
+     * into buf[cap]; returns the length (0: nothing). */
+    size_t (*cache_params)(const http_inputs *in, const serving_request *r, char *buf, size_t cap);
+    /* The answer's body (malloc'd JSON text), or NULL when out of memory. */
+    char *(*answer)(const http_inputs *in, const serving_request *r);
+};
 
-/* cascade.c. begin: the request takes the cascade cfg (its version, the
- * first stage, is acquired already).
- * escalate: after the first stage; 1 when a second job went out (the call
- * comes back through the done list). returned: 1 when the call came back
- * from that second job. result: text i's label, confidence and version.
- * used: some text was answered by the second version. */
-void http_cascade_begin(http_call *call, const serving_cascade *cfg);
-size_t http_cascade_params(http_call *call, char *buf, size_t cap);
-int http_cascade_escalate(http_call *call);
-int http_cascade_returned(http_call *call);
-void http_cascade_result(http_call *call, size_t i, const char **label, double *confidence, long *version);
-int http_cascade_used(const http_call *call);
-void http_cascade_free(http_cascade *c);
+extern const http_infer_ops http_seed_predict_ops; /* predict.c */
+extern const http_infer_ops http_kserve_infer_ops; /* kserve.c */
+extern const http_infer_ops http_embeddings_ops;   /* embeddings.c */
 
-/* shadow.c: after a computed prediction (call->probs), maybe send a copy
- * to the model's shadow version as background work, to be compared. */
-void http_shadow_maybe(http_call *call);
+/* The route handler of every inference row: runs call->route->infer. */
+void http_infer_handler(http_call *call);
+void http_infer_free(http_infer *infer);
+/* For the access log: the model, version and largest batch of an answered
+ * inference call; 0 when it has none. */
+int http_infer_describe(const http_infer *infer, const char **model, long *version, int *batch_size);
 
-/* admin.c: /admin/... (scope admin). Returns 1 when path is one of them. */
-int http_route_admin(http_call *call, const char *path);
-const char *http_admin_route_methods(const char *path, http_endpoint *ep);
-/* routes.c: a split as {"1": 80, "2": 20} ({} for none); aliases as
- * {"production": "2"}. */
+/* Checks one text (a string, not blank, within the limit) at field
+ * ("text") or field[index] ("texts[3]"): 0, or -1 with fail filled. */
+int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail);
+/* predict.c: points in->texts at the one string `one`, or at the strings of
+ * the array list, each checked (field names them in errors). 0, or -1. */
+int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, const char *field, http_inputs *in,
+                        http_fail *fail);
+/* Whether s (n bytes) is valid UTF-8 (for strings from the URL). */
+int http_is_valid_utf8(const unsigned char *s, size_t n);
+
+/* ---- handlers ---------------------------------------------------------------- */
+
+/* health.c: /health, /health/live, /health/ready, /metrics, /v1/models[/{name}]. */
+void http_health(http_call *call);
+void http_health_live(http_call *call);
+void http_health_ready(http_call *call);
+void http_metrics_page(http_call *call);
+void http_models(http_call *call);
+void http_model(http_call *call);
 json_t *http_split_json(const serving_split *split);
 json_t *http_aliases_json(const serving_alias *aliases, size_t n);
 
-/* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. Returns 1
- * when path is one of them (and the call was answered), else 0. */
-int http_route_batch(http_call *call, const char *path);
-/* For CORS preflights: the methods a batch path takes, or NULL. */
-const char *http_batch_route_methods(const char *path, http_endpoint *ep);
-void http_finish_prediction(http_call *call);
-/* The prediction path after the rate limit: reads and validates the body,
- * borrows the model version, then http_predict_dispatch. */
-void http_predict_admitted(http_call *call);
-/* Queues call's texts on its version's scheduler (answered later through
- * the done list), or answers the refusal (503) at once. */
-void http_predict_submit(http_call *call);
+/* kserve.c: /v2 metadata. */
+void http_kserve_server(http_call *call);
+void http_kserve_live(http_call *call);
+void http_kserve_ready(http_call *call);
+void http_kserve_model(http_call *call);
+void http_kserve_model_ready(http_call *call);
 
-/* protect.c: rate limiting and the response cache on the prediction path.
- * Every prediction answer goes through http_prediction_answer or
- * http_prediction_fail (or a cache hit), so a leader always publishes to
- * its followers. */
-enum { HTTP_CACHE_NONE = 0, HTTP_CACHE_BYPASS, HTTP_CACHE_LEADER, HTTP_CACHE_FOLLOWER };
-#define HTTP_FAIL_RETRY_AFTER 1 /* flag: the answer carries Retry-After: 1 */
-/* Rate-limits call (X-RateLimit-* headers; 429 over the limit), then
- * http_predict_admitted. */
-void http_limit_request(http_call *call);
-/* With a version borrowed and texts checked: a cache hit, a follower of an
- * identical request in flight, or http_predict_submit. */
-void http_predict_dispatch(http_call *call);
-/* The model's answer, as its JSON text (body, malloc'd, taken): stored in
- * the cache, given to followers, sent. */
-void http_prediction_answer(http_call *call, char *body, size_t len);
-/* A failed prediction: given to followers (never cached), sent. */
-void http_prediction_fail(http_call *call, http_error e, int flags, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-/* A follower whose outcome was posted to its loop: answers it. */
-void http_finish_follower(http_call *call);
-/* The methods path answers ("GET", "POST") and its endpoint label, or NULL
- * when no route matches (CORS preflights). */
-const char *http_route_methods(const char *path, http_endpoint *ep);
+/* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. */
+void http_batch_seed_submit(http_call *call);
+void http_batch_seed_result(http_call *call);
+void http_batch_submit(http_call *call);
+void http_batch_get(http_call *call);
+void http_batch_cancel(http_call *call);
+void http_batch_results(http_call *call);
 
-/* reply.c */
+/* admin.c: /admin/models/{name}/... (scope admin). */
+void http_admin_traffic_get(http_call *call);
+void http_admin_traffic_put(http_call *call);
+void http_admin_aliases_get(http_call *call);
+void http_admin_alias_put(http_call *call);
+void http_admin_alias_delete(http_call *call);
+void http_admin_shadow(http_call *call);
+void http_admin_cascade(http_call *call);
+void http_admin_version_load(http_call *call);
+void http_admin_version_unload(http_call *call);
+
+/* routes.c: the API key check (answers 401/403 and returns 0 when the key
+ * lacks `required`). */
+int http_authorized(http_call *call, guard_scopes required);
+
+/* ---- replies (reply.c) ------------------------------------------------------ */
+
 void http_reply_json(http_call *call, int status, json_t *body); /* takes body */
 void http_reply_text(http_call *call, int status, const char *content_type, const char *text,
                      size_t len);
 void http_reply_error(http_call *call, http_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+void http_reply_fail(http_call *call, const http_fail *fail);
+/* Another module's status as an error answer (http_error_of), with message. */
+void http_reply_status(http_call *call, status_module module, int status, const char *message);
+/* The request body as JSON (any value): the body-size limit (413), then
+ * JSON and UTF-8 (400). NULL after answering. The caller owns the value. */
+json_t *http_read_json(http_call *call);
+/* The error object of a body (with "detail") as JSON, for answers that
+ * carry an error inside another status (/health's 503). */
+json_t *http_error_body(http_call *call, http_error e, const char *message);
 /* Adds a response header before the reply (e.g. Retry-After). */
 void http_add_header(http_call *call, const char *name, const char *value);
 void http_call_free(http_call *call);
 void http_request_id_make(struct evhttp_request *req, char *out, size_t cap);
+/* The call's request header, or NULL. */
+const char *http_header(http_call *call, const char *name);
 
-/* conn.c */
+/* ---- connections (conn.c) ------------------------------------------------- */
+
 struct bufferevent *http_conn_bev_create(struct event_base *base, void *loop);
 void http_conn_request_started(http_loop *loop, struct evhttp_request *req);
 void http_conn_sweep(evutil_socket_t fd, short what, void *loop);
@@ -392,9 +413,12 @@ int http_tls_send(struct bufferevent *bev, const void *data, size_t n);
 int http_cors_create(const char *allowed_origins, int64_t max_age_s, http_cors **out, char *err,
                      size_t err_len);
 void http_cors_destroy(http_cors *cors);
-/* Answers call when it is a CORS preflight on a known route (before API
- * keys are checked) and returns 1; returns 0 for anything else. */
-int http_cors_preflight(http_call *call, const char *path);
+/* 1 when the request is a CORS preflight (OPTIONS with Origin and
+ * Access-Control-Request-Method). */
+int http_cors_is_preflight(struct evhttp_request *req);
+/* Answers a preflight on a route that takes `methods` ("GET, POST"), before
+ * API keys are checked (browsers send none). */
+void http_cors_preflight(http_call *call, const char *methods);
 /* Adds the CORS response headers call's answer needs (reply.c, for every
  * answer). */
 void http_cors_add_headers(http_call *call);
@@ -408,12 +432,14 @@ int http_head_is_chunked(const char *head, size_t n);
 /* 1 when n bytes are a plausible start of a chunk-size line. */
 int http_chunk_size_line_ok(const char *p, size_t n);
 
-/* server.c */
+/* ---- server.c --------------------------------------------------------------- */
+
 uint64_t http_now_us(void);
 /* Loop thread: enables, disables or closes this loop's listener as the
  * server's accept_paused and draining flags say. */
 void http_loop_apply_listener_state(http_loop *loop);
-/* serving_job.on_done for calls: posts the call to its loop (batcher thread). */
-void http_post_done(serving_job *job, void *user);
+/* Any thread: hands call back to its loop, which runs call->on_posted. The
+ * caller counted it in pending_jobs when it sent the call away. */
+void http_post(http_call *call);
 
 #endif /* AISERVE_HTTP_INT_H */

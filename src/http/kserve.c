@@ -10,14 +10,15 @@
  *   POST /v2/models/{name}[/versions/{v}]/infer
  *
  * An infer request carries one BYTES input of texts (shape [N] or [N, 1],
- * data flat or nested); it takes the /predict path (scope predict, rate
- * limit, cache, batcher) with its own reader (http_kserve_read_inputs) and
- * writer (http_kserve_answer). Outputs: "label" (BYTES [N]) and
+ * data flat or nested); it takes the inference pipeline (scope predict,
+ * rate limit, cache, batcher) with its own ops (parse, cache parameters,
+ * answer), and never a cascade: its answer is one version's tensors. Outputs: "label" (BYTES [N]) and
  * "probabilities" (FP32 [N, labels]), or those the request names.
  * Errors keep aiserve's one error shape (docs/http.md), with the status
  * codes the protocol asks for.
  *
- * Loop thread only.
+ * The handlers: loop thread only. The infer ops are pure functions of their
+ * arguments (the fuzz target drives the parser).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -25,54 +26,6 @@
 #include <string.h>
 
 #include "http_int.h"
-
-/* ---- paths --------------------------------------------------------------- */
-
-typedef struct v2_path {
-    char name[256];
-    long version; /* 0: none given */
-    const char *tail; /* "", "/ready" or "/infer" */
-} v2_path;
-
-/* Parses "/v2/models/{name}[/versions/{v}][/ready|/infer]". 1, or 0 when
- * the path is not of that form. */
-static int parse_model_path(const char *path, v2_path *out) {
-    static const char prefix[] = "/v2/models/";
-    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
-        return 0;
-    const char *rest = path + sizeof prefix - 1;
-    size_t n = strcspn(rest, "/");
-    if (n == 0 || n >= sizeof out->name)
-        return 0;
-    memcpy(out->name, rest, n);
-    out->name[n] = 0;
-    rest += n;
-    out->version = 0;
-    if (strncmp(rest, "/versions/", 10) == 0) {
-        rest += 10;
-        char *end;
-        long v = strtol(rest, &end, 10);
-        if (end == rest || v <= 0 || (*end && *end != '/') || rest[0] == '+' || rest[0] == '-')
-            return 0;
-        out->version = v;
-        rest = end;
-    }
-    if (*rest && strcmp(rest, "/ready") != 0 && strcmp(rest, "/infer") != 0)
-        return 0;
-    out->tail = rest;
-    return 1;
-}
-
-const char *http_kserve_route_methods(const char *path, http_endpoint *ep) {
-    v2_path p;
-    if (strcmp(path, "/v2") == 0 || strcmp(path, "/v2/health/live") == 0 || strcmp(path, "/v2/health/ready") == 0)
-        return *ep = EP_V2, "GET";
-    if (!parse_model_path(path, &p))
-        return NULL;
-    if (strcmp(p.tail, "/infer") == 0)
-        return *ep = EP_V2_INFER, "POST";
-    return *ep = EP_V2_MODEL, "GET";
-}
 
 /* ---- metadata -------------------------------------------------------------- */
 
@@ -104,33 +57,35 @@ static json_t *tensor_json(const char *name, const char *datatype, json_int_t d0
     return json_pack("{s:s, s:s, s:o}", "name", name, "datatype", datatype, "shape", shape);
 }
 
-static void handle_model(http_call *call, const v2_path *p, int ready_only) {
+static void handle_model(http_call *call, int ready_only) {
     http_server *s = call->loop->server;
+    const char *name = call->params.name;
+    long version = call->params.version[0] ? strtol(call->params.version, NULL, 10) : 0;
     serving_version_status *list, *v;
     size_t n;
-    size_t count = find_model(s, p->name, p->version, &list, &n, &v);
-    if (count == 0 || (p->version && !v)) {
+    size_t count = find_model(s, name, version, &list, &n, &v);
+    if (count == 0 || (version && !v)) {
         free(list);
         http_reply_error(call, count ? HTTP_ERR_VERSION_NOT_FOUND : HTTP_ERR_MODEL_NOT_FOUND,
-                         count ? "model '%s' has no version %ld" : "model '%s' not found", p->name, p->version);
+                         count ? "model '%s' has no version %ld" : "model '%s' not found", name, version);
         return;
     }
     int ready = v && v->state == SERVING_STATE_AVAILABLE;
     if (ready_only) {
-        json_t *o = json_pack("{s:s, s:b}", "name", p->name, "ready", ready);
+        json_t *o = json_pack("{s:s, s:b}", "name", name, "ready", ready);
         free(list);
         http_reply_json(call, ready ? 200 : 503, o);
         return;
     }
     json_t *versions = json_array();
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(list[i].model, p->name) != 0)
+        if (strcmp(list[i].model, name) != 0)
             continue;
         char ver[32];
         snprintf(ver, sizeof ver, "%ld", list[i].version);
         json_array_append_new(versions, json_string(ver));
     }
-    json_t *o = json_pack("{s:s, s:o, s:s}", "name", p->name, "versions", versions, "platform", "aiserve");
+    json_t *o = json_pack("{s:s, s:o, s:s}", "name", name, "versions", versions, "platform", "aiserve");
     json_t *inputs = json_array(), *outputs = json_array();
     json_array_append_new(inputs, tensor_json("text", "BYTES", -1, 0));
     if (v && v->has_info && v->info.task == ENGINE_TASK_CLASSIFY) {
@@ -143,42 +98,20 @@ static void handle_model(http_call *call, const v2_path *p, int ready_only) {
     http_reply_json(call, 200, o);
 }
 
-/* ---- routing ------------------------------------------------------------- */
+void http_kserve_model(http_call *call) { handle_model(call, 0); }
+void http_kserve_model_ready(http_call *call) { handle_model(call, 1); }
 
-int http_route_kserve(http_call *call, const char *path) {
-    http_endpoint ep;
-    if (!http_kserve_route_methods(path, &ep))
-        return 0;
-    call->endpoint = ep;
+void http_kserve_server(http_call *call) {
+    http_reply_json(call, 200, json_pack("{s:s, s:s, s:[]}", "name", "aiserve", "version",
+                                         call->loop->server->version, "extensions"));
+}
+
+void http_kserve_live(http_call *call) { http_reply_json(call, 200, json_pack("{s:b}", "live", 1)); }
+
+void http_kserve_ready(http_call *call) {
     http_server *s = call->loop->server;
-    if (ep == EP_V2) {
-        if (!http_method_is(call, EVHTTP_REQ_GET))
-            return 1;
-        if (strcmp(path, "/v2") == 0) {
-            if (http_authorized(call, GUARD_SCOPE_ANY))
-                http_reply_json(call, 200, json_pack("{s:s, s:s, s:[]}", "name", "aiserve", "version", s->version,
-                                                     "extensions"));
-        } else if (strcmp(path, "/v2/health/live") == 0) {
-            http_reply_json(call, 200, json_pack("{s:b}", "live", 1));
-        } else {
-            int ready = serving_repo_is_ready(s->repo) && !atomic_load(&s->draining);
-            http_reply_json(call, ready ? 200 : 503, json_pack("{s:b}", "ready", ready));
-        }
-        return 1;
-    }
-    v2_path p;
-    parse_model_path(path, &p);
-    if (ep == EP_V2_INFER) {
-        if (!http_authorized(call, GUARD_SCOPE_PREDICT) || !http_method_is(call, EVHTTP_REQ_POST))
-            return 1;
-        call->kserve = 1;
-        call->want_version = p.version;
-        http_predict_named(call, p.name);
-        return 1;
-    }
-    if (http_authorized(call, GUARD_SCOPE_ANY) && http_method_is(call, EVHTTP_REQ_GET))
-        handle_model(call, &p, strcmp(p.tail, "/ready") == 0);
-    return 1;
+    int ready = serving_repo_is_ready(s->repo) && !atomic_load(&s->draining);
+    http_reply_json(call, ready ? 200 : 503, json_pack("{s:b}", "ready", ready));
 }
 
 /* ---- infer: request and response ------------------------------------------ */
@@ -196,19 +129,17 @@ static int flatten(json_t *v, json_t *out, int depth) {
     return 0;
 }
 
-int http_kserve_read_inputs(http_call *call, json_t *body, size_t *n_out) {
-    http_server *s = call->loop->server;
+static int parse(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail) {
     json_t *inputs = json_is_object(body) ? json_object_get(body, "inputs") : NULL;
     if (!json_is_array(inputs) || json_array_size(inputs) != 1 || !json_is_object(json_array_get(inputs, 0)))
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                                "inputs must be a list of one tensor: {\"name\": \"text\", \"datatype\": \"BYTES\", "
-                                "\"shape\": [N], \"data\": [texts]}"),
-               -1;
-    json_t *in = json_array_get(inputs, 0);
-    json_t *datatype = json_object_get(in, "datatype"), *shape = json_object_get(in, "shape");
-    json_t *data = json_object_get(in, "data");
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST,
+                             "inputs must be a list of one tensor: {\"name\": \"text\", \"datatype\": \"BYTES\", "
+                             "\"shape\": [N], \"data\": [texts]}");
+    json_t *tensor = json_array_get(inputs, 0);
+    json_t *datatype = json_object_get(tensor, "datatype"), *shape = json_object_get(tensor, "shape");
+    json_t *data = json_object_get(tensor, "data");
     if (!json_is_string(datatype) || strcmp(json_string_value(datatype), "BYTES") != 0)
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "the input's datatype must be BYTES (texts)"), -1;
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "the input's datatype must be BYTES (texts)");
     json_int_t count = 1;
     size_t dims = json_is_array(shape) ? json_array_size(shape) : 0;
     for (size_t i = 0; i < dims; i++) {
@@ -219,107 +150,80 @@ int http_kserve_read_inputs(http_call *call, json_t *body, size_t *n_out) {
             count *= json_integer_value(d);
     }
     if (dims < 1 || dims > 2 || (dims == 2 && json_integer_value(json_array_get(shape, 1)) != 1))
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "the input's shape must be [N] or [N, 1]"), -1;
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "the input's shape must be [N] or [N, 1]");
     json_t *flat = json_array();
     if (!data || flatten(data, flat, 0) != 0) {
         json_decref(flat);
-        return http_reply_error(call, HTTP_ERR_INVALID_TEXT, "the input's data must be a list of strings"), -1;
+        return http_fail_set(fail, HTTP_ERR_INVALID_TEXT, "the input's data must be a list of strings");
     }
+    /* The texts live in `flat`, kept with the body. */
+    json_object_set_new(body, "\x01texts", flat);
     size_t n = json_array_size(flat);
-    if ((json_int_t)n != count) {
-        json_decref(flat);
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                                "the input's shape says %lld texts; data has %zu", (long long)count, n),
-               -1;
-    }
-    if (n == 0 || n > (size_t)s->opts.max_inputs) {
-        json_decref(flat);
-        return http_reply_error(call, n ? HTTP_ERR_TOO_MANY_INPUTS : HTTP_ERR_INVALID_REQUEST,
-                                "the input has %zu texts; 1 to %d per request", n, s->opts.max_inputs),
-               -1;
-    }
+    if ((json_int_t)n != count)
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "the input's shape says %lld texts; data has %zu",
+                             (long long)count, n);
+    if (n == 0 || n > limits->max_inputs)
+        return http_fail_set(fail, n ? HTTP_ERR_TOO_MANY_INPUTS : HTTP_ERR_INVALID_REQUEST,
+                             "the input has %zu texts; 1 to %zu per request", n, limits->max_inputs);
     /* Requested outputs: names we know, or none (both). */
     json_t *outputs = json_object_get(body, "outputs");
-    call->kserve_outputs = 3;
+    in->outputs = 3;
     if (outputs) {
-        call->kserve_outputs = 0;
+        in->outputs = 0;
         for (size_t i = 0; json_is_array(outputs) && i < json_array_size(outputs); i++) {
             json_t *name = json_object_get(json_array_get(outputs, i), "name");
             const char *nm = json_is_string(name) ? json_string_value(name) : "";
             if (strcmp(nm, "label") == 0)
-                call->kserve_outputs |= 1;
+                in->outputs |= 1;
             else if (strcmp(nm, "probabilities") == 0)
-                call->kserve_outputs |= 2;
-            else {
-                json_decref(flat);
-                return http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                                        "unknown output '%.64s': this model has label and probabilities", nm),
-                       -1;
-            }
+                in->outputs |= 2;
+            else
+                return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST,
+                                     "unknown output '%.64s': this model has label and probabilities", nm);
         }
-        if (!call->kserve_outputs) {
-            json_decref(flat);
-            return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "outputs must name label and/or probabilities"),
-                   -1;
-        }
+        if (!in->outputs)
+            return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "outputs must name label and/or probabilities");
     }
     json_t *id = json_object_get(body, "id");
-    if (id && !json_is_string(id)) {
-        json_decref(flat);
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "id must be a string"), -1;
-    }
-    /* The texts live in `flat`, kept with the body. */
-    json_object_set_new(body, "\x01texts", flat);
-    call->texts = calloc(n, sizeof *call->texts);
-    call->lens = calloc(n, sizeof *call->lens);
-    if (!call->texts || !call->lens)
-        return http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory"), -1;
-    for (size_t i = 0; i < n; i++) {
-        json_t *v = json_array_get(flat, i);
-        if (http_check_text(call, v, "data", i) != 0)
-            return -1;
-        call->texts[i] = json_string_value(v);
-        call->lens[i] = json_string_length(v);
-    }
-    *n_out = n;
-    return 0;
+    if (id && !json_is_string(id))
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "id must be a string");
+    return http_inputs_collect(limits, NULL, flat, "data", in, fail);
 }
 
 /* What decides a KServe answer besides the texts: the outputs asked for and
- * the id it echoes (for the cache key). */
-size_t http_kserve_params(http_call *call, char *buf, size_t cap) {
-    json_t *id = call->body ? json_object_get(call->body, "id") : NULL;
-    return (size_t)snprintf(buf, cap, "kserve-v2:%d:%s", call->kserve_outputs, id ? json_string_value(id) : "");
+ * the id it echoes. */
+static size_t cache_params(const http_inputs *in, const serving_request *r, char *buf, size_t cap) {
+    (void)r;
+    json_t *id = json_object_get(in->body, "id");
+    return (size_t)snprintf(buf, cap, "kserve-v2:%d:%s", in->outputs, id ? json_string_value(id) : "");
 }
 
-char *http_kserve_answer(http_call *call) {
-    const engine_model_info *info = serving_version_info(call->version);
-    const int K = info->n_labels;
-    size_t n = call->job.n;
-    char ver[32];
-    snprintf(ver, sizeof ver, "%ld", serving_version_number(call->version));
+static char *answer(const http_inputs *in, const serving_request *r) {
+    const int K = serving_version_info(r->first)->n_labels;
+    size_t n = r->n;
+    char ver[24];
     json_t *outputs = json_array();
-    if (call->kserve_outputs & 1) {
+    if (in->outputs & 1) {
         json_t *labels = json_array();
         for (size_t i = 0; i < n; i++) {
-            int best = http_best_label(call->probs + i * (size_t)K, K);
-            const char *label = serving_version_label(call->version, best);
+            const char *label = serving_version_label(r->first, r->results[i].label);
             json_array_append_new(labels, json_string(label ? label : ""));
         }
         json_t *t = tensor_json("label", "BYTES", (json_int_t)n, 0);
         json_object_set_new(t, "data", labels);
         json_array_append_new(outputs, t);
     }
-    if (call->kserve_outputs & 2) {
+    if (in->outputs & 2) {
         json_t *probs = json_array();
         for (size_t i = 0; i < n * (size_t)K; i++)
-            json_array_append_new(probs, json_real((double)call->probs[i]));
+            json_array_append_new(probs, json_real((double)r->out[i]));
         json_t *t = tensor_json("probabilities", "FP32", (json_int_t)n, K);
         json_object_set_new(t, "data", probs);
         json_array_append_new(outputs, t);
     }
-    json_t *out = json_pack("{s:s, s:s}", "model_name", serving_version_model(call->version), "model_version", ver);
-    json_t *id = json_object_get(call->body, "id");
+    json_t *out = json_pack("{s:s, s:s}", "model_name", serving_version_model(r->first), "model_version",
+                            http_format_int(serving_version_number(r->first), ver));
+    json_t *id = json_object_get(in->body, "id");
     if (id)
         json_object_set(out, "id", id);
     json_object_set_new(out, "outputs", outputs);
@@ -327,3 +231,11 @@ char *http_kserve_answer(http_call *call) {
     json_decref(out);
     return text;
 }
+
+const http_infer_ops http_kserve_infer_ops = {
+    .task = SERVING_TASK_CLASSIFY,
+    .allow_cascade = 0,
+    .parse = parse,
+    .cache_params = cache_params,
+    .answer = answer,
+};

@@ -1,6 +1,12 @@
 /*
  * reply.c - how every answer leaves the server: JSON bodies, the one error
- * shape, the request id, the per-request metrics and the access log line.
+ * shape, the request id, the per-request metrics and the access log line;
+ * and reading a request's JSON body.
+ *
+ * The error shape is OpenAI's, with FastAPI's "detail" beside it so the
+ * seed service's clients (response.json()["detail"]) read errors unchanged:
+ *
+ *     {"error": {"message", "type", "code", "request_id"}, "detail": message}
  *
  * Every answer goes through send_and_finish(), which is therefore the one
  * place that counts prediction_requests_total / prediction_latency_seconds,
@@ -90,14 +96,12 @@ void http_add_header(http_call *call, const char *name, const char *value) {
         evhttp_add_header(evhttp_request_get_output_headers(call->req), name, value);
 }
 
+const char *http_header(http_call *call, const char *name) {
+    return call->req ? evhttp_find_header(evhttp_request_get_input_headers(call->req), name) : NULL;
+}
+
 void http_call_free(http_call *call) {
-    http_cascade_free(call->cascade);
-    if (call->version)
-        serving_version_release(call->version);
-    json_decref(call->body);
-    free(call->texts);
-    free(call->lens);
-    free(call->probs);
+    http_infer_free(call->infer);
     free(call);
 }
 
@@ -114,13 +118,15 @@ static void access_log(http_call *call, double seconds) {
     json_object_set_new(f, "path", path ? path : json_string("(not UTF-8)"));
     json_object_set_new(f, "status", json_integer(call->status));
     json_object_set_new(f, "duration_ms", json_real(seconds * 1000.0));
-    if (call->version) {
-        json_object_set_new(f, "model", json_string(serving_version_model(call->version)));
-        char ver[32];
-        snprintf(ver, sizeof ver, "%ld", serving_version_number(call->version));
-        json_object_set_new(f, "version", json_string(ver));
-        if (call->job.batch_size)
-            json_object_set_new(f, "batch_size", json_integer(call->job.batch_size));
+    const char *model;
+    long version;
+    int batch_size;
+    if (http_infer_describe(call->infer, &model, &version, &batch_size)) {
+        json_object_set_new(f, "model", json_string(model));
+        char ver[24];
+        json_object_set_new(f, "version", json_string(http_format_int(version, ver)));
+        if (batch_size)
+            json_object_set_new(f, "batch_size", json_integer(batch_size));
     }
     json_object_set_new(f, "client", json_string(call->client));
     if (call->key_name[0]) /* the key's name, never the key */
@@ -164,12 +170,13 @@ static void send_and_finish(http_call *call, int status, struct evbuffer *body) 
     double seconds = (double)(http_now_us() - call->start_us) / 1e6;
     char code[8];
     snprintf(code, sizeof code, "%d", status);
-    const char *labels[] = {http_endpoint_names[call->endpoint], code};
+    const char *labels[] = {http_call_label(call), code};
     metric *m = metric_series(s->metrics.requests, labels);
     if (m)
         metric_inc(m);
-    if (s->metrics.latency[call->endpoint])
-        metric_observe(s->metrics.latency[call->endpoint], seconds);
+    metric *latency = call->route ? s->metrics.latency[call->route - http_routes] : s->metrics.latency_other;
+    if (latency)
+        metric_observe(latency, seconds);
     access_log(call, seconds);
     metric_dec(s->metrics.in_flight);
     atomic_fetch_sub(&s->in_flight, 1);
@@ -191,12 +198,25 @@ void http_reply_json(http_call *call, int status, json_t *json) {
     json_decref(json);
     if (!text) {
         static const char oom[] =
-            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
+            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"},"
+            "\"detail\":\"out of memory\"}";
         http_reply_text(call, 500, "application/json", oom, sizeof oom - 1);
         return;
     }
     http_reply_text(call, status, "application/json", text, strlen(text));
     free(text);
+}
+
+json_t *http_error_body(http_call *call, http_error e, const char *message) {
+    json_t *msg = json_string(message);
+    if (!msg)
+        msg = json_string("(message not UTF-8)");
+    json_t *err = json_object();
+    json_object_set(err, "message", msg);
+    json_object_set_new(err, "type", json_string(error_table[e].type));
+    json_object_set_new(err, "code", json_string(error_table[e].code));
+    json_object_set_new(err, "request_id", json_string(call ? call->request_id : ""));
+    return json_pack("{s:o, s:o}", "error", err, "detail", msg);
 }
 
 void http_reply_error(http_call *call, http_error e, const char *fmt, ...) {
@@ -205,21 +225,45 @@ void http_reply_error(http_call *call, http_error e, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    json_t *err = json_object();
-    json_t *msg = json_string(message);
-    json_object_set_new(err, "message", msg ? msg : json_string("(message not UTF-8)"));
-    json_object_set_new(err, "type", json_string(error_table[e].type));
-    json_object_set_new(err, "code", json_string(error_table[e].code));
-    json_object_set_new(err, "request_id", json_string(call->request_id));
-    http_reply_json(call, error_table[e].status, json_pack("{s:o}", "error", err));
+    http_reply_json(call, error_table[e].status, http_error_body(call, e, message));
+}
+
+void http_reply_fail(http_call *call, const http_fail *fail) {
+    http_reply_error(call, fail->error, "%s", fail->message);
+}
+
+void http_reply_status(http_call *call, status_module module, int status, const char *message) {
+    http_reply_error(call, http_error_of(module, status), "%s", message);
+}
+
+json_t *http_read_json(http_call *call) {
+    http_server *s = call->loop->server;
+    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+    size_t len = evbuffer_get_length(in);
+    if (len > s->opts.max_body_bytes) {
+        http_reply_error(call, HTTP_ERR_BODY_TOO_LARGE, "request body is %zu bytes; the limit is %zu", len,
+                         s->opts.max_body_bytes);
+        return NULL;
+    }
+    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    /* One pass: jansson checks the UTF-8 of every byte it reads. */
+    json_error_t jerr;
+    json_t *body = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+    if (!body && json_error_code(&jerr) == json_error_invalid_utf8)
+        http_reply_error(call, HTTP_ERR_INVALID_UTF8, "request body is not valid UTF-8 (line %d, column %d)",
+                         jerr.line, jerr.column);
+    else if (!body)
+        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s (line %d, column %d)",
+                         jerr.text, jerr.line, jerr.column);
+    return body;
 }
 
 size_t http_raw_error_format(http_loop *loop, http_error e, const char *message, char *out, size_t cap) {
     http_server *s = loop->server;
     char id[40];
     http_request_id_make(NULL, id, sizeof id);
-    json_t *err = json_pack("{s:{s:s, s:s, s:s, s:s}}", "error", "message", message, "type",
-                            error_table[e].type, "code", error_table[e].code, "request_id", id);
+    json_t *err = json_pack("{s:{s:s, s:s, s:s, s:s}, s:s}", "error", "message", message, "type",
+                            error_table[e].type, "code", error_table[e].code, "request_id", id, "detail", message);
     char *body = err ? json_dumps(err, JSON_COMPACT) : NULL;
     json_decref(err);
     if (!body)
@@ -236,7 +280,7 @@ size_t http_raw_error_format(http_loop *loop, http_error e, const char *message,
     size_t len = n > 0 && (size_t)n < cap ? (size_t)n : 0;
     char code[8];
     snprintf(code, sizeof code, "%d", status);
-    const char *labels[] = {http_endpoint_names[EP_OTHER], code};
+    const char *labels[] = {HTTP_LABEL_OTHER, code};
     metric_inc(metric_series(s->metrics.requests, labels));
     if (s->opts.access_log && log_enabled(LOG_INFO))
         log_event(LOG_INFO, "request", "request_id", json_string(id), "status", json_integer(status),

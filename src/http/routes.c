@@ -1,30 +1,30 @@
 /*
- * routes.c - the endpoints: which path and method go where, request
- * validation, and turning serving results into the API's JSON shapes.
+ * routes.c - the one route table and the dispatch it drives.
  *
- *   POST /predict                     {"text"} or {"texts"}, default model
- *   POST /v1/models/{name}/predict    the same, named model
- *   GET  /v1/models, /v1/models/{name}
- *   GET  /health, /health/live, /health/ready
- *   GET  /metrics
+ * Every path the server answers is a row of http_routes: methods, a path
+ * pattern, the metrics' endpoint label, the API-key scope it needs and its
+ * handler (or, for inference endpoints, the pipeline's ops). Nothing else
+ * lists routes: the 404 / 405 decision and its Allow header, CORS
+ * preflights, the scope check and the endpoint label all come from here
+ * (and so will the OpenAPI document).
  *
- * API keys (guard.h) are checked here, once the route is known and before
- * the method or the body: /predict and /v1/models/{name}/predict need the
- * `predict` scope, the rest of /v1/models any valid key; /health* and
- * /metrics are open, and so is everything when no keys are configured.
+ * Matching: the path (without its query) is split at '/'; a trailing slash
+ * is dropped first ("/predict/" is "/predict"). A literal segment matches
+ * itself; a placeholder matches one non-empty segment of its kind, checked
+ * and decoded into call->params:
+ *   {name}     a model name: percent-decoded, valid UTF-8, no NUL, < 256
+ *              bytes. It is only ever compared with the repository's names,
+ *              so "..", slashes or NULs can never reach the file system.
+ *   {version}  a version number: digits, no leading zero, at most 12
+ *   {ref}      a version number or an alias name
+ *   {id}       a job id, as written (the handler checks it)
+ *   {alias}    an alias name, as written (the handler checks it)
+ * A path that no row matches is 404; one that rows match but not with the
+ * request's method is 405 with Allow listing theirs. HEAD is answered
+ * wherever GET is (evhttp sends the head only).
  *
- * The prediction path, in order: API key, method, rate limit
- * (protect.c: http_limit_request), body and texts, model version, then
- * the response cache and coalescing (protect.c: http_predict_dispatch),
- * and only on a miss the scheduler (http_predict_submit). Every answer of
- * that path goes through protect.c (http_prediction_answer / _fail), so a
- * request that others coalesced onto always tells them how it went.
- *
- * Validation happens here, before anything is queued: the body must be JSON
- * (jansson rejects invalid UTF-8 and nesting deeper than 2048), the schema is
- * checked field by field with a message naming the field, and limits (body
- * size, header size, text length in code points, inputs per request) are
- * enforced with the statuses of DESIGN.md's table.
+ * Order of checks for a matched route: CORS preflight (before the key:
+ * browsers send none), method (405), API key and scope (401/403), handler.
  *
  * Loop thread only.
  */
@@ -34,10 +34,73 @@
 #include <string.h>
 #include <strings.h>
 
-#include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 
 #include "http_int.h"
+
+#define OPEN HTTP_SCOPE_OPEN
+#define ANY GUARD_SCOPE_ANY
+#define PREDICT GUARD_SCOPE_PREDICT
+#define EMBED GUARD_SCOPE_EMBED
+#define BATCH GUARD_SCOPE_BATCH
+#define ADMIN GUARD_SCOPE_ADMIN
+#define INFER(ops) NULL, &(ops)
+
+const http_route http_routes[] = {
+    /* The seed service's API. */
+    {HTTP_POST, "/predict", "/predict", PREDICT, INFER(http_seed_predict_ops)},
+    {HTTP_GET, "/health", "/health", OPEN, http_health, NULL},
+    {HTTP_GET, "/metrics", "/metrics", OPEN, http_metrics_page, NULL},
+    {HTTP_POST, "/batch_predict", "/batch_predict", BATCH, http_batch_seed_submit, NULL},
+    {HTTP_GET, "/batch_result/{id}", "/batch_result/{task_id}", BATCH, http_batch_seed_result, NULL},
+    /* Health for orchestrators. */
+    {HTTP_GET, "/health/live", "/health/live", OPEN, http_health_live, NULL},
+    {HTTP_GET, "/health/ready", "/health/ready", OPEN, http_health_ready, NULL},
+    /* Models. */
+    {HTTP_GET, "/v1/models", "/v1/models", ANY, http_models, NULL},
+    {HTTP_GET, "/v1/models/{name}", "/v1/models/{name}", ANY, http_model, NULL},
+    {HTTP_POST, "/v1/models/{name}/predict", "/v1/models/{name}/predict", PREDICT,
+     INFER(http_seed_predict_ops)},
+    {HTTP_POST, "/v1/models/{name}/versions/{ref}/predict", "/v1/models/{name}/versions/{version}/predict",
+     PREDICT, INFER(http_seed_predict_ops)},
+    {HTTP_POST, "/v1/embeddings", "/v1/embeddings", EMBED, INFER(http_embeddings_ops)},
+    /* Batch jobs. */
+    {HTTP_POST, "/v1/batch", "/v1/batch", BATCH, http_batch_submit, NULL},
+    {HTTP_GET, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_get, NULL},
+    {HTTP_DELETE, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_cancel, NULL},
+    {HTTP_GET, "/v1/batch/{id}/results", "/v1/batch/{id}/results", BATCH, http_batch_results, NULL},
+    /* The Open Inference Protocol (KServe v2). */
+    {HTTP_GET, "/v2", "/v2", ANY, http_kserve_server, NULL},
+    {HTTP_GET, "/v2/health/live", "/v2/health/live", OPEN, http_kserve_live, NULL},
+    {HTTP_GET, "/v2/health/ready", "/v2/health/ready", OPEN, http_kserve_ready, NULL},
+    {HTTP_GET, "/v2/models/{name}", "/v2/models/{name}", ANY, http_kserve_model, NULL},
+    {HTTP_GET, "/v2/models/{name}/versions/{version}", "/v2/models/{name}", ANY, http_kserve_model, NULL},
+    {HTTP_GET, "/v2/models/{name}/ready", "/v2/models/{name}/ready", ANY, http_kserve_model_ready, NULL},
+    {HTTP_GET, "/v2/models/{name}/versions/{version}/ready", "/v2/models/{name}/ready", ANY,
+     http_kserve_model_ready, NULL},
+    {HTTP_POST, "/v2/models/{name}/infer", "/v2/models/{name}/infer", PREDICT, INFER(http_kserve_infer_ops)},
+    {HTTP_POST, "/v2/models/{name}/versions/{version}/infer", "/v2/models/{name}/infer", PREDICT,
+     INFER(http_kserve_infer_ops)},
+    /* Administration. */
+    {HTTP_GET, "/admin/models/{name}/traffic", "/admin/models/{name}/traffic", ADMIN, http_admin_traffic_get, NULL},
+    {HTTP_PUT, "/admin/models/{name}/traffic", "/admin/models/{name}/traffic", ADMIN, http_admin_traffic_put, NULL},
+    {HTTP_GET, "/admin/models/{name}/aliases", "/admin/models/{name}/aliases", ADMIN, http_admin_aliases_get, NULL},
+    {HTTP_PUT, "/admin/models/{name}/aliases/{alias}", "/admin/models/{name}/aliases", ADMIN, http_admin_alias_put,
+     NULL},
+    {HTTP_DELETE, "/admin/models/{name}/aliases/{alias}", "/admin/models/{name}/aliases", ADMIN,
+     http_admin_alias_delete, NULL},
+    {HTTP_GET | HTTP_PUT, "/admin/models/{name}/shadow", "/admin/models/{name}/shadow", ADMIN, http_admin_shadow,
+     NULL},
+    {HTTP_GET | HTTP_PUT, "/admin/models/{name}/cascade", "/admin/models/{name}/cascade", ADMIN, http_admin_cascade,
+     NULL},
+    {HTTP_POST, "/admin/models/{name}/versions/{version}/load", "/admin/models/{name}/versions/{version}/load",
+     ADMIN, http_admin_version_load, NULL},
+    {HTTP_POST, "/admin/models/{name}/versions/{version}/unload", "/admin/models/{name}/versions/{version}/unload",
+     ADMIN, http_admin_version_unload, NULL},
+};
+const size_t http_n_routes = sizeof http_routes / sizeof http_routes[0];
+
+/* ---- matching -------------------------------------------------------------- */
 
 static const char *method_name(enum evhttp_cmd_type m) {
     switch (m) {
@@ -54,9 +117,34 @@ static const char *method_name(enum evhttp_cmd_type m) {
     return "OTHER";
 }
 
-/* For the short strings that come from the URL (paths, decoded model
- * names); bodies are checked by jansson as it parses. */
-static int is_valid_utf8(const unsigned char *s, size_t n) {
+static unsigned method_bit(enum evhttp_cmd_type m) {
+    switch (m) {
+    case EVHTTP_REQ_GET:
+    case EVHTTP_REQ_HEAD: return HTTP_GET;
+    case EVHTTP_REQ_POST: return HTTP_POST;
+    case EVHTTP_REQ_PUT: return HTTP_PUT;
+    case EVHTTP_REQ_DELETE: return HTTP_DELETE;
+    default: return 0;
+    }
+}
+
+/* "GET, POST" for a bit set, into buf[cap]; with_head names HEAD after GET
+ * (Allow does; CORS preflights need not: HEAD is a CORS-safelisted method). */
+static const char *methods_text(unsigned methods, int with_head, char *buf, size_t cap) {
+    static const struct { unsigned bit; const char *name; } names[] = {
+        {HTTP_GET, "GET"}, {HTTP_POST, "POST"}, {HTTP_PUT, "PUT"}, {HTTP_DELETE, "DELETE"}};
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (!(methods & names[i].bit))
+            continue;
+        size_t n = strlen(buf);
+        snprintf(buf + n, cap - n, "%s%s%s", n ? ", " : "", names[i].name,
+                 with_head && names[i].bit == HTTP_GET ? ", HEAD" : "");
+    }
+    return buf;
+}
+
+int http_is_valid_utf8(const unsigned char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         unsigned char c = s[i];
@@ -82,512 +170,80 @@ static int is_valid_utf8(const unsigned char *s, size_t n) {
     return 1;
 }
 
-/* ---- health and metrics ---------------------------------------------- */
-
-static json_t *loaded_models_json(http_server *s, int *any_loaded) {
-    serving_version_status *list = NULL;
-    size_t n = 0;
-    json_t *models = json_object();
-    *any_loaded = 0;
-    if (serving_repo_list(s->repo, &list, &n) != 0)
-        return models;
-    for (size_t i = 0; i < n; i++) {
-        if (list[i].state != SERVING_STATE_AVAILABLE)
-            continue;
-        char ver[32];
-        snprintf(ver, sizeof ver, "%ld", list[i].version);
-        json_object_set_new(models, list[i].model, json_string(ver)); /* newest wins */
-        *any_loaded = 1;
-    }
-    free(list);
-    return models;
+/* A version number: digits, no leading zero, at most 12. */
+static int is_version_number(const char *s, size_t n) {
+    return n > 0 && n <= 12 && s[0] != '0' && strspn(s, "0123456789") >= n;
 }
 
-static void handle_health(http_call *call) {
-    http_server *s = call->loop->server;
-    int ready = serving_repo_is_ready(s->repo);
-    int settled = serving_repo_is_settled(s->repo);
-    int any_loaded = 0;
-    json_t *models = loaded_models_json(s, &any_loaded);
-    const char *status = ready ? "healthy" : settled ? "unhealthy" : "loading";
-    kv_health store = {.ok = true};
-    kv_get_health(s->opts.shared_store, &store);
-    char queue_error[200] = "";
-    bool queue_ok = !s->opts.jobs || jobs_queue_ok(s->opts.jobs, queue_error, sizeof queue_error);
-    if (ready && (!store.ok || !queue_ok))
-        status = "degraded"; /* still serving: the cache is bypassed, limits follow their policy, batch waits */
-    if (atomic_load(&s->draining))
-        status = "shutting_down";
-    json_t *body = json_pack("{s:s, s:b, s:b, s:o, s:s, s:f}", "status", status, "model_loaded",
-                             any_loaded, "ready", ready, "models", models, "version", s->version,
-                             "uptime_seconds", (double)time(NULL) - s->start_time);
-    json_t *deps = json_object();
-    if (s->opts.shared_store) {
-        json_t *dep = json_pack("{s:s}", "status", store.ok ? "up" : "down");
-        if (!store.ok)
-            json_object_set_new(dep, "error", json_string(store.reason));
-        json_object_set_new(deps, kv_backend_name(s->opts.shared_store), dep);
-    }
-    if (s->opts.jobs && strcmp(jobs_store_name(s->opts.jobs), "redis") == 0) {
-        json_t *dep = json_pack("{s:s}", "status", queue_ok ? "up" : "down");
-        if (!queue_ok)
-            json_object_set_new(dep, "error", json_string(queue_error));
-        json_object_set_new(deps, "batch_queue", dep);
-    }
-    if (json_object_size(deps))
-        json_object_set_new(body, "dependencies", deps);
-    else
-        json_decref(deps);
-    if (!ready || atomic_load(&s->draining)) {
-        json_object_set_new(body, "error",
-                            json_pack("{s:s, s:s, s:s, s:s}", "message",
-                                      atomic_load(&s->draining) ? "the server is shutting down"
-                                      : settled ? "a model failed to load"
-                                                : "models are still loading",
-                                      "type", http_error_type(HTTP_ERR_NOT_READY), "code",
-                                      http_error_code(HTTP_ERR_NOT_READY), "request_id",
-                                      call->request_id));
-        http_reply_json(call, 503, body);
-        return;
-    }
-    http_reply_json(call, 200, body);
+/* Copies segment seg[0..n) into dst[cap] as it is; "" when it does not fit. */
+static void copy_segment(char *dst, size_t cap, const char *seg, size_t n) {
+    if (n >= cap)
+        n = 0;
+    memcpy(dst, seg, n);
+    dst[n] = '\0';
 }
 
-static void handle_ready(http_call *call) {
-    http_server *s = call->loop->server;
-    if (atomic_load(&s->draining)) {
-        http_add_header(call, "Retry-After", "1");
-        http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "the server is shutting down");
-    } else if (!serving_repo_is_ready(s->repo)) {
-        http_reply_error(call, HTTP_ERR_NOT_READY,
-                         serving_repo_is_settled(s->repo) ? "a model failed to load"
-                                                          : "models are still loading");
-    } else {
-        http_reply_json(call, 200, json_pack("{s:s}", "status", "ready"));
+/* Matches one segment against a placeholder; 1 with params filled. */
+static int match_placeholder(const char *kind, size_t kind_len, const char *seg, size_t n, http_path_params *p) {
+#define IS(k) (kind_len == sizeof k - 1 && memcmp(kind, k, kind_len) == 0)
+    if (IS("{name}")) {
+        char raw[256];
+        if (n >= sizeof raw)
+            return 0;
+        memcpy(raw, seg, n);
+        raw[n] = '\0';
+        size_t dlen = 0;
+        char *name = evhttp_uridecode(raw, 0, &dlen);
+        int ok = name && dlen > 0 && dlen < sizeof p->name && strlen(name) == dlen &&
+                 http_is_valid_utf8((const unsigned char *)name, dlen);
+        if (ok)
+            memcpy(p->name, name, dlen + 1);
+        free(name);
+        return ok;
     }
-}
-
-static void handle_metrics(http_call *call) {
-    size_t len = 0;
-    char *text = metrics_render(call->loop->server->registry, &len);
-    if (!text) {
-        http_reply_error(call, HTTP_ERR_INTERNAL, "cannot render metrics");
-        return;
+    if (IS("{version}") || IS("{ref}")) {
+        if (n >= sizeof p->version)
+            return 0;
+        char ref[sizeof p->version];
+        memcpy(ref, seg, n);
+        ref[n] = '\0';
+        if (!is_version_number(ref, n) && !(IS("{ref}") && ref[0] > '9' && serving_alias_name_valid(ref)))
+            return 0;
+        memcpy(p->version, ref, n + 1);
+        return 1;
     }
-    http_reply_text(call, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    free(text);
-}
-
-/* ---- model listing ------------------------------------------------------ */
-
-static json_t *version_json(const serving_version_status *v) {
-    char ver[32];
-    snprintf(ver, sizeof ver, "%ld", v->version);
-    json_t *o = json_pack("{s:s, s:s}", "version", ver, "state", serving_state_name(v->state));
-    if (v->state == SERVING_STATE_FAILED)
-        json_object_set_new(o, "error", json_string(v->error));
-    if (v->has_info) {
-        json_t *labels = json_array();
-        for (int i = 0; i < v->n_labels_listed; i++)
-            json_array_append_new(labels, json_string(v->labels[i]));
-        json_object_set_new(o, "architecture", json_string(v->architecture));
-        json_object_set_new(o, "model_type", json_string(v->model_type));
-        json_object_set_new(o, "task", json_string(v->info.task == ENGINE_TASK_CLASSIFY
-                                                       ? "classification" : "embedding"));
-        json_object_set_new(o, "labels", labels);
-        json_object_set_new(o, "max_length", json_integer(v->info.max_length));
-        json_object_set_new(o, "parameters", json_integer((json_int_t)v->info.n_params));
-        json_object_set_new(o, "dtype", json_string(v->dtype));
-        json_object_set_new(o, "layers", json_integer(v->info.n_layers));
-        json_object_set_new(o, "hidden_size", json_integer(v->info.hidden));
-        json_object_set_new(o, "load_seconds", json_real(v->load_seconds));
-        json_object_set_new(o, "sha256", v->sha256[0] ? json_string(v->sha256) : json_null());
+    if (IS("{id}")) {
+        copy_segment(p->id, sizeof p->id, seg, n);
+        return 1;
     }
-    return o;
-}
-
-/* Aliases as {"production": "2"}. */
-json_t *http_aliases_json(const serving_alias *aliases, size_t n) {
-    json_t *o = json_object();
-    for (size_t i = 0; i < n; i++) {
-        char ver[32];
-        snprintf(ver, sizeof ver, "%ld", aliases[i].version);
-        json_object_set_new(o, aliases[i].name, json_string(ver));
+    if (IS("{alias}")) {
+        copy_segment(p->alias, sizeof p->alias, seg, n);
+        return 1;
     }
-    return o;
-}
-
-/* A split as {"1": 80, "2": 20} ({} for none). */
-json_t *http_split_json(const serving_split *split) {
-    json_t *o = json_object();
-    for (size_t i = 0; i < split->n; i++) {
-        char ver[32];
-        snprintf(ver, sizeof ver, "%ld", split->version[i]);
-        json_object_set_new(o, ver, json_integer(split->weight[i]));
-    }
-    return o;
-}
-
-/* {"name", "default", "versions": [...]} for each model (or just `only`). */
-static json_t *models_json(http_server *s, const char *only) {
-    serving_version_status *list = NULL;
-    size_t n = 0;
-    json_t *models = json_array();
-    if (serving_repo_list(s->repo, &list, &n) != 0)
-        return models;
-    const char *def = serving_repo_default_model(s->repo);
-    json_t *cur = NULL;
-    const char *cur_name = NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (only && strcmp(list[i].model, only) != 0)
-            continue;
-        if (!cur_name || strcmp(cur_name, list[i].model) != 0) {
-            cur = json_pack("{s:s, s:s, s:b, s:[]}", "name", list[i].model, "object", "model",
-                            "default", strcmp(list[i].model, def) == 0, "versions");
-            serving_split split;
-            serving_get_split(s->repo, list[i].model, &split);
-            json_object_set_new(cur, "traffic", http_split_json(&split));
-            serving_alias aliases[SERVING_MAX_ALIASES];
-            size_t n_aliases = 0;
-            serving_get_aliases(s->repo, list[i].model, aliases, SERVING_MAX_ALIASES, &n_aliases);
-            json_object_set_new(cur, "aliases", http_aliases_json(aliases, n_aliases));
-            serving_shadow sh;
-            serving_get_shadow(s->repo, list[i].model, &sh);
-            char shv[24];
-            json_object_set_new(cur, "shadow", sh.version ? json_pack("{s:s, s:i}", "version",
-                                                                      http_format_int(sh.version, shv), "percent",
-                                                                      sh.percent)
-                                                          : json_null());
-            json_array_append_new(models, cur);
-            cur_name = list[i].model;
-        }
-        json_array_append_new(json_object_get(cur, "versions"), version_json(&list[i]));
-    }
-    free(list);
-    return models;
-}
-
-static void handle_models(http_call *call) {
-    json_t *data = models_json(call->loop->server, NULL);
-    http_reply_json(call, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
-}
-
-static void handle_model(http_call *call, const char *name) {
-    json_t *data = models_json(call->loop->server, name);
-    if (json_array_size(data) == 0) {
-        json_decref(data);
-        http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", name);
-        return;
-    }
-    json_t *model = json_incref(json_array_get(data, 0));
-    json_decref(data);
-    http_reply_json(call, 200, model);
-}
-
-/* ---- prediction --------------------------------------------------------- */
-
-static int version_ref_valid(const char *ref);
-
-/* Checks one text; returns 0 or replies with the error and returns -1. */
-int http_check_text(http_call *call, json_t *value, const char *field, size_t index) {
-    http_server *s = call->loop->server;
-    char where[64];
-    if (strcmp(field, "text") == 0)
-        snprintf(where, sizeof where, "text");
-    else
-        snprintf(where, sizeof where, "%.20s[%zu]", field, index);
-    if (!json_is_string(value)) {
-        http_reply_error(call, HTTP_ERR_INVALID_TEXT, "%s must be a string", where);
-        return -1;
-    }
-    const char *text = json_string_value(value);
-    size_t len = json_string_length(value), cps = 0;
-    for (size_t i = 0; i < len; i++) /* jansson checked the UTF-8: count lead bytes */
-        cps += ((unsigned char)text[i] & 0xC0) != 0x80;
-    int blank = 1;
-    for (size_t i = 0; i < len && blank; i++)
-        blank = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
-    if (len == 0 || blank) {
-        http_reply_error(call, HTTP_ERR_EMPTY_TEXT, "%s must not be empty", where);
-        return -1;
-    }
-    if (cps > (size_t)s->opts.max_text_chars) {
-        http_reply_error(call, HTTP_ERR_TEXT_TOO_LONG,
-                         "%s is %zu characters long; the limit is %d", where, cps,
-                         s->opts.max_text_chars);
-        return -1;
-    }
+#undef IS
     return 0;
 }
 
-/* The prediction path: rate limit (protect.c), then http_predict_admitted.
- * model_name (NULL: the default model) is kept in the call, since the
- * limiter may answer later. */
-void http_predict_named(http_call *call, const char *model_name) {
-    call->has_model_name = model_name != NULL;
-    if (model_name)
-        http_copy(call->model_name, sizeof call->model_name, model_name);
-    http_limit_request(call);
-}
-
-void http_predict_admitted(http_call *call) {
-    http_server *s = call->loop->server;
-    const char *model_name = call->has_model_name ? call->model_name : NULL;
-    if (!call->req) { /* the client left while the limiter answered: 499, as nginx logs it */
-        http_reply_text(call, 499, "text/plain", "", 0);
-        return;
-    }
-    /* X-Model-Version pins a version or an alias (the path's, when it names
-     * one, wins). */
-    const char *pin = evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-Model-Version");
-    if (pin && !call->want_version && !call->version_ref[0]) {
-        if (!version_ref_valid(pin)) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                             "X-Model-Version must be a version number (1, 2, ...) or an alias (production)");
-            return;
+/* Whether path (len bytes, no trailing slash) matches pattern; fills p. */
+static int match(const char *pattern, const char *path, size_t len, http_path_params *p) {
+    const char *end = path + len;
+    while (*pattern) {
+        if (*pattern != '/' || path >= end || *path != '/')
+            return 0;
+        pattern++, path++;
+        size_t pn = strcspn(pattern, "/");
+        const char *slash = memchr(path, '/', (size_t)(end - path));
+        size_t sn = slash ? (size_t)(slash - path) : (size_t)(end - path);
+        if (pattern[0] == '{') {
+            if (sn == 0 || !match_placeholder(pattern, pn, path, sn, p))
+                return 0;
+        } else if (pn != sn || memcmp(pattern, path, pn) != 0) {
+            return 0;
         }
-        http_copy(call->version_ref, sizeof call->version_ref, pin);
+        pattern += pn;
+        path += sn;
     }
-    if (call->version_ref[0]) {
-        if (call->version_ref[0] >= '1' && call->version_ref[0] <= '9') {
-            call->want_version = strtol(call->version_ref, NULL, 10);
-        } else if (serving_resolve_alias(s->repo, model_name, call->version_ref, &call->want_version) != 0) {
-            http_reply_error(call, HTTP_ERR_VERSION_NOT_FOUND, "model '%.100s' has no version or alias '%s'",
-                             model_name ? model_name : serving_repo_default_model(s->repo), call->version_ref);
-            return;
-        }
-    }
-    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
-    size_t len = evbuffer_get_length(in);
-    if (len > s->opts.max_body_bytes) {
-        http_reply_error(call, HTTP_ERR_BODY_TOO_LARGE,
-                         "request body is %zu bytes; the limit is %zu", len, s->opts.max_body_bytes);
-        return;
-    }
-    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    /* One pass: jansson checks the UTF-8 of every byte it reads. */
-    json_error_t jerr;
-    json_t *body = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
-    if (!body && json_error_code(&jerr) == json_error_invalid_utf8) {
-        http_reply_error(call, HTTP_ERR_INVALID_UTF8, "request body is not valid UTF-8 (line %d, column %d)",
-                         jerr.line, jerr.column);
-        return;
-    }
-    if (!body) {
-        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s (line %d, column %d)",
-                         jerr.text, jerr.line, jerr.column);
-        return;
-    }
-    call->body = body;
-    size_t n = 1;
-    if (call->kserve || call->embed) {
-        if ((call->kserve ? http_kserve_read_inputs(call, body, &n) : http_embeddings_read(call, body, &n)) != 0)
-            return;
-        if (call->embed && call->has_model_name)
-            model_name = call->model_name; /* the body names it */
-        goto texts_read;
-    }
-    if (!json_is_object(body)) {
-        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "request body must be a JSON object");
-        return;
-    }
-    json_t *text = json_object_get(body, "text");
-    json_t *texts = json_object_get(body, "texts");
-    if ((text && texts) || (!text && !texts)) {
-        http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                         "give exactly one of \"text\" (a string) or \"texts\" (a list of strings)");
-        return;
-    }
-    if (texts) {
-        if (!json_is_array(texts)) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "texts must be a list of strings");
-            return;
-        }
-        n = json_array_size(texts);
-        if (n == 0) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "texts must not be empty");
-            return;
-        }
-        if (n > (size_t)s->opts.max_inputs) {
-            http_reply_error(call, HTTP_ERR_TOO_MANY_INPUTS,
-                             "texts has %zu items; the limit is %d per request", n, s->opts.max_inputs);
-            return;
-        }
-    }
-    call->single = text != NULL;
-    call->texts = calloc(n, sizeof *call->texts);
-    call->lens = calloc(n, sizeof *call->lens);
-    if (!call->texts || !call->lens) {
-        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        json_t *v = text ? text : json_array_get(texts, i);
-        if (http_check_text(call, v, text ? "text" : "texts", i) != 0)
-            return;
-        call->texts[i] = json_string_value(v);
-        call->lens[i] = json_string_length(v);
-    }
-
-texts_read:;
-    serving_error serr = {0};
-    /* One pass over the model under the repository lock: the pinned
-     * version; or the cascade's first version; or the one the traffic split
-     * assigns (by X-User-ID when given: sticky); and the model's shadow. */
-    const char *user = call->want_version ? NULL
-                                          : evhttp_find_header(evhttp_request_get_input_headers(call->req), "X-User-ID");
-    serving_route route;
-    int acquired = serving_acquire_request(s->repo, model_name, call->want_version, user, user ? strlen(user) : 0,
-                                           !call->kserve && !call->embed, &call->version, &route, &serr);
-    call->shadow = route.shadow;
-    if (acquired == 0 && route.cascade.first)
-        http_cascade_begin(call, &route.cascade);
-    if (acquired != 0) {
-        if (serr.status == SERVING_ENOTFOUND || serr.status == SERVING_ENOVERSION) {
-            http_reply_error(call, serr.status == SERVING_ENOTFOUND ? HTTP_ERR_MODEL_NOT_FOUND
-                                                                    : HTTP_ERR_VERSION_NOT_FOUND,
-                             "%s", serr.message);
-        } else {
-            http_add_header(call, "Retry-After", "1");
-            http_reply_error(call, HTTP_ERR_NOT_READY, "%s", serr.message);
-        }
-        return;
-    }
-    const engine_model_info *info = serving_version_info(call->version);
-    if (call->embed && info->task != ENGINE_TASK_EMBED) {
-        http_reply_error(call, HTTP_ERR_UNSUPPORTED_MODEL,
-                         "model '%s' is a classifier; /v1/embeddings needs an embedding model",
-                         serving_version_model(call->version));
-        return;
-    }
-    if (!call->embed && (info->task != ENGINE_TASK_CLASSIFY || info->n_labels <= 0)) {
-        http_reply_error(call, HTTP_ERR_UNSUPPORTED_MODEL,
-                         "model '%s' is an embedding model; it does not predict labels",
-                         serving_version_model(call->version));
-        return;
-    }
-    call->job.n = n;
-    http_predict_dispatch(call);
-}
-
-void http_predict_submit(http_call *call) {
-    http_server *s = call->loop->server;
-    const engine_model_info *info = serving_version_info(call->version);
-    size_t n = call->job.n;
-    call->probs = calloc(n * (size_t)(call->embed ? info->hidden : info->n_labels), sizeof *call->probs);
-    if (!call->probs) {
-        http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
-        return;
-    }
-    serving_job *job = &call->job;
-    job->texts = call->texts;
-    job->lens = call->lens;
-    job->n = n;
-    job->deadline_us = call->start_us + (uint64_t)s->opts.request_timeout_ms * 1000u;
-    job->probs = call->probs;
-    job->on_done = http_post_done;
-    job->user = call;
-    atomic_fetch_add(&s->pending_jobs, 1);
-    int rc = serving_submit(call->version, job);
-    if (rc != 0) {
-        atomic_fetch_sub(&s->pending_jobs, 1);
-        const char *type = rc == SERVING_EFULL ? "queue_full" : "stopped";
-        const char *et[] = {type};
-        metric *m = metric_series(s->metrics.model_errors, et);
-        if (m)
-            metric_inc(m);
-        if (rc == SERVING_EFULL) {
-            metric_inc(s->metrics.shed);
-            http_prediction_fail(call, HTTP_ERR_OVERLOADED, HTTP_FAIL_RETRY_AFTER,
-                                 "model '%s' is overloaded (queue full); retry later",
-                                 serving_version_model(call->version));
-        } else {
-            http_prediction_fail(call, HTTP_ERR_SHUTTING_DOWN, HTTP_FAIL_RETRY_AFTER, "%s",
-                                 serving_status_message(rc));
-        }
-    }
-    /* Answered later by http_finish_prediction on this loop. */
-}
-
-void http_finish_prediction(http_call *call) {
-    if (call->on_posted) {
-        call->on_posted(call);
-        return;
-    }
-    http_server *s = call->loop->server;
-    serving_job *job = &call->job;
-    if (call->cache_role == HTTP_CACHE_FOLLOWER) { /* posted by its leader, not by a batcher */
-        http_finish_follower(call);
-        return;
-    }
-    int second_stage = http_cascade_returned(call);
-    if (!second_stage && job->status != 0) {
-        const char *type = job->status == SERVING_ETIMEOUT ? "timeout"
-                           : job->status == SERVING_ESTOPPED ? "stopped"
-                           : job->status == SERVING_EINPUT ? "invalid_input"
-                                                           : "inference";
-        const char *et[] = {type};
-        metric *m = metric_series(s->metrics.model_errors, et);
-        if (m)
-            metric_inc(m);
-        if (job->status == SERVING_ETIMEOUT)
-            http_prediction_fail(call, HTTP_ERR_TIMEOUT, 0, "the request did not finish within %lld ms",
-                                 (long long)s->opts.request_timeout_ms);
-        else if (job->status == SERVING_ESTOPPED)
-            http_prediction_fail(call, HTTP_ERR_SHUTTING_DOWN, 0, "the model is shutting down");
-        else if (job->status == SERVING_EINPUT)
-            http_prediction_fail(call, HTTP_ERR_INVALID_TEXT, 0, "%s", job->error);
-        else
-            http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "inference failed");
-        return;
-    }
-    /* The answer is built even when the client left (499 then): it may be
-     * cached, and followers may be waiting for it. */
-    if (!second_stage) {
-        if (http_cascade_escalate(call))
-            return; /* unsure texts went to the second version: back later */
-        http_shadow_maybe(call);
-    }
-    if (call->kserve || call->embed) {
-        char *body = call->kserve ? http_kserve_answer(call) : http_embeddings_answer(call);
-        if (!body)
-            http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
-        else
-            http_prediction_answer(call, body, strlen(body));
-        return;
-    }
-    char ver[32];
-    long answered_by = serving_version_number(call->version);
-    int cascaded = http_cascade_used(call);
-    json_t *preds = call->single ? NULL : json_array();
-    json_t *out = NULL;
-    for (size_t i = 0; i < call->job.n; i++) {
-        const char *label;
-        double confidence;
-        long version;
-        http_cascade_result(call, i, &label, &confidence, &version);
-        json_t *pred = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence", confidence);
-        if (call->single) {
-            out = pred;
-            answered_by = version;
-        } else {
-            if (cascaded) /* texts of one list may be answered by different versions */
-                json_object_set_new(pred, "model_version", json_string(http_format_int(version, ver)));
-            json_array_append_new(preds, pred);
-        }
-    }
-    if (!call->single)
-        out = json_pack("{s:o}", "predictions", preds);
-    json_object_set_new(out, "model", json_string(serving_version_model(call->version)));
-    json_object_set_new(out, "model_version", json_string(http_format_int(answered_by, ver)));
-    /* Serialised as http_reply_json does, so a cache hit is byte-identical. */
-    char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
-    json_decref(out);
-    if (!text) {
-        http_prediction_fail(call, HTTP_ERR_INTERNAL, 0, "out of memory");
-        return;
-    }
-    http_prediction_answer(call, text, strlen(text));
+    return path == end;
 }
 
 /* ---- API keys ------------------------------------------------------------ */
@@ -635,7 +291,7 @@ static int presented_key(struct evhttp_request *req, const char **key, size_t *l
  * name at most, never the key. */
 int http_authorized(http_call *call, guard_scopes required) {
     http_server *s = call->loop->server;
-    if (!s->opts.keys)
+    if (!s->opts.keys || required == HTTP_SCOPE_OPEN)
         return 1;
     const char *key;
     size_t len;
@@ -677,9 +333,8 @@ int http_authorized(http_call *call, guard_scopes required) {
         snprintf(challenge, sizeof challenge, "Bearer realm=\"aiserve\", error=\"insufficient_scope\", scope=\"%s\"",
                  scope);
         http_add_header(call, "WWW-Authenticate", challenge);
-        http_reply_error(call, HTTP_ERR_INSUFFICIENT_SCOPE,
-                         "the API key '%s' lacks the scope '%s' that %s needs", auth.key->name, scope,
-                         http_endpoint_names[call->endpoint]);
+        http_reply_error(call, HTTP_ERR_INSUFFICIENT_SCOPE, "the API key '%s' lacks the scope '%s' that %s needs",
+                         auth.key->name, scope, http_call_label(call));
         return 0;
     }
     case GUARD_AUTH_COUNT:
@@ -689,180 +344,65 @@ int http_authorized(http_call *call, guard_scopes required) {
     return 0;
 }
 
-/* ---- routing ---------------------------------------------------------- */
+/* ---- dispatch -------------------------------------------------------------- */
 
-/* A version number (1, 2, ... no leading zero) or an alias name. */
-static int version_ref_valid(const char *ref) {
-    size_t digits = strspn(ref, "0123456789");
-    if (digits)
-        return digits <= 12 && !ref[digits] && ref[0] != '0';
-    return serving_alias_name_valid(ref);
-}
-
-/* The version ref of a "/versions/{v}/predict" tail (a version number or
- * an alias) into ref[cap]: 1, or 0 for any other tail. */
-static int version_predict_tail(const char *tail, char *ref, size_t cap) {
-    static const char head[] = "/versions/";
-    if (strncmp(tail, head, sizeof head - 1) != 0)
-        return 0;
-    const char *p = tail + sizeof head - 1;
-    size_t n = strcspn(p, "/");
-    if (n == 0 || n >= cap || strcmp(p + n, "/predict") != 0)
-        return 0;
-    memcpy(ref, p, n);
-    ref[n] = 0;
-    return version_ref_valid(ref);
-}
-
-/* What http_route below accepts, for CORS preflights: keep the two in step. */
-const char *http_route_methods(const char *path, http_endpoint *ep) {
-    static const struct { const char *path; http_endpoint ep; const char *methods; } fixed[] = {
-        {"/predict", EP_PREDICT, "POST"},          {"/v1/models", EP_MODELS, "GET"},
-        {"/v1/embeddings", EP_EMBEDDINGS, "POST"},
-        {"/health", EP_HEALTH, "GET"},             {"/health/live", EP_HEALTH_LIVE, "GET"},
-        {"/health/ready", EP_HEALTH_READY, "GET"}, {"/metrics", EP_METRICS, "GET"},
-    };
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-        if (strcmp(path, fixed[i].path) == 0) {
-            *ep = fixed[i].ep;
-            return fixed[i].methods;
-        }
-    }
-    static const char prefix[] = "/v1/models/";
-    if (strncmp(path, prefix, sizeof prefix - 1) == 0) {
-        const char *rest = path + sizeof prefix - 1;
-        const char *slash = strchr(rest, '/');
-        size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
-        char ref[72];
-        if (name_len > 0 && name_len < 256 && slash && version_predict_tail(slash, ref, sizeof ref)) {
-            *ep = EP_MODEL_VERSION_PREDICT;
-            return "POST";
-        }
-        if (name_len > 0 && name_len < 256 && (!slash || strcmp(slash, "/predict") == 0)) {
-            *ep = slash ? EP_MODEL_PREDICT : EP_MODEL;
-            return slash ? "POST" : "GET";
-        }
-    }
-    const char *m = http_kserve_route_methods(path, ep);
-    if (!m)
-        m = http_batch_route_methods(path, ep);
-    return m ? m : http_admin_route_methods(path, ep);
-}
-
-int http_method_is(http_call *call, enum evhttp_cmd_type want) {
-    if (evhttp_request_get_command(call->req) == want)
-        return 1;
-    http_add_header(call, "Allow", want == EVHTTP_REQ_GET ? "GET" : "POST");
-    http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use %s",
-                     call->method, http_endpoint_names[call->endpoint],
-                     want == EVHTTP_REQ_GET ? "GET" : "POST");
-    return 0;
-}
-
-void http_route(http_call *call) {
+void http_dispatch(http_call *call) {
     struct evhttp_request *req = call->req;
-    http_copy(call->method, sizeof call->method, method_name(evhttp_request_get_command(req)));
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    http_copy(call->method, sizeof call->method, method_name(cmd));
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path)
         path = "/";
     http_copy(call->path, sizeof call->path, path);
+    size_t len = strlen(path);
+    if (len > 1 && path[len - 1] == '/')
+        len--; /* "/predict/" is "/predict" */
 
-    if (http_cors_preflight(call, path)) /* before the API key: browsers send none */
-        return;
-
-    /* Fixed routes. Trailing slashes are not folded: paths are exact. */
-    static const struct { const char *path; http_endpoint ep; } fixed[] = {
-        {"/predict", EP_PREDICT},          {"/v1/models", EP_MODELS},
-        {"/health", EP_HEALTH},            {"/health/live", EP_HEALTH_LIVE},
-        {"/health/ready", EP_HEALTH_READY}, {"/metrics", EP_METRICS},
-        {"/v1/embeddings", EP_EMBEDDINGS},
-    };
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-        if (strcmp(path, fixed[i].path) != 0)
+    unsigned want = method_bit(cmd), allowed = 0;
+    const http_route *hit = NULL, *any = NULL;
+    for (size_t i = 0; i < http_n_routes && !hit; i++) {
+        const http_route *r = &http_routes[i];
+        http_path_params p = {0};
+        if (!match(r->pattern, path, len, &p))
             continue;
-        call->endpoint = fixed[i].ep;
-        switch (fixed[i].ep) {
-        case EP_PREDICT:
-            if (http_authorized(call, GUARD_SCOPE_PREDICT) && http_method_is(call, EVHTTP_REQ_POST))
-                http_predict_named(call, NULL);
-            return;
-        case EP_MODELS:
-            if (http_authorized(call, GUARD_SCOPE_ANY) && http_method_is(call, EVHTTP_REQ_GET))
-                handle_models(call);
-            return;
-        case EP_EMBEDDINGS:
-            if (http_authorized(call, GUARD_SCOPE_EMBED) && http_method_is(call, EVHTTP_REQ_POST)) {
-                call->embed = 1;
-                http_predict_named(call, NULL);
-            }
-            return;
-        case EP_HEALTH:
-            if (http_method_is(call, EVHTTP_REQ_GET))
-                handle_health(call);
-            return;
-        case EP_HEALTH_LIVE:
-            if (http_method_is(call, EVHTTP_REQ_GET))
-                http_reply_json(call, 200, json_pack("{s:s}", "status", "alive"));
-            return;
-        case EP_HEALTH_READY:
-            if (http_method_is(call, EVHTTP_REQ_GET))
-                handle_ready(call);
-            return;
-        case EP_METRICS:
-            if (http_method_is(call, EVHTTP_REQ_GET))
-                handle_metrics(call);
-            return;
-        default:
-            break;
+        allowed |= r->methods;
+        if (!any)
+            any = r;
+        if (r->methods & want) {
+            hit = r;
+            call->params = p;
         }
     }
-
-    /* /v1/models/{name} and /v1/models/{name}/predict. The name is
-     * percent-decoded and then only ever compared with the repository's
-     * names, so "..", slashes or NULs can never reach the file system. */
-    static const char prefix[] = "/v1/models/";
-    if (strncmp(path, prefix, sizeof prefix - 1) == 0) {
-        const char *rest = path + sizeof prefix - 1;
-        const char *slash = strchr(rest, '/');
-        size_t name_len = slash ? (size_t)(slash - rest) : strlen(rest);
-        const char *tail = slash ? slash : "";
-        char ref[72];
-        int pinned = version_predict_tail(tail, ref, sizeof ref);
-        if (pinned)
-            tail = "/predict"; /* /versions/{v}/predict: a prediction, pinned */
-        if (name_len > 0 && name_len < 256 && (!*tail || strcmp(tail, "/predict") == 0)) {
-            call->endpoint = *tail ? EP_MODEL_PREDICT : EP_MODEL;
-            if (!http_authorized(call, *tail ? GUARD_SCOPE_PREDICT : GUARD_SCOPE_ANY))
-                return;
-            char raw[256];
-            memcpy(raw, rest, name_len);
-            raw[name_len] = '\0';
-            size_t dlen = 0;
-            char *name = evhttp_uridecode(raw, 0, &dlen);
-            if (name && strlen(name) == dlen && is_valid_utf8((unsigned char *)name, dlen)) {
-                if (!*tail) {
-                    call->endpoint = EP_MODEL;
-                    if (http_method_is(call, EVHTTP_REQ_GET))
-                        handle_model(call, name);
-                } else {
-                    call->endpoint = pinned ? EP_MODEL_VERSION_PREDICT : EP_MODEL_PREDICT;
-                    if (pinned)
-                        http_copy(call->version_ref, sizeof call->version_ref, ref);
-                    if (http_method_is(call, EVHTTP_REQ_POST))
-                        http_predict_named(call, name);
-                }
-                free(name);
-                return;
-            }
-            free(name);
-            call->endpoint = EP_OTHER;
-            http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model not found");
-            return;
-        }
-    }
-    if (http_route_kserve(call, path) || http_route_batch(call, path) || http_route_admin(call, path))
+    if (!any) {
+        http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
+                         http_is_valid_utf8((const unsigned char *)path, strlen(path)) ? path : "(path)");
         return;
-    http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
-                     is_valid_utf8((const unsigned char *)path, strlen(path)) ? path : "(path)");
+    }
+    if (!hit) { /* the other methods of the same path */
+        for (size_t i = any - http_routes + 1; i < http_n_routes; i++) {
+            http_path_params p = {0};
+            if (match(http_routes[i].pattern, path, len, &p))
+                allowed |= http_routes[i].methods;
+        }
+    }
+    call->route = hit ? hit : any;
+    char methods[64];
+    if (http_cors_is_preflight(req)) {
+        http_cors_preflight(call, methods_text(allowed, 0, methods, sizeof methods));
+        return;
+    }
+    methods_text(allowed, 1, methods, sizeof methods);
+    if (!hit) {
+        http_add_header(call, "Allow", methods);
+        http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use %s", call->method,
+                         http_call_label(call), methods);
+        return;
+    }
+    if (!http_authorized(call, hit->scope))
+        return;
+    if (hit->infer)
+        http_infer_handler(call);
+    else
+        hit->handler(call);
 }

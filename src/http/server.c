@@ -20,7 +20,7 @@
  *    checks see the decrypted bytes, on the same port and loops.
  *
  * Threads: http_server_* from the controlling thread; everything else runs
- * on the loop threads, except post_done, which batcher threads call.
+ * on the loop threads, except http_post, which other threads call.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -41,33 +41,6 @@
 #include <event2/thread.h>
 
 #include "http_int.h"
-
-const char *const http_endpoint_names[EP_COUNT] = {
-    [EP_PREDICT] = "/predict",
-    [EP_MODEL_PREDICT] = "/v1/models/{name}/predict",
-    [EP_MODEL_VERSION_PREDICT] = "/v1/models/{name}/versions/{version}/predict",
-    [EP_MODELS] = "/v1/models",
-    [EP_EMBEDDINGS] = "/v1/embeddings",
-    [EP_MODEL] = "/v1/models/{name}",
-    [EP_HEALTH] = "/health",
-    [EP_HEALTH_LIVE] = "/health/live",
-    [EP_HEALTH_READY] = "/health/ready",
-    [EP_METRICS] = "/metrics",
-    [EP_BATCH_PREDICT] = "/batch_predict",
-    [EP_BATCH_RESULT] = "/batch_result/{task_id}",
-    [EP_BATCHES] = "/v1/batch",
-    [EP_BATCH] = "/v1/batch/{id}",
-    [EP_BATCH_RESULTS] = "/v1/batch/{id}/results",
-    [EP_V2] = "/v2",
-    [EP_V2_MODEL] = "/v2/models/{name}",
-    [EP_V2_INFER] = "/v2/models/{name}/infer",
-    [EP_ADMIN_TRAFFIC] = "/admin/models/{name}/traffic",
-    [EP_ADMIN_ALIASES] = "/admin/models/{name}/aliases",
-    [EP_ADMIN_SHADOW] = "/admin/models/{name}/shadow",
-    [EP_ADMIN_CASCADE] = "/admin/models/{name}/cascade",
-    [EP_ADMIN_VERSION] = "/admin/models/{name}/versions/{version}/load|unload",
-    [EP_OTHER] = "other",
-};
 
 uint64_t http_now_us(void) {
     return serving_now_us();
@@ -98,7 +71,6 @@ static void handle_request(struct evhttp_request *req, void *arg) {
     call->loop = loop;
     call->req = req;
     call->start_us = http_now_us();
-    call->endpoint = EP_OTHER;
     atomic_fetch_add(&s->in_flight, 1);
     metric_inc(s->metrics.in_flight);
     http_request_id_make(req, call->request_id, sizeof call->request_id);
@@ -112,13 +84,10 @@ static void handle_request(struct evhttp_request *req, void *arg) {
         /* While the call is pending, a closing connection tells it. */
         evhttp_connection_set_closecb(evcon, on_connection_close, call);
     }
-    http_route(call);
+    http_dispatch(call);
 }
 
-/* Batcher thread: hand the finished call to its loop. */
-void http_post_done(serving_job *job, void *user) {
-    (void)job;
-    http_call *call = user;
+void http_post(http_call *call) {
     http_loop *loop = call->loop;
     pthread_mutex_lock(&loop->done_lock);
     call->next_done = loop->done_head;
@@ -146,7 +115,7 @@ static void on_done_event(evutil_socket_t fd, short what, void *arg) {
     while (rev) {
         http_call *next = rev->next_done;
         atomic_fetch_sub(&loop->server->pending_jobs, 1);
-        http_finish_prediction(rev);
+        rev->on_posted(rev);
         rev = next;
     }
 }
@@ -276,21 +245,13 @@ static void register_metrics(http_server *s) {
     metric_family *lat = metrics_histogram(r, "prediction_latency_seconds",
                                            "Request latency from arrival to answer", 1, ep,
                                            metrics_latency_buckets, metrics_n_latency_buckets);
-    for (int i = 0; i < EP_COUNT && lat; i++) {
-        const char *v[] = {http_endpoint_names[i]};
-        s->metrics.latency[i] = metric_series(lat, v);
-    }
+    /* One series per endpoint label; routes sharing a label share it. */
+    s->metrics.latency = calloc(http_n_routes, sizeof *s->metrics.latency);
+    for (size_t i = 0; i < http_n_routes && lat && s->metrics.latency; i++)
+        s->metrics.latency[i] = metric_series(lat, (const char *[]){http_routes[i].label});
+    s->metrics.latency_other = lat ? metric_series(lat, (const char *[]){HTTP_LABEL_OTHER}) : NULL;
     s->metrics.model_errors = metrics_counter(r, "model_errors_total",
                                               "Failed predictions by error type", 1, et);
-    s->metrics.shadow = metrics_counter(r, "aiserve_shadow_predictions_total",
-                                        "Texts of shadow traffic compared with the answer the client got: the "
-                                        "shadow version agreed (same label), disagreed, or failed",
-                                        3, (const char *[]){"model", "version", "result"});
-    s->metrics.cascade = metrics_counter(r, "aiserve_cascade_texts_total",
-                                         "Texts of cascaded predictions: answered by the first version, "
-                                         "escalated to the second (confidence below the threshold), or "
-                                         "left with the first's answer because the second failed",
-                                         2, (const char *[]){"model", "result"});
     metric_family *f;
     f = metrics_gauge(r, "aiserve_http_connections", "Open client connections", 0, NULL);
     s->metrics.connections = f ? metric_series(f, NULL) : NULL;
@@ -449,7 +410,7 @@ void http_server_destroy(http_server *s) {
                 http_call *next = list->next_done;
                 atomic_fetch_sub(&s->pending_jobs, 1);
                 list->discard = 1;
-                http_finish_prediction(list);
+                list->on_posted(list);
                 list = next;
             }
         }
@@ -482,6 +443,7 @@ void http_server_destroy(http_server *s) {
     }
     free(s->loops);
     free(s->conn_by_fd);
+    free(s->metrics.latency);
     http_cors_destroy(s->cors);
     http_tls_destroy(s->tls); /* after evhttp_free: every SSL object is gone */
     free(s);

@@ -1,0 +1,68 @@
+/*
+ * inputs.c - what every endpoint's body parser shares: the checks of one
+ * text (a string, not blank, within the length limit), collecting a list
+ * of texts, and the http_fail a parser fills instead of answering.
+ *
+ * Pure functions of their arguments, so parsers can be fuzzed without a
+ * server (tests/fuzz/fuzz_bodies.c). Any thread.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_int.h"
+
+int http_fail_set(http_fail *f, http_error e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->message, sizeof f->message, fmt, ap);
+    va_end(ap);
+    f->error = e;
+    return -1;
+}
+
+int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail) {
+    char where[64];
+    if (strcmp(field, "text") == 0)
+        snprintf(where, sizeof where, "text");
+    else
+        snprintf(where, sizeof where, "%.20s[%zu]", field, index);
+    if (!json_is_string(value))
+        return http_fail_set(fail, HTTP_ERR_INVALID_TEXT, "%s must be a string", where);
+    const char *text = json_string_value(value);
+    size_t len = json_string_length(value), cps = 0;
+    for (size_t i = 0; i < len; i++) /* jansson checked the UTF-8: count lead bytes */
+        cps += ((unsigned char)text[i] & 0xC0) != 0x80;
+    int blank = 1;
+    for (size_t i = 0; i < len && blank; i++)
+        blank = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
+    if (len == 0 || blank)
+        return http_fail_set(fail, HTTP_ERR_EMPTY_TEXT, "%s must not be empty", where);
+    if (cps > limits->max_text_chars)
+        return http_fail_set(fail, HTTP_ERR_TEXT_TOO_LONG, "%s is %zu characters long; the limit is %zu", where, cps,
+                             limits->max_text_chars);
+    return 0;
+}
+
+/* Points in->texts at n strings of list (or at the one string `one`),
+ * each checked; field names them in errors. 0, or -1 with fail. */
+int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, const char *field, http_inputs *in,
+                        http_fail *fail) {
+    size_t n = one ? 1 : json_array_size(list);
+    in->texts = calloc(n ? n : 1, sizeof *in->texts);
+    in->lens = calloc(n ? n : 1, sizeof *in->lens);
+    if (!in->texts || !in->lens)
+        return http_fail_set(fail, HTTP_ERR_INTERNAL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = one ? one : json_array_get(list, i);
+        if (http_check_text(limits, v, one ? "text" : field, i, fail) != 0)
+            return -1;
+        in->texts[i] = json_string_value(v);
+        in->lens[i] = json_string_length(v);
+    }
+    in->n = n;
+    return 0;
+}
+
