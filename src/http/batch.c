@@ -66,49 +66,21 @@ static int reply_jobs_error(http_call *call, int rc, const char *message) {
 
 /* ---- reading a job ---------------------------------------------------------- */
 
-typedef struct inputs {
-    json_t *owner;       /* keeps the texts' strings alive */
-    const char **texts;
-    size_t *lens;
-    size_t n;
-} inputs;
-
-static void inputs_free(inputs *in) {
-    json_decref(in->owner);
-    free(in->texts);
-    free(in->lens);
-    memset(in, 0, sizeof *in);
-}
-
 /* Checks and collects the texts of a JSON array (each a string, or an
- * object with "text"); field names the list in errors. 0, or -1 answered. */
-static int collect(http_call *call, json_t *list, const char *field, inputs *in) {
-    http_server *s = call->loop->server;
+ * object with "text"); field names the list in errors. */
+static int collect(const http_limits *limits, json_t *list, const char *field, http_inputs *in, http_fail *fail) {
     size_t n = json_array_size(list);
-    size_t max = s->opts.max_batch_inputs;
     if (n == 0)
-        return http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "%s must not be empty", field), -1;
-    if (n > max)
-        return http_reply_error(call, HTTP_ERR_TOO_MANY_INPUTS, "%s has %zu inputs; the limit is %zu", field, n,
-                                max),
-               -1;
-    in->texts = malloc(n * sizeof *in->texts);
-    in->lens = malloc(n * sizeof *in->lens);
-    if (!in->texts || !in->lens)
-        return http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory"), -1;
-    http_limits limits = {.max_text_chars = (size_t)s->opts.max_text_chars, .max_inputs = max};
-    http_fail why;
-    for (size_t i = 0; i < n; i++) {
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "%s must not be empty", field);
+    if (n > limits->max_inputs)
+        return http_fail_set(fail, HTTP_ERR_TOO_MANY_INPUTS, "%s has %zu inputs; the limit is %zu", field, n,
+                             limits->max_inputs);
+    for (size_t i = 0; i < n; i++) { /* {"text": ...} items: their text */
         json_t *v = json_array_get(list, i);
         if (json_is_object(v) && json_object_get(v, "text"))
-            v = json_object_get(v, "text");
-        if (http_check_text(&limits, v, field, i, &why) != 0)
-            return http_reply_fail(call, &why), -1;
-        in->texts[i] = json_string_value(v);
-        in->lens[i] = json_string_length(v);
+            json_array_set(list, i, json_object_get(v, "text"));
     }
-    in->n = n;
-    return 0;
+    return http_inputs_collect(limits, NULL, list, field, in, fail);
 }
 
 static int is_jsonl(const char *content_type) {
@@ -123,19 +95,9 @@ static int is_jsonl(const char *content_type) {
     return 0;
 }
 
-/* The body: JSON Lines (one string or {"text": ...} per line; blank lines
- * skipped) into a JSON array, or a JSON document. NULL after answering. */
-static json_t *read_body(http_call *call, int jsonl) {
-    if (!jsonl)
-        return http_read_json(call);
-    struct evbuffer *buf = evhttp_request_get_input_buffer(call->req);
-    size_t len = evbuffer_get_length(buf);
-    if (len > call->loop->server->opts.max_body_bytes)
-        return http_reply_error(call, HTTP_ERR_BODY_TOO_LARGE, "request body is %zu bytes; the limit is %zu", len,
-                                call->loop->server->opts.max_body_bytes),
-               NULL;
-    const char *data = len ? (const char *)evbuffer_pullup(buf, -1) : "";
-    json_error_t jerr;
+/* JSON Lines (one string or {"text": ...} per line; blank lines skipped)
+ * into a JSON array; NULL with fail. */
+static json_t *parse_lines(const char *data, size_t len, http_fail *fail) {
     json_t *list = json_array();
     size_t line_no = 0;
     for (size_t at = 0; at < len;) {
@@ -148,12 +110,13 @@ static json_t *read_body(http_call *call, int jsonl) {
         while (b > a && (data[b - 1] == ' ' || data[b - 1] == '\t' || data[b - 1] == '\r'))
             b--;
         if (b > a) {
+            json_error_t jerr;
             json_t *v = json_loadb(data + a, b - a, JSON_DECODE_ANY, &jerr);
             if (!v) {
-                http_reply_error(call,
-                                 json_error_code(&jerr) == json_error_invalid_utf8 ? HTTP_ERR_INVALID_UTF8
-                                                                                    : HTTP_ERR_INVALID_JSON,
-                                 "JSON Lines body, line %zu: %s", line_no, jerr.text);
+                http_fail_set(fail,
+                              json_error_code(&jerr) == json_error_invalid_utf8 ? HTTP_ERR_INVALID_UTF8
+                                                                                 : HTTP_ERR_INVALID_JSON,
+                              "JSON Lines body, line %zu: %s", line_no, jerr.text);
                 json_decref(list);
                 return NULL;
             }
@@ -162,6 +125,34 @@ static json_t *read_body(http_call *call, int jsonl) {
         at = end + 1;
     }
     return list;
+}
+
+int http_batch_parse(const http_limits *limits, const char *data, size_t len, int jsonl, jobs_kind kind,
+                     http_inputs *in, http_fail *fail) {
+    json_t *body = jsonl ? parse_lines(data, len, fail) : http_parse_json(data, len, fail);
+    if (!body)
+        return -1;
+    in->body = body;
+    const char *field = "inputs";
+    json_t *list = NULL;
+    if (jsonl) {
+        list = body;
+    } else if (kind == JOBS_KIND_SEED) {
+        field = "texts";
+        list = json_is_array(body) ? body : json_is_object(body) ? json_object_get(body, "texts") : NULL;
+        if (!json_is_array(list))
+            return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST,
+                                 "the body must be a JSON list of texts, or {\"texts\": [...]}");
+    } else {
+        json_t *m = json_is_object(body) ? json_object_get(body, "model") : NULL;
+        list = json_is_object(body) ? json_object_get(body, "inputs") : NULL;
+        if (!json_is_array(list) || (m && !json_is_string(m)))
+            return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST,
+                                 "the body must be {\"model\": NAME (optional), \"inputs\": [texts]}, or JSON Lines "
+                                 "with Content-Type: application/jsonl");
+        in->model = m ? json_string_value(m) : NULL;
+    }
+    return collect(limits, list, field, in, fail);
 }
 
 /* ---- answers ---------------------------------------------------------------- */
@@ -247,7 +238,7 @@ typedef struct pending pending;
 typedef void answer_fn(http_call *call, pending *p);
 struct pending {
     jobs_req req;
-    inputs in;        /* SUBMIT: the texts, owned until answered */
+    http_inputs in;   /* SUBMIT: the texts, owned until answered */
     http_call *call;
     answer_fn *answer;
     int jsonl;        /* RESULTS: JSON Lines instead of a page */
@@ -266,7 +257,7 @@ static void on_answered(http_call *call) {
     call->posted_state = NULL;
     p->answer(call, p);
     free(p->req.results);
-    inputs_free(&p->in);
+    http_inputs_free(&p->in);
     free(p);
 }
 
@@ -313,48 +304,31 @@ static void answer_submit(http_call *call, pending *p) {
 }
 
 static void submit_job(http_call *call, jobs_kind kind) {
+    http_server *s = call->loop->server;
     int jsonl = kind == JOBS_KIND_V1 && is_jsonl(http_header(call, "Content-Type"));
-    json_t *body = read_body(call, jsonl);
-    if (!body)
+    struct evbuffer *buf = evhttp_request_get_input_buffer(call->req);
+    size_t len = evbuffer_get_length(buf);
+    if (len > s->opts.max_body_bytes) {
+        http_reply_error(call, HTTP_ERR_BODY_TOO_LARGE, "request body is %zu bytes; the limit is %zu", len,
+                         s->opts.max_body_bytes);
         return;
-    inputs in = {.owner = body};
-    const char *model = NULL, *field = "inputs";
-    json_t *list = NULL;
-    if (jsonl) {
-        list = body;
-    } else if (kind == JOBS_KIND_SEED) {
-        field = "texts";
-        list = json_is_array(body) ? body : json_is_object(body) ? json_object_get(body, "texts") : NULL;
-        if (!json_is_array(list)) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                             "the body must be a JSON list of texts, or {\"texts\": [...]}");
-            inputs_free(&in);
-            return;
-        }
-    } else {
-        json_t *m = json_is_object(body) ? json_object_get(body, "model") : NULL;
-        list = json_is_object(body) ? json_object_get(body, "inputs") : NULL;
-        if (!json_is_array(list) || (m && !json_is_string(m))) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                             "the body must be {\"model\": NAME (optional), \"inputs\": [texts]}, or JSON Lines "
-                             "with Content-Type: application/jsonl");
-            inputs_free(&in);
-            return;
-        }
-        model = m ? json_string_value(m) : NULL;
     }
-    if (collect(call, list, field, &in) != 0) {
-        inputs_free(&in);
+    http_limits limits = {.max_text_chars = (size_t)s->opts.max_text_chars, .max_inputs = s->opts.max_batch_inputs};
+    http_inputs in = {0};
+    http_fail why;
+    if (http_batch_parse(&limits, len ? (const char *)evbuffer_pullup(buf, -1) : "", len, jsonl, kind, &in, &why)) {
+        http_inputs_free(&in);
+        http_reply_fail(call, &why);
         return;
     }
     pending *p = pending_new(call, JOBS_OP_SUBMIT, NULL, answer_submit);
     if (!p) {
-        inputs_free(&in);
+        http_inputs_free(&in);
         return;
     }
     p->in = in;
     p->req.kind = kind;
-    p->req.model = model;
+    p->req.model = in.model;
     p->req.texts = in.texts;
     p->req.lens = in.lens;
     p->req.n = in.n;

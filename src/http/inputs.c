@@ -1,7 +1,8 @@
 /*
  * inputs.c - what every endpoint's body parser shares: the checks of one
  * text (a string, not blank, within the length limit), collecting a list
- * of texts, and the http_fail a parser fills instead of answering.
+ * of texts, JSON itself, and the http_fail a parser fills instead of
+ * answering.
  *
  * Pure functions of their arguments, so parsers can be fuzzed without a
  * server (tests/fuzz/fuzz_bodies.c). Any thread.
@@ -21,6 +22,19 @@ int http_fail_set(http_fail *f, http_error e, const char *fmt, ...) {
     va_end(ap);
     f->error = e;
     return -1;
+}
+
+json_t *http_parse_json(const char *data, size_t len, http_fail *fail) {
+    /* One pass: jansson checks the UTF-8 of every byte it reads. */
+    json_error_t jerr;
+    json_t *body = json_loadb(len ? data : "", len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
+    if (!body && json_error_code(&jerr) == json_error_invalid_utf8)
+        http_fail_set(fail, HTTP_ERR_INVALID_UTF8, "request body is not valid UTF-8 (line %d, column %d)", jerr.line,
+                      jerr.column);
+    else if (!body)
+        http_fail_set(fail, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s (line %d, column %d)",
+                      jerr.text, jerr.line, jerr.column);
+    return body;
 }
 
 int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail) {
@@ -66,3 +80,10 @@ int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, co
     return 0;
 }
 
+
+void http_inputs_free(http_inputs *in) {
+    json_decref(in->body);
+    free(in->texts);
+    free(in->lens);
+    memset(in, 0, sizeof *in);
+}

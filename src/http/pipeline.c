@@ -71,9 +71,7 @@ void http_infer_free(http_infer *f) {
     if (!f)
         return;
     serving_request_fini(&f->req);
-    json_decref(f->in.body);
-    free(f->in.texts);
-    free(f->in.lens);
+    http_inputs_free(&f->in);
     free(f);
 }
 

@@ -245,16 +245,10 @@ json_t *http_read_json(http_call *call) {
                          s->opts.max_body_bytes);
         return NULL;
     }
-    const char *data = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    /* One pass: jansson checks the UTF-8 of every byte it reads. */
-    json_error_t jerr;
-    json_t *body = json_loadb(data, len, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
-    if (!body && json_error_code(&jerr) == json_error_invalid_utf8)
-        http_reply_error(call, HTTP_ERR_INVALID_UTF8, "request body is not valid UTF-8 (line %d, column %d)",
-                         jerr.line, jerr.column);
-    else if (!body)
-        http_reply_error(call, HTTP_ERR_INVALID_JSON, "request body is not valid JSON: %s (line %d, column %d)",
-                         jerr.text, jerr.line, jerr.column);
+    http_fail why;
+    json_t *body = http_parse_json(len ? (const char *)evbuffer_pullup(in, -1) : "", len, &why);
+    if (!body)
+        http_reply_fail(call, &why);
     return body;
 }
 

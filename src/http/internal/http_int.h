@@ -301,10 +301,15 @@ int http_infer_describe(const http_infer *infer, const char **model, long *versi
 /* Checks one text (a string, not blank, within the limit) at field
  * ("text") or field[index] ("texts[3]"): 0, or -1 with fail filled. */
 int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail);
-/* predict.c: points in->texts at the one string `one`, or at the strings of
+/* inputs.c: data[len] as any JSON value (NULL with fail: 400 invalid_json
+ * or invalid_utf8). The caller owns the value. */
+json_t *http_parse_json(const char *data, size_t len, http_fail *fail);
+/* inputs.c: points in->texts at the one string `one`, or at the strings of
  * the array list, each checked (field names them in errors). 0, or -1. */
 int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, const char *field, http_inputs *in,
                         http_fail *fail);
+/* inputs.c: frees what in holds and zeroes it. */
+void http_inputs_free(http_inputs *in);
 /* Whether s (n bytes) is valid UTF-8 (for strings from the URL). */
 int http_is_valid_utf8(const unsigned char *s, size_t n);
 
@@ -327,7 +332,12 @@ void http_kserve_ready(http_call *call);
 void http_kserve_model(http_call *call);
 void http_kserve_model_ready(http_call *call);
 
-/* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. */
+/* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. The body
+ * parser is pure (data[len]: JSON, or JSON Lines when jsonl; the seed's
+ * list or {"texts"}, or /v1/batch's {"model", "inputs"}): 0 with in filled
+ * (in->body owns the texts), or -1 with fail. */
+int http_batch_parse(const http_limits *limits, const char *data, size_t len, int jsonl, jobs_kind kind,
+                     http_inputs *in, http_fail *fail);
 void http_batch_seed_submit(http_call *call);
 void http_batch_seed_result(http_call *call);
 void http_batch_submit(http_call *call);
