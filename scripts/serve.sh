@@ -7,16 +7,15 @@
 # <name>/<version>/. Every other setting comes from the environment
 # (AISERVE_*), aiserve.yaml via AISERVE_CONFIG, or the flags passed through
 # (make run ARGS="--port 9000"). docs/configuration.md lists them all.
+#
+# The server itself prints the banner and the curl hints on stderr once it
+# listens, with the host and port it resolved from all of those
+# (AISERVE_BANNER=1 asks for them even when stderr is not a terminal;
+# AISERVE_BANNER=0 turns them off).
 set -euo pipefail
 bin=${1:-build/aiserve}
 shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-port=${AISERVE_PORT:-8000}
-cat >&2 <<MSG
-aiserve: serving ${MODEL_PATH:-./models} on http://127.0.0.1:$port (Ctrl-C to stop). Try:
-  curl -s localhost:$port/predict -H 'Content-Type: application/json' -d '{"text": "a gripping, beautifully made film"}'
-  curl -s localhost:$port/v1/models
-  curl -s localhost:$port/metrics
-MSG
+export AISERVE_BANNER=${AISERVE_BANNER:-1}
 exec "$bin" serve "$@"

@@ -10,6 +10,10 @@
  *   aiserve tokenize --model DIR [--max-length N] [--input FILE] [TEXT ...]
  *   aiserve info     --model DIR
  *   aiserve eval     --model DIR --data FILE.tsv [--format text|json] [--batch-size N]
+ *   aiserve help     [COMMAND]    (the same as COMMAND --help)
+ *
+ * Every command answers --help / -h with its own usage and options, on
+ * stdout, exit status 0; `aiserve --help` lists the commands.
  *
  * Output is one JSON object per text, in input order (JSON lines). A text
  * the engine rejects (invalid UTF-8) gets {"error": ...} in its place and
@@ -28,39 +32,119 @@
 #include "cli.h"
 #include "engine.h"
 
+/* The commands, in the order the general help lists them. serve, keys and
+ * batch parse their own arguments (their files print their --help); the
+ * model commands share parse_args and print their help from `about` and the
+ * rows of model_options that name them. */
+enum { CMD_PREDICT = 1, CMD_EMBED = 2, CMD_TOKENIZE = 4, CMD_INFO = 8, CMD_EVAL = 16 };
+
+typedef struct command {
+    const char *name;
+    const char *summary; /* one line of the general help */
+    unsigned bit;        /* a model command's CMD_ bit; 0 for the others */
+    const char *synopsis; /* model commands: what follows "aiserve NAME " */
+    const char *about;    /* model commands: what it prints, for its --help */
+    int (*run)(int argc, char **argv); /* argv[0] is the command's name */
+} command;
+
+static int run_serve(int argc, char **argv) { return cli_serve(argc - 1, argv + 1); }
+static int run_keys(int argc, char **argv) { return cli_keys(argc - 1, argv + 1); }
+static int run_model_command(int argc, char **argv);
+
+static const command commands[] = {
+    {"serve", "serve the models of a repository over HTTP", 0, NULL, NULL, run_serve},
+    {"keys", "create, list and revoke API keys", 0, NULL, NULL, run_keys},
+    {"batch", "classify a .txt or .jsonl file into a JSON-lines file, resumably", 0, NULL, NULL, cli_batch},
+    {"predict", "classify texts: {\"label\", \"confidence\", \"probs\", \"logits\"} per text", CMD_PREDICT,
+     "--model DIR [--batch-size N] [--threads N] [--input FILE] [TEXT ...]",
+     "Classifies each text and prints one JSON line per text, in input order:\n"
+     "{\"label\", \"confidence\", \"probs\", \"logits\"}, the arrays in label-id order (id2label);\n"
+     "probabilities are a softmax, or a sigmoid per label for a multi-label model.\n",
+     run_model_command},
+    {"embed", "embed texts: {\"embedding\": [...]} per text", CMD_EMBED,
+     "--model DIR [--pooling mean|cls] [--normalize] [--batch-size N] [--threads N]\n"
+     "                     [--input FILE] [TEXT ...]",
+     "Embeds each text and prints one JSON line per text, in input order:\n"
+     "{\"embedding\": [...]}. Works on any BERT or DistilBERT checkpoint, a classifier's\n"
+     "encoder included.\n",
+     run_model_command},
+    {"tokenize", "show what the model sees: {\"ids\", \"tokens\"} per text", CMD_TOKENIZE,
+     "--model DIR [--max-length N] [--input FILE] [TEXT ...]",
+     "Prints the model's token ids and tokens for each text, one JSON line per\n"
+     "text, in input order: {\"ids\": [...], \"tokens\": [...]}.\n",
+     run_model_command},
+    {"info", "architecture, sizes, labels, dtype, parameter count", CMD_INFO, "--model DIR",
+     "Prints one JSON line describing the model: architecture, sizes, labels,\n"
+     "dtype and parameter count.\n",
+     run_model_command},
+    {"eval", "accuracy, precision/recall, confusion matrix and speed on a labelled TSV", CMD_EVAL,
+     "--model DIR --data FILE.tsv [--format text|json] [--batch-size N] [--threads N]",
+     "Classifies every row of a TSV with 'sentence' and 'label' columns and reports\n"
+     "accuracy, per-class precision, recall and support, the confusion matrix\n"
+     "(rows: true label) and sequences/s.\n",
+     run_model_command},
+};
+
+#define CMD_ALL (CMD_PREDICT | CMD_EMBED | CMD_TOKENIZE | CMD_INFO | CMD_EVAL)
+#define CMD_TEXTS (CMD_PREDICT | CMD_EMBED | CMD_TOKENIZE)  /* take TEXT arguments and --input */
+#define CMD_BATCHED (CMD_PREDICT | CMD_EMBED | CMD_EVAL)    /* run forward passes in batches */
+
+/* The model commands' options, each with the commands that take it: a
+ * command's --help lists its rows, and parse_args accepts only those. */
+static const struct model_option {
+    struct option getopt; /* .val is also the short option */
+    unsigned commands;
+    const char *help;     /* as --help prints it, after two blanks */
+} model_options[] = {
+    {{"model", required_argument, 0, 'm'}, CMD_ALL,
+     "--model DIR        Hugging Face model directory (config.json, model.safetensors,\n"
+     "                     vocab.txt or tokenizer.json)"},
+    {{"input", required_argument, 0, 'i'}, CMD_TEXTS,
+     "--input FILE       read one text per line from FILE ('-' is stdin), after TEXT args"},
+    {{"data", required_argument, 0, 'd'}, CMD_EVAL,
+     "--data FILE.tsv    labelled data, '-' is stdin (header with 'sentence' and 'label';\n"
+     "                     a label is an id or a name from id2label)"},
+    {{"format", required_argument, 0, 'f'}, CMD_EVAL, "--format text|json report format (default text)"},
+    {{"pooling", required_argument, 0, 'p'}, CMD_EMBED,
+     "--pooling mean|cls mean of the token states, or the [CLS] state (default mean)"},
+    {{"normalize", no_argument, 0, 'n'}, CMD_EMBED, "--normalize        L2-normalise embeddings"},
+    {{"max-length", required_argument, 0, 'l'}, CMD_TOKENIZE,
+     "--max-length N     truncate to N tokens (default: the model's)"},
+    {{"batch-size", required_argument, 0, 'b'}, CMD_BATCHED, "--batch-size N     texts per forward pass (default 32)"},
+    {{"threads", required_argument, 0, 't'}, CMD_BATCHED,
+     "--threads N        compute threads (default: the number of CPUs)"},
+};
+
+enum { N_MODEL_OPTIONS = sizeof model_options / sizeof *model_options };
+
+static const command *find_command(const char *name) {
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
 static void usage(FILE *out) {
-    fputs("usage: aiserve COMMAND --model DIR [options] [TEXT ...]\n"
+    fputs("usage: aiserve COMMAND [options]\n"
           "\n"
-          "       aiserve serve [options]   (HTTP server; aiserve serve --help)\n"
-          "       aiserve keys create|list|revoke   (API keys; aiserve keys --help)\n"
-          "       aiserve batch --model DIR --input FILE --output FILE.jsonl [--resume]\n"
-          "\n"
-          "commands:\n"
-          "  serve     serve the models of a repository over HTTP (see aiserve serve --help)\n"
-          "  keys      create, list and revoke API keys (see aiserve keys --help)\n"
-          "  batch     classify a .txt or .jsonl file into a JSON-lines file, with progress,\n"
-          "            resumable (see aiserve batch --help)\n"
-          "  predict   classify texts: {\"label\", \"confidence\", \"probs\", \"logits\"} per text\n"
-          "  embed     embed texts: {\"embedding\": [...]} per text\n"
-          "  tokenize  show what the model sees: {\"ids\", \"tokens\"} per text\n"
-          "  info      architecture, sizes, labels, dtype, parameter count\n"
-          "  eval      accuracy, per-class precision/recall, confusion matrix and\n"
-          "            sequences/s on a TSV with 'sentence' and 'label' columns\n"
-          "\n"
-          "options:\n"
-          "  --model DIR        Hugging Face model directory (config.json, model.safetensors,\n"
-          "                     vocab.txt or tokenizer.json)\n"
-          "  --input FILE       read one text per line from FILE ('-' is stdin), after TEXT args\n"
-          "  --batch-size N     texts per forward pass (default 32)\n"
-          "  --threads N        compute threads (default: the number of CPUs)\n"
-          "  --pooling mean|cls embedding pooling (default mean)\n"
-          "  --normalize        L2-normalise embeddings\n"
-          "  --max-length N     tokenize: truncate to N tokens (default: the model's)\n"
-          "  --data FILE.tsv    eval: labelled data, '-' is stdin (header with 'sentence' and 'label';\n"
-          "                     a label is an id or a name from id2label)\n"
-          "  --format text|json eval: report format (default text)\n"
-          "\n"
-          "exit status: 0 ok, 1 some text was rejected, 2 usage or model load error\n",
+          "commands:\n",
+          out);
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
+    fputs("\n"
+          "aiserve COMMAND --help (or aiserve help COMMAND) prints a command's usage and options.\n",
+          out);
+}
+
+/* A model command's --help. */
+static void command_usage(const command *cmd, FILE *out) {
+    fprintf(out, "usage: aiserve %s %s\n\n%s\noptions:\n", cmd->name, cmd->synopsis, cmd->about);
+    for (size_t i = 0; i < N_MODEL_OPTIONS; i++)
+        if (model_options[i].commands & cmd->bit)
+            fprintf(out, "  %s\n", model_options[i].help);
+    fputs("  -h, --help         this help\n\n", out);
+    fputs(cmd->bit == CMD_INFO ? "exit status: 0 ok, 2 usage or model load error\n"
+                               : "exit status: 0 ok, 1 some text was rejected, 2 usage or model load error\n",
           out);
 }
 
@@ -132,21 +216,31 @@ int cli_parse_int(const char *s, int lo, int hi, int *out) {
     return 0;
 }
 
-static int parse_args(int argc, char **argv, cli_args *a) {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},      {"input", required_argument, 0, 'i'},
-        {"batch-size", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
-        {"pooling", required_argument, 0, 'p'},    {"normalize", no_argument, 0, 'n'},
-        {"max-length", required_argument, 0, 'l'}, {"help", no_argument, 0, 'h'},
-        {"data", required_argument, 0, 'd'},       {"format", required_argument, 0, 'f'},
-        {0, 0, 0, 0},
-    };
+/* Parses a model command's arguments: argv[0] is the command's name. Returns
+ * 0, or -1 after printing why (--help prints the command's usage and exits). */
+static int parse_args(int argc, char **argv, const command *cmd, cli_args *a) {
+    struct option opts[N_MODEL_OPTIONS + 2];
+    char shorts[2 * N_MODEL_OPTIONS + 3] = ":";
+    size_t n_opts = 0, n_shorts = 1;
+    for (size_t i = 0; i < N_MODEL_OPTIONS; i++) {
+        if (!(model_options[i].commands & cmd->bit))
+            continue;
+        opts[n_opts++] = model_options[i].getopt;
+        shorts[n_shorts++] = (char)model_options[i].getopt.val;
+        if (model_options[i].getopt.has_arg == required_argument)
+            shorts[n_shorts++] = ':';
+    }
+    opts[n_opts++] = (struct option){"help", no_argument, 0, 'h'};
+    opts[n_opts] = (struct option){0, 0, 0, 0};
+    shorts[n_shorts++] = 'h';
+    shorts[n_shorts] = 0;
     a->batch_size = 32;
     long n_cpus = sysconf(_SC_NPROCESSORS_ONLN);
     a->n_threads = n_cpus > 0 && n_cpus <= 256 ? (int)n_cpus : 1;
     int c;
-    optind = 2;
-    while ((c = getopt_long(argc, argv, "m:i:b:t:p:nl:hd:f:", opts, NULL)) != -1) {
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             a->model_dir = optarg;
@@ -187,12 +281,20 @@ static int parse_args(int argc, char **argv, cli_args *a) {
                 return fprintf(stderr, "aiserve: --format must be text or json\n"), -1;
             break;
         case 'h':
-            usage(stdout);
+            command_usage(cmd, stdout);
             exit(0);
-        default:
-            return -1;
+        case ':':
+            return fprintf(stderr, "aiserve %s: %s needs a value\n", cmd->name, argv[optind - 1]), -1;
+        default: {
+            char short_opt[3] = {'-', (char)optopt, 0}; /* optopt is 0 for a long option */
+            return fprintf(stderr, "aiserve %s: unknown option %s (see aiserve %s --help)\n", cmd->name,
+                           optopt ? short_opt : argv[optind - 1], cmd->name), -1;
+        }
         }
     }
+    if (optind < argc && !(cmd->bit & CMD_TEXTS))
+        return fprintf(stderr, "aiserve %s: unexpected argument '%s' (see aiserve %s --help)\n", cmd->name,
+                       argv[optind], cmd->name), -1;
     if (!a->model_dir)
         return fprintf(stderr, "aiserve: %s needs --model DIR\n", a->command), -1;
     if (strcmp(a->command, "eval") == 0 && !a->data)
@@ -353,30 +455,13 @@ static int cmd_info(engine_model *m, cli_args *a) {
     return 0;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? EXIT_LOAD : 0;
-    }
-    if (strcmp(argv[1], "serve") == 0)
-        return cli_serve(argc - 2, argv + 2);
-    if (strcmp(argv[1], "keys") == 0)
-        return cli_keys(argc - 2, argv + 2);
-    if (strcmp(argv[1], "batch") == 0)
-        return cli_batch(argc - 1, argv + 1);
-    cli_args a = {.command = argv[1]};
-    static const char *const commands[] = {"predict", "embed", "tokenize", "info", "eval"};
-    int known = 0;
-    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        known |= strcmp(a.command, commands[i]) == 0;
-    if (!known) {
-        fprintf(stderr, "aiserve: unknown command '%s' (serve, keys, batch, predict, embed, tokenize, info, eval)\n",
-                a.command);
-        return EXIT_LOAD;
-    }
+/* predict, embed, tokenize, info and eval: argv[0] is the command's name. */
+static int run_model_command(int argc, char **argv) {
+    const command *cmd = find_command(argv[0]);
+    cli_args a = {.command = cmd->name};
     int status = EXIT_LOAD;
     engine_model *m = NULL;
-    if (parse_args(argc, argv, &a) == 0) {
+    if (parse_args(argc, argv, cmd, &a) == 0) {
         engine_error err;
         engine_options opts = {.n_threads = a.n_threads};
         if (engine_model_load(a.model_dir, &opts, &m, &err)) {
@@ -397,4 +482,30 @@ int main(int argc, char **argv) {
     free(a.texts);
     free(a.lens);
     return status;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_LOAD : 0;
+    }
+    if (strcmp(argv[1], "help") == 0) { /* aiserve help [COMMAND]: COMMAND --help */
+        const command *cmd = argc > 2 ? find_command(argv[2]) : NULL;
+        if (argc > 3 || (argc == 3 && !cmd)) {
+            fprintf(stderr, "aiserve help: '%s' is not a command (aiserve --help lists them)\n", argv[argc - 1]);
+            return EXIT_LOAD;
+        }
+        if (!cmd) {
+            usage(stdout);
+            return 0;
+        }
+        char *help_argv[] = {(char *)cmd->name, "--help", NULL};
+        return cmd->run(2, help_argv);
+    }
+    const command *cmd = find_command(argv[1]);
+    if (!cmd) {
+        fprintf(stderr, "aiserve: unknown command '%s' (aiserve --help lists them)\n", argv[1]);
+        return EXIT_LOAD;
+    }
+    return cmd->run(argc - 1, argv + 1);
 }

@@ -3,6 +3,8 @@
  *
  *   configuration (core) -> logging level -> metrics registry
  *   -> model repository scanned (serving) -> HTTP loops listening (http)
+ *   -> on a terminal, or when AISERVE_BANNER asks, a banner on stderr with
+ *      the address really used and curl lines to try (stdout stays JSON)
  *   -> models loaded on the loader thread (the server answers /health/live
  *      at once and /health/ready with 503 until every model is loaded)
  *   -> SIGTERM / SIGINT: stop accepting, let requests in flight finish
@@ -98,6 +100,53 @@ static void log_auth_state(guard_keys *keys, const char *host) {
         log_event(LOG_WARN, "keys_file_permissions", "keys_file", json_string(st.path), "mode",
                   json_string(mode), "message",
                   json_string("the key store can be read by other users; chmod 600 it"), NULL);
+    }
+}
+
+/* Whether to print the banner: as AISERVE_BANNER says (a boolean;
+ * scripts/serve.sh sets it), else when stderr is a terminal. */
+static int wants_banner(void) {
+    const char *v = getenv("AISERVE_BANNER");
+    int on;
+    if (v && *v && core_parse_bool(v, &on) == 0)
+        return on;
+    return isatty(STDERR_FILENO);
+}
+
+/* The banner for a person: where the server listens, as resolved from
+ * flags, environment and file, and requests to try. On stderr, since the
+ * JSON logs own stdout. A wildcard address is reached through loopback. */
+static void print_banner(const core_config *cfg, int port, guard_keys *keys) {
+    int any4 = strcmp(cfg->host, "0.0.0.0") == 0, any6 = strcmp(cfg->host, "::") == 0;
+    const char *host = any4 ? "127.0.0.1" : any6 ? "::1" : cfg->host;
+    unsigned char addr[16];
+    int bracket = inet_pton(AF_INET6, host, addr) == 1;
+    char url[sizeof cfg->host + 32];
+    snprintf(url, sizeof url, "%s://%s%s%s:%d", cfg->tls_cert[0] ? "https" : "http", bracket ? "[" : "", host,
+             bracket ? "]" : "", port);
+    if (any4 || any6)
+        fprintf(stderr, "aiserve: serving %s on %s%s%s:%d, every %saddress; from this machine %s "
+                "(Ctrl-C to stop). Try:\n", cfg->model_repository, any6 ? "[" : "", cfg->host, any6 ? "]" : "",
+                port, any4 ? "IPv4 " : "", url);
+    else
+        fprintf(stderr, "aiserve: serving %s on %s (Ctrl-C to stop). Try:\n", cfg->model_repository, url);
+    fprintf(stderr,
+            "  curl -s %s/predict -H 'Content-Type: application/json' "
+            "-d '{\"text\": \"a gripping, beautifully made film\"}'\n"
+            "  curl -s %s/v1/models\n"
+            "  curl -s %s/metrics\n",
+            url, url, url);
+    guard_keys_stats st;
+    guard_keys_get_stats(keys, &st);
+    if (st.n_keys > 0)
+        fprintf(stderr, "API keys are on (%s): add -H 'Authorization: Bearer KEY'.\n", st.path);
+    for (int i = 0; cfg->ratelimit_enabled && i < cfg->ratelimit_tiers.n; i++) {
+        const core_tier *t = &cfg->ratelimit_tiers.tier[i];
+        if (strcmp(t->name, "anonymous") == 0)
+            fprintf(stderr,
+                    "Rate limit: %d requests a minute per client address (bursts of %d), then 429; "
+                    "--no-rate-limit turns it off.\n",
+                    t->requests_per_minute, t->burst);
     }
 }
 
@@ -411,6 +460,8 @@ int cli_serve(int argc, char **argv) {
               json_integer(http_server_port(server)), "tls", json_boolean(cfg.tls_cert[0] != 0),
               "event_loops", json_integer(hopts.n_threads), "model_repository",
               json_string(cfg.model_repository), NULL);
+    if (wants_banner())
+        print_banner(&cfg, http_server_port(server), keys);
     if (serving_repo_start(repo) != 0 || (batch && jobs_start(batch) != JOBS_OK)) {
         snprintf(why, sizeof why, "cannot start the loader");
         goto failed;

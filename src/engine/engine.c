@@ -180,6 +180,10 @@ int engine_tokenize(const engine_model *m, const char *text, size_t len, int max
     return wordpiece_encode(m->tokenizer, text, len, limit, ids, cap, n_ids, err);
 }
 
+int engine_text_is_blank(const engine_model *m, const char *text, size_t len) {
+    return wordpiece_is_blank(m->tokenizer, text, len);
+}
+
 const char *engine_token_text(const engine_model *m, int32_t id) {
     return wordpiece_token(m->tokenizer, id);
 }

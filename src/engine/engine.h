@@ -122,6 +122,17 @@ const char *engine_model_label(const engine_model *model, int id);
 int engine_tokenize(const engine_model *model, const char *text, size_t len, int max_length,
                     int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
 
+/* 1 if the model sees nothing in text (len bytes of UTF-8): its tokenizer
+ * drops every character, so engine_tokenize would give [CLS] [SEP] alone.
+ * A function of the model, since the tokenizer's settings decide what it
+ * drops: white space (U+3000, U+00A0, U+2028, ...) always; controls and
+ * format characters (U+200B, U+FEFF, NUL, ...) unless clean_text is off;
+ * combining marks (U+0301) only when accents are stripped (uncased
+ * models). Empty text is blank; invalid UTF-8 is not (engine_tokenize and
+ * engine_classify report it). One scan that stops at the first token and
+ * allocates nothing for ordinary text. Any thread. */
+int engine_text_is_blank(const engine_model *model, const char *text, size_t len);
+
 /* Vocabulary string for a token id, or NULL. Borrowed. */
 const char *engine_token_text(const engine_model *model, int32_t id);
 

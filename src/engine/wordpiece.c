@@ -916,6 +916,22 @@ int wordpiece_encode(const wordpiece *wp, const char *text, size_t len, size_t m
     return 0;
 }
 
+/* The encoder itself, stopped by its own limit at the first id after [CLS]:
+ * blankness is whatever encoding does, never a second copy of its rules. */
+int wordpiece_is_blank(const wordpiece *wp, const char *text, size_t len) {
+    const uint8_t *s = (const uint8_t *)text;
+    if (!wp || (!text && len) || wp_utf8_check(s, len) < len)
+        return 0;
+    wp_enc e;
+    wp_enc_init(&e, wp); /* no ids buffer: wp_emit only counts */
+    e.n_out = 1;         /* [CLS] */
+    e.limit = 2;         /* the first real id fills the probe */
+    wp_text(&e, s, len);
+    int blank = e.n_out == 1 && !e.oom;
+    wp_enc_fini(&e);
+    return blank;
+}
+
 /* ---------------------------------------------------------------------------
  * Loading
  * ------------------------------------------------------------------------- */

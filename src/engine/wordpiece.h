@@ -67,6 +67,18 @@ void wordpiece_destroy(wordpiece *wp);
 int wordpiece_encode(const wordpiece *wp, const char *text, size_t len, size_t max_length,
                      int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
 
+/* 1 if text (len bytes) yields no tokens: wordpiece_encode would give
+ * [CLS] [SEP] alone because every character is dropped. Which characters
+ * those are depends on the options: white space (Rust's char::is_whitespace,
+ * e.g. U+3000, U+00A0, U+2028) always; with clean_text, NUL, U+FFFD and
+ * Cc/Cf/Co characters (e.g. U+200B, U+FEFF); with strip_accents, Mn marks
+ * (e.g. U+0301). It runs the encoder and stops at the first token, so the
+ * two cannot disagree. 0 if there is a token, if the text is not valid
+ * UTF-8 (wordpiece_encode reports that) or if memory ran out. Uses the heap
+ * only where encoding would, e.g. for over 32 combining marks in a row or a
+ * tokenizer with normalized added tokens. Thread-safe. */
+int wordpiece_is_blank(const wordpiece *wp, const char *text, size_t len);
+
 /* Token string for id, or NULL if out of range. Borrowed. */
 const char *wordpiece_token(const wordpiece *wp, int32_t id);
 

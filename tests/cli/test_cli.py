@@ -4,14 +4,24 @@ Drives the real binary (AISERVE_BIN, set by ctest) on the fixture models and
 checks what it prints against the PyTorch reference goldens in each model's
 expected.json, plus the error contract: a rejected text gets {"error": ...}
 in its place and exit status 1; a model that does not load is one line on
-stderr naming the file, exit status 2.
+stderr naming the file, exit status 2. Also what a new user meets first:
+every command's own --help, and the banner of `aiserve serve` (through
+scripts/serve.sh, as `make run` starts it) naming the host and port the
+server really uses, whichever of flag, environment or file set them.
 """
 
 import json
 import math
 import os
+import pty
+import queue
 import shutil
+import signal
+import socket
 import subprocess
+import threading
+import time
+import urllib.request
 
 import pytest
 
@@ -218,3 +228,209 @@ def test_eval_errors(tmp_path):
     rc, _, err = run("eval", "--model", os.path.join(MODELS, "bert-multilabel"), "--data",
                      str(tmp_path / "utf8.tsv"))
     assert rc == 2 and "single-label" in err
+
+
+# -- every command's own --help ------------------------------------------
+
+GENERAL_LIST = "tokenize  show what the model sees"  # a line only `aiserve --help` prints
+
+# command -> (an option its help must list, an option of another command it must not)
+COMMAND_HELP = {
+    "serve": ("--port", "--scopes"),
+    "keys": ("--scopes", "--resume"),
+    "batch": ("--resume", "--pooling"),
+    "predict": ("--batch-size", "--pooling"),
+    "embed": ("--pooling", "--data"),
+    "tokenize": ("--max-length", "--batch-size"),
+    "info": ("--model", "--input"),
+    "eval": ("--data", "--pooling"),
+}
+
+
+def help_text(*args):
+    proc = subprocess.run([BIN, *args], capture_output=True, timeout=60)
+    return proc.returncode, proc.stdout.decode()
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_HELP))
+def test_every_command_prints_its_own_help(command):
+    own, foreign = COMMAND_HELP[command]
+    for args in ([command, "--help"], [command, "-h"], ["help", command]):
+        rc, out = help_text(*args)
+        assert rc == 0, args
+        assert out.startswith("usage: aiserve " + command), (args, out[:200])
+        assert own in out, args
+        assert foreign not in out and GENERAL_LIST not in out, args
+
+
+def test_general_help_lists_every_command():
+    for args in (["--help"], ["help"]):
+        rc, out = help_text(*args)
+        assert rc == 0 and GENERAL_LIST in out
+        for command in COMMAND_HELP:
+            assert "\n  %s " % command in out, command
+    assert help_text("help", "frobnicate")[0] == 2
+
+
+def test_an_option_of_another_command_is_refused():
+    model = os.path.join(MODELS, "distilbert-f32")
+    rc, out, err = run("predict", "--model", model, "--pooling", "cls", "hello")
+    assert rc == 2 and out == [] and "--pooling" in err and "aiserve predict --help" in err
+    rc, out, err = run("info", "--model", model, "stray")
+    assert rc == 2 and out == [] and "'stray'" in err
+
+
+# -- the server's banner: the address it really uses -------------------------
+
+SERVE_SH = os.path.join(ROOT, "scripts", "serve.sh")
+START_TIMEOUT = 30.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_env(tmp_path, **extra):
+    """The caller's environment without aiserve settings, no API keys, batch
+    jobs under tmp_path, plus extra."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AISERVE_") and k not in ("MODEL_PATH", "LOG_LEVEL")}
+    env["AISERVE_KEYS_FILE"] = "/nonexistent/aiserve-tests/keys.json"
+    env["AISERVE_BATCH_DATA_DIR"] = str(tmp_path / "jobs")
+    env.update(extra)
+    return env
+
+
+class Serving:
+    """A server started in the background from the repository root; threads
+    read its stdout and stderr (a pipe, or a terminal when tty) into queues
+    of lines."""
+
+    def __init__(self, cmd, env, tty=False):
+        master = None
+        if tty:
+            master, slave = pty.openpty()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=slave if tty else subprocess.PIPE, env=env, cwd=ROOT)
+        if tty:
+            os.close(slave)
+        err = os.fdopen(master, "rb", buffering=0) if tty else self.proc.stderr
+        self.err, self.out = queue.Queue(), queue.Queue()
+        self.pumps = [threading.Thread(target=self._pump, args=(stream, q), daemon=True)
+                      for stream, q in ((err, self.err), (self.proc.stdout, self.out))]
+        for t in self.pumps:
+            t.start()
+
+    @staticmethod
+    def _pump(stream, q):
+        try:
+            for raw in stream:
+                q.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        except OSError:  # a terminal whose other end has closed: EIO
+            pass
+        finally:
+            stream.close()
+
+    def lines_until(self, q, done):
+        """Lines from q up to and including the first for which done(line)."""
+        deadline, lines = time.monotonic() + START_TIMEOUT, []
+        while not lines or not done(lines[-1]):
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and q.empty()):
+                raise AssertionError("gave up waiting; read so far:\n" + "\n".join(lines))
+            try:
+                lines.append(q.get(timeout=min(left, 0.5)))
+            except queue.Empty:
+                pass
+        return lines
+
+    def banner(self):
+        """The banner on stderr: its first line through the last curl hint."""
+        lines = self.lines_until(self.err, lambda l: l.startswith("  curl") and l.endswith("/metrics"))
+        first = next(i for i, l in enumerate(lines) if l.startswith("aiserve: serving"))
+        return lines[first:]
+
+    def stop(self):
+        """SIGTERM, then waits for the exit and the end of both streams.
+        Returns the exit status and the stdout and stderr lines not read yet."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        for t in self.pumps:
+            t.join(timeout=10)
+        drain = lambda q: [q.get() for _ in range(q.qsize())]
+        return rc, drain(self.out), drain(self.err)
+
+
+def check_banner(banner, port, host="127.0.0.1"):
+    """The banner names http://host:port and its hints reach the server."""
+    url = "http://%s:%d" % (host, port)
+    assert (" on %s " % url in banner[0]) or (" from this machine %s " % url in banner[0]), banner[0]
+    hints = [l for l in banner if l.startswith("  curl")]
+    assert len(hints) == 3 and all(url + "/" in h for h in hints), banner
+    # the hint's address works: a plain GET of one of the hinted paths
+    with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
+        assert r.status == 200
+
+
+@pytest.fixture
+def serving():
+    """Starts Serving(cmd, env, tty=...); each must exit 0 on SIGTERM."""
+    started = []
+
+    def start(cmd, env, **kw):
+        s = Serving(cmd, env, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        assert s.stop()[0] == 0
+
+
+def test_make_run_banner_shows_the_port_flag_over_the_environment(serving, tmp_path):
+    port, other = free_port(), free_port()
+    # what `make run ARGS="--port N"` runs; AISERVE_PORT loses to the flag
+    s = serving([SERVE_SH, BIN, "--port", str(port)], serve_env(tmp_path, AISERVE_PORT=str(other)))
+    check_banner(s.banner(), port)
+    rc, out, _ = s.stop()
+    assert rc == 0
+    listening = [json.loads(l) for l in out if '"listening"' in l]
+    assert listening and listening[0]["port"] == port
+    assert all(l.startswith("{") for l in out), "stdout holds JSON lines only"
+
+
+def test_banner_shows_the_environment_port_over_the_file(serving, tmp_path):
+    port, other = free_port(), free_port()
+    cfg = tmp_path / "aiserve.yaml"
+    cfg.write_text("server:\n  port: %d\n" % other)
+    s = serving([SERVE_SH, BIN], serve_env(tmp_path, AISERVE_PORT=str(port), AISERVE_CONFIG=str(cfg)))
+    check_banner(s.banner(), port)
+
+
+def test_banner_shows_the_config_file_host_and_port(serving, tmp_path):
+    port = free_port()
+    cfg = tmp_path / "aiserve.yaml"
+    cfg.write_text("server:\n  host: 0.0.0.0\n  port: %d\n" % port)
+    s = serving([BIN, "serve", "--config", str(cfg)], serve_env(tmp_path, AISERVE_BANNER="1"))
+    banner = s.banner()
+    assert "0.0.0.0:%d, every IPv4 address" % port in banner[0]
+    check_banner(banner, port)  # the hints point at loopback
+
+
+def test_banner_only_on_a_terminal_unless_asked(serving, tmp_path):
+    # stderr a pipe and no AISERVE_BANNER: no banner
+    s = serving([BIN, "serve", "--port", "0"], serve_env(tmp_path))
+    s.lines_until(s.out, lambda l: '"listening"' in l)
+    rc, _, err = s.stop()
+    assert rc == 0 and not any("aiserve: serving" in l for l in err), err
+    # stderr a terminal: the banner, with the port the kernel picked
+    s = serving([BIN, "serve", "--port", "0"], serve_env(tmp_path), tty=True)
+    listening = json.loads(s.lines_until(s.out, lambda l: '"listening"' in l)[-1])
+    check_banner(s.banner(), listening["port"])

@@ -39,6 +39,10 @@ static void check(const wordpiece *wp, const char *text, size_t size) {
     int rc2 = wordpiece_encode(wp, text, size, SHORT_LEN, part, SHORT_LEN, &n_part, &err);
     if (rc != rc2)
         abort();
+    /* Blank (what the server refuses as empty_text) is exactly "the
+     * tokenizer keeps nothing"; invalid UTF-8 is never blank. */
+    if (wordpiece_is_blank(wp, text, size) != (rc == 0 && n_full == 2))
+        abort();
     if (rc == ENGINE_EINPUT)
         return;
     if (rc != 0 || n_full < 2 || n_full > LONG_LEN || n_part < 2 || n_part > SHORT_LEN)

@@ -12,6 +12,7 @@
  * all texts in one packed batch and again one text at a time, to the
  * fixture's tolerance. Invalid UTF-8 in one text of a batch must fail the
  * whole call with ENGINE_EINPUT and a message naming that text's index.
+ * engine_text_is_blank must follow each model's tokenizer settings.
  * The largest absolute error seen is printed at the end.
  */
 #include <dirent.h>
@@ -329,6 +330,28 @@ static void check_invalid_utf8(const fixture *fx, engine_model *m)
     free(out);
 }
 
+/* engine_text_is_blank follows the model's tokenizer: white space and
+ * format characters are blank; a lone combining mark only where accents are
+ * stripped (uncased models), exactly when engine_tokenize gives [CLS] [SEP]. */
+static void check_blank(const fixture *fx, engine_model *m)
+{
+    /* U+3000 U+00A0 U+2028 U+200B among ASCII white space */
+    static const char space[] = " \xE3\x80\x80\xC2\xA0\xE2\x80\xA8\xE2\x80\x8B\t";
+    static const char letter[] = "\xE3\x80\x80x";
+    static const char mark[] = "\xCC\x81\xCC\x81"; /* U+0301 twice */
+    assert_true(engine_text_is_blank(m, space, sizeof space - 1));
+    assert_true(engine_text_is_blank(m, "", 0));
+    assert_false(engine_text_is_blank(m, letter, sizeof letter - 1));
+    int32_t ids[8];
+    size_t n_ids = 0;
+    engine_error err = {0};
+    assert_int_equal(engine_tokenize(m, mark, sizeof mark - 1, 0, ids, 8, &n_ids, &err), 0);
+    int want = engine_model_get_info(m)->do_lower_case;
+    if (engine_text_is_blank(m, mark, sizeof mark - 1) != want || (n_ids == 2) != want)
+        fail_msg("%s: combining marks: blank %d, %zu ids, do_lower_case %d", fx->dir,
+                 engine_text_is_blank(m, mark, sizeof mark - 1), n_ids, want);
+}
+
 static void test_fixture(void **state)
 {
     const char *name = *state;
@@ -347,6 +370,7 @@ static void test_fixture(void **state)
         check_classify(&fx, m);
         check_embed(&fx, m);
         check_invalid_utf8(&fx, m);
+        check_blank(&fx, m);
         engine_model_free(m);
     }
     fixture_close(&fx);

@@ -8,6 +8,9 @@
  * vocabularies are read from the shared data folder beside the repository
  * (AISERVE_SOURCE_DIR/../shared/data), as CI lays it out.
  *
+ * wordpiece_is_blank is checked against encoding itself for every code
+ * point, under four tokenizer configurations.
+ *
  * Every input is passed with its exact length in its own heap copy, so
  * ASan catches a read past the end.
  */
@@ -425,6 +428,186 @@ static void test_json_load(void **state) {
     wordpiece_destroy(wp);
 }
 
+/* wordpiece_is_blank on an exact-length heap copy of s. */
+static int is_blank(const wordpiece *wp, const char *s, size_t len) {
+    char *copy = malloc(len ? len : 1);
+    memcpy(copy, s, len);
+    int blank = wordpiece_is_blank(wp, copy, len);
+    free(copy);
+    return blank;
+}
+
+static size_t put_utf8(uint32_t cp, char *out) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Is one code point alone blank? */
+static int cp_blank(const wordpiece *wp, uint32_t cp) {
+    char buf[4];
+    return is_blank(wp, buf, put_utf8(cp, buf));
+}
+
+/* Number of ids encoding s gives, [CLS] and [SEP] included. */
+static size_t n_ids(const wordpiece *wp, const char *s, size_t len) {
+    int32_t ids[16];
+    size_t n = 0;
+    engine_error err = {0};
+    int rc = encode(wp, s, len, 512, ids, 16, &n, &err);
+    if (rc != 0 && rc != ENGINE_EARG)
+        fail_msg("encode: %s", err.message);
+    return n;
+}
+
+/* Every code point but the surrogates, alone: blank exactly when encoding
+ * it gives [CLS] [SEP] alone. Then all the blank ones in one text (blank,
+ * with long runs of combining marks where accents are stripped), and that
+ * text with one letter at its start, in its middle or at its end (not). */
+static void check_every_code_point(const wordpiece *wp, const char *name, int clean, int strip) {
+    char *all = malloc(0x110000 * 4);
+    assert_non_null(all);
+    size_t all_len = 0, mid = 0, n_blank = 0, bad = 0;
+    for (uint32_t cp = 0; cp <= 0x10FFFF; cp++) {
+        if (cp >= 0xD800 && cp <= 0xDFFF)
+            continue;
+        char buf[4];
+        size_t len = put_utf8(cp, buf);
+        int blank = is_blank(wp, buf, len);
+        size_t n = n_ids(wp, buf, len);
+        if (blank != (n == 2) && bad++ < 10)
+            fprintf(stderr, "%s: U+%04X: blank %d but %zu ids\n", name, (unsigned)cp, blank, n);
+        if (blank) {
+            memcpy(all + all_len, buf, len);
+            all_len += len;
+            n_blank++;
+        }
+        if (cp == 0x3000)
+            mid = all_len;
+    }
+    printf("%s: %zu code points are blank\n", name, n_blank);
+    assert_int_equal(bad, 0);
+
+    /* The tokenizer's white space is blank whatever the options. */
+    static const uint32_t white[] = {0x09,   0x0A,   0x0B,   0x0C,   0x0D,   0x20,   0x85,
+                                     0xA0,   0x1680, 0x2000, 0x2001, 0x2002, 0x2003, 0x2004,
+                                     0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200A, 0x2028,
+                                     0x2029, 0x202F, 0x205F, 0x3000};
+    for (size_t i = 0; i < sizeof white / sizeof white[0]; i++)
+        if (!cp_blank(wp, white[i]))
+            fail_msg("%s: white space U+%04X is not blank", name, (unsigned)white[i]);
+    /* clean_text drops controls, format and private-use characters. */
+    static const uint32_t cleaned[] = {0x00,   0x07,   0x7F,   0xAD,   0x200B,
+                                       0x200D, 0x2060, 0xFEFF, 0xFFFD, 0xE000};
+    for (size_t i = 0; i < sizeof cleaned / sizeof cleaned[0]; i++)
+        if (cp_blank(wp, cleaned[i]) != clean)
+            fail_msg("%s: U+%04X blank %d, want %d", name, (unsigned)cleaned[i], !clean, clean);
+    /* strip_accents drops nonspacing marks. */
+    assert_int_equal(cp_blank(wp, 0x301), strip);
+    assert_int_equal(cp_blank(wp, 0x5B4), strip);
+    /* Letters, digits, punctuation, CJK and symbols are never blank. */
+    static const uint32_t kept[] = {'a', 'Z', '0', '.', '[', 0xE9, 0x130, 0x4E00, 0x2603, 0x1F600};
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++)
+        if (cp_blank(wp, kept[i]))
+            fail_msg("%s: U+%04X is blank", name, (unsigned)kept[i]);
+
+    assert_true(is_blank(wp, all, all_len));
+    assert_int_equal(n_ids(wp, all, all_len), 2);
+    char *with = malloc(all_len + 1);
+    assert_non_null(with);
+    size_t at[] = {0, mid, all_len};
+    for (size_t k = 0; k < 3; k++) {
+        memcpy(with, all, at[k]);
+        with[at[k]] = 'x';
+        memcpy(with + at[k] + 1, all + at[k], all_len - at[k]);
+        if (is_blank(wp, with, all_len + 1))
+            fail_msg("%s: a letter at byte %zu of the blank text is not seen", name, at[k]);
+        assert_true(n_ids(wp, with, all_len + 1) > 2);
+    }
+    free(with);
+    free(all);
+}
+
+static void test_blank_every_code_point(void **state) {
+    (void)state;
+    wordpiece *wp = load_vocab(UNCASED_VOCAB, 1);
+    check_every_code_point(wp, "uncased vocab.txt", 1, 1);
+    wordpiece_destroy(wp);
+    wp = load_vocab(CASED_VOCAB, 0);
+    check_every_code_point(wp, "cased vocab.txt", 1, 0);
+    wordpiece_destroy(wp);
+    /* lowercase, clean_text, raw added tokens */
+    engine_error err = {0};
+    if (wordpiece_load_json(FIXTURES "small_tokenizer.json", NULL, &wp, &err))
+        fail_msg("%s", err.message);
+    check_every_code_point(wp, "small_tokenizer.json", 1, 1);
+    wordpiece_destroy(wp);
+    /* no clean_text, strip_accents without lowercase, normalized added tokens */
+    if (wordpiece_load_json(FIXTURES "small_tokenizer_options.json", NULL, &wp, &err))
+        fail_msg("%s", err.message);
+    check_every_code_point(wp, "small_tokenizer_options.json", 0, 1);
+    wordpiece_destroy(wp);
+}
+
+/* Mixed blank characters, ASCII and Unicode; the edges of the function. */
+static void test_blank_texts(void **state) {
+    (void)state;
+    wordpiece *wp = load_vocab(UNCASED_VOCAB, 1);
+    static const char *const blank[] = {
+        "",
+        " \t\r\n",
+        "\xE3\x80\x80",                                     /* U+3000 */
+        "\xC2\xA0\xE2\x80\xA8\xE2\x80\x8B",                 /* U+00A0 U+2028 U+200B */
+        " \xE3\x80\x80 \xC2\xA0 \xE2\x80\xA8 \xE2\x80\x8B ", /* with ASCII spaces */
+        "\xEF\xBB\xBF\xE3\x80\x80\xCC\x81\xCC\x81\x0B\x0C",  /* U+FEFF, U+0301 twice, \v \f */
+        "\xEF\xBF\xBD\xEE\x80\x80\xF3\xB0\x80\x80",          /* U+FFFD, private use */
+    };
+    for (size_t i = 0; i < sizeof blank / sizeof blank[0]; i++) {
+        if (!is_blank(wp, blank[i], strlen(blank[i])))
+            fail_msg("blank case %zu is not blank", i);
+        assert_int_equal(n_ids(wp, blank[i], strlen(blank[i])), 2);
+    }
+    assert_true(is_blank(wp, "\0\0 \0", 4)); /* NUL is cleaned away */
+    assert_true(wordpiece_is_blank(wp, NULL, 0));
+    static const char *const not_blank[] = {
+        "\xE3\x80\x80x",           /* one letter after U+3000 */
+        "\xC2\xA0 \xE2\x80\xA8 .", /* punctuation is a token */
+        "\xE2\x80\x8B\xE4\xB8\x80", /* CJK */
+        "\xE3\x80\x80[CLS]",       /* a special token written in the text */
+        "e\xCC\x81",               /* a mark on a letter */
+    };
+    for (size_t i = 0; i < sizeof not_blank / sizeof not_blank[0]; i++)
+        if (is_blank(wp, not_blank[i], strlen(not_blank[i])))
+            fail_msg("case %zu is blank", i);
+    assert_false(is_blank(wp, "\0a", 2));
+    /* Invalid UTF-8 is not blank (encoding reports it); never a crash. */
+    static const struct {
+        const char *s;
+        size_t len;
+    } bad[] = {{"\xFF", 1},         {"  \xE3\x80", 4}, {"\xE3\x80\x80\xC0\x80", 5},
+               {"\xED\xA0\x80", 3}, {"\x80 ", 2}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(is_blank(wp, bad[i].s, bad[i].len));
+    wordpiece_destroy(wp);
+}
+
 /* Encoding from several threads at once gives the single-thread answers. */
 typedef struct thread_arg {
     const wordpiece *wp;
@@ -470,6 +653,7 @@ int main(void) {
         cmocka_unit_test(test_truncation),     cmocka_unit_test(test_cap_too_small),
         cmocka_unit_test(test_invalid_utf8),   cmocka_unit_test(test_vocab_load),
         cmocka_unit_test(test_json_load),      cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_blank_every_code_point), cmocka_unit_test(test_blank_texts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
