@@ -27,6 +27,7 @@
 #ifndef AISERVE_ENGINE_H
 #define AISERVE_ENGINE_H
 
+#include "status.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,21 +36,17 @@ extern "C" {
 #endif
 
 /* One list generates the enum, the names and the default messages. */
-#define ENGINE_STATUS_MAP(X)                                                 \
-    X(OK, 0, "success")                                                      \
-    X(EIO, -1, "cannot read file")                                           \
-    X(EFORMAT, -2, "malformed model file")                                   \
-    X(ECONFIG, -3, "invalid or inconsistent model configuration")            \
-    X(EUNSUPPORTED, -4, "unsupported model or feature")                      \
-    X(EINPUT, -5, "invalid input")                                           \
-    X(ENOMEM, -6, "out of memory")                                           \
-    X(EARG, -7, "invalid argument")
+#define ENGINE_STATUS_MAP(X)                                              \
+    X(ENGINE_OK, 0, "success")                                            \
+    X(ENGINE_EIO, -1, "cannot read file")                                 \
+    X(ENGINE_EFORMAT, -2, "malformed model file")                         \
+    X(ENGINE_ECONFIG, -3, "invalid or inconsistent model configuration")  \
+    X(ENGINE_EUNSUPPORTED, -4, "unsupported model or feature")            \
+    X(ENGINE_EINPUT, -5, "invalid input")                                 \
+    X(ENGINE_ENOMEM, -6, "out of memory")                                 \
+    X(ENGINE_EARG, -7, "invalid argument")
 
-typedef enum engine_status {
-#define ENGINE_STATUS_ENUM(name, code, msg) ENGINE_##name = code,
-    ENGINE_STATUS_MAP(ENGINE_STATUS_ENUM)
-#undef ENGINE_STATUS_ENUM
-} engine_status;
+typedef enum engine_status { ENGINE_STATUS_MAP(STATUS_ENUM_ROW) } engine_status;
 
 /* "ENGINE_EIO" etc.; never NULL. */
 const char *engine_status_name(int status);

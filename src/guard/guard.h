@@ -58,6 +58,7 @@
 #define AISERVE_GUARD_H
 
 #include <stdbool.h>
+#include "status.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,21 +70,17 @@ extern "C" {
 #endif
 
 /* One list generates the status enum, the names and the default messages. */
-#define GUARD_STATUS_MAP(X)                                         \
-    X(OK, 0, "success")                                             \
-    X(EINVAL, -1, "invalid argument")                               \
-    X(EEXIST, -2, "a key with this name exists")                    \
-    X(ENOTFOUND, -3, "no key with this name")                       \
-    X(EFORMAT, -4, "the key store file is not valid")               \
-    X(EIO, -5, "cannot read or write the key store file")           \
-    X(ENOMEM, -6, "out of memory")                                  \
-    X(ECRYPTO, -7, "OpenSSL failed")
+#define GUARD_STATUS_MAP(X)                                      \
+    X(GUARD_OK, 0, "success")                                    \
+    X(GUARD_EINVAL, -1, "invalid argument")                      \
+    X(GUARD_EEXIST, -2, "a key with this name exists")           \
+    X(GUARD_ENOTFOUND, -3, "no key with this name")              \
+    X(GUARD_EFORMAT, -4, "the key store file is not valid")      \
+    X(GUARD_EIO, -5, "cannot read or write the key store file")  \
+    X(GUARD_ENOMEM, -6, "out of memory")                         \
+    X(GUARD_ECRYPTO, -7, "OpenSSL failed")
 
-typedef enum guard_status {
-#define GUARD_STATUS_ENUM(name, code, msg) GUARD_##name = code,
-    GUARD_STATUS_MAP(GUARD_STATUS_ENUM)
-#undef GUARD_STATUS_ENUM
-} guard_status;
+typedef enum guard_status { GUARD_STATUS_MAP(STATUS_ENUM_ROW) } guard_status;
 
 const char *guard_status_name(int status);    /* "GUARD_EEXIST"; never NULL */
 const char *guard_status_message(int status); /* never NULL */

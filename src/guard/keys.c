@@ -37,28 +37,10 @@
 
 /* ---- statuses, errors, scopes ----------------------------------------- */
 
-static const struct {
-    int code;
-    const char *name, *message;
-} status_table[] = {
-#define GUARD_STATUS_ROW(name, code, msg) {code, "GUARD_" #name, msg},
-    GUARD_STATUS_MAP(GUARD_STATUS_ROW)
-#undef GUARD_STATUS_ROW
-};
+static const status_row rows[] = {GUARD_STATUS_MAP(STATUS_TABLE_ROW)};
 
-const char *guard_status_name(int status) {
-    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
-        if (status_table[i].code == status)
-            return status_table[i].name;
-    return "GUARD_UNKNOWN";
-}
-
-const char *guard_status_message(int status) {
-    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
-        if (status_table[i].code == status)
-            return status_table[i].message;
-    return "unknown status";
-}
+const char *guard_status_name(int status) { return status_name(rows, STATUS_COUNT(rows), status, "GUARD_UNKNOWN"); }
+const char *guard_status_message(int status) { return status_message(rows, STATUS_COUNT(rows), status); }
 
 int guard_set_error(guard_error *err, int status, const char *fmt, ...) {
     if (err) {

@@ -14,6 +14,9 @@
  * and one of its .c files
  *
  *     static const status_row rows[] = {SERVING_STATUS_MAP(STATUS_TABLE_ROW)};
+ *     const char *serving_status_name(int s) {
+ *         return status_name(rows, STATUS_COUNT(rows), s, "SERVING_UNKNOWN");
+ *     }
  *     const char *serving_status_message(int s) { return status_message(rows, STATUS_COUNT(rows), s); }
  *
  * 0 is success and errors are negative. Which HTTP status and error code a
@@ -51,10 +54,10 @@ static inline const status_row *status_find(const status_row *rows, size_t n, in
     return NULL;
 }
 
-/* The code's name, or "UNKNOWN_STATUS"; never NULL. */
-static inline const char *status_name(const status_row *rows, size_t n, int code) {
+/* The code's name, or `unknown` ("SERVING_UNKNOWN"); never NULL. */
+static inline const char *status_name(const status_row *rows, size_t n, int code, const char *unknown) {
     const status_row *r = status_find(rows, n, code);
-    return r ? r->name : "UNKNOWN_STATUS";
+    return r ? r->name : unknown;
 }
 
 /* The code's message, or "unknown status"; never NULL. */

@@ -11,28 +11,10 @@
 
 #include "store_int.h"
 
-static const struct {
-    int code;
-    const char *name, *message;
-} status_table[] = {
-#define KV_STATUS_ROW(name, code, msg) {code, "KV_" #name, msg},
-    KV_STATUS_MAP(KV_STATUS_ROW)
-#undef KV_STATUS_ROW
-};
+static const status_row rows[] = {KV_STATUS_MAP(STATUS_TABLE_ROW)};
 
-const char *kv_status_name(int status) {
-    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
-        if (status_table[i].code == status)
-            return status_table[i].name;
-    return "KV_UNKNOWN";
-}
-
-const char *kv_status_message(int status) {
-    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
-        if (status_table[i].code == status)
-            return status_table[i].message;
-    return "unknown status";
-}
+const char *kv_status_name(int status) { return status_name(rows, STATUS_COUNT(rows), status, "KV_UNKNOWN"); }
+const char *kv_status_message(int status) { return status_message(rows, STATUS_COUNT(rows), status); }
 
 void kv_get(kv_store *s, struct event_base *base, const void *key, size_t key_len, kv_get_cb cb, void *ud) {
     s->backend->get(s, base, key, key_len, cb, ud);

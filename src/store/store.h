@@ -62,6 +62,7 @@
 #define AISERVE_STORE_H
 
 #include <stdbool.h>
+#include "status.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,20 +75,16 @@ extern "C" {
 struct event_base;
 
 /* One list generates the status enum, the names and the default messages. */
-#define KV_STATUS_MAP(X)                                                  \
-    X(OK, 0, "success")                                                   \
-    X(ENOTFOUND, -1, "no such key")                                       \
-    X(EWRONGTYPE, -2, "the key holds another kind of value")              \
-    X(EINVAL, -3, "invalid argument")                                     \
-    X(ENOMEM, -4, "out of memory")                                        \
-    X(ETOOBIG, -5, "the entry is larger than the store may hold")         \
-    X(EUNAVAILABLE, -6, "the backend cannot be reached")
+#define KV_STATUS_MAP(X)                                              \
+    X(KV_OK, 0, "success")                                            \
+    X(KV_ENOTFOUND, -1, "no such key")                                \
+    X(KV_EWRONGTYPE, -2, "the key holds another kind of value")       \
+    X(KV_EINVAL, -3, "invalid argument")                              \
+    X(KV_ENOMEM, -4, "out of memory")                                 \
+    X(KV_ETOOBIG, -5, "the entry is larger than the store may hold")  \
+    X(KV_EUNAVAILABLE, -6, "the backend cannot be reached")
 
-typedef enum kv_status {
-#define KV_STATUS_ENUM(name, code, msg) KV_##name = code,
-    KV_STATUS_MAP(KV_STATUS_ENUM)
-#undef KV_STATUS_ENUM
-} kv_status;
+typedef enum kv_status { KV_STATUS_MAP(STATUS_ENUM_ROW) } kv_status;
 
 const char *kv_status_name(int status);    /* "KV_ENOTFOUND"; never NULL */
 const char *kv_status_message(int status); /* never NULL */
