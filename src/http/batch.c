@@ -316,7 +316,17 @@ static void submit_job(http_call *call, jobs_kind kind) {
     http_limits limits = {.max_text_chars = (size_t)s->opts.max_text_chars, .max_inputs = s->opts.max_batch_inputs};
     http_inputs in = {0};
     http_fail why;
-    if (http_batch_parse(&limits, len ? (const char *)evbuffer_pullup(buf, -1) : "", len, jsonl, kind, &in, &why)) {
+    int bad = http_batch_parse(&limits, len ? (const char *)evbuffer_pullup(buf, -1) : "", len, jsonl, kind, &in, &why);
+    /* Blank for the model's newest version now (while the model is still
+     * loading there is no tokenizer to ask, and the texts are taken as
+     * they are). */
+    serving_version *v = NULL;
+    serving_error serr;
+    if (!bad && serving_acquire(s->repo, in.model, 0, &v, &serr) == 0) {
+        bad = http_check_blank(&in, v, &why);
+        serving_version_release(v);
+    }
+    if (bad) {
         http_inputs_free(&in);
         http_reply_fail(call, &why);
         return;

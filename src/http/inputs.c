@@ -37,14 +37,29 @@ json_t *http_parse_json(const char *data, size_t len, http_fail *fail) {
     return body;
 }
 
-int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail) {
-    char where[64];
+/* Where text i is, for errors: "text" or "texts[3]". */
+static const char *where(const char *field, size_t index, char buf[64]) {
     if (strcmp(field, "text") == 0)
-        snprintf(where, sizeof where, "text");
-    else
-        snprintf(where, sizeof where, "%.20s[%zu]", field, index);
+        return "text";
+    snprintf(buf, 64, "%.20s[%zu]", field, index);
+    return buf;
+}
+
+int http_check_blank(const http_inputs *in, const serving_version *v, http_fail *fail) {
+    for (size_t i = 0; i < in->n; i++) {
+        if (serving_version_text_is_blank(v, in->texts[i], in->lens[i])) {
+            char buf[64];
+            return http_fail_set(fail, HTTP_ERR_EMPTY_TEXT, "%s must not be empty", where(in->field, i, buf));
+        }
+    }
+    return 0;
+}
+
+int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail) {
+    char buf[64];
+    const char *at = where(field, index, buf);
     if (!json_is_string(value))
-        return http_fail_set(fail, HTTP_ERR_INVALID_TEXT, "%s must be a string", where);
+        return http_fail_set(fail, HTTP_ERR_INVALID_TEXT, "%s must be a string", at);
     const char *text = json_string_value(value);
     size_t len = json_string_length(value), cps = 0;
     for (size_t i = 0; i < len; i++) /* jansson checked the UTF-8: count lead bytes */
@@ -53,9 +68,9 @@ int http_check_text(const http_limits *limits, json_t *value, const char *field,
     for (size_t i = 0; i < len && blank; i++)
         blank = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
     if (len == 0 || blank)
-        return http_fail_set(fail, HTTP_ERR_EMPTY_TEXT, "%s must not be empty", where);
+        return http_fail_set(fail, HTTP_ERR_EMPTY_TEXT, "%s must not be empty", at);
     if (cps > limits->max_text_chars)
-        return http_fail_set(fail, HTTP_ERR_TEXT_TOO_LONG, "%s is %zu characters long; the limit is %zu", where, cps,
+        return http_fail_set(fail, HTTP_ERR_TEXT_TOO_LONG, "%s is %zu characters long; the limit is %zu", at, cps,
                              limits->max_text_chars);
     return 0;
 }
@@ -77,6 +92,7 @@ int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, co
         in->lens[i] = json_string_length(v);
     }
     in->n = n;
+    in->field = one ? "text" : field;
     return 0;
 }
 

@@ -281,6 +281,11 @@ static void resolve_stage(http_call *call) {
         http_reply_status(call, STATUS_MODULE_SERVING, rc, err.message);
         return;
     }
+    http_fail why;
+    if (http_check_blank(&f->in, r->first, &why) != 0) {
+        http_reply_fail(call, &why);
+        return;
+    }
     cache_stage(call);
 }
 

@@ -264,6 +264,7 @@ typedef struct http_inputs {
     size_t n;
     const char *model;   /* the model the body names (embeddings); NULL: the path's or the default */
     int single;          /* seed {"text": ...}: one prediction object instead of a list */
+    const char *field;   /* how errors name the texts: "text", or a list's name ("texts[3]") */
     int outputs;         /* KServe: 1 label, 2 probabilities */
     int base64;          /* embeddings: vectors as base64 */
 } http_inputs;
@@ -301,6 +302,10 @@ int http_infer_describe(const http_infer *infer, const char **model, long *versi
 /* Checks one text (a string, not blank, within the limit) at field
  * ("text") or field[index] ("texts[3]"): 0, or -1 with fail filled. */
 int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail);
+/* inputs.c: 422 empty_text (0, or -1 with fail) when a text is blank for
+ * the version that will read it: nothing but what its tokenizer drops
+ * (engine_text_is_blank), so the model would see an empty input. */
+int http_check_blank(const http_inputs *in, const serving_version *v, http_fail *fail);
 /* inputs.c: data[len] as any JSON value (NULL with fail: 400 invalid_json
  * or invalid_utf8). The caller owns the value. */
 json_t *http_parse_json(const char *data, size_t len, http_fail *fail);
