@@ -1002,6 +1002,9 @@ const engine_model_info *serving_version_info(const serving_version *v) {
 const char *serving_version_label(const serving_version *v, int id) {
     return engine_model_label(v->engine, id);
 }
+int serving_version_text_is_blank(const serving_version *v, const char *text, size_t len) {
+    return engine_text_is_blank(v->engine, text, len);
+}
 
 int serving_submit(serving_version *v, serving_job *job) {
     if (!v->sched)

@@ -149,6 +149,9 @@ const char *serving_version_model(const serving_version *v);
 long serving_version_number(const serving_version *v);
 const engine_model_info *serving_version_info(const serving_version *v);
 const char *serving_version_label(const serving_version *v, int id);
+/* 1 when the version's tokenizer keeps nothing of text (len bytes of
+ * UTF-8): the model would see an empty input (engine_text_is_blank). */
+int serving_version_text_is_blank(const serving_version *v, const char *text, size_t len);
 
 /* A snapshot of every model version the repository knows. */
 typedef struct serving_version_status {
