@@ -48,7 +48,7 @@ def test_400_invalid_utf8(server, body):
 
 @pytest.mark.parametrize("method,path", [
     ("GET", "/nope"), ("POST", "/nope"), ("GET", "/v1"), ("GET", "/v1/models/sentiment/extra"),
-    ("POST", "/v1/models/sentiment/versions/1/predict/x"), ("GET", "/predict/"), ("GET", "/health/x"),
+    ("POST", "/v1/models/sentiment/versions/1/predict/x"), ("GET", "/health/x"),
 ])
 def test_404_unknown_route(server, method, path):
     r = requests.request(method, server.url(path), timeout=10, json={"text": "x"})
