@@ -23,8 +23,10 @@
  * request's method is 405 with Allow listing theirs. HEAD is answered
  * wherever GET is (evhttp sends the head only).
  *
- * Order of checks for a matched route: CORS preflight (before the key:
- * browsers send none), method (405), API key and scope (401/403), handler.
+ * Order of checks for a matched path: CORS preflight (before the key:
+ * browsers send none), API key and scope (401/403; before the method, so a
+ * caller without a key learns nothing), method (405), handler. Rows of one
+ * path share its scope.
  *
  * Loop thread only.
  */
@@ -392,6 +394,9 @@ void http_dispatch(http_call *call) {
         http_cors_preflight(call, methods_text(allowed, 0, methods, sizeof methods));
         return;
     }
+    /* The key before the method: a caller without one learns nothing. */
+    if (!http_authorized(call, call->route->scope))
+        return;
     methods_text(allowed, 1, methods, sizeof methods);
     if (!hit) {
         http_add_header(call, "Allow", methods);
@@ -399,8 +404,6 @@ void http_dispatch(http_call *call) {
                          http_call_label(call), methods);
         return;
     }
-    if (!http_authorized(call, hit->scope))
-        return;
     if (hit->infer)
         http_infer_handler(call);
     else

@@ -100,7 +100,7 @@ def test_seed_endpoints_and_json_lines_upload(server_factory):
     texts = ["a wonderful , moving film .", "dull and far too long .", "it 's fine ."]
     for body in (texts, {"texts": texts}):
         r = s.post("/batch_predict", json=body)
-        assert r.status_code == 202, r.text
+        assert r.status_code == 200, r.text                 # as the seed service answered
         task = r.json()["task_id"]
         assert task.startswith("batch_") and len(task) == 30
         deadline = time.monotonic() + 60
