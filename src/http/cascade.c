@@ -33,13 +33,10 @@ struct http_cascade {
     serving_job job;
 };
 
+/* A no-op: serving registers and counts aiserve_cascade_texts_total
+ * (src/serving/predict.c); this file goes once HTTP calls serving_predict. */
 static void count(http_call *call, const char *result, double n) {
-    if (n <= 0)
-        return;
-    const char *labels[] = {serving_version_model(call->version), result};
-    metric *m = metric_series(call->loop->server->metrics.cascade, labels);
-    if (m)
-        metric_add(m, n);
+    (void)call, (void)result, (void)n;
 }
 
 void http_cascade_begin(http_call *call, const serving_cascade *cfg) {

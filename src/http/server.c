@@ -282,15 +282,6 @@ static void register_metrics(http_server *s) {
     }
     s->metrics.model_errors = metrics_counter(r, "model_errors_total",
                                               "Failed predictions by error type", 1, et);
-    s->metrics.shadow = metrics_counter(r, "aiserve_shadow_predictions_total",
-                                        "Texts of shadow traffic compared with the answer the client got: the "
-                                        "shadow version agreed (same label), disagreed, or failed",
-                                        3, (const char *[]){"model", "version", "result"});
-    s->metrics.cascade = metrics_counter(r, "aiserve_cascade_texts_total",
-                                         "Texts of cascaded predictions: answered by the first version, "
-                                         "escalated to the second (confidence below the threshold), or "
-                                         "left with the first's answer because the second failed",
-                                         2, (const char *[]){"model", "result"});
     metric_family *f;
     f = metrics_gauge(r, "aiserve_http_connections", "Open client connections", 0, NULL);
     s->metrics.connections = f ? metric_series(f, NULL) : NULL;

@@ -29,12 +29,10 @@ typedef struct shadow_job {
     float *probs;
 } shadow_job;
 
+/* A no-op: serving registers and counts aiserve_shadow_predictions_total
+ * (src/serving/predict.c); this file goes once HTTP calls serving_predict. */
 static void count(http_server *s, const char *model, long version, const char *result, double n) {
-    char ver[24];
-    const char *labels[] = {model, http_format_int(version, ver), result};
-    metric *m = metric_series(s->metrics.shadow, labels);
-    if (m)
-        metric_add(m, n);
+    (void)s, (void)model, (void)version, (void)result, (void)n;
 }
 
 static void shadow_free(shadow_job *sj) {
