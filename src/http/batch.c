@@ -188,17 +188,20 @@ static json_t *job_json(const jobs_info *info) {
 static json_t *result_json(http_call *call, const jobs_info *info, const jobs_result *r, int brief) {
     if (r->label < 0)
         return json_null();
+    /* The version that answered: the job's, or the one a cascade escalated
+     * the input to (its label ids are its own). */
+    const long version = r->version ? r->version : info->version;
     serving_version *v = NULL;
     serving_error serr;
     const char *label = NULL;
-    if (serving_acquire(call->loop->server->repo, info->model, info->version, &v, &serr) == 0)
+    if (serving_acquire(call->loop->server->repo, info->model, version, &v, &serr) == 0)
         label = serving_version_label(v, r->label);
     json_t *o = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence", r->confidence);
     if (v)
         serving_version_release(v);
     if (!brief) {
         char ver[32];
-        snprintf(ver, sizeof ver, "%ld", info->version);
+        snprintf(ver, sizeof ver, "%ld", version);
         json_object_set_new(o, "model", json_string(info->model));
         json_object_set_new(o, "model_version", json_string(ver));
     }

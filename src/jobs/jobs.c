@@ -8,11 +8,14 @@
  *    thread) and `work` (the worker). WAL lets readers read while the
  *    worker writes; busy_timeout covers the moments two write.
  *  - The SQLite worker: pick the oldest unfinished job; pin its model
- *    version on first start; read the next chunk of inputs after `done`;
- *    submit it as a background serving_job and wait for it; then, in one
- *    transaction, insert the chunk's results and advance `done` -- but only
- *    while the job is still running (a cancel in between rolls the chunk
- *    back). When nothing is left, wait for a submission's kick (or 200 ms).
+ *    version on first start (serving_resolve's choice); read the next chunk
+ *    of inputs after `done`; run it as a background serving_predict request
+ *    pinned to that version (cascade and shadow included) and wait for it;
+ *    then, in one transaction, insert the chunk's results (with the version
+ *    that answered each, when a cascade escalated it) and advance `done` --
+ *    but only while the job is still running (a cancel in between rolls the
+ *    chunk back). When nothing is left, wait for a submission's kick (or
+ *    200 ms).
  *  - Retention: finished jobs older than retention_us are deleted with their
  *    inputs and results, from the worker, at most once a second.
  *
@@ -71,7 +74,20 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS inputs (job TEXT NOT NULL, idx INTEGER NOT NULL, text TEXT NOT NULL,"
     "  PRIMARY KEY (job, idx)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS results (job TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,"
-    "  confidence REAL NOT NULL, PRIMARY KEY (job, idx)) WITHOUT ROWID;";
+    "  confidence REAL NOT NULL, version INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job, idx)) WITHOUT ROWID;";
+
+/* A database made before results recorded the version that answered gains
+ * the column (0, the job's version, in the rows it has). */
+static int migrate(sqlite3 *db) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "SELECT 1 FROM pragma_table_info('results') WHERE name = 'version'", -1, &st,
+                                NULL);
+    int has = rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    if (rc == SQLITE_OK && !has)
+        rc = sqlite3_exec(db, "ALTER TABLE results ADD COLUMN version INTEGER NOT NULL DEFAULT 0", NULL, NULL, NULL);
+    return rc;
+}
 
 static int open_db(const char *path, sqlite3 **out, char *err, size_t cap) {
     sqlite3 *db = NULL;
@@ -80,6 +96,8 @@ static int open_db(const char *path, sqlite3 **out, char *err, size_t cap) {
         rc = sqlite3_busy_timeout(db, 10000);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db, schema, NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = migrate(db);
     if (rc != SQLITE_OK) {
         snprintf(err, cap, "%s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         sqlite3_close(db);
@@ -390,7 +408,9 @@ static int sqlite_results(sqlite3 *db, const char *id, size_t offset, size_t lim
                           size_t cap) {
     sqlite3_stmt *st = NULL;
     int rc = JOBS_OK;
-    if (sqlite3_prepare_v2(db, "SELECT idx, label, confidence FROM results WHERE job = ?1 AND idx >= ?2 AND idx < ?3",
+    if (sqlite3_prepare_v2(db,
+                           "SELECT idx, label, confidence, version FROM results WHERE job = ?1 AND idx >= ?2 AND "
+                           "idx < ?3",
                            -1, &st, NULL) != SQLITE_OK) {
         rc = DB_FAIL(db);
     } else {
@@ -401,7 +421,8 @@ static int sqlite_results(sqlite3 *db, const char *id, size_t offset, size_t lim
         while ((s = sqlite3_step(st)) == SQLITE_ROW) {
             size_t k = (size_t)sqlite3_column_int64(st, 0) - offset;
             if (k < limit)
-                r[k] = (jobs_result){.label = sqlite3_column_int(st, 1), .confidence = sqlite3_column_double(st, 2)};
+                r[k] = (jobs_result){.label = sqlite3_column_int(st, 1), .confidence = sqlite3_column_double(st, 2),
+                                     .version = (long)sqlite3_column_int64(st, 3)};
         }
         if (s != SQLITE_DONE)
             rc = DB_FAIL(db);
@@ -584,8 +605,8 @@ void jobs_nap(jobs *j, int ms) {
     pthread_mutex_unlock(&j->lock);
 }
 
-static void on_chunk_done(serving_job *job, void *user) {
-    (void)job;
+static void on_chunk_done(serving_request *r, void *user) {
+    (void)r;
     jobs *j = user;
     pthread_mutex_lock(&j->chunk_lock);
     j->chunk_finished = true;
@@ -593,20 +614,29 @@ static void on_chunk_done(serving_job *job, void *user) {
     pthread_mutex_unlock(&j->chunk_lock);
 }
 
-int jobs_compute(jobs *j, serving_version *v, char **texts, const size_t *lens, size_t n, jobs_result *out,
+int jobs_resolve(jobs *j, const char *id, const char *model, long version, serving_request *r,
+                 serving_error *err) {
+    r->model = model;
+    r->version = version;
+    r->user_id = id;
+    r->user_id_len = strlen(id);
+    r->task = SERVING_TASK_CLASSIFY;
+    r->allow_cascade = 1;
+    r->allow_shadow = 1;
+    r->background = 1;
+    return serving_resolve(j->opts.repo, r, err);
+}
+
+int jobs_compute(jobs *j, serving_request *r, char **texts, const size_t *lens, size_t n, jobs_result *out,
                  void (*waiting)(void *ud), void *ud, int period_ms, char *err, size_t cap) {
-    const engine_model_info *mi = serving_version_info(v);
-    int K = mi->n_labels > 0 ? mi->n_labels : 1;
-    float *probs = calloc(n * (size_t)K, sizeof *probs);
-    if (!probs)
-        return snprintf(err, cap, "out of memory"), -1;
-    serving_job job = {.texts = (const char *const *)texts, .lens = lens, .n = n, .probs = probs,
-                       .on_done = on_chunk_done, .user = j, .background = 1};
+    r->texts = (const char *const *)texts;
+    r->lens = lens;
+    r->n = n;
+    r->on_done = on_chunk_done;
+    r->user = j;
     j->chunk_finished = false;
-    if (serving_submit(v, &job) != 0) { /* stopping, or refused: later */
-        free(probs);
+    if (serving_predict(j->opts.repo, r) != 0) /* stopping, or refused: later */
         return 1;
-    }
     pthread_mutex_lock(&j->chunk_lock);
     while (!j->chunk_finished) {
         if (!waiting) {
@@ -621,24 +651,18 @@ int jobs_compute(jobs *j, serving_version *v, char **texts, const size_t *lens, 
         }
     }
     pthread_mutex_unlock(&j->chunk_lock);
-    int rc = 0;
-    if (job.status == SERVING_ESTOPPED) {
-        rc = 1;
-    } else if (job.status != 0) {
-        snprintf(err, cap, "%s", job.error[0] ? job.error : "inference failed");
-        rc = -1;
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            const float *p = probs + i * (size_t)K;
-            int best = 0;
-            for (int k = 1; k < K; k++)
-                if (p[k] > p[best])
-                    best = k;
-            out[i] = (jobs_result){.label = best, .confidence = (double)p[best]};
-        }
+    if (r->status == SERVING_ESTOPPED)
+        return 1;
+    if (r->status != 0) {
+        snprintf(err, cap, "%s", r->error[0] ? r->error : "inference failed");
+        return -1;
     }
-    free(probs);
-    return rc;
+    for (size_t i = 0; i < n; i++) {
+        const serving_text_result *t = &r->results[i];
+        out[i] = (jobs_result){.label = t->label, .confidence = (double)t->confidence,
+                               .version = t->version == r->first ? 0 : serving_version_number(t->version)};
+    }
+    return 0;
 }
 
 static int exec_sql(sqlite3 *db, const char *sql, const char *id, int64_t a, const char *text) {
@@ -718,13 +742,16 @@ static int store_chunk(sqlite3 *db, const jobs_info *info, const jobs_result *re
                        int64_t t) {
     sqlite3_stmt *st = NULL;
     int ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
-    if (ok && sqlite3_prepare_v2(db, "INSERT INTO results (job, idx, label, confidence) VALUES (?1, ?2, ?3, ?4)",
+    if (ok && sqlite3_prepare_v2(db,
+                                 "INSERT INTO results (job, idx, label, confidence, version) "
+                                 "VALUES (?1, ?2, ?3, ?4, ?5)",
                                  -1, &st, NULL) == SQLITE_OK) {
         for (size_t i = 0; i < n && ok; i++) {
             sqlite3_bind_text(st, 1, info->id, -1, SQLITE_STATIC);
             sqlite3_bind_int64(st, 2, (sqlite3_int64)(info->done + i));
             sqlite3_bind_int(st, 3, res[i].label);
             sqlite3_bind_double(st, 4, res[i].confidence);
+            sqlite3_bind_int64(st, 5, (sqlite3_int64)res[i].version);
             ok = sqlite3_step(st) == SQLITE_DONE;
             sqlite3_reset(st);
         }
@@ -768,10 +795,12 @@ static int run_one_chunk(jobs *j) {
     if (!found)
         return 0;
 
-    /* The version: pinned at the first start, so a job sees one version. */
-    serving_version *v = NULL;
+    /* The version: pinned at the first start, so a job sees one version
+     * first. */
+    serving_request req;
+    serving_request_init(&req);
     serving_error serr = {0};
-    int rc = serving_acquire(j->opts.repo, info.model, info.version, &v, &serr);
+    int rc = jobs_resolve(j, info.id, info.model, info.version, &req, &serr);
     if (rc == SERVING_ENOTREADY) /* models still loading: later */
         return 0;
     if (rc != 0) {
@@ -782,7 +811,7 @@ static int run_one_chunk(jobs *j) {
         return 1;
     }
     if (strcmp(info.status, "queued") == 0) {
-        info.version = serving_version_number(v);
+        info.version = serving_version_number(req.first);
         sqlite3_stmt *up = NULL;
         if (sqlite3_prepare_v2(db,
                                "UPDATE jobs SET status = 'running', started_ms = ?2, version = ?3 "
@@ -805,7 +834,7 @@ static int run_one_chunk(jobs *j) {
     jobs_result *res = calloc(cap, sizeof *res);
     if (!texts || !lens || !res) {
         free(texts), free(lens), free(res);
-        serving_version_release(v);
+        serving_request_fini(&req);
         return 0;
     }
     if (sqlite3_prepare_v2(db, "SELECT text FROM inputs WHERE job = ?1 AND idx >= ?2 ORDER BY idx LIMIT ?3", -1,
@@ -827,7 +856,7 @@ static int run_one_chunk(jobs *j) {
     char why[256];
     if (n == 0) {
         fail_job(j, info.id, "the job's inputs are missing from the database");
-    } else if ((rc = jobs_compute(j, v, texts, lens, n, res, NULL, NULL, 0, why, sizeof why)) == 1) {
+    } else if ((rc = jobs_compute(j, &req, texts, lens, n, res, NULL, NULL, 0, why, sizeof why)) == 1) {
         did = 0; /* stopping, or refused: try again later */
     } else if (rc != 0) {
         fail_job(j, info.id, why);
@@ -847,7 +876,7 @@ static int run_one_chunk(jobs *j) {
     for (size_t i = 0; i < n; i++)
         free(texts[i]);
     free(texts), free(lens), free(res);
-    serving_version_release(v);
+    serving_request_fini(&req);
     return did;
 }
 

@@ -9,16 +9,25 @@
  *    submitted it ("" when the server has no keys). Its id is "batch_" and
  *    24 hex digits of random bytes. Status: queued -> running ->
  *    completed | failed | cancelled.
- *  - A result per input, in input order: the label id and its probability,
- *    computed by the model's newest available version when the job started
- *    (kept in the job, so every input of one job sees one version).
+ *  - A result per input, in input order: the label id and its probability.
+ *    The job's version is chosen when it starts, as serving_resolve chooses
+ *    one for a request without a pin (the cascade's first version, a
+ *    split's, sticky per job: the job id is the user; or the newest
+ *    available), and kept in the job, so every input of one job sees that
+ *    version first. Each chunk is a background serving_predict request
+ *    pinned to it: a cascade whose first version it is escalates unsure
+ *    inputs to its second version (the result then records that version,
+ *    and the label id is that version's), and the model's shadow gets its
+ *    share of chunks.
  *  - Jobs of other owners do not exist for a caller (JOBS_ENOTFOUND).
  *
  * Two stores, one behaviour:
  *
  *  - SQLite (WAL, synchronous=FULL) in <data_dir>/jobs.db, for one
  *    instance: jobs(id, owner, model, version, status, total, done, ...),
- *    inputs(job, idx, text), results(job, idx, label, confidence).
+ *    inputs(job, idx, text), results(job, idx, label, confidence, version)
+ *    (a database from before results had a version gains the column at
+ *    open, 0 in old rows).
  *    Submitting writes the job and every input in one transaction: a job
  *    that is visible is whole. The worker computes a chunk (chunk_size
  *    inputs from `done`), then writes its results and advances `done` in
@@ -38,11 +47,12 @@
  *    Finished jobs expire after the retention. redis_jobs.c has the keys.
  *
  * Threads: one worker thread (jobs_start) runs chunks oldest job first,
- * each chunk a background serving_job (serving.h), so it only takes batches
- * that online traffic leaves free. Event loops use jobs_async, which never
- * waits: submissions go to a writer thread, reads and cancels to a reader
- * thread (a status poll never waits behind a 100,000-input upload). The
- * synchronous functions may be called from any other thread.
+ * each chunk a background serving_predict request (serving.h), so it only
+ * takes batches that online traffic leaves free. Event loops use
+ * jobs_async, which never waits: submissions go to a writer thread, reads
+ * and cancels to a reader thread (a status poll never waits behind a
+ * 100,000-input upload). The synchronous functions may be called from any
+ * other thread.
  */
 #ifndef AISERVE_JOBS_H
 #define AISERVE_JOBS_H
@@ -139,8 +149,10 @@ typedef struct jobs_info {
 int jobs_get(jobs *j, const char *id, const char *owner, jobs_info *out);
 
 typedef struct jobs_result {
-    int label;        /* -1: no result (not computed) */
+    int label;        /* -1: no result (not computed); else a label id of the version that answered */
     double confidence;
+    long version;     /* the version that answered when it is not the job's (a cascade escalated the
+                         input); 0: the job's */
 } jobs_result;
 
 /* Results [offset, offset + limit) of a job owner owns, into a malloc'd

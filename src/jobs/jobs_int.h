@@ -67,12 +67,25 @@ void jobs_nap(jobs *j, int ms); /* until kicked, stopping, or ms passed */
  * JOBS_OK, JOBS_EINVAL or JOBS_ENOMODEL with a message in err. */
 int jobs_check_submit(jobs *j, size_t n, const char *model, char model_name[256], char *err, size_t cap);
 
-/* Runs texts through v as one background serving_job and waits for it,
- * calling waiting(ud) every period_ms meanwhile (lease renewal; NULL for
- * none). Fills out[0..n) (argmax label and its probability). Returns 0,
- * 1 when the server is stopping (nothing computed), or -1 with the reason
- * in err. */
-int jobs_compute(jobs *j, serving_version *v, char **texts, const size_t *lens, size_t n, jobs_result *out,
+/* Resolves r (initialised by the caller, who finishes it with
+ * serving_request_fini once this succeeded; on failure r holds nothing) as
+ * a chunk of job `id` runs: a background classification pinned to `version`
+ * (the job's), or, for a job that has none yet, what serving_resolve
+ * chooses without a pin, with the job id as the user (a traffic split is
+ * sticky per job); the model's cascade and shadow apply. Returns 0
+ * (r->first: the version to pin at the job's first start) or the serving
+ * status, with err. */
+int jobs_resolve(jobs *j, const char *id, const char *model, long version, serving_request *r,
+                 serving_error *err);
+
+/* Runs texts through r (resolved by jobs_resolve) with serving_predict and
+ * waits for it, calling waiting(ud) every period_ms meanwhile (lease
+ * renewal; NULL for none). Fills out[0..n): each text's label and its
+ * probability in the version that answered it, and that version when it is
+ * not r->first (the job's). Returns 0, 1 when the server is stopping or
+ * refused the work (nothing computed: later), or -1 with the reason in
+ * err. */
+int jobs_compute(jobs *j, serving_request *r, char **texts, const size_t *lens, size_t n, jobs_result *out,
                  void (*waiting)(void *ud), void *ud, int period_ms, char *err, size_t cap);
 
 /* Metrics for a job that ended (state: completed, failed, cancelled). */

@@ -9,7 +9,9 @@
  *                       strings (a chunk's field goes once its results are
  *                       stored; the hash, once the job ends)
  *   batch:res:{id}      hash: chunk number -> its results, a JSON list of
- *                       [label, confidence]; written with HSETNX, so once
+ *                       [label, confidence], or [label, confidence, version]
+ *                       for an input a cascade escalated to another version
+ *                       than the job's; written with HSETNX, so once
  *   batch:queue         list of tasks "{id}:{chunk}", LPUSHed, RPOPed
  *   batch:leases        sorted set: task -> lease expiry (ms, Redis's clock)
  *   batch:owner:{key}   set: the owner's queued and running jobs
@@ -421,9 +423,11 @@ static void take_chunk(const char *blob, size_t len, size_t first_index, size_t 
     json_t *item;
     json_array_foreach(list, k, item) {
         size_t idx = first_index + k;
-        if (idx >= offset && idx < offset + limit && json_is_array(item) && json_array_size(item) == 2)
+        size_t size = json_is_array(item) ? json_array_size(item) : 0;
+        if (idx >= offset && idx < offset + limit && (size == 2 || size == 3))
             r[idx - offset] = (jobs_result){.label = (int)json_integer_value(json_array_get(item, 0)),
-                                            .confidence = json_number_value(json_array_get(item, 1))};
+                                            .confidence = json_number_value(json_array_get(item, 1)),
+                                            .version = (long)json_integer_value(json_array_get(item, 2))};
     }
     json_decref(list);
 }
@@ -579,25 +583,23 @@ static void renew_lease(void *ud) {
                   json_string("another instance may compute this chunk too; its results are stored once"), NULL);
 }
 
-/* The version the job runs on: pinned by the first claim of any instance. */
-static int job_version(worker *w, claim *c, serving_version **v, char *why, size_t cap) {
+/* The request the chunk runs as (r: initialised; the caller finishes it),
+ * on the job's version: pinned by the first claim of any instance. */
+static int job_request(worker *w, claim *c, serving_request *r, char *why, size_t cap) {
     serving_error serr = {0};
-    int rc = serving_acquire(w->j->opts.repo, c->model, c->version, v, &serr);
+    int rc = jobs_resolve(w->j, c->id, c->model, c->version, r, &serr);
     if (rc == 0 && c->version == 0) {
         char b_v[24];
-        long mine = serving_version_number(*v);
+        long mine = serving_version_number(r->first);
         const char *args[] = {c->id, NUM(b_v, mine)};
         long long pinned = eval_int(w, pin_script, 2, args);
-        if (pinned < 0) {
-            serving_version_release(*v);
-            *v = NULL;
+        if (pinned < 0)
             return SERVING_ENOTREADY; /* Redis failed: the lease expires, the chunk comes back */
-        }
         c->version = (long)pinned;
         if (pinned != mine) { /* another instance pinned first */
-            serving_version_release(*v);
-            *v = NULL;
-            rc = serving_acquire(w->j->opts.repo, c->model, c->version, v, &serr);
+            serving_request_fini(r);
+            serving_request_init(r);
+            rc = jobs_resolve(w->j, c->id, c->model, c->version, r, &serr);
         }
     }
     if (rc != 0)
@@ -608,7 +610,9 @@ static int job_version(worker *w, claim *c, serving_version **v, char *why, size
 static char *results_json(const jobs_result *res, size_t n) {
     json_t *list = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(list, json_pack("[i, f]", res[i].label, res[i].confidence));
+        json_array_append_new(list, res[i].version ? json_pack("[i, f, I]", res[i].label, res[i].confidence,
+                                                               (json_int_t)res[i].version)
+                                                   : json_pack("[i, f]", res[i].label, res[i].confidence));
     char *out = json_dumps(list, JSON_COMPACT | JSON_REAL_PRECISION(17));
     json_decref(list);
     return out;
@@ -618,15 +622,19 @@ static char *results_json(const jobs_result *res, size_t n) {
  * 0: the worker should wait a little (models loading, stopping). */
 static int run_task(worker *w, claim *c) {
     jobs *j = w->j;
-    serving_version *v = NULL;
+    serving_request req;
+    serving_request_init(&req);
     char why[200];
-    int rc = job_version(w, c, &v, why, sizeof why);
+    int rc = job_request(w, c, &req, why, sizeof why);
+    int did = 1;
     if (rc == SERVING_ENOTREADY) {
         give_back(w, c);
+        serving_request_fini(&req);
         return 0;
     }
     if (rc != 0) {
         fail_task(w, c, why);
+        serving_request_fini(&req);
         return 1;
     }
     if (c->first)
@@ -636,7 +644,6 @@ static int run_task(worker *w, claim *c) {
     char **texts = calloc(n ? n : 1, sizeof *texts);
     size_t *lens = calloc(n ? n : 1, sizeof *lens);
     jobs_result *res = calloc(n ? n : 1, sizeof *res);
-    int did = 1;
     if (!texts || !lens || !res) {
         give_back(w, c);
         did = 0;
@@ -653,7 +660,7 @@ static int run_task(worker *w, claim *c) {
     }
     renewal rn = {.w = w, .c = c};
     int period_ms = (int)(j->opts.lease_us / 3000);
-    rc = jobs_compute(j, v, texts, lens, n, res, renew_lease, &rn, period_ms > 0 ? period_ms : 1, why, sizeof why);
+    rc = jobs_compute(j, &req, texts, lens, n, res, renew_lease, &rn, period_ms > 0 ? period_ms : 1, why, sizeof why);
     if (rc == 1) {
         give_back(w, c);
         did = 0;
@@ -684,7 +691,7 @@ static int run_task(worker *w, claim *c) {
     }
 out:
     free(texts), free(lens), free(res);
-    serving_version_release(v);
+    serving_request_fini(&req);
     return did;
 }
 

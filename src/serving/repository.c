@@ -65,6 +65,7 @@ struct serving_repo {
     metrics_registry *metrics;
     metric_family *f_queue_depth, *f_queue_wait, *f_batch_size, *f_inference, *f_tokens,
         *f_batches, *f_timeouts, *f_predictions, *f_state, *f_load_seconds;
+    metric_family *f_cascade, *f_shadow; /* counted by predict.c */
 
     pthread_mutex_t lock;
     repo_model *models; /* sorted by name */
@@ -209,8 +210,8 @@ static int scan_model(serving_repo *r, const char *name, repo_model **out) {
     while ((e = readdir(d)) != NULL) {
         long number = parse_version(e->d_name);
         char vdir[sizeof path + 32];
-        snprintf(vdir, sizeof vdir, "%s/%s", path, e->d_name);
-        if (number <= 0 || !is_dir(vdir))
+        if (number <= 0 || (size_t)snprintf(vdir, sizeof vdir, "%s/%s", path, e->d_name) >= sizeof vdir ||
+            !is_dir(vdir))
             continue;
         serving_version *v = calloc(1, sizeof *v);
         if (!v) {
@@ -339,9 +340,18 @@ int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
                                "1 for the state each model version is in", 3, mvs);
     r->f_load_seconds = metrics_gauge(metrics, "aiserve_model_load_seconds",
                                       "Time to load and warm up the model version", 2, mv);
+    r->f_cascade = metrics_counter(metrics, "aiserve_cascade_texts_total",
+                                   "Texts of cascaded predictions: answered by the first version, "
+                                   "escalated to the second (confidence below the threshold), or "
+                                   "left with the first's answer because the second failed",
+                                   2, (const char *[]){"model", "result"});
+    r->f_shadow = metrics_counter(metrics, "aiserve_shadow_predictions_total",
+                                  "Texts of shadow traffic compared with the answer the client got: the "
+                                  "shadow version agreed (same label), disagreed, or failed",
+                                  3, (const char *[]){"model", "version", "result"});
     if (!r->f_queue_depth || !r->f_queue_wait || !r->f_batch_size || !r->f_inference ||
         !r->f_tokens || !r->f_batches || !r->f_timeouts || !r->f_predictions || !r->f_state ||
-        !r->f_load_seconds) {
+        !r->f_load_seconds || !r->f_cascade || !r->f_shadow) {
         pthread_mutex_destroy(&r->lock);
         free(r);
         return serving_error_set(err, SERVING_ENOMEM, "cannot register the serving metrics");
@@ -929,13 +939,27 @@ void serving_repo_destroy(serving_repo *r) {
     free(r);
 }
 
+/* Off the repository lock, one version at a time: the jobs it answers run
+ * their on_done on this thread, and a serving_predict request's on_done
+ * may acquire a version (a cascade's second stage, a shadow). */
 void serving_repo_cancel_queued(serving_repo *r) {
-    pthread_mutex_lock(&r->lock);
-    for (repo_model *m = r->models; m; m = m->next)
-        for (serving_version *v = m->versions; v; v = v->next)
-            if (v->state == SERVING_STATE_AVAILABLE && v->sched)
-                sched_cancel(v->sched);
-    pthread_mutex_unlock(&r->lock);
+    for (;;) {
+        serving_version *next = NULL;
+        pthread_mutex_lock(&r->lock);
+        for (repo_model *m = r->models; m && !next; m = m->next)
+            for (serving_version *v = m->versions; v && !next; v = v->next)
+                if (v->state == SERVING_STATE_AVAILABLE && v->sched && !v->cancelled)
+                    next = v;
+        if (next) {
+            next->cancelled = 1;
+            atomic_fetch_add(&next->refs, 1);
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (!next)
+            return;
+        sched_cancel(next->sched);
+        serving_version_release(next);
+    }
 }
 
 /* serving_acquire with the lock held and the model found (m may be NULL). */
@@ -1137,8 +1161,7 @@ int serving_get_split(serving_repo *r, const char *model, serving_split *out) {
     return m ? 0 : SERVING_ENOTFOUND;
 }
 
-/* A random bucket 0..99 for requests without a user: a per-thread xorshift. */
-static unsigned random_bucket(void) {
+unsigned serving_random_percent(void) {
     static __thread uint64_t x;
     if (!x)
         x = ((serving_now_us() * 0x9e3779b97f4a7c15ull) ^ (uint64_t)(uintptr_t)&x) | 1;
@@ -1156,47 +1179,76 @@ static int available_locked(const repo_model *m, long number) {
     return 0;
 }
 
-int serving_acquire_request(serving_repo *r, const char *model, long version, const char *user, size_t user_len,
-                            int allow_cascade, serving_version **out, serving_route *route, serving_error *err) {
+/* The split's version for `user` (NULL: a random bucket), or 0 when that
+ * version cannot answer now (the newest available then). Lock held. */
+static long split_version_locked(const repo_model *m, const char *user, size_t user_len) {
+    unsigned bucket;
+    if (user && user_len) { /* XXH3-64 of "model\0user": stable everywhere */
+        XXH3_state_t st;
+        XXH3_64bits_reset(&st);
+        XXH3_64bits_update(&st, m->name, strlen(m->name) + 1);
+        XXH3_64bits_update(&st, user, user_len);
+        bucket = (unsigned)(XXH3_64bits_digest(&st) % 100);
+    } else {
+        bucket = serving_random_percent();
+    }
+    long version = 0;
+    unsigned edge = 0;
+    for (size_t i = 0; i < m->split.n && !version; i++) {
+        edge += (unsigned)m->split.weight[i];
+        if (bucket < edge)
+            version = m->split.version[i];
+    }
+    return available_locked(m, version) ? version : 0;
+}
+
+int serving_choose(serving_repo *r, const char *model, long version, const char *ref, const char *user,
+                   size_t user_len, int allow_cascade, serving_version **out, serving_cascade *cascade,
+                   serving_shadow *shadow, serving_error *err) {
     *out = NULL;
-    memset(route, 0, sizeof *route);
-    if (!model)
+    memset(cascade, 0, sizeof *cascade);
+    memset(shadow, 0, sizeof *shadow);
+    if (!model || !*model)
         model = r->default_model;
     pthread_mutex_lock(&r->lock);
     repo_model *m = find_model_locked(r, model);
-    if (m && !version) {
-        if (allow_cascade && m->cascade.first && available_locked(m, m->cascade.first)) {
-            route->cascade = m->cascade; /* the first stage: its `first` version */
-            version = m->cascade.first;
-        } else if (m->split.n) {
-            unsigned bucket;
-            if (user && user_len) { /* XXH3-64 of "model\0user": stable everywhere */
-                XXH3_state_t st;
-                XXH3_64bits_reset(&st);
-                XXH3_64bits_update(&st, m->name, strlen(m->name) + 1);
-                XXH3_64bits_update(&st, user, user_len);
-                bucket = (unsigned)(XXH3_64bits_digest(&st) % 100);
-            } else {
-                bucket = random_bucket();
-            }
-            unsigned edge = 0;
-            for (size_t i = 0; i < m->split.n; i++) {
-                edge += (unsigned)m->split.weight[i];
-                if (bucket < edge) {
-                    version = m->split.version[i];
-                    break;
-                }
-            }
-            if (!available_locked(m, version)) /* a version of the split that cannot answer: the newest */
-                version = 0;
-        }
+    int rc = 0;
+    if (m && !version && ref && *ref) { /* a number, else an alias */
+        version = parse_version(ref);
+        for (size_t i = 0; !version && i < m->n_aliases; i++)
+            if (strcmp(m->aliases[i].name, ref) == 0)
+                version = m->aliases[i].version;
+        if (!version)
+            rc = serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no version or alias '%.64s'", m->name,
+                                   ref);
     }
-    if (m)
-        route->shadow = m->shadow;
-    int rc = acquire_locked(r, m, model, version, out, err);
+    if (m && rc == 0) {
+        if (allow_cascade && m->cascade.first &&
+            (version ? version == m->cascade.first : available_locked(m, m->cascade.first))) {
+            *cascade = m->cascade; /* the first stage: its `first` version */
+            version = m->cascade.first;
+        } else if (!version && m->split.n) {
+            version = split_version_locked(m, user, user_len);
+        }
+        *shadow = m->shadow;
+    }
+    if (rc == 0)
+        rc = acquire_locked(r, m, model, version, out, err);
+    if (rc != 0)
+        memset(cascade, 0, sizeof *cascade);
     pthread_mutex_unlock(&r->lock);
     return rc;
 }
+
+int serving_acquire_request(serving_repo *r, const char *model, long version, const char *user, size_t user_len,
+                            int allow_cascade, serving_version **out, serving_route *route, serving_error *err) {
+    /* As before serving_choose: a pinned version never takes the cascade. */
+    return serving_choose(r, model, version, NULL, user, user_len, allow_cascade && !version, out, &route->cascade,
+                          &route->shadow, err);
+}
+
+metric_family *serving_repo_cascade_metric(serving_repo *r) { return r->f_cascade; }
+metric_family *serving_repo_shadow_metric(serving_repo *r) { return r->f_shadow; }
 
 /* ---- aliases ------------------------------------------------------------------ */
 

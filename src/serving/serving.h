@@ -21,9 +21,12 @@
  *        \--load or warm-up failed--> FAILED (error kept, older version tried)
  *
  * Threads: every function here may be called from any thread. Job
- * completion callbacks run on the version's batcher thread and must only
- * hand the job back to its owner (post to a queue and wake it); they must not
- * block or call back into the scheduler.
+ * completion callbacks run on the version's batcher thread, outside every
+ * scheduler lock, and must not block: they hand the job back to its owner
+ * (post to a queue and wake it), or submit follow-up work to other versions
+ * as serving_predict does (a cascade's second stage, a shadow copy). They
+ * must never drop the last reference of their own version (freeing a
+ * version joins its batcher).
  *
  * This header must not grow HTTP or JSON concepts.
  */
@@ -212,7 +215,7 @@ int serving_get_split(serving_repo *repo, const char *model, serving_split *out)
 /* ---- shadow traffic ---------------------------------------------------------
  *
  * A share of a model's requests can also be sent to a candidate version
- * whose answers are only compared, never returned (the HTTP layer does the
+ * whose answers are only compared, never returned (serving_predict does the
  * sending, as background work). */
 
 typedef struct serving_shadow {
@@ -229,7 +232,7 @@ int serving_get_shadow(serving_repo *repo, const char *model, serving_shadow *ou
 /* ---- cascades ---------------------------------------------------------------
  *
  * "Ask version `first`; when its confidence in a text is below `threshold`,
- * ask version `then`" (the HTTP layer runs it). */
+ * ask version `then`" (serving_predict runs it). */
 
 typedef struct serving_cascade {
     long first, then; /* 0: none */
@@ -331,25 +334,32 @@ uint64_t serving_now_us(void);
 /* ---- predictions: the one call every front end uses -------------------------
  *
  * serving_predict takes a model name, an optional pinned version or alias,
- * a user id, texts and a priority, and does the serving policy itself:
+ * a user id, texts and a priority, and does the serving policy itself
+ * (predict.c):
  *
  *   resolve   the version: pinned (number or alias), else the cascade's
- *             first version when the request may take the model's cascade,
- *             else the traffic split's (sticky by user), else the newest
- *             available. The task is checked against the model's
- *             (SERVING_EUNSUPPORTED: a classifier asked for embeddings or
- *             the reverse).
+ *             first version when the request may take the model's cascade
+ *             and that version is available, else the traffic split's
+ *             (sticky by user), else the newest available. A request pinned
+ *             to the cascade's first version takes the cascade too when it
+ *             may (batch jobs pin one version per job and keep the
+ *             cascade); a front end whose pins must skip the cascade clears
+ *             allow_cascade when it pins. The task is checked against the
+ *             model's (SERVING_EUNSUPPORTED: a classifier asked for
+ *             embeddings or the reverse).
  *   first     one job on that version's scheduler.
  *   cascade   (classifiers, when taken) texts whose confidence is below the
  *             threshold go to the cascade's second version as a second job;
  *             each text keeps the answer of the last version that saw it.
  *             When the second version fails, the first answers stand.
- *             Counted in aiserve_cascade_texts_total{model,result}.
+ *             Counted in aiserve_cascade_texts_total{model,result=first|
+ *             escalated|error}.
  *   shadow    (classifiers, when asked and the model has one, for its share
- *             of requests) a copy of the texts goes to the shadow version as
- *             background work; its labels are compared with the answers and
- *             counted in aiserve_shadow_predictions_total{model,version,
- *             result}; never returned, never waited for.
+ *             of requests, unless the shadow version answered first) a copy
+ *             of the texts goes to the shadow version as background work;
+ *             its labels are compared by name with the answers and counted
+ *             in aiserve_shadow_predictions_total{model,version,result=
+ *             agree|disagree|error}; never returned, never waited for.
  *   on_done   exactly once, with per-text results and the versions that
  *             served them.
  *
@@ -359,10 +369,12 @@ uint64_t serving_now_us(void);
  *
  * Ownership: the caller owns the request struct and everything its inputs
  * point to until on_done has run; serving owns what it fills (versions held,
- * out, results) until serving_request_fini. Threads: any thread for resolve
- * and predict; on_done runs on a batcher thread (or on the calling thread
- * when the request is answered at once); fini on any thread except a
- * batcher's (releasing a version may join its batcher). */
+ * out, results) until serving_request_fini. The repository must outlive the
+ * request until its on_done has run (shadow copies, which nobody waits for,
+ * need only the metrics registry). Threads: any thread for resolve and
+ * predict; on_done runs on a batcher thread (or on the thread of
+ * serving_repo_cancel_queued) and must not block; fini on any thread except
+ * a batcher's (releasing a version may join its batcher). */
 
 typedef enum serving_task {
     SERVING_TASK_CLASSIFY = 0, /* labels and probabilities */
@@ -371,9 +383,10 @@ typedef enum serving_task {
 
 /* One text's answer. */
 typedef struct serving_text_result {
-    int label;                      /* the label id in `version`; -1 for embeddings */
+    int label;                      /* the label id in `version` */
     float confidence;               /* its probability */
-    const serving_version *version; /* the version that answered this text (held by the request) */
+    const serving_version *version; /* the version that answered this text (first, or then when escalated;
+                                       held by the request) */
 } serving_text_result;
 
 typedef struct serving_request serving_request;
@@ -381,17 +394,18 @@ struct serving_request {
     /* ---- filled by the caller (after serving_request_init) ---- */
     const char *model;         /* NULL or "": the default model */
     long version;              /* pinned version number; 0: none */
-    const char *version_ref;   /* or a pinned version as text: a number or an alias; NULL / "": none */
+    const char *version_ref;   /* when version is 0, a pinned version as text: a number or an alias;
+                                  NULL / "": none */
     const char *user_id;       /* sticky split assignment (X-User-ID); NULL: a random bucket */
     size_t user_id_len;
     serving_task task;
-    int allow_cascade;         /* take the model's cascade when the resolved version is its first */
+    int allow_cascade;         /* take the model's cascade (no pin, or a pin on its first version) */
     int allow_shadow;          /* send the model's shadow share */
-    int background;            /* serving_job.background: batch work */
+    int background;            /* serving_job.background: batch work (both stages) */
     const char *const *texts;  /* n UTF-8 texts, borrowed until on_done */
     const size_t *lens;
     size_t n;
-    uint64_t deadline_us;      /* serving_now_us clock; 0: none */
+    uint64_t deadline_us;      /* serving_now_us clock, for both stages; 0: none */
     void (*on_done)(serving_request *r, void *user);
     void *user;
 
@@ -401,13 +415,15 @@ struct serving_request {
     serving_shadow shadow;     /* the model's shadow when resolved (version 0: none) */
 
     /* ---- filled before on_done ---- */
-    int status;                /* 0 or a negative serving_status */
+    int status;                /* 0 or a negative serving_status (of the first stage: a failed
+                                  second stage leaves the first answers, and status 0) */
     char error[256];
     float *out;                /* n x width of `first` (n_labels probabilities, or hidden for
-                                  embeddings); owned until fini */
-    serving_text_result *results; /* n (classifiers); owned until fini */
-    serving_version *then;     /* the cascade's second version, held when some text went to it */
-    size_t n_escalated;        /* texts answered by `then` */
+                                  embeddings), as `first` computed them; owned until fini */
+    serving_text_result *results; /* n (classifiers; NULL for embeddings); owned until fini */
+    serving_version *then;     /* the cascade's second version, held once some text was below the
+                                  threshold (NULL: none was, or it could not be acquired) */
+    size_t n_escalated;        /* texts answered by `then` (0 when its job failed) */
     int batch_size;            /* first stage: largest engine batch its texts rode in */
     uint64_t queue_wait_us;    /* first stage */
     uint64_t infer_us;         /* both stages */
@@ -415,13 +431,12 @@ struct serving_request {
 
     /* ---- private to serving ---- */
     serving_repo *repo_;
-    int stage_;
-    serving_job job_;
-    serving_job job2_;
-    size_t *idx2_;
+    serving_job job_;          /* the first stage */
+    serving_job job2_;         /* the cascade's second stage */
+    size_t *idx2_;             /* its texts' indices in texts */
     const char **texts2_;
     size_t *lens2_;
-    float *out2_;
+    float *out2_;              /* its probabilities, n2 x then's labels */
 };
 
 /* Zeroes r. */
@@ -430,8 +445,8 @@ void serving_request_init(serving_request *r);
 /* Chooses and holds the version (r->first) and notes the cascade and shadow
  * the request takes. Returns 0, or SERVING_ENOTFOUND, SERVING_ENOVERSION
  * (no such version or alias), SERVING_ENOTREADY, SERVING_EUNSUPPORTED (the
- * model's task is not r->task), with err filled. Calling it twice is an
- * error (SERVING_EINPUT). */
+ * model's task is not r->task), with err filled (and r->first NULL).
+ * Calling it again once it succeeded is an error (SERVING_EINPUT). */
 int serving_resolve(serving_repo *repo, serving_request *r, serving_error *err);
 
 /* Runs the request (resolving first when the caller has not). Returns 0,
@@ -441,8 +456,8 @@ int serving_resolve(serving_repo *repo, serving_request *r, serving_error *err);
  * runs. */
 int serving_predict(serving_repo *repo, serving_request *r);
 
-/* Releases the versions and frees what serving filled. r may be reused
- * after serving_request_init. Not on a batcher thread. */
+/* Releases the versions and frees what serving filled; zeroes r. r may be
+ * reused after serving_request_init. Not on a batcher thread. */
 void serving_request_fini(serving_request *r);
 
 #ifdef __cplusplus

@@ -18,11 +18,14 @@ import random
 import re
 import signal
 import subprocess
-import time
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from harness import wait_until  # noqa: E402  (the suites' one way to wait for a condition)
+
 BIN = os.environ.get("AISERVE_BIN", os.path.join(ROOT, "build", "aiserve"))
 MODEL = os.path.join(ROOT, "tests", "fixtures", "models", "distilbert-f32")
 DEV_TSV = os.path.join(os.path.dirname(ROOT), "shared", "data", "sst2", "dev.tsv")
@@ -50,16 +53,6 @@ def sst2_sentences():
     with open(DEV_TSV, encoding="utf-8") as f:
         rows = f.read().splitlines()[1:]
     return [r.split("\t")[0] for r in rows if r.split("\t")[0]]
-
-
-def wait_for(predicate, limit_s=60):
-    """Polls predicate until true or the limit (a bound, not an assertion)."""
-    end = time.monotonic() + limit_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +174,8 @@ def test_resume_after_kill_9_is_byte_identical(big, tmp_path):
                              "--output", str(out), "--batch-size", "16", "--threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: proc.poll() is not None or (out.exists() and out.stat().st_size > 0))
+        wait_until(lambda: proc.poll() is not None or (out.exists() and out.stat().st_size > 0), 60,
+                   "the run to write output or end", interval=0.005)
     finally:
         proc.kill()
         proc.wait()
@@ -230,7 +224,8 @@ def test_sigterm_stops_after_a_batch_and_resume_finishes(big, tmp_path):
     try:
         proc.stdin.write(head)
         proc.stdin.flush()
-        assert wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") == 32)
+        wait_until(lambda: out.exists() and out.read_bytes().count(b"\n") == 32, 60,
+                   "the first 32 results in the output", interval=0.005)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:

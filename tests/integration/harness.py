@@ -8,7 +8,9 @@ the grace period. A server started by a fixture must also exit 0 on that
 SIGTERM unless the test says otherwise.
 
 Nothing here changes the server; tests must never depend on timing beyond
-generous bounds that express behaviour.
+generous bounds that express behaviour. A test that needs something to have
+happened waits for it with wait_until (an observable condition, a deadline),
+never with a fixed sleep.
 """
 
 import json
@@ -32,6 +34,25 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "models")
 
 START_TIMEOUT = 30.0   # generous: the machine is shared with builds and training
 STOP_TIMEOUT = 30.0
+POLL_INTERVAL = 0.02   # between two looks at a condition
+
+
+def wait_until(predicate, timeout=START_TIMEOUT, what="the condition", interval=POLL_INTERVAL):
+    """Polls predicate() until it returns something other than None or False
+    and returns that (so a 4xx response, 0 or [] count as an answer: return
+    None for "not yet"). Fails with an AssertionError naming `what` (a string,
+    or a function giving one, called only then: for details such as the
+    server's output) when timeout seconds pass first. Tests wait for an
+    observable condition this way, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("still waiting after %g s for %s"
+                                 % (timeout, what() if callable(what) else what))
+        time.sleep(interval)
 
 
 class Server:
@@ -92,7 +113,8 @@ class Server:
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
         self._err = []
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._err_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._err_reader.start()
         if not self._listening.wait(START_TIMEOUT):
             self.kill()
             raise RuntimeError("server did not log 'listening':\n" + self.output())
@@ -121,31 +143,32 @@ class Server:
             self._err.append(raw.decode("utf-8", "replace"))
 
     def wait_for(self, path, status=200, timeout=START_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
+        """The first answer of GET path with this status."""
+        last = [None]
+
+        def answered():
             if self.proc.poll() is not None:
                 raise RuntimeError("server exited (%s) while waiting for %s:\n%s"
                                    % (self.proc.returncode, path, self.output()))
             try:
                 r = requests.get(self.url(path), timeout=2, verify=self.ca or True)
-                last = r.status_code
-                if r.status_code == status:
-                    return r
             except requests.RequestException as e:
-                last = e
-            time.sleep(0.02)
-        raise RuntimeError("%s never answered %d (last: %r):\n%s"
-                           % (path, status, last, self.output()))
+                last[0] = e
+                return None
+            last[0] = r.status_code
+            return r if r.status_code == status else None
 
-    def wait_log(self, msg, timeout=START_TIMEOUT, **fields):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.logs(msg):
-                if all(e.get(k) == v for k, v in fields.items()):
-                    return e
-            time.sleep(0.02)
-        raise AssertionError("no log line %r %r:\n%s" % (msg, fields, self.output()))
+        return wait_until(answered, timeout, lambda: "%s to answer %d (last: %r):\n%s"
+                          % (path, status, last[0], self.output()))
+
+    def wait_log(self, msg, timeout=START_TIMEOUT, nth=1, **fields):
+        """The nth log line msg whose fields have these values, once written."""
+        def logged():
+            found = [e for e in self.logs(msg) if all(e.get(k) == v for k, v in fields.items())]
+            return found[nth - 1] if len(found) >= nth else None
+
+        return wait_until(logged, timeout, lambda: "log line %r %r (#%d):\n%s"
+                          % (msg, fields, nth, self.output()))
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -166,7 +189,8 @@ class Server:
                 self.returncode = "killed after %.0fs" % timeout
                 return self.returncode
         self.returncode = self.proc.returncode
-        self._reader.join(5)
+        self._reader.join(5)        # every line it wrote is read once stop returns
+        self._err_reader.join(5)
         return self.returncode
 
     def kill(self):
@@ -448,17 +472,17 @@ class RedisServer:
             cmd += ["--requirepass", self.password]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def answers():
             if self.proc.poll() is not None:
                 raise RuntimeError("redis-server exited: %s" % self.proc.stdout.read().decode())
             try:
-                if self.command("PING") in ("PONG", "NOAUTH Authentication required."):
-                    return self
+                return self.command("PING") in ("PONG", "NOAUTH Authentication required.")
             except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not answer on port %d" % self.port)
+                return False
+
+        wait_until(answers, timeout, "redis-server to answer on port %d" % self.port)
+        return self
 
     def url(self, db=0):
         auth = ":%s@" % self.password if self.password else ""

@@ -14,11 +14,10 @@ import re
 import signal
 import stat
 import subprocess
-import time
 
 import pytest
 
-from harness import BIN, MODELS, Server, assert_error, sample
+from harness import BIN, MODELS, Server, assert_error, sample, wait_until
 
 KEY_RE = re.compile(r"^ais_[A-Za-z0-9_-]{43}$")
 RELOAD_WAIT = 10.0  # generous: the file is checked about once a second
@@ -54,13 +53,12 @@ def bearer(key):
 
 
 def wait_status(s, key, status, timeout=RELOAD_WAIT):
-    """Polls /predict with key until it answers status."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """The first answer of /predict with key that has this status."""
+    def answered():
         r = s.predict("a fine film", headers=auth(key))
-        if r.status_code == status or time.monotonic() > deadline:
-            return r
-        time.sleep(0.1)
+        return r if r.status_code == status else None
+
+    return wait_until(answered, timeout, "/predict with the key to answer %d" % status)
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +290,10 @@ def test_revoke_and_sighup_without_restart(server_factory, tmp_path):
     err = assert_error(r, 403, "invalid_api_key")
     assert "revoked" in err["message"]
     assert s.predict("fine", headers=bearer(other)).status_code == 200
-    s.send_signal(signal.SIGHUP)                # again: harmless, still serving
-    time.sleep(0.2)
+    s.send_signal(signal.SIGHUP)                # again, the file unchanged: harmless, still serving
+    again = s.wait_log("keys_reloaded", timeout=RELOAD_WAIT, nth=2, trigger="sighup")
+    assert (again["keys"], again["active"]) == (2, 1), again
+    assert_error(s.predict("fine", headers=auth(web)), 403, "invalid_api_key")
     assert s.predict("fine", headers=auth(other)).status_code == 200
     assert s.alive()
 
@@ -324,11 +324,13 @@ def test_corrupt_file_on_reload_keeps_the_keys(server_factory, tmp_path):
     assert s.predict("fine").status_code == 401
     path.write_text("")                          # truncated mid-rewrite: never opens the server
     s.send_signal(signal.SIGHUP)
-    time.sleep(0.3)
+    e = s.wait_log("keys_reload_failed", timeout=RELOAD_WAIT, nth=2, trigger="sighup")
+    assert e["keys_in_use"] == 1, e
     assert s.predict("fine").status_code == 401
     os.unlink(path)                              # gone: keys stay
     s.send_signal(signal.SIGHUP)
-    time.sleep(0.3)
+    e = s.wait_log("keys_reload_failed", timeout=RELOAD_WAIT, nth=3, trigger="sighup")
+    assert e["keys_in_use"] == 1, e
     assert s.predict("fine").status_code == 401
     assert s.predict("fine", headers=auth(web)).status_code == 200
     path.write_text(good)
@@ -360,9 +362,7 @@ def test_open_without_keys_then_keys_appear(server_factory, tmp_path):
     assert s.predict("fine").status_code == 200
     assert s.get("/v1/models").status_code == 200
     key = create(path, "web", "predict")         # the file appears: keys are required from now on
-    deadline = time.monotonic() + RELOAD_WAIT
-    while s.predict("fine").status_code != 401 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: s.predict("fine").status_code == 401, RELOAD_WAIT, "the new key store to require a key")
     assert_error(s.predict("fine"), 401, "missing_api_key")
     assert s.predict("fine", headers=auth(key)).status_code == 200
 
@@ -393,8 +393,7 @@ def test_key_never_logged(server_factory, tmp_path):
     s.send_signal(signal.SIGHUP)
     s.wait_log("keys_reloaded")
     metrics = s.get("/metrics").text
-    time.sleep(0.3)
-    assert s.stop() == 0
+    assert s.stop() == 0                         # every line it wrote is read by now
     out = "\n".join(s.raw_lines()) + "".join(s._err)
     for key in (web, emb, old):
         assert key not in out and key not in metrics

@@ -8,11 +8,10 @@ per-key limit, and a database that is corrupt or already in use.
 import json
 import os
 import subprocess
-import time
 
 import requests
 
-from harness import BIN, MODELS, assert_error, sample
+from harness import BIN, MODELS, assert_error, sample, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEV = "/work/shared/data/sst2/dev.tsv" if os.path.exists("/work/shared/data/sst2/dev.tsv") else \
@@ -27,16 +26,25 @@ def dev_sentences(n):
 
 
 def wait_status(s, job_id, want=("completed",), timeout=120, **kw):
-    deadline = time.monotonic() + timeout
-    body = None
-    while time.monotonic() < deadline:
+    """The job's status body once its status is one of want."""
+    last = [None]
+
+    def reached():
         r = s.get("/v1/batch/" + job_id, **kw)
         assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in want:
-            return body
-        time.sleep(0.05)
-    raise AssertionError("job never reached %r: %r" % (want, body))
+        last[0] = r.json()
+        return last[0] if last[0]["status"] in want else None
+
+    return wait_until(reached, timeout, lambda: "job %s to be %r (last: %r)" % (job_id, want, last[0]))
+
+
+def wait_seed_result(s, task, timeout=60, **kw):
+    """GET /batch_result/{task} once the task is no longer pending."""
+    def finished():
+        body = s.get("/batch_result/" + task, **kw).json()
+        return body if body["status"] != "pending" else None
+
+    return wait_until(finished, timeout, "task %s to finish" % task)
 
 
 def all_results(s, job_id, page=200, **kw):
@@ -103,13 +111,7 @@ def test_seed_endpoints_and_json_lines_upload(server_factory):
         assert r.status_code == 200, r.text                 # as the seed service answered
         task = r.json()["task_id"]
         assert task.startswith("batch_") and len(task) == 30
-        deadline = time.monotonic() + 60
-        while True:
-            res = s.get("/batch_result/" + task).json()
-            if res["status"] != "pending":
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        res = wait_seed_result(s, task)
         assert res["status"] == "completed"
         want = s.post("/predict", json={"texts": texts}).json()["predictions"]
         assert res["results"] == want
@@ -146,10 +148,20 @@ def test_invalid_jobs_are_never_stored(server_factory):
     assert_error(s.get("/v1/batch"), 405, "method_not_allowed")
     assert_error(s.get("/v1/batch/batch_x/results?limit=0"), 422, "invalid_request")
     assert_error(s.get("/v1/batch/batch_x/results?offset=-1"), 422, "invalid_request")
-    time.sleep(1.5)                                     # the gauges refresh about once a second
-    m = s.metrics()
-    for state in ("queued", "running", "completed", "failed", "cancelled"):
-        assert sample(m, "aiserve_batch_jobs", state=state) == 0
+    # A valid job after them: the gauges are counted from the database, so
+    # once they count this one, they count any invalid job stored before it.
+    r = s.post("/v1/batch", json={"inputs": ["the only job"]})
+    assert r.status_code == 202, r.text
+    wait_status(s, r.json()["id"])
+
+    def counted():
+        m = s.metrics()
+        return m if sample(m, "aiserve_batch_jobs", state="completed") >= 1 else None
+
+    m = wait_until(counted, 30, "the aiserve_batch_jobs gauges to count the completed job")
+    held = {state: sample(m, "aiserve_batch_jobs", state=state)
+            for state in ("queued", "running", "completed", "failed", "cancelled")}
+    assert held == {"queued": 0, "running": 0, "completed": 1, "failed": 0, "cancelled": 0}, held
 
 
 def test_kill_9_mid_job_then_restart_loses_nothing(server_factory, tmp_path):
@@ -161,13 +173,12 @@ def test_kill_9_mid_job_then_restart_loses_nothing(server_factory, tmp_path):
     r = s.post("/v1/batch", json={"inputs": texts})
     assert r.status_code == 202
     job_id = r.json()["id"]
-    deadline = time.monotonic() + 120
-    while True:
+
+    def progressed():
         done = s.get("/v1/batch/" + job_id).json()["progress"]["done"]
-        if done >= 64:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+        return done if done >= 64 else None
+
+    done = wait_until(progressed, 120, "64 inputs of the job done", interval=0.01)
     s.kill()                                            # SIGKILL, mid-job
     assert 0 < done < n, done
     s2 = server_factory(*args)
@@ -183,7 +194,9 @@ def test_cancel_stops_work(server_factory):
     r = requests.delete(s.url("/v1/batch/" + job_id), timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     done = r.json()["progress"]["done"]
-    time.sleep(0.5)
+    # One worker runs the jobs in order: once a job submitted after the cancel
+    # has completed, the chunk that was in flight at the cancel is over.
+    wait_status(s, s.post("/v1/batch", json={"inputs": ["after the cancel"]}).json()["id"])
     body = s.get("/v1/batch/" + job_id).json()
     assert body["status"] == "cancelled" and body["progress"]["done"] - done <= 32 and body["finished_at"]
     assert body["progress"]["done"] < 20000
@@ -198,10 +211,7 @@ def test_retention_purges(server_factory):
     s = server_factory("--batch-retention", "1s")
     job_id = s.post("/v1/batch", json={"inputs": ["short lived"]}).json()["id"]
     wait_status(s, job_id)
-    deadline = time.monotonic() + 30
-    while s.get("/v1/batch/" + job_id).status_code != 404:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: s.get("/v1/batch/" + job_id).status_code == 404, 30, "the job to be purged")
     assert_error(s.get("/v1/batch/%s/results" % job_id), 404, "job_not_found")
     assert s.logs("batch_job_purged")
 

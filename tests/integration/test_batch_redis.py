@@ -8,12 +8,10 @@ expires, nothing lost or stored twice; Redis down (503 for batch, /predict
 unaffected) and back.
 """
 
-import time
-
 import requests
 
-from harness import assert_error, sample
-from test_batch import assert_finished_equal_singles, dev_sentences, wait_status
+from harness import assert_error, sample, wait_until
+from test_batch import assert_finished_equal_singles, dev_sentences, wait_seed_result, wait_status
 
 
 def redis_server(server_factory, redis, *args, **kw):
@@ -45,10 +43,7 @@ def test_two_instances_share_one_queue(server_factory, redis_factory):
     r = b.post("/batch_predict", json=["a gorgeous , witty film", "tedious beyond belief"])
     assert r.status_code == 200 and set(r.json()) == {"task_id", "status"}
     task = r.json()["task_id"]
-    deadline = time.monotonic() + 60
-    while (body := a.get("/batch_result/" + task).json())["status"] == "pending":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    body = wait_seed_result(a, task)
     assert body["status"] == "completed"
     assert [x["label"] for x in body["results"]] == [b.predict(t).json()["label"] for t in
                                                      ["a gorgeous , witty film", "tedious beyond belief"]]
@@ -57,16 +52,18 @@ def test_two_instances_share_one_queue(server_factory, redis_factory):
     big = a.post("/v1/batch", json={"inputs": dev_sentences(20000)}).json()["id"]
     r = requests.delete(b.url("/v1/batch/" + big), timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    time.sleep(1.0)
-    first = a.get("/v1/batch/" + big).json()
-    time.sleep(1.0)
+    at_cancel = r.json()["progress"]
+    # Both workers are done with it once the queue keeps nothing of it and no
+    # chunk is leased (a claim pops and leases in one script): from then on no
+    # work on it can start or end.
+    wait_until(lambda: redis.command("LLEN", "aiserve:batch:queue") == 0
+               and redis.command("ZCARD", "aiserve:batch:leases") == 0, 60,
+               "the cancelled job's chunks to leave the queue and the leases")
     later = a.get("/v1/batch/" + big).json()
-    assert later["status"] == "cancelled" and later["progress"] == first["progress"]
+    # a chunk in flight at the cancel is not stored (its commit sees the job ended)
+    assert later["status"] == "cancelled" and later["progress"] == at_cancel
     assert later["progress"]["done"] < 20000
     assert_error(requests.delete(a.url("/v1/batch/" + big), timeout=10), 409, "job_finished")
-    # the queue keeps nothing of it
-    assert redis.command("LLEN", "aiserve:batch:queue") == 0
-    assert redis.command("ZCARD", "aiserve:batch:leases") == 0
 
 
 def test_kill_9_mid_job_then_a_new_instance_finishes(server_factory, redis_factory):
@@ -75,10 +72,8 @@ def test_kill_9_mid_job_then_a_new_instance_finishes(server_factory, redis_facto
     texts = dev_sentences(n)
     s = redis_server(server_factory, redis, clean_exit=False)
     job_id = s.post("/v1/batch", json={"inputs": texts}).json()["id"]
-    deadline = time.monotonic() + 120
-    while s.get("/v1/batch/" + job_id).json()["progress"]["done"] < 64:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: s.get("/v1/batch/" + job_id).json()["progress"]["done"] >= 64, 120,
+               "64 inputs of the job done", interval=0.01)
     s.kill()                                               # SIGKILL, mid-job
     stored = int(redis.command("HGET", "aiserve:batch:job:" + job_id, "done"))
     held = redis.command("ZCARD", "aiserve:batch:leases")  # the chunk it was computing, if any
@@ -111,10 +106,13 @@ def test_redis_down_refuses_batch_not_predictions(server_factory, redis_factory)
     assert health.json()["dependencies"]["batch_queue"]["status"] == "down"
     assert "error" in health.json()["dependencies"]["batch_queue"]
     redis.start()                                          # back, empty (no persistence)
-    deadline = time.monotonic() + 30
-    while (r := s.post("/v1/batch", json={"inputs": ["back again"]})).status_code != 202:
-        assert r.status_code == 503 and time.monotonic() < deadline
-        time.sleep(0.1)
+
+    def accepted():
+        r = s.post("/v1/batch", json={"inputs": ["back again"]})
+        assert r.status_code in (202, 503), (r.status_code, r.text)
+        return r if r.status_code == 202 else None
+
+    r = wait_until(accepted, 30, "a job accepted once Redis is back")
     assert wait_status(s, r.json()["id"])["progress"] == {"done": 1, "total": 1}
     assert s.logs("batch_queue_unavailable")
     assert s.get("/health").json()["dependencies"]["batch_queue"] == {"status": "up"}

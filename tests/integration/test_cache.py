@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from harness import SENTIMENT, assert_error, make_repo, sample
+from harness import SENTIMENT, assert_error, make_repo, sample, wait_until
 
 
 def inferences(m, model="sentiment"):
@@ -89,10 +89,18 @@ def test_models_never_share_entries(server_factory, tmp_path):
 
 def test_time_to_live(server_factory):
     s = server_factory("--cache-ttl", "1s")
+    stored_before = time.monotonic()         # the entry is stored after this instant
     assert s.predict("short lived").headers["X-Cache"] == "MISS"
     assert s.predict("short lived").headers["X-Cache"] == "HIT"
-    time.sleep(1.3)
-    assert s.predict("short lived").headers["X-Cache"] == "MISS"
+
+    def computed_again():
+        r = s.predict("short lived")
+        assert r.status_code == 200 and r.headers["X-Cache"] in ("HIT", "MISS"), r.headers
+        return r.headers["X-Cache"] == "MISS"
+
+    # HITs until the entry expires, then a MISS: never before its second is up
+    wait_until(computed_again, 30, "the cached answer to expire", interval=0.05)
+    assert time.monotonic() - stored_before >= 1.0
     m = s.metrics()
     assert sample(m, "aiserve_cache_evictions_total", reason="expired") >= 1
     assert sample(m, "aiserve_cache_evictions_total", reason="capacity") == 0
@@ -167,10 +175,8 @@ def test_overload_shared_with_followers(server_factory):
                        "--max-batch-size", "2")
     blocker = threading.Thread(target=lambda: s.predict("holding the queue", timeout=60))
     blocker.start()
-    deadline = time.monotonic() + 10
-    while sample(s.metrics(), "aiserve_queue_depth", model="sentiment", version="1") < 1:
-        assert time.monotonic() < deadline, "the queue never filled"
-        time.sleep(0.01)
+    wait_until(lambda: sample(s.metrics(), "aiserve_queue_depth", model="sentiment", version="1") >= 1, 10,
+               "the queue to fill", interval=0.01)
     n = 8
     barrier = threading.Barrier(n)
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from harness import read_response, sample
+from harness import read_response, sample, wait_until
 
 TEXTS = [
     "I love this movie, it was wonderful",
@@ -123,12 +123,8 @@ def test_health_and_metrics_answer_while_predict_saturated(server_factory):
         t.start()
     try:
         # wait until the model is busy: the queue has work in it
-        deadline = time.monotonic() + 20
-        busy = False
-        while time.monotonic() < deadline and not busy:
-            m = s.metrics()
-            busy = sample(m, "aiserve_queue_depth", model="sentiment", version="1") > 0
-        assert busy, "could not saturate the model"
+        wait_until(lambda: sample(s.metrics(), "aiserve_queue_depth", model="sentiment", version="1") > 0, 20,
+                   "the model to be saturated (work in its queue)", interval=0)
         worst = 0.0
         for _ in range(10):
             for path in ("/health", "/health/ready", "/metrics"):

@@ -10,12 +10,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 import requests
 
-from harness import (SENTIMENT, assert_error, make_repo, parse_prometheus, sample, series)
+from harness import (SENTIMENT, assert_error, make_repo, parse_prometheus, sample, series, wait_until)
 
 
 def test_health_endpoints_when_ready(server):
@@ -33,27 +32,27 @@ def test_health_endpoints_when_ready(server):
         assert server.get(path).headers["Content-Type"].startswith("application/json")
 
 
-def _feed_fifo(path, data, timeout=20):
-    """Write data into a FIFO once its reader has opened it."""
-    deadline = time.monotonic() + timeout
-    while True:
+def _open_fifo_writer(path, timeout=20):
+    """The write end of a FIFO, once its reader has opened it (the reader then
+    waits for the bytes)."""
+    def opened():
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            break
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as e:
-            if e.errno != errno.ENXIO or time.monotonic() > deadline:
+            if e.errno != errno.ENXIO:          # ENXIO: no reader yet
                 raise
-            time.sleep(0.02)
-    try:
-        os.set_blocking(fd, True)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+            return None
+
+    fd = wait_until(opened, timeout, "the loader to open %s" % path)
+    os.set_blocking(fd, True)
+    return fd
 
 
 @pytest.fixture
 def slow_repo(tmp_path):
-    """A repo whose only model blocks in loading until release() is called."""
+    """A repo whose only model blocks in loading: loading() returns once the
+    loader is inside the load (it opened config.json and waits for its
+    bytes); release() lets the load finish."""
     d = tmp_path / "slow"
     d.mkdir()
     for f in os.listdir(SENTIMENT):
@@ -62,26 +61,34 @@ def slow_repo(tmp_path):
     fifo = d / "config.json"
     os.mkfifo(fifo)
     config = open(os.path.join(SENTIMENT, "config.json"), "rb").read()
-    released = []
+    writer, released = [], []
+
+    def loading():
+        if not writer:
+            writer.append(_open_fifo_writer(str(fifo)))
 
     def release():
         if not released:
             released.append(True)
-            _feed_fifo(str(fifo), config)
+            loading()
+            try:
+                os.write(writer[0], config)
+            finally:
+                os.close(writer[0])
 
     repo = make_repo(tmp_path, sentiment=str(d))
-    yield repo, release
+    yield repo, loading, release
     if not released:            # never leave the loader blocked
         try:
             release()
-        except OSError:
+        except (OSError, AssertionError):       # it is gone, or never opened the file
             pass
 
 
 def test_loading_state_then_ready(server_factory, slow_repo):
-    repo, release = slow_repo
+    repo, loading, release = slow_repo
     s = server_factory(repo=repo, wait="live")
-    time.sleep(0.3)      # the loader is blocked on the FIFO: the state cannot change
+    loading()            # the loader is inside the load, held there until release()
     r = s.get("/health/ready")
     assert r.status_code == 503, r.text
     r = s.get("/health")
@@ -109,9 +116,9 @@ def test_loading_state_then_ready(server_factory, slow_repo):
 def test_sigterm_while_loading_exits_promptly(server_factory, slow_repo):
     """A model load is not a request in flight: SIGTERM during a (stuck) load
     stops the server within the drain timeout, and a second signal at once."""
-    repo, release = slow_repo
+    repo, loading, release = slow_repo
     s = server_factory("--drain-timeout", "1s", repo=repo, wait="live", clean_exit=False)
-    time.sleep(0.2)
+    loading()
     s.send_signal(signal.SIGTERM)
     try:
         rc = s.proc.wait(5)

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from harness import HEX32, MODELS, ROOT, assert_error, read_response
+from harness import HEX32, MODELS, ROOT, assert_error, parse_prometheus, read_response, sample, wait_until
 
 
 def post_raw(server, body, path=b"/predict", extra=b""):
@@ -284,14 +284,21 @@ def test_slowloris_does_not_delay_others(server_factory):
     s = server_factory("--max-connections", "200")
     stop = threading.Event()
     results = {}
+    sess = requests.Session()           # one keep-alive connection of its own
+
+    def connections():
+        m = parse_prometheus(sess.get(s.url("/metrics"), timeout=30).text)
+        return sample(m, "aiserve_http_connections")
+
+    # the start's readiness checks have closed: this session is the only client
+    wait_until(lambda: connections() == 1, 30, "the server to hold no connection but this session's")
     lorises = [threading.Thread(target=_dribble, args=(s.port, SLOW_HEADERS, 0.05, stop, results, i))
                for i in range(40)]
     for t in lorises:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: connections() >= 41, 30, "the 40 slow clients (and this session) to be connected")
         worst = 0.0
-        sess = requests.Session()
         for i in range(30):
             t0 = time.monotonic()
             r = sess.post(s.url("/predict"), json={"text": "quick %d" % i}, timeout=30)
@@ -347,11 +354,30 @@ def test_stalled_client_is_cut_off(server_factory):
     s.assert_serving()
 
 
+def _held_by_server(port, socks):
+    """How many of the client sockets socks the server on port holds: the
+    server ends of their connections in /proc/net/tcp that have a socket
+    inode (an end still in the listen backlog, or closed by the server, has
+    none)."""
+    mine = {c.getsockname()[1] for c in socks}
+    held = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if (int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) in mine
+                    and inode != "0"):
+                held += 1
+    return held
+
+
 def test_connection_flood_then_serving(server_factory):
     """Rounds of many simultaneous connections past --max-connections, from
     several threads (so that both event loops accept at once); after each round
     the server serves again, and at the end it stops cleanly."""
-    s = server_factory("--max-connections", "50", "--read-timeout", "1s", clean_exit=False)
+    limit = 50
+    s = server_factory("--max-connections", str(limit), "--read-timeout", "1s", clean_exit=False)
     for rnd in range(12):
         socks = []
         lock = threading.Lock()
@@ -370,21 +396,18 @@ def test_connection_flood_then_serving(server_factory):
             t.start()
         for t in threads:
             t.join(30)
-        time.sleep(0.05)
+        # before they close, the server holds as many of them as its limit allows
+        want = min(len(socks), limit)
+        wait_until(lambda: _held_by_server(s.port, socks) >= want, 10,
+                   lambda: "the server to accept %d of the %d connections of round %d" % (want, len(socks), rnd))
         for c in socks:
             c.close()
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                if requests.get(s.url("/health"), timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                rc = s.stop(timeout=5)
-                pytest.fail("no answer within 5 s after connection flood round %d (%d connections); "
-                            "SIGTERM then gave %r" % (rnd, len(socks), rc))
-            time.sleep(0.05)
+        try:
+            s.wait_for("/health", 200, timeout=5)
+        except AssertionError:
+            rc = s.stop(timeout=5)
+            pytest.fail("no answer within 5 s after connection flood round %d (%d connections); "
+                        "SIGTERM then gave %r" % (rnd, len(socks), rc))
     s.assert_serving()
     rc = s.stop(timeout=10)
     assert rc == 0, rc

@@ -4,24 +4,20 @@ that can break a line.
 """
 
 import json
-import time
 
 import requests
 
-from harness import HEX32
+from harness import HEX32, wait_until
 
 SECRET = "SECRET-BODY-TEXT-7f3a9c"
 API_KEY = "sk-LEAKCHECK-0123456789abcdef"
 
 
 def _access_lines(s, rid, timeout=5):
-    """The access log lines for one request id (written just after the answer)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [e for e in s.logs("request") if e.get("request_id") == rid]
-        if lines or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.02)
+    """The access log lines for one request id, once there is one (it is
+    written just after the answer)."""
+    return wait_until(lambda: [e for e in s.logs("request") if e.get("request_id") == rid] or None, timeout,
+                      "an access log line for request %s" % rid)
 
 
 def test_access_log_fields(server_factory):
@@ -64,9 +60,9 @@ def test_no_access_log(server_factory):
     s = server_factory("--no-access-log")
     s.predict("hello")
     s.get("/nope")
-    time.sleep(0.2)
+    assert s.stop() == 0            # every line it wrote is read by now
     assert s.logs("request") == []
-    assert s.logs("ready")          # lifecycle events still logged
+    assert s.logs("ready") and s.logs("stopped")    # lifecycle events still logged
 
 
 def test_bodies_and_secrets_never_logged_at_info(server_factory):
@@ -81,8 +77,7 @@ def test_bodies_and_secrets_never_logged_at_info(server_factory):
     s.post("/predict", json={SECRET: "x"}, headers=h)                                       # schema
     s.post("/predict", data=b'{"text": "' + SECRET.encode() + b'\xff"}', headers=h)       # bad UTF-8
     s.post("/v1/models/embed/predict", json={"text": SECRET}, headers=h)
-    time.sleep(0.3)
-    rc = s.stop()
+    rc = s.stop()                   # every line it wrote is read by now
     assert rc == 0
     out = "\n".join(s.raw_lines()) + "".join(s._err)
     assert SECRET not in out

@@ -9,12 +9,11 @@ errors and stalls from Redis itself, key prefixes, and bad URLs.
 import os
 import subprocess
 import threading
-import time
 
 import pytest
 import requests
 
-from harness import BIN, assert_error, free_port, sample
+from harness import BIN, assert_error, free_port, sample, wait_until
 
 from test_ratelimit import assert_exact_limit, concurrent_predictions, create_key, limit_headers
 
@@ -24,14 +23,14 @@ def serve(server_factory, redis_url, *args, **kw):
 
 
 def wait_health(s, status, timeout=30):
-    deadline = time.monotonic() + timeout
-    body = None
-    while time.monotonic() < deadline:
-        body = s.get("/health").json()
-        if body["status"] == status:
-            return body
-        time.sleep(0.05)
-    raise AssertionError("health never %r; last %r" % (status, body))
+    """The /health body once its status is status."""
+    last = [None]
+
+    def reached():
+        last[0] = s.get("/health").json()
+        return last[0] if last[0]["status"] == status else None
+
+    return wait_until(reached, timeout, lambda: "health %r (last: %r)" % (status, last[0]))
 
 
 def test_cache_lives_in_redis_and_is_shared(server_factory, redis_factory):
@@ -96,11 +95,16 @@ def test_redis_killed_and_restarted_mid_run(server_factory, redis_factory):
             statuses.append(r.status_code)
             i += 1
 
+    def answered(more):
+        """Returns once the clients have had `more` answers since the call."""
+        n = len(statuses)
+        wait_until(lambda: len(statuses) >= n + more, 30, "%d more answers to the clients" % more)
+
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        answered(20)                                     # traffic flows through Redis
         redis.kill()
         body = wait_health(s, "degraded")
         dep = body["dependencies"]["redis"]
@@ -110,10 +114,10 @@ def test_redis_killed_and_restarted_mid_run(server_factory, redis_factory):
         r = s.predict("during the outage")
         assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
         assert s.predict("during the outage").headers["X-Cache"] == "MISS"
-        time.sleep(0.5)
+        answered(20)                                     # traffic flows without Redis
         redis.restart()
         wait_health(s, "healthy")
-        time.sleep(0.3)
+        answered(20)                                     # and through Redis again
     finally:
         stop.set()
         for t in threads:

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import requests
 
-from harness import BIN, SENTIMENT, assert_error
+from harness import BIN, SENTIMENT, assert_error, wait_until
 
 
 def repo_with_versions(tmp_path):
@@ -183,7 +183,6 @@ def test_new_version_under_load_then_broken_one(server_factory, tmp_path):
     request fails. A broken version that appears later is reported and the
     serving version stays."""
     import threading
-    import time
     repo = tmp_path / "repo"
     (repo / "sentiment").mkdir(parents=True)
     os.symlink(SENTIMENT, repo / "sentiment" / "1")
@@ -203,32 +202,23 @@ def test_new_version_under_load_then_broken_one(server_factory, tmp_path):
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: len(seen) >= 20, 30, "20 answers from version 1")    # requests flow
         os.symlink(SENTIMENT, repo / "sentiment" / "2")
-        deadline = time.monotonic() + 60
-        while "2" not in seen[-20:]:
-            assert time.monotonic() < deadline, "version 2 never served"
-            time.sleep(0.05)
-        time.sleep(0.5)
+        wait_until(lambda: "2" in seen[-20:], 60, "version 2 to serve")
+        wait_until(lambda: seen[-20:] == ["2"] * 20, 30, "the last 20 answers to be version 2's")
     finally:
         stop.set()
         for t in threads:
             t.join(60)
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert seen[0] == "1" and seen[-1] == "2"
-    deadline = time.monotonic() + 30
-    while states(s) != {"2": "available"}:
-        assert time.monotonic() < deadline, states(s)
-        time.sleep(0.05)
+    wait_until(lambda: states(s) == {"2": "available"}, 30, lambda: "only version 2 (%r)" % states(s))
     s.wait_log("model_unloaded", model="sentiment", version=1)
     # a broken newer version: reported, never served
     bad = repo / "sentiment" / "3"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
-    deadline = time.monotonic() + 30
-    while states(s).get("3") != "failed":
-        assert time.monotonic() < deadline, states(s)
-        time.sleep(0.05)
+    wait_until(lambda: states(s).get("3") == "failed", 30, lambda: "version 3 failed (%r)" % states(s))
     versions = {v["version"]: v for v in s.get("/v1/models/sentiment").json()["versions"]}
     assert versions["3"]["error"]
     assert served_version(s) == "2"
@@ -237,8 +227,7 @@ def test_new_version_under_load_then_broken_one(server_factory, tmp_path):
 def test_shadow_traffic(server_factory, tmp_path):
     """Every request also goes to the shadow version; the client only ever
     sees the primary's answer; agreement is counted."""
-    import time
-    from harness import sample
+    from harness import series
     s = server_factory("--version-policy", "all", "--no-cache", repo=repo_with_versions(tmp_path))
     assert put_split(s, {"1": 100}).status_code == 200                 # primary: version 1
     url = s.url("/admin/models/sentiment/shadow")
@@ -252,14 +241,15 @@ def test_shadow_traffic(server_factory, tmp_path):
         assert r.status_code == 200 and r.json()["model_version"] == "1"   # never the shadow's answer
     r = s.post("/predict", json={"texts": texts[:5]})
     assert r.json()["model_version"] == "1"
-    deadline = time.monotonic() + 60
-    while True:
-        m = s.metrics()
-        agree = sample(m, "aiserve_shadow_predictions_total", model="sentiment", version="2", result="agree")
-        if agree == 45 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert agree == 45                        # the same weights: every text agrees
+
+    def shadowed():
+        """{result: texts} of the shadow version so far."""
+        return {labels["result"]: v for labels, v in series(s.metrics(), "aiserve_shadow_predictions_total")
+                if labels["model"] == "sentiment" and labels["version"] == "2"}
+
+    wait_until(lambda: sum(shadowed().values()) >= 45, 60, lambda: "45 shadowed texts (%r)" % shadowed())
+    got = shadowed()
+    assert got.get("agree") == 45 and sum(got.values()) == 45, got    # the same weights: every text agrees
     # pinned requests to the shadow's own version are not shadowed again
     served_version(s, **{"X-Model-Version": "2"})
     for bad in ({"version": 2, "percent": 0}, {"version": 9, "percent": 10}, {"version": 2, "percent": 150},
@@ -305,14 +295,13 @@ def test_cascade_escalates_exactly_the_unsure_texts(server_factory, tmp_path):
 
 def test_metadata_has_the_weights_sha256(server):
     import hashlib
-    import time
     want = hashlib.sha256(open(os.path.join(SENTIMENT, "model.safetensors"), "rb").read()).hexdigest()
-    deadline = time.monotonic() + 30
-    while True:
+
+    def hashed():
         v = server.get("/v1/models/sentiment").json()["versions"][0]
-        if v["sha256"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return v if v["sha256"] else None
+
+    v = wait_until(hashed, 30, "the weights' sha256 in the metadata")
     assert v["sha256"] == want
     assert {"architecture", "labels", "max_length", "parameters", "dtype", "load_seconds"} <= set(v)
 
@@ -342,7 +331,6 @@ def test_bad_traffic_configuration_stops_the_start(tmp_path, traffic, words):
 
 
 def test_admin_load_and_unload(server_factory, tmp_path):
-    import time
     repo = tmp_path / "repo"
     (repo / "sentiment").mkdir(parents=True)
     os.symlink(SENTIMENT, repo / "sentiment" / "1")
@@ -350,10 +338,7 @@ def test_admin_load_and_unload(server_factory, tmp_path):
     s = server_factory("--poll-interval", "0", repo=repo)        # latest: only 2 loads
 
     def wait_states(want):
-        deadline = time.monotonic() + 30
-        while states(s) != want:
-            assert time.monotonic() < deadline, states(s)
-            time.sleep(0.05)
+        wait_until(lambda: states(s) == want, 30, lambda: "states %r (now %r)" % (want, states(s)))
 
     assert states(s) == {"2": "available"}
     r = requests.post(s.url("/admin/models/sentiment/versions/1/load"), timeout=30)

@@ -6,9 +6,12 @@
  * (resume); cancel before and after the end; retention; submissions through
  * the writer thread, and the ones still queued when it closes; and a data
  * directory that is in use or holds something that is not a database.
+ * A cascade and a shadow configured for the model apply to jobs: results
+ * record the version a cascade escalated them to, and both are counted.
  * The store-neutral tests run twice: on SQLite and on a real redis-server
  * started here; two more are Redis's own (a queue shared by two instances,
- * a lease left by a dead one; Redis unreachable).
+ * a lease left by a dead one; Redis unreachable), one SQLite's (a database
+ * from before results had a version).
  *
  * Each test has its own temporary data directory. Waits are bounded
  * generously; nothing asserts how fast anything is.
@@ -34,6 +37,7 @@
 #include "serving.h"
 #include "redis_server.h"
 #include <hiredis/hiredis.h>
+#include <sqlite3.h>
 
 #define MODELS AISERVE_SOURCE_DIR "/models"
 #define WAIT_MS 120000
@@ -144,8 +148,10 @@ static jobs_info wait_status(jobs *j, const char *id, const char *owner, const c
 }
 
 /* The job's results, in order, are the engine's argmax and its probability
- * for each of its n inputs (texts_of). */
-static void assert_results_equal_engine(jobs *j, const char *id, const char *owner, size_t n_inputs) {
+ * for each of its n inputs (texts_of), each answered by `version` (0: the
+ * job's own). */
+static void assert_results_equal_engine(jobs *j, const char *id, const char *owner, size_t n_inputs,
+                                        long version) {
     engine_model *ref = NULL;
     engine_options eo = {.n_threads = 1};
     engine_error eerr = {0};
@@ -164,6 +170,7 @@ static void assert_results_equal_engine(jobs *j, const char *id, const char *own
         int best = probs[2 * i + 1] > probs[2 * i] ? 1 : 0;
         assert_int_equal(r[i].label, best);
         assert_true(r[i].confidence == (double)probs[2 * i + best]);
+        assert_int_equal(r[i].version, version);
     }
     free(r);
     engine_model_free(ref);
@@ -185,7 +192,7 @@ static void test_results_equal_engine(void **state) {
     assert_string_equal(info.model, "sentiment");
     assert_true(info.created_ms > 0 && info.started_ms >= info.created_ms && info.finished_ms >= info.started_ms);
 
-    assert_results_equal_engine(j, id, "alice", 30);
+    assert_results_equal_engine(j, id, "alice", 30, 0);
     jobs_result *all = NULL, *r = NULL;
     size_t n_all = 0, n = 0;
     assert_int_equal(jobs_results(j, id, "alice", 0, 30, &all, &n_all), JOBS_OK);
@@ -373,6 +380,130 @@ static double metric_in(metrics_registry *m, const char *series) {
     return v;
 }
 
+/* Polls the series until it is want (work nobody waits for: shadow copies). */
+static void metric_reaches(metrics_registry *m, const char *series, double want) {
+    double v = -1;
+    for (int i = 0; i < WAIT_MS / 5 && (v = metric_in(m, series)) != want; i++)
+        sleep_ms(5);
+    if (v != want)
+        fail_msg("%s is %g, never %g", series, v, want);
+}
+
+/* Replaces the fixture's repository by one with versions 1 and 2 of
+ * sentiment, both the bundled model (and a new registry: one repository
+ * per registry). */
+static void two_versions(fixture *f) {
+    serving_repo_destroy(f->repo);
+    metrics_registry_destroy(f->m);
+    char repo[128], model[160], version[200];
+    snprintf(repo, sizeof repo, "%s/repo", f->dir);
+    snprintf(model, sizeof model, "%s/sentiment", repo);
+    assert_int_equal(mkdir(repo, 0700), 0);
+    assert_int_equal(mkdir(model, 0700), 0);
+    for (int v = 1; v <= 2; v++) {
+        snprintf(version, sizeof version, "%s/%d", model, v);
+        assert_int_equal(symlink(MODELS "/sentiment/1", version), 0);
+    }
+    f->m = metrics_registry_create();
+    serving_options o = {.repository = repo, .engine_threads = 1, .max_batch_size = 8, .max_queue_delay_us = 0,
+                         .max_queue_size = 1000, .version_policy = "all"};
+    serving_error err = {0};
+    assert_int_equal(serving_repo_create(&o, f->m, &f->repo, &err), 0);
+    assert_int_equal(serving_repo_start(f->repo), 0);
+    for (int i = 0; i < WAIT_MS && !serving_repo_is_settled(f->repo); i++)
+        sleep_ms(1);
+    assert_true(serving_repo_is_ready(f->repo));
+}
+
+/* A cascade (1, then 2 below confidence 1: every input) and a shadow (2,
+ * every chunk) configured for the model apply to a job: it runs on the
+ * cascade's first version, each result records version 2 and the engine's
+ * answer, and both are counted. */
+static void test_cascade_and_shadow_apply(void **state) {
+    fixture *f = *state;
+    two_versions(f);
+    serving_error serr = {0};
+    serving_cascade cascade = {.first = 1, .then = 2, .threshold = 1.0};
+    assert_int_equal(serving_set_cascade(f->repo, "sentiment", &cascade, &serr), 0);
+    serving_shadow shadow = {.version = 2, .percent = 100};
+    assert_int_equal(serving_set_shadow(f->repo, "sentiment", &shadow, &serr), 0);
+    jobs_options o = options(f);
+    jobs *j = open_ok(&o);
+    assert_int_equal(jobs_start(j), JOBS_OK);
+    char id[JOBS_ID_MAX];
+    submit_ok(j, "alice", 20, id); /* 3 chunks of 8 */
+    jobs_info info = wait_status(j, id, "alice", "completed");
+    assert_int_equal(info.version, 1);
+    assert_results_equal_engine(j, id, "alice", 20, 2); /* every confidence is below 1: all escalated */
+    assert_true(metric_in(f->m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"escalated\"}") == 20);
+    assert_true(metric_in(f->m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"first\"}") == -1);
+    metric_reaches(f->m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"2\",result=\"agree\"}", 20);
+
+    /* Without the cascade, the results are the job's version's (0). */
+    assert_int_equal(serving_set_cascade(f->repo, "sentiment", &(serving_cascade){0}, &serr), 0);
+    submit_ok(j, "alice", 5, id);
+    info = wait_status(j, id, "alice", "completed");
+    assert_int_equal(info.version, 2);
+    assert_results_equal_engine(j, id, "alice", 5, 0);
+    jobs_close(j);
+}
+
+/* A jobs.db from before results recorded a version: opened, its results
+ * table gains the column (0 in the old rows), old results read, new jobs
+ * store theirs; opening it again changes nothing. */
+static void test_sqlite_migrates_results(void **state) {
+    fixture *f = *state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/jobs.db", f->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char sql[2048];
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, model TEXT NOT NULL,"
+             "  version INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, kind INTEGER NOT NULL,"
+             "  total INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL,"
+             "  started_ms INTEGER NOT NULL DEFAULT 0, finished_ms INTEGER NOT NULL DEFAULT 0,"
+             "  error TEXT NOT NULL DEFAULT '');"
+             "CREATE TABLE inputs (job TEXT NOT NULL, idx INTEGER NOT NULL, text TEXT NOT NULL,"
+             "  PRIMARY KEY (job, idx)) WITHOUT ROWID;"
+             "CREATE TABLE results (job TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,"
+             "  confidence REAL NOT NULL, PRIMARY KEY (job, idx)) WITHOUT ROWID;"
+             "INSERT INTO jobs VALUES ('batch_old', 'alice', 'sentiment', 1, 'completed', 2, 2, 2, %lld, %lld, "
+             "  %lld, '');"
+             "INSERT INTO inputs VALUES ('batch_old', 0, 'fine'), ('batch_old', 1, 'awful');"
+             "INSERT INTO results VALUES ('batch_old', 0, 1, 0.75), ('batch_old', 1, 0, 0.5);",
+             (long long)time(NULL) * 1000, (long long)time(NULL) * 1000, (long long)time(NULL) * 1000);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    jobs_options o = options(f);
+    for (int open = 0; open < 2; open++) {
+        jobs *j = open_ok(&o);
+        assert_int_equal(jobs_start(j), JOBS_OK);
+        jobs_result *r = NULL;
+        size_t n = 0;
+        assert_int_equal(jobs_results(j, "batch_old", "alice", 0, 10, &r, &n), JOBS_OK);
+        assert_int_equal(n, 2);
+        assert_true(r[0].label == 1 && r[0].confidence == 0.75 && r[0].version == 0);
+        assert_true(r[1].label == 0 && r[1].confidence == 0.5 && r[1].version == 0);
+        free(r);
+        char id[JOBS_ID_MAX];
+        submit_ok(j, "alice", 10, id);
+        wait_status(j, id, "alice", "completed");
+        assert_results_equal_engine(j, id, "alice", 10, 0);
+        jobs_close(j);
+    }
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('results') WHERE name = 'version'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 /* Redis only: a job submitted on one instance is run by another and read
  * on the first; a chunk leased by an instance that died (its lease left to
  * expire) goes back on the queue and is done once. */
@@ -402,7 +533,7 @@ static void test_redis_shared_queue_and_expired_lease(void **state) {
     jobs_info info = wait_status(a, id, "alice", "completed");
     assert_int_equal(info.done, 40); /* every chunk once */
     assert_int_equal(info.version, 1);
-    assert_results_equal_engine(a, id, "alice", 40);
+    assert_results_equal_engine(a, id, "alice", 40, 0);
     assert_true(metric_in(mb, "aiserve_batch_lease_expiries_total") == 1);
     assert_true(metric_in(mb, "aiserve_batch_inputs_processed_total") == 40);
     /* Nothing left behind: no task, no lease, no inputs. */
@@ -447,6 +578,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_resume_in_next_process_and_cancel, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_async_submit, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_and_shadow_apply, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_shared_queue_and_expired_lease, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_unreachable, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_results_equal_engine, setup, teardown),
@@ -454,6 +586,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_resume_in_next_process_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_submit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_and_shadow_apply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sqlite_migrates_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_directory, setup, teardown),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

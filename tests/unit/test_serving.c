@@ -6,11 +6,14 @@
  * a direct engine call under concurrent submitters and split batches, the
  * queue bound, deadlines, unsupported tasks, a bad text that must not fail
  * its neighbours, references that outlive the repository, shutdown with
- * queued work, and the metrics the traffic leaves behind.
+ * queued work, and the metrics the traffic leaves behind. Then
+ * serving_predict on the bundled sentiment model as several versions:
+ * version choice (pins, aliases, the split's hash, the cascade), cascades
+ * and shadow copies with their counters, task checks, embeddings.
  *
  * Each test builds its own repository under a fresh temporary directory,
- * with symlinks to tests/fixtures/models/<name> as version directories, and
- * removes it afterwards. Waits are bounded generously (the CI machine may be
+ * with symlinks to tests/fixtures/models/<name> (or models/sentiment/1) as
+ * version directories, and removes it afterwards. Waits are bounded generously (the CI machine may be
  * heavily loaded); nothing asserts how fast anything is.
  */
 #define _GNU_SOURCE
@@ -31,6 +34,9 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "engine.h"
 #include "obs.h"
@@ -1257,6 +1263,491 @@ static void test_metrics_after_traffic(void **state) {
     repo_dir_remove(&d);
 }
 
+/* ---- serving_predict ---- */
+
+#define MODELS AISERVE_SOURCE_DIR "/models"
+
+/* <root>/<model>/<version> -> the bundled sentiment model. */
+static void repo_link_sentiment(const repo_dir *d, const char *model, const char *version) {
+    repo_mkdir(d, model);
+    char rel[512];
+    snprintf(rel, sizeof rel, "%s/%s", model, version);
+    assert_int_equal(symlink(MODELS "/sentiment/1", repo_path(d, rel)), 0);
+}
+
+static const char *const reviews[] = {
+    "a wonderful , moving film .", "dull and far too long .", "it 's fine .", "the best film of the year",
+    "i hated every minute", "a masterpiece of tedium", "charming and funny", "not good , not bad",
+};
+#define N_REVIEWS (sizeof reviews / sizeof reviews[0])
+
+static serving_request classify_request(const char *model, long version, const char *ref) {
+    serving_request r;
+    serving_request_init(&r);
+    r.model = model;
+    r.version = version;
+    r.version_ref = ref;
+    r.task = SERVING_TASK_CLASSIFY;
+    return r;
+}
+
+/* serving_resolve that must succeed: the version it chose (r stays resolved). */
+static long resolve_ok(serving_repo *repo, serving_request *r) {
+    serving_error err = {0};
+    int rc = serving_resolve(repo, r, &err);
+    if (rc)
+        fail_msg("serving_resolve: %s %s", serving_status_name(rc), err.message);
+    assert_non_null(r->first);
+    return serving_version_number(r->first);
+}
+
+static void resolve_fails(serving_repo *repo, serving_request *r, int want, const char *fragment) {
+    serving_error err = {0};
+    int rc = serving_resolve(repo, r, &err);
+    if (rc != want)
+        fail_msg("serving_resolve: got %s, want %s (%s)", serving_status_name(rc), serving_status_name(want),
+                 err.message);
+    assert_int_equal(err.status, want);
+    if (fragment && !strstr(err.message, fragment))
+        fail_msg("'%s' not in '%s'", fragment, err.message);
+}
+
+static void on_request_done(serving_request *r, void *user) {
+    (void)r;
+    tracker *t = user;
+    pthread_mutex_lock(&t->lock);
+    t->n_done++;
+    pthread_cond_broadcast(&t->cond);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* serving_predict on texts, waited for: the request's status (r is left
+ * for the caller to read and finish). */
+static int predict_wait(serving_repo *repo, serving_request *r, tracker *t, const char *const *texts, size_t n) {
+    static size_t lens[64];
+    assert_true(n <= 64);
+    for (size_t i = 0; i < n; i++)
+        lens[i] = strlen(texts[i]);
+    r->texts = texts;
+    r->lens = lens;
+    r->n = n;
+    r->on_done = on_request_done;
+    r->user = t;
+    pthread_mutex_lock(&t->lock);
+    int before = t->n_done;
+    pthread_mutex_unlock(&t->lock);
+    int rc = serving_predict(repo, r);
+    if (rc)
+        return rc;
+    if (tracker_wait(t, before + 1) != 0)
+        fail_msg("the request was never answered");
+    return r->status;
+}
+
+static double series_value(metrics_registry *m, const char *series) {
+    char *text = metrics_render(m, NULL);
+    assert_non_null(text);
+    double v = sum_samples(text, series, NULL); /* 0 when absent */
+    free(text);
+    return v;
+}
+
+/* Polls until the series reaches at least want (a shadow copy nobody
+ * waits for), then returns its value. */
+static double series_reaches(metrics_registry *m, const char *series, double want) {
+    uint64_t until = serving_now_us() + WAIT_US;
+    double v;
+    while ((v = series_value(m, series)) < want) {
+        if (serving_now_us() > until)
+            fail_msg("%s is %g, never %g", series, v, want);
+        sleep_us(1000);
+    }
+    return v;
+}
+
+/* The split's bucket of a user, as serving.h defines it. */
+static unsigned user_bucket(const char *model, const char *user) {
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    XXH3_64bits_update(&st, model, strlen(model) + 1);
+    XXH3_64bits_update(&st, user, strlen(user));
+    return (unsigned)(XXH3_64bits_digest(&st) % 100);
+}
+
+/* Which version serving_resolve chooses: pins (numbers, aliases), the
+ * split by user (the documented hash) or at random, the cascade's first
+ * version (also when pinned) while it is available, the shadow noted, the
+ * task checked; and its errors. */
+static void test_predict_resolve(void **state) {
+    (void)state;
+    repo_dir d;
+    repo_dir_init(&d);
+    repo_link_sentiment(&d, "sentiment", "1");
+    repo_link_sentiment(&d, "sentiment", "2");
+    repo_link(&d, "embed", "1", "bert-base-embed");
+    metrics_registry *m = metrics_registry_create();
+    serving_options o = options(&d);
+    o.version_policy = "all";
+    serving_repo *repo = repo_open(&o, m);
+    serving_error err = {0};
+
+    serving_request r = classify_request(NULL, 0, NULL); /* the default model, newest version */
+    assert_int_equal(resolve_ok(repo, &r), 2);
+    assert_string_equal(serving_version_model(r.first), "sentiment");
+    assert_int_equal(r.cascade.first, 0);
+    assert_int_equal(r.shadow.version, 0);
+    resolve_fails(repo, &r, SERVING_EINPUT, "resolved already");
+    serving_request_fini(&r);
+
+    assert_int_equal(serving_set_alias(repo, "sentiment", "production", 1, &err), 0);
+    static const struct {
+        long version;
+        const char *ref;
+        long want;
+    } pins[] = {{1, NULL, 1}, {0, "1", 1}, {0, "2", 2}, {0, "production", 1}, {2, "production", 2}};
+    for (size_t i = 0; i < sizeof pins / sizeof pins[0]; i++) {
+        r = classify_request("sentiment", pins[i].version, pins[i].ref);
+        assert_int_equal(resolve_ok(repo, &r), pins[i].want);
+        serving_request_fini(&r);
+    }
+    r = classify_request("sentiment", 0, "staging");
+    resolve_fails(repo, &r, SERVING_ENOVERSION, "model 'sentiment' has no version or alias 'staging'");
+    assert_null(r.first);
+    r = classify_request("sentiment", 0, "7");
+    resolve_fails(repo, &r, SERVING_ENOVERSION, "model 'sentiment' has no version 7");
+    r = classify_request("sentiment", 7, NULL);
+    resolve_fails(repo, &r, SERVING_ENOVERSION, "no version 7");
+    r = classify_request("nope", 0, NULL);
+    resolve_fails(repo, &r, SERVING_ENOTFOUND, "model 'nope' not found");
+
+    /* The split: each user where the hash puts them, every time; a pin
+     * wins; no user: at random. */
+    serving_split split = {.n = 2, .version = {1, 2}, .weight = {30, 70}};
+    assert_int_equal(serving_set_split(repo, "sentiment", &split, &err), 0);
+    int seen[3] = {0}, anon[3] = {0};
+    for (int u = 0; u < 200; u++) {
+        char user[32];
+        snprintf(user, sizeof user, "user-%d", u);
+        long want = user_bucket("sentiment", user) < 30 ? 1 : 2;
+        for (int again = 0; again < 2; again++) {
+            r = classify_request("sentiment", 0, NULL);
+            r.user_id = user;
+            r.user_id_len = strlen(user);
+            assert_int_equal(resolve_ok(repo, &r), want);
+            serving_request_fini(&r);
+        }
+        seen[want]++;
+        r = classify_request("sentiment", 3 - want, NULL);
+        r.user_id = user;
+        r.user_id_len = strlen(user);
+        assert_int_equal(resolve_ok(repo, &r), 3 - want);
+        serving_request_fini(&r);
+        r = classify_request("sentiment", 0, NULL);
+        anon[resolve_ok(repo, &r)]++;
+        serving_request_fini(&r);
+    }
+    assert_true(seen[1] > 0 && seen[2] > 0);
+    assert_true(anon[1] > 0 && anon[2] > 0);
+
+    /* The cascade: taken without a pin, or pinned on its first version,
+     * when the request may take it; not for another pin; not once its
+     * first version cannot answer. */
+    serving_cascade cascade = {.first = 1, .then = 2, .threshold = 0.75};
+    assert_int_equal(serving_set_cascade(repo, "sentiment", &cascade, &err), 0);
+    serving_shadow shadow = {.version = 2, .percent = 10};
+    assert_int_equal(serving_set_shadow(repo, "sentiment", &shadow, &err), 0);
+    static const struct {
+        long version;
+        int allow_cascade;
+        long want;
+        int takes;
+    } cases[] = {{0, 1, 1, 1}, {1, 1, 1, 1}, {2, 1, 2, 0}, {1, 0, 1, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        r = classify_request("sentiment", cases[i].version, NULL);
+        r.allow_cascade = cases[i].allow_cascade;
+        assert_int_equal(resolve_ok(repo, &r), cases[i].want);
+        assert_int_equal(r.cascade.first, cases[i].takes ? 1 : 0);
+        if (cases[i].takes) {
+            assert_int_equal(r.cascade.then, 2);
+            assert_true(r.cascade.threshold == 0.75);
+        }
+        assert_int_equal(r.shadow.version, 2);
+        assert_int_equal(r.shadow.percent, 10);
+        serving_request_fini(&r);
+    }
+    assert_int_equal(serving_set_split(repo, "sentiment", &(serving_split){0}, &err), 0);
+    r = classify_request("sentiment", 0, NULL); /* no cascade asked: the newest */
+    assert_int_equal(resolve_ok(repo, &r), 2);
+    assert_int_equal(r.cascade.first, 0);
+    serving_request_fini(&r);
+    assert_int_equal(serving_admin_version(repo, "sentiment", 1, 0, &err), 0); /* unloading: cannot answer */
+    r = classify_request("sentiment", 0, NULL);
+    r.allow_cascade = 1;
+    assert_int_equal(resolve_ok(repo, &r), 2);
+    assert_int_equal(r.cascade.first, 0);
+    serving_request_fini(&r);
+
+    /* The task. */
+    r = classify_request("embed", 0, NULL);
+    resolve_fails(repo, &r, SERVING_EUNSUPPORTED, "model 'embed' is an embedding model; it does not predict labels");
+    assert_null(r.first);
+    r = classify_request("sentiment", 0, NULL);
+    r.task = SERVING_TASK_EMBED;
+    resolve_fails(repo, &r, SERVING_EUNSUPPORTED, "model 'sentiment' is a classifier; it does not compute embeddings");
+    assert_null(r.first);
+
+    serving_repo_destroy(repo);
+    metrics_registry_destroy(m);
+    repo_dir_remove(&d);
+}
+
+/* A cascade through serving_predict: at threshold 1 every text is answered
+ * by the second version (with its own label ids, when its labels differ),
+ * at a threshold below every confidence none is; a second version that
+ * cannot answer leaves the first answers; each counted. And n == 0. */
+static void test_predict_cascade(void **state) {
+    (void)state;
+    repo_dir d;
+    repo_dir_init(&d);
+    repo_link_sentiment(&d, "sentiment", "1");
+    repo_link_sentiment(&d, "sentiment", "2");
+    repo_link(&d, "sentiment", "3", "distilbert-relu-3label");
+    metrics_registry *m = metrics_registry_create();
+    serving_options o = options(&d);
+    o.version_policy = "all";
+    serving_repo *repo = repo_open(&o, m);
+    serving_error err = {0};
+    tracker t;
+    tracker_init(&t);
+
+    /* What each version answers alone. */
+    engine_model *ref2 = NULL, *ref3 = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(MODELS "/sentiment/1", &eo, &ref2, &eerr), 0);
+    assert_int_equal(engine_model_load(FIXTURES "/distilbert-relu-3label", &eo, &ref3, &eerr), 0);
+    size_t lens[N_REVIEWS];
+    for (size_t i = 0; i < N_REVIEWS; i++)
+        lens[i] = strlen(reviews[i]);
+    float p2[N_REVIEWS * 2], p3[N_REVIEWS * 3];
+    assert_int_equal(engine_classify(ref2, reviews, lens, N_REVIEWS, NULL, p2, &eerr), 0);
+    assert_int_equal(engine_classify(ref3, reviews, lens, N_REVIEWS, NULL, p3, &eerr), 0);
+    for (size_t i = 0; i < N_REVIEWS; i++) /* so that threshold 1 escalates every text */
+        assert_true(p2[2 * i] < 1.0f && p2[2 * i + 1] < 1.0f);
+
+    /* Threshold 1: everything goes on to version 2. */
+    serving_cascade cascade = {.first = 1, .then = 2, .threshold = 1.0};
+    assert_int_equal(serving_set_cascade(repo, "sentiment", &cascade, &err), 0);
+    serving_request r = classify_request("sentiment", 0, NULL);
+    r.allow_cascade = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+    assert_int_equal(serving_version_number(r.first), 1);
+    assert_non_null(r.then);
+    assert_int_equal(serving_version_number(r.then), 2);
+    assert_int_equal(r.n_escalated, N_REVIEWS);
+    for (size_t i = 0; i < N_REVIEWS; i++) {
+        int best = p2[2 * i + 1] > p2[2 * i];
+        assert_ptr_equal(r.results[i].version, r.then);
+        assert_int_equal(r.results[i].label, best);
+        assert_true(fabsf(r.results[i].confidence - p2[2 * i + best]) <= PROB_TOL);
+        assert_true(fabsf(r.out[2 * i] - p2[2 * i]) <= PROB_TOL); /* out: the first version's */
+    }
+    serving_request_fini(&r);
+    assert_true(series_value(m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"escalated\"}") ==
+                N_REVIEWS);
+    assert_true(series_value(m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"first\"}") == 0);
+
+    /* A threshold below every confidence: nothing escalates; also when the
+     * request is pinned to the cascade's first version. */
+    cascade.threshold = 1e-6;
+    assert_int_equal(serving_set_cascade(repo, "sentiment", &cascade, &err), 0);
+    for (long pin = 0; pin <= 1; pin++) {
+        r = classify_request("sentiment", pin, NULL);
+        r.allow_cascade = 1;
+        assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+        assert_int_equal(r.cascade.first, 1);
+        assert_null(r.then);
+        assert_int_equal(r.n_escalated, 0);
+        for (size_t i = 0; i < N_REVIEWS; i++) {
+            assert_ptr_equal(r.results[i].version, r.first);
+            assert_int_equal(r.results[i].label, p2[2 * i + 1] > p2[2 * i]);
+        }
+        serving_request_fini(&r);
+    }
+    assert_true(series_value(m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"first\"}") ==
+                2 * N_REVIEWS);
+    assert_true(series_value(m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"escalated\"}") ==
+                N_REVIEWS);
+
+    /* A second version with other labels: the label ids are its own. */
+    cascade = (serving_cascade){.first = 1, .then = 3, .threshold = 1.0};
+    assert_int_equal(serving_set_cascade(repo, "sentiment", &cascade, &err), 0);
+    r = classify_request("sentiment", 0, NULL);
+    r.allow_cascade = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+    assert_int_equal(serving_version_number(r.then), 3);
+    for (size_t i = 0; i < N_REVIEWS; i++) {
+        const float *p = p3 + 3 * i;
+        int best = p[1] > p[0] ? (p[2] > p[1] ? 2 : 1) : (p[2] > p[0] ? 2 : 0);
+        assert_ptr_equal(r.results[i].version, r.then);
+        assert_int_equal(r.results[i].label, best);
+        assert_string_equal(serving_version_label(r.results[i].version, r.results[i].label),
+                            engine_model_label(ref3, best));
+    }
+    serving_request_fini(&r);
+
+    /* The second version cannot answer: the first answers stand. */
+    assert_int_equal(serving_admin_version(repo, "sentiment", 3, 0, &err), 0);
+    r = classify_request("sentiment", 0, NULL);
+    r.allow_cascade = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+    assert_int_equal(r.n_escalated, 0);
+    for (size_t i = 0; i < N_REVIEWS; i++)
+        assert_ptr_equal(r.results[i].version, r.first);
+    serving_request_fini(&r);
+    assert_true(series_value(m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"error\"}") == N_REVIEWS);
+    assert_int_equal(t.n_done, 5);
+
+    /* No texts: refused at once, on_done never runs. */
+    r = classify_request("sentiment", 0, NULL);
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, 0), SERVING_EINPUT);
+    assert_int_equal(r.status, SERVING_EINPUT);
+    assert_non_null(strstr(r.error, "at least one text"));
+    serving_request_fini(&r);
+    assert_int_equal(t.n_done, 5);
+
+    engine_model_free(ref2);
+    engine_model_free(ref3);
+    serving_repo_destroy(repo);
+    tracker_fini(&t);
+    metrics_registry_destroy(m);
+    repo_dir_remove(&d);
+}
+
+/* Shadow copies through serving_predict: at 100 % every text of every
+ * request is compared (the same weights agree; other labels disagree; a
+ * shadow version that cannot answer is an error), but not the requests the
+ * shadow version answered itself nor those that do not allow it. */
+static void test_predict_shadow(void **state) {
+    (void)state;
+    repo_dir d;
+    repo_dir_init(&d);
+    repo_link_sentiment(&d, "sentiment", "1");
+    repo_link_sentiment(&d, "sentiment", "2");
+    repo_link(&d, "sentiment", "3", "distilbert-relu-3label");
+    metrics_registry *m = metrics_registry_create();
+    serving_options o = options(&d);
+    o.version_policy = "all";
+    serving_repo *repo = repo_open(&o, m);
+    serving_error err = {0};
+    tracker t;
+    tracker_init(&t);
+    static const char agree2[] = "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"2\",result=\"agree\"}";
+
+    serving_shadow shadow = {.version = 2, .percent = 100};
+    assert_int_equal(serving_set_shadow(repo, "sentiment", &shadow, &err), 0);
+    for (int k = 0; k < 5; k++) {
+        serving_request r = classify_request("sentiment", 1, NULL);
+        r.allow_shadow = 1;
+        assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+        for (size_t i = 0; i < N_REVIEWS; i++)
+            assert_ptr_equal(r.results[i].version, r.first); /* never the shadow's answer */
+        serving_request_fini(&r);
+    }
+    assert_true(series_reaches(m, agree2, 5 * N_REVIEWS) == 5 * N_REVIEWS);
+    /* Answered by the shadow version, or not allowing shadows: no copy.
+     * Copies run in order on version 2, so once the last request's copy is
+     * counted, a copy of these would have been too. */
+    serving_request r = classify_request("sentiment", 2, NULL);
+    r.allow_shadow = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+    serving_request_fini(&r);
+    r = classify_request("sentiment", 1, NULL);
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+    serving_request_fini(&r);
+    r = classify_request("sentiment", 1, NULL);
+    r.allow_shadow = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, 3), 0);
+    serving_request_fini(&r);
+    assert_true(series_reaches(m, agree2, 5 * N_REVIEWS + 3) == 5 * N_REVIEWS + 3);
+    assert_true(series_value(m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"2\",result=\"disagree\"}") == 0);
+    assert_true(series_value(m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"2\",result=\"error\"}") == 0);
+
+    /* Labels are compared by name: version 3's never match. */
+    shadow.version = 3;
+    assert_int_equal(serving_set_shadow(repo, "sentiment", &shadow, &err), 0);
+    r = classify_request("sentiment", 1, NULL);
+    r.allow_shadow = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, 4), 0);
+    serving_request_fini(&r);
+    series_reaches(m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"3\",result=\"disagree\"}", 4);
+    assert_true(series_value(m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"3\",result=\"agree\"}") == 0);
+
+    /* A shadow version that cannot answer: errors, counted before on_done. */
+    assert_int_equal(serving_admin_version(repo, "sentiment", 3, 0, &err), 0);
+    r = classify_request("sentiment", 1, NULL);
+    r.allow_shadow = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, 4), 0);
+    serving_request_fini(&r);
+    assert_true(series_value(m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"3\",result=\"error\"}") == 4);
+
+    /* The repository goes with a copy queued or running: it is answered
+     * (computed, or ESTOPPED: an error) before the version is freed, and
+     * counted in the registry, which outlives the repository. */
+    shadow.version = 2;
+    assert_int_equal(serving_set_shadow(repo, "sentiment", &shadow, &err), 0);
+    const double before = series_value(m, agree2);
+    r = classify_request("sentiment", 1, NULL);
+    r.allow_shadow = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
+    serving_request_fini(&r);
+    serving_repo_destroy(repo);
+    assert_true(series_value(m, agree2) - before +
+                    series_value(m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"2\",result=\"error\"}") ==
+                N_REVIEWS);
+    tracker_fini(&t);
+    metrics_registry_destroy(m);
+    repo_dir_remove(&d);
+}
+
+/* An embeddings request through serving_predict: one vector per text, as
+ * the scheduler computes it, and no per-text labels. */
+static void test_predict_embeddings(void **state) {
+    (void)state;
+    repo_dir d;
+    repo_dir_init(&d);
+    repo_link(&d, "embed", "1", "bert-base-embed");
+    metrics_registry *m = metrics_registry_create();
+    serving_options o = options(&d);
+    serving_repo *repo = repo_open(&o, m);
+    tracker t;
+    tracker_init(&t);
+    serving_request r;
+    serving_request_init(&r);
+    r.task = SERVING_TASK_EMBED;
+    r.allow_cascade = r.allow_shadow = 1;
+    assert_int_equal(predict_wait(repo, &r, &t, reviews, 3), 0);
+    assert_null(r.results);
+    const size_t H = (size_t)serving_version_info(r.first)->hidden;
+    engine_model *ref = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(FIXTURES "/bert-base-embed", &eo, &ref, &eerr), 0);
+    float *want = calloc(3 * H, sizeof *want);
+    size_t lens[3] = {strlen(reviews[0]), strlen(reviews[1]), strlen(reviews[2])};
+    assert_int_equal(engine_embed(ref, reviews, lens, 3, ENGINE_POOL_MEAN, 1, want, &eerr), 0);
+    for (size_t i = 0; i < 3 * H; i++)
+        if (fabsf(r.out[i] - want[i]) > 1e-5f)
+            fail_msg("embedding %zu: %g, engine %g", i, (double)r.out[i], (double)want[i]);
+    free(want);
+    engine_model_free(ref);
+    serving_request_fini(&r);
+    serving_repo_destroy(repo);
+    tracker_fini(&t);
+    metrics_registry_destroy(m);
+    repo_dir_remove(&d);
+}
+
 int main(void) {
     /* The loader logs each load; keep the test's output readable unless
      * AISERVE_TEST_LOG asks for the lines. */
@@ -1282,6 +1773,10 @@ int main(void) {
         cmocka_unit_test(test_reference_outlives_destroy),
         cmocka_unit_test(test_destroy_with_queued_jobs),
         cmocka_unit_test(test_metrics_after_traffic),
+        cmocka_unit_test(test_predict_resolve),
+        cmocka_unit_test(test_predict_cascade),
+        cmocka_unit_test(test_predict_shadow),
+        cmocka_unit_test(test_predict_embeddings),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (devnull >= 0) {
