@@ -1240,13 +1240,6 @@ int serving_choose(serving_repo *r, const char *model, long version, const char 
     return rc;
 }
 
-int serving_acquire_request(serving_repo *r, const char *model, long version, const char *user, size_t user_len,
-                            int allow_cascade, serving_version **out, serving_route *route, serving_error *err) {
-    /* As before serving_choose: a pinned version never takes the cascade. */
-    return serving_choose(r, model, version, NULL, user, user_len, allow_cascade && !version, out, &route->cascade,
-                          &route->shadow, err);
-}
-
 metric_family *serving_repo_cascade_metric(serving_repo *r) { return r->f_cascade; }
 metric_family *serving_repo_shadow_metric(serving_repo *r) { return r->f_shadow; }
 

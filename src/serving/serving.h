@@ -276,15 +276,6 @@ int serving_get_aliases(serving_repo *repo, const char *model, serving_alias *ou
  * SERVING_ENOVERSION (no such model / alias). */
 int serving_resolve_alias(serving_repo *repo, const char *model, const char *alias, long *version);
 
-/* TRANSITIONAL (goes when src/http uses serving_resolve): what a request's
- * version choice brings with it, and the old one-pass acquire. */
-typedef struct serving_route {
-    serving_shadow shadow;
-    serving_cascade cascade;
-} serving_route;
-int serving_acquire_request(serving_repo *repo, const char *model, long version, const char *user, size_t user_len,
-                            int allow_cascade, serving_version **out, serving_route *route, serving_error *err);
-
 /* A unit of work for a version's scheduler. The caller owns the job and
  * every buffer it points to until on_done has run. */
 typedef struct serving_job serving_job;
