@@ -4,9 +4,9 @@
  * versions (serving.h, serving_set_split); GET /admin/models/{name}/aliases
  * and PUT / DELETE /admin/models/{name}/aliases/{alias}, names for
  * versions (serving_set_alias); GET and PUT /admin/models/{name}/shadow, a
- * candidate version that a share of requests is also sent to (shadow.c);
+ * candidate version that a share of requests is also sent to (serving_predict);
  * GET and PUT /admin/models/{name}/cascade, "ask this version, then that
- * one when unsure" (cascade.c); POST
+ * one when unsure" (serving_predict); POST
  * /admin/models/{name}/versions/{v}/load and /unload, whatever the version
  * policy says (serving_admin_version; 202, done by the loader thread). Changes take effect for the next request;
  * they live in memory (a restart starts without them).

@@ -89,7 +89,8 @@ static void shut(http_conn *c) {
 static void answer_busy(http_conn *c) {
     static const char body[] =
         "{\"error\":{\"message\":\"too many open connections; retry later\","
-        "\"type\":\"service_unavailable_error\",\"code\":\"too_many_connections\"}}";
+        "\"type\":\"service_unavailable_error\",\"code\":\"too_many_connections\"},"
+        "\"detail\":\"too many open connections; retry later\"}";
     char busy[512];
     int n = snprintf(busy, sizeof busy,
                      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"

@@ -24,7 +24,7 @@
  *    batcher (freeing a version joins its batcher); shadow_send says why
  *    its early release is safe too.
  *
- * Counted as the HTTP layer counted them before: aiserve_cascade_texts_total
+ * Counted in aiserve_cascade_texts_total
  * {model, result=first|escalated|error} and aiserve_shadow_predictions_total
  * {model, version, result=agree|disagree|error}.
  */

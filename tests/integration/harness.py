@@ -436,6 +436,8 @@ def assert_error(resp, status, code=None):
     err = obj["error"]
     assert isinstance(err["message"], str) and err["message"]
     assert isinstance(err["type"], str) and err["type"]
+    # FastAPI's field, so the seed service's clients read errors unchanged.
+    assert obj["detail"] == err["message"], obj
     if code is not None:
         if isinstance(code, (tuple, set, list)):
             assert err["code"] in code, err
