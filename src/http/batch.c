@@ -393,13 +393,12 @@ static void answer_results(http_call *call, pending *p) {
         for (size_t i = 0; out && i < n; i++) {
             json_t *o = result_json(call, info, &p->req.results[i], 0);
             json_t *line = json_pack("{s:I, s:o}", "index", (json_int_t)(offset + i), "result", o);
-            char *text = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(9));
+            char *text = http_json_text(line);
             if (text) {
                 evbuffer_add(out, text, strlen(text));
                 evbuffer_add(out, "\n", 1);
             }
             free(text);
-            json_decref(line);
         }
         size_t len = out ? evbuffer_get_length(out) : 0;
         const char *data = len ? (const char *)evbuffer_pullup(out, -1) : "";

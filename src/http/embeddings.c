@@ -85,9 +85,7 @@ static char *answer(const http_inputs *in, const serving_request *r) {
     json_t *out = json_pack("{s:s, s:o, s:s, s:{s:I, s:I}}", "object", "list", "data", data, "model",
                             serving_version_model(r->first), "usage", "prompt_tokens", tokens, "total_tokens",
                             tokens);
-    char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
-    json_decref(out);
-    return text;
+    return http_json_text(out);
 }
 
 static size_t cache_params(const http_inputs *in, const serving_request *r, char *buf, size_t cap) {

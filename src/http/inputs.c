@@ -103,3 +103,9 @@ void http_inputs_free(http_inputs *in) {
     free(in->lens);
     memset(in, 0, sizeof *in);
 }
+
+char *http_json_text(json_t *v) {
+    char *text = v ? json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(v);
+    return text;
+}

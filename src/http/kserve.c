@@ -227,9 +227,7 @@ static char *answer(const http_inputs *in, const serving_request *r) {
     if (id)
         json_object_set(out, "id", id);
     json_object_set_new(out, "outputs", outputs);
-    char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
-    json_decref(out);
-    return text;
+    return http_json_text(out);
 }
 
 const http_infer_ops http_kserve_infer_ops = {

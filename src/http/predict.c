@@ -72,10 +72,7 @@ static char *answer(const http_inputs *in, const serving_request *r) {
         out = json_pack("{s:o}", "predictions", preds);
     json_object_set_new(out, "model", json_string(serving_version_model(r->first)));
     json_object_set_new(out, "model_version", json_string(http_format_int(answered_by, ver)));
-    /* Serialised as http_reply_json does, so a cache hit is byte-identical. */
-    char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(9));
-    json_decref(out);
-    return text;
+    return http_json_text(out);
 }
 
 const http_infer_ops http_seed_predict_ops = {

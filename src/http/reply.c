@@ -194,8 +194,7 @@ void http_reply_text(http_call *call, int status, const char *content_type, cons
 }
 
 void http_reply_json(http_call *call, int status, json_t *json) {
-    char *text = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
-    json_decref(json);
+    char *text = http_json_text(json);
     if (!text) {
         static const char oom[] =
             "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"},"

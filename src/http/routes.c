@@ -104,44 +104,36 @@ const size_t http_n_routes = sizeof http_routes / sizeof http_routes[0];
 
 /* ---- matching -------------------------------------------------------------- */
 
-static const char *method_name(enum evhttp_cmd_type m) {
-    switch (m) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
-    }
-    return "OTHER";
-}
+/* evhttp's methods: their names (for the log) and their bit in a row's
+ * methods (0: no row takes it; HEAD is GET's). */
+static const struct {
+    enum evhttp_cmd_type cmd;
+    const char *name;
+    unsigned bit;
+} methods[] = {
+    {EVHTTP_REQ_GET, "GET", HTTP_GET},          {EVHTTP_REQ_HEAD, "HEAD", HTTP_GET},
+    {EVHTTP_REQ_POST, "POST", HTTP_POST},       {EVHTTP_REQ_PUT, "PUT", HTTP_PUT},
+    {EVHTTP_REQ_DELETE, "DELETE", HTTP_DELETE}, {EVHTTP_REQ_OPTIONS, "OPTIONS", 0},
+    {EVHTTP_REQ_TRACE, "TRACE", 0},             {EVHTTP_REQ_CONNECT, "CONNECT", 0},
+    {EVHTTP_REQ_PATCH, "PATCH", 0},
+};
 
-static unsigned method_bit(enum evhttp_cmd_type m) {
-    switch (m) {
-    case EVHTTP_REQ_GET:
-    case EVHTTP_REQ_HEAD: return HTTP_GET;
-    case EVHTTP_REQ_POST: return HTTP_POST;
-    case EVHTTP_REQ_PUT: return HTTP_PUT;
-    case EVHTTP_REQ_DELETE: return HTTP_DELETE;
-    default: return 0;
-    }
+static size_t method_index(enum evhttp_cmd_type cmd) {
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (methods[i].cmd == cmd)
+            return i;
+    return SIZE_MAX;
 }
 
 /* "GET, POST" for a bit set, into buf[cap]; with_head names HEAD after GET
  * (Allow does; CORS preflights need not: HEAD is a CORS-safelisted method). */
-static const char *methods_text(unsigned methods, int with_head, char *buf, size_t cap) {
-    static const struct { unsigned bit; const char *name; } names[] = {
-        {HTTP_GET, "GET"}, {HTTP_POST, "POST"}, {HTTP_PUT, "PUT"}, {HTTP_DELETE, "DELETE"}};
+static const char *methods_text(unsigned bits, int with_head, char *buf, size_t cap) {
     buf[0] = '\0';
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (!(methods & names[i].bit))
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        if (!(bits & methods[i].bit) || (methods[i].cmd == EVHTTP_REQ_HEAD && !with_head))
             continue;
         size_t n = strlen(buf);
-        snprintf(buf + n, cap - n, "%s%s%s", n ? ", " : "", names[i].name,
-                 with_head && names[i].bit == HTTP_GET ? ", HEAD" : "");
+        snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", methods[i].name);
     }
     return buf;
 }
@@ -350,8 +342,8 @@ int http_authorized(http_call *call, guard_scopes required) {
 
 void http_dispatch(http_call *call) {
     struct evhttp_request *req = call->req;
-    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    http_copy(call->method, sizeof call->method, method_name(cmd));
+    size_t m = method_index(evhttp_request_get_command(req));
+    http_copy(call->method, sizeof call->method, m == SIZE_MAX ? "OTHER" : methods[m].name);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path)
@@ -361,7 +353,7 @@ void http_dispatch(http_call *call) {
     if (len > 1 && path[len - 1] == '/')
         len--; /* "/predict/" is "/predict" */
 
-    unsigned want = method_bit(cmd), allowed = 0;
+    unsigned want = m == SIZE_MAX ? 0 : methods[m].bit, allowed = 0;
     const http_route *hit = NULL, *any = NULL;
     for (size_t i = 0; i < http_n_routes && !hit; i++) {
         const http_route *r = &http_routes[i];
@@ -389,19 +381,19 @@ void http_dispatch(http_call *call) {
         }
     }
     call->route = hit ? hit : any;
-    char methods[64];
+    char allow[64];
     if (http_cors_is_preflight(req)) {
-        http_cors_preflight(call, methods_text(allowed, 0, methods, sizeof methods));
+        http_cors_preflight(call, methods_text(allowed, 0, allow, sizeof allow));
         return;
     }
     /* The key before the method: a caller without one learns nothing. */
     if (!http_authorized(call, call->route->scope))
         return;
-    methods_text(allowed, 1, methods, sizeof methods);
+    methods_text(allowed, 1, allow, sizeof allow);
     if (!hit) {
-        http_add_header(call, "Allow", methods);
+        http_add_header(call, "Allow", allow);
         http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use %s", call->method,
-                         http_call_label(call), methods);
+                         http_call_label(call), allow);
         return;
     }
     if (hit->infer)

@@ -40,21 +40,9 @@
 
 const char *const jobs_states[5] = {"queued", "running", "completed", "failed", "cancelled"};
 
-static const struct {
-    int code;
-    const char *message;
-} status_table[] = {
-#define JOBS_STATUS_ROW(name, code, msg) {code, msg},
-    JOBS_STATUS_MAP(JOBS_STATUS_ROW)
-#undef JOBS_STATUS_ROW
-};
+static const status_row status_rows[] = {JOBS_STATUS_MAP(STATUS_TABLE_ROW)};
 
-const char *jobs_status_message(int status) {
-    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
-        if (status_table[i].code == status)
-            return status_table[i].message;
-    return "unknown status";
-}
+const char *jobs_status_message(int status) { return status_message(status_rows, STATUS_COUNT(status_rows), status); }
 
 int64_t jobs_now_ms(void) {
     struct timespec ts;

@@ -58,6 +58,7 @@
 #define AISERVE_JOBS_H
 
 #include <stdbool.h>
+#include "status.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,22 +70,18 @@
 extern "C" {
 #endif
 
-#define JOBS_STATUS_MAP(X)                                              \
-    X(OK, 0, "success")                                                 \
-    X(EINVAL, -1, "invalid job")                                        \
-    X(ENOTFOUND, -2, "no such job")                                     \
-    X(ELIMIT, -3, "too many unfinished jobs for this key")              \
-    X(ENOMODEL, -4, "no such model")                                    \
-    X(EDB, -5, "the job database failed")                               \
-    X(ENOMEM, -6, "out of memory")                                      \
-    X(EFINISHED, -7, "the job has already finished")                   \
-    X(EUNAVAILABLE, -8, "the job queue (Redis) is unavailable")
+#define JOBS_STATUS_MAP(X)                                       \
+    X(JOBS_OK, 0, "success")                                     \
+    X(JOBS_EINVAL, -1, "invalid job")                            \
+    X(JOBS_ENOTFOUND, -2, "no such job")                         \
+    X(JOBS_ELIMIT, -3, "too many unfinished jobs for this key")  \
+    X(JOBS_ENOMODEL, -4, "no such model")                        \
+    X(JOBS_EDB, -5, "the job database failed")                   \
+    X(JOBS_ENOMEM, -6, "out of memory")                          \
+    X(JOBS_EFINISHED, -7, "the job has already finished")        \
+    X(JOBS_EUNAVAILABLE, -8, "the job queue (Redis) is unavailable")
 
-typedef enum jobs_status {
-#define JOBS_STATUS_ENUM(name, code, msg) JOBS_##name = code,
-    JOBS_STATUS_MAP(JOBS_STATUS_ENUM)
-#undef JOBS_STATUS_ENUM
-} jobs_status;
+typedef enum jobs_status { JOBS_STATUS_MAP(STATUS_ENUM_ROW) } jobs_status;
 
 const char *jobs_status_message(int status); /* never NULL */
 

@@ -75,27 +75,13 @@ struct serving_repo {
     pthread_cond_t wake;       /* the loader's poll wait; signalled at stop */
 };
 
-static const struct {
-    int code;
-    const char *name, *message;
-} status_table[] = {
-#define SERVING_STATUS_ROW(n, c, m) {c, "SERVING_" #n, m},
-    SERVING_STATUS_MAP(SERVING_STATUS_ROW)
-#undef SERVING_STATUS_ROW
-};
+static const status_row status_rows[] = {SERVING_STATUS_MAP(STATUS_TABLE_ROW)};
 
 const char *serving_status_name(int status) {
-    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
-        if (status_table[i].code == status)
-            return status_table[i].name;
-    return "SERVING_UNKNOWN";
+    return status_name(status_rows, STATUS_COUNT(status_rows), status, "SERVING_UNKNOWN");
 }
-
 const char *serving_status_message(int status) {
-    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
-        if (status_table[i].code == status)
-            return status_table[i].message;
-    return "unknown error";
+    return status_message(status_rows, STATUS_COUNT(status_rows), status);
 }
 
 const char *serving_state_name(serving_state s) {

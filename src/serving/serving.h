@@ -33,6 +33,7 @@
 #ifndef AISERVE_SERVING_H
 #define AISERVE_SERVING_H
 
+#include "status.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,25 +45,21 @@ extern "C" {
 #endif
 
 /* One list generates the enum, the names and the default messages. */
-#define SERVING_STATUS_MAP(X)                                          \
-    X(OK, 0, "success")                                                \
-    X(ENOTFOUND, -1, "no such model")                                  \
-    X(ENOVERSION, -2, "no such model version")                         \
-    X(ENOTREADY, -3, "the model is not loaded yet")                    \
-    X(EFULL, -4, "the model's queue is full")                          \
-    X(ETIMEOUT, -5, "the request's deadline passed")                   \
-    X(ESTOPPED, -6, "the model is shutting down")                      \
-    X(EINPUT, -7, "invalid input")                                     \
-    X(EUNSUPPORTED, -8, "the model does not support this task")        \
-    X(EINTERNAL, -9, "inference failed")                               \
-    X(ENOMEM, -10, "out of memory")                                    \
-    X(EIO, -11, "cannot read the model repository")
+#define SERVING_STATUS_MAP(X)                                            \
+    X(SERVING_OK, 0, "success")                                          \
+    X(SERVING_ENOTFOUND, -1, "no such model")                            \
+    X(SERVING_ENOVERSION, -2, "no such model version")                   \
+    X(SERVING_ENOTREADY, -3, "the model is not loaded yet")              \
+    X(SERVING_EFULL, -4, "the model's queue is full")                    \
+    X(SERVING_ETIMEOUT, -5, "the request's deadline passed")             \
+    X(SERVING_ESTOPPED, -6, "the model is shutting down")                \
+    X(SERVING_EINPUT, -7, "invalid input")                               \
+    X(SERVING_EUNSUPPORTED, -8, "the model does not support this task")  \
+    X(SERVING_EINTERNAL, -9, "inference failed")                         \
+    X(SERVING_ENOMEM, -10, "out of memory")                              \
+    X(SERVING_EIO, -11, "cannot read the model repository")
 
-typedef enum serving_status {
-#define SERVING_STATUS_ENUM(name, code, msg) SERVING_##name = code,
-    SERVING_STATUS_MAP(SERVING_STATUS_ENUM)
-#undef SERVING_STATUS_ENUM
-} serving_status;
+typedef enum serving_status { SERVING_STATUS_MAP(STATUS_ENUM_ROW) } serving_status;
 
 const char *serving_status_name(int status);    /* "SERVING_EFULL"; never NULL */
 const char *serving_status_message(int status); /* never NULL */

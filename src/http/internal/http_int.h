@@ -313,6 +313,10 @@ json_t *http_parse_json(const char *data, size_t len, http_fail *fail);
  * the array list, each checked (field names them in errors). 0, or -1. */
 int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, const char *field, http_inputs *in,
                         http_fail *fail);
+/* inputs.c: v as the answers' JSON text (compact, 9 significant digits:
+ * one serialisation, so a cache hit is byte-identical to the answer it
+ * stored); malloc'd, NULL when out of memory. Takes v. */
+char *http_json_text(json_t *v);
 /* inputs.c: frees what in holds and zeroes it. */
 void http_inputs_free(http_inputs *in);
 /* Whether s (n bytes) is valid UTF-8 (for strings from the URL). */
