@@ -242,9 +242,10 @@ static void parse_stage(http_call *call) {
         }
         http_copy(f->version_ref, sizeof f->version_ref, pin);
     }
-    f->in.body = http_read_json(call);
-    if (!f->in.body)
+    json_t *body = http_read_json(call); /* NULL: answered, and the call is gone */
+    if (!body)
         return;
+    f->in.body = body;
     http_limits limits = {.max_text_chars = (size_t)s->opts.max_text_chars, .max_inputs = (size_t)s->opts.max_inputs};
     http_fail why;
     if (f->ops->parse(&limits, f->in.body, &f->in, &why) != 0) {
