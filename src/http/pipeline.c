@@ -407,15 +407,13 @@ static void predicted(http_call *call) {
                                 : r->status == SERVING_ESTOPPED ? "stopped"
                                 : r->status == SERVING_EINPUT   ? "invalid_input"
                                                                 : "inference");
+        http_error e = http_error_of(STATUS_MODULE_SERVING, r->status);
         if (r->status == SERVING_ETIMEOUT)
-            fail(call, HTTP_ERR_TIMEOUT, 0, "the request did not finish within %lld ms",
-                 (long long)s->opts.request_timeout_ms);
-        else if (r->status == SERVING_ESTOPPED)
-            fail(call, HTTP_ERR_SHUTTING_DOWN, 0, "the model is shutting down");
+            fail(call, e, 0, "the request did not finish within %lld ms", (long long)s->opts.request_timeout_ms);
         else if (r->status == SERVING_EINPUT)
-            fail(call, HTTP_ERR_INVALID_TEXT, 0, "%s", r->error);
-        else
-            fail(call, HTTP_ERR_INTERNAL, 0, "inference failed");
+            fail(call, e, 0, "%s", r->error);
+        else /* the model's own words; "inference failed" hides a bug's details */
+            fail(call, e, 0, "%s", e == HTTP_ERR_INTERNAL ? "inference failed" : serving_status_message(r->status));
         return;
     }
     /* Built even when the client left (499 then): it may be cached, and
@@ -445,15 +443,16 @@ static void predict_stage(http_call *call) {
     if (rc == 0)
         return; /* answered by predicted() on this loop */
     atomic_fetch_sub(&s->pending_jobs, 1);
+    http_error e = http_error_of(STATUS_MODULE_SERVING, rc);
     if (rc == SERVING_EFULL) {
         count_model_error(call, "queue_full");
         metric_inc(s->metrics.shed);
-        fail(call, HTTP_ERR_OVERLOADED, FAIL_RETRY_AFTER, "model '%s' is overloaded (queue full); retry later",
+        fail(call, e, FAIL_RETRY_AFTER, "model '%s' is overloaded (queue full); retry later",
              serving_version_model(r->first));
     } else if (rc == SERVING_ESTOPPED) {
         count_model_error(call, "stopped");
-        fail(call, HTTP_ERR_SHUTTING_DOWN, FAIL_RETRY_AFTER, "%s", serving_status_message(rc));
+        fail(call, e, FAIL_RETRY_AFTER, "%s", serving_status_message(rc));
     } else {
-        fail(call, http_error_of(STATUS_MODULE_SERVING, rc), 0, "%s", r->error);
+        fail(call, e, 0, "%s", r->error);
     }
 }
