@@ -1,0 +1,96 @@
+/*
+ * test_http_routes.c - the one route table (src/http/routes.c) checked as
+ * data: every row well formed (a path pattern of literal segments and known
+ * placeholders, methods, a label, a handler or inference ops, never both),
+ * no two rows answering the same method on the same pattern, the rows of
+ * one path sharing their scope (the key is checked before the method), and
+ * every label a route pattern rather than a client's path. Reaches the
+ * table through the test-only aiserve_http_internal target.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "http_int.h"
+
+static int placeholder_known(const char *seg, size_t n) {
+    static const char *const kinds[] = {"{name}", "{version}", "{ref}", "{id}", "{alias}"};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strlen(kinds[i]) == n && memcmp(kinds[i], seg, n) == 0)
+            return 1;
+    return 0;
+}
+
+static void test_rows_well_formed(void **state) {
+    (void)state;
+    assert_true(http_n_routes > 20);
+    for (size_t i = 0; i < http_n_routes; i++) {
+        const http_route *r = &http_routes[i];
+        assert_non_null(r->pattern);
+        assert_int_equal(r->pattern[0], '/');
+        assert_true(r->methods != 0);
+        assert_true((r->methods & ~(unsigned)(HTTP_GET | HTTP_POST | HTTP_PUT | HTTP_DELETE)) == 0);
+        assert_true((r->handler != NULL) != (r->infer != NULL));
+        if (r->infer)
+            assert_int_equal(r->methods, HTTP_POST);
+        assert_non_null(r->label);
+        assert_int_equal(r->label[0], '/');
+        size_t len = strlen(r->pattern);
+        assert_true(len == 1 || r->pattern[len - 1] != '/');
+        for (const char *p = r->pattern + 1; *p;) {
+            size_t n = strcspn(p, "/");
+            assert_true(n > 0); /* no empty segment */
+            if (p[0] == '{')
+                assert_true(placeholder_known(p, n));
+            else
+                assert_null(memchr(p, '{', n));
+            p += n + (p[n] == '/');
+        }
+    }
+}
+
+static void test_no_row_twice(void **state) {
+    (void)state;
+    for (size_t i = 0; i < http_n_routes; i++) {
+        for (size_t j = i + 1; j < http_n_routes; j++) {
+            const http_route *a = &http_routes[i], *b = &http_routes[j];
+            if (strcmp(a->pattern, b->pattern) != 0)
+                continue;
+            if (a->methods & b->methods)
+                fail_msg("%s is routed twice for the same method", a->pattern);
+            assert_int_equal(a->scope, b->scope);
+            assert_string_equal(a->label, b->label);
+        }
+    }
+}
+
+static void test_labels_are_patterns(void **state) {
+    (void)state;
+    /* A label is its row's pattern, or a shorter pattern of the same route
+     * family ("/v2/models/{name}" for its versioned form): never a value a
+     * client chose. */
+    for (size_t i = 0; i < http_n_routes; i++) {
+        const http_route *r = &http_routes[i];
+        int same = strcmp(r->label, r->pattern) == 0;
+        int family = 0;
+        for (size_t j = 0; j < http_n_routes && !same && !family; j++)
+            family = strcmp(r->label, http_routes[j].pattern) == 0 ||
+                     strncmp(r->pattern, r->label, strcspn(r->label, "{")) == 0;
+        assert_true(same || family);
+        assert_null(strstr(r->label, "sentiment"));
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rows_well_formed),
+        cmocka_unit_test(test_no_row_twice),
+        cmocka_unit_test(test_labels_are_patterns),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
