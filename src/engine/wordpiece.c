@@ -917,10 +917,20 @@ int wordpiece_encode(const wordpiece *wp, const char *text, size_t len, size_t m
 }
 
 /* The encoder itself, stopped by its own limit at the first id after [CLS]:
- * blankness is whatever encoding does, never a second copy of its rules. */
+ * blankness is whatever encoding does, never a second copy of its rules.
+ * One shortcut, for the common case: a printable ASCII character (0x21 to
+ * 0x7E) is never dropped (no normaliser here removes it, and a word or a
+ * punctuation mark always becomes at least [UNK]), so a text holding one is
+ * not blank without running the encoder (and invalid UTF-8 is not blank
+ * either way). */
 int wordpiece_is_blank(const wordpiece *wp, const char *text, size_t len) {
     const uint8_t *s = (const uint8_t *)text;
-    if (!wp || (!text && len) || wp_utf8_check(s, len) < len)
+    if (!wp || (!text && len))
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] > 0x20 && s[i] < 0x7F)
+            return 0;
+    if (wp_utf8_check(s, len) < len)
         return 0;
     wp_enc e;
     wp_enc_init(&e, wp); /* no ids buffer: wp_emit only counts */
