@@ -389,8 +389,8 @@ void http_dispatch(http_call *call) {
     /* The key before the method: a caller without one learns nothing. */
     if (!http_authorized(call, call->route->scope))
         return;
-    methods_text(allowed, 1, allow, sizeof allow);
     if (!hit) {
+        methods_text(allowed, 1, allow, sizeof allow);
         http_add_header(call, "Allow", allow);
         http_reply_error(call, HTTP_ERR_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use %s", call->method,
                          http_call_label(call), allow);
