@@ -1165,6 +1165,15 @@ static int available_locked(const repo_model *m, long number) {
     return 0;
 }
 
+/* The index of model m's alias `name`, or m->n_aliases when it has none.
+ * Lock held. */
+static size_t alias_index_locked(const repo_model *m, const char *name) {
+    size_t at = 0;
+    while (at < m->n_aliases && strcmp(m->aliases[at].name, name) != 0)
+        at++;
+    return at;
+}
+
 /* The split's version for `user` (NULL: a random bucket), or 0 when that
  * version cannot answer now (the newest available then). Lock held. */
 static long split_version_locked(const repo_model *m, const char *user, size_t user_len) {
@@ -1201,9 +1210,9 @@ int serving_choose(serving_repo *r, const char *model, long version, const char 
     int rc = 0;
     if (m && !version && ref && *ref) { /* a number, else an alias */
         version = parse_version(ref);
-        for (size_t i = 0; !version && i < m->n_aliases; i++)
-            if (strcmp(m->aliases[i].name, ref) == 0)
-                version = m->aliases[i].version;
+        size_t at = version ? 0 : alias_index_locked(m, ref);
+        if (!version && at < m->n_aliases)
+            version = m->aliases[at].version;
         if (!version)
             rc = serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no version or alias '%.64s'", m->name,
                                    ref);
@@ -1253,9 +1262,7 @@ int serving_set_alias(serving_repo *r, const char *model, const char *alias, lon
         rc = serving_error_set(err, SERVING_ENOTFOUND, "model '%.100s' not found", model);
         goto out;
     }
-    size_t at = 0;
-    while (at < m->n_aliases && strcmp(m->aliases[at].name, alias) != 0)
-        at++;
+    size_t at = alias_index_locked(m, alias);
     if (version == 0) {
         if (at == m->n_aliases) {
             rc = serving_error_set(err, SERVING_ENOVERSION, "model '%s' has no alias '%s'", m->name, alias);
@@ -1291,20 +1298,6 @@ int serving_get_aliases(serving_repo *r, const char *model, serving_alias *out, 
         out[(*n)++] = m->aliases[i];
     pthread_mutex_unlock(&r->lock);
     return m ? 0 : SERVING_ENOTFOUND;
-}
-
-int serving_resolve_alias(serving_repo *r, const char *model, const char *alias, long *version) {
-    pthread_mutex_lock(&r->lock);
-    repo_model *m = find_model_locked(r, model ? model : r->default_model);
-    int rc = m ? SERVING_ENOVERSION : SERVING_ENOTFOUND;
-    for (size_t i = 0; m && i < m->n_aliases; i++)
-        if (strcmp(m->aliases[i].name, alias) == 0) {
-            *version = m->aliases[i].version;
-            rc = 0;
-            break;
-        }
-    pthread_mutex_unlock(&r->lock);
-    return rc;
 }
 
 /* ---- shadow traffic -------------------------------------------------------------- */

@@ -269,10 +269,6 @@ int serving_set_alias(serving_repo *repo, const char *model, const char *alias, 
  * unknown model. */
 int serving_get_aliases(serving_repo *repo, const char *model, serving_alias *out, size_t cap, size_t *n);
 
-/* The version alias names: 0 with *version, or SERVING_ENOTFOUND /
- * SERVING_ENOVERSION (no such model / alias). */
-int serving_resolve_alias(serving_repo *repo, const char *model, const char *alias, long *version);
-
 /* A unit of work for a version's scheduler. The caller owns the job and
  * every buffer it points to until on_done has run. */
 typedef struct serving_job serving_job;
