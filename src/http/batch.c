@@ -316,10 +316,9 @@ static void submit_job(http_call *call, jobs_kind kind) {
                          s->opts.max_body_bytes);
         return;
     }
-    http_limits limits = {.max_text_chars = (size_t)s->opts.max_text_chars, .max_inputs = s->opts.max_batch_inputs};
     http_inputs in = {0};
     http_fail why;
-    int bad = http_batch_parse(&limits, len ? (const char *)evbuffer_pullup(buf, -1) : "", len, jsonl, kind, &in, &why);
+    int bad = http_batch_parse(&s->batch_limits, len ? (const char *)evbuffer_pullup(buf, -1) : "", len, jsonl, kind, &in, &why);
     /* Blank for the model's newest version now (while the model is still
      * loading there is no tokenizer to ask, and the texts are taken as
      * they are). */

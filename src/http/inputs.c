@@ -109,3 +109,10 @@ char *http_json_text(json_t *v) {
     json_decref(v);
     return text;
 }
+
+int http_version_ref_valid(const char *ref, int alias_ok) {
+    size_t digits = strspn(ref, "0123456789");
+    if (digits)
+        return digits <= 12 && !ref[digits] && ref[0] != '0';
+    return alias_ok && serving_alias_name_valid(ref);
+}

@@ -223,32 +223,27 @@ void http_infer_handler(http_call *call) {
 /* ---- parse ------------------------------------------------------------------ */
 
 static void parse_stage(http_call *call) {
-    http_server *s = call->loop->server;
     http_infer *f = call->infer;
     if (!call->req) { /* the client left while the limiter answered: 499, as nginx logs it */
         http_reply_text(call, 499, "text/plain", "", 0);
         return;
     }
-    /* The path's version wins; else X-Model-Version pins a version or an
-     * alias. */
-    const char *pin = call->params.version[0] ? call->params.version : http_header(call, "X-Model-Version");
-    if (pin) {
-        size_t digits = strspn(pin, "0123456789");
-        int ok = digits ? digits <= 12 && !pin[digits] && pin[0] != '0' : serving_alias_name_valid(pin);
-        if (!ok) {
-            http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                             "X-Model-Version must be a version number (1, 2, ...) or an alias (production)");
-            return;
-        }
-        http_copy(f->version_ref, sizeof f->version_ref, pin);
+    /* The path's version (checked by the route table) wins; else
+     * X-Model-Version pins a version or an alias. */
+    const char *pin = call->params.version;
+    if (!pin[0] && (pin = http_header(call, "X-Model-Version")) != NULL && !http_version_ref_valid(pin, 1)) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                         "X-Model-Version must be a version number (1, 2, ...) or an alias (production)");
+        return;
     }
+    if (pin)
+        http_copy(f->version_ref, sizeof f->version_ref, pin);
     json_t *body = http_read_json(call); /* NULL: answered, and the call is gone */
     if (!body)
         return;
     f->in.body = body;
-    http_limits limits = {.max_text_chars = (size_t)s->opts.max_text_chars, .max_inputs = (size_t)s->opts.max_inputs};
     http_fail why;
-    if (f->ops->parse(&limits, f->in.body, &f->in, &why) != 0) {
+    if (f->ops->parse(&call->loop->server->limits, body, &f->in, &why) != 0) {
         http_reply_fail(call, &why);
         return;
     }

@@ -164,11 +164,6 @@ int http_is_valid_utf8(const unsigned char *s, size_t n) {
     return 1;
 }
 
-/* A version number: digits, no leading zero, at most 12. */
-static int is_version_number(const char *s, size_t n) {
-    return n > 0 && n <= 12 && s[0] != '0' && strspn(s, "0123456789") >= n;
-}
-
 /* Copies segment seg[0..n) into dst[cap] as it is; "" when it does not fit. */
 static void copy_segment(char *dst, size_t cap, const char *seg, size_t n) {
     if (n >= cap)
@@ -201,7 +196,7 @@ static int match_placeholder(const char *kind, size_t kind_len, const char *seg,
         char ref[sizeof p->version];
         memcpy(ref, seg, n);
         ref[n] = '\0';
-        if (!is_version_number(ref, n) && !(IS("{ref}") && ref[0] > '9' && serving_alias_name_valid(ref)))
+        if (!http_version_ref_valid(ref, IS("{ref}")))
             return 0;
         memcpy(p->version, ref, n + 1);
         return 1;

@@ -288,6 +288,9 @@ int http_server_create(const http_options *opts, serving_repo *repo, metrics_reg
     s->registry = metrics;
     s->port = opts->port;
     s->n_loops = opts->n_threads > 0 ? opts->n_threads : 1;
+    s->limits = (http_limits){.max_text_chars = (size_t)opts->max_text_chars, .max_inputs = (size_t)opts->max_inputs};
+    s->batch_limits = (http_limits){.max_text_chars = (size_t)opts->max_text_chars,
+                                    .max_inputs = opts->max_batch_inputs};
     s->start_time = (double)time(NULL);
     /* Pointers into the caller's strings are not kept. */
     s->opts.tls_cert_file = s->opts.tls_key_file = s->opts.cors_allowed_origins = NULL;

@@ -160,6 +160,12 @@ struct http_loop {
     guard_keys_view keys_view;
 };
 
+/* What parsers may accept (the server's limits). */
+typedef struct http_limits {
+    size_t max_text_chars; /* code points per text */
+    size_t max_inputs;     /* texts per request */
+} http_limits;
+
 /* Metric series looked up once at start. */
 typedef struct http_metrics {
     metric_family *requests;      /* prediction_requests_total{endpoint,status} */
@@ -191,6 +197,8 @@ struct http_server {
     size_t n_conn_by_fd;
     struct ssl_ctx_st *tls;       /* HTTPS when set (tls.c); owned */
     http_cors *cors;              /* CORS allow-list (cors.c); owned */
+    http_limits limits;           /* what a request's parser accepts (from opts) */
+    http_limits batch_limits;     /* what a batch job's parser accepts (from opts) */
 };
 
 struct http_call {
@@ -269,12 +277,6 @@ typedef struct http_inputs {
     int base64;          /* embeddings: vectors as base64 */
 } http_inputs;
 
-/* What parsers may accept (the server's limits). */
-typedef struct http_limits {
-    size_t max_text_chars; /* code points per text */
-    size_t max_inputs;     /* texts per request */
-} http_limits;
-
 struct http_infer_ops {
     serving_task task;
     int allow_cascade;   /* requests that name no version take the model's cascade */
@@ -317,6 +319,10 @@ int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, co
  * one serialisation, so a cache hit is byte-identical to the answer it
  * stored); malloc'd, NULL when out of memory. Takes v. */
 char *http_json_text(json_t *v);
+/* inputs.c: ref names a version: a number (digits, no leading zero, at
+ * most 12), or with alias_ok an alias name (serving_alias_name_valid). The
+ * one rule for paths ({version}, {ref}) and X-Model-Version. */
+int http_version_ref_valid(const char *ref, int alias_ok);
 /* inputs.c: frees what in holds and zeroes it. */
 void http_inputs_free(http_inputs *in);
 /* Whether s (n bytes) is valid UTF-8 (for strings from the URL). */
