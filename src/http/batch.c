@@ -183,27 +183,63 @@ static json_t *job_json(const jobs_info *info) {
     return o;
 }
 
+/* The versions one answer takes label names from, each acquired once for
+ * the whole answer rather than once per result (a page holds up to 10,000):
+ * the job's version, and the second versions of the cascades its chunks
+ * took (usually one). */
+typedef struct labeler {
+    serving_repo *repo;
+    const jobs_info *info;
+    size_t n;
+    struct held {
+        long number;
+        serving_version *version; /* NULL: that version is gone (no label) */
+    } *held;
+} labeler;
+
+static labeler labeler_make(http_call *call, const jobs_info *info) {
+    return (labeler){.repo = call->loop->server->repo, .info = info};
+}
+
+static void labeler_release(labeler *l) {
+    for (size_t i = 0; i < l->n; i++)
+        serving_version_release(l->held[i].version);
+    free(l->held);
+}
+
+/* Label `id` of the job model's version `version`, or NULL. */
+static const char *label_name(labeler *l, long version, int id) {
+    size_t i = 0;
+    while (i < l->n && l->held[i].number != version)
+        i++;
+    if (i == l->n) {
+        struct held *more = realloc(l->held, (l->n + 1) * sizeof *more);
+        if (!more)
+            return NULL;
+        l->held = more;
+        serving_error serr;
+        l->held[i].number = version;
+        if (serving_acquire(l->repo, l->info->model, version, &l->held[i].version, &serr) != 0)
+            l->held[i].version = NULL;
+        l->n++;
+    }
+    return l->held[i].version ? serving_version_label(l->held[i].version, id) : NULL;
+}
+
 /* One input's result as /predict answers it (single text), or, with
  * brief, as an entry of /predict's "predictions" list. NULL label: none. */
-static json_t *result_json(http_call *call, const jobs_info *info, const jobs_result *r, int brief) {
+static json_t *result_json(labeler *l, const jobs_result *r, int brief) {
     if (r->label < 0)
         return json_null();
     /* The version that answered: the job's, or the one a cascade escalated
      * the input to (its label ids are its own). */
-    const long version = r->version ? r->version : info->version;
-    serving_version *v = NULL;
-    serving_error serr;
-    const char *label = NULL;
-    if (serving_acquire(call->loop->server->repo, info->model, version, &v, &serr) == 0)
-        label = serving_version_label(v, r->label);
+    const long version = r->version ? r->version : l->info->version;
+    const char *label = label_name(l, version, r->label);
     json_t *o = json_pack("{s:s, s:f}", "label", label ? label : "", "confidence", r->confidence);
-    if (v)
-        serving_version_release(v);
     if (!brief) {
-        char ver[32];
-        snprintf(ver, sizeof ver, "%ld", version);
-        json_object_set_new(o, "model", json_string(info->model));
-        json_object_set_new(o, "model_version", json_string(ver));
+        char ver[24];
+        json_object_set_new(o, "model", json_string(l->info->model));
+        json_object_set_new(o, "model_version", json_string(http_format_int(version, ver)));
     }
     return o;
 }
@@ -352,9 +388,11 @@ static void answer_seed_results(http_call *call, pending *p) {
         reply_jobs_error(call, p->req.status, p->req.error);
         return;
     }
+    labeler l = labeler_make(call, &p->req.info);
     json_t *list = json_array();
     for (size_t i = 0; i < p->req.n_results; i++)
-        json_array_append_new(list, result_json(call, &p->req.info, &p->req.results[i], 1));
+        json_array_append_new(list, result_json(&l, &p->req.results[i], 1));
+    labeler_release(&l);
     http_reply_json(call, 200, json_pack("{s:s, s:o}", "status", "completed", "results", list));
 }
 
@@ -387,10 +425,11 @@ static void answer_results(http_call *call, pending *p) {
         return;
     }
     size_t offset = p->req.offset, n = p->req.n_results;
+    labeler l = labeler_make(call, info);
     if (p->jsonl) { /* every result from offset, one per line */
         struct evbuffer *out = evbuffer_new();
         for (size_t i = 0; out && i < n; i++) {
-            json_t *o = result_json(call, info, &p->req.results[i], 0);
+            json_t *o = result_json(&l, &p->req.results[i], 0);
             json_t *line = json_pack("{s:I, s:o}", "index", (json_int_t)(offset + i), "result", o);
             char *text = http_json_text(line);
             if (text) {
@@ -399,6 +438,7 @@ static void answer_results(http_call *call, pending *p) {
             }
             free(text);
         }
+        labeler_release(&l);
         size_t len = out ? evbuffer_get_length(out) : 0;
         const char *data = len ? (const char *)evbuffer_pullup(out, -1) : "";
         http_reply_text(call, 200, "application/jsonl", data, len);
@@ -409,7 +449,8 @@ static void answer_results(http_call *call, pending *p) {
     json_t *data = json_array();
     for (size_t i = 0; i < n; i++)
         json_array_append_new(data, json_pack("{s:I, s:o}", "index", (json_int_t)(offset + i), "result",
-                                              result_json(call, info, &p->req.results[i], 0)));
+                                              result_json(&l, &p->req.results[i], 0)));
+    labeler_release(&l);
     http_reply_json(call, 200,
                     json_pack("{s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:b}", "object", "list", "id", info->id, "status",
                               info->status, "data", data, "offset", (json_int_t)offset, "limit",
