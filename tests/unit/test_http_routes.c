@@ -69,20 +69,39 @@ static void test_no_row_twice(void **state) {
     }
 }
 
+/* pattern with "/versions/{version}" taken out and each placeholder
+ * written "{}", into out[cap]. */
+static void shape(const char *pattern, int drop_version, char *out, size_t cap) {
+    size_t k = 0;
+    for (const char *p = pattern; *p && k + 3 < cap;) {
+        if (drop_version && strncmp(p, "/versions/{", 11) == 0) {
+            p = strchr(p + 11, '}') + 1;
+            continue;
+        }
+        if (*p == '{') {
+            out[k++] = '{', out[k++] = '}';
+            p = strchr(p, '}') + 1;
+            continue;
+        }
+        out[k++] = *p++;
+    }
+    out[k] = '\0';
+}
+
 static void test_labels_are_patterns(void **state) {
     (void)state;
-    /* A label is its row's pattern, or a shorter pattern of the same route
-     * family ("/v2/models/{name}" for its versioned form): never a value a
-     * client chose. */
+    /* A label is its row's own pattern: placeholders may be named for the
+     * reader ({task_id} for {id}), and a versioned path may share its
+     * model's label ("/v2/models/{name}" for ".../versions/{version}"), so
+     * a label is never a value a client chose nor another route's. */
     for (size_t i = 0; i < http_n_routes; i++) {
         const http_route *r = &http_routes[i];
-        int same = strcmp(r->label, r->pattern) == 0;
-        int family = 0;
-        for (size_t j = 0; j < http_n_routes && !same && !family; j++)
-            family = strcmp(r->label, http_routes[j].pattern) == 0 ||
-                     strncmp(r->pattern, r->label, strcspn(r->label, "{")) == 0;
-        assert_true(same || family);
-        assert_null(strstr(r->label, "sentiment"));
+        char label[256], exact[256], unversioned[256];
+        shape(r->label, 0, label, sizeof label);
+        shape(r->pattern, 0, exact, sizeof exact);
+        shape(r->pattern, 1, unversioned, sizeof unversioned);
+        if (strcmp(label, exact) != 0 && strcmp(label, unversioned) != 0)
+            fail_msg("route %s is labelled %s", r->pattern, r->label);
     }
 }
 
