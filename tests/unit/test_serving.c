@@ -1501,21 +1501,42 @@ static void test_predict_resolve(void **state) {
     repo_dir_remove(&d);
 }
 
+/* The repository the cascade and shadow tests share: sentiment versions 1
+ * and 2 (the same weights) and 3 (a 3-label fixture), all loaded. */
+typedef struct three_versions {
+    repo_dir d;
+    metrics_registry *m;
+    serving_repo *repo;
+} three_versions;
+
+static void three_versions_open(three_versions *f) {
+    repo_dir_init(&f->d);
+    repo_link_sentiment(&f->d, "sentiment", "1");
+    repo_link_sentiment(&f->d, "sentiment", "2");
+    repo_link(&f->d, "sentiment", "3", "distilbert-relu-3label");
+    f->m = metrics_registry_create();
+    serving_options o = options(&f->d);
+    o.version_policy = "all";
+    f->repo = repo_open(&o, f->m);
+}
+
+/* The repository first (it may be gone already: NULL), then its metrics. */
+static void three_versions_close(three_versions *f) {
+    serving_repo_destroy(f->repo);
+    metrics_registry_destroy(f->m);
+    repo_dir_remove(&f->d);
+}
+
 /* A cascade through serving_predict: at threshold 1 every text is answered
  * by the second version (with its own label ids, when its labels differ),
  * at a threshold below every confidence none is; a second version that
  * cannot answer leaves the first answers; each counted. And n == 0. */
 static void test_predict_cascade(void **state) {
     (void)state;
-    repo_dir d;
-    repo_dir_init(&d);
-    repo_link_sentiment(&d, "sentiment", "1");
-    repo_link_sentiment(&d, "sentiment", "2");
-    repo_link(&d, "sentiment", "3", "distilbert-relu-3label");
-    metrics_registry *m = metrics_registry_create();
-    serving_options o = options(&d);
-    o.version_policy = "all";
-    serving_repo *repo = repo_open(&o, m);
+    three_versions f;
+    three_versions_open(&f);
+    serving_repo *repo = f.repo;
+    metrics_registry *m = f.m;
     serving_error err = {0};
     tracker t;
     tracker_init(&t);
@@ -1618,10 +1639,8 @@ static void test_predict_cascade(void **state) {
 
     engine_model_free(ref2);
     engine_model_free(ref3);
-    serving_repo_destroy(repo);
+    three_versions_close(&f);
     tracker_fini(&t);
-    metrics_registry_destroy(m);
-    repo_dir_remove(&d);
 }
 
 /* Shadow copies through serving_predict: at 100 % every text of every
@@ -1630,15 +1649,10 @@ static void test_predict_cascade(void **state) {
  * shadow version answered itself nor those that do not allow it. */
 static void test_predict_shadow(void **state) {
     (void)state;
-    repo_dir d;
-    repo_dir_init(&d);
-    repo_link_sentiment(&d, "sentiment", "1");
-    repo_link_sentiment(&d, "sentiment", "2");
-    repo_link(&d, "sentiment", "3", "distilbert-relu-3label");
-    metrics_registry *m = metrics_registry_create();
-    serving_options o = options(&d);
-    o.version_policy = "all";
-    serving_repo *repo = repo_open(&o, m);
+    three_versions f;
+    three_versions_open(&f);
+    serving_repo *repo = f.repo;
+    metrics_registry *m = f.m;
     serving_error err = {0};
     tracker t;
     tracker_init(&t);
@@ -1702,12 +1716,12 @@ static void test_predict_shadow(void **state) {
     assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
     serving_request_fini(&r);
     serving_repo_destroy(repo);
+    f.repo = NULL;
     assert_true(series_value(m, agree2) - before +
                     series_value(m, "aiserve_shadow_predictions_total{model=\"sentiment\",version=\"2\",result=\"error\"}") ==
                 N_REVIEWS);
     tracker_fini(&t);
-    metrics_registry_destroy(m);
-    repo_dir_remove(&d);
+    three_versions_close(&f);
 }
 
 /* An embeddings request through serving_predict: one vector per text, as
