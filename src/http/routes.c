@@ -213,7 +213,10 @@ static int match_placeholder(const char *kind, size_t kind_len, const char *seg,
     return 0;
 }
 
-/* Whether path (len bytes, no trailing slash) matches pattern; fills p. */
+/* Whether path (len bytes, no trailing slash) matches pattern, filling p.
+ * With p NULL only the shape is checked (literal segments, and a non-empty
+ * segment for each placeholder): the cheap first test, so that a model
+ * name is decoded only for the rows whose shape fits. */
 static int match(const char *pattern, const char *path, size_t len, http_path_params *p) {
     const char *end = path + len;
     while (*pattern) {
@@ -224,7 +227,7 @@ static int match(const char *pattern, const char *path, size_t len, http_path_pa
         const char *slash = memchr(path, '/', (size_t)(end - path));
         size_t sn = slash ? (size_t)(slash - path) : (size_t)(end - path);
         if (pattern[0] == '{') {
-            if (sn == 0 || !match_placeholder(pattern, pn, path, sn, p))
+            if (sn == 0 || (p && !match_placeholder(pattern, pn, path, sn, p)))
                 return 0;
         } else if (pn != sn || memcmp(pattern, path, pn) != 0) {
             return 0;
@@ -352,6 +355,8 @@ void http_dispatch(http_call *call) {
     const http_route *hit = NULL, *any = NULL;
     for (size_t i = 0; i < http_n_routes && !hit; i++) {
         const http_route *r = &http_routes[i];
+        if (!match(r->pattern, path, len, NULL))
+            continue;
         http_path_params p = {0};
         if (!match(r->pattern, path, len, &p))
             continue;
@@ -370,6 +375,8 @@ void http_dispatch(http_call *call) {
     }
     if (!hit) { /* the other methods of the same path */
         for (size_t i = any - http_routes + 1; i < http_n_routes; i++) {
+            if (!match(http_routes[i].pattern, path, len, NULL))
+                continue;
             http_path_params p = {0};
             if (match(http_routes[i].pattern, path, len, &p))
                 allowed |= http_routes[i].methods;
