@@ -28,9 +28,6 @@
 
 #include "http_int.h"
 
-/* The request body as JSON, or NULL after answering (400, 413). */
-static json_t *json_body(http_call *call) { return http_read_json(call); }
-
 /* Answers a refused change (rc from serving_set_*): 404 for an unknown
  * model, else 422 saying that `what` in use is unchanged. */
 static void reply_refused(http_call *call, int rc, const serving_error *err, const char *what) {
@@ -63,7 +60,7 @@ void http_admin_cascade(http_call *call) {
     serving_repo *repo = call->loop->server->repo;
     enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
     if (m == EVHTTP_REQ_PUT) {
-        json_t *body = json_body(call);
+        json_t *body = http_read_json(call);
         if (!body)
             return;
         serving_cascade c = {0};
@@ -113,7 +110,7 @@ void http_admin_shadow(http_call *call) {
     serving_repo *repo = call->loop->server->repo;
     enum evhttp_cmd_type m = evhttp_request_get_command(call->req);
     if (m == EVHTTP_REQ_PUT) {
-        json_t *body = json_body(call);
+        json_t *body = http_read_json(call);
         if (!body)
             return;
         json_t *v = json_object_get(body, "version"), *p = json_object_get(body, "percent");
@@ -165,7 +162,7 @@ static void reply_aliases(http_call *call, const char *model) {
 static void set_alias(http_call *call, const char *model, const char *alias, int remove) {
     long version = 0;
     if (!remove) {
-        json_t *body = json_body(call);
+        json_t *body = http_read_json(call);
         if (!body)
             return;
         json_t *v = json_object_get(body, "version");
@@ -203,7 +200,7 @@ static void reply_split(http_call *call, const char *model) {
 }
 
 static void put_split(http_call *call, const char *model) {
-    json_t *body = json_body(call);
+    json_t *body = http_read_json(call);
     if (!body)
         return;
     serving_split split = {0};
