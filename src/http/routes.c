@@ -214,10 +214,12 @@ static int match_placeholder(const char *kind, size_t kind_len, const char *seg,
 }
 
 /* Whether path (len bytes, no trailing slash) matches pattern, filling p.
- * With p NULL only the shape is checked (literal segments, and a non-empty
- * segment for each placeholder): the cheap first test, so that a model
- * name is decoded only for the rows whose shape fits. */
+ * The shape first (literal segments, and a non-empty segment for each
+ * placeholder), then the placeholders' own checks, so that a model name is
+ * decoded only for a row whose shape fits. */
 static int match(const char *pattern, const char *path, size_t len, http_path_params *p) {
+    struct hole { const char *kind, *seg; size_t kind_len, seg_len; } holes[4];
+    size_t n_holes = 0;
     const char *end = path + len;
     while (*pattern) {
         if (*pattern != '/' || path >= end || *path != '/')
@@ -227,15 +229,22 @@ static int match(const char *pattern, const char *path, size_t len, http_path_pa
         const char *slash = memchr(path, '/', (size_t)(end - path));
         size_t sn = slash ? (size_t)(slash - path) : (size_t)(end - path);
         if (pattern[0] == '{') {
-            if (sn == 0 || (p && !match_placeholder(pattern, pn, path, sn, p)))
+            if (sn == 0 || n_holes == sizeof holes / sizeof holes[0])
                 return 0;
+            holes[n_holes++] = (struct hole){pattern, path, pn, sn};
         } else if (pn != sn || memcmp(pattern, path, pn) != 0) {
             return 0;
         }
         pattern += pn;
         path += sn;
     }
-    return path == end;
+    if (path != end)
+        return 0;
+    memset(p, 0, sizeof *p); /* nothing left from a row that failed below */
+    for (size_t i = 0; i < n_holes; i++)
+        if (!match_placeholder(holes[i].kind, holes[i].kind_len, holes[i].seg, holes[i].seg_len, p))
+            return 0;
+    return 1;
 }
 
 /* ---- API keys ------------------------------------------------------------ */
@@ -355,18 +364,13 @@ void http_dispatch(http_call *call) {
     const http_route *hit = NULL, *any = NULL;
     for (size_t i = 0; i < http_n_routes && !hit; i++) {
         const http_route *r = &http_routes[i];
-        if (!match(r->pattern, path, len, NULL))
-            continue;
-        http_path_params p = {0};
-        if (!match(r->pattern, path, len, &p))
+        if (!match(r->pattern, path, len, &call->params))
             continue;
         allowed |= r->methods;
         if (!any)
             any = r;
-        if (r->methods & want) {
+        if (r->methods & want)
             hit = r;
-            call->params = p;
-        }
     }
     if (!any) {
         http_reply_error(call, HTTP_ERR_NOT_FOUND, "no route for %s %.200s", call->method,
@@ -375,9 +379,7 @@ void http_dispatch(http_call *call) {
     }
     if (!hit) { /* the other methods of the same path */
         for (size_t i = any - http_routes + 1; i < http_n_routes; i++) {
-            if (!match(http_routes[i].pattern, path, len, NULL))
-                continue;
-            http_path_params p = {0};
+            http_path_params p;
             if (match(http_routes[i].pattern, path, len, &p))
                 allowed |= http_routes[i].methods;
         }
