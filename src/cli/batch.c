@@ -1,37 +1,60 @@
 /*
- * batch.c - `aiserve batch`: a file of texts through the engine, without a
- * server, into a JSON-lines file that an interrupted run can resume.
+ * batch.c - `aiserve batch`: a file of texts through the serving layer,
+ * without a server, into a JSON-lines file that an interrupted run can
+ * resume.
  *
- *   aiserve batch --model DIR --input in.jsonl|in.txt --output out.jsonl
- *                 [--resume] [--batch-size N] [--threads N]
+ *   aiserve batch --model DIR|NAME --input in.jsonl|in.txt --output out.jsonl
+ *                 [--version V] [--resume] [--batch-size N] [--threads N]
+ *                 [any `aiserve serve` setting: --config FILE, --cascade ...]
  *
  * Design:
+ *  - Every text goes through serving_predict, as an HTTP request or a batch
+ *    job does, so the model's serving policy applies: --model DIR (a Hugging
+ *    Face directory) is served as the one version of one model; --model NAME
+ *    is a model of the repository (models.repository), whose version is
+ *    chosen once for the run as a batch job's is (--version, else its
+ *    cascade's first version, else its traffic split's, else the newest),
+ *    with its cascade (models.cascade) and shadow (models.shadow). The
+ *    settings come from the same flags, environment and --config file as
+ *    `aiserve serve` (core.h); flags this file does not know go there.
  *  - Input line i (0-based, every line counts) gives output line i, in
- *    order: {"index": i, ["id": ...,] then predict's result fields} or
- *    {"index": i, ["id": ...,] "error": "..."}. The result fields come from
- *    cli_prediction_set and are written by cli_write_json, so they are the
- *    bytes `aiserve predict` prints. An input named *.jsonl or *.json holds
- *    one JSON string or {"text": ..., "id": ...} per line; any other name
- *    (and "-", stdin) holds one text per line. Lines are read with getline:
- *    any length, any bytes.
+ *    order: {"index": i, ["id": ...,] then predict's result fields
+ *    [, "model_version": V]} or {"index": i, ["id": ...,] "error": "..."}.
+ *    The result fields come from cli_prediction_set and are written by
+ *    cli_write_json, so they are the bytes `aiserve predict` prints for the
+ *    same model. "model_version" (NAME runs only) is the version that
+ *    answered the text: the cascade's second when the text was escalated.
+ *    An input named *.jsonl or *.json holds one JSON string or {"text": ...,
+ *    "id": ...} per line; any other name (and "-", stdin) holds one text per
+ *    line. Lines are read with getline: any length, any bytes.
  *  - Batch b always covers input lines [b*N, (b+1)*N) for --batch-size N,
- *    after a resume too, so every text is computed in the same batch as in
- *    an uninterrupted run and the output is the same bytes. A batch's lines
- *    are written and flushed together; a kill loses at most that batch.
+ *    after a resume too: each batch is one request, alone in the version's
+ *    queue, and the scheduler's max_batch_size is N, so every text is
+ *    computed in the same engine batch as in an uninterrupted run and the
+ *    output is the same bytes. A batch's lines are written and flushed
+ *    together; a kill loses at most that batch.
  *  - --resume reads the output back: its complete lines must be results 0..K-1
  *    of this input (index in order, id equal to the input's); a torn last
  *    line is dropped and the file is cut back to the last batch boundary at
- *    or below K, from which the run goes on.
+ *    or below K, from which the run goes on. A NAME run without --version
+ *    goes on with the version the kept results were first answered by (the
+ *    cascade's first when the kept line was escalated), so a traffic split
+ *    cannot switch versions halfway.
  *  - Whatever can be checked without the model (arguments, input, output,
  *    the resume prefix) is checked before it loads.
  *  - Progress goes to stderr: a bar redrawn in place on a terminal, else one
- *    line every AISERVE_PROGRESS_INTERVAL_MS (default 2000); then a summary.
+ *    line every AISERVE_PROGRESS_INTERVAL_MS (default 2000); then a summary
+ *    (with the cascade's escalations and the shadow's agreement).
+ *  - The server's JSON log is off unless --log-level is given (then it goes
+ *    to stderr): this command reports on stderr itself.
  *
- * Threads: the calling thread only, plus the engine's compute pool. SIGINT
- * and SIGTERM stop the run after the batch in flight (a second one kills).
+ * Threads: the calling thread waits for each batch; serving's loader,
+ * batcher and compute threads do the work. SIGINT and SIGTERM stop the run
+ * after the batch in flight (a second one kills).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
@@ -45,28 +68,41 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "obs.h"
 
 enum { EXIT_INTERRUPTED = 130 };
 
 static void usage(FILE *out) {
-    fputs("usage: aiserve batch --model DIR --input FILE --output FILE.jsonl [--resume]\n"
-          "                     [--batch-size N] [--threads N]\n"
+    fputs("usage: aiserve batch --model DIR|NAME --input FILE --output FILE.jsonl [--version V]\n"
+          "                     [--resume] [--batch-size N] [--threads N] [SETTINGS]\n"
           "\n"
           "Classifies every line of FILE and writes one JSON line per input line, in order:\n"
           "  {\"index\": i, \"id\": ..., \"label\", \"confidence\", \"probs\", \"logits\"}\n"
           "or {\"index\": i, \"id\": ..., \"error\": \"...\"} for a line that has no result\n"
           "(an empty text, malformed JSON, invalid UTF-8). i is the 0-based line number;\n"
-          "\"id\" is there when the input line has one.\n"
+          "\"id\" is there when the input line has one. With --model NAME each result also\n"
+          "has \"model_version\", the version that answered it.\n"
           "\n"
           "options:\n"
-          "  --model DIR        Hugging Face classifier directory\n"
+          "  --model DIR|NAME   a Hugging Face classifier directory (a path, or a directory\n"
+          "                     with config.json), or the name of a model in the model\n"
+          "                     repository, served as the server would: its version chosen\n"
+          "                     once for the run (its cascade's first, else its traffic\n"
+          "                     split's, else the newest), with its cascade and shadow\n"
+          "  --version V        NAME only: this version number or alias\n"
           "  --input FILE       *.jsonl or *.json: one JSON string or {\"text\": ..., \"id\": ...}\n"
           "                     per line; any other name: one text per line ('-' is stdin)\n"
           "  --output FILE      JSON-lines results; must not exist or be empty, unless --resume\n"
           "  --resume           continue an interrupted run: keep the results already in\n"
           "                     --output (a torn last line is dropped) and append the rest\n"
           "  --batch-size N     texts per forward pass (default 32; resume with the same N)\n"
-          "  --threads N        compute threads (default: the number of CPUs)\n"
+          "  --threads N        compute threads (default: models.engine_threads, else the\n"
+          "                     number of CPUs)\n"
+          "  SETTINGS           any setting of `aiserve serve` (see aiserve serve --help):\n"
+          "                     --config FILE, --model-repository DIR, --version-policy P,\n"
+          "                     --traffic, --cascade, --shadow, --log-level (the server log\n"
+          "                     is off unless given), ...; the environment and the config\n"
+          "                     file apply as for the server\n"
           "\n"
           "Progress goes to stderr: a bar on a terminal, else a line every 2 s\n"
           "(AISERVE_PROGRESS_INTERVAL_MS sets the interval in ms; 0 is every batch).\n"
@@ -76,9 +112,15 @@ static void usage(FILE *out) {
 }
 
 typedef struct batch_opts {
-    const char *model_dir, *input, *output;
-    int resume, batch_size, n_threads;
-    double interval_s; /* < 0: the default for the kind of stderr */
+    const char *model, *input, *output;
+    const char *version;  /* --version, or NULL */
+    int model_is_dir;     /* --model names a Hugging Face directory, not a repository's model */
+    int resume, batch_size, n_threads; /* n_threads 0: the configuration's */
+    double interval_s;    /* < 0: the default for the kind of stderr */
+    int log_level_given;  /* --log-level among the settings */
+    /* The arguments that are `aiserve serve` settings, for core_config_load. */
+    int n_settings;
+    char **settings;
 } batch_opts;
 
 /* One input line on its way to its output line. */
@@ -86,15 +128,18 @@ typedef struct batch_item {
     char *text;      /* owned; NULL when the line never reaches the engine */
     size_t len;
     json_t *id;      /* owned reference, or NULL */
+    json_t *result;  /* owned: the prediction's fields, once computed */
     char error[512]; /* non-empty: the line's result is this error */
 } batch_item;
 
 static void item_clear(batch_item *it) {
     free(it->text);
     json_decref(it->id);
+    json_decref(it->result);
     it->text = NULL;
     it->len = 0;
     it->id = NULL;
+    it->result = NULL;
     it->error[0] = 0;
 }
 
@@ -226,6 +271,7 @@ typedef struct resume_point {
     size_t n_kept;    /* results kept: a multiple of the batch size */
     off_t kept_bytes; /* their length; the output is cut back to it */
     size_t n_errors;  /* error results among them */
+    long version;     /* "model_version" of the first kept result that has one; 0: none */
 } resume_point;
 
 /* Reads the results already in `path` against the input. On success returns
@@ -244,6 +290,7 @@ static int resume_scan(const batch_opts *o, batch_reader *r, batch_item *items, 
     off_t offset = 0;
     ssize_t n;
     int rc = 0;
+    long version = 0;
     /* A line without its newline can only be the last one: a torn write. */
     while (rc == 0 && (n = getline(&line, &cap, f)) > 0 && line[n - 1] == '\n') {
         if (k % bs == 0) {
@@ -272,6 +319,9 @@ static int resume_scan(const batch_opts *o, batch_reader *r, batch_item *items, 
             rc = -1;
         }
         n_errors += json_object_get(res, "error") != NULL;
+        json_t *mv = json_object_get(res, "model_version");
+        if (version == 0 && json_is_integer(mv) && json_integer_value(mv) > 0)
+            version = (long)json_integer_value(mv);
         json_decref(res);
         offset += (off_t)n;
         ++*n_pending;
@@ -285,6 +335,7 @@ static int resume_scan(const batch_opts *o, batch_reader *r, batch_item *items, 
         *rp = (resume_point){.n_kept = k, .kept_bytes = offset, .n_errors = n_errors};
         *n_pending = 0;
     }
+    rp->version = rp->n_kept ? version : 0;
     free(line);
     fclose(f);
     return rc;
@@ -359,14 +410,82 @@ static void progress_end_line(progress *p) {
     p->drawn = 0;
 }
 
-/* Classifies the items that have a text into logits/probs, n_labels per
- * item at the item's rank among those. A text the engine rejects for its
- * input (invalid UTF-8) gets the engine's message as its error and the
- * others still get results. Returns 0, or -1 after a failure that is not
- * the input's (reported). */
-static int batch_classify(engine_model *m, batch_item *items, size_t n, const char **texts,
-                          size_t *lens, float *logits, float *probs) {
-    size_t k = (size_t)engine_model_get_info(m)->n_labels, n_texts = 0;
+/* The run's serving side: the repository, the pinned version, and one
+ * request in flight at a time. */
+typedef struct batch_run {
+    serving_repo *repo;
+    const char *model;        /* the model's name in the repository */
+    long version;             /* the run's version: every request pins it */
+    int show_version;         /* NAME runs: "model_version" in each result */
+    serving_cascade cascade;  /* as resolved (first 0: none) */
+    serving_shadow shadow;    /* the same */
+    size_t n_escalated, n_shadowed;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int done;                 /* the request in flight called back */
+} batch_run;
+
+static void on_request_done(serving_request *r, void *user) {
+    (void)r;
+    batch_run *b = user;
+    pthread_mutex_lock(&b->lock);
+    b->done = 1;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* Runs n texts as one request and waits for it. Returns its status (0 or a
+ * negative serving_status, with req->error); the caller finis req. */
+static int run_request(batch_run *b, serving_request *req, const char *const *texts, const size_t *lens, size_t n) {
+    serving_request_init(req);
+    req->model = b->model;
+    req->version = b->version;
+    req->task = SERVING_TASK_CLASSIFY;
+    req->allow_cascade = 1;
+    req->allow_shadow = 1;
+    req->want_logits = 1;
+    req->texts = texts;
+    req->lens = lens;
+    req->n = n;
+    req->on_done = on_request_done;
+    req->user = b;
+    b->done = 0;
+    if (serving_predict(b->repo, req) != 0)
+        return req->status;
+    pthread_mutex_lock(&b->lock);
+    while (!b->done)
+        pthread_cond_wait(&b->cond, &b->lock);
+    pthread_mutex_unlock(&b->lock);
+    b->n_escalated += req->n_escalated;
+    b->n_shadowed += req->n_shadowed;
+    return req->status;
+}
+
+/* Puts the request's answers into the items that have a text, in order.
+ * -1 when out of memory. */
+static int take_results(const batch_run *b, const serving_request *req, batch_item *items, size_t n) {
+    for (size_t i = 0, j = 0; i < n; i++) {
+        if (!items[i].text)
+            continue;
+        const serving_text_result *t = &req->results[j++];
+        const int K = serving_version_info(t->version)->n_labels;
+        const char *label = serving_version_label(t->version, cli_argmax(t->logits, K));
+        items[i].result = cli_prediction_set(json_object(), label ? label : "", K, t->logits, t->probs);
+        if (!items[i].result)
+            return -1;
+        if (b->show_version)
+            json_object_set_new(items[i].result, "model_version", json_integer(serving_version_number(t->version)));
+    }
+    return 0;
+}
+
+/* Classifies the items that have a text, as one request. When serving
+ * refuses the batch for its input (invalid UTF-8), each text goes alone, so
+ * the one at fault gets the message as its error and the others still get
+ * results. Returns 0, or -1 after a failure that is not the input's
+ * (reported). */
+static int batch_predict(batch_run *b, batch_item *items, size_t n, const char **texts, size_t *lens) {
+    size_t n_texts = 0;
     for (size_t i = 0; i < n; i++)
         if (items[i].text) {
             texts[n_texts] = items[i].text;
@@ -374,35 +493,35 @@ static int batch_classify(engine_model *m, batch_item *items, size_t n, const ch
         }
     if (n_texts == 0)
         return 0;
-    engine_error err;
-    int rc = engine_classify(m, texts, lens, n_texts, logits, probs, &err);
-    if (rc == ENGINE_EINPUT) {
-        for (size_t i = 0, j = 0; i < n; i++) {
-            if (!items[i].text)
-                continue;
-            rc = n_texts == 1 ? rc
-                              : engine_classify(m, &texts[j], &lens[j], 1, logits + j * k,
-                                                probs + j * k, &err);
-            if (rc == ENGINE_EINPUT)
-                item_fail(&items[i], "%s", err.message);
-            else if (rc)
-                break;
-            j++;
-        }
-        rc = rc == ENGINE_EINPUT ? 0 : rc;
+    serving_request req;
+    int rc = run_request(b, &req, texts, lens, n_texts);
+    if (rc == 0 && take_results(b, &req, items, n) != 0)
+        rc = SERVING_ENOMEM;
+    for (size_t i = 0; rc == SERVING_EINPUT && i < n; i++) {
+        if (!items[i].text)
+            continue;
+        serving_request_fini(&req);
+        const char *text = items[i].text;
+        rc = run_request(b, &req, &text, &items[i].len, 1);
+        if (rc == SERVING_EINPUT)
+            item_fail(&items[i], "%s", req.error);
+        else if (rc == 0 && take_results(b, &req, &items[i], 1) != 0)
+            rc = SERVING_ENOMEM;
+        rc = rc == 0 ? SERVING_EINPUT : rc; /* go on with the next text */
     }
+    if (rc == SERVING_EINPUT)
+        rc = 0;
     if (rc)
-        fprintf(stderr, "aiserve: %s\n", err.message);
+        fprintf(stderr, "aiserve: %s\n", req.error[0] ? req.error : serving_status_message(rc));
+    serving_request_fini(&req);
     return rc ? -1 : 0;
 }
 
 /* Writes the batch's result lines, items[i] being input line first + i.
  * Returns 0 or -1 when the output cannot be written. */
-static int batch_write(FILE *out, const engine_model *m, const batch_item *items, size_t n,
-                       size_t first, const float *logits, const float *probs, size_t *n_errors) {
-    size_t k = (size_t)engine_model_get_info(m)->n_labels;
+static int batch_write(FILE *out, const batch_item *items, size_t n, size_t first, size_t *n_errors) {
     int rc = 0;
-    for (size_t i = 0, j = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         json_t *o = json_object();
         json_object_set_new(o, "index", json_integer((json_int_t)(first + i)));
         if (items[i].id)
@@ -411,31 +530,79 @@ static int batch_write(FILE *out, const engine_model *m, const batch_item *items
             json_object_set_new(o, "error", json_string(items[i].error));
             ++*n_errors;
         } else {
-            cli_prediction_set(o, m, logits + j * k, probs + j * k);
+            json_object_update(o, items[i].result);
         }
-        j += items[i].text != NULL;
         rc |= cli_write_json(out, o);
     }
     return rc | fflush(out);
 }
 
+/* 1 when the `aiserve serve` setting written as arg (no '=' in it) takes
+ * the next argument as its value, as core_config_load reads flags. */
+static int setting_takes_next(const char *arg, const char *next) {
+    if (!next)
+        return 0;
+    if (strcmp(arg, "--config") == 0)
+        return strncmp(next, "--", 2) != 0;
+    for (size_t i = 0; i < core_config_n_settings(); i++) {
+        core_setting_info info;
+        if (core_config_setting_info(i, &info) != 0 || strcmp(info.flag, arg) != 0)
+            continue;
+        int ignored;
+        if (strcmp(info.type, "bool") == 0)
+            return core_parse_bool(next, &ignored) == 0;
+        return strncmp(next, "--", 2) != 0;
+    }
+    if (strncmp(arg, "--no-", 5) == 0)
+        return 0;
+    return strncmp(next, "--", 2) != 0; /* unknown: core_config_load reports it, value and all */
+}
+
+/* Takes this command's own options out of argv and leaves the rest, the
+ * `aiserve serve` settings, in o->settings (in order). */
 static int parse_opts(int argc, char **argv, batch_opts *o) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"input", required_argument, 0, 'i'},
         {"output", required_argument, 0, 'o'},     {"resume", no_argument, 0, 'r'},
         {"batch-size", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
-        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0},
+        {"version", required_argument, 0, 'v'},    {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
-    long n_cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    *o = (batch_opts){.batch_size = 32, .n_threads = n_cpus > 0 && n_cpus <= 256 ? (int)n_cpus : 1,
-                      .interval_s = -1};
-    int c;
+    *o = (batch_opts){.batch_size = 32, .interval_s = -1};
+    /* Split: ours into `own` (argv[0] first, for getopt), the rest into settings. */
+    char **own = calloc((size_t)argc + 1, sizeof *own);
+    o->settings = calloc((size_t)argc + 1, sizeof *o->settings);
+    if (!own || !o->settings)
+        return free(own), fprintf(stderr, "aiserve: out of memory\n"), -1;
+    int n_own = 0;
+    own[n_own++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        size_t flag_len = strcspn(arg, "=");
+        const struct option *mine = NULL;
+        for (const struct option *p = opts; p->name && strncmp(arg, "--", 2) == 0; p++)
+            if (strlen(p->name) == flag_len - 2 && strncmp(arg + 2, p->name, flag_len - 2) == 0)
+                mine = p;
+        if (mine || strcmp(arg, "-h") == 0 || strncmp(arg, "--", 2) != 0) {
+            own[n_own++] = argv[i];
+            if (mine && mine->has_arg && !arg[flag_len] && i + 1 < argc)
+                own[n_own++] = argv[++i];
+            continue;
+        }
+        char flag[128];
+        snprintf(flag, sizeof flag, "%.*s", (int)(flag_len < 100 ? flag_len : 100), arg);
+        o->log_level_given |= strcmp(flag, "--log-level") == 0;
+        o->settings[o->n_settings++] = argv[i];
+        if (!arg[flag_len] && setting_takes_next(flag, i + 1 < argc ? argv[i + 1] : NULL))
+            o->settings[o->n_settings++] = argv[++i];
+    }
+    int c, rc = 0;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+    while (rc == 0 && (c = getopt_long(n_own, own, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
-            o->model_dir = optarg;
+            o->model = optarg;
             break;
         case 'i':
             o->input = optarg;
@@ -446,32 +613,46 @@ static int parse_opts(int argc, char **argv, batch_opts *o) {
         case 'r':
             o->resume = 1;
             break;
+        case 'v':
+            o->version = optarg;
+            break;
         case 'b':
             if (cli_parse_int(optarg, 1, 4096, &o->batch_size))
-                return fprintf(stderr, "aiserve batch: --batch-size must be 1..4096\n"), -1;
+                rc = (fprintf(stderr, "aiserve batch: --batch-size must be 1..4096\n"), -1);
             break;
         case 't':
             if (cli_parse_int(optarg, 1, 256, &o->n_threads))
-                return fprintf(stderr, "aiserve batch: --threads must be 1..256\n"), -1;
+                rc = (fprintf(stderr, "aiserve batch: --threads must be 1..256\n"), -1);
             break;
         case 'h':
             usage(stdout);
             exit(0);
         case ':':
-            return fprintf(stderr, "aiserve batch: %s needs a value\n", argv[optind - 1]), -1;
+            rc = (fprintf(stderr, "aiserve batch: %s needs a value\n", own[optind - 1]), -1);
+            break;
         default:
-            return fprintf(stderr, "aiserve batch: unknown option %s (see aiserve batch --help)\n",
-                           argv[optind - 1]), -1;
+            rc = (fprintf(stderr, "aiserve batch: unknown option %s (see aiserve batch --help)\n",
+                         own[optind - 1]), -1);
         }
     }
-    if (optind < argc)
-        return fprintf(stderr, "aiserve batch: unexpected argument '%s' (texts come from --input)\n",
-                       argv[optind]), -1;
-    if (!o->model_dir || !o->input || !o->output)
-        return fprintf(stderr, "aiserve batch: needs --model DIR, --input FILE and --output FILE "
+    if (rc == 0 && optind < n_own)
+        rc = (fprintf(stderr, "aiserve batch: unexpected argument '%s' (texts come from --input)\n",
+                     own[optind]), -1);
+    free(own);
+    if (rc)
+        return rc;
+    if (!o->model || !o->input || !o->output)
+        return fprintf(stderr, "aiserve batch: needs --model DIR|NAME, --input FILE and --output FILE "
                        "(see aiserve batch --help)\n"), -1;
     if (strcmp(o->output, "-") == 0)
         return fprintf(stderr, "aiserve batch: --output must be a file (--resume reads it back)\n"), -1;
+    /* A path, or a directory holding a Hugging Face model: that model alone. */
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg, "%s/config.json", o->model);
+    o->model_is_dir = strchr(o->model, '/') != NULL || access(cfg, F_OK) == 0;
+    if (o->model_is_dir && o->version)
+        return fprintf(stderr, "aiserve batch: --version needs --model NAME, a model of the repository; "
+                       "%s is a model directory\n", o->model), -1;
     const char *env = getenv("AISERVE_PROGRESS_INTERVAL_MS");
     int ms;
     if (env && *env) {
@@ -566,23 +747,140 @@ static int output_close(FILE *f, const char *path) {
     return rc ? -1 : 0;
 }
 
+/* Why model's versions are not available, from the repository's list (the
+ * load error of the newest failed version), into why; 0 when none failed. */
+static int load_failure(serving_repo *repo, const char *model, char *why, size_t cap) {
+    serving_version_status *list = NULL;
+    size_t n = 0;
+    int found = 0;
+    if (serving_repo_list(repo, &list, &n) != 0)
+        return 0;
+    for (size_t i = n; i-- > 0 && !found;)
+        if (strcmp(list[i].model, model) == 0 && list[i].state == SERVING_STATE_FAILED && list[i].error[0])
+            found = snprintf(why, cap, "%s", list[i].error) > 0;
+    free(list);
+    return found;
+}
+
+/* Loads the model as the settings say and fixes the run's version (batch.c's
+ * design). Returns 0, or -1 after reporting why. Signals are blocked: the
+ * threads serving starts inherit that. */
+static int run_open(batch_run *b, const batch_opts *o, const core_config *cfg, const resume_point *rp,
+                    metrics_registry *metrics) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    serving_options so = {
+        .repository = cfg->model_repository,
+        .model_dir = o->model_is_dir ? o->model : NULL,
+        .default_model = o->model_is_dir ? NULL : cfg->default_model,
+        .engine_threads = o->n_threads ? o->n_threads : cfg->engine_threads ? cfg->engine_threads
+                                                        : cpus > 0 && cpus <= 256 ? (int)cpus : 1,
+        .max_batch_size = o->batch_size,
+        .max_queue_delay_us = 0,
+        .max_queue_size = o->batch_size,
+        .version_policy = o->model_is_dir ? NULL : cfg->version_policy,
+    };
+    serving_error err = {0};
+    char why[512];
+    if (serving_repo_create(&so, metrics, &b->repo, &err) != 0)
+        return fprintf(stderr, "aiserve: %s\n", err.message), -1;
+    if (!o->model_is_dir && cli_apply_policy(b->repo, cfg, why, sizeof why) != 0)
+        return fprintf(stderr, "aiserve: %s\n", why), -1;
+    if (serving_repo_start(b->repo) != 0)
+        return fprintf(stderr, "aiserve: out of memory\n"), -1;
+    while (!serving_repo_is_settled(b->repo))
+        nanosleep(&(struct timespec){.tv_nsec = 5000000}, NULL);
+    b->model = o->model_is_dir ? serving_repo_default_model(b->repo) : o->model;
+    b->show_version = !o->model_is_dir;
+
+    /* The run's version: as asked; on a resume, the one the kept results
+     * were answered by (a cascade's first for an escalated one). */
+    serving_request req;
+    serving_request_init(&req);
+    req.model = b->model;
+    req.version_ref = o->version;
+    req.task = SERVING_TASK_CLASSIFY;
+    req.allow_cascade = 1;
+    serving_cascade c = {0};
+    if (!o->version && rp->version > 0) {
+        serving_get_cascade(b->repo, b->model, &c);
+        req.version = c.first && rp->version == c.then ? c.first : rp->version;
+    }
+    int rc = serving_resolve(b->repo, &req, &err);
+    if (rc != 0) {
+        if (rc == SERVING_ENOTREADY && load_failure(b->repo, b->model, why, sizeof why))
+            fprintf(stderr, "aiserve: %s\n", why);
+        else if (rc == SERVING_EUNSUPPORTED)
+            fprintf(stderr, "aiserve: %s (batch classifies)\n", err.message);
+        else
+            fprintf(stderr, "aiserve: %s%s\n", err.message,
+                    req.version ? " (the version the results already in --output came from)" : "");
+        return -1;
+    }
+    b->version = serving_version_number(req.first);
+    b->cascade = req.cascade;
+    b->shadow = req.shadow;
+    serving_request_fini(&req);
+    if (b->show_version) {
+        char extra[256] = "";
+        size_t at = 0;
+        if (b->cascade.first)
+            at += (size_t)snprintf(extra + at, sizeof extra - at, ", cascade to version %ld below %g",
+                                   b->cascade.then, b->cascade.threshold);
+        if (b->shadow.version && b->shadow.version != b->version)
+            snprintf(extra + at, sizeof extra - at, ", shadow version %ld for %d%%", b->shadow.version,
+                     b->shadow.percent);
+        fprintf(stderr, "batch: model %s version %ld%s\n", b->model, b->version, extra);
+    }
+    return 0;
+}
+
+/* Waits for the shadow copies sent to be compared (or a stop signal), then
+ * puts the comparison into line. */
+static void shadow_report(batch_run *b, char *line, size_t cap) {
+    serving_shadow_tally t;
+    for (;;) {
+        serving_shadow_tally_get(b->repo, b->model, b->shadow.version, &t);
+        if (t.agree + t.disagree + t.error >= (double)b->n_shadowed || stop_signal)
+            break;
+        nanosleep(&(struct timespec){.tv_nsec = 5000000}, NULL);
+    }
+    double compared = t.agree + t.disagree;
+    snprintf(line, cap, "batch: shadow version %ld agreed on %.0f of %.0f texts (%.1f%%)%s\n", b->shadow.version,
+             t.agree, compared, compared > 0 ? 100 * t.agree / compared : 0.0,
+             t.error > 0 ? "; some copies failed" : "");
+}
+
 int cli_batch(int argc, char **argv) {
     batch_opts o;
-    if (parse_opts(argc, argv, &o))
+    core_config cfg;
+    core_error cerr;
+    if (parse_opts(argc, argv, &o)) {
+        free(o.settings);
         return EXIT_LOAD;
+    }
+    extern char **environ;
+    int cfg_rc = core_config_load(&cfg, o.n_settings, o.settings, environ, NULL, &cerr);
+    free(o.settings);
+    if (cfg_rc != 0) {
+        fprintf(stderr, "aiserve batch: %s\n", cerr.message);
+        return EXIT_LOAD;
+    }
     batch_reader r = {0};
     struct stat in_st;
     size_t total = 0, n_pending = 0, bs = (size_t)o.batch_size;
     int has_total = 0, status = EXIT_LOAD, mask_saved = 0;
     sigset_t old_mask;
     resume_point rp = {0};
-    engine_model *m = NULL;
+    batch_run b = {0};
+    pthread_mutex_init(&b.lock, NULL);
+    pthread_cond_init(&b.cond, NULL);
+    metrics_registry *metrics = metrics_registry_create();
+    int devnull = -1;
     FILE *out = NULL;
     batch_item *items = calloc(bs, sizeof *items);
     const char **texts = calloc(bs, sizeof *texts);
     size_t *lens = calloc(bs, sizeof *lens);
-    float *logits = NULL, *probs = NULL;
-    if (!items || !texts || !lens) {
+    if (!items || !texts || !lens || !metrics) {
         fprintf(stderr, "aiserve: out of memory\n");
         goto done;
     }
@@ -591,33 +889,23 @@ int cli_batch(int argc, char **argv) {
     if (o.resume && resume_scan(&o, &r, items, &n_pending, &rp))
         goto done;
 
-    /* The engine's compute threads start in engine_model_load and inherit
-     * this mask, so a stop signal always reaches this thread and can cut
-     * short a read blocked on a pipe. */
+    /* Serving's threads start in run_open and inherit this mask, so a stop
+     * signal always reaches this thread and can cut short a read blocked on
+     * a pipe. */
     sigset_t stop_set;
     sigemptyset(&stop_set);
     sigaddset(&stop_set, SIGINT);
     sigaddset(&stop_set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_set, &old_mask);
     mask_saved = 1;
-    engine_error err;
-    engine_options eopts = {.n_threads = o.n_threads};
-    if (engine_model_load(o.model_dir, &eopts, &m, &err)) {
-        fprintf(stderr, "aiserve: %s\n", err.message);
-        goto done;
+    if (o.log_level_given) {
+        log_set_output(STDERR_FILENO);
+        log_set_level((log_level)cfg.log_level);
+    } else if ((devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)) >= 0) {
+        log_set_output(devnull);
     }
-    const engine_model_info *info = engine_model_get_info(m);
-    if (info->task != ENGINE_TASK_CLASSIFY) {
-        fprintf(stderr, "aiserve: %s: %s has no classification head; batch classifies\n",
-                o.model_dir, info->architecture);
+    if (run_open(&b, &o, &cfg, &rp, metrics))
         goto done;
-    }
-    logits = malloc(bs * (size_t)info->n_labels * sizeof *logits);
-    probs = malloc(bs * (size_t)info->n_labels * sizeof *probs);
-    if (!logits || !probs) {
-        fprintf(stderr, "aiserve: out of memory\n");
-        goto done;
-    }
     if (!(out = output_open(&o, &rp)))
         goto done;
 
@@ -655,11 +943,11 @@ int cli_batch(int argc, char **argv) {
         at_end = n < bs;
         if (n == 0)
             break;
-        if (batch_classify(m, items, n, texts, lens, logits, probs)) {
+        if (batch_predict(&b, items, n, texts, lens)) {
             status = EXIT_LOAD;
             break;
         }
-        if (batch_write(out, m, items, n, done, logits, probs, &n_errors)) {
+        if (batch_write(out, items, n, done, &n_errors)) {
             fprintf(stderr, "aiserve: %s: cannot write: %s\n", o.output, strerror(errno));
             status = EXIT_LOAD;
             break;
@@ -670,6 +958,9 @@ int cli_batch(int argc, char **argv) {
     if (output_close(out, o.output))
         status = EXIT_LOAD;
     out = NULL;
+    char shadow_line[256] = "";
+    if (status == 0 && b.n_shadowed && !stop_signal)
+        shadow_report(&b, shadow_line, sizeof shadow_line);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
 
@@ -687,6 +978,10 @@ int cli_batch(int argc, char **argv) {
         format_rate(srate, sizeof srate, elapsed > 0 ? (double)(done - p.first) / elapsed : 0);
         if (o.resume)
             snprintf(resumed, sizeof resumed, ", resumed at %zu", p.first);
+        if (b.cascade.first)
+            fprintf(stderr, "batch: cascade sent %zu of %zu texts to version %ld\n", b.n_escalated,
+                    done - p.first, b.cascade.then);
+        fputs(shadow_line, stderr);
         fprintf(stderr, "batch: done, %zu texts, %zu errors, %.1f s, %s%s\n", done, n_errors,
                 elapsed, srate, resumed);
         status = n_errors ? EXIT_INPUT : 0;
@@ -707,8 +1002,13 @@ done:
     free(items);
     free(texts);
     free(lens);
-    free(logits);
-    free(probs);
-    engine_model_free(m);
+    serving_repo_destroy(b.repo);
+    metrics_registry_destroy(metrics);
+    pthread_mutex_destroy(&b.lock);
+    pthread_cond_destroy(&b.cond);
+    if (devnull >= 0) {
+        log_set_output(STDOUT_FILENO);
+        close(devnull);
+    }
     return status;
 }

@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "core.h"
 #include "engine.h"
+#include "serving.h"
 
 enum { EXIT_INPUT = 1, EXIT_LOAD = 2 };
 
@@ -46,12 +48,13 @@ int cli_write_json(FILE *out, json_t *obj);
 /* cli_write_json on stdout, ignoring failures (stdout's are seen at exit). */
 void cli_print_json(json_t *obj);
 json_t *cli_float_array(const float *v, size_t n);
+/* The index of the largest of v[0..n): the predicted label. */
+int cli_argmax(const float *v, int n);
 /* Adds one text's classification result to obj (borrowed, returned for
- * chaining): "label" (the argmax of logits), "confidence", "probs" and
- * "logits", each array n_labels long in label-id order. The per-text result
- * of predict and batch. */
-json_t *cli_prediction_set(json_t *obj, const engine_model *m, const float *logits,
-                           const float *probs);
+ * chaining): "label" (the name of the argmax of logits, given), "confidence",
+ * "probs" and "logits", each array n_labels long in label-id order. The
+ * per-text result of predict and batch. */
+json_t *cli_prediction_set(json_t *obj, const char *label, int n_labels, const float *logits, const float *probs);
 
 /* aiserve eval: accuracy, per-class precision and recall, confusion matrix
  * and throughput of the model on a labelled TSV. Returns the exit status. */
@@ -70,5 +73,10 @@ int cli_keys(int argc, char **argv);
  * follow. Returns the exit status: 0 ok, 1 some line got an error result,
  * 2 usage, input, output or model load error, 130 interrupted. */
 int cli_batch(int argc, char **argv);
+
+/* Applies the configuration's models.traffic, models.shadow and
+ * models.cascade to repo (scanned, not necessarily loaded). Returns 0, or -1
+ * with why naming the setting and the reason (an unknown model or version). */
+int cli_apply_policy(serving_repo *repo, const core_config *cfg, char *why, size_t cap);
 
 #endif

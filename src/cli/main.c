@@ -333,17 +333,20 @@ static void print_error_line(const char *message) {
     cli_print_json(json_pack("{s:s}", "error", message));
 }
 
-json_t *cli_prediction_set(json_t *obj, const engine_model *m, const float *logits,
-                           const float *probs) {
-    const engine_model_info *info = engine_model_get_info(m);
+int cli_argmax(const float *v, int n) {
     int best = 0;
-    for (int j = 1; j < info->n_labels; j++)
-        if (logits[j] > logits[best])
+    for (int j = 1; j < n; j++)
+        if (v[j] > v[best])
             best = j;
-    json_object_set_new(obj, "label", json_string(engine_model_label(m, best)));
+    return best;
+}
+
+json_t *cli_prediction_set(json_t *obj, const char *label, int n_labels, const float *logits, const float *probs) {
+    int best = cli_argmax(logits, n_labels);
+    json_object_set_new(obj, "label", json_string(label));
     json_object_set_new(obj, "confidence", json_real(probs[best]));
-    json_object_set_new(obj, "probs", cli_float_array(probs, (size_t)info->n_labels));
-    json_object_set_new(obj, "logits", cli_float_array(logits, (size_t)info->n_labels));
+    json_object_set_new(obj, "probs", cli_float_array(probs, (size_t)n_labels));
+    json_object_set_new(obj, "logits", cli_float_array(logits, (size_t)n_labels));
     return obj;
 }
 
@@ -372,7 +375,9 @@ static int run_chunk(engine_model *m, cli_args *a, size_t first, size_t n, float
     for (size_t i = 0; i < n; i++) {
         if (strcmp(a->command, "predict") == 0) {
             size_t k = (size_t)info->n_labels;
-            cli_print_json(cli_prediction_set(json_object(), m, buf_a + i * k, buf_b + i * k));
+            const float *logits = buf_a + i * k;
+            cli_print_json(cli_prediction_set(json_object(), engine_model_label(m, cli_argmax(logits, (int)k)),
+                                              (int)k, logits, buf_b + i * k));
         } else {
             size_t h = (size_t)info->hidden;
             cli_print_json(json_pack("{s:o}", "embedding", cli_float_array(buf_a + i * h, h)));

@@ -250,39 +250,6 @@ static int protection_open(const core_config *cfg, metrics_registry *registry, p
 
 /* models.traffic ("sentiment@1=80,sentiment@2=20", checked by core):
  * one split per model. 0, or -1 with a message in err. */
-static int apply_traffic(serving_repo *repo, const char *list, char *err, size_t cap) {
-    char models[16][128];
-    size_t n_models = 0;
-    for (const char *p = list; *p;) { /* the models named, in order */
-        size_t len = strcspn(p, ","), name = strcspn(p, "@");
-        if (name < len && name < sizeof models[0]) {
-            size_t k = 0;
-            while (k < n_models && (strlen(models[k]) != name || strncmp(models[k], p, name) != 0))
-                k++;
-            if (k == n_models && n_models < 16)
-                snprintf(models[n_models++], sizeof models[0], "%.*s", (int)name, p);
-        }
-        p += len + (p[len] == ',');
-    }
-    for (size_t k = 0; k < n_models; k++) {
-        serving_split split = {0};
-        for (const char *p = list; *p;) {
-            size_t len = strcspn(p, ","), name = strcspn(p, "@");
-            if (name == strlen(models[k]) && strncmp(p, models[k], name) == 0 && split.n < SERVING_MAX_SPLIT) {
-                split.version[split.n] = strtol(p + name + 1, NULL, 10);
-                split.weight[split.n++] = (int)strtol(strchr(p, '=') + 1, NULL, 10);
-            }
-            p += len + (p[len] == ',');
-        }
-        serving_error serr = {0};
-        if (serving_set_split(repo, models[k], &split, &serr) != 0) {
-            snprintf(err, cap, "models.traffic: %.400s", serr.message);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* Reports a reload: rc from guard_keys_reload / guard_keys_poll. */
 static void log_keys_reload(guard_keys *keys, int rc, const guard_error *err, const char *trigger,
                             const char *host) {
@@ -405,7 +372,7 @@ int cli_serve(int argc, char **argv) {
         snprintf(why, sizeof why, "%s", serr.message);
         goto failed;
     }
-    if (apply_traffic(repo, cfg.traffic, why, sizeof why) != 0)
+    if (cli_apply_policy(repo, &cfg, why, sizeof why) != 0)
         goto failed;
 
     if (cfg.batch_enabled) {

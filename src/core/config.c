@@ -86,6 +86,23 @@ static int check_split_item(const char *item, char *why, size_t cap) {
     return 0;
 }
 
+/* A cascade entry: MODEL@FIRST>THEN=THRESHOLD, threshold in (0, 1]. */
+static int check_cascade_item(const char *item, char *why, size_t cap) {
+    const char *at = strchr(item, '@'), *gt = at ? strchr(at, '>') : NULL, *eq = gt ? strchr(gt, '=') : NULL;
+    int ok = at && gt && eq && at > item && at - item < 128;
+    if (ok) {
+        size_t fd = strspn(at + 1, "0123456789"), td = strspn(gt + 1, "0123456789");
+        char *end;
+        double t = strtod(eq + 1, &end);
+        ok = fd > 0 && fd < 10 && at[1] != '0' && at + 1 + fd == gt && td > 0 && td < 10 && gt[1] != '0' &&
+             gt + 1 + td == eq && end > eq + 1 && !*end && t > 0 && t <= 1;
+    }
+    if (!ok)
+        return snprintf(why, cap, "'%.100s' is not MODEL@FIRST>THEN=THRESHOLD with 0 < THRESHOLD <= 1 "
+                        "(sentiment@1>2=0.8)", item), -1;
+    return 0;
+}
+
 /* A web origin as browsers send it in the Origin header: scheme "://" host
  * [":" port] and nothing after (no path, no trailing slash); or "*". */
 static int check_origin(const char *item, char *why, size_t cap) {
@@ -158,6 +175,18 @@ const core_setting core_settings[] = {
           "Traffic splits at start: the share of a model's requests (those that name no version) each version "
           "gets, as sentiment@1=80, sentiment@2=20 (per model, summing to 100). Requests with X-User-ID stick to "
           "one version. The admin API changes them while serving."),
+    ITEMS("models", "shadow", "--shadow", "AISERVE_SHADOW", "LIST", shadow, check_split_item,
+          "MODEL@VERSION=PERCENT entries",
+          "Shadow traffic at start: PERCENT of a model's requests (1..100) are also sent, in the background, to "
+          "VERSION, whose answers are only compared with the ones returned (aiserve_shadow_predictions_total), as "
+          "sentiment@2=10. One per model. Applies to online requests, batch jobs and `aiserve batch`. The admin "
+          "API changes it while serving."),
+    ITEMS("models", "cascade", "--cascade", "AISERVE_CASCADE", "LIST", cascade, check_cascade_item,
+          "MODEL@FIRST>THEN=THRESHOLD entries",
+          "Cascades at start: version FIRST answers, and a text it gives less than THRESHOLD confidence "
+          "(0..1) goes on to version THEN, whose answer stands, as sentiment@1>2=0.8. One per model. Applies "
+          "to requests that name no version (or name FIRST), batch jobs and `aiserve batch`. The admin API "
+          "changes it while serving."),
     DURATION("models", "poll_interval", "--poll-interval", "AISERVE_POLL_INTERVAL", poll_interval_ms, MS,
              2 * SEC, 0, 1 * HOUR,
              "How often the repository is looked at again: a new version directory is loaded and warmed up, "

@@ -102,6 +102,8 @@ typedef struct core_config {
     char version_policy[512];    /* models.version_policy: latest[:N], all, specific:V,V */
     int64_t poll_interval_ms;    /* models.poll_interval: 0 = never look again */
     char traffic[2048];          /* models.traffic: "model@version=weight,..." ("" = no splits) */
+    char shadow[2048];           /* models.shadow: "model@version=percent,..." ("" = none) */
+    char cascade[2048];          /* models.cascade: "model@first>then=threshold,..." ("" = none) */
     /* batching */
     int max_batch_size;         /* batching.max_batch_size, texts per forward pass */
     int64_t max_queue_delay_us; /* batching.max_queue_delay_us */

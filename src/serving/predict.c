@@ -134,6 +134,15 @@ static void on_shadow_done(serving_job *job, void *user) {
     shadow_free(sc);
 }
 
+void serving_shadow_tally_get(serving_repo *repo, const char *model, long version, serving_shadow_tally *out) {
+    metric_family *f = serving_repo_shadow_metric(repo);
+    char ver[24];
+    snprintf(ver, sizeof ver, "%ld", version);
+    out->agree = metric_value(metric_get(f, model, ver, "agree", NULL));
+    out->disagree = metric_value(metric_get(f, model, ver, "disagree", NULL));
+    out->error = metric_value(metric_get(f, model, ver, "error", NULL));
+}
+
 /* Sends a copy of r's texts, with the labels they were answered with, to
  * the shadow version sh as background work. */
 static void shadow_send(serving_request *r, serving_shadow sh) {
@@ -144,6 +153,7 @@ static void shadow_send(serving_request *r, serving_shadow sh) {
     serving_error err;
     if (serving_acquire(r->repo_, model, sh.version, &v, &err) != 0) {
         count_shadow(counter, model, sh.version, "error", (double)n);
+        r->n_shadowed = n;
         return;
     }
     const int KS = serving_version_info(v)->n_labels;
@@ -176,6 +186,7 @@ static void shadow_send(serving_request *r, serving_shadow sh) {
         if (sc)
             shadow_free(sc);
     }
+    r->n_shadowed = n; /* sent, or counted as errors */
     /* The queued copy does not hold v; releasing it here is safe:
      *  - this is not v's batcher: v is not `first` (shadow_maybe), and when
      *    v is `then` and this is its batcher, the request still holds
@@ -215,7 +226,9 @@ static void on_then_done(serving_job *job, void *user) {
         for (size_t k = 0; k < job->n; k++) {
             const float *p = r->out2_ + k * (size_t)K;
             int best = best_label(p, K);
-            r->results[r->idx2_[k]] = (serving_text_result){.label = best, .confidence = p[best], .version = r->then};
+            r->results[r->idx2_[k]] = (serving_text_result){
+                .label = best, .confidence = p[best], .version = r->then, .probs = p,
+                .logits = r->logits2_ ? r->logits2_ + k * (size_t)K : NULL};
         }
         r->n_escalated = job->n;
         count_cascade(r, "escalated", (double)job->n);
@@ -253,8 +266,10 @@ static int escalate(serving_request *r) {
     }
     const int K2 = serving_version_info(r->then)->n_labels;
     r->out2_ = K2 > 0 ? calloc(m * (size_t)K2, sizeof *r->out2_) : NULL;
-    if (r->out2_) {
+    r->logits2_ = K2 > 0 && r->want_logits ? calloc(m * (size_t)K2, sizeof *r->logits2_) : NULL;
+    if (r->out2_ && (r->logits2_ || !r->want_logits)) {
         r->job2_ = (serving_job){.texts = r->texts2_, .lens = r->lens2_, .n = m, .probs = r->out2_,
+                                 .logits = r->logits2_,
                                  .deadline_us = r->deadline_us, .background = r->background,
                                  .on_done = on_then_done, .user = r};
         if (serving_submit(r->then, &r->job2_) == 0)
@@ -277,7 +292,8 @@ static void on_first_done(serving_job *job, void *user) {
         for (size_t i = 0; i < r->n; i++) {
             const float *p = r->out + i * (size_t)K;
             int best = best_label(p, K);
-            r->results[i] = (serving_text_result){.label = best, .confidence = p[best], .version = r->first};
+            r->results[i] = (serving_text_result){.label = best, .confidence = p[best], .version = r->first,
+                                                  .probs = p, .logits = r->logits_ ? r->logits_ + i * (size_t)K : NULL};
         }
         if (r->cascade.first && escalate(r))
             return;
@@ -298,12 +314,14 @@ int serving_predict(serving_repo *repo, serving_request *r) {
         const size_t width = (size_t)(classify ? info->n_labels : info->hidden);
         r->out = calloc(r->n * width, sizeof *r->out);
         r->results = classify ? calloc(r->n, sizeof *r->results) : NULL;
-        if (!r->out || (classify && !r->results))
+        r->logits_ = classify && r->want_logits ? calloc(r->n * width, sizeof *r->logits_) : NULL;
+        if (!r->out || (classify && (!r->results || (r->want_logits && !r->logits_))))
             rc = serving_error_set(&err, SERVING_ENOMEM, "out of memory");
     }
     if (rc == 0) {
         r->job_ = (serving_job){.texts = r->texts, .lens = r->lens, .n = r->n, .deadline_us = r->deadline_us,
-                                .background = r->background, .probs = r->out, .on_done = on_first_done,
+                                .background = r->background, .probs = r->out, .logits = r->logits_,
+                                .on_done = on_first_done,
                                 .user = r};
         rc = serving_submit(r->first, &r->job_);
         if (rc != 0)
@@ -326,5 +344,7 @@ void serving_request_fini(serving_request *r) {
     free(r->texts2_);
     free(r->lens2_);
     free(r->out2_);
+    free(r->logits_);
+    free(r->logits2_);
     memset(r, 0, sizeof *r);
 }

@@ -71,6 +71,7 @@ struct serving_repo {
     repo_model *models; /* sorted by name */
     int loader_started, settled, stop;
     int kicked;                /* the admin API asked the watcher to look now */
+    int single;                /* serving_options.model_dir: nothing to scan */
     pthread_t loader;
     pthread_cond_t wake;       /* the loader's poll wait; signalled at stop */
 };
@@ -179,6 +180,29 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Adds version `number` in directory dir to m, keeping newest first (a
+ * path too long is skipped). 0 or SERVING_ENOMEM. */
+static int add_version(serving_repo *r, repo_model *m, long number, const char *dir) {
+    serving_version *v = calloc(1, sizeof *v);
+    if (!v)
+        return SERVING_ENOMEM;
+    atomic_init(&v->refs, 1);
+    v->repo = r;
+    snprintf(v->model, sizeof v->model, "%s", m->name);
+    v->number = number;
+    if ((size_t)snprintf(v->dir, sizeof v->dir, "%.4000s", dir) >= sizeof v->dir) {
+        free(v);
+        return 0;
+    }
+    v->state = SERVING_STATE_LOADING;
+    serving_version **pp = &m->versions;
+    while (*pp && (*pp)->number > number)
+        pp = &(*pp)->next;
+    v->next = *pp;
+    *pp = v;
+    return 0;
+}
+
 /* Adds the versions of one model directory, newest first. */
 static int scan_model(serving_repo *r, const char *name, repo_model **out) {
     char path[4096 + 256];
@@ -199,31 +223,24 @@ static int scan_model(serving_repo *r, const char *name, repo_model **out) {
         if (number <= 0 || (size_t)snprintf(vdir, sizeof vdir, "%s/%s", path, e->d_name) >= sizeof vdir ||
             !is_dir(vdir))
             continue;
-        serving_version *v = calloc(1, sizeof *v);
-        if (!v) {
+        if (add_version(r, m, number, vdir) != 0) {
             closedir(d);
             *out = m;
             return SERVING_ENOMEM;
         }
-        atomic_init(&v->refs, 1);
-        v->repo = r;
-        snprintf(v->model, sizeof v->model, "%s", name);
-        v->number = number;
-        if ((size_t)snprintf(v->dir, sizeof v->dir, "%.4000s", vdir) >= sizeof v->dir) {
-            free(v);
-            continue;
-        }
-        v->state = SERVING_STATE_LOADING;
-        /* Insert keeping newest first. */
-        serving_version **pp = &m->versions;
-        while (*pp && (*pp)->number > number)
-            pp = &(*pp)->next;
-        v->next = *pp;
-        *pp = v;
     }
     closedir(d);
     *out = m;
     return 0;
+}
+
+/* The repository of serving_options.model_dir: one model, version 1. */
+static int single_model(serving_repo *r, const char *dir, repo_model **out) {
+    repo_model *m = *out = calloc(1, sizeof *m);
+    if (!m)
+        return SERVING_ENOMEM;
+    snprintf(m->name, sizeof m->name, "%s", r->default_model);
+    return add_version(r, m, 1, dir);
 }
 
 /* Parses a version policy (serving.h) into r. 0, or -1 with err set. */
@@ -341,6 +358,24 @@ int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
         pthread_mutex_destroy(&r->lock);
         free(r);
         return serving_error_set(err, SERVING_ENOMEM, "cannot register the serving metrics");
+    }
+
+    if (opts->model_dir && opts->model_dir[0]) {
+        /* One model directory: named as asked, else after the directory. */
+        const char *base = strrchr(opts->model_dir, '/');
+        base = base && base[1] ? base + 1 : opts->model_dir;
+        const char *name = opts->default_model && opts->default_model[0] ? opts->default_model : base;
+        snprintf(r->default_model, sizeof r->default_model, "%s", valid_model_name(name) ? name : "model");
+        r->opts.poll_interval_us = 0;
+        snprintf(r->repository, sizeof r->repository, "%s", opts->model_dir);
+        r->single = 1;
+        if (single_model(r, opts->model_dir, &r->models) != 0) {
+            serving_repo_destroy(r);
+            return serving_error_set(err, SERVING_ENOMEM, "out of memory");
+        }
+        set_state_metric(r, r->models->versions);
+        *out = r;
+        return 0;
     }
 
     DIR *d = opendir(r->repository);
@@ -637,7 +672,7 @@ static int load_and_record(serving_repo *r, serving_version *v) {
  * Caller holds the lock. */
 static void rescan_model(serving_repo *r, repo_model *m) {
     repo_model *fresh = NULL;
-    if (scan_model(r, m->name, &fresh) != 0 || !fresh)
+    if (r->single || scan_model(r, m->name, &fresh) != 0 || !fresh)
         return;
     for (serving_version *v = m->versions; v; v = v->next) {
         serving_version *f = fresh->versions;
@@ -754,7 +789,7 @@ static void watch(serving_repo *r) {
         for (repo_model *m = r->models; m; m = m->next)
             rescan_model(r, m);
         /* New models. */
-        DIR *d = opendir(r->repository);
+        DIR *d = r->single ? NULL : opendir(r->repository);
         struct dirent *e;
         while (d && (e = readdir(d)) != NULL) {
             repo_model *m = r->models, *last = NULL;

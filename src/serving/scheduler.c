@@ -64,6 +64,7 @@ struct sched {
     const char **texts;
     size_t *lens;
     float *probs;
+    float *logits;             /* classifiers: the logits beside probs */
     struct slice { serving_job *job; size_t first, count; } *slices;
 };
 
@@ -91,10 +92,12 @@ static void wait_until(sched *s, uint64_t until_us) {
 
 /* Runs one batch's texts through the engine and distributes the results.
  * Returns 0 or the engine's status (with err filled). */
-static int run_texts(sched *s, const char **texts, const size_t *lens, size_t n, float *out, engine_stats *stats,
+static int run_texts(sched *s, const char **texts, const size_t *lens, size_t n, size_t offset, engine_stats *stats,
                      engine_error *err) {
+    float *out = s->probs + offset * (size_t)s->width;
     if (!s->embed)
-        return engine_classify_stats(s->model, texts, lens, n, NULL, out, stats, err);
+        return engine_classify_stats(s->model, texts, lens, n, s->logits + offset * (size_t)s->width, out, stats,
+                                     err);
     int rc = engine_embed(s->model, texts, lens, n, s->embed_opts.pooling, s->embed_opts.normalize, out, err);
     /* The engine does not report an embedding's tokens: count them (the
      * usage an embeddings client is told). */
@@ -109,7 +112,7 @@ static int run_texts(sched *s, const char **texts, const size_t *lens, size_t n,
 }
 
 static int run_engine(sched *s, size_t n_texts, engine_stats *stats, engine_error *err) {
-    return run_texts(s, s->texts, s->lens, n_texts, s->probs, stats, err);
+    return run_texts(s, s->texts, s->lens, n_texts, 0, stats, err);
 }
 
 static void deliver(sched *s, struct slice *sl, size_t offset, int batch_texts, uint64_t infer_us,
@@ -117,6 +120,8 @@ static void deliver(sched *s, struct slice *sl, size_t offset, int batch_texts, 
     serving_job *job = sl->job;
     const size_t K = (size_t)s->width;
     memcpy(job->probs + sl->first * K, s->probs + offset * K, sl->count * K * sizeof(float));
+    if (job->logits && !s->embed)
+        memcpy(job->logits + sl->first * K, s->logits + offset * K, sl->count * K * sizeof(float));
     for (size_t i = 0; !s->embed && i < sl->count; i++) {
         const float *p = s->probs + (offset + i) * K;
         size_t best = 0;
@@ -144,8 +149,7 @@ static void run_slices_alone(sched *s, size_t n_slices, int batch_texts) {
         engine_stats stats = {0};
         engine_error err = {0};
         uint64_t t0 = serving_now_us();
-        int rc = run_texts(s, s->texts + offset, s->lens + offset, sl->count, s->probs + offset * (size_t)s->width,
-                           &stats, &err);
+        int rc = run_texts(s, s->texts + offset, s->lens + offset, sl->count, offset, &stats, &err);
         uint64_t dt = serving_now_us() - t0;
         if (rc) {
             serving_job *job = sl->job;
@@ -159,7 +163,7 @@ static void run_slices_alone(sched *s, size_t n_slices, int batch_texts) {
             if (job->n_done_ == job->n)
                 finish(job, job->status, NULL);
         } else {
-            /* deliver() reads from s->probs at `offset`, where this call wrote. */
+            /* deliver() reads from s->probs (and logits) at `offset`, where this call wrote. */
             if (sl->job->status != 0) {
                 sl->job->n_done_ += sl->count;
                 if (sl->job->n_done_ == sl->job->n)
@@ -339,17 +343,19 @@ int sched_create(engine_model *model, const serving_options *opts, const sched_m
     s->texts = calloc(B, sizeof *s->texts);
     s->lens = calloc(B, sizeof *s->lens);
     s->probs = calloc(B * (size_t)(s->width > 0 ? s->width : 1), sizeof *s->probs);
+    s->logits = s->embed ? NULL : calloc(B * (size_t)(s->width > 0 ? s->width : 1), sizeof *s->logits);
     s->slices = calloc(B, sizeof *s->slices);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int ok = s->texts && s->lens && s->probs && s->slices &&
+    int ok = s->texts && s->lens && s->probs && (s->embed || s->logits) && s->slices &&
              pthread_mutex_init(&s->lock, NULL) == 0 && pthread_cond_init(&s->wake, &ca) == 0;
     pthread_condattr_destroy(&ca);
     if (!ok || pthread_create(&s->thread, NULL, batcher_main, s) != 0) {
         free(s->texts);
         free(s->lens);
         free(s->probs);
+        free(s->logits);
         free(s->slices);
         free(s);
         return SERVING_ENOMEM;
@@ -473,6 +479,7 @@ void sched_destroy(sched *s) {
     free(s->texts);
     free(s->lens);
     free(s->probs);
+    free(s->logits);
     free(s->slices);
     free(s);
 }

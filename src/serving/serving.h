@@ -79,6 +79,10 @@ const char *serving_state_name(serving_state s); /* "loading", "available", ... 
 
 typedef struct serving_options {
     const char *repository;    /* directory; copied */
+    /* Instead of a repository: one Hugging Face model directory, served as
+     * the model default_model (NULL or "": the directory's name, or "model"
+     * when that is not a valid model name), version 1. Nothing is polled. */
+    const char *model_dir;
     const char *default_model; /* NULL or "": the only model, else "sentiment" */
     int engine_threads;        /* compute threads per version; <= 0: 1 */
     int max_batch_size;        /* texts per engine call, >= 1 */
@@ -226,6 +230,13 @@ typedef struct serving_shadow {
 int serving_set_shadow(serving_repo *repo, const char *model, const serving_shadow *shadow, serving_error *err);
 int serving_get_shadow(serving_repo *repo, const char *model, serving_shadow *out);
 
+/* What aiserve_shadow_predictions_total counted so far for shadow version
+ * `version` of model: texts it agreed on, disagreed on, failed. */
+typedef struct serving_shadow_tally {
+    double agree, disagree, error;
+} serving_shadow_tally;
+void serving_shadow_tally_get(serving_repo *repo, const char *model, long version, serving_shadow_tally *out);
+
 /* ---- cascades ---------------------------------------------------------------
  *
  * "Ask version `first`; when its confidence in a text is below `threshold`,
@@ -288,6 +299,7 @@ struct serving_job {
     float *probs;              /* n x n_labels (classifiers) or n x hidden (embedding models: each
                                   text's vector, pooled and normalised as the model's
                                   sentence-transformers files say), written by the scheduler */
+    float *logits;             /* classifiers: NULL, or n x n_labels for the logits the probs came from */
     void (*on_done)(serving_job *job, void *user); /* batcher thread, exactly once */
     void *user;
     /* Filled by the scheduler before on_done. */
@@ -371,6 +383,9 @@ typedef struct serving_text_result {
     float confidence;               /* its probability */
     const serving_version *version; /* the version that answered this text (first, or then when escalated;
                                        held by the request) */
+    const float *probs;             /* that version's n_labels probabilities for the text (in out, or in
+                                       the second stage's buffer); owned by the request */
+    const float *logits;            /* the logits they came from when want_logits, else NULL */
 } serving_text_result;
 
 typedef struct serving_request serving_request;
@@ -386,6 +401,7 @@ struct serving_request {
     int allow_cascade;         /* take the model's cascade (no pin, or a pin on its first version) */
     int allow_shadow;          /* send the model's shadow share */
     int background;            /* serving_job.background: batch work (both stages) */
+    int want_logits;           /* classifiers: also keep each text's logits (results[i].logits) */
     const char *const *texts;  /* n UTF-8 texts, borrowed until on_done */
     const size_t *lens;
     size_t n;
@@ -408,6 +424,8 @@ struct serving_request {
     serving_version *then;     /* the cascade's second version, held once some text was below the
                                   threshold (NULL: none was, or it could not be acquired) */
     size_t n_escalated;        /* texts answered by `then` (0 when its job failed) */
+    size_t n_shadowed;         /* texts copied to the shadow version (their outcome is counted in
+                                  aiserve_shadow_predictions_total, see serving_shadow_tally) */
     int batch_size;            /* first stage: largest engine batch its texts rode in */
     uint64_t queue_wait_us;    /* first stage */
     uint64_t infer_us;         /* both stages */
@@ -421,6 +439,7 @@ struct serving_request {
     const char **texts2_;
     size_t *lens2_;
     float *out2_;              /* its probabilities, n2 x then's labels */
+    float *logits_, *logits2_; /* want_logits: the two stages' logits */
 };
 
 /* Zeroes r. */

@@ -315,17 +315,32 @@ def test_traffic_split_from_configuration(server_factory, tmp_path):
     assert 0.70 <= sum(v == "1" for v in got.values()) / len(users) <= 0.90
 
 
-@pytest.mark.parametrize("traffic, words", [
-    ("sentiment@1=80,sentiment@2=30", "sum to 110"),
-    ("sentiment@1=100,nope@1=100", "not found"),
-    ("sentiment@7=100", "no version 7"),
-    ("sentiment=100", "MODEL@VERSION=PERCENT"),
+def test_cascade_and_shadow_from_configuration(server_factory, tmp_path):
+    s = server_factory("--version-policy", "all", "--cascade", "sentiment@1>2=0.75", "--shadow", "sentiment@2=30",
+                       "--no-cache", repo=repo_with_versions(tmp_path))
+    assert s.get("/admin/models/sentiment/cascade").json()["cascade"] == {"first": "1", "then": "2",
+                                                                          "threshold": 0.75}
+    assert s.get("/admin/models/sentiment/shadow").json()["shadow"] == {"version": "2", "percent": 30}
+    # A request that names no version takes the cascade: its first version answers what it is sure of.
+    r = s.predict("a wonderful , moving film .")
+    assert r.status_code == 200
+    assert r.json()["model_version"] == ("1" if r.json()["confidence"] >= 0.75 else "2")
+
+
+@pytest.mark.parametrize("setting, value, words", [
+    ("--traffic", "sentiment@1=80,sentiment@2=30", "sum to 110"),
+    ("--traffic", "sentiment@1=100,nope@1=100", "not found"),
+    ("--traffic", "sentiment@7=100", "no version 7"),
+    ("--traffic", "sentiment=100", "MODEL@VERSION=PERCENT"),
+    ("--cascade", "sentiment@1>7=0.5", "models.cascade: sentiment@1>7=0.5: model 'sentiment' has no version 7"),
+    ("--cascade", "sentiment@1>2=1.5", "MODEL@FIRST>THEN=THRESHOLD"),
+    ("--shadow", "nope@1=10", "models.shadow: nope@1=10: model 'nope' not found"),
 ])
-def test_bad_traffic_configuration_stops_the_start(tmp_path, traffic, words):
+def test_bad_policy_configuration_stops_the_start(tmp_path, setting, value, words):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
     p = subprocess.run([BIN, "serve", "--port", "0", "--model-repository", str(repo_with_versions(tmp_path)),
                         "--keys-file", "/nonexistent/k.json", "--batch-data-dir", str(tmp_path / "jobs"),
-                        "--traffic", traffic], capture_output=True, timeout=60, env=env)
+                        setting, value], capture_output=True, timeout=60, env=env)
     assert p.returncode == 2
     assert words.encode() in p.stdout + p.stderr, (p.stdout + p.stderr)[-500:]
 

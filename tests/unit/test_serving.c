@@ -1559,8 +1559,11 @@ static void test_predict_cascade(void **state) {
     /* Threshold 1: everything goes on to version 2. */
     serving_cascade cascade = {.first = 1, .then = 2, .threshold = 1.0};
     assert_int_equal(serving_set_cascade(repo, "sentiment", &cascade, &err), 0);
+    float l2[N_REVIEWS * 2];
+    assert_int_equal(engine_classify(ref2, reviews, lens, N_REVIEWS, l2, p2, &eerr), 0);
     serving_request r = classify_request("sentiment", 0, NULL);
     r.allow_cascade = 1;
+    r.want_logits = 1;
     assert_int_equal(predict_wait(repo, &r, &t, reviews, N_REVIEWS), 0);
     assert_int_equal(serving_version_number(r.first), 1);
     assert_non_null(r.then);
@@ -1572,6 +1575,12 @@ static void test_predict_cascade(void **state) {
         assert_int_equal(r.results[i].label, best);
         assert_true(fabsf(r.results[i].confidence - p2[2 * i + best]) <= PROB_TOL);
         assert_true(fabsf(r.out[2 * i] - p2[2 * i]) <= PROB_TOL); /* out: the first version's */
+        /* probs and logits: the answering version's, as the engine computes them */
+        for (int k = 0; k < 2; k++) {
+            assert_true(fabsf(r.results[i].probs[k] - p2[2 * i + k]) <= PROB_TOL);
+            assert_true(fabsf(r.results[i].logits[k] - l2[2 * i + k]) <= 1e-4f);
+        }
+        assert_true(r.results[i].probs[best] == r.results[i].confidence);
     }
     serving_request_fini(&r);
     assert_true(series_value(m, "aiserve_cascade_texts_total{model=\"sentiment\",result=\"escalated\"}") ==
@@ -1724,6 +1733,69 @@ static void test_predict_shadow(void **state) {
     three_versions_close(&f);
 }
 
+/* serving_options.model_dir: one Hugging Face directory served as version 1
+ * of a model named after it (or as asked), nothing scanned; its answers and
+ * logits are the engine's, and results without want_logits have none. */
+static void test_single_model_directory(void **state) {
+    (void)state;
+    metrics_registry *m = metrics_registry_create();
+    serving_options o = {.model_dir = FIXTURES "/distilbert-relu-3label", .engine_threads = 1,
+                         .max_batch_size = 4, .max_queue_size = 100, .poll_interval_us = 1000};
+    serving_repo *repo = repo_open(&o, m);
+    assert_string_equal(serving_repo_default_model(repo), "distilbert-relu-3label");
+    serving_version_status *list = NULL;
+    size_t n = 0;
+    assert_int_equal(serving_repo_list(repo, &list, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(list[0].version, 1);
+    assert_int_equal(list[0].state, SERVING_STATE_AVAILABLE);
+    free(list);
+
+    engine_model *ref = NULL;
+    engine_options eo = {.n_threads = 1};
+    engine_error eerr = {0};
+    assert_int_equal(engine_model_load(FIXTURES "/distilbert-relu-3label", &eo, &ref, &eerr), 0);
+    size_t lens[4];
+    for (size_t i = 0; i < 4; i++)
+        lens[i] = strlen(reviews[i]);
+    float logits[4 * 3], probs[4 * 3];
+    assert_int_equal(engine_classify(ref, reviews, lens, 4, logits, probs, &eerr), 0);
+
+    tracker t;
+    tracker_init(&t);
+    for (int want = 0; want <= 1; want++) {
+        serving_request r = classify_request(NULL, 0, NULL); /* the default model: the directory's */
+        r.want_logits = want;
+        assert_int_equal(predict_wait(repo, &r, &t, reviews, 4), 0);
+        assert_int_equal(serving_version_number(r.first), 1);
+        for (size_t i = 0; i < 4; i++) {
+            for (int k = 0; k < 3; k++) {
+                assert_true(r.results[i].probs[k] == r.out[3 * i + k]);
+                assert_true(fabsf(r.results[i].probs[k] - probs[3 * i + k]) <= PROB_TOL);
+                if (want)
+                    assert_true(fabsf(r.results[i].logits[k] - logits[3 * i + k]) <= 1e-4f);
+            }
+            if (!want)
+                assert_null(r.results[i].logits);
+        }
+        serving_request_fini(&r);
+    }
+    /* Named as asked; the admin API finds nothing else to load. */
+    serving_repo_destroy(repo);
+    metrics_registry_destroy(m); /* one repository per registry */
+    m = metrics_registry_create();
+    o.default_model = "reviews";
+    repo = repo_open(&o, m);
+    serving_error err = {0};
+    assert_string_equal(serving_repo_default_model(repo), "reviews");
+    assert_int_equal(serving_admin_version(repo, "reviews", 2, 1, &err), SERVING_ENOVERSION);
+    serving_version_release(acquire_ok(repo, "reviews", 1));
+    serving_repo_destroy(repo);
+    metrics_registry_destroy(m);
+    engine_model_free(ref);
+    tracker_fini(&t);
+}
+
 /* An embeddings request through serving_predict: one vector per text, as
  * the scheduler computes it, and no per-text labels. */
 static void test_predict_embeddings(void **state) {
@@ -1791,6 +1863,7 @@ int main(void) {
         cmocka_unit_test(test_predict_cascade),
         cmocka_unit_test(test_predict_shadow),
         cmocka_unit_test(test_predict_embeddings),
+        cmocka_unit_test(test_single_model_directory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (devnull >= 0) {
