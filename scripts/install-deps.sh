@@ -19,6 +19,7 @@ packages=(
   libxxhash-dev                   # XXH3: response cache keys, store shards
   libhiredis-dev                  # Redis client (async, on libevent): shared cache and limits
   libsqlite3-dev                  # batch jobs persisted on one machine (WAL)
+  libcurl4-openssl-dev            # upstream LLM calls (multi interface, on the libevent loops)
   redis-server                    # the real Redis the integration tests start on loopback
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)

@@ -38,6 +38,7 @@
 #include "http.h"
 #include "obs.h"
 #include "serving.h"
+#include "gateway.h"
 #include "jobs.h"
 #include "store.h"
 
@@ -269,9 +270,10 @@ static void log_keys_reload(guard_keys *keys, int rc, const guard_error *err, co
 }
 
 /* Tears down what cli_serve made, in reverse order (NULLs are skipped). */
-static void close_all(http_server *server, jobs *batch, serving_repo *repo, protection *prot, guard_keys *keys,
-                      metrics_registry *registry) {
+static void close_all(http_server *server, gateway *gw, jobs *batch, serving_repo *repo, protection *prot,
+                      guard_keys *keys, metrics_registry *registry) {
     http_server_destroy(server);
+    gateway_destroy(gw); /* after the server: its loops held the gateway's calls */
     jobs_close(batch); /* before the repository: its worker holds a version */
     serving_repo_destroy(repo);
     protection_close(prot);
@@ -319,6 +321,7 @@ int cli_serve(int argc, char **argv) {
     protection prot = {0};
     serving_repo *repo = NULL;
     jobs *batch = NULL;
+    gateway *gw = NULL;
     http_server *server = NULL;
     metrics_registry *registry = metrics_registry_create();
     if (!registry || metrics_register_process(registry) != 0) {
@@ -392,6 +395,12 @@ int cli_serve(int argc, char **argv) {
             goto failed;
     }
 
+    if (cfg.gateway_config[0]) {
+        gateway_options go = {.config_file = cfg.gateway_config, .metrics = registry, .cache = prot.cache};
+        if (gateway_create(&go, &gw, why, sizeof why) != 0)
+            goto failed;
+    }
+
     http_options hopts = {
         .host = cfg.host,
         .port = cfg.port,
@@ -411,6 +420,7 @@ int cli_serve(int argc, char **argv) {
         .cache = prot.cache,
         .shared_store = prot.redis,
         .jobs = batch,
+        .gateway = gw,
         .max_batch_inputs = (size_t)cfg.batch_max_inputs,
         .tls_cert_file = cfg.tls_cert,
         .tls_key_file = cfg.tls_key,
@@ -505,7 +515,7 @@ int cli_serve(int argc, char **argv) {
                   json_string("exiting while a model was still loading"), NULL);
         _exit(0);
     }
-    close_all(server, batch, repo, &prot, keys, registry);
+    close_all(server, gw, batch, repo, &prot, keys, registry);
     /* unfinished_requests: in flight when the drain timeout ran out (they
      * were answered 503, or dropped when even that did not get out). */
     log_event(left ? LOG_WARN : LOG_INFO, "stopped", "unfinished_requests", json_integer(left),
@@ -519,6 +529,6 @@ failed:
                   json_string(failed_keys_file), NULL);
     else
         log_event(LOG_ERROR, "startup_failed", "error", json_string(why), NULL);
-    close_all(server, batch, repo, &prot, keys, registry);
+    close_all(server, gw, batch, repo, &prot, keys, registry);
     return 2;
 }

@@ -258,6 +258,10 @@ const core_setting core_settings[] = {
              "Redis must answer a command within this; otherwise the connection is dropped and reopened, and "
              "the requests that waited go on without it (cache bypassed, limits by their failure policy)."),
 
+    STRING("gateway", "config", "--gateway-config", "AISERVE_GATEWAY_CONFIG", NULL, "FILE", gateway_config, "", 0,
+           "The LLM gateway's configuration (providers, models, routes, retries, fallbacks, guardrails; "
+           "docs/gateway.md). Empty: no gateway, and /v1/chat/completions answers 404."),
+
     BOOL("batch", "enabled", "--batch", "AISERVE_BATCH", batch_enabled, 1,
          "Accept batch jobs (POST /batch_predict, /v1/batch): stored (see batch.store) and run in the "
          "background, only on capacity online requests leave free."),
@@ -302,7 +306,7 @@ const size_t core_n_settings = sizeof core_settings / sizeof core_settings[0];
 _Static_assert(sizeof core_settings / sizeof core_settings[0] <= CORE_MAX_SETTINGS, "raise CORE_MAX_SETTINGS");
 
 const char *const core_sections[] = {"server", "models",    "batching", "limits", "auth",
-                                     "ratelimit", "cache", "redis", "batch", "cors", "logging", NULL};
+                                     "ratelimit", "cache", "redis", "gateway", "batch", "cors", "logging", NULL};
 _Static_assert(sizeof core_sections / sizeof core_sections[0] <= 16, "config_file.c tracks 16 sections");
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};

@@ -503,6 +503,101 @@ int guard_cache_join(guard_cache *c, const guard_cache_key *key, guard_cache_wai
  * followers get an outcome with error -1. */
 void guard_cache_publish(guard_cache *c, guard_cache_flight *flight, guard_cache_outcome *o);
 
+/* ---- guardrails: PII detectors (pii.c) --------------------------------------
+ *
+ * Detectors for personal data in text going to an upstream LLM (input) or
+ * coming back from it (output), each with an action: off, redact (the match
+ * becomes "[REDACTED:<type>]") or block (the caller refuses the input with
+ * 422, or replaces the whole output with GUARD_PII_BLOCKED_TEXT).
+ *
+ *  - ssn:   US social security numbers, 123-45-6789 (dashes; also spaces),
+ *           not 000, 666 or 9xx in the area, not 00 in the group, not 0000
+ *           in the serial.
+ *  - card:  payment card numbers: 13 to 19 digits, optionally grouped by
+ *           single spaces or dashes, passing the Luhn check.
+ *  - email: local@domain.tld as RFC 5321 mailboxes are written in practice
+ *           (local part [A-Za-z0-9._%+-], domain labels and a TLD of 2+
+ *           letters).
+ *  - phone: North American numbers ((415) 555-0123, 415-555-0123,
+ *           415.555.0123, +1 415 555 0123) and international numbers in
+ *           E.164 style (+ then 8 to 15 digits, optionally grouped by single
+ *           spaces, dashes or dots).
+ * A match never starts or ends inside a longer run of letters or digits
+ * (word boundaries), so order numbers and hashes are not hit.
+ *
+ * Pure functions over bytes (UTF-8 passes through untouched); any thread.
+ */
+
+typedef enum guard_pii_type {
+    GUARD_PII_SSN = 0,
+    GUARD_PII_CARD = 1,
+    GUARD_PII_EMAIL = 2,
+    GUARD_PII_PHONE = 3,
+    GUARD_PII_COUNT = 4,
+} guard_pii_type;
+
+typedef enum guard_pii_action {
+    GUARD_PII_OFF = 0,
+    GUARD_PII_REDACT = 1,
+    GUARD_PII_BLOCK = 2,
+} guard_pii_action;
+
+/* The service's fixed reply for a blocked output. */
+#define GUARD_PII_BLOCKED_TEXT "[Output filtered for security]"
+
+/* "ssn", "card", "email", "phone"; "unknown" otherwise. */
+const char *guard_pii_type_name(guard_pii_type t);
+/* Parses "off", "redact", "block" (any case): 0, or -1 (out untouched). */
+int guard_pii_action_parse(const char *s, guard_pii_action *out);
+
+typedef struct guard_pii_policy {
+    guard_pii_action action[GUARD_PII_COUNT];
+} guard_pii_policy;
+
+typedef struct guard_pii_match {
+    guard_pii_type type;
+    size_t start, len; /* bytes of the text */
+} guard_pii_match;
+
+/* The matches of every detector whose action is not off, in text order,
+ * non-overlapping (where two overlap, the earlier start wins, then the
+ * longer). Writes up to cap into out; returns how many there are (may be
+ * more than cap). */
+size_t guard_pii_scan(const guard_pii_policy *p, const char *text, size_t len, guard_pii_match *out, size_t cap);
+
+/* What the policy makes of a text. */
+typedef struct guard_pii_result {
+    char *text;                        /* malloc'd, NUL-terminated: the text with redactions applied
+                                          (a copy even when nothing matched); NULL when out of memory */
+    size_t len;
+    int blocked;                       /* a detector with action block matched */
+    unsigned found[GUARD_PII_COUNT];   /* matches per type (whatever the action) */
+} guard_pii_result;
+
+/* Applies the policy to text[len]. Returns 0, or -1 when out of memory. */
+int guard_pii_apply(const guard_pii_policy *p, const char *text, size_t len, guard_pii_result *out);
+
+/* Streaming: text arriving in chunks (an LLM's answer token by token). Each
+ * feed returns the part that can be released now, already redacted: all of
+ * it except a tail that a pattern could still grow into (a match split
+ * across chunks is caught), and that tail is held back no longer than a
+ * pattern could need (so the added delay is a few tokens at most). Once a
+ * block detector matched, nothing more is released (blocked is set).
+ *
+ * Owned by the caller; one thread at a time. */
+typedef struct guard_pii_stream guard_pii_stream;
+
+guard_pii_stream *guard_pii_stream_new(const guard_pii_policy *p); /* NULL: out of memory */
+/* Feeds chunk[len]; sets *out (malloc'd, NUL-terminated, possibly "") and
+ * *out_len to what may be released. Returns 0, 1 once blocked (*out is then
+ * ""), or -1 when out of memory. */
+int guard_pii_stream_feed(guard_pii_stream *s, const char *chunk, size_t len, char **out, size_t *out_len);
+/* The end of the text: releases the held-back tail the same way. */
+int guard_pii_stream_finish(guard_pii_stream *s, char **out, size_t *out_len);
+/* Matches per type so far. */
+void guard_pii_stream_found(const guard_pii_stream *s, unsigned found[GUARD_PII_COUNT]);
+void guard_pii_stream_free(guard_pii_stream *s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway.h"
 #include "guard.h"
 #include "jobs.h"
 #include "obs.h"
@@ -55,6 +56,7 @@ typedef struct http_options {
      * reason while it cannot be reached. Borrowed; NULL: none. */
     kv_store *shared_store;
     jobs *jobs;                  /* batch jobs (/batch_predict, /v1/batch); borrowed; NULL: 503 batch_disabled */
+    gateway *gateway;            /* the LLM gateway (/v1/chat/completions); borrowed; NULL: 404 gateway_not_configured */
     size_t max_batch_inputs;     /* inputs per batch job: 422 above */
     /* Read by http_server_create only: */
     const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS. NULL or "": HTTP */

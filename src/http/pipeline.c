@@ -161,7 +161,7 @@ static void on_limited(const guard_ratelimit_result *r, void *ud) {
     add_number_header(call, "X-RateLimit-Remaining", (long long)r->remaining);
     add_number_header(call, "X-RateLimit-Reset", (long long)r->reset_s);
     if (r->allowed) {
-        parse_stage(call);
+        call->admitted(call);
         return;
     }
     add_number_header(call, "Retry-After", (long long)r->retry_after_s);
@@ -193,9 +193,14 @@ void http_infer_handler(http_call *call) {
     f->call = call;
     serving_request_init(&f->req);
     call->infer = f;
+    http_admit(call, &f->ratelimit_req, parse_stage);
+}
+
+void http_admit(http_call *call, guard_ratelimit_req *slot, void (*admitted)(http_call *call)) {
+    call->admitted = admitted;
     guard_ratelimit *rl = call->loop->server->opts.ratelimit;
     if (!rl) {
-        parse_stage(call);
+        admitted(call);
         return;
     }
     char client[GUARD_CLIENT_MAX] = "";
@@ -216,8 +221,7 @@ void http_infer_handler(http_call *call) {
         }
         guard_ratelimit_client(rl, call->client, forwarded, n, client, sizeof client);
     }
-    guard_ratelimit_check(rl, call->loop->base, call->key_name, call->key_tier, client, &f->ratelimit_req,
-                          on_limited, call);
+    guard_ratelimit_check(rl, call->loop->base, call->key_name, call->key_tier, client, slot, on_limited, call);
 }
 
 /* ---- parse ------------------------------------------------------------------ */
@@ -289,7 +293,7 @@ static void resolve_stage(http_call *call) {
 
 /* Whether the client asked for a fresh answer: a "no-cache" directive in
  * Cache-Control, or (HTTP/1.0) Pragma: no-cache. */
-static int wants_fresh(struct evhttp_request *req) {
+int http_wants_fresh(struct evhttp_request *req) {
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
     for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
         if (strcasecmp(kv->key, "Cache-Control") != 0 && strcasecmp(kv->key, "Pragma") != 0)
@@ -373,7 +377,7 @@ static void cache_stage(http_call *call) {
     if (in.params_len >= sizeof params)
         in.params_len = sizeof params - 1;
     guard_cache_key_make(&in, &f->cache_key);
-    if (wants_fresh(call->req)) {
+    if (http_wants_fresh(call->req)) {
         f->cache_role = CACHE_BYPASS;
         guard_cache_count_bypass(cache);
         predict_stage(call);

@@ -102,6 +102,7 @@ const char *http_header(http_call *call, const char *name) {
 
 void http_call_free(http_call *call) {
     http_infer_free(call->infer);
+    http_chat_free(call);
     free(call);
 }
 
@@ -146,27 +147,69 @@ static const char *reason_phrase(int status) {
     }
 }
 
+/* The headers every answer carries. */
+static void add_common_headers(http_call *call) {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(call->req);
+    http_cors_add_headers(call);
+    evhttp_add_header(h, "X-Request-ID", call->request_id);
+    if (atomic_load(&call->loop->server->draining))
+        evhttp_add_header(h, "Connection", "close");
+}
+
+static void forget_close(http_call *call) {
+    struct evhttp_connection *evcon = call->req ? evhttp_request_get_connection(call->req) : NULL;
+    if (evcon)
+        evhttp_connection_set_closecb(evcon, NULL, NULL);
+}
+
+static void finish_call(http_call *call, int status);
+
 /* Writes the answer (when the connection still lives), counts, logs, frees. */
 static void send_and_finish(http_call *call, int status, struct evbuffer *body) {
-    http_server *s = call->loop->server;
     call->status = status;
+    forget_close(call);
     if (call->req && !call->discard) {
-        struct evkeyvalq *h = evhttp_request_get_output_headers(call->req);
-        http_cors_add_headers(call);
-        evhttp_add_header(h, "X-Request-ID", call->request_id);
-        if (atomic_load(&s->draining))
-            evhttp_add_header(h, "Connection", "close");
-        struct evhttp_connection *evcon = evhttp_request_get_connection(call->req);
-        if (evcon)
-            evhttp_connection_set_closecb(evcon, NULL, NULL);
+        add_common_headers(call);
         evhttp_send_reply(call->req, status, reason_phrase(status), body);
-    } else if (call->req) {
-        struct evhttp_connection *evcon = evhttp_request_get_connection(call->req);
-        if (evcon)
-            evhttp_connection_set_closecb(evcon, NULL, NULL);
     }
     if (body)
         evbuffer_free(body);
+    finish_call(call, status);
+}
+
+int http_stream_start(http_call *call, int status, const char *content_type) {
+    if (!call->req || call->discard)
+        return -1;
+    call->status = status;
+    call->streaming = 1;
+    http_add_header(call, "Content-Type", content_type);
+    http_add_header(call, "Cache-Control", "no-cache");
+    add_common_headers(call);
+    evhttp_send_reply_start(call->req, status, reason_phrase(status));
+    return 0;
+}
+
+void http_stream_write(http_call *call, const char *data, size_t len) {
+    if (!call->req || call->discard || len == 0)
+        return;
+    struct evbuffer *b = evbuffer_new();
+    if (!b)
+        return;
+    evbuffer_add(b, data, len);
+    evhttp_send_reply_chunk(call->req, b);
+    evbuffer_free(b);
+}
+
+void http_stream_end(http_call *call) {
+    forget_close(call);
+    if (call->req && !call->discard)
+        evhttp_send_reply_end(call->req);
+    finish_call(call, call->status);
+}
+
+/* Counts, logs and frees an answered call. */
+static void finish_call(http_call *call, int status) {
+    http_server *s = call->loop->server;
     double seconds = (double)(http_now_us() - call->start_us) / 1e6;
     char code[8];
     snprintf(code, sizeof code, "%d", status);

@@ -45,6 +45,7 @@
 #define PREDICT GUARD_SCOPE_PREDICT
 #define EMBED GUARD_SCOPE_EMBED
 #define BATCH GUARD_SCOPE_BATCH
+#define CHAT GUARD_SCOPE_CHAT
 #define ADMIN GUARD_SCOPE_ADMIN
 #define INFER(ops) NULL, &(ops)
 
@@ -66,6 +67,8 @@ const http_route http_routes[] = {
     {HTTP_POST, "/v1/models/{name}/versions/{ref}/predict", "/v1/models/{name}/versions/{version}/predict",
      PREDICT, INFER(http_seed_predict_ops)},
     {HTTP_POST, "/v1/embeddings", "/v1/embeddings", EMBED, INFER(http_embeddings_ops)},
+    /* The LLM gateway. */
+    {HTTP_POST, "/v1/chat/completions", "/v1/chat/completions", CHAT, http_chat, NULL},
     /* Batch jobs. */
     {HTTP_POST, "/v1/batch", "/v1/batch", BATCH, http_batch_submit, NULL},
     {HTTP_GET, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_get, NULL},

@@ -56,8 +56,11 @@ static void set_err(char *err, size_t len, const char *fmt, const char *a, const
 static void on_connection_close(struct evhttp_connection *evcon, void *arg) {
     http_call *call = arg;
     (void)evcon;
-    if (call)
+    if (call) {
         call->req = NULL;
+        if (call->on_gone)
+            call->on_gone(call);
+    }
 }
 
 static void handle_request(struct evhttp_request *req, void *arg) {
@@ -353,6 +356,10 @@ int http_server_start(http_server *s, char *err, size_t err_len) {
         event_add(loop->sweep_event, &sweep);
         if (make_listener(s, loop, err, err_len) != 0)
             return -1;
+        if (s->opts.gateway && !(loop->gateway = gateway_loop_create(s->opts.gateway, loop->base))) {
+            set_err(err, err_len, "cannot set up the LLM gateway of an event loop%s%s", "", "");
+            return -1;
+        }
         if (kv_attach(s->opts.shared_store, loop->base) != KV_OK) {
             set_err(err, err_len, "cannot set up the %s connection of an event loop%s", kv_backend_name(s->opts.shared_store), "");
             return -1;
@@ -425,6 +432,7 @@ void http_server_destroy(http_server *s) {
         if (loop->http) /* frees its bound listener and every connection */
             evhttp_free(loop->http);
         http_conn_release_all(loop);
+        gateway_loop_destroy(loop->gateway); /* after evhttp_free: closing connections cancelled their calls */
         if (loop->sweep_event)
             event_free(loop->sweep_event);
         if (loop->control_event)

@@ -45,6 +45,7 @@ typedef enum status_module {
     STATUS_MODULE_JOBS,
     STATUS_MODULE_STORE,
     STATUS_MODULE_GUARD,
+    STATUS_MODULE_GATEWAY,
 } status_module;
 
 static inline const status_row *status_find(const status_row *rows, size_t n, int code) {

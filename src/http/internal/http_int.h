@@ -49,6 +49,12 @@
     X(TEXT_TOO_LONG, 422, "invalid_request_error", "text_too_long")                \
     X(TOO_MANY_INPUTS, 422, "invalid_request_error", "too_many_inputs")            \
     X(UNSUPPORTED_MODEL, 422, "invalid_request_error", "unsupported_model")        \
+    X(INPUT_TOO_LARGE, 422, "invalid_request_error", "input_too_large")            \
+    X(INPUT_BLOCKED, 422, "invalid_request_error", "input_blocked")                \
+    X(UPSTREAM_ERROR, 502, "upstream_error", "upstream_error")                     \
+    X(UPSTREAM_UNAVAILABLE, 503, "service_unavailable_error", "upstream_unavailable") \
+    X(UPSTREAM_TIMEOUT, 504, "timeout_error", "upstream_timeout")                  \
+    X(GATEWAY_DISABLED, 404, "invalid_request_error", "gateway_not_configured")    \
     X(RATE_LIMITED, 429, "rate_limit_error", "rate_limited")                       \
     X(TOO_MANY_JOBS, 429, "rate_limit_error", "too_many_jobs")                     \
     X(JOB_NOT_FOUND, 404, "invalid_request_error", "job_not_found")                \
@@ -158,6 +164,7 @@ struct http_loop {
     struct event *sweep_event;
     /* This loop's reference to the current API keyset (guard.h). */
     guard_keys_view keys_view;
+    gateway_loop *gateway;              /* the LLM gateway's part of this loop; NULL: no gateway */
 };
 
 /* What parsers may accept (the server's limits). */
@@ -216,6 +223,15 @@ struct http_call {
     int status;                   /* the answer's, once sent */
     int discard;                  /* server stopping: free without answering */
     http_infer *infer;            /* inference endpoints: the pipeline's state (pipeline.c) */
+    struct gateway_call *chat;    /* /v1/chat/completions: the gateway's call while it runs (chat.c) */
+    struct chat_state *chat_state; /* ... and its own state (chat.c) */
+    int streaming;                /* the answer's head is out; chunks follow (http_stream_*) */
+    /* The client's connection closed while the call waited (req is NULL
+     * from then on); NULL: nothing to do (the call is answered 499 when it
+     * comes back). */
+    void (*on_gone)(http_call *call);
+    /* What the rate limit stage runs when it admits the call (http_admit). */
+    void (*admitted)(http_call *call);
     /* What the loop runs when another thread posts the call back. */
     void (*on_posted)(http_call *call);
     void *posted_state;
@@ -325,10 +341,18 @@ char *http_json_text(json_t *v);
 int http_version_ref_valid(const char *ref, int alias_ok);
 /* inputs.c: frees what in holds and zeroes it. */
 void http_inputs_free(http_inputs *in);
+/* pipeline.c: the client asked for a fresh answer (Cache-Control or
+ * Pragma: no-cache). */
+int http_wants_fresh(struct evhttp_request *req);
 /* Whether s (n bytes) is valid UTF-8 (for strings from the URL). */
 int http_is_valid_utf8(const unsigned char *s, size_t n);
 
 /* ---- handlers ---------------------------------------------------------------- */
+
+/* chat.c: POST /v1/chat/completions through the LLM gateway;
+ * http_chat_free frees what it keeps in the call (http_call_free calls it). */
+void http_chat(http_call *call);
+void http_chat_free(http_call *call);
 
 /* health.c: /health, /health/live, /health/ready, /metrics, /v1/models[/{name}]. */
 void http_health(http_call *call);
@@ -378,6 +402,16 @@ int http_authorized(http_call *call, guard_scopes required);
 /* ---- replies (reply.c) ------------------------------------------------------ */
 
 void http_reply_json(http_call *call, int status, json_t *body); /* takes body */
+/* A streamed answer (server-sent events): the head with content_type (-1
+ * when the client is gone), chunks as they come, then the end, which
+ * counts, logs and frees the call like any answer. */
+int http_stream_start(http_call *call, int status, const char *content_type);
+void http_stream_write(http_call *call, const char *data, size_t len);
+void http_stream_end(http_call *call);
+/* The rate limit stage of every model endpoint (pipeline.c): answers 429
+ * (or 503) itself, or runs call->admitted. slot: the caller's storage for
+ * the limiter's pending request, alive until then. */
+void http_admit(http_call *call, guard_ratelimit_req *slot, void (*admitted)(http_call *call));
 void http_reply_text(http_call *call, int status, const char *content_type, const char *text,
                      size_t len);
 void http_reply_error(http_call *call, http_error e, const char *fmt, ...)

@@ -1,0 +1,1370 @@
+/*
+ * gateway.c - a chat completion through the gateway (gateway.h has the
+ * contract, docs/gateway.md the behaviour users see):
+ *
+ *   parse + limits -> input guardrails -> plan (route rules, fallbacks,
+ *   context windows) -> cache lookup -> for each model of the plan:
+ *   breaker -> tries with backoff -> answer (filtered, cached, counted)
+ *   -> else a stale cached answer -> else the default reply -> else error
+ *
+ * Design:
+ *  - One call is one state machine on its loop: a cache lookup, then one
+ *    upstream transfer at a time, and one libevent timer for backoff waits,
+ *    the time to first byte and the overall deadline. Nothing blocks.
+ *  - Nothing reaches the client until the answer is known to be good: a
+ *    non-streamed answer is read whole (bounded by limits.max_response_size)
+ *    and checked; a stream starts to the client with its first event, so
+ *    an upstream that fails before it falls back as usual. After it, an
+ *    upstream failure is sent in-band (an "error" event) and the stream
+ *    ends with [DONE].
+ *  - Streams are re-encoded chunk by chunk: "model" names the gateway's
+ *    model, the content goes through the output guardrail's hold-back
+ *    filter, and the usage chunk the gateway asked for is passed on only
+ *    when the client asked for it.
+ *  - Every good answer is stored in the cache (a stream's assembled as a
+ *    chat.completion); it is served as an answer only to deterministic
+ *    requests (temperature 0) or on routes with cache: always, and
+ *    otherwise only as the stale fallback.
+ *
+ * Threads: a call and its loop on the loop's thread; the gateway's
+ * breakers are shared (each with its own lock), its configuration is read
+ * only.
+ */
+#include <ctype.h>
+#include <event2/event.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "gateway_int.h"
+#include "obs.h"
+
+static const status_row status_rows[] = {GATEWAY_STATUS_MAP(STATUS_TABLE_ROW)};
+
+const char *gateway_status_name(int status) {
+    return status_name(status_rows, STATUS_COUNT(status_rows), status, "GATEWAY_UNKNOWN");
+}
+const char *gateway_status_message(int status) {
+    return status_message(status_rows, STATUS_COUNT(status_rows), status);
+}
+
+struct gateway {
+    gw_config cfg;
+    gw_breaker *breakers; /* per model */
+    guard_cache *cache;
+    metrics_registry *metrics;
+    metric_family *f_requests, *f_upstream, *f_upstream_seconds, *f_ttft, *f_tokens, *f_cost, *f_retries,
+        *f_fallbacks, *f_breaker, *f_cache, *f_guardrail;
+};
+
+struct gateway_loop {
+    gateway *g;
+    struct event_base *base;
+    gw_multi *multi;
+    gateway_call *calls; /* running, for gateway_loop_destroy */
+};
+
+#define MAX_PLAN 24
+
+struct gateway_call {
+    gateway_loop *l;
+    gateway *g;
+    gateway_call *prev, *next;
+    gateway_reply_ops ops;
+    void *ud;
+    gateway_call **slot;
+    gw_chat chat;
+    char key_name[72];
+    char request_id[72];
+    char target[GW_NAME_MAX];
+    long route;                   /* -1: a model was named */
+    char route_reason[256];
+    size_t plan[MAX_PLAN];
+    size_t n_plan, pos;
+    int attempt;                  /* tries of plan[pos] so far */
+    int tries;                    /* all tries */
+    uint64_t start_us, deadline_us;
+    char fallbacks[512];          /* "model:reason,..." */
+    /* cache */
+    int cache_on, servable, lookup_pending, cancelled;
+    guard_cache_key key;
+    guard_cache_req creq;
+    char *stale;                  /* a cached answer, for the stale fallback */
+    size_t stale_len;
+    /* the try in flight */
+    gw_transfer *xfer;
+    char *up_body;
+    size_t up_len;
+    struct event *timer;
+    int timer_kind;               /* what the timer waits for */
+    int breaker_owed;             /* the model's breaker awaits this try's outcome */
+    int up_status;
+    double retry_after_s;
+    int up_stream;                /* the answer is an event stream */
+    char *buf;                    /* a non-streamed body or an error body */
+    size_t len, cap;
+    int overflow;
+    uint64_t try_start_us, first_byte_us;
+    /* streaming to the client */
+    gw_sse *sse;
+    int started;                  /* the client got its head */
+    int upstream_done;            /* [DONE] seen */
+    guard_pii_stream *pii;
+    int pii_done;                 /* its held-back text was released */
+    int blocked;
+    char *text;                   /* the answer's content so far (for the cache and the estimate) */
+    size_t text_len, text_cap;
+    char *finish_reason;
+    char stream_id[96];
+    long created;
+    gw_usage usage;
+    char last_error[256];
+    int last_status;              /* what to answer when nothing else is left */
+};
+
+enum { TIMER_NONE, TIMER_BACKOFF, TIMER_FIRST_BYTE, TIMER_DEADLINE };
+
+static uint64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- metrics ------------------------------------------------------------------ */
+
+static void count(metric_family *f, double v, ...) {
+    const char *labels[8];
+    va_list ap;
+    va_start(ap, v);
+    int n = 0;
+    while (n < 8 && (labels[n] = va_arg(ap, const char *)))
+        n++;
+    va_end(ap);
+    metric_add(metric_series(f, labels), v);
+}
+
+static void observe(metric_family *f, double v, const char *label) {
+    const char *labels[] = {label};
+    metric_observe(metric_series(f, labels), v);
+}
+
+static const char *key_label(const gateway_call *c) { return c->key_name[0] ? c->key_name : "anonymous"; }
+
+static void breaker_metric(gateway *g, size_t model, gw_breaker_state s) {
+    const char *labels[] = {g->cfg.models[model].name};
+    metric_set(metric_series(g->f_breaker, labels), (double)s);
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+int gateway_create(const gateway_options *o, gateway **out, char *why, size_t cap) {
+    *out = NULL;
+    gateway *g = calloc(1, sizeof *g);
+    if (!g)
+        return snprintf(why, cap, "out of memory"), -1;
+    if (gw_config_load(o->config_file, &g->cfg, why, cap) != 0) {
+        free(g);
+        return -1;
+    }
+    g->cache = g->cfg.cache ? o->cache : NULL;
+    g->metrics = o->metrics;
+    g->breakers = calloc(g->cfg.n_models, sizeof *g->breakers);
+    metrics_registry *m = o->metrics;
+    double seconds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+    size_t nb = sizeof seconds / sizeof seconds[0];
+    g->f_requests = metrics_counter(m, "aiserve_llm_requests_total",
+                                    "Chat completions by the model or route asked for and how they were answered: "
+                                    "ok, fallback (by another model), stale_cache, default_reply, error",
+                                    2, (const char *[]){"target", "outcome"});
+    g->f_upstream = metrics_counter(m, "aiserve_llm_upstream_requests_total",
+                                    "Calls to upstream models by result: ok, http_429, http_4xx, http_5xx, timeout, "
+                                    "connect, broken, invalid",
+                                    2, (const char *[]){"model", "result"});
+    g->f_upstream_seconds = metrics_histogram(m, "aiserve_llm_upstream_seconds",
+                                              "Upstream call time, request sent to last byte", 1,
+                                              (const char *[]){"model"}, seconds, nb);
+    g->f_ttft = metrics_histogram(m, "aiserve_llm_time_to_first_token_seconds",
+                                  "Streamed answers: request sent to the first content chunk", 1,
+                                  (const char *[]){"model"}, seconds, nb);
+    g->f_tokens = metrics_counter(m, "aiserve_llm_tokens_total",
+                                  "Tokens by model, API key and kind (prompt, completion); the upstream's usage, "
+                                  "or the gateway's estimate when it reported none",
+                                  3, (const char *[]){"model", "key", "kind"});
+    g->f_cost = metrics_counter(m, "aiserve_llm_cost_usd_total",
+                                "Cost in US dollars: tokens times the model's prices, by model and API key", 2,
+                                (const char *[]){"model", "key"});
+    g->f_retries = metrics_counter(m, "aiserve_llm_retries_total", "Tries after the first, per model", 1,
+                                   (const char *[]){"model"});
+    g->f_fallbacks = metrics_counter(m, "aiserve_llm_fallbacks_total",
+                                     "Models given up by reason: error, timeout, breaker_open, context_window; "
+                                     "and the last resorts: stale_cache, default_reply",
+                                     2, (const char *[]){"model", "reason"});
+    g->f_breaker = metrics_gauge(m, "aiserve_llm_breaker_state",
+                                 "Circuit breaker per model: 0 closed, 1 half-open, 2 open", 1,
+                                 (const char *[]){"model"});
+    g->f_cache = metrics_counter(m, "aiserve_llm_cache_requests_total",
+                                 "Chat completions by cache result: hit, miss, bypass", 1, (const char *[]){"result"});
+    g->f_guardrail = metrics_counter(m, "aiserve_llm_guardrail_matches_total",
+                                     "Personal data found by the guardrails, by direction (input, output), type "
+                                     "and action",
+                                     3, (const char *[]){"direction", "type", "action"});
+    if (!g->breakers || !g->f_requests || !g->f_upstream || !g->f_upstream_seconds || !g->f_ttft || !g->f_tokens ||
+        !g->f_cost || !g->f_retries || !g->f_fallbacks || !g->f_breaker || !g->f_cache || !g->f_guardrail) {
+        gw_config_free(&g->cfg);
+        free(g->breakers);
+        free(g);
+        return snprintf(why, cap, "out of memory (or the gateway's metrics are registered twice)"), -1;
+    }
+    for (size_t i = 0; i < g->cfg.n_models; i++) {
+        gw_breaker_init(&g->breakers[i], &g->cfg);
+        breaker_metric(g, i, GW_BREAKER_CLOSED);
+    }
+    *out = g;
+    return 0;
+}
+
+void gateway_destroy(gateway *g) {
+    if (!g)
+        return;
+    for (size_t i = 0; i < g->cfg.n_models; i++)
+        gw_breaker_destroy(&g->breakers[i]);
+    free(g->breakers);
+    gw_config_free(&g->cfg);
+    free(g);
+}
+
+gateway_loop *gateway_loop_create(gateway *g, struct event_base *base) {
+    gateway_loop *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->g = g;
+    l->base = base;
+    if (!(l->multi = gw_multi_create(base))) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void gateway_loop_destroy(gateway_loop *l) {
+    if (!l)
+        return;
+    while (l->calls)
+        gateway_call_cancel(l->calls);
+    gw_multi_destroy(l->multi);
+    free(l);
+}
+
+void gateway_list(gateway *g, void (*fn)(void *ud, const char *id, const char *owned_by), void *ud) {
+    for (size_t i = 0; i < g->cfg.n_models; i++)
+        fn(ud, g->cfg.models[i].name, g->cfg.providers[g->cfg.models[i].provider].name);
+    for (size_t i = 0; i < g->cfg.n_routes; i++)
+        fn(ud, g->cfg.routes[i].name, "aiserve-route");
+}
+
+void gateway_breakers(gateway *g, size_t *open, size_t *total) {
+    uint64_t now = now_us();
+    *open = 0;
+    *total = g->cfg.n_models;
+    for (size_t i = 0; i < g->cfg.n_models; i++)
+        *open += gw_breaker_state_now(&g->breakers[i], now) == GW_BREAKER_OPEN;
+}
+
+/* ---- the end of a call ----------------------------------------------------------- */
+
+/* Takes c off its loop's list of running calls. */
+static void unlink_call(gateway_call *c) {
+    gateway_loop *l = c->l;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (l->calls == c)
+        l->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void call_free(gateway_call *c) {
+    unlink_call(c);
+    gw_transfer_cancel(c->xfer);
+    if (c->timer)
+        event_free(c->timer);
+    gw_chat_free(&c->chat);
+    gw_sse_free(c->sse);
+    guard_pii_stream_free(c->pii);
+    free(c->up_body);
+    free(c->buf);
+    free(c->text);
+    free(c->stale);
+    free(c->finish_reason);
+    free(c);
+}
+
+static void clear_slot(gateway_call *c) {
+    if (c->slot)
+        *c->slot = NULL;
+    c->slot = NULL;
+}
+
+static void log_done(gateway_call *c, const char *outcome, const char *model) {
+    log_event(LOG_INFO, "llm_request", "request_id", json_string(c->request_id), "target", json_string(c->target),
+              "model", model ? json_string(model) : json_null(), "outcome", json_string(outcome), "tries",
+              json_integer(c->tries), "fallbacks", json_string(c->fallbacks), "key", json_string(key_label(c)),
+              "seconds", json_real((double)(now_us() - c->start_us) / 1e6), NULL);
+}
+
+/* An error answer (nothing was sent yet). */
+static void finish_fail(gateway_call *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void finish_fail(gateway_call *c, int status, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    count(c->g->f_requests, 1, c->target, "error", NULL);
+    log_done(c, "error", NULL);
+    gateway_header h[2];
+    size_t n = 0;
+    if (c->fallbacks[0])
+        h[n++] = (gateway_header){"X-Gateway-Fallbacks", c->fallbacks};
+    clear_slot(c);
+    c->ops.fail(c->ud, status, "", msg, h, n);
+    call_free(c);
+}
+
+/* ---- answers ------------------------------------------------------------------------- */
+
+static void note_fallback(gateway_call *c, const char *model, const char *reason) {
+    size_t n = strlen(c->fallbacks);
+    snprintf(c->fallbacks + n, sizeof c->fallbacks - n, "%s%s:%s", n ? "," : "", model, reason);
+    count(c->g->f_fallbacks, 1, model, reason, NULL);
+}
+
+/* The headers of an answer by model (NULL: the gateway's own). */
+static size_t answer_headers(gateway_call *c, const char *model, const char *cache, gateway_header *h) {
+    size_t n = 0;
+    h[n++] = (gateway_header){"X-Route-Reason", c->route_reason};
+    if (model)
+        h[n++] = (gateway_header){"X-Gateway-Model", model};
+    if (c->fallbacks[0])
+        h[n++] = (gateway_header){"X-Gateway-Fallbacks", c->fallbacks};
+    if (cache)
+        h[n++] = (gateway_header){"X-Cache", cache};
+    return n;
+}
+
+static void append(char **buf, size_t *len, size_t *cap, const char *data, size_t n) {
+    if (*len + n + 1 > *cap) {
+        size_t want = (*cap ? *cap * 2 : 256);
+        while (want < *len + n + 1)
+            want *= 2;
+        char *b = realloc(*buf, want);
+        if (!b)
+            return; /* the text is for the cache and the estimate only: lose it rather than fail */
+        *buf = b;
+        *cap = want;
+    }
+    memcpy(*buf + *len, data, n);
+    *len += n;
+    (*buf)[*len] = 0;
+}
+
+static void send_sse(gateway_call *c, const char *json, size_t len) {
+    c->ops.data(c->ud, "data: ", 6);
+    c->ops.data(c->ud, json, len);
+    c->ops.data(c->ud, "\n\n", 2);
+}
+
+/* A whole answer the gateway has (a cached or default one, as a
+ * chat.completion JSON text) sent as the client asked: one JSON body, or a
+ * stream of chunks. */
+static void send_completion(gateway_call *c, const char *body, size_t len, gateway_header *h, size_t nh) {
+    if (!c->chat.stream) {
+        c->ops.begin(c->ud, 200, 0, h, nh);
+        c->ops.data(c->ud, body, len);
+        c->ops.end(c->ud);
+        return;
+    }
+    json_t *o = json_loadb(body, len, 0, NULL);
+    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
+    const char *content = json_string_value(json_object_get(json_object_get(choice, "message"), "content"));
+    const char *model = json_string_value(json_object_get(o, "model"));
+    const char *id = json_string_value(json_object_get(o, "id"));
+    long created = (long)json_integer_value(json_object_get(o, "created"));
+    c->ops.begin(c->ud, 200, 1, h, nh);
+    size_t n;
+    char *chunk = gw_chunk_make(id ? id : "chatcmpl-aiserve", created, model ? model : c->target,
+                                content ? content : "", NULL, NULL, &n);
+    if (chunk)
+        send_sse(c, chunk, n);
+    free(chunk);
+    chunk = gw_chunk_make(id ? id : "chatcmpl-aiserve", created, model ? model : c->target, NULL, "stop", NULL, &n);
+    if (chunk)
+        send_sse(c, chunk, n);
+    free(chunk);
+    if (c->chat.include_usage) {
+        json_t *u = json_object_get(o, "usage");
+        gw_usage usage = {.known = 1, .prompt_tokens = (long)json_integer_value(json_object_get(u, "prompt_tokens")),
+                          .completion_tokens = (long)json_integer_value(json_object_get(u, "completion_tokens"))};
+        chunk = gw_chunk_make(id ? id : "chatcmpl-aiserve", created, model ? model : c->target, NULL, NULL, &usage, &n);
+        if (chunk)
+            send_sse(c, chunk, n);
+        free(chunk);
+    }
+    c->ops.data(c->ud, "data: [DONE]\n\n", 14);
+    json_decref(o);
+    c->ops.end(c->ud);
+}
+
+static void make_id(char *buf, size_t cap) {
+    unsigned char r[12];
+    if (RAND_bytes(r, sizeof r) != 1)
+        memset(r, 0, sizeof r);
+    int n = snprintf(buf, cap, "chatcmpl-");
+    for (size_t i = 0; i < sizeof r && (size_t)n + 2 < cap; i++)
+        n += snprintf(buf + n, cap - (size_t)n, "%02x", r[i]);
+}
+
+/* Nothing answered: the stale cached answer, else the default reply, else
+ * the last error. */
+static void last_resort(gateway_call *c) {
+    gateway_header h[6];
+    if (c->g->cfg.stale_cache && c->stale) {
+        note_fallback(c, c->target, "stale_cache");
+        count(c->g->f_requests, 1, c->target, "stale_cache", NULL);
+        log_done(c, "stale_cache", NULL);
+        size_t nh = answer_headers(c, NULL, "STALE", h);
+        clear_slot(c);
+        send_completion(c, c->stale, c->stale_len, h, nh);
+        call_free(c);
+        return;
+    }
+    if (c->g->cfg.default_reply) {
+        note_fallback(c, c->target, "default_reply");
+        count(c->g->f_requests, 1, c->target, "default_reply", NULL);
+        log_done(c, "default_reply", NULL);
+        char id[64];
+        make_id(id, sizeof id);
+        gw_usage usage = {.known = 1, .prompt_tokens = 0, .completion_tokens = 0};
+        json_t *o = gw_completion_make(id, (long)time(NULL), c->target, c->g->cfg.default_reply, &usage);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!text) {
+            finish_fail(c, GATEWAY_ENOMEM, "out of memory");
+            return;
+        }
+        size_t nh = answer_headers(c, NULL, NULL, h);
+        clear_slot(c);
+        send_completion(c, text, strlen(text), h, nh);
+        free(text);
+        call_free(c);
+        return;
+    }
+    finish_fail(c, c->last_status ? c->last_status : GATEWAY_EUNAVAILABLE, "%s",
+                c->last_error[0] ? c->last_error : "no upstream model is available");
+}
+
+/* ---- counting ------------------------------------------------------------------------- */
+
+static void count_usage(gateway_call *c, const gw_model *m) {
+    gw_usage u = c->usage;
+    if (!u.known) { /* the gateway's own estimate */
+        u.prompt_tokens = (long)c->chat.est_tokens;
+        u.completion_tokens = (long)gw_estimate_tokens(c->text ? c->text : "", c->text_len);
+    }
+    count(c->g->f_tokens, (double)u.prompt_tokens, m->name, key_label(c), "prompt", NULL);
+    count(c->g->f_tokens, (double)u.completion_tokens, m->name, key_label(c), "completion", NULL);
+    double cost = ((double)u.prompt_tokens * m->input_price + (double)u.completion_tokens * m->output_price) / 1e6;
+    count(c->g->f_cost, cost, m->name, key_label(c), NULL);
+}
+
+/* ---- guardrails ------------------------------------------------------------------------ */
+
+static void count_found(gateway_call *c, const char *direction, const guard_pii_policy *p, const unsigned *found) {
+    static const char *const actions[] = {"off", "redact", "block"};
+    for (int t = 0; t < GUARD_PII_COUNT; t++)
+        if (found[t])
+            count(c->g->f_guardrail, found[t], direction, guard_pii_type_name((guard_pii_type)t),
+                  actions[p->action[t]], NULL);
+}
+
+static int policy_on(const guard_pii_policy *p) {
+    for (int t = 0; t < GUARD_PII_COUNT; t++)
+        if (p->action[t] != GUARD_PII_OFF)
+            return 1;
+    return 0;
+}
+
+/* Applies the input policy to one string value in place. 1 when blocked,
+ * -1 when out of memory. */
+static int filter_input_string(gateway_call *c, json_t *s, guard_pii_type *why) {
+    const guard_pii_policy *p = &c->g->cfg.input_policy;
+    guard_pii_result r;
+    if (guard_pii_apply(p, json_string_value(s), json_string_length(s), &r) != 0)
+        return -1;
+    count_found(c, "input", p, r.found);
+    int rc = 0;
+    if (r.blocked) {
+        for (int t = 0; t < GUARD_PII_COUNT; t++)
+            if (r.found[t] && p->action[t] == GUARD_PII_BLOCK)
+                *why = (guard_pii_type)t;
+        rc = 1;
+    } else if (r.len != json_string_length(s) || memcmp(r.text, json_string_value(s), r.len) != 0) {
+        json_string_setn(s, r.text, r.len);
+    }
+    free(r.text);
+    return rc;
+}
+
+/* The input guardrail over every message's text. 0, or answers and -1. */
+static int filter_input(gateway_call *c) {
+    if (!policy_on(&c->g->cfg.input_policy))
+        return 0;
+    json_t *messages = json_object_get(c->chat.body, "messages");
+    size_t i;
+    json_t *m;
+    json_array_foreach(messages, i, m) {
+        json_t *content = json_object_get(m, "content");
+        guard_pii_type why = GUARD_PII_SSN;
+        int rc = 0;
+        if (json_is_string(content)) {
+            rc = filter_input_string(c, content, &why);
+        } else if (json_is_array(content)) {
+            size_t k;
+            json_t *part;
+            json_array_foreach(content, k, part) {
+                json_t *text = json_object_get(part, "text");
+                if (json_is_string(text) && (rc = filter_input_string(c, text, &why)) != 0)
+                    break;
+            }
+        }
+        if (rc < 0) {
+            finish_fail(c, GATEWAY_ENOMEM, "out of memory");
+            return -1;
+        }
+        if (rc > 0) {
+            finish_fail(c, GATEWAY_EBLOCKED,
+                        "messages[%zu] contains personal data (%s) that this gateway does not send upstream "
+                        "(guardrails.input)",
+                        i, guard_pii_type_name(why));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static char *filter_output_text(void *ud, size_t choice, const char *text, size_t len) {
+    (void)choice;
+    gateway_call *c = ud;
+    const guard_pii_policy *p = &c->g->cfg.output_policy;
+    guard_pii_result r;
+    if (guard_pii_apply(p, text, len, &r) != 0)
+        return NULL;
+    count_found(c, "output", p, r.found);
+    if (r.blocked) {
+        free(r.text);
+        c->blocked = 1;
+        return strdup(GUARD_PII_BLOCKED_TEXT);
+    }
+    if (r.len == len && memcmp(r.text, text, len) == 0) {
+        free(r.text);
+        return NULL;
+    }
+    return r.text;
+}
+
+/* ---- the plan ---------------------------------------------------------------------------- */
+
+static int plan_has(const gateway_call *c, size_t m) {
+    for (size_t i = 0; i < c->n_plan; i++)
+        if (c->plan[i] == m)
+            return 1;
+    return 0;
+}
+
+static void plan_add(gateway_call *c, size_t m) {
+    if (c->n_plan < MAX_PLAN && !plan_has(c, m))
+        c->plan[c->n_plan++] = m;
+}
+
+/* Adds m and its fallbacks (theirs too, once each). */
+static void plan_add_chain(gateway_call *c, size_t m, int depth) {
+    plan_add(c, m);
+    const gw_model *model = &c->g->cfg.models[m];
+    for (size_t i = 0; depth < 4 && i < model->n_fallbacks; i++)
+        if (!plan_has(c, model->fallbacks[i]))
+            plan_add_chain(c, model->fallbacks[i], depth + 1);
+}
+
+static int contains_word(const char *text, const char *word) {
+    size_t n = strlen(word);
+    for (const char *p = text; *p; p++) {
+        size_t k = 0;
+        while (k < n && p[k] && tolower((unsigned char)p[k]) == word[k])
+            k++;
+        if (k == n)
+            return 1;
+    }
+    return 0;
+}
+
+static size_t code_points(const char *s) {
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* The tokens a request needs of a context window: its prompt and the
+ * answer it asks room for. */
+static long needed_tokens(const gateway_call *c) {
+    return (long)c->chat.est_tokens + (c->chat.max_tokens > 0 ? c->chat.max_tokens : 0);
+}
+
+static int fits(const gw_model *m, long tokens) { return m->context_window == 0 || tokens <= m->context_window; }
+
+/* Picks the route's model by its rules, first match wins. */
+static size_t route_pick(gateway_call *c, const gw_route *r) {
+    const gw_config *cfg = &c->g->cfg;
+    const char *text = c->chat.routing_text ? c->chat.routing_text : "";
+    for (size_t i = 0; i < r->n_rules; i++) {
+        const gw_rule *rule = &r->rules[i];
+        int match = 0;
+        char detail[128] = "";
+        switch (rule->kind) {
+        case GW_RULE_KEYWORDS:
+            for (size_t k = 0; k < rule->n_keywords && !match; k++)
+                if ((match = contains_word(text, rule->keywords[k])))
+                    snprintf(detail, sizeof detail, " '%.60s'", rule->keywords[k]);
+            break;
+        case GW_RULE_MIN_CHARS:
+            match = (long)code_points(text) >= rule->n;
+            break;
+        case GW_RULE_MIN_TOKENS:
+            match = (long)c->chat.est_tokens >= rule->n;
+            break;
+        case GW_RULE_MIN_MAX_TOKENS:
+            match = c->chat.max_tokens >= rule->n;
+            break;
+        case GW_RULE_CHEAPEST_FIT: {
+            long best = -1;
+            double best_price = 0;
+            for (size_t k = 0; k < rule->n_candidates; k++) {
+                const gw_model *m = &cfg->models[rule->candidates[k]];
+                double price = m->input_price + m->output_price;
+                if (fits(m, needed_tokens(c)) && (best < 0 || price < best_price)) {
+                    best = (long)rule->candidates[k];
+                    best_price = price;
+                }
+            }
+            if (best >= 0) {
+                snprintf(c->route_reason, sizeof c->route_reason, "route %.60s: rule %zu %.60s", r->name, i + 1,
+                         rule->reason);
+                return (size_t)best;
+            }
+            break;
+        }
+        }
+        if (match) {
+            snprintf(c->route_reason, sizeof c->route_reason, "route %.60s: rule %zu %.40s%.40s", r->name, i + 1, rule->reason,
+                     detail);
+            return rule->model;
+        }
+    }
+    snprintf(c->route_reason, sizeof c->route_reason, "route %.60s: default", r->name);
+    return r->default_model;
+}
+
+/* ---- tries ------------------------------------------------------------------------------ */
+
+static void next_model(gateway_call *c);
+static void start_try(gateway_call *c);
+
+static void arm_timer(gateway_call *c, int kind, uint64_t after_us) {
+    uint64_t now = now_us();
+    uint64_t left = c->deadline_us > now ? c->deadline_us - now : 0;
+    if (after_us > left) { /* the deadline comes first */
+        after_us = left;
+        kind = kind == TIMER_BACKOFF ? TIMER_BACKOFF : TIMER_DEADLINE;
+    }
+    c->timer_kind = kind;
+    struct timeval tv = {.tv_sec = (time_t)(after_us / 1000000u), .tv_usec = (suseconds_t)(after_us % 1000000u)};
+    evtimer_add(c->timer, &tv);
+}
+
+static void end_try(gateway_call *c) {
+    evtimer_del(c->timer);
+    c->timer_kind = TIMER_NONE;
+    gw_sse_free(c->sse);
+    c->sse = NULL;
+    free(c->buf);
+    c->buf = NULL;
+    c->len = c->cap = 0;
+    c->overflow = 0;
+}
+
+static const gw_model *cur_model(const gateway_call *c) { return &c->g->cfg.models[c->plan[c->pos]]; }
+
+static void record_breaker(gateway_call *c, int ok) {
+    if (!c->breaker_owed)
+        return;
+    c->breaker_owed = 0;
+    size_t m = c->plan[c->pos];
+    breaker_metric(c->g, m, gw_breaker_record(&c->g->breakers[m], ok, now_us()));
+}
+
+/* The try failed in a way another try may fix (connect error, timeout,
+ * 429, 5xx): again after a backoff with full jitter, or the next model. */
+static void try_failed(gateway_call *c, int status, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void try_failed(gateway_call *c, int status, const char *reason, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+    va_end(ap);
+    c->last_status = status;
+    record_breaker(c, 0);
+    const gw_config *cfg = &c->g->cfg;
+    double retry_after = c->retry_after_s;
+    end_try(c);
+    if (c->attempt < cfg->attempts && gw_breaker_state_now(&c->g->breakers[c->plan[c->pos]], now_us()) != GW_BREAKER_OPEN) {
+        /* wait_exponential(multiplier, min, max) as the service had, with
+         * full jitter: uniform between min and the exponential's value. */
+        double hi = cfg->multiplier * (double)(1u << (c->attempt < 20 ? c->attempt : 20)) * 1e6;
+        if (hi > (double)cfg->max_wait_us)
+            hi = (double)cfg->max_wait_us;
+        if (hi < (double)cfg->min_wait_us)
+            hi = (double)cfg->min_wait_us;
+        uint32_t r = 0;
+        RAND_bytes((unsigned char *)&r, sizeof r);
+        double wait = (double)cfg->min_wait_us + (hi - (double)cfg->min_wait_us) * ((double)r / 4294967296.0);
+        if (retry_after >= 0 && retry_after * 1e6 > wait)
+            wait = retry_after * 1e6; /* the upstream said when */
+        if ((double)now_us() + wait < (double)c->deadline_us) {
+            count(c->g->f_retries, 1, cur_model(c)->name, NULL);
+            arm_timer(c, TIMER_BACKOFF, (uint64_t)wait);
+            return;
+        }
+    }
+    note_fallback(c, cur_model(c)->name, reason);
+    c->pos++;
+    next_model(c);
+}
+
+/* A model that cannot take the prompt: a larger window next. */
+static void context_failed(gateway_call *c) {
+    const gw_model *m = cur_model(c);
+    record_breaker(c, 1); /* the upstream works */
+    end_try(c);
+    note_fallback(c, m->name, "context_window");
+    snprintf(c->last_error, sizeof c->last_error, "the prompt is longer than the context window of %s", m->name);
+    c->last_status = GATEWAY_ETOOBIG;
+    long window = m->context_window;
+    if (c->g->cfg.context_fallback) {
+        /* The cheapest model with a larger window joins the plan when no
+         * model left in it has one. */
+        int found = 0;
+        for (size_t i = c->pos + 1; i < c->n_plan; i++)
+            found |= c->g->cfg.models[c->plan[i]].context_window > window;
+        if (!found) {
+            long best = -1;
+            for (size_t i = 0; i < c->g->cfg.n_models; i++) {
+                const gw_model *o = &c->g->cfg.models[i];
+                if (o->context_window > window &&
+                    (best < 0 || o->input_price + o->output_price <
+                                     c->g->cfg.models[best].input_price + c->g->cfg.models[best].output_price))
+                    best = (long)i;
+            }
+            if (best >= 0 && !plan_has(c, (size_t)best))
+                plan_add(c, (size_t)best);
+        }
+    }
+    /* Models whose window is no larger are skipped. */
+    c->pos++;
+    while (c->pos < c->n_plan && c->g->cfg.models[c->plan[c->pos]].context_window != 0 &&
+           c->g->cfg.models[c->plan[c->pos]].context_window <= window) {
+        note_fallback(c, c->g->cfg.models[c->plan[c->pos]].name, "context_window");
+        c->pos++;
+    }
+    next_model(c);
+}
+
+/* The stream broke after the client got part of it: an error event, then
+ * the end. */
+static void stream_failed(gateway_call *c, const char *message) {
+    record_breaker(c, 0);
+    const gw_model *m = cur_model(c);
+    json_t *e = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", "upstream_error", "code",
+                          "upstream_stream_broken");
+    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    if (text)
+        send_sse(c, text, strlen(text));
+    free(text);
+    c->ops.data(c->ud, "data: [DONE]\n\n", 14);
+    count(c->g->f_requests, 1, c->target, "error", NULL);
+    count_usage(c, m);
+    log_done(c, "stream_broken", m->name);
+    clear_slot(c);
+    c->ops.end(c->ud);
+    call_free(c);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    gateway_call *c = arg;
+    int kind = c->timer_kind;
+    c->timer_kind = TIMER_NONE;
+    if (kind == TIMER_BACKOFF) {
+        if (now_us() >= c->deadline_us) {
+            note_fallback(c, cur_model(c)->name, "timeout");
+            c->pos = c->n_plan; /* the deadline passed: nothing more to try */
+            next_model(c);
+        } else {
+            start_try(c);
+        }
+        return;
+    }
+    /* The first byte did not come in time, or the deadline passed. */
+    gw_transfer_cancel(c->xfer);
+    c->xfer = NULL;
+    if (c->started) {
+        stream_failed(c, "the upstream stopped answering before the deadline");
+        return;
+    }
+    if (kind == TIMER_DEADLINE) {
+        record_breaker(c, 0);
+        end_try(c);
+        note_fallback(c, cur_model(c)->name, "timeout");
+        snprintf(c->last_error, sizeof c->last_error, "no answer within the deadline (%.0f s)",
+                 (double)c->g->cfg.deadline_us / 1e6);
+        c->last_status = GATEWAY_ETIMEOUT;
+        c->pos = c->n_plan;
+        next_model(c);
+        return;
+    }
+    count(c->g->f_upstream, 1, cur_model(c)->name, "timeout", NULL);
+    try_failed(c, GATEWAY_ETIMEOUT, "timeout", "%s did not start answering within %.0f s", cur_model(c)->name,
+               (double)c->g->cfg.providers[cur_model(c)->provider].timeout_us / 1e6);
+}
+
+/* The client's head, once: the stream starts. */
+static void start_stream(gateway_call *c) {
+    if (c->started)
+        return;
+    c->started = 1;
+    gateway_header h[6];
+    size_t nh = answer_headers(c, cur_model(c)->name, c->cache_on ? "MISS" : NULL, h);
+    c->ops.begin(c->ud, 200, 1, h, nh);
+}
+
+/* Sends filtered content as a chunk shaped like `like` (or a fresh one);
+ * text NULL: like's delta as it is (only the model renamed). */
+static void send_content(gateway_call *c, const gw_chunk *like, const char *text, size_t len) {
+    size_t n = 0;
+    char *json = NULL;
+    if (like && text) {
+        json = gw_chunk_rewrite(like, cur_model(c)->name, text, len, &n);
+    } else if (like) {
+        json_t *o = json_copy(like->obj);
+        json_object_set_new(o, "model", json_string(cur_model(c)->name));
+        json = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        n = json ? strlen(json) : 0;
+        json_decref(o);
+    } else {
+        json = gw_chunk_make(c->stream_id, c->created, cur_model(c)->name, text, NULL, NULL, &n);
+    }
+    if (json)
+        send_sse(c, json, n);
+    free(json);
+}
+
+static int on_event(void *ud, const char *event, const char *data, size_t len) {
+    gateway_call *c = ud;
+    (void)event;
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        c->upstream_done = 1;
+        return 0;
+    }
+    gw_chunk k;
+    if (gw_chunk_parse(data, len, &k) != 0) {
+        json_t *err = json_loadb(data, len, 0, NULL);
+        int is_error = json_is_object(json_object_get(err, "error"));
+        json_decref(err);
+        snprintf(c->last_error, sizeof c->last_error, "%s sent %s in its stream", cur_model(c)->name,
+                 is_error ? "an error" : "an event that is not a chat.completion.chunk");
+        return 1;
+    }
+    if (!c->stream_id[0]) {
+        const char *id = json_string_value(json_object_get(k.obj, "id"));
+        snprintf(c->stream_id, sizeof c->stream_id, "%s", id ? id : "chatcmpl-aiserve");
+        c->created = (long)json_integer_value(json_object_get(k.obj, "created"));
+    }
+    if (k.usage.known)
+        c->usage = k.usage;
+    if (k.finish_reason && !c->finish_reason)
+        c->finish_reason = strdup(k.finish_reason);
+    if (!k.has_choices) { /* the usage chunk: the client's only when it asked */
+        if (c->chat.include_usage) {
+            start_stream(c);
+            size_t n;
+            char *json = gw_chunk_rewrite(&k, cur_model(c)->name, NULL, 0, &n);
+            if (json)
+                send_sse(c, json, n);
+            free(json);
+        }
+        gw_chunk_free(&k);
+        return 0;
+    }
+    if (!c->first_byte_us && k.content) {
+        c->first_byte_us = now_us();
+        observe(c->g->f_ttft, (double)(c->first_byte_us - c->try_start_us) / 1e6, cur_model(c)->name);
+        evtimer_del(c->timer);
+        arm_timer(c, TIMER_DEADLINE, c->deadline_us - now_us());
+    }
+    start_stream(c);
+    if (c->blocked) {
+        gw_chunk_free(&k);
+        return 0;
+    }
+    if (k.content)
+        append(&c->text, &c->text_len, &c->text_cap, k.content, k.content_len);
+    if (!c->pii) {
+        send_content(c, &k, k.content, k.content_len);
+        gw_chunk_free(&k);
+        return 0;
+    }
+    /* Through the output filter: what it releases now, and at the last
+     * chunk (finish_reason) everything it held back. */
+    char *out = NULL, *tail = NULL;
+    size_t out_len = 0, tail_len = 0;
+    int rc = k.content_len ? guard_pii_stream_feed(c->pii, k.content, k.content_len, &out, &out_len) : 0;
+    if (rc == 0 && k.finish_reason && !c->pii_done) {
+        c->pii_done = 1;
+        rc = guard_pii_stream_finish(c->pii, &tail, &tail_len);
+    }
+    if (rc == 1) { /* blocked: the service's text, and nothing more */
+        c->blocked = 1;
+        send_content(c, &k, GUARD_PII_BLOCKED_TEXT, strlen(GUARD_PII_BLOCKED_TEXT));
+    } else if (rc == 0) {
+        if (tail_len)
+            append(&out, &out_len, &(size_t){out_len}, tail, tail_len);
+        if (out_len || (k.content && !k.content_len)) /* text, or the opening role chunk */
+            send_content(c, &k, out ? out : "", out_len);
+        else if (k.finish_reason || !k.content)
+            send_content(c, &k, NULL, 0);
+    }
+    free(out);
+    free(tail);
+    gw_chunk_free(&k);
+    return 0;
+}
+
+static int on_head(void *ud, int status, double retry_after_s, int event_stream) {
+    gateway_call *c = ud;
+    c->up_status = status;
+    c->retry_after_s = retry_after_s;
+    c->up_stream = event_stream && status >= 200 && status < 300 && c->chat.stream;
+    if (c->up_stream) {
+        c->sse = gw_sse_new(c->g->cfg.max_response_bytes, on_event, c);
+        if (!c->sse)
+            return 1;
+        if (policy_on(&c->g->cfg.output_policy) && !(c->pii = guard_pii_stream_new(&c->g->cfg.output_policy)))
+            return 1;
+    }
+    return 0;
+}
+
+static int on_body(void *ud, const char *data, size_t len) {
+    gateway_call *c = ud;
+    if (c->up_stream) {
+        int rc = gw_sse_feed(c->sse, data, len);
+        if (rc == GW_SSE_ETOOBIG)
+            snprintf(c->last_error, sizeof c->last_error, "%s sent a stream event over limits.max_response_size",
+                     cur_model(c)->name);
+        return rc != 0;
+    }
+    if (c->len + len > c->g->cfg.max_response_bytes) {
+        c->overflow = 1;
+        return 1;
+    }
+    append(&c->buf, &c->len, &c->cap, data, len);
+    return 0;
+}
+
+/* A good non-streamed answer: filter, count, cache, send. */
+static void answer_whole(gateway_call *c) {
+    const gw_model *m = cur_model(c);
+    json_t *o = NULL;
+    gw_fail fail;
+    if (gw_completion_parse(c->buf ? c->buf : "", c->len, &o, &c->usage, &fail) != 0) {
+        count(c->g->f_upstream, 1, m->name, "invalid", NULL);
+        try_failed(c, GATEWAY_EUPSTREAM, "error", "%s answered something that is not a chat completion: %.150s",
+                   m->name, fail.message);
+        return;
+    }
+    count(c->g->f_upstream, 1, m->name, "ok", NULL);
+    record_breaker(c, 1);
+    json_object_set_new(o, "model", json_string(m->name));
+    if (policy_on(&c->g->cfg.output_policy))
+        gw_completion_map_content(o, filter_output_text, c);
+    json_t *first = json_object_get(json_object_get(json_array_get(json_object_get(o, "choices"), 0), "message"),
+                                    "content");
+    if (json_is_string(first))
+        append(&c->text, &c->text_len, &c->text_cap, json_string_value(first), json_string_length(first));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!text) {
+        finish_fail(c, GATEWAY_ENOMEM, "out of memory");
+        return;
+    }
+    count_usage(c, m);
+    if (c->g->cache && !c->blocked)
+        guard_cache_store(c->g->cache, c->l->base, &c->key, text, strlen(text));
+    const char *outcome = c->pos == 0 ? "ok" : "fallback";
+    count(c->g->f_requests, 1, c->target, outcome, NULL);
+    log_done(c, outcome, m->name);
+    gateway_header h[6];
+    size_t nh = answer_headers(c, m->name, c->cache_on ? "MISS" : NULL, h);
+    end_try(c);
+    clear_slot(c);
+    c->ops.begin(c->ud, 200, 0, h, nh);
+    c->ops.data(c->ud, text, strlen(text));
+    c->ops.end(c->ud);
+    free(text);
+    call_free(c);
+}
+
+/* A stream that ended well: the held-back text, usage, [DONE]. */
+static void answer_stream_end(gateway_call *c) {
+    const gw_model *m = cur_model(c);
+    count(c->g->f_upstream, 1, m->name, "ok", NULL);
+    record_breaker(c, 1);
+    start_stream(c);
+    if (c->pii && !c->blocked && !c->pii_done) {
+        c->pii_done = 1;
+        char *out = NULL;
+        size_t out_len = 0;
+        int rc = guard_pii_stream_finish(c->pii, &out, &out_len);
+        if (rc == 1) {
+            c->blocked = 1;
+            send_content(c, NULL, GUARD_PII_BLOCKED_TEXT, strlen(GUARD_PII_BLOCKED_TEXT));
+        } else if (out_len) {
+            send_content(c, NULL, out, out_len);
+        }
+        free(out);
+    }
+    if (c->pii) {
+        unsigned found[GUARD_PII_COUNT];
+        guard_pii_stream_found(c->pii, found);
+        count_found(c, "output", &c->g->cfg.output_policy, found);
+    }
+    if (c->chat.include_usage && !c->usage.known) { /* the upstream sent none: the gateway's estimate */
+        gw_usage u = {.known = 1, .prompt_tokens = (long)c->chat.est_tokens,
+                      .completion_tokens = (long)gw_estimate_tokens(c->text ? c->text : "", c->text_len)};
+        size_t n;
+        char *json = gw_chunk_make(c->stream_id, c->created, m->name, NULL, NULL, &u, &n);
+        if (json)
+            send_sse(c, json, n);
+        free(json);
+    }
+    c->ops.data(c->ud, "data: [DONE]\n\n", 14);
+    count_usage(c, m);
+    if (c->g->cache && !c->blocked) {
+        gw_usage u = c->usage;
+        json_t *o = gw_completion_make(c->stream_id, c->created, m->name, c->text ? c->text : "", &u);
+        if (o && c->finish_reason)
+            json_object_set_new(json_array_get(json_object_get(o, "choices"), 0), "finish_reason",
+                                json_string(c->finish_reason));
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (text)
+            guard_cache_store(c->g->cache, c->l->base, &c->key, text, strlen(text));
+        free(text);
+        json_decref(o);
+    }
+    const char *outcome = c->pos == 0 ? "ok" : "fallback";
+    count(c->g->f_requests, 1, c->target, outcome, NULL);
+    log_done(c, outcome, m->name);
+    end_try(c);
+    clear_slot(c);
+    c->ops.end(c->ud);
+    call_free(c);
+}
+
+static void on_done(void *ud, int result, const char *error) {
+    gateway_call *c = ud;
+    c->xfer = NULL;
+    const gw_model *m = cur_model(c);
+    observe(c->g->f_upstream_seconds, (double)(now_us() - c->try_start_us) / 1e6, m->name);
+    if (c->started) { /* the client has part of a stream */
+        if (result == GW_XFER_OK && c->upstream_done)
+            answer_stream_end(c);
+        else if (result == GW_XFER_OK && !gw_sse_truncated(c->sse))
+            answer_stream_end(c); /* ended without [DONE]: what came is the answer */
+        else
+            stream_failed(c, c->last_error[0] ? c->last_error : "the upstream's stream broke off");
+        return;
+    }
+    if (result != GW_XFER_OK) {
+        if (c->overflow || (c->up_stream && c->last_error[0])) {
+            count(c->g->f_upstream, 1, m->name, "invalid", NULL);
+            try_failed(c, GATEWAY_EUPSTREAM, "error", "%s", c->overflow ? "the upstream's answer is over "
+                       "limits.max_response_size" : c->last_error);
+        } else {
+            const char *what = result == GW_XFER_TIMEOUT ? "timeout" : result == GW_XFER_CONNECT ? "connect" : "broken";
+            count(c->g->f_upstream, 1, m->name, what, NULL);
+            try_failed(c, result == GW_XFER_TIMEOUT ? GATEWAY_ETIMEOUT : GATEWAY_EUPSTREAM,
+                       result == GW_XFER_TIMEOUT ? "timeout" : "error", "%s: %s", m->name, error);
+        }
+        return;
+    }
+    int st = c->up_status;
+    if (st >= 200 && st < 300) {
+        if (c->up_stream) /* a stream with no content at all */
+            answer_stream_end(c);
+        else
+            answer_whole(c);
+        return;
+    }
+    char msg[256];
+    gw_error_message(c->buf ? c->buf : "", c->len, msg, sizeof msg);
+    if (st == 429 || st >= 500) {
+        count(c->g->f_upstream, 1, m->name, st == 429 ? "http_429" : "http_5xx", NULL);
+        try_failed(c, GATEWAY_EUPSTREAM, "error", "%.80s answered %d: %.120s", m->name, st, msg);
+        return;
+    }
+    count(c->g->f_upstream, 1, m->name, "http_4xx", NULL);
+    if (gw_error_is_context_length(st, c->buf ? c->buf : "", c->len)) {
+        context_failed(c);
+        return;
+    }
+    if (st == 401 || st == 403 || st == 404) { /* the gateway's key or model name is wrong: another model */
+        record_breaker(c, 0);
+        end_try(c);
+        snprintf(c->last_error, sizeof c->last_error, "%.80s answered %d: %.120s", m->name, st, msg);
+        c->last_status = GATEWAY_EUPSTREAM;
+        note_fallback(c, m->name, "error");
+        c->pos++;
+        next_model(c);
+        return;
+    }
+    /* The request itself is wrong for the upstream: the client's to fix. */
+    record_breaker(c, 1);
+    end_try(c);
+    finish_fail(c, GATEWAY_EINVAL, "%s refused the request (%d): %s", m->name, st, msg);
+}
+
+static void start_try(gateway_call *c) {
+    const gw_model *m = cur_model(c);
+    const gw_provider *p = &c->g->cfg.providers[m->provider];
+    c->attempt++;
+    c->tries++;
+    c->retry_after_s = -1;
+    c->up_status = 0;
+    c->up_stream = 0;
+    c->last_error[0] = 0;
+    free(c->up_body);
+    c->up_body = gw_chat_upstream_body(&c->chat, m->upstream, &c->up_len);
+    char url[1200], auth[4200];
+    snprintf(url, sizeof url, "%s/chat/completions", p->base_url);
+    const char *headers[3];
+    size_t nh = 0;
+    headers[nh++] = "Content-Type: application/json";
+    headers[nh++] = c->chat.stream ? "Accept: text/event-stream" : "Accept: application/json";
+    if (p->api_key) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->api_key);
+        headers[nh++] = auth;
+    }
+    gw_transfer_request req = {.url = url, .headers = headers, .n_headers = nh, .body = c->up_body,
+                               .body_len = c->up_len, .connect_timeout_us = p->connect_timeout_us,
+                               .timeout_us = c->chat.stream ? 0 : p->timeout_us};
+    static const gw_transfer_ops ops = {on_head, on_body, on_done};
+    c->try_start_us = now_us();
+    c->first_byte_us = 0;
+    c->xfer = c->up_body ? gw_transfer_start(c->l->multi, &req, &ops, c) : NULL;
+    memset(auth, 0, sizeof auth);
+    if (!c->xfer) {
+        record_breaker(c, 1);
+        finish_fail(c, GATEWAY_ENOMEM, "out of memory");
+        return;
+    }
+    /* Streams: the first byte within the provider's timeout; always: the deadline. */
+    if (c->chat.stream)
+        arm_timer(c, TIMER_FIRST_BYTE, p->timeout_us);
+    else
+        arm_timer(c, TIMER_DEADLINE, c->deadline_us - now_us());
+}
+
+/* The model at plan[pos], or the next whose breaker lets a call through. */
+static void next_model(gateway_call *c) {
+    uint64_t now = now_us();
+    while (c->pos < c->n_plan && now < c->deadline_us) {
+        size_t m = c->plan[c->pos];
+        const gw_model *model = &c->g->cfg.models[m];
+        if (!fits(model, needed_tokens(c))) {
+            note_fallback(c, model->name, "context_window");
+            snprintf(c->last_error, sizeof c->last_error,
+                     "the prompt (about %ld tokens with max_tokens) is longer than the context window of %s (%ld)",
+                     needed_tokens(c), model->name, model->context_window);
+            c->last_status = GATEWAY_ETOOBIG;
+            c->pos++;
+            continue;
+        }
+        if (!gw_breaker_allow(&c->g->breakers[m], now)) {
+            note_fallback(c, model->name, "breaker_open");
+            snprintf(c->last_error, sizeof c->last_error, "the circuit breaker of %s is open", model->name);
+            c->last_status = GATEWAY_EUNAVAILABLE;
+            c->pos++;
+            continue;
+        }
+        breaker_metric(c->g, m, gw_breaker_state_now(&c->g->breakers[m], now));
+        c->breaker_owed = 1;
+        c->attempt = 0;
+        start_try(c);
+        return;
+    }
+    if (c->pos < c->n_plan) { /* the deadline passed */
+        snprintf(c->last_error, sizeof c->last_error, "no answer within the deadline (%.0f s)",
+                 (double)c->g->cfg.deadline_us / 1e6);
+        c->last_status = GATEWAY_ETIMEOUT;
+    }
+    last_resort(c);
+}
+
+/* ---- the start -------------------------------------------------------------------------- */
+
+static void on_lookup(int hit, const void *body, size_t len, void *ud) {
+    gateway_call *c = ud;
+    c->lookup_pending = 0;
+    if (c->cancelled) {
+        call_free(c);
+        return;
+    }
+    if (hit && c->servable) {
+        count(c->g->f_cache, 1, "hit", NULL);
+        count(c->g->f_requests, 1, c->target, "ok", NULL);
+        json_t *o = json_loadb(body, len, 0, NULL);
+        const char *model = json_string_value(json_object_get(o, "model"));
+        char model_name[GW_NAME_MAX];
+        snprintf(model_name, sizeof model_name, "%s", model ? model : c->target);
+        json_decref(o);
+        log_done(c, "cache_hit", model_name);
+        gateway_header h[6];
+        size_t nh = answer_headers(c, model_name, "HIT", h);
+        clear_slot(c);
+        send_completion(c, body, len, h, nh);
+        call_free(c);
+        return;
+    }
+    if (hit && (c->stale = malloc(len + 1))) { /* kept for the stale fallback */
+        memcpy(c->stale, body, len);
+        c->stale[len] = 0;
+        c->stale_len = len;
+    }
+    count(c->g->f_cache, 1, c->servable ? "miss" : "bypass", NULL);
+    next_model(c);
+}
+
+int gateway_chat(gateway_loop *l, const gateway_request *r, const gateway_reply_ops *ops, void *ud,
+                 gateway_call **slot) {
+    gateway_call *c = calloc(1, sizeof *c);
+    if (!c || !(c->timer = evtimer_new(l->base, on_timer, c))) {
+        free(c);
+        return GATEWAY_ENOMEM;
+    }
+    gateway *g = l->g;
+    c->l = l;
+    c->g = g;
+    c->ops = *ops;
+    c->ud = ud;
+    c->slot = slot;
+    *slot = c;
+    c->next = l->calls;
+    if (l->calls)
+        l->calls->prev = c;
+    l->calls = c;
+    c->start_us = now_us();
+    c->deadline_us = c->start_us + g->cfg.deadline_us;
+    c->route = -1;
+    snprintf(c->key_name, sizeof c->key_name, "%s", r->key_name ? r->key_name : "");
+    snprintf(c->request_id, sizeof c->request_id, "%s", r->request_id ? r->request_id : "");
+
+    gw_fail fail = {0};
+    if (gw_chat_parse(r->body, r->len, &g->cfg.limits, &c->chat, &fail) != 0) {
+        snprintf(c->target, sizeof c->target, "(invalid)");
+        clear_slot(c);
+        count(g->f_requests, 1, "(invalid)", "error", NULL);
+        c->ops.fail(c->ud, fail.status, fail.param, fail.message, NULL, 0);
+        call_free(c);
+        return 0;
+    }
+    snprintf(c->target, sizeof c->target, "%s", c->chat.model);
+    long model = gw_config_model(&g->cfg, c->chat.model);
+    c->route = model < 0 ? gw_config_route(&g->cfg, c->chat.model) : -1;
+    if (model < 0 && c->route < 0) {
+        clear_slot(c);
+        count(g->f_requests, 1, "(unknown)", "error", NULL);
+        char msg[300];
+        snprintf(msg, sizeof msg, "the model '%.100s' is not a model or route of this gateway (GET /v1/models lists them)",
+                 c->chat.model);
+        c->ops.fail(c->ud, GATEWAY_ENOMODEL, "model", msg, NULL, 0);
+        call_free(c);
+        return 0;
+    }
+    if (filter_input(c) != 0)
+        return 0;
+    const gw_route *route = c->route >= 0 ? &g->cfg.routes[c->route] : NULL;
+    if (route) {
+        plan_add_chain(c, route_pick(c, route), 0);
+        for (size_t i = 0; i < route->n_fallbacks; i++)
+            plan_add_chain(c, route->fallbacks[i], 1);
+    } else {
+        snprintf(c->route_reason, sizeof c->route_reason, "model %s", g->cfg.models[model].name);
+        plan_add_chain(c, (size_t)model, 0);
+    }
+
+    c->servable = !r->no_cache && (c->chat.deterministic || (route && route->cache_always));
+    if (g->cache) {
+        size_t n = 0;
+        char *material = gw_chat_cache_material(&c->chat, c->target, &n);
+        if (material) {
+            const char *texts[] = {material};
+            guard_cache_input in = {.model = "llm", .version = 0, .kind = GUARD_CACHE_SINGLE, .texts = texts,
+                                    .lens = &n, .n = 1};
+            guard_cache_key_make(&in, &c->key);
+            free(material);
+            c->cache_on = 1;
+            c->lookup_pending = 1;
+            guard_cache_lookup(g->cache, l->base, &c->key, &c->creq, on_lookup, c);
+            return 0;
+        }
+    }
+    next_model(c);
+    return 0;
+}
+
+void gateway_call_cancel(gateway_call *c) {
+    if (!c)
+        return;
+    c->slot = NULL;
+    if (c->breaker_owed) {
+        gw_breaker_abandon(&c->g->breakers[c->plan[c->pos]]);
+        c->breaker_owed = 0;
+    }
+    if (c->xfer || c->started)
+        log_done(c, "client_gone", c->pos < c->n_plan ? cur_model(c)->name : NULL);
+    gw_transfer_cancel(c->xfer);
+    c->xfer = NULL;
+    if (c->lookup_pending) { /* the lookup's callback frees it */
+        c->cancelled = 1;
+        evtimer_del(c->timer);
+        unlink_call(c);
+        return;
+    }
+    call_free(c);
+}

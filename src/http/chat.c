@@ -1,0 +1,155 @@
+/*
+ * chat.c - POST /v1/chat/completions: the HTTP side of the LLM gateway
+ * (src/gateway does the work; gateway.h).
+ *
+ *   admit (rate limit, as every model endpoint) -> body size -> gateway_chat
+ *   -> its answer: a JSON body, or server-sent events written as they come
+ *      (chunked), or an error in the one error shape (status.c maps the
+ *      gateway's statuses)
+ *
+ * A client that disconnects cancels the gateway's call (and so its upstream
+ * transfer) at once: on_gone, from the connection's close callback.
+ *
+ * Threads: the call's loop only.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "http_int.h"
+
+/* A non-streamed answer is gathered here and sent whole. */
+struct chat_state {
+    guard_ratelimit_req ratelimit_req;
+    struct evbuffer *body;
+    int status;
+};
+typedef struct chat_state chat_state;
+
+static void add_headers(http_call *call, const gateway_header *h, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        http_add_header(call, h[i].name, h[i].value);
+}
+
+static void on_begin(void *ud, int status, int stream, const gateway_header *h, size_t n) {
+    http_call *call = ud;
+    chat_state *st = call->chat_state;
+    add_headers(call, h, n);
+    st->status = status;
+    if (stream)
+        http_stream_start(call, status, "text/event-stream");
+    else
+        st->body = evbuffer_new();
+}
+
+static void on_data(void *ud, const char *buf, size_t len) {
+    http_call *call = ud;
+    chat_state *st = call->chat_state;
+    if (call->streaming)
+        http_stream_write(call, buf, len);
+    else if (st->body)
+        evbuffer_add(st->body, buf, len);
+}
+
+static void state_free(http_call *call) {
+    chat_state *st = call->chat_state;
+    call->chat_state = NULL;
+    call->on_gone = NULL;
+    if (st && st->body)
+        evbuffer_free(st->body);
+    free(st);
+}
+
+void http_chat_free(http_call *call) {
+    gateway_call_cancel(call->chat); /* answered otherwise (a shutdown's discard): stop it */
+    call->chat = NULL;
+    state_free(call);
+}
+
+static void on_end(void *ud) {
+    http_call *call = ud;
+    chat_state *st = call->chat_state;
+    if (call->streaming) {
+        state_free(call);
+        http_stream_end(call);
+        return;
+    }
+    size_t len = st->body ? evbuffer_get_length(st->body) : 0;
+    const char *text = len ? (const char *)evbuffer_pullup(st->body, -1) : "";
+    int status = st->status;
+    char *copy = malloc(len + 1);
+    if (copy)
+        memcpy(copy, text, len);
+    state_free(call);
+    if (!copy) {
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    http_reply_text(call, status, "application/json", copy, len);
+    free(copy);
+}
+
+static void on_fail(void *ud, int status, const char *param, const char *message, const gateway_header *h,
+                    size_t n) {
+    http_call *call = ud;
+    (void)param;
+    state_free(call);
+    add_headers(call, h, n);
+    http_reply_status(call, STATUS_MODULE_GATEWAY, status, message);
+}
+
+static const gateway_reply_ops reply_ops = {on_begin, on_data, on_end, on_fail};
+
+/* The client left: stop the gateway's call; the HTTP call is logged 499. */
+static void on_gone(http_call *call) {
+    gateway_call_cancel(call->chat);
+    call->chat = NULL;
+    int streaming = call->streaming;
+    state_free(call);
+    if (streaming)
+        http_stream_end(call);
+    else
+        http_reply_text(call, 499, "text/plain", "", 0);
+}
+
+static void admitted(http_call *call) {
+    http_server *s = call->loop->server;
+    if (!call->req) { /* the client left while the limiter answered */
+        state_free(call);
+        http_reply_text(call, 499, "text/plain", "", 0);
+        return;
+    }
+    struct evbuffer *in = evhttp_request_get_input_buffer(call->req);
+    size_t len = evbuffer_get_length(in);
+    if (len > s->opts.max_body_bytes) {
+        state_free(call);
+        http_reply_error(call, HTTP_ERR_BODY_TOO_LARGE, "request body is %zu bytes; the limit is %zu", len,
+                         s->opts.max_body_bytes);
+        return;
+    }
+    gateway_request r = {.body = len ? (const char *)evbuffer_pullup(in, -1) : "", .len = len,
+                         .key_name = call->key_name, .no_cache = http_wants_fresh(call->req),
+                         .request_id = call->request_id};
+    call->on_gone = on_gone;
+    if (gateway_chat(call->loop->gateway, &r, &reply_ops, call, &call->chat) != 0) {
+        state_free(call);
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+    }
+}
+
+void http_chat(http_call *call) {
+    if (!call->loop->gateway) {
+        http_reply_error(call, HTTP_ERR_GATEWAY_DISABLED,
+                         "this server has no LLM gateway configured (gateway.config names its file; see "
+                         "docs/gateway.md)");
+        return;
+    }
+    chat_state *st = calloc(1, sizeof *st);
+    if (!st) {
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    call->chat_state = st;
+    http_admit(call, &st->ratelimit_req, admitted);
+}

@@ -1,0 +1,166 @@
+"""fake_llm.py - a fake upstream LLM for the gateway's tests, faithful to
+the OpenAI chat-completions wire format (POST /v1/chat/completions, JSON or
+server-sent events with chat.completion.chunk objects, a final usage chunk
+when stream_options.include_usage, then data: [DONE]).
+
+Hosted LLM APIs cannot run here, so this stands in for them. Each upstream
+model answers from a script: a list of steps, one per request, the last
+repeated; a step is a dict:
+
+    {"text": "hello"}                        a completion (streamed when asked)
+    {"status": 500} / {"status": 429, "retry_after": 1}
+    {"status": 400, "context": True}          OpenAI's context_length_exceeded error
+    {"delay": 0.5}                            seconds before the head
+    {"chunks": ["hel", "lo"]}                 the stream's content pieces
+    {"chunk_delay": 0.05}                     seconds between stream events
+    {"die_after": 2}                          close the socket after 2 content chunks
+    {"garbage": b"..."}                       this body instead of JSON, status 200
+    {"usage": False}                          no usage reported
+    {"sse_split": 3}                          write the stream in pieces of 3 bytes
+
+Every request is recorded (model, body, headers) for assertions. Runs on
+loopback in a thread of the test process; stop() closes it.
+"""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeLLM:
+    def __init__(self):
+        self.scripts = {}
+        self.requests = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self):
+        return "http://127.0.0.1:%d/v1" % self.port
+
+    def script(self, model, steps):
+        with self.lock:
+            self.scripts[model] = list(steps)
+
+    def calls(self, model=None):
+        with self.lock:
+            return [r for r in self.requests if model is None or r["model"] == model]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _next_step(self, model):
+        with self.lock:
+            steps = self.scripts.get(model) or [{"text": "ok from %s" % model}]
+            step = steps.pop(0) if len(steps) > 1 else steps[0]
+            self.scripts[model] = steps
+            return dict(step)
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {}
+                model = body.get("model", "")
+                with fake.lock:
+                    fake.requests.append({"model": model, "body": body, "headers": dict(self.headers),
+                                          "path": self.path, "time": time.monotonic()})
+                if self.path != "/v1/chat/completions":
+                    return self._json(404, {"error": {"message": "no such path", "type": "invalid_request_error"}})
+                step = fake._next_step(model)
+                time.sleep(step.get("delay", 0))
+                status = step.get("status", 200)
+                if status != 200:
+                    if step.get("context"):
+                        err = {"message": "This model's maximum context length is 4097 tokens. However, your "
+                                          "messages resulted in 5000 tokens.", "type": "invalid_request_error",
+                               "param": "messages", "code": "context_length_exceeded"}
+                    else:
+                        err = {"message": "fake upstream error %d" % status, "type": "server_error"}
+                    headers = {}
+                    if "retry_after" in step:
+                        headers["Retry-After"] = str(step["retry_after"])
+                    return self._json(status, {"error": err}, headers)
+                if "garbage" in step:
+                    return self._raw(200, "application/json", step["garbage"])
+                text = step.get("text", "ok from %s" % model)
+                prompt_tokens = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text) // 4 + 1,
+                         "total_tokens": prompt_tokens + len(text) // 4 + 1}
+                if body.get("stream"):
+                    return self._stream(model, step, text, usage, body)
+                out = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                    "finish_reason": "stop"}]}
+                if step.get("usage", True):
+                    out["usage"] = usage
+                self._json(200, out)
+
+            def _stream(self, model, step, text, usage, body):
+                chunks = step.get("chunks") or [text[i:i + 4] for i in range(0, len(text), 4)] or [""]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+                        "model": model}
+                events = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                               "finish_reason": None}])]
+                for c in chunks:
+                    events.append(dict(base, choices=[{"index": 0, "delta": {"content": c}, "finish_reason": None}]))
+                events.append(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+                include = (body.get("stream_options") or {}).get("include_usage")
+                if include and step.get("usage", True):
+                    events.append(dict(base, choices=[], usage=usage))
+                data = [("data: " + json.dumps(e) + "\n\n").encode() for e in events] + [b"data: [DONE]\n\n"]
+                split = step.get("sse_split")
+                sent_content = 0
+                try:
+                    for i, d in enumerate(data):
+                        if "die_after" in step and 1 <= i and sent_content >= step["die_after"]:
+                            self.wfile.flush()
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        pieces = [d[k:k + split] for k in range(0, len(d), split)] if split else [d]
+                        for p in pieces:
+                            self.wfile.write(p)
+                            self.wfile.flush()
+                        if 1 <= i <= len(chunks):
+                            sent_content += 1
+                        time.sleep(step.get("chunk_delay", 0))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
+
+            def _json(self, status, obj, headers=None):
+                self._raw(status, "application/json", json.dumps(obj).encode(), headers)
+
+            def _raw(self, status, ctype, data, headers=None):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
