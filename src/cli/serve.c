@@ -157,6 +157,7 @@ static void print_banner(const core_config *cfg, int port, guard_keys *keys) {
 typedef struct protection {
     kv_store *limits, *answers; /* memory stores, when no Redis */
     kv_store *redis;            /* the shared store, when redis.url is set */
+    kv_store *counters;         /* the gateway's budgets, in memory when no Redis */
     guard_ratelimit *ratelimit;
     guard_cache *cache;
 } protection;
@@ -171,6 +172,7 @@ static void protection_close(protection *p) {
     kv_destroy(p->answers);
     guard_ratelimit_destroy(p->ratelimit);
     kv_destroy(p->limits);
+    kv_destroy(p->counters);
     kv_destroy(p->redis);
     memset(p, 0, sizeof *p);
 }
@@ -192,7 +194,7 @@ static int protection_open(const core_config *cfg, metrics_registry *registry, p
                            size_t cap) {
     memset(p, 0, sizeof *p);
     guard_error gerr = {0};
-    if (cfg->redis_url[0] && (cfg->ratelimit_enabled || cfg->cache_enabled)) {
+    if (cfg->redis_url[0] && (cfg->ratelimit_enabled || cfg->cache_enabled || cfg->gateway_config[0])) {
         kv_redis_options ro = redis_options(cfg, registry);
         char rerr[300];
         if (kv_redis_create(&ro, &p->redis, rerr, sizeof rerr) != KV_OK) {
@@ -227,6 +229,14 @@ static int protection_open(const core_config *cfg, metrics_registry *registry, p
             ro.store = p->limits;
         if (guard_ratelimit_create(&ro, registry, &p->ratelimit, &gerr) != 0) {
             snprintf(err, cap, "rate limiter: %.400s", gerr.message);
+            protection_close(p);
+            return -1;
+        }
+    }
+    if (cfg->gateway_config[0] && !p->redis) {
+        kv_memory_options mo = {.max_bytes = RATELIMIT_STORE_BYTES};
+        if (kv_memory_create(&mo, &p->counters) != KV_OK) {
+            snprintf(err, cap, "gateway budgets: out of memory");
             protection_close(p);
             return -1;
         }
@@ -396,7 +406,8 @@ int cli_serve(int argc, char **argv) {
     }
 
     if (cfg.gateway_config[0]) {
-        gateway_options go = {.config_file = cfg.gateway_config, .metrics = registry, .cache = prot.cache};
+        gateway_options go = {.config_file = cfg.gateway_config, .metrics = registry, .cache = prot.cache,
+                              .store = prot.redis ? prot.redis : prot.counters};
         if (gateway_create(&go, &gw, why, sizeof why) != 0)
             goto failed;
     }
@@ -458,6 +469,7 @@ int cli_serve(int argc, char **argv) {
         if (core_now_us() - last_sweep_us >= 1000000u) { /* expired buckets and answers */
             last_sweep_us = core_now_us();
             kv_maintain(prot.limits);
+            kv_maintain(prot.counters);
             guard_cache_maintain(prot.cache);
         }
         if (!announced && serving_repo_is_settled(repo)) {

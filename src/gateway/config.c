@@ -298,9 +298,9 @@ static void read_provider(reader *r, const char *path, json_t *o, gw_provider *p
     if (strcmp(kind, "openai") == 0)
         p->kind = GW_KIND_OPENAI;
     else if (strcmp(kind, "anthropic") == 0)
-        fail(r, path, "kind 'anthropic' is not available yet; use an OpenAI-compatible endpoint");
+        p->kind = GW_KIND_ANTHROPIC;
     else
-        fail(r, path, "kind must be openai (got '%.40s')", kind);
+        fail(r, path, "kind must be openai or anthropic (got '%.40s')", kind);
     const char *url = get_string(r, path, o, "base_url", NULL);
     if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
         strlen(url) >= sizeof p->base_url)
@@ -511,6 +511,53 @@ static void read_policy(reader *r, const char *path, json_t *o, guard_pii_policy
     }
 }
 
+static void read_budget(reader *r, const char *path, json_t *o, gw_budget *b) {
+    static const char *const keys[] = {"daily_usd", "monthly_usd", "tokens_per_minute", NULL};
+    if (!json_is_object(o)) {
+        fail(r, path, "a budget is a mapping of daily_usd, monthly_usd, tokens_per_minute");
+        return;
+    }
+    if (only_keys(r, path, o, keys))
+        return;
+    b->daily_usd = get_number(r, path, o, "daily_usd", 0, 0, 1e9);
+    b->monthly_usd = get_number(r, path, o, "monthly_usd", 0, 0, 1e9);
+    b->tokens_per_minute = get_long(r, path, o, "tokens_per_minute", 0, 0, 1000000000);
+}
+
+static void read_budgets(reader *r, const char *path, json_t *o, gw_config *c) {
+    static const char *const keys[] = {"default", "keys", "reserve_tokens", NULL};
+    if (only_keys(r, path, o, keys))
+        return;
+    c->budgets = 1;
+    json_t *d = get_object(r, path, o, "default");
+    if (d)
+        read_budget(r, path, d, &c->default_budget);
+    json_t *k = get_object(r, path, o, "keys");
+    if (k) {
+        c->key_budgets = calloc(json_object_size(k) + 1, sizeof *c->key_budgets);
+        const char *name;
+        json_t *v;
+        json_object_foreach(k, name, v) {
+            if (!c->key_budgets || strlen(name) >= sizeof c->key_budgets[0].key) {
+                fail(r, path, "keys: '%.60s' is not an API key's name", name);
+                return;
+            }
+            char p[300];
+            snprintf(p, sizeof p, "%.200s.keys.%.64s", path, name);
+            strcpy(c->key_budgets[c->n_key_budgets].key, name);
+            read_budget(r, p, v, &c->key_budgets[c->n_key_budgets++].budget);
+        }
+    }
+    c->reserve_tokens = get_long(r, path, o, "reserve_tokens", c->reserve_tokens, 1, 10000000);
+}
+
+const gw_budget *gw_config_budget(const gw_config *c, const char *name) {
+    for (size_t i = 0; name && i < c->n_key_budgets; i++)
+        if (strcmp(c->key_budgets[i].key, name) == 0)
+            return &c->key_budgets[i].budget;
+    return &c->default_budget;
+}
+
 long gw_config_model(const gw_config *c, const char *name) {
     for (size_t i = 0; i < c->n_models; i++)
         if (strcmp(c->models[i].name, name) == 0)
@@ -542,6 +589,7 @@ static void defaults(gw_config *c) {
         .cache = 1,
         .limits = {.max_messages = 1000, .max_chars = 1000000, .max_tokens = 1000000},
         .max_response_bytes = 16u << 20,
+        .reserve_tokens = 4096,
     };
     /* The service filtered social security and card numbers out of answers. */
     c->output_policy.action[GUARD_PII_SSN] = GUARD_PII_BLOCK;
@@ -555,7 +603,7 @@ int gw_config_load(const char *path, gw_config *c, char *why, size_t cap) {
     if (!root)
         return -1;
     static const char *const keys[] = {"providers", "models", "routes", "retry", "deadline", "fallback", "breaker",
-                                       "cache", "guardrails", "limits", NULL};
+                                       "cache", "guardrails", "limits", "budgets", NULL};
     only_keys(&r, path, root, keys);
 
     json_t *providers = get_list(&r, path, root, "providers"), *models = get_list(&r, path, root, "models");
@@ -670,6 +718,10 @@ int gw_config_load(const char *path, gw_config *c, char *why, size_t cap) {
         else if (size)
             c->max_response_bytes = (size_t)bytes;
     }
+    if ((o = get_object(&r, path, root, "budgets"))) {
+        snprintf(p, sizeof p, "%s: budgets", path);
+        read_budgets(&r, p, o, c);
+    }
     json_decref(root);
     if (r.failed) {
         gw_config_free(c);
@@ -689,6 +741,7 @@ void gw_config_free(gw_config *c) {
         }
         free(c->routes[i].rules);
     }
+    free(c->key_budgets);
     free(c->providers);
     free(c->models);
     free(c->routes);

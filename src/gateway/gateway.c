@@ -54,11 +54,12 @@ const char *gateway_status_message(int status) {
 
 struct gateway {
     gw_config cfg;
+    kv_store *store;      /* budgets' counters */
     gw_breaker *breakers; /* per model */
     guard_cache *cache;
     metrics_registry *metrics;
     metric_family *f_requests, *f_upstream, *f_upstream_seconds, *f_ttft, *f_tokens, *f_cost, *f_retries,
-        *f_fallbacks, *f_breaker, *f_cache, *f_guardrail;
+        *f_fallbacks, *f_breaker, *f_cache, *f_guardrail, *f_budget;
 };
 
 struct gateway_loop {
@@ -121,9 +122,18 @@ struct gateway_call {
     char *finish_reason;
     char stream_id[96];
     long created;
+    gw_anthropic_stream anthropic; /* a Messages stream being translated */
     gw_usage usage;
     char last_error[256];
     int last_status;              /* what to answer when nothing else is left */
+    char retry_after[24];         /* a refusal's Retry-After header; "" none */
+    /* budgets: the worst case reserved on the key's counters before the
+     * first try, settled to the real cost at the end */
+    int reserve_state;            /* 0 not yet, 1 reserving, 2 done */
+    int reserve_step;             /* the counter being reserved: DAY, MONTH, TPM */
+    int held[3];                  /* counters holding this call's reservation */
+    char counter_key[3][200];
+    int64_t reserved_uusd, reserved_tokens;
 };
 
 enum { TIMER_NONE, TIMER_BACKOFF, TIMER_FIRST_BYTE, TIMER_DEADLINE };
@@ -171,6 +181,12 @@ int gateway_create(const gateway_options *o, gateway **out, char *why, size_t ca
         return -1;
     }
     g->cache = g->cfg.cache ? o->cache : NULL;
+    g->store = o->store;
+    if (g->cfg.budgets && !g->store) {
+        gw_config_free(&g->cfg);
+        free(g);
+        return snprintf(why, cap, "%s: budgets need a store to count in", o->config_file), -1;
+    }
     g->metrics = o->metrics;
     g->breakers = calloc(g->cfg.n_models, sizeof *g->breakers);
     metrics_registry *m = o->metrics;
@@ -212,7 +228,11 @@ int gateway_create(const gateway_options *o, gateway **out, char *why, size_t ca
                                      "Personal data found by the guardrails, by direction (input, output), type "
                                      "and action",
                                      3, (const char *[]){"direction", "type", "action"});
-    if (!g->breakers || !g->f_requests || !g->f_upstream || !g->f_upstream_seconds || !g->f_ttft || !g->f_tokens ||
+    g->f_budget = metrics_counter(m, "aiserve_llm_budget_refusals_total",
+                                  "Chat completions refused for an API key's budget: daily, monthly, or "
+                                  "tokens_per_minute",
+                                  2, (const char *[]){"key", "limit"});
+    if (!g->f_budget || !g->breakers || !g->f_requests || !g->f_upstream || !g->f_upstream_seconds || !g->f_ttft || !g->f_tokens ||
         !g->f_cost || !g->f_retries || !g->f_fallbacks || !g->f_breaker || !g->f_cache || !g->f_guardrail) {
         gw_config_free(&g->cfg);
         free(g->breakers);
@@ -317,6 +337,8 @@ static void log_done(gateway_call *c, const char *outcome, const char *model) {
               "seconds", json_real((double)(now_us() - c->start_us) / 1e6), NULL);
 }
 
+static void settle(gateway_call *c, const gw_model *answered);
+
 /* An error answer (nothing was sent yet). */
 static void finish_fail(gateway_call *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void finish_fail(gateway_call *c, int status, const char *fmt, ...) {
@@ -331,6 +353,9 @@ static void finish_fail(gateway_call *c, int status, const char *fmt, ...) {
     size_t n = 0;
     if (c->fallbacks[0])
         h[n++] = (gateway_header){"X-Gateway-Fallbacks", c->fallbacks};
+    if (c->retry_after[0])
+        h[n++] = (gateway_header){"Retry-After", c->retry_after};
+    settle(c, NULL);
     clear_slot(c);
     c->ops.fail(c->ud, status, "", msg, h, n);
     call_free(c);
@@ -433,6 +458,7 @@ static void make_id(char *buf, size_t cap) {
  * the last error. */
 static void last_resort(gateway_call *c) {
     gateway_header h[6];
+    settle(c, NULL);
     if (c->g->cfg.stale_cache && c->stale) {
         note_fallback(c, c->target, "stale_cache");
         count(c->g->f_requests, 1, c->target, "stale_cache", NULL);
@@ -470,12 +496,20 @@ static void last_resort(gateway_call *c) {
 
 /* ---- counting ------------------------------------------------------------------------- */
 
-static void count_usage(gateway_call *c, const gw_model *m) {
+/* The tokens the answer took: the upstream's usage, else the gateway's
+ * estimate of the prompt and of the text sent. */
+static gw_usage actual_usage(const gateway_call *c) {
     gw_usage u = c->usage;
-    if (!u.known) { /* the gateway's own estimate */
+    if (!u.known) {
         u.prompt_tokens = (long)c->chat.est_tokens;
         u.completion_tokens = (long)gw_estimate_tokens(c->text ? c->text : "", c->text_len);
     }
+    return u;
+}
+
+static void count_usage(gateway_call *c, const gw_model *m) {
+    gw_usage u = actual_usage(c);
+    settle(c, m);
     count(c->g->f_tokens, (double)u.prompt_tokens, m->name, key_label(c), "prompt", NULL);
     count(c->g->f_tokens, (double)u.completion_tokens, m->name, key_label(c), "completion", NULL);
     double cost = ((double)u.prompt_tokens * m->input_price + (double)u.completion_tokens * m->output_price) / 1e6;
@@ -679,9 +713,159 @@ static size_t route_pick(gateway_call *c, const gw_route *r) {
     return r->default_model;
 }
 
+/* ---- budgets ---------------------------------------------------------------------------
+ *
+ * Before its first try, a call reserves its worst case on the key's
+ * counters (kv_counter_add with the limit: refused when it would pass it,
+ * atomically, wherever the store is, so instances sharing Redis share the
+ * budget): cost in micro-dollars on the day's and the month's counters,
+ * tokens on the minute's. The worst case is the prompt's estimate plus
+ * max_tokens (else budgets.reserve_tokens) at the first model's prices. At
+ * the end the reservation is settled to what the answer cost (a refund when
+ * nothing was answered). A key can so spend past its budget only by what a
+ * call costs beyond its reservation (a model past reserve_tokens, or a
+ * pricier fallback). A store that cannot be reached lets calls through. */
+
+enum { COUNTER_DAY, COUNTER_MONTH, COUNTER_TPM };
+
+static int64_t cost_uusd(const gw_model *m, long prompt, long completion) {
+    /* USD per million tokens times tokens is micro-dollars. */
+    return (int64_t)((double)prompt * m->input_price + (double)completion * m->output_price + 0.5);
+}
+
+static void on_settled(int status, const kv_counter_result *r, void *ud) {
+    (void)status;
+    (void)r;
+    (void)ud;
+}
+
+/* Settles the reservation: answered NULL means nothing was answered. */
+static void settle(gateway_call *c, const gw_model *answered) {
+    if (c->reserve_state != 2)
+        return;
+    c->reserve_state = 3; /* once */
+    gw_usage u = answered ? actual_usage(c) : (gw_usage){0};
+    int64_t cost = answered ? cost_uusd(answered, u.prompt_tokens, u.completion_tokens) : 0;
+    int64_t tokens = answered ? u.prompt_tokens + u.completion_tokens : 0;
+    for (int k = 0; k < 3; k++) {
+        if (!c->held[k])
+            continue;
+        int64_t delta = k == COUNTER_TPM ? tokens - c->reserved_tokens : cost - c->reserved_uusd;
+        if (delta)
+            kv_counter_add(c->g->store, c->l->base, c->counter_key[k], strlen(c->counter_key[k]), delta,
+                           INT64_MAX, 0, on_settled, NULL);
+        c->held[k] = 0;
+    }
+}
+
+static void reserve_next(gateway_call *c);
+static void next_model(gateway_call *c);
+
+static void refuse_budget(gateway_call *c, int step) {
+    static const char *const names[] = {"daily", "monthly", "tokens_per_minute"};
+    const gw_budget *b = gw_config_budget(&c->g->cfg, c->key_name);
+    count(c->g->f_budget, 1, key_label(c), names[step], NULL);
+    /* Give back what this call holds. */
+    c->reserve_state = 2;
+    settle(c, NULL);
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    long wait;
+    if (step == COUNTER_TPM) {
+        wait = 60 - tm.tm_sec;
+    } else if (step == COUNTER_DAY) {
+        wait = 86400 - (tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec);
+    } else {
+        struct tm next = {.tm_year = tm.tm_mon == 11 ? tm.tm_year + 1 : tm.tm_year, .tm_mon = (tm.tm_mon + 1) % 12,
+                          .tm_mday = 1};
+        wait = (long)(timegm(&next) - now);
+    }
+    snprintf(c->retry_after, sizeof c->retry_after, "%ld", wait > 0 ? wait : 1);
+    const char *who = c->key_name[0] ? c->key_name : "requests without an API key";
+    if (step == COUNTER_TPM)
+        finish_fail(c, GATEWAY_ETOKENS,
+                    "the API key '%s' is over its %ld tokens per minute (this request needs about %lld); retry in "
+                    "%ld s",
+                    who, b->tokens_per_minute, (long long)c->reserved_tokens, wait);
+    else
+        finish_fail(c, GATEWAY_EBUDGET,
+                    "the %s budget of the API key '%s' ($%.2f) does not cover this request (up to $%.4f); it "
+                    "renews in %ld s",
+                    step == COUNTER_DAY ? "daily" : "monthly", who,
+                    step == COUNTER_DAY ? b->daily_usd : b->monthly_usd, (double)c->reserved_uusd / 1e6, wait);
+}
+
+static void on_reserved(int status, const kv_counter_result *r, void *ud) {
+    gateway_call *c = ud;
+    if (c->cancelled) { /* the client left meanwhile: give back, then free */
+        if (status == KV_OK && r->applied)
+            c->held[c->reserve_step] = 1;
+        c->reserve_state = 2;
+        settle(c, NULL);
+        call_free(c);
+        return;
+    }
+    if (status != KV_OK) { /* the store cannot be reached: let the call through */
+        log_event(LOG_WARN, "llm_budget_unavailable", "key", json_string(key_label(c)), "error",
+                  json_string(kv_status_message(status)), NULL);
+    } else if (!r->applied) {
+        refuse_budget(c, c->reserve_step);
+        return;
+    } else {
+        c->held[c->reserve_step] = 1;
+    }
+    c->reserve_step++;
+    reserve_next(c);
+}
+
+static void reserve_next(gateway_call *c) {
+    const gw_budget *b = gw_config_budget(&c->g->cfg, c->key_name);
+    while (c->reserve_step < 3) {
+        int k = c->reserve_step;
+        double limit = k == COUNTER_DAY ? b->daily_usd * 1e6 : k == COUNTER_MONTH ? b->monthly_usd * 1e6
+                                                                                 : (double)b->tokens_per_minute;
+        if (limit <= 0) {
+            c->reserve_step++;
+            continue;
+        }
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        char period[32];
+        uint64_t ttl_us;
+        if (k == COUNTER_DAY) {
+            strftime(period, sizeof period, "d:%Y%m%d", &tm);
+            ttl_us = 2 * 86400ull * 1000000u;
+        } else if (k == COUNTER_MONTH) {
+            strftime(period, sizeof period, "m:%Y%m", &tm);
+            ttl_us = 32 * 86400ull * 1000000u;
+        } else {
+            snprintf(period, sizeof period, "t:%lld", (long long)(now / 60));
+            ttl_us = 120ull * 1000000u;
+        }
+        snprintf(c->counter_key[k], sizeof c->counter_key[k], "llm:budget:%s:%s", key_label(c), period);
+        int64_t delta = k == COUNTER_TPM ? c->reserved_tokens : c->reserved_uusd;
+        kv_counter_add(c->g->store, c->l->base, c->counter_key[k], strlen(c->counter_key[k]), delta,
+                       (int64_t)limit, ttl_us, on_reserved, c);
+        return; /* on_reserved goes on (perhaps already has) */
+    }
+    c->reserve_state = 2;
+    next_model(c);
+}
+
+/* Starts the reservation for the model the plan starts with. */
+static void reserve(gateway_call *c, const gw_model *m) {
+    long completion = c->chat.max_tokens > 0 ? c->chat.max_tokens : c->g->cfg.reserve_tokens;
+    c->reserved_tokens = (int64_t)c->chat.est_tokens + completion;
+    c->reserved_uusd = cost_uusd(m, (long)c->chat.est_tokens, completion);
+    c->reserve_state = 1;
+    c->reserve_step = COUNTER_DAY;
+    reserve_next(c);
+}
+
 /* ---- tries ------------------------------------------------------------------------------ */
 
-static void next_model(gateway_call *c);
 static void start_try(gateway_call *c);
 
 static void arm_timer(gateway_call *c, int kind, uint64_t after_us) {
@@ -871,11 +1055,7 @@ static void send_content(gateway_call *c, const gw_chunk *like, const char *text
     if (like && text) {
         json = gw_chunk_rewrite(like, cur_model(c)->name, text, len, &n);
     } else if (like) {
-        json_t *o = json_copy(like->obj);
-        json_object_set_new(o, "model", json_string(cur_model(c)->name));
-        json = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        n = json ? strlen(json) : 0;
-        json_decref(o);
+        json = gw_chunk_rewrite(like, cur_model(c)->name, NULL, 0, &n);
     } else {
         json = gw_chunk_make(c->stream_id, c->created, cur_model(c)->name, text, NULL, NULL, &n);
     }
@@ -884,13 +1064,38 @@ static void send_content(gateway_call *c, const gw_chunk *like, const char *text
     free(json);
 }
 
+static int on_chunk(gateway_call *c, const char *data, size_t len);
+
+static int is_anthropic(const gateway_call *c) {
+    return c->g->cfg.providers[cur_model(c)->provider].kind == GW_KIND_ANTHROPIC;
+}
+
 static int on_event(void *ud, const char *event, const char *data, size_t len) {
     gateway_call *c = ud;
-    (void)event;
+    if (is_anthropic(c)) { /* translated to chunks first */
+        char *json = NULL;
+        size_t n = 0;
+        gw_fail fail;
+        int rc = gw_anthropic_event(&c->anthropic, cur_model(c)->name, event, data, len, &json, &n, &fail);
+        if (rc < 0) {
+            snprintf(c->last_error, sizeof c->last_error, "%.60s: %.180s", cur_model(c)->name, fail.message);
+            return 1;
+        }
+        int stop = json ? on_chunk(c, json, n) : 0;
+        free(json);
+        if (rc == 1)
+            c->upstream_done = 1;
+        return stop;
+    }
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         c->upstream_done = 1;
         return 0;
     }
+    return on_chunk(c, data, len);
+}
+
+/* One chat.completion.chunk from the upstream: counted, filtered, passed on. */
+static int on_chunk(gateway_call *c, const char *data, size_t len) {
     gw_chunk k;
     if (gw_chunk_parse(data, len, &k) != 0) {
         json_t *err = json_loadb(data, len, 0, NULL);
@@ -1002,7 +1207,9 @@ static void answer_whole(gateway_call *c) {
     const gw_model *m = cur_model(c);
     json_t *o = NULL;
     gw_fail fail;
-    if (gw_completion_parse(c->buf ? c->buf : "", c->len, &o, &c->usage, &fail) != 0) {
+    int bad = is_anthropic(c) ? gw_anthropic_completion(c->buf ? c->buf : "", c->len, m->name, &o, &c->usage, &fail)
+                              : gw_completion_parse(c->buf ? c->buf : "", c->len, &o, &c->usage, &fail);
+    if (bad != 0) {
         count(c->g->f_upstream, 1, m->name, "invalid", NULL);
         try_failed(c, GATEWAY_EUPSTREAM, "error", "%s answered something that is not a chat completion: %.150s",
                    m->name, fail.message);
@@ -1169,16 +1376,33 @@ static void start_try(gateway_call *c) {
     c->up_stream = 0;
     c->last_error[0] = 0;
     free(c->up_body);
-    c->up_body = gw_chat_upstream_body(&c->chat, m->upstream, &c->up_len);
     char url[1200], auth[4200];
-    snprintf(url, sizeof url, "%s/chat/completions", p->base_url);
-    const char *headers[3];
+    const char *headers[4];
     size_t nh = 0;
     headers[nh++] = "Content-Type: application/json";
     headers[nh++] = c->chat.stream ? "Accept: text/event-stream" : "Accept: application/json";
-    if (p->api_key) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->api_key);
-        headers[nh++] = auth;
+    if (p->kind == GW_KIND_ANTHROPIC) {
+        gw_fail fail;
+        memset(&c->anthropic, 0, sizeof c->anthropic);
+        c->up_body = gw_anthropic_request(&c->chat, m->upstream, c->g->cfg.reserve_tokens, &c->up_len, &fail);
+        if (!c->up_body && fail.status == GATEWAY_EINVAL) { /* does not translate: the client's to change */
+            record_breaker(c, 1);
+            finish_fail(c, GATEWAY_EINVAL, "%s (model %s is an Anthropic model)", fail.message, m->name);
+            return;
+        }
+        snprintf(url, sizeof url, "%s/messages", p->base_url);
+        headers[nh++] = "anthropic-version: 2023-06-01";
+        if (p->api_key) {
+            snprintf(auth, sizeof auth, "x-api-key: %s", p->api_key);
+            headers[nh++] = auth;
+        }
+    } else {
+        c->up_body = gw_chat_upstream_body(&c->chat, m->upstream, &c->up_len);
+        snprintf(url, sizeof url, "%s/chat/completions", p->base_url);
+        if (p->api_key) {
+            snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->api_key);
+            headers[nh++] = auth;
+        }
     }
     gw_transfer_request req = {.url = url, .headers = headers, .n_headers = nh, .body = c->up_body,
                                .body_len = c->up_len, .connect_timeout_us = p->connect_timeout_us,
@@ -1221,6 +1445,11 @@ static void next_model(gateway_call *c) {
             c->last_status = GATEWAY_EUNAVAILABLE;
             c->pos++;
             continue;
+        }
+        if (c->g->cfg.budgets && c->reserve_state == 0) { /* the breaker's probe waits for the reservation */
+            gw_breaker_abandon(&c->g->breakers[m]);
+            reserve(c, model);
+            return;
         }
         breaker_metric(c->g, m, gw_breaker_state_now(&c->g->breakers[m], now));
         c->breaker_owed = 1;
@@ -1360,7 +1589,9 @@ void gateway_call_cancel(gateway_call *c) {
         log_done(c, "client_gone", c->pos < c->n_plan ? cur_model(c)->name : NULL);
     gw_transfer_cancel(c->xfer);
     c->xfer = NULL;
-    if (c->lookup_pending) { /* the lookup's callback frees it */
+    if (c->reserve_state == 2 && c->pos < c->n_plan) /* what the upstream may have billed so far */
+        settle(c, c->xfer || c->started ? cur_model(c) : NULL);
+    if (c->lookup_pending || c->reserve_state == 1) { /* the pending callback frees it */
         c->cancelled = 1;
         evtimer_del(c->timer);
         unlink_call(c);

@@ -48,7 +48,9 @@ extern "C" {
     X(GATEWAY_EUPSTREAM, -7, "the upstream model failed")                           \
     X(GATEWAY_ETIMEOUT, -8, "the upstream model did not answer in time")            \
     X(GATEWAY_EUNAVAILABLE, -9, "no upstream model is available")                   \
-    X(GATEWAY_ENOMEM, -10, "out of memory")
+    X(GATEWAY_ENOMEM, -10, "out of memory")                                         \
+    X(GATEWAY_EBUDGET, -11, "the API key's budget is spent")                        \
+    X(GATEWAY_ETOKENS, -12, "the API key is over its tokens per minute")
 
 typedef enum gateway_status { GATEWAY_STATUS_MAP(STATUS_ENUM_ROW) } gateway_status;
 
@@ -63,6 +65,8 @@ typedef struct gateway_options {
     const char *config_file;   /* the gateway's YAML file (docs/gateway.md) */
     metrics_registry *metrics; /* borrowed; outlives the gateway */
     guard_cache *cache;        /* the response cache (exact answers); borrowed; NULL: none */
+    kv_store *store;           /* where budgets are counted: Redis shares them between instances;
+                                  borrowed; NULL: budgets in the configuration are refused */
 } gateway_options;
 
 /* Reads the configuration and registers the aiserve_llm_* metrics. 0, or -1

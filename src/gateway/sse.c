@@ -31,14 +31,14 @@ static const unsigned char bom[3] = {0xEF, 0xBB, 0xBF};
 struct gw_sse {
     gw_sse_event_fn fn;
     void *ud;
-    size_t max;        /* max_event_bytes */
-    sse_buf line;      /* the line not yet ended */
-    sse_buf data;      /* the event's data lines joined with \n */
-    sse_buf event;     /* the event's name */
-    int has_data;      /* a data line was seen (data may still be "") */
-    int after_cr;      /* the last byte fed was a \r ending a line */
+    size_t max;    /* max_event_bytes */
+    sse_buf line;  /* the line not yet ended */
+    sse_buf data;  /* the event's data lines joined with \n */
+    sse_buf event; /* the event's name */
+    int has_data;  /* a data line was seen (data may still be "") */
+    int after_cr;  /* the last byte fed was a \r ending a line */
     unsigned bom_matched;
-    int err;           /* once non-zero, every feed returns it */
+    int err; /* once non-zero, every feed returns it */
 };
 
 /* Appends s[n] to b, growing it (b->len + n stays within max by the

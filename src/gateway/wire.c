@@ -92,22 +92,27 @@ static size_t utf8_count(const char *s, size_t n) {
 /* "a string", "an integer", ... for "must be X, not Y" messages. */
 static const char *json_kind(const json_t *v) {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
+    case JSON_INTEGER:
+        return "an integer";
+    case JSON_REAL:
+        return "a number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        return "null";
     }
     return "a value";
 }
 
 /* A JSON string or NULL when absent or of another type. */
-static const char *str_or_null(json_t *v) {
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
+static const char *str_or_null(json_t *v) { return json_is_string(v) ? json_string_value(v) : NULL; }
 
 /* Compact JSON text of v (malloc'd, *len set), NULL when out of memory. */
 static char *dump(const json_t *v, size_t flags, size_t *len) {
@@ -157,8 +162,8 @@ static int check_content(json_t *msg, size_t i, const char *role, text_tally *t,
         if (is_assistant && ((calls && !json_is_null(calls)) || (fcall && !json_is_null(fcall))))
             return 0;
         return fail_set(fail, GATEWAY_EINVAL, param,
-                        "%s is %s; only an assistant message with tool_calls or function_call may leave it out",
-                        param, content ? "null" : "missing");
+                        "%s is %s; only an assistant message with tool_calls or function_call may leave it out", param,
+                        content ? "null" : "missing");
     }
     if (json_is_string(content)) {
         tally_text(t, content);
@@ -175,8 +180,9 @@ static int check_content(json_t *msg, size_t i, const char *role, text_tally *t,
         char at[PARAM_CAP];
         snprintf(at, sizeof at, "messages[%zu].content[%zu]", i, k);
         if (!json_is_object(part))
-            return fail_set(fail, GATEWAY_EINVAL, at, "%s must be an object such as {\"type\": \"text\", \"text\": \"...\"}, not %s",
-                            at, json_kind(part));
+            return fail_set(fail, GATEWAY_EINVAL, at,
+                            "%s must be an object such as {\"type\": \"text\", \"text\": \"...\"}, not %s", at,
+                            json_kind(part));
         const char *type = str_or_null(json_object_get(part, "type"));
         if (!type) {
             snprintf(at, sizeof at, "messages[%zu].content[%zu].type", i, k);
@@ -272,55 +278,54 @@ static const field_rule field_rules[] = {
     {"metadata", F_OBJECT, 0, 0},
 };
 
-/* "0..2", "at least 1", "any integer" for a rule's range. */
-static void range_text(const field_rule *r, char *buf, size_t cap) {
-    if (isinf(r->min) && isinf(r->max))
-        snprintf(buf, cap, "%s", r->kind == F_INTEGER ? "an integer" : "a number");
-    else if (isinf(r->max))
-        snprintf(buf, cap, "%s >= %g", r->kind == F_INTEGER ? "an integer" : "a number", r->min);
-    else
-        snprintf(buf, cap, "%s from %g to %g", r->kind == F_INTEGER ? "an integer" : "a number", r->min, r->max);
+static int kind_is(const json_t *v, field_kind kind) {
+    switch (kind) {
+    case F_BOOL:
+        return json_is_boolean(v);
+    case F_NUMBER:
+        return json_is_number(v);
+    case F_INTEGER:
+        return json_is_integer(v);
+    case F_STRING:
+        return json_is_string(v);
+    case F_OBJECT:
+        return json_is_object(v);
+    case F_ARRAY:
+        return json_is_array(v);
+    case F_STRING_OR_OBJECT:
+        return json_is_string(v) || json_is_object(v);
+    }
+    return 0;
 }
+
+static const char *const kind_text[] = {
+    [F_BOOL] = "a boolean",
+    [F_NUMBER] = "a number",
+    [F_INTEGER] = "an integer",
+    [F_STRING] = "a string",
+    [F_OBJECT] = "an object",
+    [F_ARRAY] = "an array",
+    [F_STRING_OR_OBJECT] = "a string or an object",
+};
 
 static int check_field(json_t *body, const field_rule *r, gw_fail *fail) {
     json_t *v = json_object_get(body, r->name);
     if (!v || json_is_null(v))
         return 0;
+    /* What it must be: "a boolean", "an integer >= 1", "a number from 0 to 2". */
     char want[64];
-    int ok;
-    switch (r->kind) {
-    case F_BOOL:
-        ok = json_is_boolean(v);
-        snprintf(want, sizeof want, "a boolean");
-        break;
-    case F_STRING:
-        ok = json_is_string(v);
-        snprintf(want, sizeof want, "a string");
-        break;
-    case F_OBJECT:
-        ok = json_is_object(v);
-        snprintf(want, sizeof want, "an object");
-        break;
-    case F_ARRAY:
-        ok = json_is_array(v);
-        snprintf(want, sizeof want, "an array");
-        break;
-    case F_STRING_OR_OBJECT:
-        ok = json_is_string(v) || json_is_object(v);
-        snprintf(want, sizeof want, "a string or an object");
-        break;
-    case F_INTEGER:
-    case F_NUMBER:
-    default:
-        range_text(r, want, sizeof want);
-        ok = r->kind == F_INTEGER ? json_is_integer(v) : json_is_number(v);
-        if (ok && !(json_number_value(v) >= r->min && json_number_value(v) <= r->max))
-            return fail_set(fail, GATEWAY_EINVAL, r->name, "%s must be %s; %g is out of range", r->name, want,
-                            json_number_value(v));
-        break;
-    }
-    if (!ok)
+    if ((r->kind != F_NUMBER && r->kind != F_INTEGER) || (isinf(r->min) && isinf(r->max)))
+        snprintf(want, sizeof want, "%s", kind_text[r->kind]);
+    else if (isinf(r->max))
+        snprintf(want, sizeof want, "%s >= %g", kind_text[r->kind], r->min);
+    else
+        snprintf(want, sizeof want, "%s from %g to %g", kind_text[r->kind], r->min, r->max);
+    if (!kind_is(v, r->kind))
         return fail_set(fail, GATEWAY_EINVAL, r->name, "%s must be %s, not %s", r->name, want, json_kind(v));
+    if ((r->kind == F_NUMBER || r->kind == F_INTEGER) &&
+        !(json_number_value(v) >= r->min && json_number_value(v) <= r->max))
+        return fail_set(fail, GATEWAY_EINVAL, r->name, "%s must be %s; %g is out of range", r->name, want,
+                        json_number_value(v));
     return 0;
 }
 
@@ -330,7 +335,8 @@ static int check_special_fields(json_t *body, gw_fail *fail) {
     json_t *stop = json_object_get(body, "stop");
     if (stop && !json_is_null(stop) && !json_is_string(stop)) {
         if (!json_is_array(stop) || json_array_size(stop) > 4)
-            return fail_set(fail, GATEWAY_EINVAL, "stop", "stop must be a string or an array of up to 4 strings, not %s",
+            return fail_set(fail, GATEWAY_EINVAL, "stop",
+                            "stop must be a string or an array of up to 4 strings, not %s",
                             json_is_array(stop) ? "an array of more" : json_kind(stop));
         size_t k;
         json_t *s;
@@ -424,7 +430,9 @@ static int check_request(gw_chat *c, const gw_limits *lim, gw_fail *fail) {
     if (!json_is_object(body))
         return fail_set(fail, GATEWAY_EINVAL, "", "the request body must be a JSON object, not %s", json_kind(body));
     json_t *model = json_object_get(body, "model");
-    if (!json_is_string(model) || json_string_length(model) == 0)
+    /* No NUL inside: the gateway reads the name as a C string. */
+    if (!json_is_string(model) || json_string_length(model) == 0 ||
+        strlen(json_string_value(model)) != json_string_length(model))
         return fail_set(fail, GATEWAY_EINVAL, "model", "model must be a non-empty string naming a model or route%s",
                         model ? "" : " (it is missing)");
     c->model = json_string_value(model);
@@ -436,8 +444,9 @@ static int check_request(gw_chat *c, const gw_limits *lim, gw_fail *fail) {
     if (c->n_messages == 0)
         return fail_set(fail, GATEWAY_EINVAL, "messages", "messages must hold at least one message");
     if (lim && lim->max_messages && c->n_messages > lim->max_messages)
-        return fail_set(fail, GATEWAY_ETOOBIG, "messages", "the request has %zu messages; this gateway accepts at most %zu",
-                        c->n_messages, lim->max_messages);
+        return fail_set(fail, GATEWAY_ETOOBIG, "messages",
+                        "the request has %zu messages; this gateway accepts at most %zu", c->n_messages,
+                        lim->max_messages);
     text_tally t = {0, 0};
     json_t *last_user = NULL, *msg;
     size_t i;
@@ -456,10 +465,10 @@ static int check_request(gw_chat *c, const gw_limits *lim, gw_fail *fail) {
     c->stream = json_is_true(json_object_get(body, "stream"));
     c->include_usage = json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
     json_t *temp = json_object_get(body, "temperature"), *n = json_object_get(body, "n");
-    c->deterministic = json_is_number(temp) && json_number_value(temp) == 0 &&
-                       (!n || json_is_null(n) || json_integer_value(n) == 1);
+    c->deterministic =
+        json_is_number(temp) && json_number_value(temp) == 0 && (!n || json_is_null(n) || json_integer_value(n) == 1);
     json_t *mct = json_object_get(body, "max_completion_tokens"), *mt = json_object_get(body, "max_tokens");
-    c->max_tokens = json_is_integer(mct) ? (long)json_integer_value(mct)
+    c->max_tokens = json_is_integer(mct)  ? (long)json_integer_value(mct)
                     : json_is_integer(mt) ? (long)json_integer_value(mt)
                                           : -1;
     c->routing_text = last_user ? message_text(last_user) : strdup("");
@@ -665,7 +674,7 @@ char *gw_chunk_rewrite(const gw_chunk *c, const char *model, const char *content
         goto done;
     json_t *choices = json_object_get(c->obj, "choices");
     json_t *first = json_array_get(choices, 0);
-    if (json_is_object(first)) {
+    if (content && json_is_object(first)) {
         json_t *delta = json_object_get(first, "delta");
         json_t *choices2 = json_copy(choices), *first2 = json_copy(first);
         json_t *delta2 = json_is_object(delta) ? json_copy(delta) : json_object();
@@ -686,15 +695,15 @@ done:
     return out;
 }
 
-char *gw_chunk_make(const char *id, long created, const char *model, const char *content,
-                    const char *finish_reason, const gw_usage *usage, size_t *out_len) {
+char *gw_chunk_make(const char *id, long created, const char *model, const char *content, const char *finish_reason,
+                    const gw_usage *usage, size_t *out_len) {
     json_t *chunk = json_pack("{s:s, s:s, s:I, s:s}", "id", id, "object", "chat.completion.chunk", "created",
                               (json_int_t)created, "model", model);
-    json_t *choices = usage ? json_array()
-                            : json_pack("[{s:i, s:o, s:o}]", "index", 0, "delta",
-                                        content ? json_pack("{s:s, s:s}", "role", "assistant", "content", content)
-                                                : json_object(),
-                                        "finish_reason", finish_reason ? json_string(finish_reason) : json_null());
+    json_t *choices =
+        usage ? json_array()
+              : json_pack("[{s:i, s:o, s:o}]", "index", 0, "delta",
+                          content ? json_pack("{s:s, s:s}", "role", "assistant", "content", content) : json_object(),
+                          "finish_reason", finish_reason ? json_string(finish_reason) : json_null());
     char *out = NULL;
     if (chunk && choices && json_object_set(chunk, "choices", choices) == 0 &&
         (!usage || json_object_set_new(chunk, "usage", usage_object(usage)) == 0))

@@ -510,22 +510,32 @@ void guard_cache_publish(guard_cache *c, guard_cache_flight *flight, guard_cache
  * becomes "[REDACTED:<type>]") or block (the caller refuses the input with
  * 422, or replaces the whole output with GUARD_PII_BLOCKED_TEXT).
  *
- *  - ssn:   US social security numbers, 123-45-6789 (dashes; also spaces),
- *           not 000, 666 or 9xx in the area, not 00 in the group, not 0000
- *           in the serial.
- *  - card:  payment card numbers: 13 to 19 digits, optionally grouped by
- *           single spaces or dashes, passing the Luhn check.
- *  - email: local@domain.tld as RFC 5321 mailboxes are written in practice
- *           (local part [A-Za-z0-9._%+-], domain labels and a TLD of 2+
- *           letters).
- *  - phone: North American numbers ((415) 555-0123, 415-555-0123,
- *           415.555.0123, +1 415 555 0123) and international numbers in
- *           E.164 style (+ then 8 to 15 digits, optionally grouped by single
- *           spaces, dashes or dots).
+ *  - ssn:   US social security numbers, 123-45-6789 (dashes; also spaces,
+ *           the same separator twice), not 000, 666 or 9xx in the area,
+ *           not 00 in the group, not 0000 in the serial.
+ *  - card:  payment card numbers: 13 to 19 digits passing the Luhn check,
+ *           in one run or grouped as cards are printed (a first group of
+ *           4, then groups of 3 to 6, separated by the same single space or
+ *           dash throughout). A match ends after a group, the longest that
+ *           passes, so a card followed by its CVV is still found.
+ *  - email: local@domain.tld as RFC 5321 mailboxes are written in practice:
+ *           the local part is a whole run of [A-Za-z0-9._%+-], 1 to 64
+ *           bytes; the domain is labels of [A-Za-z0-9-] (1 to 63, no hyphen
+ *           at either end) joined by single dots, at most 253 bytes, ending
+ *           with a TLD of 2+ letters (the longest such domain).
+ *  - phone: North American numbers ((415) 555-0123, (415)555-0123,
+ *           415-555-0123, 415.555.0123, 415 555 0123, +1 415 555 0123,
+ *           +1(415)555-0123, 1-800-555-0199) and international numbers in E.164 style (+
+ *           then 8 to 15 digits, the first not 0, optionally grouped by
+ *           single spaces, dashes or dots; the longest, ending after a group).
  * A match never starts or ends inside a longer run of letters or digits
- * (word boundaries), so order numbers and hashes are not hit.
+ * (word boundaries), so order numbers and hashes are not hit. Only ASCII
+ * letters and digits make runs: any other byte, non-ASCII included, is a
+ * boundary (so numbers in text without spaces, such as Chinese, are found).
  *
- * Pure functions over bytes (UTF-8 passes through untouched); any thread.
+ * Pure functions over bytes (UTF-8 passes through untouched: only ASCII
+ * bytes are ever part of a match); any thread. docs/guardrails.md has
+ * examples of matches and near misses.
  */
 
 typedef enum guard_pii_type {
@@ -561,17 +571,19 @@ typedef struct guard_pii_match {
 
 /* The matches of every detector whose action is not off, in text order,
  * non-overlapping (where two overlap, the earlier start wins, then the
- * longer). Writes up to cap into out; returns how many there are (may be
- * more than cap). */
+ * longer, then the lower type). Writes up to cap into out; returns how
+ * many there are (may be more than cap). */
 size_t guard_pii_scan(const guard_pii_policy *p, const char *text, size_t len, guard_pii_match *out, size_t cap);
 
 /* What the policy makes of a text. */
 typedef struct guard_pii_result {
-    char *text;                        /* malloc'd, NUL-terminated: the text with redactions applied
-                                          (a copy even when nothing matched); NULL when out of memory */
+    char *text;                        /* malloc'd, NUL-terminated: the text with every match (redact
+                                          or block) replaced by "[REDACTED:<type>]" (a copy even when
+                                          nothing matched); NULL when out of memory */
     size_t len;
     int blocked;                       /* a detector with action block matched */
-    unsigned found[GUARD_PII_COUNT];   /* matches per type (whatever the action) */
+    unsigned found[GUARD_PII_COUNT];   /* matches per type (redact or block; off types are not
+                                          looked for) */
 } guard_pii_result;
 
 /* Applies the policy to text[len]. Returns 0, or -1 when out of memory. */
@@ -581,20 +593,31 @@ int guard_pii_apply(const guard_pii_policy *p, const char *text, size_t len, gua
  * feed returns the part that can be released now, already redacted: all of
  * it except a tail that a pattern could still grow into (a match split
  * across chunks is caught), and that tail is held back no longer than a
- * pattern could need (so the added delay is a few tokens at most). Once a
- * block detector matched, nothing more is released (blocked is set).
+ * pattern could need (so the added delay is a few tokens at most). What
+ * the feeds and the finish release, put together, is exactly what
+ * guard_pii_apply makes of the whole text, however it was cut.
+ *
+ * The tail held back is at most 319 bytes (the longest an email can be
+ * read before it is decided: a local part of 64, '@', a domain of 253 and
+ * the byte after it); in prose it is the word being written, which could
+ * still become an email's local part, and a number being written.
+ *
+ * Once a block detector matched, nothing more is released (not even the
+ * text before the match in that chunk) and the text is scanned no further.
  *
  * Owned by the caller; one thread at a time. */
 typedef struct guard_pii_stream guard_pii_stream;
 
 guard_pii_stream *guard_pii_stream_new(const guard_pii_policy *p); /* NULL: out of memory */
-/* Feeds chunk[len]; sets *out (malloc'd, NUL-terminated, possibly "") and
- * *out_len to what may be released. Returns 0, 1 once blocked (*out is then
- * ""), or -1 when out of memory. */
+/* Feeds chunk[len] (borrowed for the call); sets *out (malloc'd, free
+ * with free(); NUL-terminated, possibly "") and *out_len to what may be
+ * released. Returns 0, 1 once blocked (*out is then ""), or -1 when out
+ * of memory (*out NULL; the stream is then only fit to be freed). */
 int guard_pii_stream_feed(guard_pii_stream *s, const char *chunk, size_t len, char **out, size_t *out_len);
-/* The end of the text: releases the held-back tail the same way. */
+/* The end of the text: releases the held-back tail the same way. Call it
+ * once, last; then only guard_pii_stream_found and _free. */
 int guard_pii_stream_finish(guard_pii_stream *s, char **out, size_t *out_len);
-/* Matches per type so far. */
+/* Matches per type so far (up to and including the one that blocked). */
 void guard_pii_stream_found(const guard_pii_stream *s, unsigned found[GUARD_PII_COUNT]);
 void guard_pii_stream_free(guard_pii_stream *s);
 

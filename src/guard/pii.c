@@ -9,8 +9,8 @@
  *    (a tie: the lower type), the scan resumes after it, else at the next
  *    byte. Where a match may end is part of each detector's rule, so the
  *    longest is the only one to look at.
- *  - A detector at position i reads the byte before i and at most
- *    PII_READ_MAX bytes from i, all through at(), so its answer depends on
+ *  - A detector at position i reads the byte before i and bytes i to
+ *    i + PII_READ_MAX at most, all through at(), so its answer depends on
  *    those bytes alone. Only ASCII bytes are ever part of a pattern, so a
  *    match never splits a UTF-8 sequence; other bytes are boundaries.
  *  - Streaming is the same scan over the bytes not yet released. at() past
@@ -19,7 +19,7 @@
  *    released, the rest is held with the one byte before it as context.
  *    A decided position reads only bytes already seen, so it decides as the
  *    whole-text scan does, and the stream releases the same text for every
- *    split of it. The hold-back is under PII_READ_MAX bytes.
+ *    split of it. The hold-back is at most PII_READ_MAX bytes.
  *  - Every scan is linear: a position costs at most PII_READ_MAX reads, and
  *    a read ahead happens only where a pattern can start (after a boundary).
  *
@@ -44,9 +44,9 @@
 #define EMAIL_DOMAIN_MAX 253 /* RFC 5321 4.5.3.1.2, as written without the root dot */
 #define EMAIL_LABEL_MAX 63   /* RFC 1035 2.3.4 */
 
-/* The most bytes a detector reads from its start (an email: a local part
- * of 64, '@', a domain of 253, and the byte after it). The stream never
- * holds back more than this. */
+/* How far past its start a detector reads at most: an email's local part
+ * of 64, '@', a domain of 253, the byte after it ('.'), and the one after
+ * that (is it a label?). The stream never holds back more than this. */
 #define PII_READ_MAX (EMAIL_LOCAL_MAX + 1 + EMAIL_DOMAIN_MAX + 1)
 
 static const char *const type_names[GUARD_PII_COUNT] = {"ssn", "card", "email", "phone"};
@@ -88,13 +88,28 @@ static int at(scanner *sc, size_t k) {
 /* The byte before position i (END at the start of the text). */
 static int before(const scanner *sc, size_t i) { return i > 0 ? sc->s[i - 1] : END; }
 
-static bool is_digit(int c) { return c >= '0' && c <= '9'; }
-static bool is_alpha(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-static bool is_alnum(int c) { return is_digit(c) || is_alpha(c); }
-/* An email's local part, as mailboxes are written in practice. */
-static bool is_local(int c) { return is_alnum(c) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-'; }
-static bool is_label(int c) { return is_alnum(c) || c == '-'; }
-static bool is_phone_sep(int c) { return c == ' ' || c == '-' || c == '.'; }
+/* Byte classes, indexed by the byte + 1 (so END has none). LOCAL: an
+ * email's local part, as mailboxes are written in practice; LABEL: a
+ * domain label. Only ASCII has a class. */
+enum { DIGIT = 1, ALPHA = 2, LOCAL = 4, LABEL = 8, PHONE_SEP = 16 };
+static const unsigned char classes[257] = {
+    ['0' + 1 ... '9' + 1] = DIGIT | LOCAL | LABEL,
+    ['a' + 1 ... 'z' + 1] = ALPHA | LOCAL | LABEL,
+    ['A' + 1 ... 'Z' + 1] = ALPHA | LOCAL | LABEL,
+    ['.' + 1] = LOCAL | PHONE_SEP,
+    ['-' + 1] = LOCAL | LABEL | PHONE_SEP,
+    [' ' + 1] = PHONE_SEP,
+    ['_' + 1] = LOCAL,
+    ['%' + 1] = LOCAL,
+    ['+' + 1] = LOCAL,
+};
+
+static bool is_digit(int c) { return classes[c + 1] & DIGIT; }
+static bool is_alpha(int c) { return classes[c + 1] & ALPHA; }
+static bool is_alnum(int c) { return classes[c + 1] & (DIGIT | ALPHA); }
+static bool is_local(int c) { return classes[c + 1] & LOCAL; }
+static bool is_label(int c) { return classes[c + 1] & LABEL; }
+static bool is_phone_sep(int c) { return classes[c + 1] & PHONE_SEP; }
 
 /* Whether s[k..k+n) are all digits. */
 static bool digits_at(scanner *sc, size_t k, size_t n) {
@@ -204,14 +219,15 @@ static size_t detect_email(scanner *sc, size_t i) {
     }
 }
 
-/* The rest of a North American number from k: (415) 555-0123, (415)
- * 555-0123, 415-555-0123, 415.555.0123, 415 555 0123. Returns its end, or 0. */
+/* The rest of a North American number from k: (415) 555-0123,
+ * (415)555-0123, (415)-555-0123, 415-555-0123, 415.555.0123, 415 555 0123.
+ * Returns its end, or 0. */
 static size_t na_number(scanner *sc, size_t k) {
     if (at(sc, k) == '(') {
         if (!digits_at(sc, k + 1, 3) || at(sc, k + 4) != ')')
             return 0;
         k += 5;
-        if (at(sc, k) == ' ')
+        if (is_phone_sep(at(sc, k)))
             k++;
         if (!digits_at(sc, k, 3) || !is_phone_sep(at(sc, k + 3)))
             return 0;
@@ -228,8 +244,9 @@ static size_t na_number(scanner *sc, size_t k) {
 }
 
 /* North American, optionally after a country code "+1" or "1" and one
- * separator; or + and 8 to 15 digits grouped by single spaces, dashes or
- * dots, ending after a group (the longest), not before a letter. */
+ * separator (none before a '('); or + and 8 to 15 digits grouped by single
+ * spaces, dashes or dots, ending after a group (the longest), not before a
+ * letter. */
 static size_t detect_phone(scanner *sc, size_t i) {
     int c = at(sc, i);
     if (c != '(' && c != '+' && !is_digit(c))
@@ -238,9 +255,13 @@ static size_t detect_phone(scanner *sc, size_t i) {
         return 0;
     size_t best = 0, end;
     size_t code = c == '+' ? i + 1 : i;
-    if (at(sc, code) == '1' && is_phone_sep(at(sc, code + 1)) && (end = na_number(sc, code + 2)))
-        best = end - i;
-    else if (c != '+' && (end = na_number(sc, i)))
+    if (at(sc, code) == '1') {
+        int after = at(sc, code + 1);
+        size_t rest = after == '(' ? code + 1 : is_phone_sep(after) ? code + 2 : 0;
+        if (rest && (end = na_number(sc, rest)))
+            best = end - i;
+    }
+    if (!best && c != '+' && (end = na_number(sc, i)))
         best = end - i;
     if (c != '+' || !is_digit(at(sc, i + 1)) || at(sc, i + 1) == '0')
         return best;
@@ -260,12 +281,22 @@ static size_t detect_phone(scanner *sc, size_t i) {
     }
 }
 
-static size_t (*const detectors[GUARD_PII_COUNT])(scanner *, size_t) = {
-    [GUARD_PII_SSN] = detect_ssn,
-    [GUARD_PII_CARD] = detect_card,
-    [GUARD_PII_EMAIL] = detect_email,
-    [GUARD_PII_PHONE] = detect_phone,
-};
+/* A switch rather than a table of pointers, so that the detectors inline
+ * into the scan loop. */
+static size_t detect(scanner *sc, guard_pii_type t, size_t i) {
+    switch (t) {
+    case GUARD_PII_SSN:
+        return detect_ssn(sc, i);
+    case GUARD_PII_CARD:
+        return detect_card(sc, i);
+    case GUARD_PII_EMAIL:
+        return detect_email(sc, i);
+    case GUARD_PII_PHONE:
+        return detect_phone(sc, i);
+    default:
+        return 0;
+    }
+}
 
 /* The next match at or after *pos. Returns 1 with *m set and *pos at its
  * end; 0 when there is none up to len (*pos = len); -1 when the position
@@ -278,7 +309,7 @@ static int scan_next(scanner *sc, size_t *pos, guard_pii_match *m) {
         for (int t = 0; t < GUARD_PII_COUNT; t++) {
             if (sc->policy->action[t] == GUARD_PII_OFF)
                 continue;
-            size_t n = detectors[t](sc, i);
+            size_t n = detect(sc, (guard_pii_type)t, i);
             if (n > best) {
                 best = n;
                 type = (guard_pii_type)t;
@@ -333,7 +364,8 @@ static void out_put(out_buf *o, const void *b, size_t n) {
         o->p = p;
         o->cap = cap;
     }
-    memcpy(o->p + o->len, b, n);
+    if (n)
+        memcpy(o->p + o->len, b, n);
     o->len += n;
     o->p[o->len] = 0;
 }
@@ -385,7 +417,7 @@ static bool redact_run(scanner *sc, size_t *pos, out_buf *o, unsigned found[GUAR
 
 int guard_pii_apply(const guard_pii_policy *p, const char *text, size_t len, guard_pii_result *out) {
     memset(out, 0, sizeof *out);
-    scanner sc = {p, (const unsigned char *)text, len, true, false};
+    scanner sc = {p, (const unsigned char *)(len ? text : ""), len, true, false};
     out_buf o = {0};
     size_t pos = 0;
     out->blocked = redact_run(&sc, &pos, &o, out->found, false);
@@ -404,8 +436,15 @@ struct guard_pii_stream {
 
 guard_pii_stream *guard_pii_stream_new(const guard_pii_policy *p) {
     guard_pii_stream *s = calloc(1, sizeof *s);
-    if (s)
-        s->policy = *p;
+    if (!s)
+        return NULL;
+    s->policy = *p;
+    s->cap = 2 * PII_READ_MAX;
+    s->buf = malloc(s->cap);
+    if (!s->buf) {
+        free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -441,7 +480,7 @@ int guard_pii_stream_feed(guard_pii_stream *s, const char *chunk, size_t len, ch
     if (s->blocked)
         return give_blocked(out, out_len);
     if (s->len + len > s->cap) {
-        size_t cap = s->cap ? s->cap : 2 * PII_READ_MAX;
+        size_t cap = s->cap;
         while (cap < s->len + len)
             cap *= 2;
         unsigned char *b = realloc(s->buf, cap);

@@ -44,8 +44,12 @@ void http_health(http_call *call) {
     kv_get_health(s->opts.shared_store, &store);
     char queue_error[200] = "";
     bool queue_ok = !s->opts.jobs || jobs_queue_ok(s->opts.jobs, queue_error, sizeof queue_error);
-    if (ready && (!store.ok || !queue_ok))
-        status = "degraded"; /* still serving: the cache is bypassed, limits follow their policy, batch waits */
+    size_t open_breakers = 0, llm_models = 0;
+    if (s->opts.gateway)
+        gateway_breakers(s->opts.gateway, &open_breakers, &llm_models);
+    if (ready && (!store.ok || !queue_ok || open_breakers))
+        status = "degraded"; /* still serving: the cache is bypassed, limits follow their policy, batch waits,
+                                the gateway falls back */
     if (atomic_load(&s->draining))
         status = "shutting_down";
     json_t *body = json_pack("{s:s, s:b, s:b, s:o, s:s, s:f}", "status", status, "model_loaded",
@@ -63,6 +67,14 @@ void http_health(http_call *call) {
         if (!queue_ok)
             json_object_set_new(dep, "error", json_string(queue_error));
         json_object_set_new(deps, "batch_queue", dep);
+    }
+    if (s->opts.gateway) {
+        /* Up while every model's breaker is closed; degraded while some
+         * are open (the others and the fallbacks answer); down when all are. */
+        const char *st = !open_breakers ? "up" : open_breakers < llm_models ? "degraded" : "down";
+        json_object_set_new(deps, "llm_upstreams", json_pack("{s:s, s:I, s:I}", "status", st, "models",
+                                                             (json_int_t)llm_models, "open_breakers",
+                                                             (json_int_t)open_breakers));
     }
     if (json_object_size(deps))
         json_object_set_new(body, "dependencies", deps);
@@ -170,8 +182,9 @@ static json_t *models_json(http_server *s, const char *only) {
         if (only && strcmp(list[i].model, only) != 0)
             continue;
         if (!cur_name || strcmp(cur_name, list[i].model) != 0) {
-            cur = json_pack("{s:s, s:s, s:b, s:[]}", "name", list[i].model, "object", "model",
-                            "default", strcmp(list[i].model, def) == 0, "versions");
+            cur = json_pack("{s:s, s:s, s:s, s:s, s:b, s:[]}", "id", list[i].model, "name", list[i].model,
+                            "object", "model", "owned_by", "aiserve", "default", strcmp(list[i].model, def) == 0,
+                            "versions");
             serving_split split;
             serving_get_split(s->repo, list[i].model, &split);
             json_object_set_new(cur, "traffic", http_split_json(&split));
@@ -195,8 +208,15 @@ static json_t *models_json(http_server *s, const char *only) {
     return models;
 }
 
+static void list_gateway_model(void *ud, const char *id, const char *owned_by) {
+    json_array_append_new(ud, json_pack("{s:s, s:s, s:s, s:i, s:s}", "id", id, "name", id, "object", "model",
+                                        "created", 0, "owned_by", owned_by));
+}
+
 void http_models(http_call *call) {
     json_t *data = models_json(call->loop->server, NULL);
+    if (call->loop->server->opts.gateway) /* as OpenAI clients expect: the gateway's models and routes too */
+        gateway_list(call->loop->server->opts.gateway, list_gateway_model, data);
     http_reply_json(call, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
 }
 

@@ -1,6 +1,7 @@
 /*
  * kv.c - the backend-independent half of the store: statuses, the kv_*
- * wrappers that dispatch through a store's kv_backend table, and the token
+ * wrappers that dispatch through a store's kv_backend table (kv_counter_add
+ * checks its key here, once for every backend), and the token
  * bucket's integer arithmetic, which every backend must reproduce exactly
  * (the Redis backend's script does the same steps), so a limit means the
  * same on one machine and on many.
@@ -28,6 +29,15 @@ void kv_set(kv_store *s, struct event_base *base, const void *key, size_t key_le
 void kv_bucket_take(kv_store *s, struct event_base *base, const void *key, size_t key_len,
                     const kv_bucket_params *params, kv_bucket_cb cb, void *ud) {
     s->backend->bucket_take(s, base, key, key_len, params, cb, ud);
+}
+
+void kv_counter_add(kv_store *s, struct event_base *base, const void *key, size_t key_len, int64_t delta,
+                    int64_t limit, uint64_t ttl_us, kv_counter_cb cb, void *ud) {
+    if (!key || key_len == 0 || key_len > KV_KEY_MAX) {
+        cb(KV_EINVAL, NULL, ud);
+        return;
+    }
+    s->backend->counter_add(s, base, key, key_len, delta, limit, ttl_us, cb, ud);
 }
 
 void kv_maintain(kv_store *s) {

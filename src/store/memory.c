@@ -1,7 +1,8 @@
 /*
  * memory.c - the in-memory key-value backend: sharded hash tables with an
  * LRU list and a byte budget per shard, times to live, and token buckets
- * (store.h has the design; this file implements kv_backend "memory").
+ * and integer counters (store.h has the design; this file implements
+ * kv_backend "memory").
  *
  *  - Shard = top bits of XXH3-64(key); chain slot = low bits. Each shard
  *    has one mutex; nothing is shared between shards, so there is no
@@ -10,6 +11,9 @@
  *    the most recently used entry, lru.prev the least.
  *  - Values are refcounted: a get retains the value under the lock and
  *    hands it to the callback after unlocking.
+ *  - Buckets and counters are entries of their own kinds: a step on one
+ *    is decided under its shard's lock, and an entry of another kind under
+ *    the key is KV_EWRONGTYPE.
  *  - Every callback runs after the shard's lock is released, before the
  *    operation returns.
  *
@@ -40,7 +44,7 @@ typedef struct kv_value {
     unsigned char data[];
 } kv_value;
 
-enum { ENTRY_VALUE = 1, ENTRY_BUCKET = 2 };
+enum { ENTRY_VALUE = 1, ENTRY_BUCKET = 2, ENTRY_COUNTER = 3 };
 
 typedef struct entry {
     struct entry *hnext;         /* hash chain */
@@ -56,6 +60,7 @@ typedef struct entry {
             int64_t level;
             uint64_t last_us;
         } bucket;
+        int64_t counter;
     } u;
     unsigned char key[];
 } entry;
@@ -99,6 +104,11 @@ static shard *shard_of(memory_store *m, uint64_t hash) {
 }
 
 static int expired_at(const entry *e, uint64_t now) { return e->expires_us != NEVER && now >= e->expires_us; }
+
+/* When an entry made at `now` with a time to live of ttl_us (0: none) is gone. */
+static uint64_t expiry_of(uint64_t now, uint64_t ttl_us) {
+    return ttl_us && ttl_us < NEVER - now ? now + ttl_us : NEVER;
+}
 
 static void lru_unlink(entry *e) {
     e->prev->next = e->next;
@@ -195,6 +205,46 @@ static entry *entry_new(uint64_t hash, const void *key, size_t key_len, int kind
     return e;
 }
 
+/* The live entry of `kind` under key (under sh's lock), made the most
+ * recently used; NULL when there is none (one past its time to live is
+ * freed: a bucket or counter then starts over, as a new one). *status is
+ * KV_EWRONGTYPE when key holds another kind, else left alone. */
+static entry *find_kind(shard *sh, uint64_t hash, const void *key, size_t key_len, int kind, uint64_t now,
+                        int *status) {
+    entry *e = find(sh, hash, key, key_len);
+    if (e && expired_at(e, now)) {
+        remove_entry(sh, e);
+        sh->expired++;
+        return NULL;
+    }
+    if (e && e->kind != kind) {
+        *status = KV_EWRONGTYPE;
+        return NULL;
+    }
+    if (e) {
+        lru_unlink(e);
+        lru_push_front(sh, e);
+    }
+    return e;
+}
+
+/* A new entry of `kind` (no value) under key, inserted as the most recent
+ * (under sh's lock); NULL with *status KV_ETOOBIG or KV_ENOMEM. */
+static entry *create_kind(shard *sh, uint64_t hash, const void *key, size_t key_len, int kind, uint64_t now,
+                          int *status) {
+    if (KV_ENTRY_OVERHEAD + key_len > sh->max_bytes) {
+        *status = KV_ETOOBIG;
+        return NULL;
+    }
+    entry *e = entry_new(hash, key, key_len, kind);
+    if (!e) {
+        *status = KV_ENOMEM;
+        return NULL;
+    }
+    insert_entry(sh, e, now);
+    return e;
+}
+
 /* ---- operations ------------------------------------------------------- */
 
 static int key_ok(const void *key, size_t key_len) { return key && key_len > 0 && key_len <= KV_KEY_MAX; }
@@ -210,21 +260,13 @@ static void mem_get(kv_store *s, struct event_base *base, const void *key, size_
     uint64_t hash = XXH3_64bits(key, key_len);
     shard *sh = shard_of(m, hash);
     pthread_mutex_lock(&sh->lock);
-    uint64_t now = m->now_us(m->clock_ud);
-    entry *e = find(sh, hash, key, key_len);
-    if (e && expired_at(e, now)) {
-        remove_entry(sh, e);
-        sh->expired++;
-        e = NULL;
-    }
-    if (!e || e->kind != ENTRY_VALUE) {
-        int status = e ? KV_EWRONGTYPE : KV_ENOTFOUND;
+    int status = KV_ENOTFOUND;
+    entry *e = find_kind(sh, hash, key, key_len, ENTRY_VALUE, m->now_us(m->clock_ud), &status);
+    if (!e) {
         pthread_mutex_unlock(&sh->lock);
         cb(status, NULL, 0, ud);
         return;
     }
-    lru_unlink(e);
-    lru_push_front(sh, e);
     kv_value *v = e->u.value;
     atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
     pthread_mutex_unlock(&sh->lock);
@@ -272,7 +314,7 @@ static void mem_set(kv_store *s, struct event_base *base, const void *key, size_
     if (old) /* replaced (or, on failure, removed: never leave a stale answer) */
         remove_entry(sh, old);
     if (e) {
-        e->expires_us = ttl_us && ttl_us < NEVER - now ? now + ttl_us : NEVER;
+        e->expires_us = expiry_of(now, ttl_us);
         insert_entry(sh, e, now);
     }
     pthread_mutex_unlock(&sh->lock);
@@ -294,26 +336,49 @@ static void mem_bucket_take(kv_store *s, struct event_base *base, const void *ke
     int status = KV_OK;
     pthread_mutex_lock(&sh->lock);
     uint64_t now = m->now_us(m->clock_ud);
-    entry *e = find(sh, hash, key, key_len);
-    int fresh = 0;
-    if (e && e->kind != ENTRY_BUCKET) {
-        status = KV_EWRONGTYPE;
-    } else if (e) {
-        /* Past its time to live a bucket is full: the same as a new one. */
-        fresh = expired_at(e, now);
-        lru_unlink(e);
-        lru_push_front(sh, e);
-    } else if (KV_ENTRY_OVERHEAD + key_len > sh->max_bytes) {
-        status = KV_ETOOBIG;
-    } else if (!(e = entry_new(hash, key, key_len, ENTRY_BUCKET))) {
-        status = KV_ENOMEM;
-    } else {
-        fresh = 1;
-        insert_entry(sh, e, now);
-    }
+    /* Past its time to live a bucket is full: the same as a new one. */
+    entry *e = find_kind(sh, hash, key, key_len, ENTRY_BUCKET, now, &status);
+    int fresh = !e;
+    if (!e && status == KV_OK)
+        e = create_kind(sh, hash, key, key_len, ENTRY_BUCKET, now, &status);
     if (status == KV_OK) {
         kv_bucket_step(params, fresh, &e->u.bucket.level, &e->u.bucket.last_us, now, &result);
         e->expires_us = (uint64_t)result.reset_us < NEVER - now ? now + (uint64_t)result.reset_us : NEVER;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    cb(status, status == KV_OK ? &result : NULL, ud);
+}
+
+/* The counter rule of kv_counter_add: delta is added when it is <= 0 or
+ * the sum stays within limit, and the sum fits in an int64. */
+static bool counter_step(int64_t *value, int64_t delta, int64_t limit) {
+    int64_t sum;
+    if (__builtin_add_overflow(*value, delta, &sum) || (delta > 0 && sum > limit))
+        return false;
+    *value = sum;
+    return true;
+}
+
+/* kv_counter_add checked the key. A refused step on a missing counter
+ * creates nothing. */
+static void mem_counter_add(kv_store *s, struct event_base *base, const void *key, size_t key_len, int64_t delta,
+                            int64_t limit, uint64_t ttl_us, kv_counter_cb cb, void *ud) {
+    (void)base;
+    memory_store *m = (memory_store *)s;
+    uint64_t hash = XXH3_64bits(key, key_len);
+    shard *sh = shard_of(m, hash);
+    kv_counter_result result = {0};
+    int status = KV_OK;
+    pthread_mutex_lock(&sh->lock);
+    uint64_t now = m->now_us(m->clock_ud);
+    entry *e = find_kind(sh, hash, key, key_len, ENTRY_COUNTER, now, &status);
+    if (status == KV_OK) {
+        result.value = e ? e->u.counter : 0;
+        result.applied = counter_step(&result.value, delta, limit);
+        if (result.applied && !e && (e = create_kind(sh, hash, key, key_len, ENTRY_COUNTER, now, &status)))
+            e->expires_us = expiry_of(now, ttl_us); /* kept by later steps */
+        if (e)
+            e->u.counter = result.value;
     }
     pthread_mutex_unlock(&sh->lock);
     cb(status, status == KV_OK ? &result : NULL, ud);
@@ -389,6 +454,7 @@ static const kv_backend memory_backend = {
     .get = mem_get,
     .set = mem_set,
     .bucket_take = mem_bucket_take,
+    .counter_add = mem_counter_add,
     .maintain = mem_maintain,
     .get_stats = mem_get_stats,
     .destroy = mem_destroy,

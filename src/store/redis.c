@@ -1,6 +1,7 @@
 /*
  * redis.c - the Redis key-value backend (kv_backend "redis"): the same
- * get / set / bucket_take as memory.c, against a real Redis shared by every
+ * get / set / bucket_take / counter_add as memory.c, against a real Redis
+ * shared by every
  * aiserve instance, through hiredis's async API on each event loop, so no
  * loop ever blocks on Redis.
  *
@@ -24,6 +25,16 @@
  *    with Redis's clock (TIME), so every instance shares one clock and one
  *    counter: no read-then-write race. The bucket is a hash {l: level,
  *    t: last step} that expires when it would be full again.
+ *  - Counters: a second script reads, decides and adds (HINCRBY) in one
+ *    step. A counter is a hash {n: value}, so that it is a kind of its own
+ *    as in memory.c (GET on it, or a bucket step, is WRONGTYPE; a string or
+ *    a bucket under its key is WRONGTYPE to it). Lua numbers are doubles,
+ *    so the script never does int64 arithmetic: Redis adds, C computes the
+ *    greatest value at which the step applies, and the script compares
+ *    decimal strings; exact over the whole int64 range.
+ *  - Scripts are called by SHA1 (EVALSHA); when Redis no longer has one
+ *    (NOSCRIPT: SCRIPT FLUSH, a failover), the operation is sent once more
+ *    with the script itself (EVAL), which also caches it again.
  *  - Every key gets the configured prefix ("aiserve:" by default), so
  *    several deployments can share one Redis.
  *  - Replies that are not what the command answers (an error, a wrong
@@ -55,6 +66,10 @@
 #define MAX_CONNS 256
 #define TICK_US 100000
 #define DEFAULT_PREFIX "aiserve:"
+
+/* What a script answers for a key that holds another kind (a counter is a
+ * hash {n}, a bucket a hash {l, t}): Redis's own WRONGTYPE error. */
+#define LUA_WRONGTYPE "return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')"
 
 /* The token bucket of kv_bucket_step (kv.c), step for step, in Lua 5.1
  * numbers (doubles, exact below 2^53, which kv_bucket_params_check
@@ -102,6 +117,43 @@ static const char bucket_script[] =
     "redis.call('PEXPIRE', KEYS[1], ceil_div(reset, 1000) + 1000)\n"
     "return {allowed, floor_div(level, period), retry, reset}\n";
 
+/* One kv_counter_add step on the hash {n: value} at KEYS[1]. ARGV: delta,
+ * ceiling (the greatest value at which the step applies, '' when any does:
+ * delta <= 0), ttl_ms for a new counter ('0': none). Values travel as
+ * decimal strings and are compared as such (le, for canonical integers of
+ * any length); HINCRBY does the int64 addition and refuses an overflow,
+ * which refuses the step. Returns {applied, value as a string}. */
+static const char counter_script[] =
+    "local function le(a, b)\n"
+    "  local neg = a:sub(1, 1) == '-'\n"
+    "  if neg ~= (b:sub(1, 1) == '-') then return neg end\n"
+    "  if #a ~= #b then return (#a < #b) ~= neg end\n"
+    "  for i = 1, #a do\n"
+    "    local x, y = a:byte(i), b:byte(i)\n"
+    "    if x ~= y then return (x < y) ~= neg end\n"
+    "  end\n"
+    "  return true\n"
+    "end\n"
+    "local kind = redis.call('TYPE', KEYS[1])['ok']\n"
+    "local cur = '0'\n"
+    "if kind ~= 'none' then\n"
+    "  cur = kind == 'hash' and redis.call('HGET', KEYS[1], 'n')\n"
+    "  if not cur or #cur > 20 or not (cur == '0' or string.find(cur, '^%-?[1-9]%d*$')) then " LUA_WRONGTYPE " end\n"
+    "end\n"
+    "if ARGV[2] ~= '' and not le(cur, ARGV[2]) then return {0, cur} end\n"
+    "if type(redis.pcall('HINCRBY', KEYS[1], 'n', ARGV[1])) == 'table' then return {0, cur} end\n"
+    "if kind == 'none' and ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end\n"
+    "return {1, redis.call('HGET', KEYS[1], 'n')}\n";
+
+/* A ceiling below every int64: a step that can never apply. */
+#define CEILING_NEVER "-9223372036854775809"
+
+/* A script and its SHA1 (what EVALSHA names it by). */
+typedef struct redis_script {
+    const char *source;
+    char sha[41];
+} redis_script;
+
 enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_READY };
 
 typedef struct redis_store redis_store;
@@ -128,7 +180,7 @@ struct redis_store {
     uint64_t connect_timeout_us, command_timeout_us, retry_min_us, retry_max_us;
     uint64_t (*now_us)(void *);
     void *clock_ud;
-    char script_sha[41];
+    redis_script bucket, counter;
 
     redis_conn *conns[MAX_CONNS];
     _Atomic int n_conns;
@@ -290,8 +342,9 @@ static void conn_start(redis_conn *c) {
         const char *argv[2] = {"SELECT", db};
         ok = send_argv(c, on_handshake, c, 2, argv, NULL) == 0;
     }
-    if (ok) {
-        const char *argv[3] = {"SCRIPT", "LOAD", bucket_script};
+    const redis_script *scripts[2] = {&r->bucket, &r->counter};
+    for (int i = 0; ok && i < 2; i++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", scripts[i]->source};
         ok = send_argv(c, on_handshake, c, 3, argv, NULL) == 0;
     }
     if (ok) {
@@ -376,7 +429,9 @@ static void redis_detach(kv_store *s, struct event_base *base) {
 
 /* ---- operations ------------------------------------------------------- */
 
-enum op_kind { OP_GET, OP_SET, OP_BUCKET };
+enum op_kind { OP_GET, OP_SET, OP_BUCKET, OP_COUNTER };
+
+#define SCRIPT_ARGS_MAX 7 /* after the SHA1: numkeys, the key, the bucket's 4 numbers and a clock */
 
 typedef struct redis_op {
     redis_conn *conn;
@@ -385,9 +440,34 @@ typedef struct redis_op {
         kv_get_cb get;
         kv_set_cb set;
         kv_bucket_cb bucket;
+        kv_counter_cb counter;
     } cb;
     void *ud;
+    /* A script's call is kept until its reply, to be sent once more with
+     * the script itself on NOSCRIPT. */
+    const redis_script *script; /* NULL: not a script */
+    bool sent_source;           /* sent with EVAL: no second retry */
+    int n_args;                 /* after the script: numkeys, the prefixed key, its arguments */
+    const char *args[SCRIPT_ARGS_MAX];
+    size_t lens[SCRIPT_ARGS_MAX];
+    char buf[];                 /* what args point into */
 } redis_op;
+
+/* The counter's value in a script's reply: a decimal string (a Lua number
+ * could not hold every int64). */
+static bool counter_value(const redisReply *v, int64_t *out) {
+    char text[24], *end;
+    if (v->type != REDIS_REPLY_STRING || v->len == 0 || v->len >= sizeof text)
+        return false;
+    memcpy(text, v->str, v->len);
+    text[v->len] = 0;
+    errno = 0;
+    long long x = strtoll(text, &end, 10);
+    if (errno || *end)
+        return false;
+    *out = x;
+    return true;
+}
 
 static void op_finish(redis_op *op, int status, const redisReply *rep) {
     void *ud = op->ud;
@@ -418,6 +498,17 @@ static void op_finish(redis_op *op, int status, const redisReply *rep) {
         cb(status, status == KV_OK ? &res : NULL, ud);
         break;
     }
+    case OP_COUNTER: {
+        kv_counter_cb cb = op->cb.counter;
+        free(op);
+        kv_counter_result res = {0};
+        if (status == KV_OK) {
+            res.applied = rep->element[0]->integer == 1;
+            counter_value(rep->element[1], &res.value);
+        }
+        cb(status, status == KV_OK ? &res : NULL, ud);
+        break;
+    }
     }
 }
 
@@ -440,8 +531,33 @@ static int reply_status(const redis_op *op, const redisReply *rep) {
             if (rep->element[i]->type != REDIS_REPLY_INTEGER || rep->element[i]->integer < 0)
                 return KV_EUNAVAILABLE;
         return rep->element[0]->integer <= 1 ? KV_OK : KV_EUNAVAILABLE;
+    case OP_COUNTER: {
+        int64_t value;
+        return rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+                       rep->element[0]->type == REDIS_REPLY_INTEGER &&
+                       (rep->element[0]->integer == 0 || rep->element[0]->integer == 1) &&
+                       counter_value(rep->element[1], &value)
+                   ? KV_OK
+                   : KV_EUNAVAILABLE;
+    }
     }
     return KV_EUNAVAILABLE;
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Sends op's script call: by SHA1 (EVALSHA), or, once Redis has answered
+ * NOSCRIPT, the script itself (EVAL). 0, or -1 when it cannot be queued. */
+static int send_script(redis_conn *c, redis_op *op) {
+    const char *argv[2 + SCRIPT_ARGS_MAX];
+    size_t lens[2 + SCRIPT_ARGS_MAX];
+    argv[0] = op->sent_source ? "EVAL" : "EVALSHA";
+    argv[1] = op->sent_source ? op->script->source : op->script->sha;
+    lens[0] = strlen(argv[0]);
+    lens[1] = strlen(argv[1]);
+    memcpy(argv + 2, op->args, (size_t)op->n_args * sizeof *argv);
+    memcpy(lens + 2, op->lens, (size_t)op->n_args * sizeof *lens);
+    return send_argv(c, on_reply, op, 2 + op->n_args, argv, lens);
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -452,25 +568,33 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (c->pending)
         c->pending--;
     c->progress_us = mono_us();
-    int status = reply_status(op, rep);
-    if (rep && status != KV_OK && status != KV_ENOTFOUND) {
-        metric_inc(c->store->errors_reply);
-        if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 && c->ac == ac) {
-            /* SCRIPT FLUSH (or a failover) lost the script: load it again. */
-            const char *argv[3] = {"SCRIPT", "LOAD", bucket_script};
-            send_argv(c, on_handshake, c, 3, argv, NULL);
-        }
+    if (rep && rep->type == REDIS_REPLY_ERROR && op->script && !op->sent_source &&
+        strncmp(rep->str, "NOSCRIPT", 8) == 0 && c->ac == ac) {
+        /* SCRIPT FLUSH (or a failover) lost the script: nothing ran, so
+         * send the script itself; EVAL caches it for the next EVALSHA. */
+        op->sent_source = true;
+        if (send_script(c, op) == 0)
+            return;
     }
+    int status = reply_status(op, rep);
+    if (rep && status != KV_OK && status != KV_ENOTFOUND)
+        metric_inc(c->store->errors_reply);
     op_finish(op, status, rep);
+}
+
+/* base's connection when it can take a command now (queued behind the
+ * handshake while it connects); NULL: the operation fails at once. */
+static redis_conn *live_conn(redis_store *r, struct event_base *base) {
+    redis_conn *c = base ? conn_of(r, base) : NULL;
+    return c && c->ac && atomic_load(&c->state) != CONN_DOWN ? c : NULL;
 }
 
 /* Queues argv (key at index key_at gets the prefix) on base's connection,
  * or fails op at once. */
 static void submit(redis_store *r, struct event_base *base, redis_op *op, int argc, const char **argv,
                    size_t *lens, int key_at) {
-    redis_conn *c = base ? conn_of(r, base) : NULL;
-    int st = c ? atomic_load(&c->state) : CONN_DOWN;
-    if (!c || !c->ac || st == CONN_DOWN) {
+    redis_conn *c = live_conn(r, base);
+    if (!c) {
         op_finish(op, KV_EUNAVAILABLE, NULL);
         return;
     }
@@ -492,12 +616,50 @@ static void submit(redis_store *r, struct event_base *base, redis_op *op, int ar
         op_finish(op, KV_EUNAVAILABLE, NULL);
 }
 
-static redis_op *op_new(enum op_kind kind, void *ud) {
-    redis_op *op = calloc(1, sizeof *op);
+/* Sends op's script call (script_op_new) on base's connection, or fails
+ * op at once. */
+static void submit_script(redis_store *r, struct event_base *base, redis_op *op) {
+    redis_conn *c = live_conn(r, base);
+    op->conn = c;
+    if (!c || send_script(c, op) != 0)
+        op_finish(op, KV_EUNAVAILABLE, NULL);
+}
+
+static redis_op *op_new(enum op_kind kind, void *ud, size_t extra) {
+    redis_op *op = calloc(1, sizeof *op + extra);
     if (op) {
         op->kind = kind;
         op->ud = ud;
     }
+    return op;
+}
+
+/* An operation that calls `script` on key (prefixed here) with args[0..n)
+ * (strings), keeping the call for send_script. NULL: out of memory. */
+static redis_op *script_op_new(redis_store *r, enum op_kind kind, void *ud, const redis_script *script,
+                               const void *key, size_t key_len, int n, const char *const *args) {
+    size_t extra = r->prefix_len + key_len;
+    for (int i = 0; i < n; i++)
+        extra += strlen(args[i]);
+    redis_op *op = op_new(kind, ud, extra);
+    if (!op)
+        return NULL;
+    op->script = script;
+    op->args[0] = "1";
+    op->lens[0] = 1;
+    char *p = op->buf;
+    memcpy(p, r->prefix, r->prefix_len);
+    memcpy(p + r->prefix_len, key, key_len);
+    op->args[1] = p;
+    op->lens[1] = r->prefix_len + key_len;
+    p += op->lens[1];
+    for (int i = 0; i < n; i++) {
+        op->lens[2 + i] = strlen(args[i]);
+        memcpy(p, args[i], op->lens[2 + i]);
+        op->args[2 + i] = p;
+        p += op->lens[2 + i];
+    }
+    op->n_args = 2 + n;
     return op;
 }
 
@@ -507,7 +669,7 @@ static void redis_get(kv_store *s, struct event_base *base, const void *key, siz
         cb(KV_EINVAL, NULL, 0, ud);
         return;
     }
-    redis_op *op = op_new(OP_GET, ud);
+    redis_op *op = op_new(OP_GET, ud, 0);
     if (!op) {
         cb(KV_ENOMEM, NULL, 0, ud);
         return;
@@ -530,7 +692,7 @@ static void redis_set(kv_store *s, struct event_base *base, const void *key, siz
             cb(KV_ETOOBIG, ud);
         return;
     }
-    redis_op *op = op_new(OP_SET, ud);
+    redis_op *op = op_new(OP_SET, ud, 0);
     if (!op) {
         if (cb)
             cb(KV_ENOMEM, ud);
@@ -552,12 +714,6 @@ static void redis_bucket_take(kv_store *s, struct event_base *base, const void *
         cb(KV_EINVAL, NULL, ud);
         return;
     }
-    redis_op *op = op_new(OP_BUCKET, ud);
-    if (!op) {
-        cb(KV_ENOMEM, NULL, ud);
-        return;
-    }
-    op->cb.bucket = cb;
     char num[5][24];
     snprintf(num[0], sizeof num[0], "%lld", (long long)p->capacity);
     snprintf(num[1], sizeof num[1], "%lld", (long long)p->refill);
@@ -565,10 +721,41 @@ static void redis_bucket_take(kv_store *s, struct event_base *base, const void *
     snprintf(num[3], sizeof num[3], "%lld", (long long)p->cost);
     if (r->now_us)
         snprintf(num[4], sizeof num[4], "%llu", (unsigned long long)r->now_us(r->clock_ud));
-    const char *argv[9] = {"EVALSHA", r->script_sha, "1", key, num[0], num[1], num[2], num[3], num[4]};
-    size_t lens[9] = {7, 40, 1, key_len, strlen(num[0]), strlen(num[1]), strlen(num[2]), strlen(num[3]),
-                      strlen(num[4])};
-    submit(r, base, op, r->now_us ? 9 : 8, argv, lens, 3);
+    const char *args[5] = {num[0], num[1], num[2], num[3], num[4]};
+    redis_op *op = script_op_new(r, OP_BUCKET, ud, &r->bucket, key, key_len, r->now_us ? 5 : 4, args);
+    if (!op) {
+        cb(KV_ENOMEM, NULL, ud);
+        return;
+    }
+    op->cb.bucket = cb;
+    submit_script(r, base, op);
+}
+
+/* kv_counter_add checked the key. */
+static void redis_counter_add(kv_store *s, struct event_base *base, const void *key, size_t key_len, int64_t delta,
+                              int64_t limit, uint64_t ttl_us, kv_counter_cb cb, void *ud) {
+    redis_store *r = (redis_store *)s;
+    char num[3][24];
+    snprintf(num[0], sizeof num[0], "%lld", (long long)delta);
+    /* The step applies when value <= limit - delta (delta > 0); when that
+     * is below every int64, it never does. */
+    int64_t ceiling;
+    if (delta <= 0)
+        num[1][0] = 0;
+    else if (__builtin_sub_overflow(limit, delta, &ceiling))
+        snprintf(num[1], sizeof num[1], "%s", CEILING_NEVER);
+    else
+        snprintf(num[1], sizeof num[1], "%lld", (long long)ceiling);
+    /* Rounded up to whole milliseconds: never shorter than asked. */
+    snprintf(num[2], sizeof num[2], "%llu", (unsigned long long)(ttl_us / 1000 + (ttl_us % 1000 != 0)));
+    const char *args[3] = {num[0], num[1], num[2]};
+    redis_op *op = script_op_new(r, OP_COUNTER, ud, &r->counter, key, key_len, 3, args);
+    if (!op) {
+        cb(KV_ENOMEM, NULL, ud);
+        return;
+    }
+    op->cb.counter = cb;
+    submit_script(r, base, op);
 }
 
 /* ---- health, stats, lifetime ---------------------------------------------- */
@@ -617,6 +804,7 @@ static const kv_backend redis_backend = {
     .get = redis_get,
     .set = redis_set,
     .bucket_take = redis_bucket_take,
+    .counter_add = redis_counter_add,
     .attach = redis_attach,
     .detach = redis_detach,
     .health = redis_health,
@@ -646,9 +834,11 @@ int kv_redis_create(const kv_redis_options *opts, kv_store **out, char *err, siz
     r->base.backend = &redis_backend;
     pthread_mutex_init(&r->reason_lock, NULL);
     atomic_init(&r->n_conns, 0);
+    r->bucket.source = bucket_script;
+    r->counter.source = counter_script;
     int rc = redis_target_parse(&r->t, opts->url, err, cap);
-    if (rc == KV_OK && sha1_hex(bucket_script, r->script_sha) != 0)
-        rc = KV_ENOMEM, snprintf(err, cap, "redis: OpenSSL cannot hash the bucket script");
+    if (rc == KV_OK && (sha1_hex(bucket_script, r->bucket.sha) != 0 || sha1_hex(counter_script, r->counter.sha) != 0))
+        rc = KV_ENOMEM, snprintf(err, cap, "redis: OpenSSL cannot hash the scripts");
     const char *prefix = opts->key_prefix ? opts->key_prefix : DEFAULT_PREFIX;
     if (rc == KV_OK && strlen(prefix) > 64)
         rc = KV_EINVAL, snprintf(err, cap, "redis: the key prefix is longer than 64 bytes");

@@ -13,6 +13,8 @@
  *    passed, take `cost` tokens if there are that many), so that admission
  *    is decided where the counter lives: under the shard's lock in memory,
  *    in one server-side script in Redis. Never read-then-write.
+ *  - counter_add: one atomic add to an integer counter, refused when it
+ *    would pass a limit (budgets), decided the same way.
  *
  * Callbacks (libuv's rule: a callback fires exactly once):
  *  - Every operation ends in exactly one call of its callback, success or
@@ -113,9 +115,16 @@ typedef struct kv_bucket_result {
     int64_t reset_us;      /* until the bucket is full again */
 } kv_bucket_result;
 
+/* An integer counter's step (kv_counter_add). */
+typedef struct kv_counter_result {
+    bool applied;          /* the delta was added */
+    int64_t value;         /* the counter after the step (refused: as it stands) */
+} kv_counter_result;
+
 typedef void (*kv_get_cb)(int status, const void *value, size_t len, void *ud);
 typedef void (*kv_set_cb)(int status, void *ud);
 typedef void (*kv_bucket_cb)(int status, const kv_bucket_result *result, void *ud);
+typedef void (*kv_counter_cb)(int status, const kv_counter_result *result, void *ud);
 
 /* Whether the backend can be reached now; reason says why not. */
 typedef struct kv_health {
@@ -142,6 +151,8 @@ typedef struct kv_backend {
                 size_t len, uint64_t ttl_us, kv_set_cb cb, void *ud);
     void (*bucket_take)(kv_store *s, struct event_base *base, const void *key, size_t key_len,
                         const kv_bucket_params *params, kv_bucket_cb cb, void *ud);
+    void (*counter_add)(kv_store *s, struct event_base *base, const void *key, size_t key_len, int64_t delta,
+                        int64_t limit, uint64_t ttl_us, kv_counter_cb cb, void *ud);
     void (*maintain)(kv_store *s);
     void (*get_stats)(kv_store *s, kv_stats *out);
     int (*attach)(kv_store *s, struct event_base *base);
@@ -166,6 +177,30 @@ void kv_set(kv_store *s, struct event_base *base, const void *key, size_t key_le
  * KV_EINVAL for bad params, KV_EWRONGTYPE when key holds a value. */
 void kv_bucket_take(kv_store *s, struct event_base *base, const void *key, size_t key_len,
                     const kv_bucket_params *params, kv_bucket_cb cb, void *ud);
+
+/* One atomic step on an integer counter at key (budgets and token limits
+ * that hold across every instance sharing the store): a missing or expired
+ * counter is 0; when delta <= 0, or when value + delta <= limit, the delta
+ * is added (applied); otherwise nothing changes. A counter created by this
+ * step expires ttl_us later (0: never); a step on an existing counter keeps
+ * its expiry. Decided where the counter lives (under the shard's lock in
+ * memory, one server-side script in Redis), never read-then-write.
+ *  - Exact int64 arithmetic in every backend (no bound below 2^63); a step
+ *    whose sum would not fit in an int64 is refused, whatever its sign.
+ *  - delta 0 reads the counter (creating it, with ttl_us, when missing); a
+ *    refused step on a missing counter creates nothing (value 0).
+ *  - A counter is a kind of entry of its own: kv_get and kv_bucket_take on
+ *    it are KV_EWRONGTYPE, as this is on a value or a bucket; kv_set
+ *    replaces it.
+ *  - In memory a counter is charged like a bucket (key + KV_ENTRY_OVERHEAD)
+ *    and, like any entry, may be evicted when its shard is full: it then
+ *    starts over from 0. In Redis it goes only if Redis's own maxmemory
+ *    policy evicts it.
+ * cb gets KV_OK with the result (borrowed for the callback), KV_EINVAL (key
+ * NULL, empty or over KV_KEY_MAX; at once), KV_EWRONGTYPE, or a backend
+ * failure (result NULL for all of these). */
+void kv_counter_add(kv_store *s, struct event_base *base, const void *key, size_t key_len, int64_t delta,
+                    int64_t limit, uint64_t ttl_us, kv_counter_cb cb, void *ud);
 
 /* Frees expired entries (a bounded amount of work per shard). The owner
  * calls it about once a second, off the request path. */

@@ -56,10 +56,10 @@ static void check_request(const char *text, size_t size) {
     gw_chat again;
     if (gw_chat_parse(up, up_len, &fuzz_limits, &again, &fail) != 0)
         abort();
-    if (strcmp(again.model, "upstream-model") != 0 || again.stream != c.stream ||
-        (c.stream && !again.include_usage) || again.n_messages != c.n_messages ||
-        again.text_chars != c.text_chars || again.deterministic != c.deterministic ||
-        again.max_tokens != c.max_tokens || strcmp(again.routing_text, c.routing_text) != 0)
+    if (strcmp(again.model, "upstream-model") != 0 || again.stream != c.stream || (c.stream && !again.include_usage) ||
+        again.n_messages != c.n_messages || again.text_chars != c.text_chars ||
+        again.deterministic != c.deterministic || again.max_tokens != c.max_tokens ||
+        strcmp(again.routing_text, c.routing_text) != 0)
         abort();
     char *m1 = material(&c, &m1_len), *m2 = material(&again, &m2_len);
     if (m1_len != m2_len || memcmp(m1, m2, m1_len) != 0)

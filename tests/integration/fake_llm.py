@@ -12,14 +12,28 @@ repeated; a step is a dict:
     {"status": 400, "context": True}          OpenAI's context_length_exceeded error
     {"delay": 0.5}                            seconds before the head
     {"chunks": ["hel", "lo"]}                 the stream's content pieces
+    {"choices": [["a", "b"], ["c", "d"]]}     n choices, each its content pieces (a stream
+                                              interleaves them: a, c, b, d, as OpenAI does)
     {"chunk_delay": 0.05}                     seconds between stream events
     {"die_after": 2}                          close the socket after 2 content chunks
+    {"error_after": 2}                        after 2 content chunks, an error event
+                                              (data: {"error": {...}}) and the end of the body
+    {"ignore_stream": True}                   a whole JSON answer even to a stream request
+    {"drop": True}                            close the socket without answering
     {"garbage": b"..."}                       this body instead of JSON, status 200
     {"usage": False}                          no usage reported
     {"sse_split": 3}                          write the stream in pieces of 3 bytes
 
-Every request is recorded (model, body, headers) for assertions. Runs on
-loopback in a thread of the test process; stop() closes it.
+Streams are sent with Transfer-Encoding: chunked, as OpenAI's API sends
+them over HTTP/1.1, so an upstream that dies mid-stream (die_after) is a
+truncated body, not a complete one.
+
+Every request is recorded (model, body, headers, path, time of arrival on
+the monotonic clock, and outcome: "answered" for a whole answer, or for a
+stream "complete", "client_gone" when writing to the caller failed, "died"
+after die_after, "error_event" after error_after, "dropped"; None for an
+error status or garbage) for assertions. Runs on loopback in a thread of
+the test process; stop() closes it.
 """
 
 import json
@@ -56,6 +70,10 @@ class FakeLLM:
         self.server.shutdown()
         self.server.server_close()
 
+    def _outcome(self, record, outcome):
+        with self.lock:
+            record["outcome"] = outcome
+
     def _next_step(self, model):
         with self.lock:
             steps = self.scripts.get(model) or [{"text": "ok from %s" % model}]
@@ -80,13 +98,19 @@ class FakeLLM:
                 except ValueError:
                     body = {}
                 model = body.get("model", "")
+                record = {"model": model, "body": body, "headers": dict(self.headers), "path": self.path,
+                          "time": time.monotonic(), "outcome": None}
                 with fake.lock:
-                    fake.requests.append({"model": model, "body": body, "headers": dict(self.headers),
-                                          "path": self.path, "time": time.monotonic()})
+                    fake.requests.append(record)
                 if self.path != "/v1/chat/completions":
                     return self._json(404, {"error": {"message": "no such path", "type": "invalid_request_error"}})
                 step = fake._next_step(model)
                 time.sleep(step.get("delay", 0))
+                if step.get("drop"):
+                    fake._outcome(record, "dropped")
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 status = step.get("status", 200)
                 if status != 200:
                     if step.get("context"):
@@ -102,54 +126,73 @@ class FakeLLM:
                 if "garbage" in step:
                     return self._raw(200, "application/json", step["garbage"])
                 text = step.get("text", "ok from %s" % model)
+                choices = step.get("choices") or [step.get("chunks") or
+                                                  [text[i:i + 4] for i in range(0, len(text), 4)] or [""]]
+                texts = ["".join(pieces) for pieces in choices]
                 prompt_tokens = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text) // 4 + 1,
-                         "total_tokens": prompt_tokens + len(text) // 4 + 1}
-                if body.get("stream"):
-                    return self._stream(model, step, text, usage, body)
+                completion_tokens = sum(len(t) // 4 + 1 for t in texts)
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}
+                if body.get("stream") and not step.get("ignore_stream"):
+                    return fake._outcome(record, self._stream(model, step, choices, usage, body))
                 out = {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                    "finish_reason": "stop"}]}
+                       "choices": [{"index": i, "message": {"role": "assistant", "content": t},
+                                    "finish_reason": "stop"} for i, t in enumerate(texts)]}
                 if step.get("usage", True):
                     out["usage"] = usage
                 self._json(200, out)
+                fake._outcome(record, "answered")
 
-            def _stream(self, model, step, text, usage, body):
-                chunks = step.get("chunks") or [text[i:i + 4] for i in range(0, len(text), 4)] or [""]
+            def _stream(self, model, step, choices, usage, body):
+                """Writes the stream; returns how it ended (the record's outcome)."""
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.send_header("Connection", "close")
                 self.end_headers()
+                self.close_connection = True
                 base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
                         "model": model}
-                events = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                               "finish_reason": None}])]
-                for c in chunks:
-                    events.append(dict(base, choices=[{"index": 0, "delta": {"content": c}, "finish_reason": None}]))
-                events.append(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+                def chunk(i, delta, finish=None):
+                    return dict(base, choices=[{"index": i, "delta": delta, "finish_reason": finish}])
+
+                n = len(choices)
+                events = [chunk(i, {"role": "assistant", "content": ""}) for i in range(n)]   # the role chunks
+                content = [chunk(i, {"content": pieces[j]}) for j in range(max(map(len, choices)))
+                           for i, pieces in enumerate(choices) if j < len(pieces)]
+                events += content + [chunk(i, {}, "stop") for i in range(n)]
                 include = (body.get("stream_options") or {}).get("include_usage")
                 if include and step.get("usage", True):
                     events.append(dict(base, choices=[], usage=usage))
                 data = [("data: " + json.dumps(e) + "\n\n").encode() for e in events] + [b"data: [DONE]\n\n"]
                 split = step.get("sse_split")
-                sent_content = 0
+
+                def write(d):
+                    pieces = [d[k:k + split] for k in range(0, len(d), split)] if split else [d]
+                    for p in pieces:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(p), p))
+                        self.wfile.flush()
+
                 try:
                     for i, d in enumerate(data):
-                        if "die_after" in step and 1 <= i and sent_content >= step["die_after"]:
+                        sent_content = min(max(i - n, 0), len(content))
+                        if i >= n and sent_content >= step.get("die_after", float("inf")):
                             self.wfile.flush()
                             self.connection.shutdown(socket.SHUT_RDWR)
-                            return
-                        pieces = [d[k:k + split] for k in range(0, len(d), split)] if split else [d]
-                        for p in pieces:
-                            self.wfile.write(p)
-                            self.wfile.flush()
-                        if 1 <= i <= len(chunks):
-                            sent_content += 1
+                            return "died"
+                        if i >= n and sent_content >= step.get("error_after", float("inf")):
+                            write(b'data: {"error": {"message": "fake stream error", "type": "server_error", '
+                                  b'"param": null, "code": null}}\n\n')
+                            self.wfile.write(b"0\r\n\r\n")
+                            return "error_event"
+                        write(d)
                         time.sleep(step.get("chunk_delay", 0))
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
-                self.close_connection = True
+                    return "client_gone"
+                return "complete"
 
             def _json(self, status, obj, headers=None):
                 self._raw(status, "application/json", json.dumps(obj).encode(), headers)

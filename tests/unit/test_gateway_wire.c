@@ -43,9 +43,10 @@ static void refused(const char *body, size_t len, const gw_limits *lim, int stat
     memset(&fail, 0x5A, sizeof fail);
     int rc = gw_chat_parse(body, len, lim, &c, &fail);
     if (rc != -1 || fail.status != status || strcmp(fail.param, param) != 0 || !strstr(fail.message, says))
-        print_error("body %.*s\n  -> rc %d status %d param '%s' message '%s'\n  want status %d param '%s' saying '%s'\n",
-                    (int)len, body, rc, rc ? fail.status : 0, rc ? fail.param : "", rc ? fail.message : "", status,
-                    param, says);
+        print_error(
+            "body %.*s\n  -> rc %d status %d param '%s' message '%s'\n  want status %d param '%s' saying '%s'\n",
+            (int)len, body, rc, rc ? fail.status : 0, rc ? fail.param : "", rc ? fail.message : "", status, param,
+            says);
     assert_int_equal(rc, -1);
     assert_int_equal(fail.status, status);
     assert_string_equal(fail.param, param);
@@ -154,8 +155,12 @@ static void test_deterministic(void **state) {
         const char *extra;
         int deterministic;
     } cases[] = {
-        {"\"temperature\":0", 1},        {"\"temperature\":0.0", 1},       {"\"temperature\":0,\"n\":1", 1},
-        {"\"temperature\":0,\"n\":null", 1}, {"\"temperature\":0,\"n\":2", 0}, {"\"temperature\":0.2", 0},
+        {"\"temperature\":0", 1},
+        {"\"temperature\":0.0", 1},
+        {"\"temperature\":0,\"n\":1", 1},
+        {"\"temperature\":0,\"n\":null", 1},
+        {"\"temperature\":0,\"n\":2", 0},
+        {"\"temperature\":0.2", 0},
         {"\"top_p\":0", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -201,6 +206,7 @@ static void test_refused_body_and_model(void **state) {
     REFUSED("{\"messages\":[" USER "]}", GATEWAY_EINVAL, "model", "missing");
     REFUSED("{\"model\":5,\"messages\":[" USER "]}", GATEWAY_EINVAL, "model", "non-empty string");
     REFUSED("{\"model\":\"\",\"messages\":[" USER "]}", GATEWAY_EINVAL, "model", "non-empty string");
+    REFUSED("{\"model\":\"gpt\\u0000x\",\"messages\":[" USER "]}", GATEWAY_EINVAL, "model", "non-empty string");
     REFUSED("{\"model\":\"m\"}", GATEWAY_EINVAL, "messages", "must be an array of messages, not missing");
     REFUSED("{\"model\":\"m\",\"messages\":{}}", GATEWAY_EINVAL, "messages", "not an object");
     REFUSED(MSG(""), GATEWAY_EINVAL, "messages", "at least one message");
@@ -230,14 +236,14 @@ static void test_refused_messages(void **state) {
             "must be an object such as");
     REFUSED(MSG("{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"text\":\"b\"}]}"),
             GATEWAY_EINVAL, "messages[0].content[1].type", "must be a string");
-    REFUSED(MSG("{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}"), GATEWAY_EINVAL,
-            "messages[0].content[0].text", "not missing");
+    REFUSED(MSG("{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}"), GATEWAY_EINVAL, "messages[0].content[0].text",
+            "not missing");
     REFUSED(MSG("{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":[\"x\"]}]}"), GATEWAY_EINVAL,
             "messages[0].content[0].text", "not an array");
     REFUSED(MSG(USER ",{\"role\":\"tool\",\"content\":\"12 C\"}"), GATEWAY_EINVAL, "messages[1].tool_call_id",
             "names the tool call");
-    REFUSED(MSG("{\"role\":\"tool\",\"tool_call_id\":7,\"content\":\"x\"}"), GATEWAY_EINVAL,
-            "messages[0].tool_call_id", "must be a string");
+    REFUSED(MSG("{\"role\":\"tool\",\"tool_call_id\":7,\"content\":\"x\"}"), GATEWAY_EINVAL, "messages[0].tool_call_id",
+            "must be a string");
     REFUSED(MSG("{\"role\":\"function\",\"content\":\"x\"}"), GATEWAY_EINVAL, "messages[0].name", "names its function");
     REFUSED(MSG("{\"role\":\"user\",\"name\":5,\"content\":\"x\"}"), GATEWAY_EINVAL, "messages[0].name",
             "must be a string");
@@ -324,12 +330,14 @@ static void test_limits(void **state) {
     assert_int_equal(c.est_tokens, 5 + 4); /* ceil(18 / 4) + 4 */
     gw_chat_free(&c);
     lim.max_chars = 12;
-    refused(text, strlen(text), &lim, GATEWAY_ETOOBIG, "messages", "hold 13 characters of text; this gateway accepts at most 12");
+    refused(text, strlen(text), &lim, GATEWAY_ETOOBIG, "messages",
+            "hold 13 characters of text; this gateway accepts at most 12");
     lim = (gw_limits){.max_tokens = 9};
     parse_ok(text, &lim, &c);
     gw_chat_free(&c);
     lim.max_tokens = 8;
-    refused(text, strlen(text), &lim, GATEWAY_ETOOBIG, "messages", "about 9 tokens long (estimated); this gateway accepts at most 8");
+    refused(text, strlen(text), &lim, GATEWAY_ETOOBIG, "messages",
+            "about 9 tokens long (estimated); this gateway accepts at most 8");
 
     /* Text parts count; image parts do not. */
     const char *parts = MSG("{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"abc\"},"
@@ -422,9 +430,10 @@ static char *material(const char *body, const char *target) {
 
 static void test_cache_material(void **state) {
     (void)state;
-    const char *base = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":0,"
-                       "\"max_tokens\":20,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":"
-                       "{\"type\":\"object\",\"properties\":{}}}}]}";
+    const char *base =
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":0,"
+        "\"max_tokens\":20,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":"
+        "{\"type\":\"object\",\"properties\":{}}}}]}";
     char *ref = material(base, "m");
     /* Sorted keys at every depth, compact, target in place of model. */
     assert_string_equal(ref, "{\"request\":{\"max_tokens\":20,\"messages\":[{\"content\":\"hi\",\"role\":\"user\"}],"
@@ -579,12 +588,12 @@ static void test_completion_map_content(void **state) {
     assert_int_equal(log.choices[1], 2);
     assert_string_equal(log.texts[1], "second");
     json_t *choices = json_object_get(v, "choices");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(choices, 0), "message"),
-                                                          "content")),
-                        "Hello! My email is [EMAIL]");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(choices, 2), "message"),
-                                                          "content")),
-                        "second");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(json_array_get(choices, 0), "message"), "content")),
+        "Hello! My email is [EMAIL]");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(json_array_get(choices, 2), "message"), "content")),
+        "second");
     assert_int_equal(gw_completion_map_content(v, not_utf8, NULL), -1);
     json_decref(v);
 }
@@ -691,6 +700,14 @@ static void test_chunk_rewrite(void **state) {
     assert_non_null(strstr(out, "\"delta\":{\"content\":\"x\"}"));
     free(out);
     assert_null(gw_chunk_rewrite(&ch, NULL, "\xff", 1, &len));
+    /* content NULL: the model alone. */
+    out = gw_chunk_rewrite(&ch, "fast", NULL, 0, &len);
+    want = reparse_dump(in, 0);
+    assert_non_null(strstr(out, "\"model\":\"fast\""));
+    assert_non_null(strstr(out, "\"delta\":{\"content\":\"mail a@b.c\"}"));
+    assert_int_equal(strlen(out), strlen(want) - strlen("gpt-4o-2024") + strlen("fast"));
+    free(want);
+    free(out);
     gw_chunk_free(&ch);
 
     /* No delta: one is made; no choices: only the model changes. */
@@ -703,7 +720,8 @@ static void test_chunk_rewrite(void **state) {
     const char *usage = "{\"model\":\"u\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}";
     assert_int_equal(gw_chunk_parse(usage, strlen(usage), &ch), 0);
     out = gw_chunk_rewrite(&ch, "fast", "ignored", 7, &len);
-    assert_string_equal(out, "{\"model\":\"fast\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}");
+    assert_string_equal(out,
+                        "{\"model\":\"fast\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}");
     free(out);
     gw_chunk_free(&ch);
 }
@@ -712,9 +730,10 @@ static void test_chunk_make(void **state) {
     (void)state;
     size_t len;
     char *s = gw_chunk_make("chatcmpl-gw", 5, "fast", "Hi", NULL, NULL, &len);
-    assert_string_equal(s, "{\"id\":\"chatcmpl-gw\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"fast\","
-                           "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},"
-                           "\"finish_reason\":null}]}");
+    assert_string_equal(s,
+                        "{\"id\":\"chatcmpl-gw\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"fast\","
+                        "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},"
+                        "\"finish_reason\":null}]}");
     assert_int_equal(len, strlen(s));
     gw_chunk ch;
     assert_int_equal(gw_chunk_parse(s, len, &ch), 0);
@@ -734,8 +753,9 @@ static void test_chunk_make(void **state) {
 
     gw_usage u = {.known = 1, .prompt_tokens = 4, .completion_tokens = 6};
     s = gw_chunk_make("id", 5, "fast", "unused", "stop", &u, &len);
-    assert_string_equal(s, "{\"id\":\"id\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"fast\","
-                           "\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6,\"total_tokens\":10}}");
+    assert_string_equal(s,
+                        "{\"id\":\"id\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"fast\","
+                        "\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":6,\"total_tokens\":10}}");
     assert_int_equal(gw_chunk_parse(s, len, &ch), 0);
     assert_int_equal(ch.has_choices, 0);
     assert_int_equal(ch.usage.known, 1);
@@ -779,30 +799,37 @@ static void test_context_length_errors(void **state) {
          "the context size or enable context shift\",\"type\":\"exceed_context_size_error\",\"n_prompt_tokens\":"
          "14429,\"n_ctx\":8192}}",
          1},
-        {400, "{\"error\":{\"code\":400,\"message\":\"request (4390 tokens) exceeds the available context size "
-              "(4096 tokens), try increasing it\",\"type\":\"invalid_request_error\"}}",
+        {400,
+         "{\"error\":{\"code\":400,\"message\":\"request (4390 tokens) exceeds the available context size "
+         "(4096 tokens), try increasing it\",\"type\":\"invalid_request_error\"}}",
          1},
-        {500, "{\"error\":{\"code\":500,\"message\":\"Context size has been exceeded.\",\"type\":\"server_error\"}}", 1},
+        {500, "{\"error\":{\"code\":500,\"message\":\"Context size has been exceeded.\",\"type\":\"server_error\"}}",
+         1},
         /* llama-cpp-python, Mistral, Anthropic, TGI. */
         {400, "{\"error\":{\"message\":\"Requested tokens (2285) exceed context window of 2048\"}}", 1},
-        {400, "{\"object\":\"error\",\"message\":\"Prompt contains 40000 tokens and 0 draft tokens, too large for "
-              "model with 32768 maximum context length\",\"type\":\"invalid_request_error\"}",
+        {400,
+         "{\"object\":\"error\",\"message\":\"Prompt contains 40000 tokens and 0 draft tokens, too large for "
+         "model with 32768 maximum context length\",\"type\":\"invalid_request_error\"}",
          1},
-        {400, "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"prompt is too long: "
-              "201234 tokens > 200000 maximum\"}}",
+        {400,
+         "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"prompt is too long: "
+         "201234 tokens > 200000 maximum\"}}",
          1},
-        {422, "{\"error\":\"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 "
-              "`inputs` tokens and 200 `max_new_tokens`\",\"error_type\":\"validation\"}",
+        {422,
+         "{\"error\":\"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 "
+         "`inputs` tokens and 200 `max_new_tokens`\",\"error_type\":\"validation\"}",
          1},
         /* Plain text. */
         {400, "This model's maximum context length is 8192 tokens", 1},
         /* Not about the context window. */
-        {429, "{\"error\":{\"message\":\"Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000, Used "
-              "29000, Requested 2000.\",\"type\":\"tokens\",\"code\":\"rate_limit_exceeded\"}}",
+        {429,
+         "{\"error\":{\"message\":\"Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000, Used "
+         "29000, Requested 2000.\",\"type\":\"tokens\",\"code\":\"rate_limit_exceeded\"}}",
          0},
-        {400, "{\"error\":{\"message\":\"max_tokens is too large: 50000. This model supports at most 16384 "
-              "completion tokens, whereas you provided 50000.\",\"type\":\"invalid_request_error\",\"param\":"
-              "\"max_tokens\",\"code\":\"invalid_value\"}}",
+        {400,
+         "{\"error\":{\"message\":\"max_tokens is too large: 50000. This model supports at most 16384 "
+         "completion tokens, whereas you provided 50000.\",\"type\":\"invalid_request_error\",\"param\":"
+         "\"max_tokens\",\"code\":\"invalid_value\"}}",
          0},
         {401, "{\"error\":{\"message\":\"Incorrect API key provided\",\"code\":\"invalid_api_key\"}}", 0},
         {502, "<html><body>502 Bad Gateway</body></html>", 0},
@@ -838,7 +865,8 @@ static void test_error_message(void **state) {
     /* Not OpenAI-shaped: the first 200 bytes, made printable. */
     const char *html = "<html>\r\n<h1>502 Bad Gateway</h1>\xff</html>";
     gw_error_message(html, strlen(html), buf, sizeof buf);
-    assert_string_equal(buf, "<html>?" "?<h1>502 Bad Gateway</h1>?</html>");
+    assert_string_equal(buf, "<html>?"
+                             "?<h1>502 Bad Gateway</h1>?</html>");
     char longb[300];
     memset(longb, 'x', sizeof longb);
     gw_error_message(longb, sizeof longb, buf, sizeof buf);
@@ -866,7 +894,7 @@ typedef struct sse_log {
     char text[8192];
     size_t len;
     int n_events;
-    int stop_at;   /* return stop_rc on this event (1-based); 0: never */
+    int stop_at; /* return stop_rc on this event (1-based); 0: never */
     int stop_rc;
 } sse_log;
 
@@ -923,43 +951,63 @@ static void expect_events(const char *s, const char *want) {
 
 static void test_sse_line_endings(void **state) {
     (void)state;
-    const char *want = "\x1f" "one\x1e" "\x1f" "two\x1e";
+    const char *want = "\x1f"
+                       "one\x1e"
+                       "\x1f"
+                       "two\x1e";
     expect_events("data: one\n\ndata: two\n\n", want);
     expect_events("data: one\r\n\r\ndata: two\r\n\r\n", want);
     expect_events("data: one\r\rdata: two\r\r", want);
     expect_events("data: one\r\n\ndata: two\r\r\n", want);
     /* A lone \r ends a line even before other text. */
-    expect_events("data: a\rdata: b\r\r", "\x1f" "a\nb\x1e");
+    expect_events("data: a\rdata: b\r\r", "\x1f"
+                                          "a\nb\x1e");
 }
 
 static void test_sse_fields(void **state) {
     (void)state;
     /* Comments and keep-alives, unknown fields, id and retry: ignored. */
-    expect_events(": ping\n\n:\n\n: ok\ndata: x\nid: 7\nretry: 1000\nfoo: bar\n\n", "\x1f" "x\x1e");
+    expect_events(": ping\n\n:\n\n: ok\ndata: x\nid: 7\nretry: 1000\nfoo: bar\n\n", "\x1f"
+                                                                                    "x\x1e");
     /* Multi-line data joined with \n; one space after the colon dropped. */
-    expect_events("data: a\ndata:b\ndata:  c\ndata\ndata:\n\n", "\x1f" "a\nb\n c\n\n\x1e");
+    expect_events("data: a\ndata:b\ndata:  c\ndata\ndata:\n\n", "\x1f"
+                                                                "a\nb\n c\n\n\x1e");
     /* An empty data line is still an event. */
     expect_events("data\n\n", "\x1f\x1e");
     expect_events("data:\n\n", "\x1f\x1e");
     /* Event names apply to their event only; no data, no event. */
-    expect_events("event: ping\n\nevent: error\ndata: {\"e\":1}\n\ndata: next\n\n",
-                  "error\x1f{\"e\":1}\x1e" "\x1f" "next\x1e");
-    expect_events("event: a\nevent: b\ndata: x\n\n", "b\x1f" "x\x1e");
+    expect_events("event: ping\n\nevent: error\ndata: {\"e\":1}\n\ndata: next\n\n", "error\x1f{\"e\":1}\x1e"
+                                                                                    "\x1f"
+                                                                                    "next\x1e");
+    expect_events("event: a\nevent: b\ndata: x\n\n", "b\x1f"
+                                                     "x\x1e");
     /* A field name is the whole text before the first colon. */
-    expect_events("data : x\n\ndata: a:b: c\n\n", "\x1f" "a:b: c\x1e");
+    expect_events("data : x\n\ndata: a:b: c\n\n", "\x1f"
+                                                  "a:b: c\x1e");
     /* OpenAI's stream, [DONE] included. */
     expect_events("data: {\"choices\":[]}\n\ndata: [DONE]\n\n", "\x1f{\"choices\":[]}\x1e\x1f[DONE]\x1e");
 }
 
 static void test_sse_bom(void **state) {
     (void)state;
-    expect_events("\xef\xbb\xbf" "data: x\n\n", "\x1f" "x\x1e");
+    expect_events("\xef\xbb\xbf"
+                  "data: x\n\n",
+                  "\x1f"
+                  "x\x1e");
     /* Only at the very start: later, it is text. */
-    expect_events("\xef\xbb\xbf\xef\xbb\xbf" "data: x\n\n", "");
+    expect_events("\xef\xbb\xbf\xef\xbb\xbf"
+                  "data: x\n\n",
+                  "");
     expect_events("data: \xef\xbb\xbf\n\n", "\x1f\xef\xbb\xbf\x1e");
     /* Bytes that start like a BOM and then differ are line bytes. */
-    expect_events("\xef\xbb" "data: x\n\ndata: y\n\n", "\x1f" "y\x1e");
-    expect_events("\xef\n" "data: y\n\n", "\x1f" "y\x1e");
+    expect_events("\xef\xbb"
+                  "data: x\n\ndata: y\n\n",
+                  "\x1f"
+                  "y\x1e");
+    expect_events("\xef\n"
+                  "data: y\n\n",
+                  "\x1f"
+                  "y\x1e");
     /* Split across feeds. */
     sse_log log = {0};
     gw_sse *p = gw_sse_new(100, record, &log);
@@ -967,9 +1015,14 @@ static void test_sse_bom(void **state) {
     assert_int_equal(gw_sse_truncated(p), 1);
     assert_int_equal(gw_sse_feed(p, "\xbb", 1), 0);
     assert_int_equal(gw_sse_feed(p, "", 0), 0);
-    assert_int_equal(gw_sse_feed(p, "\xbf" "da", 3), 0);
+    assert_int_equal(gw_sse_feed(p,
+                                 "\xbf"
+                                 "da",
+                                 3),
+                     0);
     assert_int_equal(gw_sse_feed(p, "ta: z\n\n", 7), 0);
-    assert_string_equal(log.text, "\x1f" "z\x1e");
+    assert_string_equal(log.text, "\x1f"
+                                  "z\x1e");
     assert_int_equal(gw_sse_truncated(p), 0);
     gw_sse_free(p);
 }
@@ -988,20 +1041,20 @@ static void test_sse_crlf_split(void **state) {
     assert_int_equal(gw_sse_feed(p, "\r", 1), 0);
     assert_int_equal(log.n_events, 1); /* the \r ends the blank line at once */
     assert_int_equal(gw_sse_feed(p, "\n", 1), 0);
-    assert_string_equal(log.text, "\x1f" "a\nb\x1e");
+    assert_string_equal(log.text, "\x1f"
+                                  "a\nb\x1e");
     assert_int_equal(gw_sse_truncated(p), 0);
     gw_sse_free(p);
 }
 
-static const char stream[] =
-    "\xef\xbb\xbf: keep-alive\r\n"
-    "event: message\r\n"
-    "data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\n"
-    "data: {\"id\":\"c1\",\r\ndata: \"x\":1}\n\n"
-    "id: 3\rretry: 10\rdata:lo\r\r"
-    "event: error\ndata\n\n"
-    ": bye\n"
-    "data: [DONE]\n\n";
+static const char stream[] = "\xef\xbb\xbf: keep-alive\r\n"
+                             "event: message\r\n"
+                             "data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\n"
+                             "data: {\"id\":\"c1\",\r\ndata: \"x\":1}\n\n"
+                             "id: 3\rretry: 10\rdata:lo\r\r"
+                             "event: error\ndata\n\n"
+                             ": bye\n"
+                             "data: [DONE]\n\n";
 
 static void test_sse_any_split_same_events(void **state) {
     (void)state;
@@ -1092,16 +1145,11 @@ static void test_sse_truncated(void **state) {
         const char *s;
         int truncated;
     } cases[] = {
-        {"", 0},
-        {"data: x\n\n", 0},
-        {"data: x\n", 1},    /* data waiting for its blank line */
-        {"data: x", 1},      /* a line without its end */
-        {": comment", 1},
-        {"data: x\r", 1},
-        {"data: x\r\r", 0},
-        {"event: e\n", 0},   /* nothing would have been dispatched */
-        {": ok\n", 0},
-        {"\xef\xbb\xbf", 0},
+        {"", 0},           {"data: x\n\n", 0},  {"data: x\n", 1}, /* data waiting for its blank line */
+        {"data: x", 1},                                           /* a line without its end */
+        {": comment", 1},  {"data: x\r", 1},    {"data: x\r\r", 0},
+        {"event: e\n", 0}, /* nothing would have been dispatched */
+        {": ok\n", 0},     {"\xef\xbb\xbf", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         sse_log log;
@@ -1125,7 +1173,9 @@ static void test_sse_callback_stops(void **state) {
     assert_int_equal(log.n_events, 2);
     assert_int_equal(gw_sse_feed(p, "data: 4\n\n", 9), 42);
     assert_int_equal(log.n_events, 2);
-    assert_string_equal(log.text, "\x1f" "1\x1e\x1f" "2\x1e");
+    assert_string_equal(log.text, "\x1f"
+                                  "1\x1e\x1f"
+                                  "2\x1e");
     gw_sse_free(p);
     gw_sse_free(NULL);
 }

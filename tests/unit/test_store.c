@@ -3,9 +3,11 @@
  * (copies, replacement, bad keys), times to live on a fake clock, the LRU
  * bounded in bytes (exact, on one shard), entries too large to keep, token
  * buckets (exact counts, refill, burst, a lowered limit, a clock that goes
- * back, expiry of idle buckets so memory stays bounded), the wrong kind of
- * entry under a key, statistics, and four threads on one bucket and on
- * many keys at once.
+ * back, expiry of idle buckets so memory stays bounded), counters (the
+ * limit, negative deltas, the int64 edges, the first time to live kept,
+ * the byte budget), the wrong kind of entry under a key, statistics, and
+ * four threads on one bucket, on one counter with a limit and on many keys
+ * at once.
  *
  * Callbacks of the memory backend run before the call returns; the tests
  * rely on that (and check it).
@@ -95,6 +97,35 @@ static took take(kv_store *s, const char *key, const kv_bucket_params *p) {
     kv_bucket_take(s, NULL, key, strlen(key), p, on_bucket, &t);
     assert_int_equal(t.called, 1);
     return t;
+}
+
+typedef struct added {
+    int called, status;
+    kv_counter_result r;
+} added;
+
+static void on_counter(int status, const kv_counter_result *r, void *ud) {
+    added *a = ud;
+    a->called++;
+    a->status = status;
+    if (r)
+        a->r = *r;
+}
+
+static added add(kv_store *s, const char *key, int64_t delta, int64_t limit, uint64_t ttl_us) {
+    added a = {0};
+    kv_counter_add(s, NULL, key, strlen(key), delta, limit, ttl_us, on_counter, &a);
+    assert_int_equal(a.called, 1);
+    return a;
+}
+
+/* One step that must end KV_OK with this answer. */
+static void add_expect(kv_store *s, const char *key, int64_t delta, int64_t limit, bool applied, int64_t value) {
+    added a = add(s, key, delta, limit, 0);
+    if (a.status != KV_OK || a.r.applied != applied || a.r.value != value)
+        fail_msg("%s %+lld limit %lld: status %d applied %d value %lld, want applied %d value %lld", key,
+                 (long long)delta, (long long)limit, a.status, a.r.applied, (long long)a.r.value, applied,
+                 (long long)value);
 }
 
 #define MINUTE INT64_C(60000000)
@@ -368,9 +399,135 @@ static void test_wrong_type(void **state) {
     assert_string_equal(get(s, "v").value, "value");
     assert_true(take(s, "b", &p).r.allowed);
     assert_int_equal(get(s, "b").status, KV_EWRONGTYPE);
+    /* Counters are a kind of their own, both ways, and stay intact. */
+    assert_int_equal(add(s, "v", 1, 10, 0).status, KV_EWRONGTYPE);
+    assert_int_equal(add(s, "b", 1, 10, 0).status, KV_EWRONGTYPE);
+    assert_true(add(s, "c", 4, 10, 0).r.applied);
+    assert_int_equal(get(s, "c").status, KV_EWRONGTYPE);
+    assert_int_equal(take(s, "c", &p).status, KV_EWRONGTYPE);
+    add_expect(s, "c", 0, 0, true, 4);
+    assert_string_equal(get(s, "v").value, "value");
+    /* An entry past its time to live is gone, whatever its kind. */
+    assert_int_equal(set(s, "old", "x", 10), KV_OK);
+    advance(10);
+    add_expect(s, "old", 2, 10, true, 2);
     /* set replaces whatever was there. */
     assert_int_equal(set(s, "b", "now a value", 0), KV_OK);
     assert_string_equal(get(s, "b").value, "now a value");
+    assert_int_equal(set(s, "c", "no longer a counter", 0), KV_OK);
+    assert_string_equal(get(s, "c").value, "no longer a counter");
+    kv_destroy(s);
+}
+
+/* ---- counters ----------------------------------------------------------- */
+
+static void test_counter_limit(void **state) {
+    (void)state;
+    kv_store *s = make(1 << 20, 0);
+    /* Refused on a missing counter: 0, and nothing is made. */
+    add_expect(s, "b:k", 5, 4, false, 0);
+    assert_int_equal(get(s, "b:k").status, KV_ENOTFOUND);
+    kv_stats st;
+    kv_get_stats(s, &st);
+    assert_int_equal(st.entries, 0);
+    /* Up to the limit exactly, then refused with the value as it stands. */
+    add_expect(s, "b:k", 4, 10, true, 4);
+    add_expect(s, "b:k", 6, 10, true, 10);
+    add_expect(s, "b:k", 1, 10, false, 10);
+    add_expect(s, "b:k", 0, 10, true, 10); /* a read */
+    /* Negative deltas always apply, whatever the limit (a refund). */
+    add_expect(s, "b:k", -3, 0, true, 7);
+    add_expect(s, "b:k", -100, -1000, true, -93);
+    add_expect(s, "b:k", 200, 100, false, -93);
+    add_expect(s, "b:k", 193, 100, true, 100);
+    /* Settling with no limit. */
+    add_expect(s, "b:k", 50, INT64_MAX, true, 150);
+    /* Charged like a bucket: its key and the overhead. */
+    kv_get_stats(s, &st);
+    assert_int_equal(st.entries, 1);
+    assert_int_equal(st.bytes, KV_ENTRY_OVERHEAD + 3);
+    /* The int64 edges: exact (2^53 + 1 is no double), a sum that would not
+     * fit is refused whatever its sign, and a limit below every reachable
+     * value refuses. */
+    const int64_t p53 = INT64_C(1) << 53;
+    add_expect(s, "b:big", p53 + 1, INT64_MAX, true, p53 + 1);
+    add_expect(s, "b:big", 1, p53 + 2, true, p53 + 2);
+    add_expect(s, "b:big", 1, p53 + 2, false, p53 + 2);
+    add_expect(s, "b:hi", INT64_MAX, INT64_MAX, true, INT64_MAX);
+    add_expect(s, "b:hi", 1, INT64_MAX, false, INT64_MAX);
+    add_expect(s, "b:hi", INT64_MIN, 0, true, -1);
+    add_expect(s, "b:lo", INT64_MIN, 0, true, INT64_MIN);
+    add_expect(s, "b:lo", -1, 0, false, INT64_MIN);
+    add_expect(s, "b:lo", 1, INT64_MIN, false, INT64_MIN);
+    add_expect(s, "b:lo", INT64_MAX, -1, true, -1);
+    /* Bad keys: at once, exactly once, with no result. */
+    added bad = {0};
+    kv_counter_add(s, NULL, "", 0, 1, 10, 0, on_counter, &bad);
+    assert_int_equal(bad.called, 1);
+    assert_int_equal(bad.status, KV_EINVAL);
+    char long_key[KV_KEY_MAX + 1];
+    memset(long_key, 'k', sizeof long_key);
+    bad = (added){0};
+    kv_counter_add(s, NULL, long_key, sizeof long_key, 1, 10, 0, on_counter, &bad);
+    assert_int_equal(bad.status, KV_EINVAL);
+    bad = (added){0};
+    kv_counter_add(s, NULL, NULL, 3, 1, 10, 0, on_counter, &bad);
+    assert_int_equal(bad.status, KV_EINVAL);
+    kv_destroy(s);
+}
+
+static void test_counter_ttl(void **state) {
+    (void)state;
+    kv_store *s = make(1 << 20, 4);
+    /* The first step's time to live holds; later steps keep it. */
+    assert_true(add(s, "b:day", 5, 100, 1000).r.applied);
+    advance(600);
+    added a = add(s, "b:day", 1, 100, 60 * MINUTE);
+    assert_true(a.r.applied);
+    assert_int_equal(a.r.value, 6);
+    advance(399);
+    add_expect(s, "b:day", 0, 100, true, 6);
+    advance(1);
+    assert_int_equal(get(s, "b:day").status, KV_ENOTFOUND);
+    kv_stats st;
+    kv_get_stats(s, &st);
+    assert_int_equal(st.expired, 1);
+    /* Expired, it starts over from 0, refused or not, with a new time to live. */
+    add_expect(s, "b:day", 101, 100, false, 0);
+    assert_int_equal(get(s, "b:day").status, KV_ENOTFOUND);
+    assert_true(add(s, "b:day", 2, 100, 1000).r.applied);
+    advance(999);
+    add_expect(s, "b:day", 0, 100, true, 2);
+    advance(1);
+    add_expect(s, "b:day", 0, 100, true, 0);
+    /* 0: never. */
+    assert_true(add(s, "b:forever", 1, 10, 0).r.applied);
+    advance(1000 * MINUTE);
+    add_expect(s, "b:forever", 0, 10, true, 1);
+    /* kv_maintain frees expired counters like any entry. */
+    char key[32];
+    for (int i = 0; i < 500; i++) {
+        snprintf(key, sizeof key, "b:tpm:%d", i);
+        assert_true(add(s, key, 7, 100, MINUTE).r.applied);
+    }
+    kv_get_stats(s, &st);
+    uint64_t before = st.entries;
+    assert_true(before >= 500);
+    advance(MINUTE);
+    for (int k = 0; k < 4; k++)
+        kv_maintain(s);
+    kv_get_stats(s, &st);
+    assert_int_equal(st.entries, before - 500);
+    /* The byte budget bounds counters too: the least recently used go. */
+    kv_store *small = make(8 * 1024, 1);
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof key, "b:many:%d", i);
+        assert_int_equal(add(small, key, 1, 10, 0).status, KV_OK);
+    }
+    kv_get_stats(small, &st);
+    assert_true(st.bytes <= 8 * 1024);
+    assert_int_equal(st.evicted + st.entries, 1000);
+    kv_destroy(small);
     kv_destroy(s);
 }
 
@@ -443,6 +600,31 @@ static void *race_bucket(void *arg) {
     return NULL;
 }
 
+typedef struct counter_race {
+    kv_store *s;
+    pthread_barrier_t *go;
+    int applied, over, errors;
+} counter_race;
+
+#define RACE_DELTA 3
+#define RACE_LIMIT 3000
+
+static void *race_counter(void *arg) {
+    counter_race *r = arg;
+    pthread_barrier_wait(r->go);
+    for (int i = 0; i < 2000; i++) {
+        added a = {0};
+        kv_counter_add(r->s, NULL, "b:shared", 8, RACE_DELTA, RACE_LIMIT, MINUTE, on_counter, &a);
+        if (a.status != KV_OK)
+            r->errors++;
+        else if (a.r.applied && (a.r.value > RACE_LIMIT || a.r.value % RACE_DELTA != 0))
+            r->over++;
+        else if (a.r.applied)
+            r->applied++;
+    }
+    return NULL;
+}
+
 static void *race_values(void *arg) {
     race *r = arg;
     pthread_barrier_wait(r->go);
@@ -486,6 +668,26 @@ static void test_four_threads(void **state) {
     assert_int_equal(total, 1000);
     kv_destroy(s);
 
+    /* 4 threads x 2000 steps of 3 on one counter limited to 3000: exactly
+     * 1000 apply, no step sees the counter past the limit, and the counter
+     * ends at the applied steps times 3. */
+    s = make(1 << 20, 0);
+    counter_race cr[4];
+    for (int i = 0; i < 4; i++) {
+        cr[i] = (counter_race){.s = s, .go = &go};
+        pthread_create(&th[i], NULL, race_counter, &cr[i]);
+    }
+    total = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(cr[i].errors, 0);
+        assert_int_equal(cr[i].over, 0);
+        total += cr[i].applied;
+    }
+    assert_int_equal(total, RACE_LIMIT / RACE_DELTA);
+    add_expect(s, "b:shared", 0, 0, true, (int64_t)total * RACE_DELTA);
+    kv_destroy(s);
+
     /* Sets, gets and sweeps from 4 threads over a small budget: every value
      * read is the one written under that key, and the budget holds. */
     s = make(64 * 1024, 4);
@@ -513,6 +715,8 @@ int main(void) {
         cmocka_unit_test(test_bucket_exact_burst_and_refill),
         cmocka_unit_test(test_bucket_burst_differs_from_rate),
         cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_counter_limit),
+        cmocka_unit_test(test_counter_ttl),
         cmocka_unit_test(test_idle_buckets_expire),
         cmocka_unit_test(test_four_threads),
     };

@@ -3,8 +3,12 @@
  * a real redis-server started here on a free loopback port: the token
  * bucket script gives exactly kv_bucket_step's answers (the memory
  * backend's arithmetic) over thousands of random steps, at the edges of the
- * number range, and with a clock that goes back; get / set with binary
- * values and times to live; the wrong kind of value under a key; key
+ * number range, and with a clock that goes back; counters giving exactly
+ * the memory backend's answers (int64 edges included), keeping their first
+ * time to live, and never passing their limit when two stores (two
+ * replicas) add at once; scripts sent again after SCRIPT FLUSH; get / set
+ * with binary values and times to live; the wrong kind of value under a
+ * key (buckets, counters, values, every way); key
  * prefixes; an operation on a loop that was never attached; detach failing
  * pending operations exactly once; Redis killed (operations fail at once,
  * health says why) and restarted (the connection comes back by itself);
@@ -14,6 +18,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -30,6 +35,7 @@
 
 #include <cmocka.h>
 #include <event2/event.h>
+#include <hiredis/hiredis.h>
 
 #include "store.h"
 #include "store_int.h"
@@ -60,14 +66,41 @@ static kv_store *make_store(const char *prefix, bool fake_time) {
     return s;
 }
 
-/* Runs the loop until *flag is set (at most 10 s). */
-static void run_until(struct event_base *base, const int *flag) {
-    for (int i = 0; i < 10000 && !*flag; i++) {
+/* Runs the loop until *count reaches want (at most about 10 s); whether
+ * it did. */
+static bool loop_until(struct event_base *base, const int *count, int want) {
+    for (int i = 0; i < 10000 && *count < want; i++) {
         struct timeval tv = {0, 1000};
         event_base_loopexit(base, &tv);
         event_base_loop(base, 0);
     }
-    assert_true(*flag);
+    return *count >= want;
+}
+
+/* Runs the loop until *flag is set (at most 10 s). */
+static void run_until(struct event_base *base, const int *flag) { assert_true(loop_until(base, flag, 1)); }
+
+/* One command on a plain connection to the tests' database, for what the
+ * store does not do (SCRIPT FLUSH, PTTL); the caller frees the reply. */
+static redisReply *command(const char *fmt, ...) {
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    assert_true(rc && !rc->err);
+    freeReplyObject(redisCommand(rc, "SELECT 1"));
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    redisFree(rc);
+    assert_non_null(r);
+    return r;
+}
+
+static long long command_int(const char *fmt, const char *arg) {
+    redisReply *r = command(fmt, arg);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
 }
 
 static void wait_healthy(fixture *f, bool want) {
@@ -163,6 +196,33 @@ static took take(fixture *f, const char *key, const kv_bucket_params *p) {
     return t;
 }
 
+typedef struct added {
+    int called, status;
+    kv_counter_result r;
+} added;
+
+static void on_counter(int status, const kv_counter_result *r, void *ud) {
+    added *a = ud;
+    a->called++;
+    a->status = status;
+    if (r)
+        a->r = *r;
+}
+
+static added add_on(kv_store *s, struct event_base *base, const char *key, int64_t delta, int64_t limit,
+                    uint64_t ttl_us) {
+    added a = {0};
+    kv_counter_add(s, base, key, strlen(key), delta, limit, ttl_us, on_counter, &a);
+    if (base)
+        run_until(base, &a.called);
+    assert_int_equal(a.called, 1);
+    return a;
+}
+
+static added add(fixture *f, const char *key, int64_t delta, int64_t limit, uint64_t ttl_us) {
+    return add_on(f->s, f->base, key, delta, limit, ttl_us);
+}
+
 /* ---- token buckets: the script equals kv_bucket_step ------------------------ */
 
 typedef struct model_bucket {
@@ -238,6 +298,219 @@ static void test_bucket_edges(void **state) {
     kv_bucket_take(f->s, f->base, "rl:one", 6, &bad, on_bucket, &t);
     assert_int_equal(t.called, 1);
     assert_int_equal(t.status, KV_EINVAL);
+}
+
+/* ---- counters ---------------------------------------------------------------- */
+
+/* One step sent to Redis and to the memory backend. Redis answers a
+ * connection's commands in order, so many can be in flight at once. */
+typedef struct both {
+    char key[32];
+    int64_t delta, limit;
+    added want, have;
+    int *answered;
+} both;
+
+static void on_both(int status, const kv_counter_result *r, void *ud) {
+    both *b = ud;
+    on_counter(status, r, &b->have);
+    (*b->answered)++;
+}
+
+/* Sends steps[0..n) to both backends at once, then compares the answers. */
+static void steps_on_both(fixture *f, kv_store *mem, both *steps, int n) {
+    int answered = 0;
+    for (int i = 0; i < n; i++) {
+        both *b = &steps[i];
+        b->want = add_on(mem, NULL, b->key, b->delta, b->limit, 0);
+        b->answered = &answered;
+        kv_counter_add(f->s, f->base, b->key, strlen(b->key), b->delta, b->limit, 0, on_both, b);
+    }
+    assert_true(loop_until(f->base, &answered, n));
+    for (int i = 0; i < n; i++) {
+        const both *b = &steps[i];
+        if (b->have.called != 1 || b->have.status != b->want.status || b->have.r.applied != b->want.r.applied ||
+            b->have.r.value != b->want.r.value)
+            fail_msg("step %d, %s %+lld limit %lld: redis %d/%d/%lld, memory %d/%d/%lld", i, b->key,
+                     (long long)b->delta, (long long)b->limit, b->have.status, b->have.r.applied,
+                     (long long)b->have.r.value, b->want.status, b->want.r.applied, (long long)b->want.r.value);
+    }
+}
+
+/* A number near one of the places where a careless comparison goes wrong:
+ * 0, 2^53 (doubles stop being exact), the ends of int64. */
+static int64_t near_edge(void) {
+    static const int64_t edges[] = {0, INT64_C(1) << 53, -(INT64_C(1) << 53), INT64_MAX, INT64_MIN};
+    int64_t e = edges[random() % 5], off = random() % 21 - 10;
+    if ((e == INT64_MAX && off > 0) || (e == INT64_MIN && off < 0))
+        off = -off;
+    return e + off;
+}
+
+static void test_counter_script_equals_memory(void **state) {
+    fixture *f = *state;
+    kv_store *mem = NULL;
+    assert_int_equal(kv_memory_create(&(kv_memory_options){.max_bytes = 1 << 20}, &mem), KV_OK);
+    /* The edges, one by one. */
+    const int64_t p53 = INT64_C(1) << 53;
+#define S(k, d, l) {.key = k, .delta = d, .limit = l}
+    both edges[] = {
+        S("b:k", 5, 4), S("b:k", 4, 10), S("b:k", 6, 10), S("b:k", 1, 10), S("b:k", 0, 10), S("b:k", -3, 0),
+        S("b:k", -100, -1000), S("b:k", 200, 100), S("b:k", 193, 100), S("b:k", 50, INT64_MAX),
+        S("b:big", p53 + 1, INT64_MAX), S("b:big", 1, p53 + 2), S("b:big", 1, p53 + 2),
+        S("b:hi", INT64_MAX, INT64_MAX), S("b:hi", 1, INT64_MAX), S("b:hi", INT64_MIN, 0),
+        S("b:lo", INT64_MIN, 0), S("b:lo", -1, 0), S("b:lo", 1, INT64_MIN), S("b:lo", INT64_MAX, -1),
+    };
+#undef S
+    steps_on_both(f, mem, edges, (int)(sizeof edges / sizeof edges[0]));
+    added a = add(f, "b:big", 0, 0, 0);
+    assert_int_equal(a.r.value, p53 + 2); /* exact beyond what a double holds */
+    /* Then random steps: small numbers, and numbers near the edges. */
+    enum { N_RANDOM = 5000 };
+    both *steps = calloc(N_RANDOM, sizeof *steps);
+    srandom(11);
+    for (int i = 0; i < N_RANDOM; i++) {
+        snprintf(steps[i].key, sizeof steps[i].key, "b:random:%ld", random() % 6);
+        steps[i].delta = random() % 3 ? random() % 201 - 60 : near_edge();
+        steps[i].limit = random() % 3 ? random() % 2001 - 200 : near_edge();
+    }
+    steps_on_both(f, mem, steps, N_RANDOM);
+    free(steps);
+    kv_destroy(mem);
+}
+
+static void test_counter_ttl_and_types(void **state) {
+    fixture *f = *state;
+    /* Refused on a missing counter: nothing is made. */
+    added a = add(f, "b:none", 5, 4, 1000000);
+    assert_false(a.r.applied);
+    assert_int_equal(a.r.value, 0);
+    assert_int_equal(get(f, "b:none").status, KV_ENOTFOUND);
+    /* The first step's time to live (300 ms, Redis's real time) holds:
+     * a later step asking for a minute does not move it. */
+    assert_true(add(f, "b:ttl", 5, 100, 300000).r.applied);
+    a = add(f, "b:ttl", 1, 100, 60000000);
+    assert_true(a.r.applied);
+    assert_int_equal(a.r.value, 6);
+    long long pttl = command_int("PTTL t:%s", "b:ttl");
+    assert_true(pttl > 0 && pttl <= 300);
+    got g = get(f, "b:ttl"); /* there, as a counter */
+    assert_int_equal(g.status, KV_EWRONGTYPE);
+    for (int i = 0; i < 1000 && g.status != KV_ENOTFOUND; i++) {
+        sleep_ms(5);
+        g = get(f, "b:ttl");
+    }
+    assert_int_equal(g.status, KV_ENOTFOUND);
+    a = add(f, "b:ttl", 2, 100, 0); /* starts over, now without expiry */
+    assert_int_equal(a.r.value, 2);
+    assert_int_equal(command_int("PTTL t:%s", "b:ttl"), -1);
+    /* The wrong kind under a key, every way, leaving what is there intact. */
+    kv_bucket_params p = {.capacity = 5, .refill = 5, .period_us = 1000000, .cost = 1};
+    assert_int_equal(set(f, "c:v", "12", 2, 0), KV_OK); /* digits, still a value */
+    assert_int_equal(add(f, "c:v", 1, 100, 0).status, KV_EWRONGTYPE);
+    g = get(f, "c:v");
+    assert_int_equal(g.status, KV_OK);
+    assert_memory_equal(g.value, "12", 2);
+    assert_int_equal(take(f, "rl:b", &p).status, KV_OK);
+    assert_int_equal(add(f, "rl:b", 1, 100, 0).status, KV_EWRONGTYPE);
+    assert_int_equal(take(f, "rl:b", &p).r.remaining, 3);
+    assert_true(add(f, "b:c", 4, 100, 0).r.applied);
+    assert_int_equal(get(f, "b:c").status, KV_EWRONGTYPE);
+    assert_int_equal(take(f, "b:c", &p).status, KV_EWRONGTYPE);
+    assert_int_equal(add(f, "b:c", 0, 0, 0).r.value, 4);
+    redisReply *r = command("LPUSH t:%s x", "b:list"); /* a kind the store never makes */
+    freeReplyObject(r);
+    assert_int_equal(add(f, "b:list", 1, 100, 0).status, KV_EWRONGTYPE);
+    assert_int_equal(set(f, "b:c", "v", 1, 0), KV_OK); /* set replaces a counter */
+    assert_int_equal(get(f, "b:c").status, KV_OK);
+    /* Bad keys: at once, without Redis. */
+    added bad = {0};
+    kv_counter_add(f->s, f->base, "", 0, 1, 10, 0, on_counter, &bad);
+    assert_int_equal(bad.called, 1);
+    assert_int_equal(bad.status, KV_EINVAL);
+}
+
+/* SCRIPT FLUSH (or a failover to a server that never saw the scripts):
+ * the next steps send the scripts themselves and succeed. */
+static void test_scripts_after_flush(void **state) {
+    fixture *f = *state;
+    kv_bucket_params p = {.capacity = 5, .refill = 5, .period_us = 1000000, .cost = 1};
+    assert_true(add(f, "b:flush", 3, 10, 0).r.applied);
+    assert_true(take(f, "rl:flush", &p).r.allowed);
+    freeReplyObject(command("SCRIPT FLUSH"));
+    added a = add(f, "b:flush", 3, 10, 0);
+    assert_int_equal(a.status, KV_OK);
+    assert_int_equal(a.r.value, 6);
+    took t = take(f, "rl:flush", &p);
+    assert_int_equal(t.status, KV_OK);
+    assert_int_equal(t.r.remaining, 3);
+    assert_int_equal(add(f, "b:flush", 3, 10, 0).r.value, 9); /* cached again: EVALSHA */
+}
+
+/* Two stores, each on its own loop and thread (two replicas of the server),
+ * add to one counter with a limit at once, many steps in flight each. */
+typedef struct replica {
+    fixture f;
+    pthread_barrier_t *go;
+    int answered, applied, over, errors;
+} replica;
+
+#define REPLICA_STEPS 400
+#define REPLICA_DELTA 7
+#define REPLICA_LIMIT 1000
+
+static void on_replica_step(int status, const kv_counter_result *r, void *ud) {
+    replica *rp = ud;
+    rp->answered++;
+    if (status != KV_OK)
+        rp->errors++;
+    else if (r->applied && r->value > REPLICA_LIMIT)
+        rp->over++;
+    else if (r->applied)
+        rp->applied++;
+}
+
+static void *replica_run(void *arg) {
+    replica *rp = arg;
+    pthread_barrier_wait(rp->go);
+    for (int sent = 0; sent < REPLICA_STEPS;) {
+        for (int k = 0; k < 50; k++, sent++)
+            kv_counter_add(rp->f.s, rp->f.base, "b:shared", 8, REPLICA_DELTA, REPLICA_LIMIT, 60000000,
+                           on_replica_step, rp);
+        if (!loop_until(rp->f.base, &rp->answered, sent))
+            break;
+    }
+    return NULL;
+}
+
+static void test_counter_two_replicas(void **state) {
+    fixture *f = *state;
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, 2);
+    replica rp[2];
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        rp[i] = (replica){.f = {.base = event_base_new(), .s = make_store("t:", false)}, .go = &go};
+        assert_int_equal(kv_attach(rp[i].f.s, rp[i].f.base), KV_OK);
+        wait_healthy(&rp[i].f, true); /* the loop goes to its thread only after */
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_create(&th[i], NULL, replica_run, &rp[i]);
+    int applied = 0;
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(rp[i].answered, REPLICA_STEPS);
+        assert_int_equal(rp[i].errors, 0);
+        assert_int_equal(rp[i].over, 0);
+        applied += rp[i].applied;
+        assert_true(rp[i].applied > 0); /* both took part */
+        kv_detach(rp[i].f.s, rp[i].f.base);
+        kv_destroy(rp[i].f.s);
+        event_base_free(rp[i].f.base);
+    }
+    pthread_barrier_destroy(&go);
+    assert_int_equal(applied, REPLICA_LIMIT / REPLICA_DELTA);
+    assert_int_equal(add(f, "b:shared", 0, 0, 0).r.value, (int64_t)applied * REPLICA_DELTA);
 }
 
 /* ---- values ------------------------------------------------------------------ */
@@ -417,6 +690,10 @@ int main(void) {
         cmocka_unit_test(test_urls),
         cmocka_unit_test_setup_teardown(test_bucket_script_equals_c, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bucket_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counter_script_equals_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counter_ttl_and_types, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scripts_after_flush, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_counter_two_replicas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_get_set_ttl_and_types, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefix_separates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unattached_loop_and_detach, setup, teardown),

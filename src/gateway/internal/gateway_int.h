@@ -70,6 +70,17 @@ typedef struct gw_route {
     int cache_always;         /* cache: always (also answers that are not deterministic) */
 } gw_route;
 
+/* Spending limits of one API key (0: none). */
+typedef struct gw_budget {
+    double daily_usd, monthly_usd; /* calendar day and month, UTC */
+    long tokens_per_minute;        /* prompt + completion tokens per clock minute */
+} gw_budget;
+
+typedef struct gw_key_budget {
+    char key[72];                  /* the API key's name */
+    gw_budget budget;
+} gw_key_budget;
+
 typedef struct gw_config {
     gw_provider *providers;
     size_t n_providers;
@@ -96,6 +107,12 @@ typedef struct gw_config {
     int cache;                /* exact cache on */
     /* guardrails */
     guard_pii_policy input_policy, output_policy;
+    /* budgets */
+    int budgets;              /* a budgets: section was given */
+    gw_budget default_budget; /* keys not listed, and requests without a key */
+    gw_key_budget *key_budgets;
+    size_t n_key_budgets;
+    long reserve_tokens;      /* the completion a request without max_tokens is reserved for */
     /* limits */
     gw_limits limits;
     size_t max_response_bytes; /* an upstream answer (or one stream event) larger is cut off: 502 */
@@ -104,9 +121,37 @@ typedef struct gw_config {
 /* Reads the gateway's YAML file. 0, or -1 with why (path, key and reason). */
 int gw_config_load(const char *path, gw_config *out, char *why, size_t cap);
 void gw_config_free(gw_config *c);
+/* The budget of the key named name ("" or NULL: none given). */
+const gw_budget *gw_config_budget(const gw_config *c, const char *name);
 /* Index of the model / route named name, or -1. */
 long gw_config_model(const gw_config *c, const char *name);
 long gw_config_route(const gw_config *c, const char *name);
+
+/* ---- Anthropic's Messages API (anthropic.c) ----------------------------------- */
+
+/* The Messages request for c (anthropic.c's header has the mapping):
+ * malloc'd JSON text, *len set; NULL with fail (GATEWAY_EINVAL: something
+ * that does not translate, such as tool messages; GATEWAY_ENOMEM). */
+char *gw_anthropic_request(const gw_chat *c, const char *upstream_model, long default_max_tokens, size_t *len,
+                           gw_fail *fail);
+/* A Messages answer as a chat.completion naming model (owned), usage set.
+ * 0, or -1 with fail (GATEWAY_EUPSTREAM: not a message). */
+int gw_anthropic_completion(const char *data, size_t len, const char *model, json_t **out, gw_usage *usage,
+                            gw_fail *fail);
+
+/* A stream's state while its events are translated. */
+typedef struct gw_anthropic_stream {
+    char id[96];
+    long created;
+    gw_usage usage;
+} gw_anthropic_stream;
+
+/* One event of a Messages stream as at most one chat.completion.chunk
+ * (*out malloc'd JSON text, NULL when the event has no counterpart).
+ * Returns 0; 1 at message_stop (the stream's end: *out is the usage
+ * chunk); -1 with fail for an error event or an event that is not JSON. */
+int gw_anthropic_event(gw_anthropic_stream *s, const char *model, const char *event, const char *data, size_t len,
+                       char **out, size_t *out_len, gw_fail *fail);
 
 /* ---- circuit breakers (breaker.c) ---------------------------------------------- */
 

@@ -141,8 +141,9 @@ int gw_chunk_parse(const char *data, size_t len, gw_chunk *out);
 void gw_chunk_free(gw_chunk *c);
 /* The chunk with choices[0].delta.content replaced by content[len] (and
  * "model" by model when not NULL), as compact JSON text (malloc'd, *out_len
- * set); c is left as it was. A chunk whose choices[0] is not an object
- * gets only the model. NULL when out of memory or content is not UTF-8. */
+ * set); c is left as it was. content NULL, or a chunk whose choices[0] is
+ * not an object (the usage chunk): only the model changes. NULL when out
+ * of memory or content is not UTF-8. */
 char *gw_chunk_rewrite(const gw_chunk *c, const char *model, const char *content, size_t len, size_t *out_len);
 /* A chunk the gateway makes itself: {"id","object":"chat.completion.chunk",
  * "created","model","choices":[{"index":0,"delta":{...},"finish_reason":...}]}

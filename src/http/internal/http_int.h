@@ -56,6 +56,8 @@
     X(UPSTREAM_TIMEOUT, 504, "timeout_error", "upstream_timeout")                  \
     X(GATEWAY_DISABLED, 404, "invalid_request_error", "gateway_not_configured")    \
     X(RATE_LIMITED, 429, "rate_limit_error", "rate_limited")                       \
+    X(BUDGET_EXCEEDED, 429, "insufficient_quota", "budget_exceeded")               \
+    X(TOKENS_RATE_LIMITED, 429, "rate_limit_error", "tokens_per_minute_exceeded")  \
     X(TOO_MANY_JOBS, 429, "rate_limit_error", "too_many_jobs")                     \
     X(JOB_NOT_FOUND, 404, "invalid_request_error", "job_not_found")                \
     X(JOB_FINISHED, 409, "invalid_request_error", "job_finished")                  \
