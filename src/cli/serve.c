@@ -407,7 +407,7 @@ int cli_serve(int argc, char **argv) {
 
     if (cfg.gateway_config[0]) {
         gateway_options go = {.config_file = cfg.gateway_config, .metrics = registry, .cache = prot.cache,
-                              .store = prot.redis ? prot.redis : prot.counters};
+                              .store = prot.redis ? prot.redis : prot.counters, .repo = repo};
         if (gateway_create(&go, &gw, why, sizeof why) != 0)
             goto failed;
     }

@@ -456,8 +456,26 @@ static void service_rules(reader *r, const char *path, gw_route *route, size_t c
                                 .reason = "long_prompt"};
 }
 
+static void read_semantic(reader *r, const char *path, json_t *o, gw_semantic *s) {
+    static const char *const keys[] = {"model", "threshold", "max_entries", "max_size", "ttl", NULL};
+    if (only_keys(r, path, o, keys))
+        return;
+    copy_name(r, path, s->model, get_string(r, path, o, "model", NULL), "model (a local embedding model)");
+    s->threshold = get_number(r, path, o, "threshold", 0.95, 0.5, 1);
+    s->max_entries = (size_t)get_long(r, path, o, "max_entries", 10000, 1, 10000000);
+    s->max_bytes = 64u << 20;
+    const char *size = get_string(r, path, o, "max_size", NULL);
+    uint64_t bytes;
+    if (size && (core_parse_size_bytes(size, &bytes) != 0 || bytes < 4096 || bytes > (1ull << 36)))
+        fail(r, path, "max_size must be a size from 4KiB to 64GiB (got '%.40s')", size);
+    else if (size)
+        s->max_bytes = (size_t)bytes;
+    s->ttl_us = get_duration(r, path, o, "ttl", 3600ull * 1000000u);
+}
+
 static void read_route(reader *r, const char *path, json_t *o, gw_config *c, gw_route *route) {
-    static const char *const keys[] = {"name", "rules", "default", "simple", "complex", "fallbacks", "cache", NULL};
+    static const char *const keys[] = {"name", "rules", "default", "simple", "complex", "fallbacks", "cache",
+                                       "semantic_cache", NULL};
     if (!json_is_object(o)) {
         fail(r, path, "a route must be a mapping");
         return;
@@ -493,6 +511,12 @@ static void read_route(reader *r, const char *path, json_t *o, gw_config *c, gw_
     json_t *fb = get_list(r, path, o, "fallbacks");
     if (fb)
         route->n_fallbacks = read_model_list(r, path, c, fb, route->fallbacks, 8);
+    json_t *sem = get_object(r, path, o, "semantic_cache");
+    if (sem) {
+        char p[300];
+        snprintf(p, sizeof p, "%.270s.semantic_cache", path);
+        read_semantic(r, p, sem, &route->semantic);
+    }
     const char *cache = get_string(r, path, o, "cache", "deterministic");
     if (strcmp(cache, "always") == 0)
         route->cache_always = 1;

@@ -31,6 +31,7 @@
  * only.
  */
 #include <ctype.h>
+#include <math.h>
 #include <event2/event.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -55,6 +56,8 @@ const char *gateway_status_message(int status) {
 struct gateway {
     gw_config cfg;
     kv_store *store;      /* budgets' counters */
+    serving_repo *repo;   /* the local models (semantic caches embed with one) */
+    gw_semindex **semantic; /* per route: its semantic cache's index, or NULL */
     gw_breaker *breakers; /* per model */
     guard_cache *cache;
     metrics_registry *metrics;
@@ -67,6 +70,7 @@ struct gateway_loop {
     struct event_base *base;
     gw_multi *multi;
     gateway_call *calls; /* running, for gateway_loop_destroy */
+    int orphans;         /* cancelled calls whose embedding is still being computed */
 };
 
 #define MAX_PLAN 24
@@ -91,7 +95,7 @@ struct gateway_call {
     uint64_t start_us, deadline_us;
     char fallbacks[512];          /* "model:reason,..." */
     /* cache */
-    int cache_on, servable, lookup_pending, cancelled;
+    int cache_on, servable, lookup_pending, cancelled, no_cache;
     guard_cache_key key;
     guard_cache_req creq;
     char *stale;                  /* a cached answer, for the stale fallback */
@@ -123,6 +127,14 @@ struct gateway_call {
     char stream_id[96];
     long created;
     gw_anthropic_stream anthropic; /* a Messages stream being translated */
+    /* semantic cache: the prompt's embedding, computed by a local model */
+    serving_request sreq;
+    int embed_pending;
+    struct event *wake;           /* the embedding is back (posted from a batcher thread) */
+    char *embed_text;
+    size_t embed_len;
+    float *semvec;                /* unit length; kept to store the answer under */
+    size_t semdim;
     gw_usage usage;
     char last_error[256];
     int last_status;              /* what to answer when nothing else is left */
@@ -182,6 +194,25 @@ int gateway_create(const gateway_options *o, gateway **out, char *why, size_t ca
     }
     g->cache = g->cfg.cache ? o->cache : NULL;
     g->store = o->store;
+    g->repo = o->repo;
+    g->semantic = calloc(g->cfg.n_routes + 1, sizeof *g->semantic);
+    for (size_t i = 0; g->semantic && i < g->cfg.n_routes; i++) {
+        const gw_semantic *sc = &g->cfg.routes[i].semantic;
+        if (!sc->model[0])
+            continue;
+        serving_split split;
+        if (!g->repo || serving_get_split(g->repo, sc->model, &split) == SERVING_ENOTFOUND) {
+            snprintf(why, cap, "%s: routes '%s': semantic_cache.model '%s' is not a model of the model repository",
+                     o->config_file, g->cfg.routes[i].name, sc->model);
+            for (size_t k = 0; k < i; k++)
+                gw_semindex_free(g->semantic[k]);
+            free(g->semantic);
+            gw_config_free(&g->cfg);
+            free(g);
+            return -1;
+        }
+        g->semantic[i] = gw_semindex_new(sc);
+    }
     if (g->cfg.budgets && !g->store) {
         gw_config_free(&g->cfg);
         free(g);
@@ -250,6 +281,9 @@ int gateway_create(const gateway_options *o, gateway **out, char *why, size_t ca
 void gateway_destroy(gateway *g) {
     if (!g)
         return;
+    for (size_t i = 0; g->semantic && i < g->cfg.n_routes; i++)
+        gw_semindex_free(g->semantic[i]);
+    free(g->semantic);
     for (size_t i = 0; i < g->cfg.n_models; i++)
         gw_breaker_destroy(&g->breakers[i]);
     free(g->breakers);
@@ -275,6 +309,10 @@ void gateway_loop_destroy(gateway_loop *l) {
         return;
     while (l->calls)
         gateway_call_cancel(l->calls);
+    /* An embedding still on a batcher posts to this base when it is done:
+     * run the base (its thread is gone) until those calls are freed. */
+    while (l->orphans > 0)
+        event_base_loop(l->base, EVLOOP_ONCE);
     gw_multi_destroy(l->multi);
     free(l);
 }
@@ -313,6 +351,11 @@ static void call_free(gateway_call *c) {
     gw_transfer_cancel(c->xfer);
     if (c->timer)
         event_free(c->timer);
+    if (c->wake)
+        event_free(c->wake);
+    serving_request_fini(&c->sreq);
+    free(c->embed_text);
+    free(c->semvec);
     gw_chat_free(&c->chat);
     gw_sse_free(c->sse);
     guard_pii_stream_free(c->pii);
@@ -1233,6 +1276,8 @@ static void answer_whole(gateway_call *c) {
     count_usage(c, m);
     if (c->g->cache && !c->blocked)
         guard_cache_store(c->g->cache, c->l->base, &c->key, text, strlen(text));
+    if (c->semvec && !c->blocked)
+        gw_semindex_add(c->g->semantic[c->route], c->semvec, c->semdim, text, strlen(text), now_us());
     const char *outcome = c->pos == 0 ? "ok" : "fallback";
     count(c->g->f_requests, 1, c->target, outcome, NULL);
     log_done(c, outcome, m->name);
@@ -1282,15 +1327,17 @@ static void answer_stream_end(gateway_call *c) {
     }
     c->ops.data(c->ud, "data: [DONE]\n\n", 14);
     count_usage(c, m);
-    if (c->g->cache && !c->blocked) {
+    if ((c->g->cache || c->semvec) && !c->blocked) {
         gw_usage u = c->usage;
         json_t *o = gw_completion_make(c->stream_id, c->created, m->name, c->text ? c->text : "", &u);
         if (o && c->finish_reason)
             json_object_set_new(json_array_get(json_object_get(o, "choices"), 0), "finish_reason",
                                 json_string(c->finish_reason));
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (text)
+        if (text && c->g->cache)
             guard_cache_store(c->g->cache, c->l->base, &c->key, text, strlen(text));
+        if (text && c->semvec)
+            gw_semindex_add(c->g->semantic[c->route], c->semvec, c->semdim, text, strlen(text), now_us());
         free(text);
         json_decref(o);
     }
@@ -1465,6 +1512,132 @@ static void next_model(gateway_call *c) {
     last_resort(c);
 }
 
+/* ---- the semantic cache -------------------------------------------------------------------
+ *
+ * For a route with a semantic cache: the prompt (every message's text) is
+ * embedded by the local model named in its configuration, through
+ * serving_predict as any request; an answer stored under a prompt whose
+ * embedding is at least `threshold` similar (cosine) is the answer. The
+ * embedding comes back on a batcher thread, which only wakes the call's
+ * loop. */
+
+static void semantic_done(gateway_call *c);
+
+static void on_embedded_thread(serving_request *r, void *user) {
+    (void)r;
+    gateway_call *c = user;
+    event_active(c->wake, EV_READ, 0);
+}
+
+static void on_embedded(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    gateway_call *c = arg;
+    c->embed_pending = 0;
+    if (c->cancelled) {
+        c->l->orphans--;
+        call_free(c);
+        return;
+    }
+    semantic_done(c);
+}
+
+/* All of the messages' text, one per line. */
+static char *prompt_text(const gateway_call *c, size_t *len) {
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(c->chat.body, "messages"), i, m) {
+        json_t *content = json_object_get(m, "content");
+        if (json_is_string(content)) {
+            append(&buf, &n, &cap, json_string_value(content), json_string_length(content));
+            append(&buf, &n, &cap, "\n", 1);
+        }
+        size_t k;
+        json_t *part;
+        json_array_foreach(content, k, part) {
+            json_t *t = json_object_get(part, "text");
+            if (json_is_string(t)) {
+                append(&buf, &n, &cap, json_string_value(t), json_string_length(t));
+                append(&buf, &n, &cap, "\n", 1);
+            }
+        }
+    }
+    *len = n;
+    return buf;
+}
+
+static void semantic_stage(gateway_call *c) {
+    const gw_route *route = c->route >= 0 ? &c->g->cfg.routes[c->route] : NULL;
+    if (!route || !c->g->semantic[c->route] || c->no_cache || !(c->wake = event_new(c->l->base, -1, 0, on_embedded, c))) {
+        next_model(c);
+        return;
+    }
+    c->embed_text = prompt_text(c, &c->embed_len);
+    if (!c->embed_text) {
+        next_model(c);
+        return;
+    }
+    serving_request_init(&c->sreq);
+    c->sreq.model = route->semantic.model;
+    c->sreq.task = SERVING_TASK_EMBED;
+    c->sreq.texts = (const char *const *)&c->embed_text;
+    c->sreq.lens = &c->embed_len;
+    c->sreq.n = 1;
+    c->sreq.on_done = on_embedded_thread;
+    c->sreq.user = c;
+    c->embed_pending = 1;
+    if (serving_predict(c->g->repo, &c->sreq) != 0) { /* not loaded, not an embedding model, ...: no semantic cache */
+        c->embed_pending = 0;
+        log_event(LOG_WARN, "llm_semantic_cache_unavailable", "route", json_string(route->name), "error",
+                  json_string(c->sreq.error), NULL);
+        serving_request_fini(&c->sreq);
+        next_model(c);
+    }
+}
+
+static void semantic_done(gateway_call *c) {
+    gw_semindex *x = c->g->semantic[c->route];
+    if (c->sreq.status != 0) {
+        log_event(LOG_WARN, "llm_semantic_cache_unavailable", "route", json_string(c->g->cfg.routes[c->route].name),
+                  "error", json_string(c->sreq.error), NULL);
+        serving_request_fini(&c->sreq);
+        next_model(c);
+        return;
+    }
+    size_t dim = (size_t)serving_version_info(c->sreq.first)->hidden;
+    c->semvec = malloc(dim * sizeof *c->semvec);
+    double norm = 0;
+    for (size_t i = 0; i < dim; i++)
+        norm += (double)c->sreq.out[i] * c->sreq.out[i];
+    norm = norm > 0 ? 1 / sqrt(norm) : 0;
+    for (size_t i = 0; c->semvec && i < dim; i++)
+        c->semvec[i] = (float)(c->sreq.out[i] * norm);
+    c->semdim = c->semvec ? dim : 0;
+    serving_request_fini(&c->sreq);
+    char *body = NULL;
+    size_t len = 0;
+    double similarity = 0;
+    if (c->semvec && gw_semindex_find(x, c->semvec, dim, now_us(), &body, &len, &similarity)) {
+        count(c->g->f_cache, 1, "semantic_hit", NULL);
+        count(c->g->f_requests, 1, c->target, "ok", NULL);
+        log_done(c, "semantic_cache_hit", NULL);
+        char sim[32];
+        snprintf(sim, sizeof sim, "%.4f", similarity);
+        gateway_header h[7];
+        size_t nh = answer_headers(c, NULL, "SEMANTIC", h);
+        h[nh++] = (gateway_header){"X-Semantic-Similarity", sim};
+        clear_slot(c);
+        send_completion(c, body, len, h, nh);
+        free(body);
+        call_free(c);
+        return;
+    }
+    count(c->g->f_cache, 1, "semantic_miss", NULL);
+    next_model(c);
+}
+
 /* ---- the start -------------------------------------------------------------------------- */
 
 static void on_lookup(int hit, const void *body, size_t len, void *ud) {
@@ -1496,7 +1669,7 @@ static void on_lookup(int hit, const void *body, size_t len, void *ud) {
         c->stale_len = len;
     }
     count(c->g->f_cache, 1, c->servable ? "miss" : "bypass", NULL);
-    next_model(c);
+    semantic_stage(c);
 }
 
 int gateway_chat(gateway_loop *l, const gateway_request *r, const gateway_reply_ops *ops, void *ud,
@@ -1557,6 +1730,7 @@ int gateway_chat(gateway_loop *l, const gateway_request *r, const gateway_reply_
         plan_add_chain(c, (size_t)model, 0);
     }
 
+    c->no_cache = r->no_cache;
     c->servable = !r->no_cache && (c->chat.deterministic || (route && route->cache_always));
     if (g->cache) {
         size_t n = 0;
@@ -1573,7 +1747,7 @@ int gateway_chat(gateway_loop *l, const gateway_request *r, const gateway_reply_
             return 0;
         }
     }
-    next_model(c);
+    semantic_stage(c);
     return 0;
 }
 
@@ -1591,7 +1765,8 @@ void gateway_call_cancel(gateway_call *c) {
     c->xfer = NULL;
     if (c->reserve_state == 2 && c->pos < c->n_plan) /* what the upstream may have billed so far */
         settle(c, c->xfer || c->started ? cur_model(c) : NULL);
-    if (c->lookup_pending || c->reserve_state == 1) { /* the pending callback frees it */
+    if (c->lookup_pending || c->reserve_state == 1 || c->embed_pending) { /* the pending callback frees it */
+        c->l->orphans += c->embed_pending;
         c->cancelled = 1;
         evtimer_del(c->timer);
         unlink_call(c);

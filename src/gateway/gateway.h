@@ -28,6 +28,7 @@
 
 #include "guard.h"
 #include "obs.h"
+#include "serving.h"
 #include "status.h"
 
 struct event_base;
@@ -67,6 +68,8 @@ typedef struct gateway_options {
     guard_cache *cache;        /* the response cache (exact answers); borrowed; NULL: none */
     kv_store *store;           /* where budgets are counted: Redis shares them between instances;
                                   borrowed; NULL: budgets in the configuration are refused */
+    serving_repo *repo;        /* the local models: a route's semantic cache embeds prompts with one;
+                                  borrowed; NULL: semantic caches are refused */
 } gateway_options;
 
 /* Reads the configuration and registers the aiserve_llm_* metrics. 0, or -1

@@ -1,9 +1,8 @@
 /*
  * redis.c - the Redis key-value backend (kv_backend "redis"): the same
  * get / set / bucket_take / counter_add as memory.c, against a real Redis
- * shared by every
- * aiserve instance, through hiredis's async API on each event loop, so no
- * loop ever blocks on Redis.
+ * shared by every aiserve instance, through hiredis's async API on each
+ * event loop, so no loop ever blocks on Redis.
  *
  *  - One connection per event loop (kv_attach), used only on that loop's
  *    thread; an operation finds its loop's connection by `base` (a short
@@ -97,6 +96,7 @@ static const char bucket_script[] =
     "  now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
     "end\n"
     "local full, need = cap * period, cost * period\n"
+    "if redis.call('HEXISTS', KEYS[1], 'n') == 1 then " LUA_WRONGTYPE " end\n"
     "local st = redis.call('HMGET', KEYS[1], 'l', 't')\n"
     "local level, last = tonumber(st[1]), tonumber(st[2])\n"
     "if not level or not last then\n"

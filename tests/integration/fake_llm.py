@@ -30,7 +30,7 @@ truncated body, not a complete one.
 
 Every request is recorded (model, body, headers, path, time of arrival on
 the monotonic clock, and outcome: "answered" for a whole answer, or for a
-stream "complete", "client_gone" when writing to the caller failed, "died"
+stream "complete"; "client_gone" when writing to the caller failed, "died"
 after die_after, "error_event" after error_after, "dropped"; None for an
 error status or garbage) for assertions. Runs on loopback in a thread of
 the test process; stop() closes it.
@@ -140,8 +140,7 @@ class FakeLLM:
                                     "finish_reason": "stop"} for i, t in enumerate(texts)]}
                 if step.get("usage", True):
                     out["usage"] = usage
-                self._json(200, out)
-                fake._outcome(record, "answered")
+                fake._outcome(record, "answered" if self._json(200, out) else "client_gone")
 
             def _stream(self, model, step, choices, usage, body):
                 """Writes the stream; returns how it ended (the record's outcome)."""
@@ -195,15 +194,21 @@ class FakeLLM:
                 return "complete"
 
             def _json(self, status, obj, headers=None):
-                self._raw(status, "application/json", json.dumps(obj).encode(), headers)
+                return self._raw(status, "application/json", json.dumps(obj).encode(), headers)
 
             def _raw(self, status, ctype, data, headers=None):
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                """Sends one whole answer; False when the caller had gone."""
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return True
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                    return False
 
         return Handler

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -53,12 +54,13 @@ def fake():
 
 @pytest.fixture
 def gateway(server_factory, fake, tmp_path):
-    """start(*server_args, fallbacks={model: [...]}, routes=[...], keys_env=..., **sections): a server
-    whose gateway has the four models above on the fake, two tries per model with 50-100 ms
-    waits, no breaker unless a test sets one, and the given top-level sections."""
+    """start(*server_args, fallbacks={model: [...]}, routes=[...], provider={...}, **sections): a
+    server whose gateway has the four models above on the fake (provider settings added to its
+    entry), two tries per model with 50-100 ms waits, no breaker unless a test sets one, and the
+    given top-level sections."""
     n = [0]
 
-    def start(*args, fallbacks=None, routes=None, **sections):
+    def start(*args, fallbacks=None, routes=None, provider=None, **sections):
         models = []
         for m in MODEL_DEFS:
             m = dict(m, provider="fake")
@@ -66,8 +68,8 @@ def gateway(server_factory, fake, tmp_path):
                 m["fallbacks"] = fallbacks[m["name"]]
             models.append(m)
         cfg = {
-            "providers": [{"name": "fake", "kind": "openai", "base_url": fake.base_url,
-                           "api_key_env": "FAKE_LLM_KEY"}],
+            "providers": [dict({"name": "fake", "kind": "openai", "base_url": fake.base_url,
+                                "api_key_env": "FAKE_LLM_KEY"}, **(provider or {}))],
             "models": models,
             "routes": routes if routes is not None else [{"name": "auto", "simple": "small", "complex": "big"}],
             "retry": {"attempts": "2", "min_wait": "50ms", "max_wait": "100ms"},
@@ -133,6 +135,12 @@ def metric(s, name, **labels):
     return sample(s.metrics(), name, **labels)
 
 
+def outcome(call):
+    """How the fake says an upstream call ended, once its handler has finished (the client may
+    have its answer a moment before the fake's thread records it)."""
+    return wait_until(lambda: call["outcome"], 5, "the fake to record the end of %s" % call["model"])
+
+
 # -- answers ----------------------------------------------------------------------------------------------------------
 
 
@@ -167,7 +175,7 @@ def test_plain_and_streamed_answers(gateway, fake):
     assert r.headers["X-Gateway-Model"] == "small"
     up = fake.calls()[-1]
     assert up["body"]["stream"] is True and up["body"]["stream_options"] == {"include_usage": True}
-    assert up["headers"]["Authorization"] == "Bearer " + KEY and up["outcome"] == "complete"
+    assert up["headers"]["Authorization"] == "Bearer " + KEY and outcome(up) == "complete"
 
     # streamed with include_usage: one usage chunk (no choices) before [DONE], the upstream's numbers
     r, events = stream(s, temperature=0.5, max_tokens=50, stream_options={"include_usage": True})
@@ -305,8 +313,9 @@ def test_retry_after_header_is_honoured(gateway, fake):
     fake.script("up-small", [{"status": 429, "retry_after": 1}, {"text": "after the wait"}])
     assert text_of(chat(s)) == "after the wait"
     first, second = fake.calls("up-small")
-    # the backoff alone is 50-100 ms; the upstream asked for a second
-    assert second["time"] - first["time"] >= 1.0
+    # the backoff alone is 50-100 ms; the upstream asked for a second. (A few ms of slack: the
+    # event loop starts the wait from its cached clock, up to one loop iteration early.)
+    assert second["time"] - first["time"] >= 0.99
     assert metric(s, "aiserve_llm_upstream_requests_total", model="small", result="http_429") == 1
 
 
@@ -412,6 +421,24 @@ def test_stale_cached_answer_when_everything_fails(gateway, fake):
     assert metric(s, "aiserve_llm_requests_total", target="small", outcome="stale_cache") == 1
 
 
+def test_timeouts(gateway, fake):
+    # a provider's timeout is a failed try (a plain answer: the whole answer; a stream: its first byte)
+    s = gateway(fallbacks={"small": ["backup"]}, provider={"timeout": "300ms"})
+    fake.script("up-small", [{"delay": 1}])
+    r = chat(s)
+    assert text_of(r) == "ok from up-backup" and r.headers["X-Gateway-Fallbacks"] == "small:timeout"
+    r, events = stream(s)
+    assert content_of(events) == "ok from up-backup" and r.headers["X-Gateway-Fallbacks"] == "small:timeout"
+    assert metric(s, "aiserve_llm_upstream_requests_total", model="small", result="timeout") == 4
+    # the deadline covers the whole request: 504 once it passed, without waiting for the upstream
+    s = gateway(deadline="500ms", fallback={"default_reply": None})
+    fake.script("up-small", [{"delay": 3}])
+    r = chat(s, "too slow")
+    err = assert_error(r, 504, "upstream_timeout")
+    assert "deadline" in err["message"] and r.headers["X-Gateway-Fallbacks"] == "small:timeout"
+    assert fake.calls()[-1]["outcome"] is None           # the upstream had not answered yet
+
+
 # -- circuit breaker --------------------------------------------------------------------------------------------------
 
 
@@ -438,14 +465,20 @@ def test_breaker_opens_probes_and_closes(gateway, fake):
     r = chat(s)
     assert r.headers["X-Gateway-Fallbacks"] == "small:error,small:default_reply"
     assert len(fake.calls()) == 3 and state() == 2
-    # the next probe succeeds: closed
-    fake.script("up-small", [{"text": "back again"}])
+    # the next probe succeeds: closed; while it is out (half-open) no other call goes upstream
+    fake.script("up-small", [{"delay": 0.5, "text": "back again"}])
     wait_until(lambda: open_breakers(s) == 0, 10, "the second cooldown to end")
-    r = chat(s)
+    with ThreadPoolExecutor(1) as pool:
+        probe = pool.submit(chat, s)
+        wait_until(lambda: len(fake.calls()) == 4, 10, "the probe to reach the upstream")
+        assert state() == 1
+        r = chat(s)
+        assert r.headers["X-Gateway-Fallbacks"] == "small:breaker_open,small:default_reply"
+        r = probe.result()
     assert text_of(r) == "back again" and r.headers["X-Gateway-Model"] == "small"
     assert len(fake.calls()) == 4 and state() == 0
     assert s.get("/health").json()["status"] == "healthy"
-    assert metric(s, "aiserve_llm_fallbacks_total", model="small", reason="breaker_open") == 1
+    assert metric(s, "aiserve_llm_fallbacks_total", model="small", reason="breaker_open") == 2
 
 
 # -- cache ------------------------------------------------------------------------------------------------------------
@@ -472,8 +505,15 @@ def test_cache_hit_bypass_and_stream_from_cache(gateway, fake):
     assert len(fake.calls()) == 2
     # other parameters are another answer
     assert chat(s, temperature=0, max_tokens=7).headers["X-Cache"] == "MISS"
+    # and the other way round: a streamed answer is cached whole for a plain request
+    fake.script("up-small", [{"chunks": ["stre", "amed"]}])
+    _, events = stream(s, "another question", temperature=0)
+    r = chat(s, "another question", temperature=0)
+    assert text_of(r) == "streamed" and r.headers["X-Cache"] == "HIT"
+    assert r.json()["choices"][0]["finish_reason"] == "stop" and r.json()["model"] == "small"
+    assert len(fake.calls()) == 4
     m = s.metrics()
-    assert sample(m, "aiserve_llm_cache_requests_total", result="hit") == 3
+    assert sample(m, "aiserve_llm_cache_requests_total", result="hit") == 4
     assert sample(m, "aiserve_llm_cache_requests_total", result="bypass") == 1
 
 
@@ -487,7 +527,8 @@ def test_output_guardrail_blocks_ssn_and_card_numbers(gateway, fake):
                              {"text": "Order 4111111111111112 has shipped"},       # fails the Luhn check
                              {"chunks": ["my ssn is 123-4", "5-6789 ok"]},
                              {"chunks": ["card 4111-1111-", "1111-1111 ok"]},
-                             {"chunks": ["nothing to ", "hide here"]}])
+                             {"chunks": ["nothing to ", "hide here"]},
+                             {"choices": [["hello ", "world"], ["my ssn is ", "123-45-6789"]]}])
     assert text_of(chat(s)) == FILTERED
     assert text_of(chat(s)) == FILTERED
     assert text_of(chat(s)) == "Order 4111111111111112 has shipped"
@@ -497,8 +538,11 @@ def test_output_guardrail_blocks_ssn_and_card_numbers(gateway, fake):
         assert not [p for p in pieces if p in r.text], r.text
     r, events = stream(s)
     assert content_of(events) == "nothing to hide here"
+    # several choices: each filtered on its own
+    r = chat(s, n=2)
+    assert [c["message"]["content"] for c in r.json()["choices"]] == ["hello world", FILTERED]
     m = s.metrics()
-    assert sample(m, "aiserve_llm_guardrail_matches_total", direction="output", type="ssn", action="block") == 2
+    assert sample(m, "aiserve_llm_guardrail_matches_total", direction="output", type="ssn", action="block") == 3
     assert sample(m, "aiserve_llm_guardrail_matches_total", direction="output", type="card", action="block") == 2
 
 
@@ -535,8 +579,7 @@ def test_client_leaving_mid_stream_cancels_the_upstream(gateway, fake):
     assert got.startswith(b"HTTP/1.1 200")
     (up,) = fake.calls()
     # the gateway closed its upstream connection long before the answer's 10 s
-    wait_until(lambda: up["outcome"], 5, "the upstream transfer to end")
-    assert up["outcome"] == "client_gone"
+    assert outcome(up) == "client_gone"
     s.wait_log("llm_request", outcome="client_gone", timeout=5)
     fake.script("up-small", [{"text": "still serving"}])
     assert text_of(chat(s)) == "still serving"
@@ -552,8 +595,77 @@ def test_upstream_dying_mid_stream(gateway, fake):
     assert errors[0]["error"]["type"] == "upstream_error" and errors[0]["error"]["message"]
     assert content_of(events) == "one two "
     assert fake.calls("up-backup") == []               # the client had part of it: no fallback
-    assert fake.calls()[0]["outcome"] == "died"
+    assert outcome(fake.calls()[0]) == "died"
     assert metric(s, "aiserve_llm_requests_total", target="small", outcome="error") == 1
+
+
+@pytest.mark.xfail(strict=True, reason="bug: an upstream's in-band error event (data: {\"error\": ...}) parses as a "
+                   "chunk without choices and is dropped like a usage chunk; the stream ends as a success and "
+                   "the partial answer is cached (and served as a HIT)")
+def test_upstream_error_event_mid_stream(gateway, fake):
+    s = gateway()
+    fake.script("up-small", [{"chunks": ["one ", "two ", "three"], "error_after": 2}, {"text": "a whole answer"}])
+    r, events = stream(s, temperature=0)
+    assert outcome(fake.calls()[0]) == "error_event"
+    errors = [e for e in events[:-1] if "error" in e]
+    assert len(errors) == 1 and events[-2] is errors[0]
+    assert errors[0]["error"]["type"] == "upstream_error"
+    assert content_of(events) == "one two "
+    assert metric(s, "aiserve_llm_requests_total", target="small", outcome="error") == 1
+    # the broken answer was not cached
+    assert text_of(chat(s, temperature=0)) == "a whole answer"
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a streamed answer with several choices (n=2) goes through one output "
+                   "filter: text held back from one choice is released under another's index, and an SSN split "
+                   "across chunks of choice 1 is not seen (the choices interleave), so it reaches the client")
+def test_stream_with_several_choices_is_filtered_per_choice(gateway, fake):
+    s = gateway()
+    fake.script("up-small", [{"choices": [["hello ", "world"], ["my ssn is 123-4", "5-6789 ok"]]}])
+    r, events = stream(s, n=2)
+    texts = {}
+    for c in chunks_of(events):
+        for choice in c["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + (choice["delta"].get("content") or "")
+    assert "123-4" not in r.text and "6789" not in r.text
+    assert texts[0] == "hello world" and texts[1].endswith(FILTERED)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a stream blocked by the output guardrail drops every chunk after the "
+                   "match, the finish_reason chunk included: the client's stream has no finish_reason")
+def test_blocked_stream_still_finishes(gateway, fake):
+    s = gateway()
+    fake.script("up-small", [{"chunks": ["my ssn is 123-4", "5-6789 ok"]}])
+    r, events = stream(s)
+    assert content_of(events).endswith(FILTERED)
+    finish = [ch["finish_reason"] for c in chunks_of(events) for ch in c["choices"] if ch.get("finish_reason")]
+    assert len(finish) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="bug: an upstream that answers a stream request with a whole JSON "
+                   "completion (Content-Type: application/json) is passed on as JSON to a client that asked "
+                   "for server-sent events")
+def test_upstream_ignoring_stream_is_still_a_stream(gateway, fake):
+    s = gateway()
+    fake.script("up-small", [{"ignore_stream": True, "text": "a whole answer"}])
+    r, events = stream(s)
+    assert content_of(events) == "a whole answer"
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "small" for c in chunks_of(events))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a client that disconnects while a plain (non-streamed) answer is in "
+                   "flight is not noticed: the upstream call runs to its end, is counted and logged outcome ok")
+def test_client_leaving_a_plain_call_cancels_the_upstream(gateway, fake):
+    s = gateway()
+    fake.script("up-small", [{"delay": 1.5, "text": "nobody reads this"}])
+    body = json.dumps({"model": "small", "messages": user("slow")}).encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (CHAT.encode(), len(body), body))
+        wait_until(lambda: fake.calls(), 5, "the upstream call to start")
+    (done,) = wait_until(lambda: s.logs("llm_request"), 5, "the call to end")
+    assert done["outcome"] == "client_gone"
+    assert metric(s, "aiserve_llm_requests_total", target="small", outcome="ok") == 0
 
 
 def test_stream_failing_before_its_first_chunk_falls_back(gateway, fake):

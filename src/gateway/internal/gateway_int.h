@@ -60,8 +60,18 @@ typedef struct gw_rule {
     char reason[96];          /* for X-Route-Reason */
 } gw_rule;
 
+/* A route's semantic cache (off when model is ""). */
+typedef struct gw_semantic {
+    char model[GW_NAME_MAX];  /* an embedding model of the local repository */
+    double threshold;         /* cosine similarity that counts as the same prompt */
+    size_t max_entries;
+    size_t max_bytes;         /* vectors, answers and bookkeeping */
+    uint64_t ttl_us;
+} gw_semantic;
+
 typedef struct gw_route {
     char name[GW_NAME_MAX];
+    gw_semantic semantic;
     gw_rule *rules;
     size_t n_rules;
     size_t default_model;
@@ -152,6 +162,25 @@ typedef struct gw_anthropic_stream {
  * chunk); -1 with fail for an error event or an event that is not JSON. */
 int gw_anthropic_event(gw_anthropic_stream *s, const char *model, const char *event, const char *data, size_t len,
                        char **out, size_t *out_len, gw_fail *fail);
+
+/* ---- the semantic cache's index (semantic.c) ------------------------------------ */
+
+/* Answers keyed by prompt embeddings; one per route that has a semantic
+ * cache, shared by every loop (its own mutex). Bounded: past max_entries
+ * or max_bytes the oldest entries go; entries past their ttl are skipped
+ * and dropped. */
+typedef struct gw_semindex gw_semindex;
+
+gw_semindex *gw_semindex_new(const gw_semantic *cfg);
+void gw_semindex_free(gw_semindex *x);
+/* The most similar entry's answer at or above the threshold: 1 with a
+ * malloc'd copy in *body (*len) and its similarity, else 0. vec is unit
+ * length (dim floats). */
+int gw_semindex_find(gw_semindex *x, const float *vec, size_t dim, uint64_t now_us, char **body, size_t *len,
+                     double *similarity);
+/* Adds an answer under vec (copied). */
+void gw_semindex_add(gw_semindex *x, const float *vec, size_t dim, const char *body, size_t len, uint64_t now_us);
+size_t gw_semindex_entries(gw_semindex *x);
 
 /* ---- circuit breakers (breaker.c) ---------------------------------------------- */
 
