@@ -145,6 +145,7 @@ struct gateway_call {
     int reserve_step;             /* the counter being reserved: DAY, MONTH, TPM */
     int held[3];                  /* counters holding this call's reservation */
     char counter_key[3][200];
+    uint64_t counter_ttl_us[3];   /* settling recreates an expired counter with its ttl */
     int64_t reserved_uusd, reserved_tokens;
 };
 
@@ -796,7 +797,7 @@ static void settle(gateway_call *c, const gw_model *answered) {
         int64_t delta = k == COUNTER_TPM ? tokens - c->reserved_tokens : cost - c->reserved_uusd;
         if (delta)
             kv_counter_add(c->g->store, c->l->base, c->counter_key[k], strlen(c->counter_key[k]), delta,
-                           INT64_MAX, 0, on_settled, NULL);
+                           INT64_MAX, c->counter_ttl_us[k], on_settled, NULL);
         c->held[k] = 0;
     }
 }
@@ -888,6 +889,7 @@ static void reserve_next(gateway_call *c) {
             ttl_us = 120ull * 1000000u;
         }
         snprintf(c->counter_key[k], sizeof c->counter_key[k], "llm:budget:%s:%s", key_label(c), period);
+        c->counter_ttl_us[k] = ttl_us;
         int64_t delta = k == COUNTER_TPM ? c->reserved_tokens : c->reserved_uusd;
         kv_counter_add(c->g->store, c->l->base, c->counter_key[k], strlen(c->counter_key[k]), delta,
                        (int64_t)limit, ttl_us, on_reserved, c);

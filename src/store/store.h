@@ -162,7 +162,7 @@ typedef struct kv_backend {
 } kv_backend;
 
 /* The value under key, to cb: KV_OK with the bytes (borrowed for the
- * callback), KV_ENOTFOUND (absent or expired), KV_EWRONGTYPE (a bucket),
+ * callback), KV_ENOTFOUND (absent or expired), KV_EWRONGTYPE (a bucket or a counter),
  * KV_EINVAL (key empty or over KV_KEY_MAX), or a backend failure. A hit
  * makes the entry the most recently used. */
 void kv_get(kv_store *s, struct event_base *base, const void *key, size_t key_len, kv_get_cb cb, void *ud);

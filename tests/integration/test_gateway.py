@@ -662,8 +662,8 @@ def test_client_leaving_a_plain_call_cancels_the_upstream(gateway, fake):
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
         c.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                   % (CHAT.encode(), len(body), body))
-        wait_until(lambda: fake.calls(), 5, "the upstream call to start")
-    (done,) = wait_until(lambda: s.logs("llm_request"), 5, "the call to end")
+        wait_until(lambda: fake.calls() or None, 5, "the upstream call to start")
+    (done,) = wait_until(lambda: s.logs("llm_request") or None, 5, "the call to end")
     assert done["outcome"] == "client_gone"
     assert metric(s, "aiserve_llm_requests_total", target="small", outcome="ok") == 0
 
