@@ -8,6 +8,8 @@
 --                  latency is then the whole stream, to its last byte
 --   WRK_RATE=R     pace the requests at R per second (one wrk thread: run
 --                  wrk with -t1): see delay() below
+--   WRK_BEARER=K   send "Authorization: Bearer K" (the fake's key, for the
+--                  direct calls; through aiserve the gateway sends it)
 --
 -- The request is built once and there is no request() or response()
 -- function, so wrk sends pre-built bytes and hands no answer to Lua: the load
@@ -23,6 +25,7 @@ local stream = os.getenv("WRK_STREAM") == "1"
 wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
+if (os.getenv("WRK_BEARER") or "") ~= "" then wrk.headers["Authorization"] = "Bearer " .. os.getenv("WRK_BEARER") end
 wrk.body = '{"model": "bench", ' ..
            (stream and '"stream": true, "stream_options": {"include_usage": true}, ' or '') ..
            '"messages": [{"role": "system", "content": "You are a helpful assistant."}, ' ..

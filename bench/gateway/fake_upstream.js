@@ -26,9 +26,10 @@
 // machine shared with the load generator and the gateway should do as little
 // per request as it can (run.sh records its CPU time per run).
 //
-// SIGUSR2 prints one JSON line of counters on stderr ({"requests", "streams",
-// "open_streams", "max_open_streams", "bad_requests", "connections"}); SIGTERM
-// stops it.
+// GET /stats answers its counters: {"requests", "in_flight" (requests not
+// yet answered in full), "streams", "open_streams", "max_open_streams",
+// "bad_requests", "connections" (accepted so far), "open_connections"}.
+// SIGTERM stops it.
 'use strict';
 const net = require('net');
 
@@ -46,7 +47,8 @@ const API_KEY = process.env.FAKE_API_KEY || '';
 const MAX_HEAD = 64 * 1024;
 const MAX_BODY = 16 * 1024 * 1024;
 
-const counters = { requests: 0, streams: 0, open_streams: 0, max_open_streams: 0, bad_requests: 0, connections: 0 };
+const counters = { requests: 0, in_flight: 0, streams: 0, open_streams: 0, max_open_streams: 0, bad_requests: 0,
+                   connections: 0, open_connections: 0 };
 let nextId = 0;
 
 // The answer's words: CHUNKS pieces for a stream, joined for a JSON answer.
@@ -63,21 +65,19 @@ function promptTokens(req) {
   return Math.max(1, Math.ceil(bytes / 4));
 }
 
-function writeHead(sock, status, type, extra) {
-  sock.write('HTTP/1.1 ' + status + '\r\nContent-Type: ' + type + '\r\n' + extra + '\r\n');
-}
-
-function answerJson(sock, status, obj, close) {
-  const body = JSON.stringify(obj);
-  writeHead(sock, status, 'application/json',
-            'Content-Length: ' + Buffer.byteLength(body) + '\r\n' + (close ? 'Connection: close\r\n' : ''));
-  sock.write(body);
+// A JSON answer, head and body in one write.
+function answerJson(sock, status, body, close) {
+  sock.write('HTTP/1.1 ' + status + '\r\nContent-Type: application/json\r\nContent-Length: ' +
+             Buffer.byteLength(body) + '\r\n' + (close ? 'Connection: close\r\n' : '') + '\r\n' + body);
   if (close) sock.end();
 }
 
-function fail(sock, status, message) {
+// A refused request: the connection is closed after the answer (st.busy
+// stays set, so nothing more is read from it).
+function fail(sock, st, status, message) {
   counters.bad_requests++;
-  answerJson(sock, status, { error: { message, type: 'invalid_request_error' } }, true);
+  st.busy = true;
+  answerJson(sock, status, JSON.stringify({ error: { message, type: 'invalid_request_error' } }), true);
 }
 
 function chunk(sock, text) {
@@ -94,45 +94,54 @@ function stream(sock, st, req, id, created, usage) {
   const base = '{"id":"' + id + '","object":"chat.completion.chunk","created":' + created + ',"model":' +
                JSON.stringify(req.model) + ',"choices":';
   const includeUsage = !!(req.stream_options && req.stream_options.include_usage);
-  writeHead(sock, '200 OK', 'text/event-stream', 'Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n');
+  sock.cork(); // the head, the role chunk and the first content chunk leave in one write
+  sock.write('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n' +
+             'Transfer-Encoding: chunked\r\n\r\n');
   chunk(sock, base + '[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}');
   let i = 0;
   const finish = () => {
     counters.open_streams--;
     st.streaming = false;
     st.timer = null;
+    sock.cork();
     chunk(sock, base + '[{"index":0,"delta":{},"finish_reason":"stop"}]}');
     if (includeUsage) chunk(sock, base + '[],"usage":' + usage + '}');
     chunk(sock, '[DONE]');
     sock.write('0\r\n\r\n');
+    sock.uncork();
+    st.answering = false;
+    counters.in_flight--;
     st.busy = false;
     drain(sock, st);
   };
   const next = () => {
     chunk(sock, base + '[{"index":0,"delta":{"content":' + JSON.stringify(WORDS[i]) + '},"finish_reason":null}]}');
     i++;
-    if (i >= WORDS.length) finish();
-    else st.timer = setTimeout(next, INTERVAL_MS);
+    if (i >= WORDS.length) return finish();
+    sock.uncork();
+    st.timer = setTimeout(next, INTERVAL_MS);
   };
   next();
 }
 
 function handle(sock, st, head, body) {
+  const [method, path] = head.split('\r\n', 1)[0].split(' ');
+  if (method === 'GET' && path === '/stats') return answerJson(sock, '200 OK', JSON.stringify(counters), false);
   counters.requests++;
-  const lines = head.split('\r\n');
-  const [method, path] = lines[0].split(' ');
   if (method !== 'POST' || !path || !path.endsWith('/chat/completions'))
-    return fail(sock, '404 Not Found', 'no such endpoint: ' + method + ' ' + path);
-  if (API_KEY && st.auth !== 'Bearer ' + API_KEY) return fail(sock, '401 Unauthorized', 'bad API key');
+    return fail(sock, st, '404 Not Found', 'no such endpoint: ' + method + ' ' + path);
+  if (API_KEY && st.auth !== 'Bearer ' + API_KEY) return fail(sock, st, '401 Unauthorized', 'bad API key');
   let req;
   try {
     req = JSON.parse(body);
   } catch (e) {
-    return fail(sock, '400 Bad Request', 'the body is not JSON: ' + e.message);
+    return fail(sock, st, '400 Bad Request', 'the body is not JSON: ' + e.message);
   }
   if (!req || typeof req.model !== 'string' || !Array.isArray(req.messages))
-    return fail(sock, '400 Bad Request', 'model and messages are required');
+    return fail(sock, st, '400 Bad Request', 'model and messages are required');
   st.busy = true;
+  st.answering = true;
+  counters.in_flight++;
   const id = 'chatcmpl-fake' + (nextId++);
   const created = Math.floor(Date.now() / 1000);
   const pt = promptTokens(req);
@@ -144,8 +153,9 @@ function handle(sock, st, head, body) {
     const body = '{"id":"' + id + '","object":"chat.completion","created":' + created + ',"model":' +
                  JSON.stringify(req.model) + ',"choices":[{"index":0,"message":{"role":"assistant","content":' +
                  JSON.stringify(CONTENT) + '},"finish_reason":"stop"}],"usage":' + usage + '}';
-    writeHead(sock, '200 OK', 'application/json', 'Content-Length: ' + Buffer.byteLength(body) + '\r\n');
-    sock.write(body);
+    answerJson(sock, '200 OK', body, false);
+    st.answering = false;
+    counters.in_flight--;
     st.busy = false;
     drain(sock, st);
   }, DELAY_MS);
@@ -158,7 +168,7 @@ function drain(sock, st) {
     if (st.need < 0) {
       const end = st.buf.indexOf('\r\n\r\n');
       if (end < 0) {
-        if (st.buf.length > MAX_HEAD) fail(sock, '431 Request Header Fields Too Large', 'head too large');
+        if (st.buf.length > MAX_HEAD) fail(sock, st, '431 Request Header Fields Too Large', 'head too large');
         return;
       }
       st.head = st.buf.toString('latin1', 0, end);
@@ -171,11 +181,11 @@ function drain(sock, st) {
         const name = line.slice(0, c).trim().toLowerCase();
         const value = line.slice(c + 1).trim();
         if (name === 'content-length') len = Number(value);
-        else if (name === 'transfer-encoding') return fail(sock, '501 Not Implemented', 'chunked requests');
+        else if (name === 'transfer-encoding') return fail(sock, st, '501 Not Implemented', 'chunked requests');
         else if (name === 'authorization') st.auth = value;
         else if (name === 'expect' && value.toLowerCase() === '100-continue') expect = true;
       }
-      if (!Number.isInteger(len) || len < 0 || len > MAX_BODY) return fail(sock, '413 Payload Too Large', 'body');
+      if (!Number.isInteger(len) || len < 0 || len > MAX_BODY) return fail(sock, st, '413 Payload Too Large', 'body');
       if (expect) sock.write('HTTP/1.1 100 Continue\r\n\r\n');
       st.need = len;
     }
@@ -190,16 +200,21 @@ function drain(sock, st) {
 const server = net.createServer((sock) => {
   counters.connections++;
   sock.setNoDelay(true);
-  const st = { buf: Buffer.alloc(0), need: -1, head: '', auth: '', busy: false, streaming: false, timer: null };
+  const st = { buf: Buffer.alloc(0), need: -1, head: '', auth: '', busy: false, answering: false, streaming: false,
+              timer: null };
   sock.on('data', (d) => {
     st.buf = st.buf.length ? Buffer.concat([st.buf, d]) : d;
     drain(sock, st);
   });
+  counters.open_connections++;
   const gone = () => {
+    counters.open_connections--;
     if (st.timer) clearTimeout(st.timer);
     st.timer = null;
     if (st.streaming) counters.open_streams--;
+    if (st.answering) counters.in_flight--;
     st.streaming = false;
+    st.answering = false;
   };
   sock.on('close', gone);
   sock.on('error', () => {});
@@ -212,5 +227,4 @@ server.listen({ port: PORT, host: '127.0.0.1', backlog: 8192 }, () => {
   process.stdout.write(JSON.stringify({ port: server.address().port, delay_ms: DELAY_MS, chunks: CHUNKS,
                                         interval_ms: INTERVAL_MS }) + '\n');
 });
-process.on('SIGUSR2', () => process.stderr.write(JSON.stringify(counters) + '\n'));
 process.on('SIGTERM', () => process.exit(0));

@@ -9,8 +9,9 @@
  *             data: URLs); max_tokens (required there: the request's, else
  *             the configured default); temperature (capped at 1, Anthropic's
  *             range), top_p, stop -> stop_sequences, stream, user ->
- *             metadata.user_id. Tool messages are refused (422): tool use is
- *             not translated yet.
+ *             metadata.user_id. Tool messages, tools, response_format,
+ *             logprobs and n > 1 are refused (422) rather than dropped:
+ *             they are not translated yet.
  *   answer    content text blocks joined -> choices[0].message.content;
  *             stop_reason end_turn / stop_sequence -> "stop", max_tokens ->
  *             "length", tool_use -> "tool_calls"; usage input_tokens /
@@ -70,8 +71,33 @@ static int add_content(json_t *blocks, json_t *content) {
     return 0;
 }
 
+/* Fields whose meaning does not survive the translation: refused rather
+ * than dropped (an answer without the asked JSON format, or without tool
+ * calls, would look like a success). */
+static int untranslatable(const gw_chat *c, gw_fail *fail) {
+    static const char *const fields[] = {"tools", "tool_choice", "functions", "function_call", "response_format",
+                                         "logprobs", "top_logprobs"};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        json_t *v = json_object_get(c->body, fields[i]);
+        if (v && !json_is_null(v) && !json_is_false(v)) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "%s is not translated for Anthropic models yet", fields[i]);
+            fail_set(fail, GATEWAY_EINVAL, fields[i], msg);
+            return 1;
+        }
+    }
+    json_t *n = json_object_get(c->body, "n");
+    if (json_is_integer(n) && json_integer_value(n) > 1) {
+        fail_set(fail, GATEWAY_EINVAL, "n", "Anthropic models give one answer per request: n must be 1");
+        return 1;
+    }
+    return 0;
+}
+
 char *gw_anthropic_request(const gw_chat *c, const char *upstream_model, long default_max_tokens, size_t *len,
                            gw_fail *fail) {
+    if (untranslatable(c, fail))
+        return NULL;
     json_t *body = json_object(), *messages = json_array();
     char *system = NULL;
     size_t system_len = 0;

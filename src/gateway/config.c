@@ -218,8 +218,10 @@ static uint64_t get_duration(reader *r, const char *path, json_t *obj, const cha
     if (!s)
         return dflt;
     int64_t us;
-    if (core_parse_duration_us(s, &us) != 0 || us <= 0) {
-        fail(r, path, "'%s' must be a duration such as 500ms, 10s or 2m (got '%.60s')", key, s);
+    size_t n = strlen(s);
+    int has_unit = n > 0 && ((s[n - 1] >= 'a' && s[n - 1] <= 'z') || (s[n - 1] >= 'A' && s[n - 1] <= 'Z'));
+    if (!has_unit || core_parse_duration_us(s, &us) != 0 || us <= 0) {
+        fail(r, path, "'%s' must be a duration with its unit, such as 500ms, 10s or 2m (got '%.60s')", key, s);
         return dflt;
     }
     return (uint64_t)us;

@@ -40,6 +40,7 @@
 #include <time.h>
 
 #include <openssl/rand.h>
+#include <xxhash.h>
 
 #include "gateway_int.h"
 #include "obs.h"
@@ -74,6 +75,7 @@ struct gateway_loop {
 };
 
 #define MAX_PLAN 24
+#define MAX_CHOICES 16 /* a stream's choices filtered apart; content of others is dropped */
 
 struct gateway_call {
     gateway_loop *l;
@@ -118,9 +120,16 @@ struct gateway_call {
     gw_sse *sse;
     int started;                  /* the client got its head */
     int upstream_done;            /* [DONE] seen */
-    guard_pii_stream *pii;
-    int pii_done;                 /* its held-back text was released */
-    int blocked;
+    /* The output filter of a stream, per choice (n > 1 streams interleave
+     * their choices' chunks): its hold-back, whether it was finished, and
+     * whether it blocked. */
+    struct choice_filter {
+        guard_pii_stream *pii;
+        int done, blocked;
+    } choice[MAX_CHOICES];
+    size_t n_choices;             /* choice[] entries made */
+    size_t max_index;             /* the highest choice index seen (a stream of several is not cached) */
+    int blocked;                  /* some answer text was blocked: nothing is cached */
     char *text;                   /* the answer's content so far (for the cache and the estimate) */
     size_t text_len, text_cap;
     char *finish_reason;
@@ -135,6 +144,7 @@ struct gateway_call {
     size_t embed_len;
     float *semvec;                /* unit length; kept to store the answer under */
     size_t semdim;
+    uint64_t semtag;              /* what besides the messages decides the answer, hashed */
     gw_usage usage;
     char last_error[256];
     int last_status;              /* what to answer when nothing else is left */
@@ -255,7 +265,8 @@ int gateway_create(const gateway_options *o, gateway **out, char *why, size_t ca
                                  "Circuit breaker per model: 0 closed, 1 half-open, 2 open", 1,
                                  (const char *[]){"model"});
     g->f_cache = metrics_counter(m, "aiserve_llm_cache_requests_total",
-                                 "Chat completions by cache result: hit, miss, bypass", 1, (const char *[]){"result"});
+                                 "Chat completions by cache result: hit, miss, bypass (the exact cache), semantic_hit, "
+                                 "semantic_miss (a route's semantic cache)", 1, (const char *[]){"result"});
     g->f_guardrail = metrics_counter(m, "aiserve_llm_guardrail_matches_total",
                                      "Personal data found by the guardrails, by direction (input, output), type "
                                      "and action",
@@ -359,7 +370,8 @@ static void call_free(gateway_call *c) {
     free(c->semvec);
     gw_chat_free(&c->chat);
     gw_sse_free(c->sse);
-    guard_pii_stream_free(c->pii);
+    for (size_t i = 0; i < c->n_choices; i++)
+        guard_pii_stream_free(c->choice[i].pii);
     free(c->up_body);
     free(c->buf);
     free(c->text);
@@ -805,6 +817,12 @@ static void settle(gateway_call *c, const gw_model *answered) {
 static void reserve_next(gateway_call *c);
 static void next_model(gateway_call *c);
 
+/* The limit of counter k for this call's key. */
+static double counter_limit(const gateway_call *c, int k) {
+    const gw_budget *b = gw_config_budget(&c->g->cfg, c->key_name);
+    return k == COUNTER_DAY ? b->daily_usd * 1e6 : k == COUNTER_MONTH ? b->monthly_usd * 1e6 : (double)b->tokens_per_minute;
+}
+
 static void refuse_budget(gateway_call *c, int step) {
     static const char *const names[] = {"daily", "monthly", "tokens_per_minute"};
     const gw_budget *b = gw_config_budget(&c->g->cfg, c->key_name);
@@ -825,17 +843,29 @@ static void refuse_budget(gateway_call *c, int step) {
                           .tm_mday = 1};
         wait = (long)(timegm(&next) - now);
     }
+    char who[100];
+    if (c->key_name[0])
+        snprintf(who, sizeof who, "the API key '%.64s'", c->key_name);
+    else
+        snprintf(who, sizeof who, "requests without an API key");
+    int64_t need = step == COUNTER_TPM ? c->reserved_tokens : c->reserved_uusd;
+    if ((double)need > counter_limit(c, step)) { /* this request alone is over the limit: waiting cannot help */
+        c->retry_after[0] = 0;
+        finish_fail(c, step == COUNTER_TPM ? GATEWAY_ETOKENS : GATEWAY_EBUDGET,
+                    "this request alone needs more than the %s limit of %s (about %lld %s); ask for fewer "
+                    "max_tokens or send a shorter prompt",
+                    names[step], who, (long long)(step == COUNTER_TPM ? need : need / 1000000),
+                    step == COUNTER_TPM ? "tokens" : "USD");
+        return;
+    }
     snprintf(c->retry_after, sizeof c->retry_after, "%ld", wait > 0 ? wait : 1);
-    const char *who = c->key_name[0] ? c->key_name : "requests without an API key";
     if (step == COUNTER_TPM)
         finish_fail(c, GATEWAY_ETOKENS,
-                    "the API key '%s' is over its %ld tokens per minute (this request needs about %lld); retry in "
-                    "%ld s",
+                    "%s is over its %ld tokens per minute (this request needs about %lld); retry in %ld s",
                     who, b->tokens_per_minute, (long long)c->reserved_tokens, wait);
     else
         finish_fail(c, GATEWAY_EBUDGET,
-                    "the %s budget of the API key '%s' ($%.2f) does not cover this request (up to $%.4f); it "
-                    "renews in %ld s",
+                    "the %s budget of %s ($%.2f) does not cover this request (up to $%.4f); it renews in %ld s",
                     step == COUNTER_DAY ? "daily" : "monthly", who,
                     step == COUNTER_DAY ? b->daily_usd : b->monthly_usd, (double)c->reserved_uusd / 1e6, wait);
 }
@@ -864,11 +894,9 @@ static void on_reserved(int status, const kv_counter_result *r, void *ud) {
 }
 
 static void reserve_next(gateway_call *c) {
-    const gw_budget *b = gw_config_budget(&c->g->cfg, c->key_name);
     while (c->reserve_step < 3) {
         int k = c->reserve_step;
-        double limit = k == COUNTER_DAY ? b->daily_usd * 1e6 : k == COUNTER_MONTH ? b->monthly_usd * 1e6
-                                                                                 : (double)b->tokens_per_minute;
+        double limit = counter_limit(c, k);
         if (limit <= 0) {
             c->reserve_step++;
             continue;
@@ -1027,6 +1055,7 @@ static void context_failed(gateway_call *c) {
 static void stream_failed(gateway_call *c, const char *message) {
     record_breaker(c, 0);
     const gw_model *m = cur_model(c);
+    count(c->g->f_upstream, 1, m->name, "broken", NULL);
     json_t *e = json_pack("{s:{s:s, s:s, s:s}}", "error", "message", message, "type", "upstream_error", "code",
                           "upstream_stream_broken");
     char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
@@ -1050,11 +1079,17 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     int kind = c->timer_kind;
     c->timer_kind = TIMER_NONE;
     if (kind == TIMER_BACKOFF) {
+        size_t m = c->plan[c->pos];
         if (now_us() >= c->deadline_us) {
             note_fallback(c, cur_model(c)->name, "timeout");
             c->pos = c->n_plan; /* the deadline passed: nothing more to try */
             next_model(c);
+        } else if (!gw_breaker_allow(&c->g->breakers[m], now_us())) { /* opened meanwhile */
+            note_fallback(c, cur_model(c)->name, "breaker_open");
+            c->pos++;
+            next_model(c);
         } else {
+            c->breaker_owed = 1; /* every try's outcome counts */
             start_try(c);
         }
         return;
@@ -1067,6 +1102,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     if (kind == TIMER_DEADLINE) {
+        count(c->g->f_upstream, 1, cur_model(c)->name, "timeout", NULL);
         record_breaker(c, 0);
         end_try(c);
         note_fallback(c, cur_model(c)->name, "timeout");
@@ -1106,6 +1142,23 @@ static void send_content(gateway_call *c, const gw_chunk *like, const char *text
     }
     if (json)
         send_sse(c, json, n);
+    free(json);
+}
+
+/* A chunk of the gateway's own with text for choice index. */
+static void send_choice_text(gateway_call *c, size_t index, const char *text, size_t len) {
+    size_t n;
+    char *json = gw_chunk_make(c->stream_id, c->created, cur_model(c)->name, "", NULL, NULL, &n);
+    json_t *o = json ? json_loadb(json, n, 0, NULL) : NULL;
+    free(json);
+    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
+    json_object_set_new(choice, "index", json_integer((json_int_t)index));
+    json_object_set_new(json_object_get(choice, "delta"), "content", json_stringn(text, len));
+    json_object_del(json_object_get(choice, "delta"), "role");
+    json = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (json)
+        send_sse(c, json, strlen(json));
     free(json);
 }
 
@@ -1150,6 +1203,14 @@ static int on_chunk(gateway_call *c, const char *data, size_t len) {
                  is_error ? "an error" : "an event that is not a chat.completion.chunk");
         return 1;
     }
+    json_t *error = json_object_get(k.obj, "error");
+    if (json_is_object(error)) { /* an in-band error event: the stream failed */
+        const char *msg = json_string_value(json_object_get(error, "message"));
+        snprintf(c->last_error, sizeof c->last_error, "%.60s sent an error in its stream: %.150s", cur_model(c)->name,
+                 msg ? msg : "(no message)");
+        gw_chunk_free(&k);
+        return 1;
+    }
     if (!c->stream_id[0]) {
         const char *id = json_string_value(json_object_get(k.obj, "id"));
         snprintf(c->stream_id, sizeof c->stream_id, "%s", id ? id : "chatcmpl-aiserve");
@@ -1171,43 +1232,73 @@ static int on_chunk(gateway_call *c, const char *data, size_t len) {
         gw_chunk_free(&k);
         return 0;
     }
-    if (!c->first_byte_us && k.content) {
+    if (!c->first_byte_us && k.content_len) {
         c->first_byte_us = now_us();
         observe(c->g->f_ttft, (double)(c->first_byte_us - c->try_start_us) / 1e6, cur_model(c)->name);
         evtimer_del(c->timer);
         arm_timer(c, TIMER_DEADLINE, c->deadline_us - now_us());
     }
     start_stream(c);
-    if (c->blocked) {
-        gw_chunk_free(&k);
-        return 0;
-    }
-    if (k.content)
+    json_t *index = json_object_get(json_array_get(json_object_get(k.obj, "choices"), 0), "index");
+    size_t idx = json_is_integer(index) && json_integer_value(index) >= 0 ? (size_t)json_integer_value(index) : 0;
+    if (idx > c->max_index)
+        c->max_index = idx;
+    /* c->text: what the client got of choice 0 (filtered), for the cache
+     * and the token estimate. */
+    if (k.content && idx == 0 && !policy_on(&c->g->cfg.output_policy))
         append(&c->text, &c->text_len, &c->text_cap, k.content, k.content_len);
-    if (!c->pii) {
+    if (!policy_on(&c->g->cfg.output_policy)) {
         send_content(c, &k, k.content, k.content_len);
         gw_chunk_free(&k);
         return 0;
     }
-    /* Through the output filter: what it releases now, and at the last
-     * chunk (finish_reason) everything it held back. */
+    if (idx >= MAX_CHOICES) { /* no filter for it: its text is not passed on */
+        send_content(c, &k, k.content ? "" : NULL, 0);
+        gw_chunk_free(&k);
+        return 0;
+    }
+    while (c->n_choices <= idx) {
+        if (!(c->choice[c->n_choices].pii = guard_pii_stream_new(&c->g->cfg.output_policy))) {
+            gw_chunk_free(&k);
+            snprintf(c->last_error, sizeof c->last_error, "out of memory");
+            return 1;
+        }
+        c->n_choices++;
+    }
+    struct choice_filter *f = &c->choice[idx];
+    if (f->blocked) { /* after a block, only the end of the choice (its finish_reason) */
+        if (k.finish_reason)
+            send_content(c, &k, k.content ? "" : NULL, 0);
+        gw_chunk_free(&k);
+        return 0;
+    }
+    /* Through the output filter: what it releases now, and at the choice's
+     * last chunk (finish_reason) everything it held back. */
     char *out = NULL, *tail = NULL;
     size_t out_len = 0, tail_len = 0;
-    int rc = k.content_len ? guard_pii_stream_feed(c->pii, k.content, k.content_len, &out, &out_len) : 0;
-    if (rc == 0 && k.finish_reason && !c->pii_done) {
-        c->pii_done = 1;
-        rc = guard_pii_stream_finish(c->pii, &tail, &tail_len);
+    int rc = k.content_len ? guard_pii_stream_feed(f->pii, k.content, k.content_len, &out, &out_len) : 0;
+    if (rc == 0 && k.finish_reason && !f->done) {
+        f->done = 1;
+        rc = guard_pii_stream_finish(f->pii, &tail, &tail_len);
     }
-    if (rc == 1) { /* blocked: the service's text, and nothing more */
-        c->blocked = 1;
+    if (rc == 1) { /* blocked: the service's text, and nothing more of this choice */
+        f->blocked = c->blocked = 1;
         send_content(c, &k, GUARD_PII_BLOCKED_TEXT, strlen(GUARD_PII_BLOCKED_TEXT));
     } else if (rc == 0) {
         if (tail_len)
             append(&out, &out_len, &(size_t){out_len}, tail, tail_len);
+        if (idx == 0 && out_len)
+            append(&c->text, &c->text_len, &c->text_cap, out, out_len);
         if (out_len || (k.content && !k.content_len)) /* text, or the opening role chunk */
             send_content(c, &k, out ? out : "", out_len);
         else if (k.finish_reason || !k.content)
-            send_content(c, &k, NULL, 0);
+            send_content(c, &k, k.content ? "" : NULL, 0);
+    } else {
+        free(out);
+        free(tail);
+        gw_chunk_free(&k);
+        snprintf(c->last_error, sizeof c->last_error, "out of memory");
+        return 1;
     }
     free(out);
     free(tail);
@@ -1223,8 +1314,6 @@ static int on_head(void *ud, int status, double retry_after_s, int event_stream)
     if (c->up_stream) {
         c->sse = gw_sse_new(c->g->cfg.max_response_bytes, on_event, c);
         if (!c->sse)
-            return 1;
-        if (policy_on(&c->g->cfg.output_policy) && !(c->pii = guard_pii_stream_new(&c->g->cfg.output_policy)))
             return 1;
     }
     return 0;
@@ -1279,7 +1368,7 @@ static void answer_whole(gateway_call *c) {
     if (c->g->cache && !c->blocked)
         guard_cache_store(c->g->cache, c->l->base, &c->key, text, strlen(text));
     if (c->semvec && !c->blocked)
-        gw_semindex_add(c->g->semantic[c->route], c->semvec, c->semdim, text, strlen(text), now_us());
+        gw_semindex_add(c->g->semantic[c->route], c->semtag, c->semvec, c->semdim, text, strlen(text), now_us());
     const char *outcome = c->pos == 0 ? "ok" : "fallback";
     count(c->g->f_requests, 1, c->target, outcome, NULL);
     log_done(c, outcome, m->name);
@@ -1287,9 +1376,7 @@ static void answer_whole(gateway_call *c) {
     size_t nh = answer_headers(c, m->name, c->cache_on ? "MISS" : NULL, h);
     end_try(c);
     clear_slot(c);
-    c->ops.begin(c->ud, 200, 0, h, nh);
-    c->ops.data(c->ud, text, strlen(text));
-    c->ops.end(c->ud);
+    send_completion(c, text, strlen(text), h, nh); /* a stream, when the client asked for one */
     free(text);
     call_free(c);
 }
@@ -1300,22 +1387,25 @@ static void answer_stream_end(gateway_call *c) {
     count(c->g->f_upstream, 1, m->name, "ok", NULL);
     record_breaker(c, 1);
     start_stream(c);
-    if (c->pii && !c->blocked && !c->pii_done) {
-        c->pii_done = 1;
-        char *out = NULL;
-        size_t out_len = 0;
-        int rc = guard_pii_stream_finish(c->pii, &out, &out_len);
-        if (rc == 1) {
-            c->blocked = 1;
-            send_content(c, NULL, GUARD_PII_BLOCKED_TEXT, strlen(GUARD_PII_BLOCKED_TEXT));
-        } else if (out_len) {
-            send_content(c, NULL, out, out_len);
+    for (size_t i = 0; i < c->n_choices; i++) { /* choices that never sent a finish_reason */
+        struct choice_filter *f = &c->choice[i];
+        if (!f->blocked && !f->done) {
+            f->done = 1;
+            char *out = NULL;
+            size_t out_len = 0;
+            int rc = guard_pii_stream_finish(f->pii, &out, &out_len);
+            if (rc == 1) {
+                f->blocked = c->blocked = 1;
+                send_choice_text(c, i, GUARD_PII_BLOCKED_TEXT, strlen(GUARD_PII_BLOCKED_TEXT));
+            } else if (out_len) {
+                send_choice_text(c, i, out, out_len);
+                if (i == 0)
+                    append(&c->text, &c->text_len, &c->text_cap, out, out_len);
+            }
+            free(out);
         }
-        free(out);
-    }
-    if (c->pii) {
         unsigned found[GUARD_PII_COUNT];
-        guard_pii_stream_found(c->pii, found);
+        guard_pii_stream_found(f->pii, found);
         count_found(c, "output", &c->g->cfg.output_policy, found);
     }
     if (c->chat.include_usage && !c->usage.known) { /* the upstream sent none: the gateway's estimate */
@@ -1329,7 +1419,7 @@ static void answer_stream_end(gateway_call *c) {
     }
     c->ops.data(c->ud, "data: [DONE]\n\n", 14);
     count_usage(c, m);
-    if ((c->g->cache || c->semvec) && !c->blocked) {
+    if ((c->g->cache || c->semvec) && !c->blocked && c->max_index == 0) {
         gw_usage u = c->usage;
         json_t *o = gw_completion_make(c->stream_id, c->created, m->name, c->text ? c->text : "", &u);
         if (o && c->finish_reason)
@@ -1339,7 +1429,7 @@ static void answer_stream_end(gateway_call *c) {
         if (text && c->g->cache)
             guard_cache_store(c->g->cache, c->l->base, &c->key, text, strlen(text));
         if (text && c->semvec)
-            gw_semindex_add(c->g->semantic[c->route], c->semvec, c->semdim, text, strlen(text), now_us());
+            gw_semindex_add(c->g->semantic[c->route], c->semtag, c->semvec, c->semdim, text, strlen(text), now_us());
         free(text);
         json_decref(o);
     }
@@ -1389,6 +1479,11 @@ static void on_done(void *ud, int result, const char *error) {
     }
     char msg[256];
     gw_error_message(c->buf ? c->buf : "", c->len, msg, sizeof msg);
+    if (st < 400) { /* a redirect or an informational answer: not a chat completion */
+        count(c->g->f_upstream, 1, m->name, "invalid", NULL);
+        try_failed(c, GATEWAY_EUPSTREAM, "error", "%.80s answered %d instead of a chat completion", m->name, st);
+        return;
+    }
     if (st == 429 || st >= 500) {
         count(c->g->f_upstream, 1, m->name, st == 429 ? "http_429" : "http_5xx", NULL);
         try_failed(c, GATEWAY_EUPSTREAM, "error", "%.80s answered %d: %.120s", m->name, st, msg);
@@ -1570,12 +1665,30 @@ static char *prompt_text(const gateway_call *c, size_t *len) {
     return buf;
 }
 
+/* Everything of the request but its messages that decides the answer
+ * (the cache material's rule: sampling fields, tools, response_format,
+ * ...; not stream, user, metadata), hashed: semantic hits only between
+ * requests that agree on it. */
+static uint64_t semantic_tag(const gateway_call *c) {
+    json_t *rest = json_copy(c->chat.body);
+    json_object_del(rest, "messages");
+    size_t n = 0;
+    gw_chat probe = c->chat;
+    probe.body = rest;
+    char *material = rest ? gw_chat_cache_material(&probe, c->target, &n) : NULL;
+    uint64_t tag = material ? XXH3_64bits(material, n) : 0;
+    free(material);
+    json_decref(rest);
+    return tag;
+}
+
 static void semantic_stage(gateway_call *c) {
     const gw_route *route = c->route >= 0 ? &c->g->cfg.routes[c->route] : NULL;
     if (!route || !c->g->semantic[c->route] || c->no_cache || !(c->wake = event_new(c->l->base, -1, 0, on_embedded, c))) {
         next_model(c);
         return;
     }
+    c->semtag = semantic_tag(c);
     c->embed_text = prompt_text(c, &c->embed_len);
     if (!c->embed_text) {
         next_model(c);
@@ -1621,7 +1734,7 @@ static void semantic_done(gateway_call *c) {
     char *body = NULL;
     size_t len = 0;
     double similarity = 0;
-    if (c->semvec && gw_semindex_find(x, c->semvec, dim, now_us(), &body, &len, &similarity)) {
+    if (c->semvec && gw_semindex_find(x, c->semtag, c->semvec, dim, now_us(), &body, &len, &similarity)) {
         count(c->g->f_cache, 1, "semantic_hit", NULL);
         count(c->g->f_requests, 1, c->target, "ok", NULL);
         log_done(c, "semantic_cache_hit", NULL);
@@ -1756,6 +1869,7 @@ int gateway_chat(gateway_loop *l, const gateway_request *r, const gateway_reply_
 void gateway_call_cancel(gateway_call *c) {
     if (!c)
         return;
+    int billed = c->xfer || c->started; /* the upstream was working on it (or had answered part) */
     c->slot = NULL;
     if (c->breaker_owed) {
         gw_breaker_abandon(&c->g->breakers[c->plan[c->pos]]);
@@ -1763,10 +1877,10 @@ void gateway_call_cancel(gateway_call *c) {
     }
     if (c->xfer || c->started)
         log_done(c, "client_gone", c->pos < c->n_plan ? cur_model(c)->name : NULL);
+    if (c->reserve_state == 2 && c->pos < c->n_plan) /* what the upstream may have billed so far */
+        settle(c, billed ? cur_model(c) : NULL);
     gw_transfer_cancel(c->xfer);
     c->xfer = NULL;
-    if (c->reserve_state == 2 && c->pos < c->n_plan) /* what the upstream may have billed so far */
-        settle(c, c->xfer || c->started ? cur_model(c) : NULL);
     if (c->lookup_pending || c->reserve_state == 1 || c->embed_pending) { /* the pending callback frees it */
         c->l->orphans += c->embed_pending;
         c->cancelled = 1;

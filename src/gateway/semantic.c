@@ -20,6 +20,7 @@
 #include "gateway_int.h"
 
 typedef struct entry {
+    uint64_t tag;    /* what else decides the answer (sampling fields, tools, ...), hashed */
     float *vec;
     size_t dim;
     char *body;
@@ -73,8 +74,8 @@ void gw_semindex_free(gw_semindex *x) {
     free(x);
 }
 
-int gw_semindex_find(gw_semindex *x, const float *vec, size_t dim, uint64_t now_us, char **body, size_t *len,
-                     double *similarity) {
+int gw_semindex_find(gw_semindex *x, uint64_t tag, const float *vec, size_t dim, uint64_t now_us, char **body,
+                     size_t *len, double *similarity) {
     pthread_mutex_lock(&x->lock);
     while (x->n && now_us - x->ring[x->head].at_us > x->cfg.ttl_us) /* expired at the old end */
         drop_oldest(x);
@@ -82,7 +83,7 @@ int gw_semindex_find(gw_semindex *x, const float *vec, size_t dim, uint64_t now_
     double best_sim = x->cfg.threshold;
     for (size_t k = 0; k < x->n; k++) {
         const entry *e = &x->ring[(x->head + k) % x->cfg.max_entries];
-        if (e->dim != dim)
+        if (e->dim != dim || e->tag != tag)
             continue;
         double dot = 0;
         for (size_t i = 0; i < dim; i++)
@@ -104,8 +105,10 @@ int gw_semindex_find(gw_semindex *x, const float *vec, size_t dim, uint64_t now_
     return found;
 }
 
-void gw_semindex_add(gw_semindex *x, const float *vec, size_t dim, const char *body, size_t len, uint64_t now_us) {
-    entry e = {.vec = malloc(dim * sizeof(float)), .dim = dim, .body = malloc(len + 1), .len = len, .at_us = now_us};
+void gw_semindex_add(gw_semindex *x, uint64_t tag, const float *vec, size_t dim, const char *body, size_t len,
+                     uint64_t now_us) {
+    entry e = {.tag = tag, .vec = malloc(dim * sizeof(float)), .dim = dim, .body = malloc(len + 1), .len = len,
+               .at_us = now_us};
     if (!e.vec || !e.body || charge(&e) > x->cfg.max_bytes) {
         free(e.vec);
         free(e.body);

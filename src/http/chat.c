@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 
 #include "http_int.h"
 
@@ -24,6 +25,10 @@ struct chat_state {
     guard_ratelimit_req ratelimit_req;
     struct evbuffer *body;
     int status;
+    /* evhttp notices a closed connection only when it reads or writes,
+     * and it does neither while a plain answer is awaited: this watches
+     * the socket for the peer's close (EPOLLRDHUP) meanwhile. */
+    struct event *peer_watch;
 };
 typedef struct chat_state chat_state;
 
@@ -58,6 +63,8 @@ static void state_free(http_call *call) {
     call->on_gone = NULL;
     if (st && st->body)
         evbuffer_free(st->body);
+    if (st && st->peer_watch)
+        event_free(st->peer_watch);
     free(st);
 }
 
@@ -93,10 +100,13 @@ static void on_end(void *ud) {
 static void on_fail(void *ud, int status, const char *param, const char *message, const gateway_header *h,
                     size_t n) {
     http_call *call = ud;
-    (void)param;
     state_free(call);
     add_headers(call, h, n);
-    http_reply_status(call, STATUS_MODULE_GATEWAY, status, message);
+    /* OpenAI's error shape names the request field at fault (null: none). */
+    http_error e = http_error_of(STATUS_MODULE_GATEWAY, status);
+    json_t *body = http_error_body(call, e, message);
+    json_object_set_new(json_object_get(body, "error"), "param", param && *param ? json_string(param) : json_null());
+    http_reply_json(call, http_error_status(e), body);
 }
 
 static const gateway_reply_ops reply_ops = {on_begin, on_data, on_end, on_fail};
@@ -111,6 +121,33 @@ static void on_gone(http_call *call) {
         http_stream_end(call);
     else
         http_reply_text(call, 499, "text/plain", "", 0);
+}
+
+/* The client closed its connection while the call runs: free the
+ * connection, whose close callback runs on_gone (the gateway's call is
+ * cancelled, the request logged 499). */
+static void on_peer_closed(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    http_call *call = arg;
+    chat_state *st = call->chat_state;
+    event_free(st->peer_watch);
+    st->peer_watch = NULL;
+    struct evhttp_connection *evcon = call->req ? evhttp_request_get_connection(call->req) : NULL;
+    if (evcon)
+        evhttp_connection_free(evcon);
+}
+
+static void watch_peer(http_call *call) {
+    chat_state *st = call->chat_state;
+    struct evhttp_connection *evcon = call->req ? evhttp_request_get_connection(call->req) : NULL;
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0 || !st)
+        return;
+    st->peer_watch = event_new(call->loop->base, fd, EV_CLOSED, on_peer_closed, call);
+    if (st->peer_watch)
+        event_add(st->peer_watch, NULL);
 }
 
 static void admitted(http_call *call) {
@@ -135,7 +172,10 @@ static void admitted(http_call *call) {
     if (gateway_chat(call->loop->gateway, &r, &reply_ops, call, &call->chat) != 0) {
         state_free(call);
         http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        return;
     }
+    if (call->chat) /* still running (not answered at once, e.g. from the cache) */
+        watch_peer(call);
 }
 
 void http_chat(http_call *call) {

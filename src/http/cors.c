@@ -53,7 +53,8 @@ static const char allowed_headers_value[] =
     "X-User-ID, Cache-Control";
 /* Response headers a page's script may read. */
 static const char exposed_headers_value[] =
-    "X-Request-ID, X-Cache, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After";
+    "X-Request-ID, X-Cache, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, "
+    "X-Route-Reason, X-Gateway-Model, X-Gateway-Fallbacks, X-Semantic-Similarity";
 
 /* Whether s[0..n) is an origin as browsers serialize it: scheme "://" host
  * [":" port], lower case, nothing after. Writes the lower-cased copy. */

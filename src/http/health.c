@@ -33,9 +33,24 @@ static json_t *loaded_models_json(http_server *s, int *any_loaded) {
     return models;
 }
 
+/* Ready to serve: every model has a version available; or, for a server
+ * that is only an LLM gateway, its empty repository has been looked at. */
+static int server_ready(http_server *s) {
+    if (serving_repo_is_ready(s->repo))
+        return 1;
+    if (!s->opts.gateway || !serving_repo_is_settled(s->repo))
+        return 0;
+    serving_version_status *list = NULL;
+    size_t n = 0;
+    if (serving_repo_list(s->repo, &list, &n) != 0)
+        return 0;
+    free(list);
+    return n == 0;
+}
+
 void http_health(http_call *call) {
     http_server *s = call->loop->server;
-    int ready = serving_repo_is_ready(s->repo);
+    int ready = server_ready(s);
     int settled = serving_repo_is_settled(s->repo);
     int any_loaded = 0;
     json_t *models = loaded_models_json(s, &any_loaded);
@@ -98,7 +113,7 @@ void http_health_ready(http_call *call) {
     if (atomic_load(&s->draining)) {
         http_add_header(call, "Retry-After", "1");
         http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "the server is shutting down");
-    } else if (!serving_repo_is_ready(s->repo)) {
+    } else if (!server_ready(s)) {
         http_reply_error(call, HTTP_ERR_NOT_READY,
                          serving_repo_is_settled(s->repo) ? "a model failed to load"
                                                           : "models are still loading");
@@ -220,9 +235,30 @@ void http_models(http_call *call) {
     http_reply_json(call, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
 }
 
+/* The gateway's model or route called `name`, as /v1/models lists it. */
+typedef struct gateway_find {
+    const char *name;
+    json_t *found;
+} gateway_find;
+
+static void find_gateway_model(void *ud, const char *id, const char *owned_by) {
+    gateway_find *f = ud;
+    if (!f->found && strcmp(id, f->name) == 0)
+        f->found = json_pack("{s:s, s:s, s:s, s:i, s:s}", "id", id, "name", id, "object", "model", "created", 0,
+                             "owned_by", owned_by);
+}
+
 void http_model(http_call *call) {
     const char *name = call->params.name;
     json_t *data = models_json(call->loop->server, name);
+    gateway_find f = {.name = name};
+    if (json_array_size(data) == 0 && call->loop->server->opts.gateway)
+        gateway_list(call->loop->server->opts.gateway, find_gateway_model, &f);
+    if (f.found) {
+        json_decref(data);
+        http_reply_json(call, 200, f.found);
+        return;
+    }
     if (json_array_size(data) == 0) {
         json_decref(data);
         http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", name);

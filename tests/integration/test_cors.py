@@ -16,7 +16,7 @@ from harness import BIN, MODELS, assert_error
 A = "https://app.example.com"
 B = "http://localhost:3000"
 EXPOSED = ["X-Request-ID", "X-Cache", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
-           "Retry-After"]
+           "Retry-After", "X-Route-Reason", "X-Gateway-Model", "X-Gateway-Fallbacks", "X-Semantic-Similarity"]
 
 
 def preflight(s, path, origin, method="POST", headers=None):

@@ -99,12 +99,19 @@ def test_a_similar_prompt_is_answered_from_the_semantic_cache(server_factory, fa
 
     # Streamed: the cached answer as chunks.
     r = requests.post(s.url("/v1/chat/completions"), timeout=30, stream=True,
-                      json={"model": "auto", "stream": True, "messages": [{"role": "user", "content": A}]})
+                      json={"model": "auto", "stream": True, "temperature": 0.7,
+                            "messages": [{"role": "user", "content": A}]})
     assert r.headers["X-Cache"] == "SEMANTIC"
     chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Paris."
     m = s.metrics()
     assert ("aiserve_llm_cache_requests_total", frozenset({("result", "semantic_hit")})) in m
+
+    # Only requests that agree on everything besides the messages share answers.
+    colder = requests.post(s.url("/v1/chat/completions"), timeout=30,
+                           json={"model": "auto", "temperature": 0.2, "messages": [{"role": "user", "content": A}]})
+    assert colder.headers.get("X-Cache") != "SEMANTIC"
+    assert len(fake.calls("small-up")) == 4
 
 
 def test_a_semantic_cache_on_a_model_that_is_not_there_stops_the_start(fake, tmp_path):

@@ -1,7 +1,7 @@
 """test_metrics_doc.py - docs/metrics.md lists exactly the metric families the
 server exports. Two servers are started with every feature that registers
 metrics: one in memory (API keys, rate limits, the cache, batch jobs, two
-versions of a classifier and an embedding model) that is sent traffic on
+versions of a classifier and an embedding model, an LLM gateway) that is sent traffic on
 every endpoint (predictions of every kind, a cache hit, a 429, auth and
 other errors, every admin endpoint, a shadow and a cascade, batch jobs run
 to completion), and one on a real redis-server. The families of their
@@ -163,9 +163,13 @@ def test_docs_list_every_exported_metric(server_factory, redis_factory, tmp_path
     keys = tmp_path / "keys.json"
     key = create(keys, "all", "predict,embed,batch,admin")
     tight = create(keys, "tight", "predict", "--tier", "tight")
+    # An LLM gateway: its families appear as soon as one is configured.
+    llm = tmp_path / "llm.yaml"
+    llm.write_text("providers:\n  - {name: up, base_url: http://127.0.0.1:9/v1}\n"
+                   "models:\n  - {name: m, provider: up}\n")
     mem = server_factory("--keys-file", str(keys), "--rate-limit",
                          "--rate-limit-tiers", "default=6000/6000,anonymous=6000/6000,tight=1/1",
-                         "--version-policy", "all", repo=make_repo(tmp_path))
+                         "--version-policy", "all", "--gateway-config", str(llm), repo=make_repo(tmp_path))
     traffic_on_every_endpoint(mem, {"X-API-Key": key}, tight)
     redis = redis_factory()
     shared = server_factory("--redis-url", redis.url(), "--rate-limit")

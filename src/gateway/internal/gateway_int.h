@@ -173,13 +173,16 @@ typedef struct gw_semindex gw_semindex;
 
 gw_semindex *gw_semindex_new(const gw_semantic *cfg);
 void gw_semindex_free(gw_semindex *x);
-/* The most similar entry's answer at or above the threshold: 1 with a
- * malloc'd copy in *body (*len) and its similarity, else 0. vec is unit
- * length (dim floats). */
-int gw_semindex_find(gw_semindex *x, const float *vec, size_t dim, uint64_t now_us, char **body, size_t *len,
-                     double *similarity);
-/* Adds an answer under vec (copied). */
-void gw_semindex_add(gw_semindex *x, const float *vec, size_t dim, const char *body, size_t len, uint64_t now_us);
+/* The most similar entry's answer at or above the threshold, among those
+ * stored with the same tag (a hash of everything but the messages that
+ * decides the answer: sampling fields, tools, response_format, ...): 1
+ * with a malloc'd copy in *body (*len) and its similarity, else 0. vec is
+ * unit length (dim floats). */
+int gw_semindex_find(gw_semindex *x, uint64_t tag, const float *vec, size_t dim, uint64_t now_us, char **body,
+                     size_t *len, double *similarity);
+/* Adds an answer under tag and vec (copied). */
+void gw_semindex_add(gw_semindex *x, uint64_t tag, const float *vec, size_t dim, const char *body, size_t len,
+                     uint64_t now_us);
 size_t gw_semindex_entries(gw_semindex *x);
 
 /* ---- circuit breakers (breaker.c) ---------------------------------------------- */
