@@ -1106,7 +1106,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         record_breaker(c, 0);
         end_try(c);
         note_fallback(c, cur_model(c)->name, "timeout");
-        snprintf(c->last_error, sizeof c->last_error, "no answer within the deadline (%.0f s)",
+        snprintf(c->last_error, sizeof c->last_error, "no answer within the deadline (%g s)",
                  (double)c->g->cfg.deadline_us / 1e6);
         c->last_status = GATEWAY_ETIMEOUT;
         c->pos = c->n_plan;
@@ -1114,7 +1114,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     count(c->g->f_upstream, 1, cur_model(c)->name, "timeout", NULL);
-    try_failed(c, GATEWAY_ETIMEOUT, "timeout", "%s did not start answering within %.0f s", cur_model(c)->name,
+    try_failed(c, GATEWAY_ETIMEOUT, "timeout", "%s did not start answering within %g s", cur_model(c)->name,
                (double)c->g->cfg.providers[cur_model(c)->provider].timeout_us / 1e6);
 }
 
@@ -1602,7 +1602,7 @@ static void next_model(gateway_call *c) {
         return;
     }
     if (c->pos < c->n_plan) { /* the deadline passed */
-        snprintf(c->last_error, sizeof c->last_error, "no answer within the deadline (%.0f s)",
+        snprintf(c->last_error, sizeof c->last_error, "no answer within the deadline (%g s)",
                  (double)c->g->cfg.deadline_us / 1e6);
         c->last_status = GATEWAY_ETIMEOUT;
     }

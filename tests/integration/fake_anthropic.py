@@ -9,46 +9,20 @@ Hosted APIs cannot run here, so this stands in for Anthropic, faithful to
 its documented wire format. Steps per model as in fake_llm.py:
 {"text": ...}, {"status": 529}, {"status": 400, "context": True},
 {"chunks": [...]}, {"stream_error": True} (an error event mid-stream),
-{"stop_reason": "max_tokens"}. Every request is recorded.
+{"stop_reason": "max_tokens"}. Every request is recorded (FakeLLM's
+scripting and recording, this file's wire format).
 """
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from fake_llm import FakeLLM
 
 
-class FakeAnthropic:
-    def __init__(self):
-        self.scripts = {}
-        self.requests = []
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+class FakeAnthropic(FakeLLM):
+    """FakeLLM's scripts, recording and lifetime; Anthropic's wire format."""
 
-    @property
-    def base_url(self):
-        return "http://127.0.0.1:%d/v1" % self.port
-
-    def script(self, model, steps):
-        with self.lock:
-            self.scripts[model] = list(steps)
-
-    def calls(self, model=None):
-        with self.lock:
-            return [r for r in self.requests if model is None or r["model"] == model]
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def _next_step(self, model):
-        with self.lock:
-            steps = self.scripts.get(model) or [{"text": "hello from %s" % model}]
-            step = steps.pop(0) if len(steps) > 1 else steps[0]
-            self.scripts[model] = steps
-            return dict(step)
+    default_text = "hello from %s"
 
     def _handler(self):
         fake = self
@@ -84,7 +58,7 @@ class FakeAnthropic:
                     else:
                         msg, kind = "Overloaded", "overloaded_error" if status == 529 else "api_error"
                     return self._json(status, {"type": "error", "error": {"type": kind, "message": msg}})
-                text = step.get("text", "hello from %s" % model)
+                text = step.get("text", fake.default_text % model)
                 in_tokens = sum(len(json.dumps(m.get("content"))) for m in body.get("messages", [])) // 4 + 1
                 out_tokens = len(text) // 4 + 1
                 stop_reason = step.get("stop_reason", "end_turn")

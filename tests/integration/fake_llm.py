@@ -44,6 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeLLM:
+    default_text = "ok from %s"  # a model without a script answers this
+
     def __init__(self):
         self.scripts = {}
         self.requests = []
@@ -76,7 +78,7 @@ class FakeLLM:
 
     def _next_step(self, model):
         with self.lock:
-            steps = self.scripts.get(model) or [{"text": "ok from %s" % model}]
+            steps = self.scripts.get(model) or [{"text": self.default_text % model}]
             step = steps.pop(0) if len(steps) > 1 else steps[0]
             self.scripts[model] = steps
             return dict(step)
@@ -153,6 +155,7 @@ class FakeLLM:
                 self.close_connection = True
                 base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
                         "model": model}
+
                 def chunk(i, delta, finish=None):
                     return dict(base, choices=[{"index": i, "delta": delta, "finish_reason": finish}])
 
