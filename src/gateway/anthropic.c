@@ -9,15 +9,19 @@
  *             data: URLs); max_tokens (required there: the request's, else
  *             the configured default); temperature (capped at 1, Anthropic's
  *             range), top_p, stop -> stop_sequences, stream, user ->
- *             metadata.user_id. Tool messages, tools, response_format,
- *             logprobs and n > 1 are refused (422) rather than dropped:
- *             they are not translated yet.
- *   answer    content text blocks joined -> choices[0].message.content;
+ *             metadata.user_id; tools -> tools (input_schema), tool_choice
+ *             -> {type: auto | none | any | tool}, an assistant's tool_calls
+ *             -> tool_use blocks, tool messages -> tool_result blocks in the
+ *             user's turn. function messages, response_format, logprobs and
+ *             n > 1 are refused (422) rather than dropped.
+ *   answer    content text blocks joined -> choices[0].message.content,
+ *             tool_use blocks -> message.tool_calls (input as JSON text);
  *             stop_reason end_turn / stop_sequence -> "stop", max_tokens ->
  *             "length", tool_use -> "tool_calls"; usage input_tokens /
  *             output_tokens -> prompt_tokens / completion_tokens.
  *   stream    message_start -> the role chunk (and the prompt's tokens);
- *             content_block_delta text_delta -> content chunks;
+ *             content_block_delta text_delta -> content chunks; a tool_use
+ *             block's start and input_json_delta pieces -> tool_calls chunks;
  *             message_delta -> the finish_reason chunk (and the completion's
  *             tokens); message_stop -> the usage chunk, then the end; ping
  *             and block start/stop -> nothing; error -> a failed stream.
@@ -71,12 +75,65 @@ static int add_content(json_t *blocks, json_t *content) {
     return 0;
 }
 
+/* tools: [{type: function, function: {name, description, parameters}}] as
+ * Anthropic's [{name, description, input_schema}]. */
+static json_t *translate_tools(json_t *tools) {
+    json_t *out = json_array();
+    size_t i;
+    json_t *t;
+    json_array_foreach(tools, i, t) {
+        json_t *f = json_object_get(t, "function");
+        json_t *params = json_object_get(f, "parameters");
+        json_t *tool = json_pack("{s:O, s:O}", "name", json_object_get(f, "name"), "input_schema",
+                                 json_is_object(params) ? params : json_pack("{s:s}", "type", "object"));
+        if (json_is_string(json_object_get(f, "description")))
+            json_object_set(tool, "description", json_object_get(f, "description"));
+        if (!tool || json_array_append_new(out, tool)) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* tool_choice: "auto", "none", "required" or {type: function, function:
+ * {name}} as Anthropic's {type: auto | none | any | tool, name}. */
+static json_t *translate_tool_choice(json_t *choice) {
+    const char *s = json_string_value(choice);
+    if (s)
+        return json_pack("{s:s}", "type", strcmp(s, "required") == 0 ? "any" : strcmp(s, "none") == 0 ? "none" : "auto");
+    json_t *name = json_object_get(json_object_get(choice, "function"), "name");
+    return json_is_string(name) ? json_pack("{s:s, s:O}", "type", "tool", "name", name) : NULL;
+}
+
+/* An assistant message's tool_calls as tool_use blocks appended to blocks:
+ * {id, name, input} with arguments (a JSON text) parsed. -2 when the
+ * arguments are not a JSON object. */
+static int add_tool_uses(json_t *blocks, json_t *calls) {
+    size_t i;
+    json_t *call;
+    json_array_foreach(calls, i, call) {
+        json_t *f = json_object_get(call, "function");
+        const char *args = json_string_value(json_object_get(f, "arguments"));
+        json_t *input = args && *args ? json_loads(args, 0, NULL) : json_object();
+        if (!json_is_object(input)) {
+            json_decref(input);
+            return -2;
+        }
+        json_t *use = json_pack("{s:s, s:O, s:O, s:o}", "type", "tool_use", "id", json_object_get(call, "id"),
+                                "name", json_object_get(f, "name"), "input", input);
+        if (!use || json_array_append_new(blocks, use))
+            return -1;
+    }
+    return 0;
+}
+
 /* Fields whose meaning does not survive the translation: refused rather
  * than dropped (an answer without the asked JSON format, or without tool
  * calls, would look like a success). */
 static int untranslatable(const gw_chat *c, gw_fail *fail) {
-    static const char *const fields[] = {"tools", "tool_choice", "functions", "function_call", "response_format",
-                                         "logprobs", "top_logprobs"};
+    static const char *const fields[] = {"functions", "function_call", "response_format", "logprobs",
+                                         "top_logprobs"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         json_t *v = json_object_get(c->body, fields[i]);
         if (v && !json_is_null(v) && !json_is_false(v)) {
@@ -142,27 +199,45 @@ char *gw_anthropic_request(const gw_chat *c, const char *upstream_model, long de
             json_decref(blocks);
             continue;
         }
-        if (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) {
+        int is_tool = strcmp(role, "tool") == 0;
+        if (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0 && !is_tool) {
             char param[64];
             snprintf(param, sizeof param, "messages[%zu].role", i);
-            fail_set(fail, GATEWAY_EINVAL, param, "tool and function messages are not translated for Anthropic "
-                                                  "models yet");
+            fail_set(fail, GATEWAY_EINVAL, param, "function messages (the legacy form of tool results) are not "
+                                                  "translated for Anthropic models; use tool messages");
             rc = -2;
             break;
         }
-        if (strcmp(role, last_role) != 0) { /* a new turn (Anthropic merges a role's consecutive messages) */
-            last = json_pack("{s:s, s:[]}", "role", role, "content");
+        const char *turn = is_tool ? "user" : role; /* a tool's result is the user's turn there */
+        if (strcmp(turn, last_role) != 0) { /* a new turn (Anthropic merges a role's consecutive messages) */
+            last = json_pack("{s:s, s:[]}", "role", turn, "content");
             if (!last || json_array_append_new(messages, last)) {
                 rc = -1;
                 break;
             }
-            last_role = strcmp(role, "user") == 0 ? "user" : "assistant";
+            last_role = strcmp(turn, "user") == 0 ? "user" : "assistant";
         }
-        int added = add_content(json_object_get(last, "content"), content);
+        json_t *blocks = json_object_get(last, "content");
+        int added;
+        if (is_tool) {
+            json_t *result = json_array();
+            added = result ? add_content(result, content) : -1;
+            json_t *block = added == 0 ? json_pack("{s:s, s:O, s:O}", "type", "tool_result", "tool_use_id",
+                                                   json_object_get(m, "tool_call_id"), "content", result)
+                                       : NULL;
+            json_decref(result);
+            if (added == 0 && (!block || json_array_append_new(blocks, block)))
+                added = -1;
+        } else {
+            added = add_content(blocks, content);
+            if (added == 0 && json_is_array(json_object_get(m, "tool_calls")))
+                added = add_tool_uses(blocks, json_object_get(m, "tool_calls"));
+        }
         if (added == -2) {
             char param[64];
             snprintf(param, sizeof param, "messages[%zu].content", i);
-            fail_set(fail, GATEWAY_EINVAL, param, "images for Anthropic models must be data: URLs with base64 data");
+            fail_set(fail, GATEWAY_EINVAL, param, "for Anthropic models, images must be data: URLs with base64 data "
+                                                  "and tool call arguments JSON objects");
             rc = -2;
         } else if (added) {
             rc = -1;
@@ -188,10 +263,21 @@ char *gw_anthropic_request(const gw_chat *c, const char *upstream_model, long de
             json_object_set(body, "stop_sequences", stop);
         if (c->stream)
             json_object_set_new(body, "stream", json_true());
+        json_t *tools = json_object_get(req, "tools");
+        if (json_is_array(tools) && json_array_size(tools)) {
+            json_t *t = translate_tools(tools);
+            json_t *choice = json_object_get(req, "tool_choice");
+            json_t *tc = choice && !json_is_null(choice) ? translate_tool_choice(choice) : NULL;
+            if (!t || (choice && !json_is_null(choice) && !tc))
+                rc = -1;
+            json_object_set_new(body, "tools", t);
+            if (tc)
+                json_object_set_new(body, "tool_choice", tc);
+        }
         json_t *user = json_object_get(req, "user");
         if (json_is_string(user))
             json_object_set_new(body, "metadata", json_pack("{s:O}", "user_id", user));
-        out = json_dumps(body, JSON_COMPACT);
+        out = rc == 0 ? json_dumps(body, JSON_COMPACT) : NULL;
         if (out)
             *len = strlen(out);
     }
@@ -245,8 +331,28 @@ int gw_anthropic_completion(const char *data, size_t len, const char *model, jso
     *out = text ? gw_completion_make(id ? id : "msg", (long)time(NULL), model, text, usage->known ? usage : NULL)
                 : NULL;
     const char *fr = finish_reason(json_string_value(json_object_get(m, "stop_reason")));
+    json_t *choice = json_array_get(json_object_get(*out, "choices"), 0);
     if (*out && fr)
-        json_object_set_new(json_array_get(json_object_get(*out, "choices"), 0), "finish_reason", json_string(fr));
+        json_object_set_new(choice, "finish_reason", json_string(fr));
+    /* tool_use blocks: the message's tool_calls (arguments as JSON text). */
+    json_t *calls = json_array();
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type || strcmp(type, "tool_use") != 0)
+            continue;
+        char *args = json_dumps(json_object_get(b, "input"), JSON_COMPACT | JSON_ENCODE_ANY);
+        json_array_append_new(calls, json_pack("{s:O, s:s, s:{s:O, s:s}}", "id", json_object_get(b, "id"), "type",
+                                               "function", "function", "name", json_object_get(b, "name"),
+                                               "arguments", args ? args : "{}"));
+        free(args);
+    }
+    if (*out && json_array_size(calls)) {
+        json_t *msg = json_object_get(choice, "message");
+        json_object_set(msg, "tool_calls", calls);
+        if (at == 0)
+            json_object_set_new(msg, "content", json_null());
+    }
+    json_decref(calls);
     free(text);
     json_decref(m);
     return *out ? 0 : fail_set(fail, GATEWAY_ENOMEM, "", "out of memory");
@@ -270,6 +376,36 @@ int gw_anthropic_event(gw_anthropic_stream *s, const char *model, const char *ev
         s->created = (long)time(NULL);
         s->usage.prompt_tokens = (long)json_integer_value(json_object_get(json_object_get(msg, "usage"), "input_tokens"));
         *out = gw_chunk_make(s->id, s->created, model, "", NULL, NULL, out_len);
+    } else if (strcmp(type, "content_block_start") == 0 &&
+               strcmp(json_string_value(json_object_get(json_object_get(e, "content_block"), "type")) ?: "",
+                      "tool_use") == 0) {
+        /* A tool call starts: its id and name, arguments to follow. */
+        json_t *b = json_object_get(e, "content_block");
+        size_t block = (size_t)json_integer_value(json_object_get(e, "index"));
+        if (block < sizeof s->tool_of_block / sizeof s->tool_of_block[0])
+            s->tool_of_block[block] = s->n_tools + 1;
+        json_t *c = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:[{s:i, s:O, s:s, s:{s:O, s:s}}]}, s:n}]}", "id", s->id,
+                              "object", "chat.completion.chunk", "created", (json_int_t)s->created, "model", model,
+                              "choices", "index", 0, "delta", "tool_calls", "index", s->n_tools, "id",
+                              json_object_get(b, "id"), "type", "function", "function", "name",
+                              json_object_get(b, "name"), "arguments", "", "finish_reason");
+        s->n_tools++;
+        *out = c ? json_dumps(c, JSON_COMPACT) : NULL;
+        *out_len = *out ? strlen(*out) : 0;
+        json_decref(c);
+    } else if (strcmp(type, "content_block_delta") == 0 &&
+               json_is_string(json_object_get(json_object_get(e, "delta"), "partial_json"))) {
+        /* A piece of a tool call's arguments. */
+        size_t block = (size_t)json_integer_value(json_object_get(e, "index"));
+        size_t tool = block < sizeof s->tool_of_block / sizeof s->tool_of_block[0] && s->tool_of_block[block]
+                          ? s->tool_of_block[block] - 1 : 0;
+        json_t *c = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:[{s:I, s:{s:O}}]}, s:n}]}", "id", s->id, "object",
+                              "chat.completion.chunk", "created", (json_int_t)s->created, "model", model, "choices",
+                              "index", 0, "delta", "tool_calls", "index", (json_int_t)tool, "function", "arguments",
+                              json_object_get(json_object_get(e, "delta"), "partial_json"), "finish_reason");
+        *out = c ? json_dumps(c, JSON_COMPACT) : NULL;
+        *out_len = *out ? strlen(*out) : 0;
+        json_decref(c);
     } else if (strcmp(type, "content_block_delta") == 0) {
         json_t *d = json_object_get(e, "delta");
         json_t *t = json_object_get(d, "text");

@@ -9,7 +9,9 @@ Hosted APIs cannot run here, so this stands in for Anthropic, faithful to
 its documented wire format. Steps per model as in fake_llm.py:
 {"text": ...}, {"status": 529}, {"status": 400, "context": True},
 {"chunks": [...]}, {"stream_error": True} (an error event mid-stream),
-{"stop_reason": "max_tokens"}. Every request is recorded (FakeLLM's
+{"stop_reason": "max_tokens"}, {"tool_use": {"id", "name", "input"}} (the
+answer calls a tool; streamed as a tool_use block whose input arrives in
+input_json_delta pieces). Every request is recorded (FakeLLM's
 scripting and recording, this file's wire format).
 """
 
@@ -62,10 +64,16 @@ class FakeAnthropic(FakeLLM):
                 in_tokens = sum(len(json.dumps(m.get("content"))) for m in body.get("messages", [])) // 4 + 1
                 out_tokens = len(text) // 4 + 1
                 stop_reason = step.get("stop_reason", "end_turn")
+                tool = step.get("tool_use")
+                if tool:
+                    stop_reason = "tool_use"
                 if body.get("stream"):
                     return self._stream(model, step, text, in_tokens, out_tokens, stop_reason)
+                content = [{"type": "text", "text": text}] if text else []
+                if tool:
+                    content.append(dict(tool, type="tool_use"))
                 self._json(200, {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                                 "content": [{"type": "text", "text": text}], "stop_reason": stop_reason,
+                                 "content": content, "stop_reason": stop_reason,
                                  "stop_sequence": None,
                                  "usage": {"input_tokens": in_tokens, "output_tokens": out_tokens}})
 
@@ -85,6 +93,17 @@ class FakeAnthropic(FakeLLM):
                                                                             "message": "Overloaded"}}))
                         break
                 else:
+                    tool = step.get("tool_use")
+                    if tool:
+                        args = json.dumps(tool["input"])
+                        events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                                   ("content_block_start", {"type": "content_block_start", "index": 1,
+                                                            "content_block": {"type": "tool_use", "id": tool["id"],
+                                                                              "name": tool["name"], "input": {}}})]
+                        for k in range(0, len(args), 7):
+                            events.append(("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                                                   "delta": {"type": "input_json_delta",
+                                                                             "partial_json": args[k:k + 7]}}))
                     events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
                                ("message_delta", {"type": "message_delta",
                                                   "delta": {"stop_reason": stop_reason, "stop_sequence": None},

@@ -4,7 +4,10 @@ speaking OpenAI's chat-completions format, plain and streamed; the upstream
 gets a Messages request (system joined, max_tokens always, x-api-key,
 anthropic-version, temperature capped at 1, stop -> stop_sequences); a 529
 overloaded answer is retried; an error event mid-stream ends the client's
-stream with an in-band error; tool messages are refused with 422.
+stream with an in-band error; tool calls go both ways (tools and
+tool_choice translated, tool_use blocks answered as tool_calls, streamed in
+pieces, tool results sent back as tool_result blocks); what does not
+translate (response_format, n > 1) is refused with 422.
 """
 
 import json
@@ -117,13 +120,61 @@ def test_error_event_mid_stream_ends_the_stream_in_band(gateway, fake):
     assert text == "partial"
 
 
-def test_tool_messages_are_refused(gateway, fake):
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "The weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+CALL = {"id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}
+
+
+def test_tool_use_round_trip(gateway, fake):
+    fake.script("claude-test-1", [{"text": "", "tool_use": CALL}, {"text": "Sunny in Paris."}])
+    r = chat(gateway, {"model": "claude", "tools": TOOLS, "tool_choice": "required",
+                       "messages": [{"role": "user", "content": "Weather in Paris?"}]})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["id"] == "toolu_1" and call["type"] == "function"
+    assert call["function"]["name"] == "weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    sent = fake.calls("claude-test-1")[-1]["body"]
+    assert sent["tools"] == [{"name": "weather", "description": "The weather in a city",
+                              "input_schema": TOOLS[0]["function"]["parameters"]}]
+    assert sent["tool_choice"] == {"type": "any"}
+    # The result goes back as the client would send it.
+    r = chat(gateway, {"model": "claude", "tools": TOOLS, "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "22 C, sunny"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "Sunny in Paris."
+    sent = fake.calls("claude-test-1")[-1]["body"]
+    assert sent["messages"][1] == {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}]}
+    assert sent["messages"][2] == {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "22 C, sunny"}]}]}
+
+
+def test_streamed_tool_call_arrives_in_pieces(gateway, fake):
+    fake.script("claude-test-1", [{"text": "Let me look.", "tool_use": CALL}])
+    r = chat(gateway, {"model": "claude", "stream": True, "tools": TOOLS,
+                       "messages": [{"role": "user", "content": "Weather in Paris?"}]}, stream=True)
+    chunks = [json.loads(e) for e in sse_events(r.text)[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    calls = [tc for d in deltas for tc in d.get("tool_calls", [])]
+    assert calls[0]["id"] == "toolu_1" and calls[0]["function"]["name"] == "weather"
+    assert all(tc["index"] == 0 for tc in calls)
+    args = "".join(tc["function"].get("arguments", "") for tc in calls)
+    assert json.loads(args) == {"city": "Paris"}
+    assert "".join(d.get("content") or "" for d in deltas) == "Let me look."
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0]["finish_reason"]]
+    assert finish == ["tool_calls"]
+
+
+def test_what_does_not_translate_is_refused(gateway, fake):
     before = len(fake.calls())
-    r = chat(gateway, {"model": "claude", "messages": [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "t1", "type": "function",
-                                                                "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "t1", "content": "42"}]})
-    assert r.status_code == 422, r.text
-    assert "not translated for Anthropic" in r.json()["error"]["message"]
+    for extra, param in (({"response_format": {"type": "json_object"}}, "response_format"), ({"n": 2}, "n")):
+        r = chat(gateway, dict({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}, **extra))
+        assert r.status_code == 422, r.text
+        assert "Anthropic" in r.json()["error"]["message"]
     assert len(fake.calls()) == before

@@ -154,6 +154,8 @@ typedef struct gw_anthropic_stream {
     char id[96];
     long created;
     gw_usage usage;
+    size_t n_tools;              /* tool_use blocks so far: the next tool call's index */
+    size_t tool_of_block[64];    /* a content block's tool call index + 1 (0: not a tool) */
 } gw_anthropic_stream;
 
 /* One event of a Messages stream as at most one chat.completion.chunk
