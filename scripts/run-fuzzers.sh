@@ -6,6 +6,9 @@ set -euo pipefail
 build=$(cd "$1" && pwd); seconds=${2:-30}
 root=$(cd "$(dirname "$0")/.." && pwd)
 status=0
+# Undefined behaviour stops a run (the fuzz build lets UBSan recover by
+# default, which would only log it).
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 for bin in "$build"/tests/fuzz/fuzz_*; do
   [[ -x "$bin" ]] || continue
   name=$(basename "$bin"); short=${name#fuzz_}
