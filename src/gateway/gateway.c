@@ -471,22 +471,46 @@ static void send_completion(gateway_call *c, const char *body, size_t len, gatew
         return;
     }
     json_t *o = json_loadb(body, len, 0, NULL);
-    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
-    const char *content = json_string_value(json_object_get(json_object_get(choice, "message"), "content"));
     const char *model = json_string_value(json_object_get(o, "model"));
     const char *id = json_string_value(json_object_get(o, "id"));
     long created = (long)json_integer_value(json_object_get(o, "created"));
     c->ops.begin(c->ud, 200, 1, h, nh);
+    /* Per choice: one chunk with the whole message (content, tool calls
+     * with their indexes), then one with its finish_reason. */
+    size_t i;
+    json_t *choice;
+    json_array_foreach(json_object_get(o, "choices"), i, choice) {
+        json_t *msg = json_object_get(choice, "message");
+        json_t *delta = json_pack("{s:s}", "role", "assistant");
+        json_t *content = json_object_get(msg, "content");
+        json_object_set(delta, "content", json_is_string(content) ? content : json_null());
+        json_t *calls = json_object_get(msg, "tool_calls");
+        if (json_is_array(calls) && json_array_size(calls)) {
+            json_t *indexed = json_deep_copy(calls);
+            size_t k;
+            json_t *call;
+            json_array_foreach(indexed, k, call) json_object_set_new(call, "index", json_integer((json_int_t)k));
+            json_object_set_new(delta, "tool_calls", indexed);
+        }
+        json_t *fr = json_object_get(choice, "finish_reason");
+        for (int part = 0; part < 2; part++) {
+            /* "o" steals: the delta (or an empty one) and the finish_reason. */
+            json_t *d = part == 0 ? json_incref(delta) : json_object();
+            json_t *f = part == 0 ? json_null() : json_is_string(fr) ? json_incref(fr) : json_string("stop");
+            json_t *chunk = json_pack("{s:s, s:s, s:I, s:s, s:[{s:I, s:o, s:o}]}", "id", id ? id : "chatcmpl-aiserve",
+                                      "object", "chat.completion.chunk", "created", (json_int_t)created, "model",
+                                      model ? model : c->target, "choices", "index", (json_int_t)i, "delta", d,
+                                      "finish_reason", f);
+            char *text = chunk ? json_dumps(chunk, JSON_COMPACT) : NULL;
+            if (text)
+                send_sse(c, text, strlen(text));
+            free(text);
+            json_decref(chunk);
+        }
+        json_decref(delta);
+    }
     size_t n;
-    char *chunk = gw_chunk_make(id ? id : "chatcmpl-aiserve", created, model ? model : c->target,
-                                content ? content : "", NULL, NULL, &n);
-    if (chunk)
-        send_sse(c, chunk, n);
-    free(chunk);
-    chunk = gw_chunk_make(id ? id : "chatcmpl-aiserve", created, model ? model : c->target, NULL, "stop", NULL, &n);
-    if (chunk)
-        send_sse(c, chunk, n);
-    free(chunk);
+    char *chunk;
     if (c->chat.include_usage) {
         json_t *u = json_object_get(o, "usage");
         gw_usage usage = {.known = 1, .prompt_tokens = (long)json_integer_value(json_object_get(u, "prompt_tokens")),

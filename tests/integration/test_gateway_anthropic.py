@@ -178,3 +178,19 @@ def test_what_does_not_translate_is_refused(gateway, fake):
         assert r.status_code == 422, r.text
         assert "Anthropic" in r.json()["error"]["message"]
     assert len(fake.calls()) == before
+
+
+def test_a_cached_tool_call_is_streamed_whole(gateway, fake):
+    fake.script("claude-test-1", [{"text": "", "tool_use": CALL}])
+    body = {"model": "claude", "temperature": 0, "tools": TOOLS,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    assert chat(gateway, body).json()["choices"][0]["finish_reason"] == "tool_calls"
+    r = chat(gateway, dict(body, stream=True), stream=True)
+    assert r.headers["X-Cache"] == "HIT"
+    chunks = [json.loads(e) for e in sse_events(r.text)[:-1]]
+    (first, last) = chunks
+    call = first["choices"][0]["delta"]["tool_calls"][0]
+    assert call["index"] == 0 and call["id"] == "toolu_1"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert last["choices"][0]["finish_reason"] == "tool_calls"
+    assert len(fake.calls("claude-test-1")) == 1
