@@ -19,7 +19,8 @@
 // stream_options.include_usage is true, then "data: [DONE]". Otherwise one
 // chat.completion with usage. The model is echoed. When FAKE_API_KEY is set,
 // a request without "Authorization: Bearer $FAKE_API_KEY" gets 401.
-// Connections are kept alive (HTTP/1.1), "Expect: 100-continue" is honoured.
+// Connections are kept alive (HTTP/1.1) unless the request says
+// "Connection: close"; "Expect: 100-continue" is honoured.
 //
 // It speaks HTTP/1.1 on the net module with its own small parser rather than
 // node's http module: a fake that must not be the bottleneck on a 2-core
@@ -94,7 +95,10 @@ function stream(sock, st, req, id, created, usage) {
   const base = '{"id":"' + id + '","object":"chat.completion.chunk","created":' + created + ',"model":' +
                JSON.stringify(req.model) + ',"choices":';
   const includeUsage = !!(req.stream_options && req.stream_options.include_usage);
-  sock.cork(); // the head, the role chunk and the first content chunk leave in one write
+  // Writes are corked so that what leaves together is one write: the head,
+  // the role chunk and the first content chunk; then each content chunk (the
+  // last with the finish, usage and [DONE] events).
+  sock.cork();
   sock.write('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n' +
              'Transfer-Encoding: chunked\r\n\r\n');
   chunk(sock, base + '[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}');
@@ -103,30 +107,31 @@ function stream(sock, st, req, id, created, usage) {
     counters.open_streams--;
     st.streaming = false;
     st.timer = null;
-    sock.cork();
     chunk(sock, base + '[{"index":0,"delta":{},"finish_reason":"stop"}]}');
     if (includeUsage) chunk(sock, base + '[],"usage":' + usage + '}');
     chunk(sock, '[DONE]');
     sock.write('0\r\n\r\n');
-    sock.uncork();
+    if (st.close) sock.end();
     st.answering = false;
     counters.in_flight--;
     st.busy = false;
     drain(sock, st);
   };
   const next = () => {
+    sock.cork();
     chunk(sock, base + '[{"index":0,"delta":{"content":' + JSON.stringify(WORDS[i]) + '},"finish_reason":null}]}');
     i++;
-    if (i >= WORDS.length) return finish();
+    if (i >= WORDS.length) finish();
+    else st.timer = setTimeout(next, INTERVAL_MS);
     sock.uncork();
-    st.timer = setTimeout(next, INTERVAL_MS);
   };
   next();
+  sock.uncork();
 }
 
 function handle(sock, st, head, body) {
   const [method, path] = head.split('\r\n', 1)[0].split(' ');
-  if (method === 'GET' && path === '/stats') return answerJson(sock, '200 OK', JSON.stringify(counters), false);
+  if (method === 'GET' && path === '/stats') return answerJson(sock, '200 OK', JSON.stringify(counters), st.close);
   counters.requests++;
   if (method !== 'POST' || !path || !path.endsWith('/chat/completions'))
     return fail(sock, st, '404 Not Found', 'no such endpoint: ' + method + ' ' + path);
@@ -153,7 +158,7 @@ function handle(sock, st, head, body) {
     const body = '{"id":"' + id + '","object":"chat.completion","created":' + created + ',"model":' +
                  JSON.stringify(req.model) + ',"choices":[{"index":0,"message":{"role":"assistant","content":' +
                  JSON.stringify(CONTENT) + '},"finish_reason":"stop"}],"usage":' + usage + '}';
-    answerJson(sock, '200 OK', body, false);
+    answerJson(sock, '200 OK', body, st.close);
     st.answering = false;
     counters.in_flight--;
     st.busy = false;
@@ -175,6 +180,7 @@ function drain(sock, st) {
       st.buf = st.buf.subarray(end + 4);
       let len = 0;
       st.auth = '';
+      st.close = false;
       let expect = false;
       for (const line of st.head.split('\r\n').slice(1)) {
         const c = line.indexOf(':');
@@ -183,6 +189,7 @@ function drain(sock, st) {
         if (name === 'content-length') len = Number(value);
         else if (name === 'transfer-encoding') return fail(sock, st, '501 Not Implemented', 'chunked requests');
         else if (name === 'authorization') st.auth = value;
+        else if (name === 'connection') st.close = value.toLowerCase() === 'close';
         else if (name === 'expect' && value.toLowerCase() === '100-continue') expect = true;
       }
       if (!Number.isInteger(len) || len < 0 || len > MAX_BODY) return fail(sock, st, '413 Payload Too Large', 'body');
@@ -200,7 +207,7 @@ function drain(sock, st) {
 const server = net.createServer((sock) => {
   counters.connections++;
   sock.setNoDelay(true);
-  const st = { buf: Buffer.alloc(0), need: -1, head: '', auth: '', busy: false, answering: false, streaming: false,
+  const st = { buf: Buffer.alloc(0), need: -1, head: '', auth: '', close: false, busy: false, answering: false, streaming: false,
               timer: null };
   sock.on('data', (d) => {
     st.buf = st.buf.length ? Buffer.concat([st.buf, d]) : d;

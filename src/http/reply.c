@@ -20,9 +20,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/keyvalq_struct.h>
 
 #include "http_int.h"
@@ -180,6 +184,14 @@ static void send_and_finish(http_call *call, int status, struct evbuffer *body) 
 int http_stream_start(http_call *call, int status, const char *content_type) {
     if (!call->req || call->discard)
         return -1;
+    /* Each event must leave at once: without TCP_NODELAY, Nagle holds the
+     * second small write until the client's delayed ACK (40 ms stalls). */
+    struct evhttp_connection *evcon = evhttp_request_get_connection(call->req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     call->status = status;
     call->streaming = 1;
     http_add_header(call, "Content-Type", content_type);
