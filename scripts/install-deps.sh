@@ -25,7 +25,9 @@ packages=(
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)
   openssl curl                    # HTTPS tests: test certificates made at run time, curl as the client
   nodejs npm                      # the official openai npm client drives /v1/embeddings in the tests
-  prometheus                      # promtool: tests check /metrics with `promtool check metrics`
+  prometheus                      # promtool: tests check /metrics with `promtool check metrics`; the alert rules
+  haproxy                         # the load balancer of deploy/haproxy, started by the tests
+  docker-compose                  # `docker-compose config` validates deploy/compose.yaml (no engine needed)
   clang libclang-rt-14-dev        # libFuzzer targets and sanitizer runtimes
 )
 for arg in "$@"; do
