@@ -169,13 +169,12 @@ static void admitted(http_call *call) {
                          .key_name = call->key_name, .no_cache = http_wants_fresh(call->req),
                          .request_id = call->request_id};
     call->on_gone = on_gone;
+    watch_peer(call); /* before: the call may be answered, and freed, inside gateway_chat */
     if (gateway_chat(call->loop->gateway, &r, &reply_ops, call, &call->chat) != 0) {
         state_free(call);
         http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
-        return;
     }
-    if (call->chat) /* still running (not answered at once, e.g. from the cache) */
-        watch_peer(call);
+    /* call may be gone here: not touched again */
 }
 
 void http_chat(http_call *call) {

@@ -107,6 +107,8 @@ const char *http_header(http_call *call, const char *name) {
 void http_call_free(http_call *call) {
     http_infer_free(call->infer);
     http_chat_free(call);
+    if (call->orphan_req)
+        evhttp_request_free(call->orphan_req);
     free(call);
 }
 

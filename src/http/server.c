@@ -57,6 +57,12 @@ static void on_connection_close(struct evhttp_connection *evcon, void *arg) {
     http_call *call = arg;
     (void)evcon;
     if (call) {
+        /* A request the connection let go of (libevent detaches one that is
+         * still being answered when the peer goes away, and leaves it to
+         * us) is freed with the call; one still attached is freed by
+         * libevent with the connection. */
+        if (call->req && !evhttp_request_get_connection(call->req))
+            call->orphan_req = call->req;
         call->req = NULL;
         if (call->on_gone)
             call->on_gone(call);

@@ -213,6 +213,7 @@ struct http_server {
 struct http_call {
     http_loop *loop;
     struct evhttp_request *req;   /* NULL once the connection died */
+    struct evhttp_request *orphan_req; /* the request libevent let go of when the connection died; ours to free */
     const http_route *route;      /* NULL until routed, and when no route matched */
     http_path_params params;
     uint64_t start_us;
