@@ -6,7 +6,7 @@
  * handler (or, for inference endpoints, the pipeline's ops). Nothing else
  * lists routes: the 404 / 405 decision and its Allow header, CORS
  * preflights, the scope check and the endpoint label all come from here
- * (and so will the OpenAPI document).
+ * and the OpenAPI document (openapi.c, from each row's doc).
  *
  * Matching: the path (without its query) is split at '/'; a trailing slash
  * is dropped first ("/predict/" is "/predict"). A literal segment matches
@@ -48,60 +48,97 @@
 #define CHAT GUARD_SCOPE_CHAT
 #define ADMIN GUARD_SCOPE_ADMIN
 #define INFER(ops) NULL, &(ops)
+/* The row's OpenAPI entry: summary, request schema, answers (http_route_doc). */
+#define DOC(summary, request, responses) {summary, request, responses}
+#define PREDICTION "200=Prediction 404 422 429 503 504"
 
 const http_route http_routes[] = {
     /* The seed service's API. */
-    {HTTP_POST, "/predict", "/predict", PREDICT, INFER(http_seed_predict_ops)},
-    {HTTP_GET, "/health", "/health", OPEN, http_health, NULL},
-    {HTTP_GET, "/metrics", "/metrics", OPEN, http_metrics_page, NULL},
-    {HTTP_POST, "/batch_predict", "/batch_predict", BATCH, http_batch_seed_submit, NULL},
-    {HTTP_GET, "/batch_result/{id}", "/batch_result/{task_id}", BATCH, http_batch_seed_result, NULL},
+    {HTTP_POST, "/predict", "/predict", PREDICT, INFER(http_seed_predict_ops),
+     DOC("Classify a text or a list of texts with the default model", "PredictRequest", PREDICTION)},
+    {HTTP_GET, "/health", "/health", OPEN, http_health, NULL, DOC("Server health", NULL, "200=Health 503=Health")},
+    {HTTP_GET, "/metrics", "/metrics", OPEN, http_metrics_page, NULL,
+     DOC("Prometheus metrics", NULL, "200=text/plain")},
+    {HTTP_POST, "/batch_predict", "/batch_predict", BATCH, http_batch_seed_submit, NULL,
+     DOC("Submit a batch job (the seed service's API)", "SeedBatchRequest", "200=SeedBatchSubmitted 404 422 429 503")},
+    {HTTP_GET, "/batch_result/{id}", "/batch_result/{task_id}", BATCH, http_batch_seed_result, NULL,
+     DOC("A batch job's status and results (the seed service's API)", NULL, "200=SeedBatchResult 404 503")},
     /* Health for orchestrators. */
-    {HTTP_GET, "/health/live", "/health/live", OPEN, http_health_live, NULL},
-    {HTTP_GET, "/health/ready", "/health/ready", OPEN, http_health_ready, NULL},
+    {HTTP_GET, "/health/live", "/health/live", OPEN, http_health_live, NULL,
+     DOC("Liveness", NULL, "200=Status")},
+    {HTTP_GET, "/health/ready", "/health/ready", OPEN, http_health_ready, NULL,
+     DOC("Readiness: every model has a loaded version", NULL, "200=Status 503")},
     /* Models. */
-    {HTTP_GET, "/v1/models", "/v1/models", ANY, http_models, NULL},
-    {HTTP_GET, "/v1/models/{name}", "/v1/models/{name}", ANY, http_model, NULL},
-    {HTTP_POST, "/v1/models/{name}/predict", "/v1/models/{name}/predict", PREDICT,
-     INFER(http_seed_predict_ops)},
+    {HTTP_GET, "/v1/models", "/v1/models", ANY, http_models, NULL, DOC("List the models", NULL, "200=ModelList")},
+    {HTTP_GET, "/v1/models/{name}", "/v1/models/{name}", ANY, http_model, NULL,
+     DOC("One model of the repository", NULL, "200=Modell 404")},
+    {HTTP_POST, "/v1/models/{name}/predict", "/v1/models/{name}/predict", PREDICT, INFER(http_seed_predict_ops),
+     DOC("Classify with a model", "PredictRequest", PREDICTION)},
     {HTTP_POST, "/v1/models/{name}/versions/{ref}/predict", "/v1/models/{name}/versions/{version}/predict",
-     PREDICT, INFER(http_seed_predict_ops)},
-    {HTTP_POST, "/v1/embeddings", "/v1/embeddings", EMBED, INFER(http_embeddings_ops)},
+     PREDICT, INFER(http_seed_predict_ops),
+     DOC("Classify with a version or an alias of a model", "PredictRequest", PREDICTION)},
+    {HTTP_POST, "/v1/embeddings", "/v1/embeddings", EMBED, INFER(http_embeddings_ops),
+     DOC("Embed texts (OpenAI's embeddings API)", "EmbeddingsRequest", "200=EmbeddingList 404 422 429 503 504")},
     /* The LLM gateway. */
-    {HTTP_POST, "/v1/chat/completions", "/v1/chat/completions", CHAT, http_chat, NULL},
+    {HTTP_POST, "/v1/chat/completions", "/v1/chat/completions", CHAT, http_chat, NULL,
+     DOC("Chat completion through the LLM gateway (OpenAI's API)", "ChatCompletionRequest",
+         "200=ChatCompletion 404 422 429 502 503 504")},
     /* Batch jobs. */
-    {HTTP_POST, "/v1/batch", "/v1/batch", BATCH, http_batch_submit, NULL},
-    {HTTP_GET, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_get, NULL},
-    {HTTP_DELETE, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_cancel, NULL},
-    {HTTP_GET, "/v1/batch/{id}/results", "/v1/batch/{id}/results", BATCH, http_batch_results, NULL},
+    {HTTP_POST, "/v1/batch", "/v1/batch", BATCH, http_batch_submit, NULL,
+     DOC("Submit a batch job", "BatchRequest", "202=BatchJob 404 422 429 503")},
+    {HTTP_GET, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_get, NULL,
+     DOC("A batch job", NULL, "200=BatchJob 404 503")},
+    {HTTP_DELETE, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_cancel, NULL,
+     DOC("Cancel a batch job", NULL, "200=BatchJob 404 409 503")},
+    {HTTP_GET, "/v1/batch/{id}/results", "/v1/batch/{id}/results", BATCH, http_batch_results, NULL,
+     DOC("A page of a batch job's results (?offset=&limit=)", NULL, "200=BatchResults 404 422 503")},
     /* The Open Inference Protocol (KServe v2). */
-    {HTTP_GET, "/v2", "/v2", ANY, http_kserve_server, NULL},
-    {HTTP_GET, "/v2/health/live", "/v2/health/live", OPEN, http_kserve_live, NULL},
-    {HTTP_GET, "/v2/health/ready", "/v2/health/ready", OPEN, http_kserve_ready, NULL},
-    {HTTP_GET, "/v2/models/{name}", "/v2/models/{name}", ANY, http_kserve_model, NULL},
-    {HTTP_GET, "/v2/models/{name}/versions/{version}", "/v2/models/{name}", ANY, http_kserve_model, NULL},
-    {HTTP_GET, "/v2/models/{name}/ready", "/v2/models/{name}/ready", ANY, http_kserve_model_ready, NULL},
+    {HTTP_GET, "/v2", "/v2", ANY, http_kserve_server, NULL, DOC("KServe v2 server metadata", NULL, "200=KServeServer")},
+    {HTTP_GET, "/v2/health/live", "/v2/health/live", OPEN, http_kserve_live, NULL,
+     DOC("KServe v2 liveness", NULL, "200=KServeLive")},
+    {HTTP_GET, "/v2/health/ready", "/v2/health/ready", OPEN, http_kserve_ready, NULL,
+     DOC("KServe v2 readiness", NULL, "200=KServeReady 503=KServeReady")},
+    {HTTP_GET, "/v2/models/{name}", "/v2/models/{name}", ANY, http_kserve_model, NULL,
+     DOC("KServe v2 model metadata", NULL, "200=KServeModel 404")},
+    {HTTP_GET, "/v2/models/{name}/versions/{version}", "/v2/models/{name}", ANY, http_kserve_model, NULL,
+     DOC("KServe v2 model version metadata", NULL, "200=KServeModel 404")},
+    {HTTP_GET, "/v2/models/{name}/ready", "/v2/models/{name}/ready", ANY, http_kserve_model_ready, NULL,
+     DOC("KServe v2 model readiness", NULL, "200=KServeModelReady 404 503=KServeModelReady")},
     {HTTP_GET, "/v2/models/{name}/versions/{version}/ready", "/v2/models/{name}/ready", ANY,
-     http_kserve_model_ready, NULL},
-    {HTTP_POST, "/v2/models/{name}/infer", "/v2/models/{name}/infer", PREDICT, INFER(http_kserve_infer_ops)},
+     http_kserve_model_ready, NULL,
+     DOC("KServe v2 model version readiness", NULL, "200=KServeModelReady 404 503=KServeModelReady")},
+    {HTTP_POST, "/v2/models/{name}/infer", "/v2/models/{name}/infer", PREDICT, INFER(http_kserve_infer_ops),
+     DOC("KServe v2 inference", "KServeInferRequest", "200=KServeInferResponse 404 422 429 503 504")},
     {HTTP_POST, "/v2/models/{name}/versions/{version}/infer", "/v2/models/{name}/infer", PREDICT,
-     INFER(http_kserve_infer_ops)},
+     INFER(http_kserve_infer_ops),
+     DOC("KServe v2 inference on a version", "KServeInferRequest", "200=KServeInferResponse 404 422 429 503 504")},
     /* Administration. */
-    {HTTP_GET, "/admin/models/{name}/traffic", "/admin/models/{name}/traffic", ADMIN, http_admin_traffic_get, NULL},
-    {HTTP_PUT, "/admin/models/{name}/traffic", "/admin/models/{name}/traffic", ADMIN, http_admin_traffic_put, NULL},
-    {HTTP_GET, "/admin/models/{name}/aliases", "/admin/models/{name}/aliases", ADMIN, http_admin_aliases_get, NULL},
+    {HTTP_GET, "/admin/models/{name}/traffic", "/admin/models/{name}/traffic", ADMIN, http_admin_traffic_get, NULL,
+     DOC("A model's traffic split", NULL, "200=Traffic 404")},
+    {HTTP_PUT, "/admin/models/{name}/traffic", "/admin/models/{name}/traffic", ADMIN, http_admin_traffic_put, NULL,
+     DOC("Set a model's traffic split ({} clears it)", "TrafficSplit", "200=Traffic 404 422")},
+    {HTTP_GET, "/admin/models/{name}/aliases", "/admin/models/{name}/aliases", ADMIN, http_admin_aliases_get, NULL,
+     DOC("A model's aliases", NULL, "200=Aliases 404")},
     {HTTP_PUT, "/admin/models/{name}/aliases/{alias}", "/admin/models/{name}/aliases/{alias}", ADMIN,
-     http_admin_alias_put, NULL},
+     http_admin_alias_put, NULL, DOC("Point an alias at a version", "AliasRequest", "200=Aliases 404 422")},
     {HTTP_DELETE, "/admin/models/{name}/aliases/{alias}", "/admin/models/{name}/aliases/{alias}", ADMIN,
-     http_admin_alias_delete, NULL},
-    {HTTP_GET | HTTP_PUT, "/admin/models/{name}/shadow", "/admin/models/{name}/shadow", ADMIN, http_admin_shadow,
-     NULL},
-    {HTTP_GET | HTTP_PUT, "/admin/models/{name}/cascade", "/admin/models/{name}/cascade", ADMIN, http_admin_cascade,
-     NULL},
+     http_admin_alias_delete, NULL, DOC("Remove an alias", NULL, "200=Aliases 404")},
+    {HTTP_GET, "/admin/models/{name}/shadow", "/admin/models/{name}/shadow", ADMIN, http_admin_shadow, NULL,
+     DOC("A model's shadow version", NULL, "200=Shadow 404")},
+    {HTTP_PUT, "/admin/models/{name}/shadow", "/admin/models/{name}/shadow", ADMIN, http_admin_shadow, NULL,
+     DOC("Set a model's shadow version ({} turns it off)", "ShadowRequest", "200=Shadow 404 422")},
+    {HTTP_GET, "/admin/models/{name}/cascade", "/admin/models/{name}/cascade", ADMIN, http_admin_cascade, NULL,
+     DOC("A model's cascade", NULL, "200=Cascade 404")},
+    {HTTP_PUT, "/admin/models/{name}/cascade", "/admin/models/{name}/cascade", ADMIN, http_admin_cascade, NULL,
+     DOC("Set a model's cascade ({} turns it off)", "CascadeRequest", "200=Cascade 404 422")},
     {HTTP_POST, "/admin/models/{name}/versions/{version}/load", "/admin/models/{name}/versions/{version}/load",
-     ADMIN, http_admin_version_load, NULL},
+     ADMIN, http_admin_version_load, NULL, DOC("Load a version", NULL, "200=VersionAction 404 503")},
     {HTTP_POST, "/admin/models/{name}/versions/{version}/unload", "/admin/models/{name}/versions/{version}/unload",
-     ADMIN, http_admin_version_unload, NULL},
+     ADMIN, http_admin_version_unload, NULL, DOC("Unload a version", NULL, "202=VersionAction 404 503")},
+    /* This API's description. */
+    {HTTP_GET, "/openapi.json", "/openapi.json", OPEN, http_openapi, NULL,
+     DOC("This API as an OpenAPI 3.1 document", NULL, "200=application/json")},
+    {HTTP_GET, "/docs", "/docs", OPEN, http_docs, NULL, DOC("This API as an HTML page", NULL, "200=text/html")},
 };
 const size_t http_n_routes = sizeof http_routes / sizeof http_routes[0];
 

@@ -123,6 +123,18 @@ typedef struct http_infer_ops http_infer_ops;
 
 #define HTTP_SCOPE_OPEN ((guard_scopes)~0u)
 
+/* What the OpenAPI document (openapi.c) says of a row's operation. Schema
+ * names are those of openapi.c's components. */
+typedef struct http_route_doc {
+    const char *summary;   /* one line */
+    const char *request;   /* the request body's schema; NULL: no body */
+    /* The answers besides those every row of its kind gets (401 and 403 with
+     * a scope, 400 and 413 with a body): "200=Prediction 404 422", a status
+     * and its body's schema, or a media type ("200=text/plain"); a status
+     * without one is the error shape. */
+    const char *responses;
+} http_route_doc;
+
 /* One row of the one route table: every path the server answers. */
 typedef struct http_route {
     unsigned methods;            /* HTTP_GET ...; HEAD is answered wherever GET is */
@@ -132,6 +144,7 @@ typedef struct http_route {
                                     HTTP_SCOPE_OPEN: no key at all */
     http_handler *handler;       /* or, for inference endpoints: */
     const http_infer_ops *infer; /* the pipeline runs these (pipeline.c) */
+    http_route_doc doc;          /* for GET /openapi.json */
 } http_route;
 
 extern const http_route http_routes[];
@@ -397,6 +410,11 @@ void http_admin_shadow(http_call *call);
 void http_admin_cascade(http_call *call);
 void http_admin_version_load(http_call *call);
 void http_admin_version_unload(http_call *call);
+
+/* openapi.c: GET /openapi.json (the OpenAPI 3.1 document made from the
+ * route table) and GET /docs (an HTML page of its operations). */
+void http_openapi(http_call *call);
+void http_docs(http_call *call);
 
 /* routes.c: the API key check (answers 401/403 and returns 0 when the key
  * lacks `required`). */

@@ -1,0 +1,473 @@
+/*
+ * openapi.c - the API described from the route table: GET /openapi.json
+ * (an OpenAPI 3.1 document) and GET /docs (an HTML page listing it).
+ *
+ * The document is made from the rows of http_routes (routes.c) and from
+ * the body schemas below, and nothing else: each row gives its path and
+ * method (one operation per method), its scope (the operation's security:
+ * none for open rows, an API key with that scope for the others), its
+ * placeholders (path parameters) and its doc (summary, request schema,
+ * answers). Every row with a scope also answers 401 and 403, every row
+ * with a body 400 and 413; error answers have the one error shape. The
+ * answers' descriptions name the error codes of HTTP_ERROR_MAP with that
+ * status.
+ *
+ * Both texts are made on the first request and kept (they depend only on
+ * the table and the server's version); a lock makes that safe from every
+ * loop thread. Not freed: they live as long as the process.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_int.h"
+
+/* The body schemas (components/schemas), written with ' for " so that they
+ * read as JSON (their text has no '). Shapes: docs/http.md, docs/batch.md
+ * and, for chat, OpenAI's API (its main fields; others are forwarded). */
+static const char schemas_text[] =
+    "{"
+    "'Error': {'type': 'object', 'required': ['error', 'detail'], 'properties': {"
+    "  'error': {'type': 'object', 'required': ['message', 'type', 'code', 'request_id'], 'properties': {"
+    "    'message': {'type': 'string'}, 'type': {'type': 'string', 'description': 'OpenAI error type'},"
+    "    'code': {'type': 'string', 'description': 'the error code (docs/http.md, Errors)'},"
+    "    'request_id': {'type': 'string'}}},"
+    "  'detail': {'type': 'string', 'description': 'the message again, for clients of the FastAPI service'}}},"
+    "'PredictRequest': {'description': 'Exactly one of text and texts; other fields are ignored.', 'oneOf': ["
+    "  {'type': 'object', 'required': ['text'], 'properties': {'text': {'type': 'string', 'minLength': 1}}},"
+    "  {'type': 'object', 'required': ['texts'], 'properties': {"
+    "    'texts': {'type': 'array', 'minItems': 1, 'items': {'type': 'string', 'minLength': 1}}}}]},"
+    "'PredictionItem': {'type': 'object', 'required': ['label', 'confidence'], 'properties': {"
+    "  'label': {'type': 'string'}, 'confidence': {'type': 'number', 'minimum': 0, 'maximum': 1},"
+    "  'model_version': {'type': 'string', 'description': 'in a cascaded list: the version that answered'}}},"
+    "'Prediction': {'oneOf': ["
+    "  {'type': 'object', 'required': ['label', 'confidence', 'model', 'model_version'], 'properties': {"
+    "    'label': {'type': 'string'}, 'confidence': {'type': 'number'},"
+    "    'model': {'type': 'string'}, 'model_version': {'type': 'string'}}},"
+    "  {'type': 'object', 'required': ['predictions', 'model', 'model_version'], 'properties': {"
+    "    'predictions': {'type': 'array', 'items': {'$ref': '#/components/schemas/PredictionItem'}},"
+    "    'model': {'type': 'string'}, 'model_version': {'type': 'string'}}}]},"
+    "'Status': {'type': 'object', 'required': ['status'], 'properties': {'status': {'type': 'string'}}},"
+    "'Health': {'type': 'object', 'required': ['status', 'model_loaded'], 'properties': {"
+    "  'status': {'type': 'string', 'enum': ['healthy', 'degraded', 'loading', 'unhealthy', 'shutting_down']},"
+    "  'model_loaded': {'type': 'boolean'}, 'ready': {'type': 'boolean'},"
+    "  'models': {'type': 'object', 'additionalProperties': {'type': 'string'}},"
+    "  'version': {'type': 'string'}, 'uptime_seconds': {'type': 'number'},"
+    "  'dependencies': {'type': 'object'},"
+    "  'error': {'type': 'object', 'description': 'on 503: the error object'}, 'detail': {'type': 'string'}}},"
+    "'ModelVersion': {'type': 'object', 'required': ['version', 'state'], 'properties': {"
+    "  'version': {'type': 'string'},"
+    "  'state': {'type': 'string', 'enum': ['loading', 'available', 'unloading', 'failed']},"
+    "  'error': {'type': 'string'}, 'architecture': {'type': 'string'}, 'model_type': {'type': 'string'},"
+    "  'task': {'type': 'string'}, 'labels': {'type': 'array', 'items': {'type': 'string'}},"
+    "  'max_length': {'type': 'integer'}, 'parameters': {'type': 'integer'}, 'dtype': {'type': 'string'},"
+    "  'sha256': {'type': ['string', 'null']}}},"
+    "'Model': {'type': 'object', 'required': ['id', 'name', 'object', 'owned_by'], 'properties': {"
+    "  'id': {'type': 'string'}, 'name': {'type': 'string'}, 'object': {'const': 'model'},"
+    "  'owned_by': {'type': 'string'}, 'created': {'type': 'integer'}, 'default': {'type': 'boolean'},"
+    "  'traffic': {'$ref': '#/components/schemas/TrafficSplit'},"
+    "  'aliases': {'type': 'object', 'additionalProperties': {'type': 'string'}},"
+    "  'shadow': {'type': ['object', 'null']},"
+    "  'versions': {'type': 'array', 'items': {'$ref': '#/components/schemas/ModelVersion'}}}},"
+    "'ModelList': {'type': 'object', 'required': ['object', 'data'], 'properties': {"
+    "  'object': {'const': 'list'}, 'data': {'type': 'array', 'items': {'$ref': '#/components/schemas/Model'}}}},"
+    "'EmbeddingsRequest': {'type': 'object', 'required': ['input'], 'properties': {"
+    "  'model': {'type': 'string', 'description': 'the default model when absent'},"
+    "  'input': {'oneOf': [{'type': 'string'}, {'type': 'array', 'minItems': 1, 'items': {'type': 'string'}}]},"
+    "  'encoding_format': {'type': 'string', 'enum': ['float', 'base64'], 'default': 'float'}}},"
+    "'EmbeddingList': {'type': 'object', 'required': ['object', 'data', 'model', 'usage'], 'properties': {"
+    "  'object': {'const': 'list'},"
+    "  'data': {'type': 'array', 'items': {'type': 'object', 'required': ['object', 'index', 'embedding'],"
+    "    'properties': {'object': {'const': 'embedding'}, 'index': {'type': 'integer'},"
+    "      'embedding': {'oneOf': [{'type': 'array', 'items': {'type': 'number'}},"
+    "        {'type': 'string', 'description': 'base64 of little-endian float32'}]}}}},"
+    "  'model': {'type': 'string'},"
+    "  'usage': {'type': 'object', 'properties': {'prompt_tokens': {'type': 'integer'},"
+    "    'total_tokens': {'type': 'integer'}}}}},"
+    "'ChatMessage': {'type': 'object', 'required': ['role'], 'properties': {"
+    "  'role': {'type': 'string', 'enum': ['system', 'developer', 'user', 'assistant', 'tool', 'function']},"
+    "  'content': {'oneOf': [{'type': 'string'}, {'type': 'array', 'items': {'type': 'object'}},"
+    "    {'type': 'null'}]},"
+    "  'name': {'type': 'string'}}},"
+    "'ChatCompletionRequest': {'type': 'object', 'required': ['model', 'messages'],"
+    "  'description': 'OpenAI chat completions request; fields not listed are forwarded untouched.',"
+    "  'properties': {"
+    "  'model': {'type': 'string', 'description': 'a model or a route of the gateway'},"
+    "  'messages': {'type': 'array', 'minItems': 1, 'items': {'$ref': '#/components/schemas/ChatMessage'}},"
+    "  'temperature': {'type': ['number', 'null'], 'minimum': 0, 'maximum': 2},"
+    "  'top_p': {'type': ['number', 'null'], 'minimum': 0, 'maximum': 1},"
+    "  'n': {'type': ['integer', 'null'], 'minimum': 1},"
+    "  'max_tokens': {'type': ['integer', 'null'], 'minimum': 1},"
+    "  'stop': {'oneOf': [{'type': 'string'}, {'type': 'array', 'maxItems': 4, 'items': {'type': 'string'}},"
+    "    {'type': 'null'}]},"
+    "  'stream': {'type': ['boolean', 'null'], 'description': 'true: server-sent events of chat.completion.chunk'},"
+    "  'stream_options': {'type': ['object', 'null']}}},"
+    "'ChatCompletion': {'type': 'object', 'required': ['id', 'object', 'created', 'model', 'choices'],"
+    "  'properties': {"
+    "  'id': {'type': 'string'}, 'object': {'const': 'chat.completion'}, 'created': {'type': 'integer'},"
+    "  'model': {'type': 'string'},"
+    "  'choices': {'type': 'array', 'items': {'type': 'object', 'properties': {'index': {'type': 'integer'},"
+    "    'message': {'$ref': '#/components/schemas/ChatMessage'}, 'finish_reason': {'type': ['string', 'null']}}}},"
+    "  'usage': {'type': 'object', 'properties': {'prompt_tokens': {'type': 'integer'},"
+    "    'completion_tokens': {'type': 'integer'}, 'total_tokens': {'type': 'integer'}}}}},"
+    "'SeedBatchRequest': {'oneOf': [{'type': 'array', 'minItems': 1, 'items': {'type': 'string'}},"
+    "  {'type': 'object', 'required': ['texts'], 'properties': {"
+    "    'texts': {'type': 'array', 'minItems': 1, 'items': {'type': 'string'}}}}]},"
+    "'SeedBatchSubmitted': {'type': 'object', 'required': ['task_id', 'status'], 'properties': {"
+    "  'task_id': {'type': 'string'}, 'status': {'const': 'pending'}}},"
+    "'SeedBatchResult': {'type': 'object', 'required': ['status'], 'properties': {"
+    "  'status': {'type': 'string', 'enum': ['pending', 'completed', 'failed', 'cancelled']},"
+    "  'results': {'type': 'array', 'items': {'$ref': '#/components/schemas/PredictionItem'}},"
+    "  'error': {'type': 'string'}}},"
+    "'BatchRequest': {'type': 'object', 'required': ['inputs'],"
+    "  'description': 'Or JSON Lines (Content-Type application/jsonl): a string or {text} per line.',"
+    "  'properties': {'model': {'type': 'string', 'description': 'the default model when absent'},"
+    "  'inputs': {'type': 'array', 'minItems': 1, 'items': {'type': 'string'}}}},"
+    "'BatchJob': {'type': 'object', 'required': ['id', 'object', 'model', 'status', 'progress'], 'properties': {"
+    "  'id': {'type': 'string'}, 'object': {'const': 'batch'}, 'model': {'type': 'string'},"
+    "  'model_version': {'type': ['string', 'null']},"
+    "  'status': {'type': 'string', 'enum': ['queued', 'running', 'completed', 'failed', 'cancelled']},"
+    "  'progress': {'type': 'object', 'properties': {'done': {'type': 'integer'}, 'total': {'type': 'integer'}}},"
+    "  'created_at': {'type': 'string'}, 'started_at': {'type': ['string', 'null']},"
+    "  'finished_at': {'type': ['string', 'null']}, 'error': {'type': ['string', 'null']}}},"
+    "'BatchResults': {'type': 'object', 'required': ['object', 'id', 'status', 'data'], 'properties': {"
+    "  'object': {'const': 'list'}, 'id': {'type': 'string'}, 'status': {'type': 'string'},"
+    "  'data': {'type': 'array', 'items': {'type': 'object', 'properties': {'index': {'type': 'integer'},"
+    "    'result': {'oneOf': [{'$ref': '#/components/schemas/Prediction'}, {'type': 'null'}]}}}},"
+    "  'offset': {'type': 'integer'}, 'limit': {'type': 'integer'}, 'total': {'type': 'integer'},"
+    "  'has_more': {'type': 'boolean'}}},"
+    "'KServeServer': {'type': 'object', 'required': ['name', 'version', 'extensions'], 'properties': {"
+    "  'name': {'type': 'string'}, 'version': {'type': 'string'},"
+    "  'extensions': {'type': 'array', 'items': {'type': 'string'}}}},"
+    "'KServeLive': {'type': 'object', 'required': ['live'], 'properties': {'live': {'type': 'boolean'}}},"
+    "'KServeReady': {'type': 'object', 'required': ['ready'], 'properties': {'ready': {'type': 'boolean'}}},"
+    "'KServeModelReady': {'type': 'object', 'required': ['name', 'ready'], 'properties': {"
+    "  'name': {'type': 'string'}, 'ready': {'type': 'boolean'}}},"
+    "'KServeTensorMetadata': {'type': 'object', 'required': ['name', 'datatype', 'shape'], 'properties': {"
+    "  'name': {'type': 'string'}, 'datatype': {'type': 'string'},"
+    "  'shape': {'type': 'array', 'items': {'type': 'integer'}}}},"
+    "'KServeModel': {'type': 'object', 'required': ['name', 'versions', 'platform', 'inputs', 'outputs'],"
+    "  'properties': {'name': {'type': 'string'}, 'versions': {'type': 'array', 'items': {'type': 'string'}},"
+    "  'platform': {'type': 'string'},"
+    "  'inputs': {'type': 'array', 'items': {'$ref': '#/components/schemas/KServeTensorMetadata'}},"
+    "  'outputs': {'type': 'array', 'items': {'$ref': '#/components/schemas/KServeTensorMetadata'}}}},"
+    "'KServeTensor': {'type': 'object', 'required': ['name', 'datatype', 'shape', 'data'], 'properties': {"
+    "  'name': {'type': 'string'}, 'datatype': {'type': 'string'},"
+    "  'shape': {'type': 'array', 'items': {'type': 'integer'}}, 'data': {'type': 'array'}}},"
+    "'KServeInferRequest': {'type': 'object', 'required': ['inputs'], 'properties': {"
+    "  'id': {'type': 'string'},"
+    "  'inputs': {'type': 'array', 'minItems': 1, 'maxItems': 1,"
+    "    'items': {'$ref': '#/components/schemas/KServeTensor'}, 'description': 'one BYTES input of N texts'},"
+    "  'outputs': {'type': 'array', 'items': {'type': 'object', 'required': ['name'], 'properties': {"
+    "    'name': {'type': 'string', 'enum': ['label', 'probabilities']}}}}}},"
+    "'KServeInferResponse': {'type': 'object', 'required': ['model_name', 'model_version', 'outputs'],"
+    "  'properties': {'model_name': {'type': 'string'}, 'model_version': {'type': 'string'},"
+    "  'id': {'type': 'string'},"
+    "  'outputs': {'type': 'array', 'items': {'$ref': '#/components/schemas/KServeTensor'}}}},"
+    "'TrafficSplit': {'type': 'object', 'description': 'version: weight; the weights sum to 100',"
+    "  'additionalProperties': {'type': 'integer', 'minimum': 0, 'maximum': 100}},"
+    "'Traffic': {'type': 'object', 'required': ['model', 'traffic'], 'properties': {"
+    "  'model': {'type': 'string'}, 'traffic': {'$ref': '#/components/schemas/TrafficSplit'}}},"
+    "'VersionNumber': {'oneOf': [{'type': 'integer', 'minimum': 1}, {'type': 'string', 'pattern': '^[0-9]+$'}]},"
+    "'AliasRequest': {'type': 'object', 'required': ['version'], 'properties': {"
+    "  'version': {'$ref': '#/components/schemas/VersionNumber'}}},"
+    "'Aliases': {'type': 'object', 'required': ['model', 'aliases'], 'properties': {"
+    "  'model': {'type': 'string'}, 'aliases': {'type': 'object', 'additionalProperties': {'type': 'string'}}}},"
+    "'ShadowRequest': {'type': 'object', 'description': '{} turns the shadow off', 'properties': {"
+    "  'version': {'$ref': '#/components/schemas/VersionNumber'},"
+    "  'percent': {'type': 'integer', 'minimum': 1, 'maximum': 100}}},"
+    "'Shadow': {'type': 'object', 'required': ['model', 'shadow'], 'properties': {"
+    "  'model': {'type': 'string'}, 'shadow': {'type': 'object', 'description': '{} when off', 'properties': {"
+    "    'version': {'type': 'string'}, 'percent': {'type': 'integer'}}}}},"
+    "'CascadeRequest': {'type': 'object', 'description': '{} turns the cascade off', 'properties': {"
+    "  'first': {'$ref': '#/components/schemas/VersionNumber'},"
+    "  'then': {'$ref': '#/components/schemas/VersionNumber'},"
+    "  'threshold': {'type': 'number', 'exclusiveMinimum': 0, 'maximum': 1}}},"
+    "'Cascade': {'type': 'object', 'required': ['model', 'cascade'], 'properties': {"
+    "  'model': {'type': 'string'}, 'cascade': {'type': 'object', 'description': '{} when off', 'properties': {"
+    "    'first': {'type': 'string'}, 'then': {'type': 'string'}, 'threshold': {'type': 'number'}}}}},"
+    "'VersionAction': {'type': 'object', 'required': ['model', 'version', 'action'], 'properties': {"
+    "  'model': {'type': 'string'}, 'version': {'type': 'string'},"
+    "  'action': {'type': 'string', 'enum': ['load', 'unload']}}}"
+    "}";
+
+/* The path placeholders as parameters (routes.c has their rules). */
+static const struct {
+    const char *name, *description, *pattern;
+} placeholders[] = {
+    {"name", "a model name", NULL},
+    {"version", "a version number", "^[1-9][0-9]{0,11}$"},
+    {"ref", "a version number or an alias", NULL},
+    {"id", "a batch job id", NULL},
+    {"alias", "an alias name", NULL},
+};
+
+static const struct {
+    unsigned bit;
+    const char *name; /* the operation's key in a path item */
+} methods[] = {{HTTP_GET, "get"}, {HTTP_POST, "post"}, {HTTP_PUT, "put"}, {HTTP_DELETE, "delete"}};
+
+static const char *reason(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 202: return "Accepted";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "";
+    }
+}
+
+static json_t *schema_ref(const char *name) {
+    char ref[128];
+    snprintf(ref, sizeof ref, "#/components/schemas/%s", name);
+    return json_pack("{s:s}", "$ref", ref);
+}
+
+/* {"<media type>": {"schema": ...}} for a schema name or a media type. */
+static json_t *content(const char *what) {
+    if (!strchr(what, '/'))
+        return json_pack("{s:{s:o}}", "application/json", "schema", schema_ref(what));
+    return json_pack("{s:{s:{s:s}}}", what, "schema", "type", strcmp(what, "application/json") ? "string" : "object");
+}
+
+/* One answer: its description (for an error: the codes with that status)
+ * and body. */
+static json_t *response(int status, const char *what) {
+    char desc[512];
+    snprintf(desc, sizeof desc, "%s%s", reason(status), what ? "" : "; the error codes with this status");
+    if (!what) {
+        size_t n = strlen(desc);
+        const char *sep = ": ";
+#define HTTP_ERROR_CODE(name, st, type, code)                                    \
+        if (st == status && n < sizeof desc) {                                   \
+            n += (size_t)snprintf(desc + n, sizeof desc - n, "%s%s", sep, code); \
+            sep = ", ";                                                          \
+        }
+        HTTP_ERROR_MAP(HTTP_ERROR_CODE)
+#undef HTTP_ERROR_CODE
+    }
+    return json_pack("{s:s, s:o}", "description", desc, "content", content(what ? what : "Error"));
+}
+
+/* Adds "<status>[=<schema>]" answers from text to responses. */
+static void add_responses(json_t *responses, const char *text) {
+    while (*text) {
+        char tok[96];
+        size_t n = strcspn(text, " ");
+        snprintf(tok, sizeof tok, "%.*s", (int)n, text);
+        char *eq = strchr(tok, '=');
+        if (eq)
+            *eq++ = '\0';
+        json_object_set_new(responses, tok, response(atoi(tok), eq));
+        text += n + (text[n] == ' ');
+    }
+}
+
+static json_t *parameters(const char *pattern) {
+    json_t *list = json_array();
+    for (const char *p = strchr(pattern, '{'); p; p = strchr(p + 1, '{')) {
+        size_t n = strcspn(p + 1, "}");
+        for (size_t i = 0; i < sizeof placeholders / sizeof placeholders[0]; i++) {
+            if (strlen(placeholders[i].name) != n || strncmp(placeholders[i].name, p + 1, n) != 0)
+                continue;
+            json_t *schema = json_pack("{s:s}", "type", "string");
+            if (placeholders[i].pattern)
+                json_object_set_new(schema, "pattern", json_string(placeholders[i].pattern));
+            json_array_append_new(list, json_pack("{s:s, s:s, s:b, s:s, s:o}", "name", placeholders[i].name, "in",
+                                                  "path", "required", 1, "description",
+                                                  placeholders[i].description, "schema", schema));
+        }
+    }
+    return list;
+}
+
+/* "post_v1_models_name_predict" */
+static json_t *operation_id(const char *method, const char *pattern) {
+    char id[256];
+    size_t k = (size_t)snprintf(id, sizeof id, "%s", method);
+    for (const char *p = pattern; *p && k + 1 < sizeof id; p++) {
+        if (isalnum((unsigned char)*p))
+            id[k++] = *p;
+        else if (id[k - 1] != '_')
+            id[k++] = '_';
+    }
+    while (id[k - 1] == '_')
+        k--;
+    id[k] = '\0';
+    return json_string(id);
+}
+
+static json_t *operation(const http_route *r, const char *method) {
+    json_t *responses = json_object();
+    add_responses(responses, r->doc.responses);
+    json_t *op = json_pack("{s:s, s:o, s:o}", "summary", r->doc.summary, "operationId",
+                           operation_id(method, r->pattern), "responses", responses);
+    if (strchr(r->pattern, '{'))
+        json_object_set_new(op, "parameters", parameters(r->pattern));
+    if (r->doc.request && strcmp(method, "get") != 0) {
+        json_object_set_new(op, "requestBody", json_pack("{s:b, s:o}", "required", 1, "content",
+                                                         content(r->doc.request)));
+        add_responses(responses, "400 413");
+    }
+    if (r->scope == HTTP_SCOPE_OPEN) {
+        json_object_set_new(op, "security", json_array());
+    } else {
+        /* OpenAPI 3.1: roles in a non-OAuth requirement; ours are scopes. */
+        json_t *roles = r->scope == GUARD_SCOPE_ANY ? json_array() : json_pack("[s]", guard_scope_name(r->scope));
+        json_object_set_new(op, "security", json_pack("[{s:O}, {s:O}]", "ApiKey", roles, "Bearer", roles));
+        json_decref(roles);
+        add_responses(responses, "401 403");
+    }
+    return op;
+}
+
+static const char info_description[] =
+    "aiserve: text classification, embeddings, batch jobs, the KServe v2 protocol and an LLM gateway. "
+    "Once API keys are configured, every operation with a security requirement needs a key with the "
+    "scope it names (any valid key where it names none), sent as X-API-Key or Authorization: Bearer. "
+    "A path that takes other methods answers 405 with Allow; HEAD is answered wherever GET is. "
+    "Errors have one shape (Error). docs/http.md has the details.";
+
+static json_t *document(const char *version) {
+    json_error_t err;
+    char *text = strdup(schemas_text);
+    if (!text)
+        return NULL;
+    for (char *p = text; *p; p++)
+        if (*p == '\'')
+            *p = '"';
+    json_t *schemas = json_loads(text, 0, &err);
+    free(text);
+    if (!schemas)
+        return NULL;
+    json_t *paths = json_object();
+    for (size_t i = 0; i < http_n_routes; i++) {
+        const http_route *r = &http_routes[i];
+        json_t *item = json_object_get(paths, r->pattern);
+        if (!item) {
+            item = json_object();
+            json_object_set_new(paths, r->pattern, item);
+        }
+        for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++)
+            if (r->methods & methods[m].bit)
+                json_object_set_new(item, methods[m].name, operation(r, methods[m].name));
+    }
+    return json_pack("{s:s, s:{s:s, s:s, s:s}, s:[{s:s}], s:o, s:{s:o, s:{s:{s:s, s:s, s:s}, s:{s:s, s:s}}}}",
+                     "openapi", "3.1.0", "info", "title", "aiserve", "version", version, "description",
+                     info_description, "servers", "url", "/", "paths", paths, "components", "schemas", schemas,
+                     "securitySchemes", "ApiKey", "type", "apiKey", "in", "header", "name", "X-API-Key", "Bearer",
+                     "type", "http", "scheme", "bearer");
+}
+
+/* Appends s to *buf (a malloc'd string of *len bytes) with &, <, > and "
+ * escaped; returns -1 when out of memory. */
+static int html_append(char **buf, size_t *len, const char *s, int escape) {
+    for (; *s; s++) {
+        const char *piece = NULL;
+        if (escape)
+            piece = *s == '&' ? "&amp;" : *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : *s == '"' ? "&quot;" : NULL;
+        size_t n = piece ? strlen(piece) : 1;
+        char *grown = realloc(*buf, *len + n + 1);
+        if (!grown)
+            return -1;
+        *buf = grown;
+        memcpy(*buf + *len, piece ? piece : s, n);
+        *len += n;
+        (*buf)[*len] = '\0';
+    }
+    return 0;
+}
+
+/* The page: each operation's method, path and summary, grouped by path. */
+static char *docs_page(json_t *doc) {
+    char *buf = NULL;
+    size_t len = 0;
+    int bad = html_append(&buf, &len,
+                          "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>aiserve API</title>"
+                          "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+                          "code{font-weight:bold}td{padding:.2em .8em}</style></head><body>\n<h1>aiserve ",
+                          0);
+    bad |= html_append(&buf, &len, json_string_value(json_object_get(json_object_get(doc, "info"), "version")), 1);
+    bad |= html_append(&buf, &len,
+                       "</h1>\n<p>The full description: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI 3.1).</p>"
+                       "\n<table>\n",
+                       0);
+    const char *path;
+    json_t *item;
+    json_object_foreach(json_object_get(doc, "paths"), path, item) {
+        const char *method;
+        json_t *op;
+        json_object_foreach(item, method, op) {
+            char upper[8];
+            size_t k = 0;
+            for (; method[k] && k + 1 < sizeof upper; k++)
+                upper[k] = (char)toupper((unsigned char)method[k]);
+            upper[k] = '\0';
+            bad |= html_append(&buf, &len, "<tr><td>", 0);
+            bad |= html_append(&buf, &len, upper, 1);
+            bad |= html_append(&buf, &len, "</td><td><code>", 0);
+            bad |= html_append(&buf, &len, path, 1);
+            bad |= html_append(&buf, &len, "</code></td><td>", 0);
+            bad |= html_append(&buf, &len, json_string_value(json_object_get(op, "summary")), 1);
+            bad |= html_append(&buf, &len, "</td></tr>\n", 0);
+        }
+    }
+    bad |= html_append(&buf, &len, "</table>\n</body></html>\n", 0);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *cached_json, *cached_html;
+
+/* Makes both texts on first use (under cache_lock); 0, or -1 when out of
+ * memory (tried again on the next request). */
+static int cache_fill(const char *version) {
+    if (cached_json)
+        return 0;
+    json_t *doc = document(version);
+    if (!doc)
+        return -1;
+    char *json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *html = docs_page(doc);
+    json_decref(doc);
+    if (!json || !html) {
+        free(json);
+        free(html);
+        return -1;
+    }
+    cached_json = json;
+    cached_html = html;
+    return 0;
+}
+
+static void reply_cached(http_call *call, int html) {
+    pthread_mutex_lock(&cache_lock);
+    if (cache_fill(call->loop->server->version) != 0) {
+        pthread_mutex_unlock(&cache_lock);
+        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    const char *text = html ? cached_html : cached_json;
+    pthread_mutex_unlock(&cache_lock); /* set once, never changed */
+    http_reply_text(call, 200, html ? "text/html; charset=utf-8" : "application/json", text, strlen(text));
+}
+
+void http_openapi(http_call *call) { reply_cached(call, 0); }
+
+void http_docs(http_call *call) { reply_cached(call, 1); }
