@@ -13,8 +13,9 @@
  * status.
  *
  * Both texts are made on the first request and kept (they depend only on
- * the table and the server's version); a lock makes that safe from every
- * loop thread. Not freed: they live as long as the process.
+ * the table and the server's version: the first server's, in a process
+ * that runs several); a lock makes that safe from every loop thread. Not
+ * freed: they live as long as the process.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -316,7 +317,7 @@ static json_t *operation(const http_route *r, const char *method) {
                            operation_id(method, r->pattern), "responses", responses);
     if (strchr(r->pattern, '{'))
         json_object_set_new(op, "parameters", parameters(r->pattern));
-    if (r->doc.request && strcmp(method, "get") != 0) {
+    if (r->doc.request) {
         json_object_set_new(op, "requestBody", json_pack("{s:b, s:o}", "required", 1, "content",
                                                          content(r->doc.request)));
         add_responses(responses, "400 413");
@@ -371,61 +372,54 @@ static json_t *document(const char *version) {
                      "type", "http", "scheme", "bearer");
 }
 
-/* Appends s to *buf (a malloc'd string of *len bytes) with &, <, > and "
- * escaped; returns -1 when out of memory. */
-static int html_append(char **buf, size_t *len, const char *s, int escape) {
+/* Writes s to f with &, <, > and " escaped. */
+static void html_escaped(FILE *f, const char *s) {
     for (; *s; s++) {
-        const char *piece = NULL;
-        if (escape)
-            piece = *s == '&' ? "&amp;" : *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : *s == '"' ? "&quot;" : NULL;
-        size_t n = piece ? strlen(piece) : 1;
-        char *grown = realloc(*buf, *len + n + 1);
-        if (!grown)
-            return -1;
-        *buf = grown;
-        memcpy(*buf + *len, piece ? piece : s, n);
-        *len += n;
-        (*buf)[*len] = '\0';
+        switch (*s) {
+        case '&': fputs("&amp;", f); break;
+        case '<': fputs("&lt;", f); break;
+        case '>': fputs("&gt;", f); break;
+        case '"': fputs("&quot;", f); break;
+        default: fputc(*s, f);
+        }
     }
-    return 0;
 }
 
-/* The page: each operation's method, path and summary, grouped by path. */
+/* The page: each operation's method, path and summary, in the document's
+ * order. malloc'd; NULL when out of memory. */
 static char *docs_page(json_t *doc) {
     char *buf = NULL;
     size_t len = 0;
-    int bad = html_append(&buf, &len,
-                          "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>aiserve API</title>"
-                          "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-                          "code{font-weight:bold}td{padding:.2em .8em}</style></head><body>\n<h1>aiserve ",
-                          0);
-    bad |= html_append(&buf, &len, json_string_value(json_object_get(json_object_get(doc, "info"), "version")), 1);
-    bad |= html_append(&buf, &len,
-                       "</h1>\n<p>The full description: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI 3.1).</p>"
-                       "\n<table>\n",
-                       0);
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>aiserve API</title>"
+          "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+          "code{font-weight:bold}td{padding:.2em .8em}</style></head><body>\n<h1>aiserve ",
+          f);
+    html_escaped(f, json_string_value(json_object_get(json_object_get(doc, "info"), "version")));
+    fputs("</h1>\n<p>The full description: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI 3.1).</p>"
+          "\n<table>\n",
+          f);
     const char *path;
     json_t *item;
     json_object_foreach(json_object_get(doc, "paths"), path, item) {
         const char *method;
         json_t *op;
         json_object_foreach(item, method, op) {
-            char upper[8];
-            size_t k = 0;
-            for (; method[k] && k + 1 < sizeof upper; k++)
-                upper[k] = (char)toupper((unsigned char)method[k]);
-            upper[k] = '\0';
-            bad |= html_append(&buf, &len, "<tr><td>", 0);
-            bad |= html_append(&buf, &len, upper, 1);
-            bad |= html_append(&buf, &len, "</td><td><code>", 0);
-            bad |= html_append(&buf, &len, path, 1);
-            bad |= html_append(&buf, &len, "</code></td><td>", 0);
-            bad |= html_append(&buf, &len, json_string_value(json_object_get(op, "summary")), 1);
-            bad |= html_append(&buf, &len, "</td></tr>\n", 0);
+            fputs("<tr><td>", f);
+            for (const char *m = method; *m; m++)
+                fputc(toupper((unsigned char)*m), f);
+            fputs("</td><td><code>", f);
+            html_escaped(f, path);
+            fputs("</code></td><td>", f);
+            html_escaped(f, json_string_value(json_object_get(op, "summary")));
+            fputs("</td></tr>\n", f);
         }
     }
-    bad |= html_append(&buf, &len, "</table>\n</body></html>\n", 0);
-    if (bad) {
+    fputs("</table>\n</body></html>\n", f);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
         free(buf);
         return NULL;
     }

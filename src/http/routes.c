@@ -71,7 +71,7 @@ const http_route http_routes[] = {
     /* Models. */
     {HTTP_GET, "/v1/models", "/v1/models", ANY, http_models, NULL, DOC("List the models", NULL, "200=ModelList")},
     {HTTP_GET, "/v1/models/{name}", "/v1/models/{name}", ANY, http_model, NULL,
-     DOC("One model of the repository", NULL, "200=Modell 404")},
+     DOC("One model of the repository", NULL, "200=Model 404")},
     {HTTP_POST, "/v1/models/{name}/predict", "/v1/models/{name}/predict", PREDICT, INFER(http_seed_predict_ops),
      DOC("Classify with a model", "PredictRequest", PREDICTION)},
     {HTTP_POST, "/v1/models/{name}/versions/{ref}/predict", "/v1/models/{name}/versions/{version}/predict",
@@ -132,7 +132,7 @@ const http_route http_routes[] = {
     {HTTP_PUT, "/admin/models/{name}/cascade", "/admin/models/{name}/cascade", ADMIN, http_admin_cascade, NULL,
      DOC("Set a model's cascade ({} turns it off)", "CascadeRequest", "200=Cascade 404 422")},
     {HTTP_POST, "/admin/models/{name}/versions/{version}/load", "/admin/models/{name}/versions/{version}/load",
-     ADMIN, http_admin_version_load, NULL, DOC("Load a version", NULL, "200=VersionAction 404 503")},
+     ADMIN, http_admin_version_load, NULL, DOC("Load a version", NULL, "202=VersionAction 404 503")},
     {HTTP_POST, "/admin/models/{name}/versions/{version}/unload", "/admin/models/{name}/versions/{version}/unload",
      ADMIN, http_admin_version_unload, NULL, DOC("Unload a version", NULL, "202=VersionAction 404 503")},
     /* This API's description. */

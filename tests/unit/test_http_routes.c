@@ -1,11 +1,12 @@
 /*
  * test_http_routes.c - the one route table (src/http/routes.c) checked as
  * data: every row well formed (a path pattern of literal segments and known
- * placeholders, methods, a label, a handler or inference ops, never both),
- * no two rows answering the same method on the same pattern, the rows of
- * one path sharing their scope (the key is checked before the method), and
- * every label a route pattern rather than a client's path. Reaches the
- * table through the test-only aiserve_http_internal target.
+ * placeholders, methods, a label, a handler or inference ops, never both,
+ * and its OpenAPI entry), no two rows answering the same method on the same
+ * pattern, the rows of one path sharing their scope (the key is checked
+ * before the method), and every label a route pattern rather than a
+ * client's path. Reaches the table through the test-only
+ * aiserve_http_internal target.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -40,6 +41,20 @@ static void test_rows_well_formed(void **state) {
             assert_int_equal(r->methods, HTTP_POST);
         assert_non_null(r->label);
         assert_int_equal(r->label[0], '/');
+        /* The OpenAPI entry: a summary, a body only where the method takes
+         * one, and "<status>[=<body>]" answers, exactly one of them 2xx. */
+        assert_non_null(r->doc.summary);
+        assert_true(r->doc.summary[0] != '\0');
+        assert_true(r->doc.request == NULL || (r->methods & ~(unsigned)HTTP_GET) != 0);
+        assert_non_null(r->doc.responses);
+        int n_ok = 0;
+        for (const char *p = r->doc.responses; *p;) {
+            size_t n = strcspn(p, " ");
+            assert_true(n >= 3 && p[0] >= '2' && p[0] <= '5' && (n == 3 || p[3] == '='));
+            n_ok += p[0] == '2';
+            p += n + (p[n] == ' ');
+        }
+        assert_int_equal(n_ok, 1);
         size_t len = strlen(r->pattern);
         assert_true(len == 1 || r->pattern[len - 1] != '/');
         for (const char *p = r->pattern + 1; *p;) {
