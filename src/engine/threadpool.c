@@ -5,7 +5,9 @@
  * index (low 32 bits). A thread claims a chunk with a compare-and-swap that
  * also checks the generation, so a worker waking late can never claim a
  * chunk of a region other than the one whose fn/ctx it read: the caller
- * does not publish a new region until every chunk of the old one is done.
+ * does not publish a new region until every chunk of the old one is done,
+ * and it closes the old region (a new generation with no chunk to claim)
+ * before it changes fn, ctx or n_chunks.
  */
 #include "threadpool.h"
 
@@ -152,6 +154,13 @@ void threadpool_run(threadpool *pool, int n_chunks, threadpool_fn fn, void *ctx)
     uint32_t gen = ++pool->generation;
     if (gen == 0) /* 0 means "nothing yet" to a new worker */
         gen = ++pool->generation;
+    /* First close the old region: a worker still looping in work() for it
+     * (all its chunks are done, but it may be between reading `claim` and
+     * its compare-and-swap) must fail that swap and leave, rather than see
+     * this region's n_chunks with the old claim and run one of this
+     * region's chunks twice (and count it twice in `done`, so the caller
+     * would return while chunks still run). */
+    atomic_store_explicit(&pool->claim, (uint64_t)gen << 32 | UINT32_MAX, memory_order_seq_cst);
     atomic_store_explicit(&pool->fn, fn, memory_order_relaxed);
     atomic_store_explicit(&pool->ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&pool->n_chunks, n_chunks, memory_order_relaxed);
