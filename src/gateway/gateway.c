@@ -1543,7 +1543,12 @@ static void start_try(gateway_call *c) {
     c->up_status = 0;
     c->up_stream = 0;
     c->last_error[0] = 0;
-    free(c->up_body);
+    /* The upstream body is the model's: made on its first try, kept for retries. */
+    int fresh = c->attempt == 1;
+    if (fresh) {
+        free(c->up_body);
+        c->up_body = NULL;
+    }
     char url[1200], auth[4200];
     const char *headers[4];
     size_t nh = 0;
@@ -1552,8 +1557,9 @@ static void start_try(gateway_call *c) {
     if (p->kind == GW_KIND_ANTHROPIC) {
         gw_fail fail;
         memset(&c->anthropic, 0, sizeof c->anthropic);
-        c->up_body = gw_anthropic_request(&c->chat, m->upstream, c->g->cfg.reserve_tokens, &c->up_len, &fail);
-        if (!c->up_body && fail.status == GATEWAY_EINVAL) { /* does not translate: the client's to change */
+        if (fresh)
+            c->up_body = gw_anthropic_request(&c->chat, m->upstream, c->g->cfg.reserve_tokens, &c->up_len, &fail);
+        if (!c->up_body && fresh && fail.status == GATEWAY_EINVAL) { /* does not translate: the client's to change */
             record_breaker(c, 1);
             finish_fail(c, GATEWAY_EINVAL, "%s (model %s is an Anthropic model)", fail.message, m->name);
             return;
@@ -1565,7 +1571,8 @@ static void start_try(gateway_call *c) {
             headers[nh++] = auth;
         }
     } else {
-        c->up_body = gw_chat_upstream_body(&c->chat, m->upstream, &c->up_len);
+        if (fresh)
+            c->up_body = gw_chat_upstream_body(&c->chat, m->upstream, &c->up_len);
         snprintf(url, sizeof url, "%s/chat/completions", p->base_url);
         if (p->api_key) {
             snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->api_key);
