@@ -169,20 +169,12 @@ static uint64_t now_us(void) {
 
 /* ---- metrics ------------------------------------------------------------------ */
 
-static void count(metric_family *f, double v, ...) {
-    const char *labels[8];
-    va_list ap;
-    va_start(ap, v);
-    int n = 0;
-    while (n < 8 && (labels[n] = va_arg(ap, const char *)))
-        n++;
-    va_end(ap);
-    metric_add(metric_series(f, labels), v);
-}
+/* Adds v to f's series of the given label values (NULL-terminated, as
+ * metric_get takes them). */
+#define count(f, v, ...) metric_add(metric_get((f), __VA_ARGS__), (v))
 
 static void observe(metric_family *f, double v, const char *label) {
-    const char *labels[] = {label};
-    metric_observe(metric_series(f, labels), v);
+    metric_observe(metric_get(f, label, NULL), v);
 }
 
 static const char *key_label(const gateway_call *c) { return c->key_name[0] ? c->key_name : "anonymous"; }
