@@ -82,19 +82,11 @@ static void on_end(void *ud) {
         http_stream_end(call);
         return;
     }
-    size_t len = st->body ? evbuffer_get_length(st->body) : 0;
-    const char *text = len ? (const char *)evbuffer_pullup(st->body, -1) : "";
+    struct evbuffer *body = st->body; /* handed to the reply as it is */
     int status = st->status;
-    char *copy = malloc(len + 1);
-    if (copy)
-        memcpy(copy, text, len);
+    st->body = NULL;
     state_free(call);
-    if (!copy) {
-        http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    http_reply_text(call, status, "application/json", copy, len);
-    free(copy);
+    http_reply_buffer(call, status, "application/json", body);
 }
 
 static void on_fail(void *ud, int status, const char *param, const char *message, const gateway_header *h,

@@ -240,14 +240,18 @@ static void finish_call(http_call *call, int status) {
     http_call_free(call);
 }
 
+void http_reply_buffer(http_call *call, int status, const char *content_type, struct evbuffer *body) {
+    if (content_type) /* NULL: none, for 204 */
+        http_add_header(call, "Content-Type", content_type);
+    send_and_finish(call, status, body);
+}
+
 void http_reply_text(http_call *call, int status, const char *content_type, const char *text,
                      size_t len) {
     struct evbuffer *body = evbuffer_new();
     if (body)
         evbuffer_add(body, text, len);
-    if (content_type) /* NULL: none, for 204 */
-        http_add_header(call, "Content-Type", content_type);
-    send_and_finish(call, status, body);
+    http_reply_buffer(call, status, content_type, body);
 }
 
 void http_reply_json(http_call *call, int status, json_t *json) {

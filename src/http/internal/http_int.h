@@ -435,6 +435,8 @@ void http_stream_end(http_call *call);
 void http_admit(http_call *call, guard_ratelimit_req *slot, void (*admitted)(http_call *call));
 void http_reply_text(http_call *call, int status, const char *content_type, const char *text,
                      size_t len);
+/* The same with a body already in a buffer (taken; NULL: empty). */
+void http_reply_buffer(http_call *call, int status, const char *content_type, struct evbuffer *body);
 void http_reply_error(http_call *call, http_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void http_reply_fail(http_call *call, const http_fail *fail);
