@@ -35,7 +35,7 @@ static json_t *loaded_models_json(http_server *s, int *any_loaded) {
 
 /* Ready to serve: every model has a version available; or, for a server
  * that is only an LLM gateway, its empty repository has been looked at. */
-static int server_ready(http_server *s) {
+int http_server_ready(http_server *s) {
     if (serving_repo_is_ready(s->repo))
         return 1;
     if (!s->opts.gateway || !serving_repo_is_settled(s->repo))
@@ -50,7 +50,7 @@ static int server_ready(http_server *s) {
 
 void http_health(http_call *call) {
     http_server *s = call->loop->server;
-    int ready = server_ready(s);
+    int ready = http_server_ready(s);
     int settled = serving_repo_is_settled(s->repo);
     int any_loaded = 0;
     json_t *models = loaded_models_json(s, &any_loaded);
@@ -113,7 +113,7 @@ void http_health_ready(http_call *call) {
     if (atomic_load(&s->draining)) {
         http_add_header(call, "Retry-After", "1");
         http_reply_error(call, HTTP_ERR_SHUTTING_DOWN, "the server is shutting down");
-    } else if (!server_ready(s)) {
+    } else if (!http_server_ready(s)) {
         http_reply_error(call, HTTP_ERR_NOT_READY,
                          serving_repo_is_settled(s->repo) ? "a model failed to load"
                                                           : "models are still loading");

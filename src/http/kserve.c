@@ -110,7 +110,7 @@ void http_kserve_live(http_call *call) { http_reply_json(call, 200, json_pack("{
 
 void http_kserve_ready(http_call *call) {
     http_server *s = call->loop->server;
-    int ready = serving_repo_is_ready(s->repo) && !atomic_load(&s->draining);
+    int ready = http_server_ready(s) && !atomic_load(&s->draining);
     http_reply_json(call, ready ? 200 : 503, json_pack("{s:b}", "ready", ready));
 }
 

@@ -60,7 +60,7 @@ def gateway(server_factory, fake, tmp_path):
     given top-level sections."""
     n = [0]
 
-    def start(*args, fallbacks=None, routes=None, provider=None, **sections):
+    def start(*args, fallbacks=None, routes=None, provider=None, repo=None, **sections):
         models = []
         for m in MODEL_DEFS:
             m = dict(m, provider="fake")
@@ -80,7 +80,8 @@ def gateway(server_factory, fake, tmp_path):
         n[0] += 1
         path = tmp_path / ("gateway-%d.yaml" % n[0])
         path.write_text(json.dumps(cfg, indent=1))
-        return server_factory("--gateway-config", str(path), *args, env={"FAKE_LLM_KEY": KEY})
+        extra = {"repo": repo} if repo is not None else {}
+        return server_factory("--gateway-config", str(path), *args, env={"FAKE_LLM_KEY": KEY}, **extra)
 
     return start
 
@@ -822,3 +823,16 @@ def test_api_key_scopes_cost_and_tokens(gateway, fake, tmp_path):
     cost = sample(m, "aiserve_llm_cost_usd_total", model="small", key="chatter")
     assert cost == pytest.approx((prompt * 0.5 + completion * 1.5) / 1e6, rel=1e-9)
     assert sample(m, "aiserve_llm_cost_usd_total", model="small", key="anonymous") == 0
+
+
+def test_a_server_that_is_only_a_gateway_is_ready(gateway, fake, tmp_path):
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    s = gateway(repo=empty)                      # started waits for /health/ready: it must come
+    for path in ("/health/ready", "/v2/health/ready"):
+        assert s.get(path).status_code == 200, path
+    health = s.get("/health").json()
+    assert health["status"] == "healthy" and health["models"] == {}
+    assert health["dependencies"]["llm_upstreams"]["status"] == "up"
+    fake.script("up-small", [{"text": "only a gateway"}])
+    assert text_of(chat(s)) == "only a gateway"

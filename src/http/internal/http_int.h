@@ -370,6 +370,11 @@ int http_is_valid_utf8(const unsigned char *s, size_t n);
 void http_chat(http_call *call);
 void http_chat_free(http_call *call);
 
+/* health.c: ready to serve: every model has a version available, or (a
+ * server that is only an LLM gateway) its empty repository was read. The
+ * one readiness rule of /health, /health/ready and /v2/health/ready. */
+int http_server_ready(http_server *s);
+
 /* health.c: /health, /health/live, /health/ready, /metrics, /v1/models[/{name}]. */
 void http_health(http_call *call);
 void http_health_live(http_call *call);
