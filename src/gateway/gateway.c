@@ -1163,15 +1163,10 @@ static void send_content(gateway_call *c, const gw_chunk *like, const char *text
 
 /* A chunk of the gateway's own with text for choice index. */
 static void send_choice_text(gateway_call *c, size_t index, const char *text, size_t len) {
-    size_t n;
-    char *json = gw_chunk_make(c->stream_id, c->created, cur_model(c)->name, "", NULL, NULL, &n);
-    json_t *o = json ? json_loadb(json, n, 0, NULL) : NULL;
-    free(json);
-    json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
-    json_object_set_new(choice, "index", json_integer((json_int_t)index));
-    json_object_set_new(json_object_get(choice, "delta"), "content", json_stringn(text, len));
-    json_object_del(json_object_get(choice, "delta"), "role");
-    json = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:I, s:{s:s%}, s:n}]}", "id", c->stream_id, "object",
+                          "chat.completion.chunk", "created", (json_int_t)c->created, "model", cur_model(c)->name,
+                          "choices", "index", (json_int_t)index, "delta", "content", text, len, "finish_reason");
+    char *json = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (json)
         send_sse(c, json, strlen(json));
