@@ -20,13 +20,15 @@ packages=(
   libhiredis-dev                  # Redis client (async, on libevent): shared cache and limits
   libsqlite3-dev                  # batch jobs persisted on one machine (WAL)
   libcurl4-openssl-dev            # upstream LLM calls (multi interface, on the libevent loops)
+  zlib1g-dev                      # inflates the embedded web pages for clients that do not take gzip
   redis-server                    # the real Redis the integration tests start on loopback
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)
   openssl curl                    # HTTPS tests: test certificates made at run time, curl as the client
-  nodejs npm                      # the official openai npm client drives /v1/embeddings in the tests
+  nodejs npm                      # builds the embedded web pages (web/); the openai npm client in the tests
   prometheus                      # promtool: tests check /metrics with `promtool check metrics`; the alert rules
   haproxy                         # the load balancer of deploy/haproxy, started by the tests
+  chromium                        # the browser tests (/docs) drive it headless through playwright-core
   docker-compose                  # `docker-compose config` validates deploy/compose.yaml (no engine needed)
   clang libclang-rt-14-dev        # libFuzzer targets and sanitizer runtimes
 )

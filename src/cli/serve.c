@@ -352,7 +352,7 @@ int cli_serve(int argc, char **argv) {
     /* A key store that is there but cannot be read must stop the start:
      * serving openly instead would be the wrong way to fail. */
     guard_error gerr = {0};
-    if (guard_keys_open(cfg.keys_file, registry, &keys, &gerr) != 0) {
+    if (guard_keys_open(cfg.keys_file, cfg.keys_required, registry, &keys, &gerr) != 0) {
         snprintf(why, sizeof why, "%s", gerr.message);
         failed_keys_file = cfg.keys_file;
         goto failed;

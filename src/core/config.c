@@ -212,7 +212,11 @@ const core_setting core_settings[] = {
 
     STRING("auth", "keys_file", "--keys-file", "AISERVE_KEYS_FILE", NULL, "FILE", keys_file, "./data/keys.json", 1,
            "API key store, written by `aiserve keys`; it holds only SHA-256 hashes of the keys. Missing or empty: no "
-           "keys are required. Read again on SIGHUP and when the file changes."),
+           "keys are required (unless auth.keys_required). Read again on SIGHUP and when the file changes."),
+    BOOL("auth", "keys_required", "--keys-required", "AISERVE_KEYS_REQUIRED", keys_required, 0,
+         "Refuse to run without API keys: a key store that is missing, empty or all revoked stops the start "
+         "(exit 2, naming the file), and a reload that would leave no active key is refused (the keys in use "
+         "stay). For deployments whose keys come from a secret."),
 
     BOOL("ratelimit", "enabled", "--rate-limit", "AISERVE_RATE_LIMIT", ratelimit_enabled, 1,
          "Limit requests to the model endpoints with a token bucket per API key (per client address for "

@@ -115,6 +115,7 @@ typedef struct core_config {
     int max_inputs;     /* limits.max_inputs, texts per request */
     /* auth */
     char keys_file[4096]; /* auth.keys_file: the API key store (JSON) */
+    bool keys_required;   /* auth.keys_required: no active key stops the start */
     /* ratelimit */
     bool ratelimit_enabled;      /* ratelimit.enabled */
     core_tiers ratelimit_tiers;  /* ratelimit.tiers */

@@ -232,9 +232,13 @@ typedef struct guard_auth {
 /* Opens the live store on path (copied) and loads it (guard_keyset_load's
  * rules). metrics (borrowed, may be NULL) gets aiserve_auth_failures_total
  * {reason}, aiserve_api_keys{state} and aiserve_keys_reloads_total{result}.
- * Returns 0 with *out (free with guard_keys_close), or a guard_status with
- * err: the server must not start on a key store it cannot read. */
-int guard_keys_open(const char *path, metrics_registry *metrics, guard_keys **out, guard_error *err);
+ * With `required`, a set without an active key is an error, at open and at
+ * every reload (a deployment that must never run open: a missing secret
+ * stops the start instead of opening every endpoint). Returns 0 with *out
+ * (free with guard_keys_close), or a guard_status with err: the server must
+ * not start on a key store it cannot read. */
+int guard_keys_open(const char *path, bool required, metrics_registry *metrics, guard_keys **out,
+                    guard_error *err);
 
 /* Frees the store. Every view must have been released. NULL is fine. */
 void guard_keys_close(guard_keys *k);
@@ -243,7 +247,8 @@ void guard_keys_close(guard_keys *k);
  * is in use, or a guard_status (< 0) with err and the current set kept:
  * the file fails to load, or it is missing or zero bytes while keys are in
  * use (a file being rewritten in place must never open the server: to
- * drop every key, write {"keys": []} or restart without a file). */
+ * drop every key, write {"keys": []} or restart without a file), or the
+ * store is `required` and the new set has no active key. */
 int guard_keys_reload(guard_keys *k, guard_error *err);
 
 /* Reloads when the file's identity (device, inode, size, modification

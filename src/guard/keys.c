@@ -551,6 +551,7 @@ struct guard_keys {
     _Atomic uint64_t generation;   /* bumped at every swap; starts at 1 */
     file_ident ident;              /* what the last load (good or bad) read */
     bool exists;                   /* the file behind current existed with bytes */
+    bool required;                 /* a set without an active key is refused */
     unsigned mode;
     bool polled;
     uint64_t last_poll_us;
@@ -594,7 +595,18 @@ static void publish_counts(guard_keys *k, const guard_keyset *set) {
     metric_set(k->revoked, (double)(set->n - set->n_active));
 }
 
-int guard_keys_open(const char *path, metrics_registry *metrics, guard_keys **out, guard_error *err) {
+/* A required store's set must have an active key; 0, or GUARD_EFORMAT. */
+static int check_required(const guard_keys *k, const guard_keyset *set, bool exists, guard_error *err) {
+    if (!k->required || set->n_active > 0)
+        return 0;
+    return guard_set_error(err, GUARD_EFORMAT,
+                           "%s: %s, and keys are required (auth.keys_required): create one with `aiserve keys "
+                           "create`, or mount the secret that holds the key store",
+                           k->path, !exists ? "the file is missing" : set->n ? "every key is revoked" : "it has no keys");
+}
+
+int guard_keys_open(const char *path, bool required, metrics_registry *metrics, guard_keys **out,
+                    guard_error *err) {
     *out = NULL;
     guard_keys *k = calloc(1, sizeof *k);
     if (!k || !(k->path = strdup(path))) {
@@ -605,7 +617,10 @@ int guard_keys_open(const char *path, metrics_registry *metrics, guard_keys **ou
     atomic_init(&k->generation, 1);
     struct stat st;
     bool exists = false;
+    k->required = required;
     int rc = keyset_read(path, &k->current, &exists, &st, err);
+    if (rc == 0)
+        rc = check_required(k, k->current, exists, err);
     if (rc != 0) {
         guard_keys_close(k);
         return rc;
@@ -639,6 +654,11 @@ int guard_keys_reload(guard_keys *k, guard_error *err) {
         rc = guard_set_error(err, exists ? GUARD_EFORMAT : GUARD_EIO,
                              "%s: %s; keeping the %zu keys in use (to drop every key, write {\"keys\": []})",
                              k->path, exists ? "the file is empty" : "the file is missing", k->current->n);
+    }
+    if (rc == 0 && (rc = check_required(k, set, exists, err)) != 0) {
+        guard_keyset_release(set);
+        size_t n = strlen(err->message);
+        snprintf(err->message + n, sizeof err->message - n, "; keeping the %zu keys in use", k->current->n_active);
     }
     if (rc != 0) {
         metric_inc(k->reload_error);

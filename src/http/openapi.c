@@ -1,18 +1,19 @@
 /*
  * openapi.c - the API described from the route table: GET /openapi.json
- * (an OpenAPI 3.1 document) and GET /docs (an HTML page listing it).
+ * (an OpenAPI 3.1 document; GET /docs shows it with Swagger UI).
  *
  * The document is made from the rows of http_routes (routes.c) and from
  * the body schemas below, and nothing else: each row gives its path and
  * method (one operation per method), its scope (the operation's security:
  * none for open rows, an API key with that scope for the others), its
  * placeholders (path parameters) and its doc (summary, request schema,
- * answers). Every row with a scope also answers 401 and 403, every row
- * with a body 400 and 413; error answers have the one error shape. The
- * answers' descriptions name the error codes of HTTP_ERROR_MAP with that
- * status.
+ * answers, query parameters). Every row with a scope also answers 401 and
+ * 403, every row with a body 400 and 413; error answers have the one error
+ * shape. The answers' descriptions name the error codes of HTTP_ERROR_MAP
+ * with that status. Inference rows (the pipeline's) take the
+ * X-Model-Version request header and send it back on success.
  *
- * Both texts are made on the first request and kept (they depend only on
+ * The text is made on the first request and kept (it depends only on
  * the table and the server's version: the first server's, in a process
  * that runs several); a lock makes that safe from every loop thread. Not
  * freed: they live as long as the process.
@@ -204,7 +205,21 @@ static const struct {
     {"ref", "a version number or an alias", NULL},
     {"id", "a batch job id", NULL},
     {"alias", "an alias name", NULL},
+    {"file", "a file name", "^[A-Za-z0-9_-][A-Za-z0-9._-]*$"},
 };
+
+/* Query parameters a row's doc may name (http_route_doc.query). */
+static const struct {
+    const char *name, *description;
+    json_int_t minimum, maximum, fallback;
+} queries[] = {
+    {"offset", "the index of the first result of the page", 0, 0, 0},
+    {"limit", "results on the page", 1, 10000, 1000},
+};
+
+#define VERSION_HEADER_DOC                                                                     \
+    "the version to answer with: a number (2) or an alias (production); a version in the path " \
+    "wins. Unknown: 404 version_not_found; not a number or an alias name: 422"
 
 static const struct {
     unsigned bit;
@@ -236,11 +251,22 @@ static json_t *schema_ref(const char *name) {
     return json_pack("{s:s}", "$ref", ref);
 }
 
-/* {"<media type>": {"schema": ...}} for a schema name or a media type. */
+/* {"<media type>": {"schema": ...}, ...} for a list of schema names and
+ * media types separated by ',' ("ChatCompletion,text/event-stream"). */
 static json_t *content(const char *what) {
-    if (!strchr(what, '/'))
-        return json_pack("{s:{s:o}}", "application/json", "schema", schema_ref(what));
-    return json_pack("{s:{s:{s:s}}}", what, "schema", "type", strcmp(what, "application/json") ? "string" : "object");
+    json_t *c = json_object();
+    while (*what) {
+        char one[96];
+        size_t n = strcspn(what, ",");
+        snprintf(one, sizeof one, "%.*s", (int)n, what);
+        if (!strchr(one, '/'))
+            json_object_set_new(c, "application/json", json_pack("{s:o}", "schema", schema_ref(one)));
+        else
+            json_object_set_new(c, one, json_pack("{s:{s:s}}", "schema", "type",
+                                                  strcmp(one, "application/json") ? "string" : "object"));
+        what += n + (what[n] == ',');
+    }
+    return c;
 }
 
 /* One answer: its description (for an error: the codes with that status)
@@ -276,7 +302,8 @@ static void add_responses(json_t *responses, const char *text) {
     }
 }
 
-static json_t *parameters(const char *pattern) {
+static json_t *parameters(const http_route *r) {
+    const char *pattern = r->pattern;
     json_t *list = json_array();
     for (const char *p = strchr(pattern, '{'); p; p = strchr(p + 1, '{')) {
         size_t n = strcspn(p + 1, "}");
@@ -291,6 +318,22 @@ static json_t *parameters(const char *pattern) {
                                                   placeholders[i].description, "schema", schema));
         }
     }
+    for (size_t i = 0; i < sizeof queries / sizeof queries[0]; i++) {
+        const char *q = r->doc.query ? strstr(r->doc.query, queries[i].name) : NULL;
+        if (!q)
+            continue;
+        json_t *schema = json_pack("{s:s, s:I, s:I}", "type", "integer", "minimum", queries[i].minimum, "default",
+                                   queries[i].fallback);
+        if (queries[i].maximum)
+            json_object_set_new(schema, "maximum", json_integer(queries[i].maximum));
+        json_array_append_new(list, json_pack("{s:s, s:s, s:b, s:s, s:o}", "name", queries[i].name, "in", "query",
+                                              "required", 0, "description", queries[i].description, "schema",
+                                              schema));
+    }
+    if (r->infer)
+        json_array_append_new(list, json_pack("{s:s, s:s, s:b, s:s, s:{s:s}}", "name", "X-Model-Version", "in",
+                                              "header", "required", 0, "description", VERSION_HEADER_DOC,
+                                              "schema", "type", "string"));
     return list;
 }
 
@@ -315,8 +358,16 @@ static json_t *operation(const http_route *r, const char *method) {
     add_responses(responses, r->doc.responses);
     json_t *op = json_pack("{s:s, s:o, s:o}", "summary", r->doc.summary, "operationId",
                            operation_id(method, r->pattern), "responses", responses);
-    if (strchr(r->pattern, '{'))
-        json_object_set_new(op, "parameters", parameters(r->pattern));
+    json_t *params = parameters(r);
+    if (json_array_size(params))
+        json_object_set_new(op, "parameters", params);
+    else
+        json_decref(params);
+    if (r->infer) { /* the success says which version answered */
+        json_t *ok = json_object_get(responses, "200");
+        json_object_set_new(ok, "headers", json_pack("{s:{s:s, s:{s:s}}}", "X-Model-Version", "description",
+                                                     "the version that answered", "schema", "type", "string"));
+    }
     if (r->doc.request) {
         json_object_set_new(op, "requestBody", json_pack("{s:b, s:o}", "required", 1, "content",
                                                          content(r->doc.request)));
@@ -372,96 +423,22 @@ static json_t *document(const char *version) {
                      "type", "http", "scheme", "bearer");
 }
 
-/* Writes s to f with &, <, > and " escaped. */
-static void html_escaped(FILE *f, const char *s) {
-    for (; *s; s++) {
-        switch (*s) {
-        case '&': fputs("&amp;", f); break;
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '"': fputs("&quot;", f); break;
-        default: fputc(*s, f);
-        }
-    }
-}
-
-/* The page: each operation's method, path and summary, in the document's
- * order. malloc'd; NULL when out of memory. */
-static char *docs_page(json_t *doc) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f)
-        return NULL;
-    fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>aiserve API</title>"
-          "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-          "code{font-weight:bold}td{padding:.2em .8em}</style></head><body>\n<h1>aiserve ",
-          f);
-    html_escaped(f, json_string_value(json_object_get(json_object_get(doc, "info"), "version")));
-    fputs("</h1>\n<p>The full description: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI 3.1).</p>"
-          "\n<table>\n",
-          f);
-    const char *path;
-    json_t *item;
-    json_object_foreach(json_object_get(doc, "paths"), path, item) {
-        const char *method;
-        json_t *op;
-        json_object_foreach(item, method, op) {
-            fputs("<tr><td>", f);
-            for (const char *m = method; *m; m++)
-                fputc(toupper((unsigned char)*m), f);
-            fputs("</td><td><code>", f);
-            html_escaped(f, path);
-            fputs("</code></td><td>", f);
-            html_escaped(f, json_string_value(json_object_get(op, "summary")));
-            fputs("</td></tr>\n", f);
-        }
-    }
-    fputs("</table>\n</body></html>\n", f);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
-static char *cached_json, *cached_html;
+static char *cached_json; /* set once, never changed */
 
-/* Makes both texts on first use (under cache_lock); 0, or -1 when out of
- * memory (tried again on the next request). */
-static int cache_fill(const char *version) {
-    if (cached_json)
-        return 0;
-    json_t *doc = document(version);
-    if (!doc)
-        return -1;
-    char *json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    char *html = docs_page(doc);
-    json_decref(doc);
-    if (!json || !html) {
-        free(json);
-        free(html);
-        return -1;
-    }
-    cached_json = json;
-    cached_html = html;
-    return 0;
-}
-
-static void reply_cached(http_call *call, int html) {
+void http_openapi(http_call *call) {
     pthread_mutex_lock(&cache_lock);
-    if (cache_fill(call->loop->server->version) != 0) {
-        pthread_mutex_unlock(&cache_lock);
+    if (!cached_json) {
+        json_t *doc = document(call->loop->server->version);
+        if (doc)
+            cached_json = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(doc);
+    }
+    const char *text = cached_json;
+    pthread_mutex_unlock(&cache_lock);
+    if (!text) { /* out of memory: tried again on the next request */
         http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");
         return;
     }
-    const char *text = html ? cached_html : cached_json;
-    pthread_mutex_unlock(&cache_lock); /* set once, never changed */
-    http_reply_text(call, 200, html ? "text/html; charset=utf-8" : "application/json", text, strlen(text));
+    http_reply_text(call, 200, "application/json", text, strlen(text));
 }
-
-void http_openapi(http_call *call) { reply_cached(call, 0); }
-
-void http_docs(http_call *call) { reply_cached(call, 1); }

@@ -19,6 +19,8 @@
  *   {ref}      a version number or an alias name
  *   {id}       a job id, as written (the handler checks it)
  *   {alias}    an alias name, as written (the handler checks it)
+ *   {file}     a file name: [A-Za-z0-9._-], no leading dot, < 128 bytes
+ *              (the handler looks it up among the embedded files)
  * A path that no row matches is 404; one that rows match but not with the
  * request's method is 405 with Allow listing theirs. HEAD is answered
  * wherever GET is (evhttp sends the head only).
@@ -31,6 +33,7 @@
  * Loop thread only.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,8 +51,10 @@
 #define CHAT GUARD_SCOPE_CHAT
 #define ADMIN GUARD_SCOPE_ADMIN
 #define INFER(ops) NULL, &(ops)
-/* The row's OpenAPI entry: summary, request schema, answers (http_route_doc). */
-#define DOC(summary, request, responses) {summary, request, responses}
+/* The row's OpenAPI entry: summary, request schema, answers (http_route_doc);
+ * DOCQ adds its query parameters. */
+#define DOC(summary, request, responses) {summary, request, responses, NULL}
+#define DOCQ(summary, request, responses, query) {summary, request, responses, query}
 #define PREDICTION "200=Prediction 404 422 429 503 504"
 
 const http_route http_routes[] = {
@@ -82,7 +87,7 @@ const http_route http_routes[] = {
     /* The LLM gateway. */
     {HTTP_POST, "/v1/chat/completions", "/v1/chat/completions", CHAT, http_chat, NULL,
      DOC("Chat completion through the LLM gateway (OpenAI's API)", "ChatCompletionRequest",
-         "200=ChatCompletion 404 422 429 502 503 504")},
+         "200=ChatCompletion,text/event-stream 404 422 429 502 503 504")},
     /* Batch jobs. */
     {HTTP_POST, "/v1/batch", "/v1/batch", BATCH, http_batch_submit, NULL,
      DOC("Submit a batch job", "BatchRequest", "202=BatchJob 404 422 429 503")},
@@ -91,7 +96,7 @@ const http_route http_routes[] = {
     {HTTP_DELETE, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_cancel, NULL,
      DOC("Cancel a batch job", NULL, "200=BatchJob 404 409 503")},
     {HTTP_GET, "/v1/batch/{id}/results", "/v1/batch/{id}/results", BATCH, http_batch_results, NULL,
-     DOC("A page of a batch job's results (?offset=&limit=)", NULL, "200=BatchResults 404 422 503")},
+     DOCQ("A page of a batch job's results", NULL, "200=BatchResults 404 422 503", "offset limit")},
     /* The Open Inference Protocol (KServe v2). */
     {HTTP_GET, "/v2", "/v2", ANY, http_kserve_server, NULL, DOC("KServe v2 server metadata", NULL, "200=KServeServer")},
     {HTTP_GET, "/v2/health/live", "/v2/health/live", OPEN, http_kserve_live, NULL,
@@ -138,7 +143,10 @@ const http_route http_routes[] = {
     /* This API's description. */
     {HTTP_GET, "/openapi.json", "/openapi.json", OPEN, http_openapi, NULL,
      DOC("This API as an OpenAPI 3.1 document", NULL, "200=application/json")},
-    {HTTP_GET, "/docs", "/docs", OPEN, http_docs, NULL, DOC("This API as an HTML page", NULL, "200=text/html")},
+    {HTTP_GET, "/docs", "/docs", OPEN, http_static, NULL,
+     DOC("This API as a web page (Swagger UI over /openapi.json)", NULL, "200=text/html")},
+    {HTTP_GET, "/docs/{file}", "/docs/{file}", OPEN, http_static, NULL,
+     DOC("A file of the /docs page (script, style sheet, image, licence)", NULL, "200=*/* 404")},
 };
 const size_t http_n_routes = sizeof http_routes / sizeof http_routes[0];
 
@@ -247,6 +255,15 @@ static int match_placeholder(const char *kind, size_t kind_len, const char *seg,
     }
     if (IS("{alias}")) {
         copy_segment(p->alias, sizeof p->alias, seg, n);
+        return 1;
+    }
+    if (IS("{file}")) {
+        if (n >= sizeof p->file || seg[0] == '.')
+            return 0;
+        for (size_t i = 0; i < n; i++)
+            if (!isalnum((unsigned char)seg[i]) && !strchr("._-", seg[i]))
+                return 0;
+        copy_segment(p->file, sizeof p->file, seg, n);
         return 1;
     }
 #undef IS

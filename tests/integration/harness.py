@@ -37,6 +37,15 @@ STOP_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02   # between two looks at a condition
 
 
+def artifacts_dir():
+    """Where tests leave files for people to look at (screenshots):
+    $AISERVE_ARTIFACTS, else test-artifacts/ in the working directory (the
+    build's tests/ folder under ctest)."""
+    d = os.environ.get("AISERVE_ARTIFACTS") or os.path.join(os.getcwd(), "test-artifacts")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
 def wait_until(predicate, timeout=START_TIMEOUT, what="the condition", interval=POLL_INTERVAL):
     """Polls predicate() until it returns something other than None or False
     and returns that (so a 4xx response, 0 or [] count as an answer: return

@@ -341,6 +341,27 @@ def test_corrupt_file_on_reload_keeps_the_keys(server_factory, tmp_path):
     assert sample(m, "aiserve_keys_reloads_total", result="error") >= 3
 
 
+def test_keys_required_refuses_a_reload_to_no_keys(server_factory, tmp_path):
+    """With auth.keys_required, emptying the store or revoking its last key
+    is refused like a corrupt file: the keys in use stay, and the server
+    never opens; a store with another key is taken."""
+    path = tmp_path / "keys.json"
+    web = create(path, "web", "predict")
+    s = server_factory("--keys-file", str(path), "--keys-required")
+    path.write_text('{"version": 1, "keys": []}')  # without keys_required this opens the server
+    s.send_signal(signal.SIGHUP)
+    e = s.wait_log("keys_reload_failed", timeout=RELOAD_WAIT, trigger="sighup")
+    assert "keys are required" in e["error"] and "keeping the 1 keys in use" in e["error"], e
+    assert e["keys_in_use"] == 1
+    assert_error(s.predict("fine"), 401, "missing_api_key")
+    assert s.predict("fine", headers=auth(web)).status_code == 200
+    other = create(path, "other", "predict")
+    wait_until(lambda: s.predict("fine", headers=auth(other)).status_code == 200 or None, RELOAD_WAIT,
+               "the store with a key to be taken")
+    assert s.predict("fine", headers=auth(web)).status_code == 403  # the emptied store dropped it
+    assert not s.logs("auth_disabled")
+
+
 def test_corrupt_file_at_start_refuses_to_start(tmp_path):
     path = tmp_path / "keys.json"
     path.write_text('{"keys": [{"name": "web", "sha256": "abc", "scopes": ["predict"]}]}')

@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from harness import BIN, ROOT
+from harness import BIN, MODELS, ROOT
 
 DEPLOY = os.path.join(ROOT, "deploy")
 K8S = os.path.join(DEPLOY, "k8s")
@@ -382,9 +382,14 @@ def test_configmap_is_loaded_by_the_server(tmp_path):
     rc, logs, err = run_serve("--config", str(cfg),
                               env=clean_env(MODEL_PATH="/nonexistent/aiserve-models"))
     assert rc == 2 and logs, err
-    assert "/nonexistent/aiserve-models" in one_log(logs, "startup_failed")["error"], logs
-    effective = one_log(logs, "starting")["config"]
     settings = configmap_settings()
+    # Here no Secret is mounted at the store's path: the ConfigMap requires
+    # keys, so that is what stops the start.
+    assert settings["auth.keys_required"] is True
+    failed = one_log(logs, "startup_failed")
+    assert failed["keys_file"] == settings["auth.keys_file"], logs
+    assert "keys are required" in failed["error"], logs
+    effective = one_log(logs, "starting")["config"]
     assert effective["config_file"] == str(cfg)
     assert effective["port"] == settings["server.port"]
     assert effective["drain_timeout_ms"] == seconds(settings["server.drain_timeout"]) * 1000
@@ -405,6 +410,45 @@ def test_secret_holds_a_key_store_the_server_reads(tmp_path):
     out = subprocess.run([BIN, "keys", "list", "--keys-file", str(store)],
                          capture_output=True, text=True, timeout=30, env=clean_env())
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("secret", ["missing", "placeholder", "revoked"])
+def test_missing_secret_stops_the_start_naming_it(server_factory, tmp_path, secret):
+    """The ConfigMap's settings with the Secret's mount point here: without a
+    store holding an active key the start fails naming the file, and nothing
+    answers the readiness probe; with a key the same config serves."""
+    store = tmp_path / "keys" / "keys.json"
+    store.parent.mkdir()
+    cfg = tmp_path / "aiserve.yaml"
+    cfg.write_text(k8s()["ConfigMap"]["data"]["aiserve.yaml"].replace(
+        configmap_settings()["auth.keys_file"], str(store)))
+    env = clean_env(MODEL_PATH=MODELS, AISERVE_BATCH_DATA_DIR=str(tmp_path))
+    if secret == "placeholder":
+        store.write_text(k8s()["Secret"]["stringData"]["keys.json"])
+    elif secret == "revoked":
+        for args in (["create", "--name", "app", "--scopes", "predict"], ["revoke", "app"]):
+            out = subprocess.run([BIN, "keys", *args, "--keys-file", str(store)],
+                                 capture_output=True, text=True, timeout=30, env=clean_env())
+            assert out.returncode == 0, out.stderr
+    port = free_port()
+    rc, logs, err = run_serve("--config", str(cfg), "--port", str(port), env=env)
+    assert rc == 2, (logs, err)
+    failed = one_log(logs, "startup_failed")
+    reason = {"missing": "the file is missing", "placeholder": "it has no keys",
+              "revoked": "every key is revoked"}[secret]
+    assert failed["keys_file"] == str(store)
+    assert failed["error"].startswith("%s: %s, and keys are required (auth.keys_required)" % (store, reason))
+    assert not [e for e in logs if e.get("msg") == "listening"]
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://127.0.0.1:%d/health/ready" % port, timeout=5)
+    # The same config with a key in the store starts and gets ready.
+    out = subprocess.run([BIN, "keys", "create", "--name", "web", "--scopes", "predict", "--keys-file", str(store)],
+                         capture_output=True, text=True, timeout=30, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    s = server_factory("--config", str(cfg), repo=None, env={"MODEL_PATH": MODELS, "AISERVE_KEYS_FILE": str(store),
+                                                             "AISERVE_BATCH_DATA_DIR": str(tmp_path)})
+    assert s.get("/health/ready").status_code == 200
+    assert s.post("/predict", json={"text": "fine"}).status_code == 401
 
 
 # -- systemd --------------------------------------------------------------------

@@ -386,7 +386,7 @@ static void test_authorize(void **state) {
 
     metrics_registry *reg = metrics_registry_create();
     guard_keys *k = NULL;
-    assert_int_equal(guard_keys_open(d.path, reg, &k, &err), 0);
+    assert_int_equal(guard_keys_open(d.path, false, reg, &k, &err), 0);
     guard_keys_stats st;
     guard_keys_get_stats(k, &st);
     assert_int_equal(st.n_keys, 3);
@@ -446,7 +446,7 @@ static void test_authorize(void **state) {
     guard_keys *open_k = NULL;
     char missing[160];
     snprintf(missing, sizeof missing, "%s/none.json", d.root);
-    assert_int_equal(guard_keys_open(missing, NULL, &open_k, &err), 0);
+    assert_int_equal(guard_keys_open(missing, false, NULL, &open_k, &err), 0);
     guard_keys_get_stats(open_k, &st);
     assert_false(st.exists);
     assert_int_equal(st.n_keys, 0);
@@ -458,7 +458,7 @@ static void test_authorize(void **state) {
     /* A corrupt file refuses the start. */
     write_text(missing, "{\"keys\": [}");
     guard_keys *bad = (guard_keys *)1;
-    assert_int_equal(guard_keys_open(missing, NULL, &bad, &err), GUARD_EFORMAT);
+    assert_int_equal(guard_keys_open(missing, false, NULL, &bad, &err), GUARD_EFORMAT);
     assert_null(bad);
     assert_non_null(strstr(err.message, "not valid JSON"));
     tmp_fini(&d);
@@ -540,7 +540,7 @@ static void test_reload_keeps_old_keys_on_bad_file(void **state) {
     guard_error err = {0};
     metrics_registry *reg = metrics_registry_create();
     guard_keys *k = NULL;
-    assert_int_equal(guard_keys_open(d.path, reg, &k, &err), 0);
+    assert_int_equal(guard_keys_open(d.path, false, reg, &k, &err), 0);
     guard_keys_view v = {0};
     assert_int_equal(check(k, &v, web, GUARD_SCOPE_PREDICT), GUARD_AUTH_OK);
 
@@ -584,6 +584,50 @@ static void test_reload_keeps_old_keys_on_bad_file(void **state) {
     tmp_fini(&d);
 }
 
+/* A store opened with `required` refuses to start, or to reload, into a set
+ * without an active key: a missing secret never opens the server. */
+static void test_required_keys(void **state) {
+    (void)state;
+    tmp_dir d;
+    tmp_init(&d);
+    guard_error err = {0};
+    guard_keys *k = (guard_keys *)1;
+    assert_int_equal(guard_keys_open(d.path, true, NULL, &k, &err), GUARD_EFORMAT);
+    assert_null(k);
+    assert_non_null(strstr(err.message, d.path));
+    assert_non_null(strstr(err.message, "the file is missing, and keys are required"));
+    write_text(d.path, "{\"keys\": []}");
+    assert_int_equal(guard_keys_open(d.path, true, NULL, &k, &err), GUARD_EFORMAT);
+    assert_non_null(strstr(err.message, "it has no keys"));
+
+    const char *web = create_key(d.path, "web", GUARD_SCOPE_PREDICT);
+    assert_int_equal(guard_keys_open(d.path, true, NULL, &k, &err), 0);
+    guard_keys_view v = {0};
+    assert_int_equal(check(k, &v, web, GUARD_SCOPE_PREDICT), GUARD_AUTH_OK);
+    /* Emptied, every key revoked, removed: each reload is refused, the key kept. */
+    char *good = read_text(d.path);
+    write_text(d.path, "{\"keys\": []}");
+    assert_int_equal(guard_keys_reload(k, &err), GUARD_EFORMAT);
+    assert_non_null(strstr(err.message, "keeping the 1 keys in use"));
+    write_text(d.path, good);
+    assert_int_equal(guard_keystore_revoke(d.path, "web", &err), 0);
+    assert_int_equal(guard_keys_reload(k, &err), GUARD_EFORMAT);
+    assert_non_null(strstr(err.message, "every key is revoked"));
+    unlink(d.path);
+    assert_true(guard_keys_reload(k, &err) < 0);
+    assert_int_equal(check(k, &v, web, GUARD_SCOPE_PREDICT), GUARD_AUTH_OK);
+    assert_int_equal(check(k, &v, NULL, GUARD_SCOPE_PREDICT), GUARD_AUTH_MISSING);
+    /* A set with a key is taken. */
+    write_text(d.path, good);
+    const char *other = create_key(d.path, "other", GUARD_SCOPE_PREDICT);
+    assert_int_equal(guard_keys_reload(k, &err), 1);
+    assert_int_equal(check(k, &v, other, GUARD_SCOPE_PREDICT), GUARD_AUTH_OK);
+    free(good);
+    guard_keys_view_release(&v);
+    guard_keys_close(k);
+    tmp_fini(&d);
+}
+
 static void test_poll_detects_changes(void **state) {
     (void)state;
     tmp_dir d;
@@ -591,7 +635,7 @@ static void test_poll_detects_changes(void **state) {
     guard_error err = {0};
     guard_keys *k = NULL;
     /* Opened without a file: open until one appears. */
-    assert_int_equal(guard_keys_open(d.path, NULL, &k, &err), 0);
+    assert_int_equal(guard_keys_open(d.path, false, NULL, &k, &err), 0);
     guard_keys_view v = {0};
     const uint64_t S = 1000000;
     uint64_t t = 5 * S;
@@ -682,7 +726,7 @@ static void test_readers_during_reloads(void **state) {
     assert_int_equal(guard_keystore_revoke(d.path, "web", &err), 0);
     char *revoked = read_text(d.path);
     guard_keys *k = NULL;
-    assert_int_equal(guard_keys_open(d.path, NULL, &k, &err), 0);
+    assert_int_equal(guard_keys_open(d.path, false, NULL, &k, &err), 0);
     atomic_int stop = 0;
     enum { T = 3 };
     reader_arg args[T];
@@ -718,6 +762,7 @@ int main(void) {
         cmocka_unit_test(test_authorize),
         cmocka_unit_test(test_comparison_path),
         cmocka_unit_test(test_reload_keeps_old_keys_on_bad_file),
+        cmocka_unit_test(test_required_keys),
         cmocka_unit_test(test_poll_detects_changes),
         cmocka_unit_test(test_readers_during_reloads),
     };

@@ -116,6 +116,7 @@ typedef struct http_path_params {
     char version[72];  /* {version}: a version number; {ref}: a number or an alias */
     char id[72];       /* {id}: a job id as the client wrote it ("" when too long) */
     char alias[72];    /* {alias}: as the client wrote it ("" when too long) */
+    char file[128];    /* {file}: a file name of an embedded page, [A-Za-z0-9._-], no leading dot */
 } http_path_params;
 
 typedef void http_handler(http_call *call);
@@ -133,12 +134,13 @@ typedef struct http_route_doc {
      * and its body's schema, or a media type ("200=text/plain"); a status
      * without one is the error shape. */
     const char *responses;
+    const char *query;     /* its query parameters ("offset limit"); NULL: none */
 } http_route_doc;
 
 /* One row of the one route table: every path the server answers. */
 typedef struct http_route {
     unsigned methods;            /* HTTP_GET ...; HEAD is answered wherever GET is */
-    const char *pattern;         /* "/v1/models/{name}/predict"; {name} {version} {ref} {id} {alias} */
+    const char *pattern;         /* "/v1/models/{name}/predict"; {name} {version} {ref} {id} {alias} {file} */
     const char *label;           /* the metrics' endpoint label */
     guard_scopes scope;          /* what the API key needs (GUARD_SCOPE_ANY: any valid key);
                                     HTTP_SCOPE_OPEN: no key at all */
@@ -417,9 +419,12 @@ void http_admin_version_load(http_call *call);
 void http_admin_version_unload(http_call *call);
 
 /* openapi.c: GET /openapi.json (the OpenAPI 3.1 document made from the
- * route table) and GET /docs (an HTML page of its operations). */
+ * route table). */
 void http_openapi(http_call *call);
-void http_docs(http_call *call);
+
+/* assets.c: the embedded pages' files (GET /docs and /docs/{file}), by the
+ * row's pattern and {file}. */
+void http_static(http_call *call);
 
 /* routes.c: the API key check (answers 401/403 and returns 0 when the key
  * lacks `required`). */
