@@ -544,6 +544,45 @@ void metric_histogram_read(const metric *m, uint64_t *count, double *sum) {
         *sum = s;
 }
 
+/* ---- reading (history.c) ---- */
+
+metric_family *metrics_find(metrics_registry *r, const char *name) {
+    for (metric_family *f = r ? atomic_load_explicit(&r->first, memory_order_acquire) : NULL; f;
+         f = atomic_load_explicit(&f->next, memory_order_acquire))
+        if (strcmp(f->name, name) == 0)
+            return f;
+    return NULL;
+}
+
+const char *metric_family_type(const metric_family *f) { return type_names[f->type]; }
+
+int metric_family_labels(const metric_family *f, const char *const **names) {
+    *names = (const char *const *)f->label_names;
+    return f->n_labels;
+}
+
+int metric_family_bounds(const metric_family *f, const double **bounds) {
+    *bounds = f->bounds;
+    return f->type == TYPE_HISTOGRAM ? f->n_bounds : 0;
+}
+
+const metric *metric_family_first(const metric_family *f) {
+    return atomic_load_explicit(&f->first, memory_order_acquire);
+}
+
+const metric *metric_next(const metric *m) { return atomic_load_explicit(&m->next, memory_order_acquire); }
+
+const char *const *metric_label_values(const metric *m) { return (const char *const *)m->values; }
+
+void metric_histogram_buckets(const metric *m, uint64_t *counts, double *sum) {
+    if (m->family->type != TYPE_HISTOGRAM)
+        return;
+    for (int i = 0; i <= m->family->n_bounds; i++)
+        counts[i] = atomic_load_explicit(&m->buckets[i], memory_order_relaxed);
+    if (sum)
+        *sum = b2d(atomic_load_explicit(&m->value, memory_order_relaxed));
+}
+
 /* ---- registry ---- */
 
 metrics_registry *metrics_registry_create(void) {
@@ -807,15 +846,27 @@ static void render_family(sbuf *b, const metric_family *f) {
     }
 }
 
+static void run_collectors(metrics_registry *r) {
+    for (collector *c = atomic_load_explicit(&r->collectors, memory_order_acquire); c;
+         c = atomic_load_explicit(&c->next, memory_order_acquire))
+        c->fn(c->ud);
+}
+
+void metrics_collect(metrics_registry *r) {
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->render_lock);
+    run_collectors(r);
+    pthread_mutex_unlock(&r->render_lock);
+}
+
 char *metrics_render(metrics_registry *r, size_t *len) {
     if (len)
         *len = 0;
     if (!r)
         return NULL;
     pthread_mutex_lock(&r->render_lock);
-    for (collector *c = atomic_load_explicit(&r->collectors, memory_order_acquire); c;
-         c = atomic_load_explicit(&c->next, memory_order_acquire))
-        c->fn(c->ud);
+    run_collectors(r);
     sbuf b = {0};
     sb_put(&b, "", 0); /* an empty registry is "", not NULL */
     for (metric_family *f = atomic_load_explicit(&r->first, memory_order_acquire); f;

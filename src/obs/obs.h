@@ -174,6 +174,60 @@ char *metrics_render(metrics_registry *r, size_t *len);
  * always enough) and returns the length written. */
 size_t metrics_format_value(double v, char *buf, size_t cap);
 
+/* Runs the collectors as a render does (serialised with renders), so that
+ * the gauges they refresh are current; for readers other than a scrape. */
+void metrics_collect(metrics_registry *r);
+
+/* Reading the registry, for the history below. Families and series are
+ * never removed, so what these return stays valid until the registry is
+ * destroyed; walking is lock-free, as a render's is. */
+metric_family *metrics_find(metrics_registry *r, const char *name); /* NULL when absent */
+const char *metric_family_type(const metric_family *f);             /* "counter", "gauge", "histogram" */
+int metric_family_labels(const metric_family *f, const char *const **names); /* count; names borrowed */
+int metric_family_bounds(const metric_family *f, const double **bounds);     /* histogram bounds, +Inf not counted */
+const metric *metric_family_first(const metric_family *f);          /* series in creation order */
+const metric *metric_next(const metric *m);                         /* NULL after the last */
+const char *const *metric_label_values(const metric *m);            /* one per label name */
+/* Histogram: each bucket's own count (not cumulative; bounds + 1 of them,
+ * the last +Inf) into counts, and the sum (may be NULL). */
+void metric_histogram_buckets(const metric *m, uint64_t *counts, double *sum);
+
+/* ------------------------------------------------------------------------
+ * History: the last minutes of chosen metrics, one sample a second
+ * ------------------------------------------------------------------------
+ *
+ * What the operator console draws the moment it opens, without Prometheus
+ * (history.c). Each obs_history_tick samples every series of the tracked
+ * families: a counter as its rate per second since the previous tick, a
+ * gauge as its value, a histogram as the observations since the previous
+ * tick with their mean and estimated p50, p90 and p99 (linear within a
+ * bucket, as Prometheus's histogram_quantile). Each histogram family with
+ * labels also gets one series over all its label values (labels null). A ring keeps
+ * `seconds` samples; series beyond `max_series` are not tracked (counted
+ * as dropped), so memory stays within seconds x max_series x 5 floats
+ * whatever the traffic.
+ *
+ * Threads: tick from one thread (the server's main loop); json from any;
+ * a mutex serialises them. */
+typedef struct obs_history obs_history;
+
+/* NULL on ENOMEM. families (names, borrowed for the call) may name families
+ * registered later: they are looked up at every tick until found. */
+obs_history *obs_history_create(metrics_registry *r, const char *const *families, int n_families,
+                                int seconds, int max_series);
+void obs_history_destroy(obs_history *h); /* NULL is fine */
+/* Takes one sample of everything; now_ms: wall-clock milliseconds. */
+void obs_history_tick(obs_history *h, int64_t now_ms);
+/* {"interval_ms", "seconds", "t": [ms...], "series": [{"name", "type",
+ * "labels", then "rate" | "value" | "count","mean","p50","p90","p99":
+ * arrays aligned with t, null where the series had no sample or no
+ * observation]}, "dropped_series"} for the samples taken after since_ms
+ * (0: all kept), of the families whose names are in `only` (a
+ * comma-separated list; NULL or "": all). A series whose samples there are
+ * all 0 or null is left out (a reader takes it as 0). malloc'd; NULL on
+ * ENOMEM. */
+char *obs_history_json(obs_history *h, int64_t since_ms, const char *only, size_t *len);
+
 /* Registers the standard process metrics, named as prometheus_client and
  * the Go client name them, refreshed from /proc at every render:
  * process_cpu_seconds_total, process_resident_memory_bytes,

@@ -64,7 +64,7 @@ struct serving_repo {
     char default_model[128];
     metrics_registry *metrics;
     metric_family *f_queue_depth, *f_queue_wait, *f_batch_size, *f_inference, *f_tokens,
-        *f_batches, *f_timeouts, *f_predictions, *f_state, *f_load_seconds;
+        *f_batches, *f_timeouts, *f_predictions, *f_confidence, *f_state, *f_load_seconds;
     metric_family *f_cascade, *f_shadow; /* counted by predict.c */
 
     pthread_mutex_t lock;
@@ -339,6 +339,10 @@ int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
                                     "Requests whose deadline passed while queued", 2, mv);
     r->f_predictions = metrics_counter(metrics, "aiserve_predictions_total",
                                        "Texts classified, by predicted label", 3, mvl);
+    double confidence_buckets[] = {0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99};
+    r->f_confidence = metrics_histogram(metrics, "aiserve_prediction_confidence",
+                                        "Probability of the predicted label, per text classified", 2, mv,
+                                        confidence_buckets, 7);
     r->f_state = metrics_gauge(metrics, "aiserve_model_state",
                                "1 for the state each model version is in", 3, mvs);
     r->f_load_seconds = metrics_gauge(metrics, "aiserve_model_load_seconds",
@@ -353,7 +357,7 @@ int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
                                   "shadow version agreed (same label), disagreed, or failed",
                                   3, (const char *[]){"model", "version", "result"});
     if (!r->f_queue_depth || !r->f_queue_wait || !r->f_batch_size || !r->f_inference ||
-        !r->f_tokens || !r->f_batches || !r->f_timeouts || !r->f_predictions || !r->f_state ||
+        !r->f_tokens || !r->f_batches || !r->f_timeouts || !r->f_predictions || !r->f_confidence || !r->f_state ||
         !r->f_load_seconds || !r->f_cascade || !r->f_shadow) {
         pthread_mutex_destroy(&r->lock);
         free(r);
@@ -460,6 +464,8 @@ static void version_metrics(serving_repo *r, serving_version *v, const engine_mo
     sm->batches = metric_series(r->f_batches, mv);
     sm->timeouts = metric_series(r->f_timeouts, mv);
     sm->n_labels = info->n_labels;
+    if (info->n_labels > 0)
+        sm->confidence = metric_series(r->f_confidence, mv);
     if (info->n_labels > 0) {
         sm->predictions = calloc((size_t)info->n_labels, sizeof *sm->predictions);
         for (int i = 0; sm->predictions && i < info->n_labels; i++) {

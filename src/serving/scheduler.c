@@ -130,6 +130,7 @@ static void deliver(sched *s, struct slice *sl, size_t offset, int batch_texts, 
                 best = j;
         if (best < (size_t)s->metrics.n_labels && s->metrics.predictions[best])
             metric_inc(s->metrics.predictions[best]);
+        metric_observe(s->metrics.confidence, p[best]);
     }
     if (batch_texts > job->batch_size)
         job->batch_size = batch_texts;

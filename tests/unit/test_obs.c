@@ -969,6 +969,135 @@ static void test_log_concurrent_lines_whole(void **state) {
     free(rc.buf);
 }
 
+
+/* ---- history ---------------------------------------------------------- */
+
+static json_t *history(obs_history *h, int64_t since, const char *only) {
+    size_t len = 0;
+    char *text = obs_history_json(h, since, only, &len);
+    assert_non_null(text);
+    assert_int_equal(strlen(text), len);
+    json_error_t err;
+    json_t *doc = json_loads(text, 0, &err);
+    free(text);
+    assert_non_null(doc);
+    return doc;
+}
+
+/* The series named with the label value given (NULL: labels null). */
+static json_t *series_of(json_t *doc, const char *name, const char *label, const char *value) {
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(doc, "series"), i, s) {
+        if (strcmp(json_string_value(json_object_get(s, "name")), name) != 0)
+            continue;
+        json_t *labels = json_object_get(s, "labels");
+        if (!label ? json_is_null(labels) || json_object_size(labels) == 0
+                   : json_is_object(labels) && json_object_get(labels, label) &&
+                         strcmp(json_string_value(json_object_get(labels, label)), value) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static double at(json_t *s, const char *key, size_t i) {
+    json_t *v = json_array_get(json_object_get(s, key), i);
+    return json_is_null(v) ? NAN : json_number_value(v);
+}
+
+static void test_history_samples(void **state) {
+    (void)state;
+    metrics_registry *r = metrics_registry_create();
+    metric *hits = metric_get(metrics_counter(r, "hits_total", "", 1, (const char *[]){"route"}), "/a", NULL);
+    metric *depth = metric_series(metrics_gauge(r, "depth", "", 0, NULL), NULL);
+    double bounds[] = {0.1, 0.2, 0.4};
+    metric_family *lat = metrics_histogram(r, "lat_seconds", "", 1, (const char *[]){"route"}, bounds, 3);
+    metric *lat_a = metric_get(lat, "/a", NULL);
+    const char *names[] = {"hits_total", "depth", "lat_seconds", "later_total"};
+    obs_history *h = obs_history_create(r, names, 4, 3, 64);
+    assert_non_null(h);
+
+    metric_add(hits, 5);
+    metric_set(depth, 7);
+    obs_history_tick(h, 10000); /* first tick: no rate yet */
+    metric_add(hits, 10);
+    for (int i = 0; i < 10; i++)
+        metric_observe(lat_a, 0.15); /* all in (0.1, 0.2] */
+    metric *lat_b = metric_get(lat, "/b", NULL); /* appears between ticks: counted from zero */
+    for (int i = 0; i < 10; i++)
+        metric_observe(lat_b, 0.35);
+    metric *later = metric_series(metrics_counter(r, "later_total", "", 0, NULL), NULL);
+    metric_add(later, 4);
+    obs_history_tick(h, 12000); /* 2 s later */
+
+    json_t *doc = history(h, 0, NULL);
+    assert_int_equal(json_array_size(json_object_get(doc, "t")), 2);
+    json_t *s = series_of(doc, "hits_total", "route", "/a");
+    assert_non_null(s);
+    assert_true(isnan(at(s, "rate", 0)));
+    assert_true(fabs(at(s, "rate", 1) - 5.0) < 1e-6); /* 10 in 2 s */
+    assert_true(fabs(at(series_of(doc, "depth", NULL, NULL), "value", 0) - 7) < 1e-6);
+    assert_true(fabs(at(series_of(doc, "later_total", NULL, NULL), "rate", 1) - 2.0) < 1e-6);
+    json_t *a = series_of(doc, "lat_seconds", "route", "/a");
+    assert_true(fabs(at(a, "count", 1) - 10) < 1e-6);
+    assert_true(fabs(at(a, "mean", 1) - 0.15) < 1e-5);
+    assert_true(fabs(at(a, "p50", 1) - 0.15) < 1e-5); /* halfway through (0.1, 0.2] */
+    json_t *b = series_of(doc, "lat_seconds", "route", "/b");
+    assert_true(fabs(at(b, "count", 1) - 10) < 1e-6);
+    json_t *all = series_of(doc, "lat_seconds", NULL, NULL); /* both routes */
+    assert_true(fabs(at(all, "count", 1) - 20) < 1e-6);
+    assert_true(fabs(at(all, "p50", 1) - 0.2) < 1e-5);
+    assert_true(fabs(at(all, "p99", 1) - (0.2 + 0.2 * 0.98)) < 1e-5);
+    json_decref(doc);
+
+    /* The ring keeps 3 samples; since and only filter. */
+    obs_history_tick(h, 13000);
+    obs_history_tick(h, 14000);
+    doc = history(h, 12500, "depth");
+    json_t *t = json_object_get(doc, "t");
+    assert_int_equal(json_array_size(t), 2);
+    assert_int_equal(json_integer_value(json_array_get(t, 0)), 13000);
+    assert_int_equal(json_array_size(json_object_get(doc, "series")), 1);
+    assert_true(fabs(at(series_of(doc, "depth", NULL, NULL), "value", 1) - 7) < 1e-6);
+    json_decref(doc);
+    doc = history(h, 0, NULL);
+    assert_int_equal(json_array_size(json_object_get(doc, "t")), 3);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(doc, "t"), 0)), 12000);
+    json_decref(doc);
+    obs_history_destroy(h);
+    metrics_registry_destroy(r);
+}
+
+/* Series past max_series are dropped and counted: memory stays bounded. */
+static void test_history_bounded(void **state) {
+    (void)state;
+    metrics_registry *r = metrics_registry_create();
+    metric_family *f = metrics_counter(r, "many_total", "", 1, (const char *[]){"k"});
+    const char *names[] = {"many_total"};
+    obs_history *h = obs_history_create(r, names, 1, 900, 8);
+    for (int i = 0; i < 20; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", i);
+        metric_inc(metric_get(f, v, NULL));
+    }
+    metric *s0 = metric_get(f, "0", NULL);
+    for (int i = 0; i < 2000; i++) {
+        metric_inc(s0);
+        metric_inc(metric_get(f, "19", NULL)); /* not tracked: over the cap */
+        obs_history_tick(h, 1000 * (int64_t)i);
+    }
+    json_t *doc = history(h, 0, NULL);
+    /* Only the series that moved is listed: the others were 0 all along. */
+    assert_int_equal(json_array_size(json_object_get(doc, "series")), 1);
+    assert_true(fabs(at(series_of(doc, "many_total", "k", "0"), "rate", 899) - 1.0) < 1e-6);
+    assert_null(series_of(doc, "many_total", "k", "19"));
+    assert_int_equal(json_integer_value(json_object_get(doc, "dropped_series")), 12);
+    assert_int_equal(json_array_size(json_object_get(doc, "t")), 900);
+    json_decref(doc);
+    obs_history_destroy(h);
+    metrics_registry_destroy(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_validated),
@@ -988,6 +1117,8 @@ int main(void) {
         cmocka_unit_test(test_log_full_pipe_drops),
         cmocka_unit_test(test_series_limit_warns),
         cmocka_unit_test(test_log_concurrent_lines_whole),
+        cmocka_unit_test(test_history_samples),
+        cmocka_unit_test(test_history_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

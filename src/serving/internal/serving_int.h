@@ -22,6 +22,7 @@ typedef struct sched_metrics {
     metric *batches;        /* counter */
     metric *timeouts;       /* counter, jobs expired in the queue */
     metric **predictions;   /* per label id, counter */
+    metric *confidence;     /* histogram, the predicted label's probability */
     int n_labels;
 } sched_metrics;
 
