@@ -47,14 +47,6 @@ static long json_version(json_t *v) {
     return -1;
 }
 
-static json_t *cascade_json(const serving_cascade *c) {
-    if (!c->first)
-        return json_object();
-    char a[24], b[24];
-    return json_pack("{s:s, s:s, s:f}", "first", http_format_int(c->first, a), "then", http_format_int(c->then, b),
-                     "threshold", c->threshold);
-}
-
 void http_admin_cascade(http_call *call) {
     const char *model = call->params.name;
     serving_repo *repo = call->loop->server->repo;
@@ -94,7 +86,7 @@ void http_admin_cascade(http_call *call) {
         http_reply_error(call, HTTP_ERR_MODEL_NOT_FOUND, "model '%.100s' not found", model);
         return;
     }
-    http_reply_json(call, 200, json_pack("{s:s, s:o}", "model", model, "cascade", cascade_json(&c)));
+    http_reply_json(call, 200, json_pack("{s:s, s:o}", "model", model, "cascade", http_cascade_json(&c)));
 }
 
 /* A shadow as {"version": "2", "percent": 10}, or {} for none. */

@@ -1,6 +1,6 @@
 /*
- * assets.c - GET /docs and its files: the pages embedded in the binary
- * (web/web_assets.h), served by URL path.
+ * assets.c - GET /docs, GET /ui and their files: the pages embedded in the
+ * binary (web/web_assets.h), served by URL path.
  *
  * A file is stored gzip-compressed. A client that accepts gzip (every
  * browser) gets those bytes as they are, with Content-Encoding: gzip; any
@@ -24,10 +24,12 @@
 #include "http_int.h"
 #include "web_assets.h"
 
-/* Swagger UI sets style attributes and draws its icons from data: URLs. */
-#define CSP                                                                                         \
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " \
-    "font-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+/* The console allows nothing inline at all; Swagger UI (/docs) writes
+ * style attributes into its markup and draws its icons from data: URLs. */
+#define CSP_COMMON "default-src 'none'; script-src 'self'; connect-src 'self'; base-uri 'none'; " \
+                   "form-action 'none'; frame-ancestors 'none'; "
+#define CSP_STRICT CSP_COMMON "style-src 'self'; img-src 'self'"
+#define CSP_DOCS CSP_COMMON "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:"
 
 static const web_asset *find(const char *path) {
     for (size_t i = 0; i < web_n_assets; i++)
@@ -105,7 +107,7 @@ void http_static(http_call *call) {
     http_add_header(call, "Cache-Control", "no-cache");
     http_add_header(call, "Vary", "Accept-Encoding");
     http_add_header(call, "X-Content-Type-Options", "nosniff");
-    http_add_header(call, "Content-Security-Policy", CSP);
+    http_add_header(call, "Content-Security-Policy", strncmp(path, "/docs", 5) == 0 ? CSP_DOCS : CSP_STRICT);
     http_add_header(call, "Referrer-Policy", "no-referrer");
     const char *match = http_header(call, "If-None-Match");
     if (match && (strstr(match, a->etag) || strcmp(match, "*") == 0)) {

@@ -173,6 +173,14 @@ json_t *http_aliases_json(const serving_alias *aliases, size_t n) {
 }
 
 /* A split as {"1": 80, "2": 20} ({} for none). */
+json_t *http_cascade_json(const serving_cascade *c) {
+    if (!c->first)
+        return json_object();
+    char a[24], b[24];
+    return json_pack("{s:s, s:s, s:f}", "first", http_format_int(c->first, a), "then", http_format_int(c->then, b),
+                     "threshold", c->threshold);
+}
+
 json_t *http_split_json(const serving_split *split) {
     json_t *o = json_object();
     for (size_t i = 0; i < split->n; i++) {
@@ -214,6 +222,9 @@ static json_t *models_json(http_server *s, const char *only) {
                                                                       http_format_int(sh.version, shv), "percent",
                                                                       sh.percent)
                                                           : json_null());
+            serving_cascade cascade;
+            serving_get_cascade(s->repo, list[i].model, &cascade);
+            json_object_set_new(cur, "cascade", cascade.first ? http_cascade_json(&cascade) : json_null());
             json_array_append_new(models, cur);
             cur_name = list[i].model;
         }

@@ -315,6 +315,13 @@ int http_server_create(const http_options *opts, serving_repo *repo, metrics_reg
         return -1;
     }
     register_metrics(s);
+    if (!(s->history = http_console_history(metrics))) {
+        http_cors_destroy(s->cors);
+        http_tls_destroy(s->tls);
+        free(s);
+        set_err(err, err_len, "out of memory%s%s", "", "");
+        return -1;
+    }
     *out = s;
     return 0;
 }
@@ -360,6 +367,14 @@ int http_server_start(http_server *s, char *err, size_t err_len) {
         evhttp_set_bevcb(loop->http, http_conn_bev_create, loop);
         struct timeval sweep = {0, 100 * 1000};
         event_add(loop->sweep_event, &sweep);
+        if (i == 0) {
+            struct timeval second = {1, 0};
+            loop->history_event = event_new(loop->base, -1, EV_PERSIST, http_console_tick, s);
+            if (!loop->history_event || event_add(loop->history_event, &second) != 0) {
+                set_err(err, err_len, "out of memory%s%s", "", "");
+                return -1;
+            }
+        }
         if (make_listener(s, loop, err, err_len) != 0)
             return -1;
         if (s->opts.gateway && !(loop->gateway = gateway_loop_create(s->opts.gateway, loop->base))) {
@@ -441,6 +456,8 @@ void http_server_destroy(http_server *s) {
         gateway_loop_destroy(loop->gateway); /* after evhttp_free: closing connections cancelled their calls */
         if (loop->sweep_event)
             event_free(loop->sweep_event);
+        if (loop->history_event)
+            event_free(loop->history_event);
         if (loop->control_event)
             event_free(loop->control_event);
         if (loop->stop_event)
@@ -463,5 +480,6 @@ void http_server_destroy(http_server *s) {
     free(s->metrics.latency);
     http_cors_destroy(s->cors);
     http_tls_destroy(s->tls); /* after evhttp_free: every SSL object is gone */
+    obs_history_destroy(s->history);
     free(s);
 }
