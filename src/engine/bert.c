@@ -18,6 +18,14 @@
  * instead: each thread keeps its own rows of activations in cache and runs
  * the residual LayerNorm on them right after the projection, so the two
  * norm regions disappear.
+ *
+ * Reduced-precision layers read their input quantised (int8) or rounded
+ * (bf16) once, by rows, into one shared buffer (`prep`): the embedding and
+ * norm stages prepare the rows they have just written (the inputs of QKV
+ * and FFN up); the attention output and the activation, written by column
+ * or (sequence, head) chunks, get a region of their own (prep ctx, prep ff)
+ * before the projection that reads them. With the row split each thread
+ * prepares its own rows before its products, and no region is added.
  */
 #include "bert.h"
 
@@ -27,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "engine_int.h"
 
@@ -37,6 +46,8 @@ typedef struct binder {
     const safetensors *st;
     const char *prefix;
     engine_error *err;
+    int pack;   /* linear layers are packed as w->quant says (the encoder's, not the heads') */
+    int q8_max; /* int8 weights' largest |q|: the int8 kernels' weight_max */
 } binder;
 
 static int keep_owned(bert_weights *w, void *p) {
@@ -52,8 +63,9 @@ static int keep_owned(bert_weights *w, void *p) {
     return 0;
 }
 
-/* Returns F32 data for `name` with shape (d0) or (d0, d1) (d1 < 0: 1-D). */
-static const float *bind(binder *b, const char *name, int d0, int d1, int *rc) {
+/* Finds `name` and checks its shape (d0) or (d0, d1) (d1 < 0: 1-D) and
+ * dtype. */
+static const safetensors_tensor *find_checked(binder *b, const char *name, int d0, int d1, int *rc) {
     char full[256];
     snprintf(full, sizeof full, "%s%s", b->prefix, name);
     const safetensors_tensor *t = safetensors_find(b->st, full);
@@ -89,45 +101,113 @@ static const float *bind(binder *b, const char *name, int d0, int d1, int *rc) {
                                safetensors_path(b->st), t->name, got, want);
         return NULL;
     }
-    b->w->dtype_mask |= 1 << t->dtype;
-    if (t->dtype == ST_F32 && ((uintptr_t)t->data % sizeof(float)) == 0)
-        return t->data; /* in place, from the mapping */
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
         *rc = engine_error_set(b->err, ENGINE_EUNSUPPORTED,
                                "%s: tensor '%s' has dtype %s; the engine reads F32, F16 and BF16",
                                safetensors_path(b->st), t->name, t->dtype_name);
         return NULL;
     }
-    /* Large tensors (the word embeddings) on 2 MiB pages where the kernel
-     * allows: one fault per 2 MiB instead of one per 4 KiB at load. */
-    const size_t huge = (size_t)2 << 20;
-    size_t bytes = ((size_t)t->n_elems * sizeof(float) + 63) / 64 * 64;
-    float *out = bytes >= huge ? aligned_alloc(huge, (bytes + huge - 1) / huge * huge)
-                               : aligned_alloc(64, bytes);
-#ifdef MADV_HUGEPAGE
-    if (out && bytes >= huge)
-        madvise(out, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
-#endif
-    if (!out || keep_owned(b->w, out)) {
-        free(out);
-        *rc = engine_error_set(b->err, ENGINE_ENOMEM, "%s: out of memory widening '%s'",
-                               safetensors_path(b->st), t->name);
+    b->w->dtype_mask |= 1 << t->dtype;
+    return t;
+}
+
+/* F32 data of t: in place from the mapping when it is F32 and aligned, else
+ * a widened copy in `out` (kernels_weights_alloc'd; *out NULL when in place).
+ * NULL when out of memory. */
+static const float *as_f32(const safetensors_tensor *t, float **out) {
+    *out = NULL;
+    if (t->dtype == ST_F32 && ((uintptr_t)t->data % sizeof(float)) == 0)
+        return t->data;
+    if (!(*out = kernels_weights_alloc((size_t)t->n_elems * sizeof(float))))
+        return NULL;
+    if (t->dtype == ST_F16)
+        kernels_f16_to_f32(t->data, *out, t->n_elems);
+    else if (t->dtype == ST_BF16)
+        kernels_bf16_to_f32(t->data, *out, t->n_elems);
+    else
+        memcpy(*out, t->data, t->n_bytes);
+    return *out;
+}
+
+static int out_of_memory(binder *b, const safetensors_tensor *t) {
+    return engine_error_set(b->err, ENGINE_ENOMEM, "%s: out of memory converting '%s'",
+                            safetensors_path(b->st), t->name);
+}
+
+/* Returns F32 data for `name` with shape (d0) or (d0, d1) (d1 < 0: 1-D). */
+static const float *bind(binder *b, const char *name, int d0, int d1, int *rc) {
+    const safetensors_tensor *t = find_checked(b, name, d0, d1, rc);
+    if (!t)
+        return NULL;
+    float *copy;
+    const float *data = as_f32(t, &copy);
+    if (!data || (copy && keep_owned(b->w, copy))) {
+        free(copy);
+        *rc = out_of_memory(b, t);
         return NULL;
     }
-    if (t->dtype == ST_F16)
-        kernels_f16_to_f32(t->data, out, t->n_elems);
-    else if (t->dtype == ST_BF16)
-        kernels_bf16_to_f32(t->data, out, t->n_elems);
-    else
-        memcpy(out, t->data, t->n_bytes);
-    return out;
+    b->w->memory_bytes += copy ? (uint64_t)t->n_elems * sizeof(float) : t->n_bytes;
+    return data;
+}
+
+/* Gives the mapping's pages under [p, p + n) back to the kernel: the data
+ * lives on in a packed copy. (Whole pages only; reading them again would
+ * fault them back in from the file.) */
+static void release_pages(const void *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = ((uintptr_t)p + page - 1) / page * page,
+                    hi = ((uintptr_t)p + n) / page * page;
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+/* Packs the weight `name` (n_out x n_in) as b->w->quant says. */
+static int bind_packed(binder *b, const char *name, int n_out, int n_in, kernel_packed *out) {
+    int rc = 0;
+    const safetensors_tensor *t = find_checked(b, name, n_out, n_in, &rc);
+    if (!t)
+        return rc;
+    float *copy;
+    const float *f32 = as_f32(t, &copy);
+    if (!f32)
+        return out_of_memory(b, t);
+    rc = b->w->quant == ENGINE_QUANT_INT8 ? kernels_pack_q8(f32, n_out, n_in, b->q8_max, out)
+                                          : kernels_pack_bf16(f32, n_out, n_in, out);
+    free(copy);
+    if (rc)
+        return out_of_memory(b, t);
+    release_pages(t->data, t->n_bytes);
+    b->w->memory_bytes += kernels_packed_bytes(out);
+    return 0;
+}
+
+/* An embedding table: F16 and BF16 in place when the linear layers are in
+ * reduced precision (widened per row in the forward), else F32 as bind. */
+static int bind_table(binder *b, const char *name, int d0, int d1, bert_table *table) {
+    int rc = 0;
+    if (b->w->quant != ENGINE_QUANT_NONE) {
+        const safetensors_tensor *t = find_checked(b, name, d0, d1, &rc);
+        if (!t)
+            return rc;
+        if (t->dtype == ST_F16 || t->dtype == ST_BF16) {
+            table->data = t->data;
+            table->dtype = t->dtype;
+            b->w->memory_bytes += t->n_bytes;
+            return 0;
+        }
+    }
+    table->data = bind(b, name, d0, d1, &rc);
+    table->dtype = ST_F32;
+    return rc;
 }
 
 static int bind_linear(binder *b, const char *name, int n_out, int n_in, bert_linear *lin) {
     char key[200];
     int rc = 0;
     snprintf(key, sizeof key, "%s.weight", name);
-    lin->w = bind(b, key, n_out, n_in, &rc);
+    if (b->pack)
+        rc = bind_packed(b, key, n_out, n_in, &lin->packed);
+    else
+        lin->w = bind(b, key, n_out, n_in, &rc);
     if (rc)
         return rc;
     snprintf(key, sizeof key, "%s.bias", name);
@@ -169,27 +249,35 @@ static const layer_tensor layer_tensors[] = {
 
 int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensors *st,
                       engine_error *err) {
+    return bert_weights_bind_as(w, cfg, st, ENGINE_QUANT_NONE, kernels_scalar(), err);
+}
+
+int bert_weights_bind_as(bert_weights *w, const model_config *cfg, const safetensors *st,
+                         engine_quantization quant, const kernel_ops *ops, engine_error *err) {
     memset(w, 0, sizeof *w);
+    w->quant = quant;
     const int is_bert = cfg->arch == ENGINE_ARCH_BERT;
-    binder b = {.w = w, .st = st, .prefix = "", .err = err};
+    binder b = {.w = w, .st = st, .prefix = "", .err = err, .q8_max = kernels_q8_for(ops)->weight_max};
     const char *base = is_bert ? "bert." : "distilbert.";
     char probe[64];
     snprintf(probe, sizeof probe, "%sembeddings.word_embeddings.weight", base);
     if (safetensors_find(st, probe))
         b.prefix = base;
     const int H = cfg->hidden, F = cfg->intermediate;
-    int rc = 0;
-    if (!(w->word = bind(&b, "embeddings.word_embeddings.weight", cfg->vocab_size, H, &rc)) ||
-        !(w->pos = bind(&b, "embeddings.position_embeddings.weight", cfg->max_position, H, &rc)))
+    int rc;
+    if ((rc = bind_table(&b, "embeddings.word_embeddings.weight", cfg->vocab_size, H, &w->word)) ||
+        (rc = bind_table(&b, "embeddings.position_embeddings.weight", cfg->max_position, H, &w->pos)))
         return rc;
-    if (is_bert && !(w->type = bind(&b, "embeddings.token_type_embeddings.weight",
-                                     cfg->type_vocab_size, H, &rc)))
+    if (is_bert && (rc = bind_table(&b, "embeddings.token_type_embeddings.weight", cfg->type_vocab_size,
+                                    H, &w->type)))
         return rc;
     if ((rc = bind_norm(&b, "embeddings.LayerNorm", H, &w->emb_norm)))
         return rc;
     w->layers = calloc((size_t)cfg->n_layers, sizeof *w->layers);
     if (!w->layers)
         return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    w->n_layers = cfg->n_layers;
+    b.pack = quant != ENGINE_QUANT_NONE;
     for (int l = 0; l < cfg->n_layers; l++) {
         char prefix[64], name[200];
         snprintf(prefix, sizeof prefix, is_bert ? "encoder.layer.%d." : "transformer.layer.%d.", l);
@@ -205,6 +293,7 @@ int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensor
                 return rc;
         }
     }
+    b.pack = 0; /* the heads stay fp32: a few rows, and the logits' last step */
     if (cfg->task != ENGINE_TASK_CLASSIFY)
         return 0;
     /* The head lives outside the encoder prefix. */
@@ -222,6 +311,12 @@ int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensor
 }
 
 void bert_weights_fini(bert_weights *w) {
+    for (int l = 0; w->layers && l < w->n_layers; l++) {
+        bert_layer *layer = &w->layers[l];
+        bert_linear *lins[] = {&layer->q, &layer->k, &layer->v, &layer->o, &layer->ff1, &layer->ff2};
+        for (size_t i = 0; i < sizeof lins / sizeof *lins; i++)
+            kernels_packed_fini(&lins[i]->packed);
+    }
     for (int i = 0; i < w->n_owned; i++)
         free(w->owned[i]);
     free(w->owned);
@@ -235,9 +330,11 @@ typedef enum stage {
     STAGE_EMBED,
     STAGE_QKV,
     STAGE_ATTEND,
+    STAGE_PREP_CTX, /* reduced precision, column split: the projection's input */
     STAGE_PROJ,
     STAGE_NORM_ATTN,
     STAGE_FF1,
+    STAGE_PREP_FF,  /* reduced precision, column split: FFN down's input */
     STAGE_FF2,
     STAGE_NORM_OUT,
 } stage;
@@ -256,7 +353,58 @@ typedef struct forward {
     int row_split;      /* linear layers split by rows (many tokens) instead of columns */
     int gemm_rows;      /* rows per linear-layer chunk when row_split */
     int h_width, f_width; /* column stages: chunk widths over hidden / intermediate */
+    int is_last_layer;
+    /* Reduced precision: the kernels, and the prepared input of the linear
+     * layer that runs next (rows of k_pad values of its input width). */
+    engine_quantization quant;
+    const kernel_q8_ops *q8;
+    const kernel_bf16_ops *bf16;
+    void *prep;           /* u8 (int8) or bf16 rows */
+    float *prep_scale;    /* int8: per row */
+    int32_t *prep_zero;   /* int8: per row */
 } forward;
+
+/* Input width k padded as the packed weights pad it. */
+static int pad_k(engine_quantization quant, int k) {
+    return quant == ENGINE_QUANT_INT8 ? (k + 3) / 4 * 4 : (k + 1) / 2 * 2;
+}
+
+/* Prepares rows [r0, r1) of `in` (rows of k floats) as the input of the next
+ * reduced-precision linear layer. */
+static void prep_rows(forward *f, const float *in, int k, int r0, int r1) {
+    const int kp = pad_k(f->quant, k);
+    if (r1 <= r0)
+        return;
+    if (f->quant == ENGINE_QUANT_INT8)
+        f->q8->quantize(in + (size_t)r0 * k, r1 - r0, k, k, (uint8_t *)f->prep + (size_t)r0 * kp, kp, kp,
+                        f->prep_scale + r0, f->prep_zero + r0);
+    else
+        f->bf16->round(in + (size_t)r0 * k, r1 - r0, k, k, (uint16_t *)f->prep + (size_t)r0 * kp, kp, kp);
+}
+
+/* out[r0:r1, n0:n1] = in[r0:r1] . W[n0:n1]^T + b, for a layer stored in any
+ * precision (in rows of lin->n_in floats; reduced precision reads the
+ * prepared rows instead). */
+static void linear(const forward *f, const bert_linear *lin, const float *in, int r0, int r1, float *out,
+                   int n0, int n1) {
+    const int k = lin->n_in, n = lin->n_out, kp = pad_k(f->quant, k);
+    if (r1 <= r0 || n1 <= n0)
+        return;
+    switch (f->quant) {
+    case ENGINE_QUANT_NONE:
+        kernels_linear(in + (size_t)r0 * k, r1 - r0, k, lin->w, lin->b, n, out + (size_t)r0 * n, n0, n1,
+                       f->ops);
+        break;
+    case ENGINE_QUANT_INT8:
+        f->q8->gemm(r1 - r0, (const uint8_t *)f->prep + (size_t)r0 * kp, kp, f->prep_scale + r0,
+                    f->prep_zero + r0, &lin->packed, n0, n1, lin->b, out + (size_t)r0 * n, n);
+        break;
+    case ENGINE_QUANT_BF16:
+        f->bf16->gemm(r1 - r0, (const uint16_t *)f->prep + (size_t)r0 * kp, kp, &lin->packed, n0, n1, lin->b,
+                      out + (size_t)r0 * n, n);
+        break;
+    }
+}
 
 static void run_attend(forward *f, int item, int thread) {
     const int H = f->cfg->hidden, n_heads = f->cfg->n_heads, d = H / n_heads;
@@ -272,6 +420,32 @@ static void run_attend(forward *f, int item, int thread) {
     f->ops->gemm_nn(L, d, L, S, L, f->v + base, H, f->ctx + base, H);
 }
 
+/* row = table[i] (add 0) or row += table[i] (add 1), widening F16 / BF16
+ * rows a piece at a time. */
+static void table_row(const forward *f, const bert_table *table, int i, int add, float *row) {
+    const size_t H = (size_t)f->cfg->hidden;
+    if (table->dtype == ST_F32) {
+        const float *src = (const float *)table->data + (size_t)i * H;
+        if (add)
+            f->ops->add(row, src, H);
+        else
+            memcpy(row, src, H * sizeof(float));
+        return;
+    }
+    const uint8_t *src = (const uint8_t *)table->data + (size_t)i * H * 2; /* 2 bytes a value */
+    float piece[256];
+    for (size_t j = 0; j < H; j += 256) {
+        const size_t n = H - j < 256 ? H - j : 256;
+        float *dst = add ? piece : row + j;
+        if (table->dtype == ST_F16)
+            kernels_f16_to_f32(src + 2 * j, dst, n);
+        else
+            kernels_bf16_to_f32(src + 2 * j, dst, n);
+        if (add)
+            f->ops->add(row + j, piece, n);
+    }
+}
+
 static void run_embed(forward *f, int r0, int r1) {
     const int H = f->cfg->hidden;
     const bert_batch *bt = f->batch;
@@ -283,13 +457,15 @@ static void run_embed(forward *f, int r0, int r1) {
             s++;
         int pos = t - bt->offsets[s];
         float *row = f->x + (size_t)t * H;
-        memcpy(row, f->w->word + (size_t)bt->ids[t] * H, (size_t)H * sizeof(float));
-        f->ops->add(row, f->w->pos + (size_t)pos * H, (size_t)H);
-        if (f->w->type)
-            f->ops->add(row, f->w->type, (size_t)H); /* token_type_ids are all 0 */
+        table_row(f, &f->w->word, bt->ids[t], 0, row);
+        table_row(f, &f->w->pos, pos, 1, row);
+        if (f->w->type.data)
+            table_row(f, &f->w->type, 0, 1, row); /* token_type_ids are all 0 */
         f->ops->layernorm(row, NULL, f->w->emb_norm.gamma, f->w->emb_norm.beta, (size_t)H,
                           f->cfg->layer_norm_eps);
     }
+    if (f->quant != ENGINE_QUANT_NONE && !f->row_split)
+        prep_rows(f, f->x, H, r0, r1); /* the first layer's QKV input */
 }
 
 static void activate(forward *f, float *y, size_t n) {
@@ -320,24 +496,33 @@ static void run_rows(forward *f, int chunk) {
     const int T = f->batch->n_tokens, H = f->cfg->hidden, F = f->cfg->intermediate;
     const bert_layer *L = f->layer;
     const int r0 = chunk * f->gemm_rows, r1 = min_int(T, r0 + f->gemm_rows), n = r1 - r0;
-    const size_t oh = (size_t)r0 * H, of = (size_t)r0 * F;
+    const size_t of = (size_t)r0 * F;
     const bert_norm *norm = NULL;
+    const int lowp = f->quant != ENGINE_QUANT_NONE;
     switch (f->stage) {
     case STAGE_QKV:
-        kernels_linear(f->x + oh, n, H, L->q.w, L->q.b, H, f->q + oh, 0, H, f->ops);
-        kernels_linear(f->x + oh, n, H, L->k.w, L->k.b, H, f->k + oh, 0, H, f->ops);
-        kernels_linear(f->x + oh, n, H, L->v.w, L->v.b, H, f->v + oh, 0, H, f->ops);
+        if (lowp)
+            prep_rows(f, f->x, H, r0, r1);
+        linear(f, &L->q, f->x, r0, r1, f->q, 0, H);
+        linear(f, &L->k, f->x, r0, r1, f->k, 0, H);
+        linear(f, &L->v, f->x, r0, r1, f->v, 0, H);
         return;
     case STAGE_PROJ:
-        kernels_linear(f->ctx + oh, n, H, L->o.w, L->o.b, H, f->tmp + oh, 0, H, f->ops);
+        if (lowp)
+            prep_rows(f, f->ctx, H, r0, r1);
+        linear(f, &L->o, f->ctx, r0, r1, f->tmp, 0, H);
         norm = &L->attn_norm;
         break;
     case STAGE_FF1:
-        kernels_linear(f->x + oh, n, H, L->ff1.w, L->ff1.b, F, f->ff + of, 0, F, f->ops);
+        if (lowp)
+            prep_rows(f, f->x, H, r0, r1);
+        linear(f, &L->ff1, f->x, r0, r1, f->ff, 0, F);
         activate(f, f->ff + of, (size_t)n * F);
         return;
     case STAGE_FF2:
-        kernels_linear(f->ff + of, n, F, L->ff2.w, L->ff2.b, H, f->tmp + oh, 0, H, f->ops);
+        if (lowp)
+            prep_rows(f, f->ff, F, r0, r1);
+        linear(f, &L->ff2, f->ff, r0, r1, f->tmp, 0, H);
         norm = &L->out_norm;
         break;
     default:
@@ -367,14 +552,17 @@ static void run_chunk(void *arg, int chunk, int thread) {
         const bert_linear *lin = m == 0 ? &L->q : m == 1 ? &L->k : &L->v;
         float *out = m == 0 ? f->q : m == 1 ? f->k : f->v;
         const int c0 = (chunk % per) * f->h_width;
-        kernels_linear(f->x, T, H, lin->w, lin->b, H, out, c0, min_int(H, c0 + f->h_width), f->ops);
+        linear(f, lin, f->x, 0, T, out, c0, min_int(H, c0 + f->h_width));
         break;
     }
     case STAGE_ATTEND:
         run_attend(f, chunk, thread);
         break;
+    case STAGE_PREP_CTX:
+        prep_rows(f, f->ctx, H, r0, r1);
+        break;
     case STAGE_PROJ:
-        kernels_linear(f->ctx, T, H, L->o.w, L->o.b, H, f->tmp, h0, h1, f->ops);
+        linear(f, &L->o, f->ctx, 0, T, f->tmp, h0, h1);
         break;
     case STAGE_NORM_ATTN:
     case STAGE_NORM_OUT: {
@@ -382,17 +570,23 @@ static void run_chunk(void *arg, int chunk, int thread) {
         for (int t = r0; t < r1; t++)
             f->ops->layernorm(f->tmp + (size_t)t * H, f->x + (size_t)t * H, norm->gamma, norm->beta,
                               (size_t)H, f->cfg->layer_norm_eps);
+        /* tmp becomes x: FFN up's input, or the next layer's QKV input */
+        if (f->quant != ENGINE_QUANT_NONE && (f->stage == STAGE_NORM_ATTN || !f->is_last_layer))
+            prep_rows(f, f->tmp, H, r0, r1);
         break;
     }
     case STAGE_FF1: {
         const int c0 = chunk * f->f_width, c1 = min_int(F, c0 + f->f_width);
-        kernels_linear(f->x, T, H, L->ff1.w, L->ff1.b, F, f->ff, c0, c1, f->ops);
+        linear(f, &L->ff1, f->x, 0, T, f->ff, c0, c1);
         for (int t = 0; t < T; t++)
             activate(f, f->ff + (size_t)t * F + c0, (size_t)(c1 - c0));
         break;
     }
+    case STAGE_PREP_FF:
+        prep_rows(f, f->ff, F, r0, r1);
+        break;
     case STAGE_FF2:
-        kernels_linear(f->ff, T, F, L->ff2.w, L->ff2.b, H, f->tmp, h0, h1, f->ops);
+        linear(f, &L->ff2, f->ff, 0, T, f->tmp, h0, h1);
         break;
     }
 }
@@ -401,6 +595,11 @@ static void run(forward *f, threadpool *pool, stage s) {
     const int T = f->batch->n_tokens, H = f->cfg->hidden, F = f->cfg->intermediate;
     int n_chunks = 0;
     switch (s) {
+    case STAGE_PREP_CTX:
+    case STAGE_PREP_FF:
+        if (f->quant == ENGINE_QUANT_NONE || f->row_split)
+            return; /* nothing to prepare, or each row chunk prepares its own */
+        /* fall through */
     case STAGE_EMBED:
     case STAGE_NORM_ATTN:
     case STAGE_NORM_OUT:
@@ -460,6 +659,20 @@ size_t bert_scratch_floats(const model_config *cfg, const bert_batch *batch, int
            (size_t)n_threads * ((L * L + 15) / 16 * 16);
 }
 
+/* The prepared inputs: rows of the wider input (hidden or intermediate),
+ * padded, in bytes; then per-row scales and zero points for int8. */
+static size_t prep_bytes(engine_quantization quant, const model_config *cfg, size_t T) {
+    const int kp = pad_k(quant, cfg->hidden > cfg->intermediate ? cfg->hidden : cfg->intermediate);
+    return (T * (size_t)kp * (quant == ENGINE_QUANT_INT8 ? 1 : 2) + 63) / 64 * 64;
+}
+
+size_t bert_scratch_lowp_floats(const bert_weights *w, const model_config *cfg, const bert_batch *batch) {
+    if (w->quant == ENGINE_QUANT_NONE)
+        return 0;
+    const size_t T = (size_t)batch->n_tokens, per_row = (T + 15) / 16 * 16;
+    return prep_bytes(w->quant, cfg, T) / sizeof(float) + (w->quant == ENGINE_QUANT_INT8 ? 2 * per_row : 0);
+}
+
 void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
                  threadpool *pool, const kernel_ops *ops, float *hidden, float *scratch) {
     const size_t T = (size_t)batch->n_tokens, H = (size_t)cfg->hidden, F = (size_t)cfg->intermediate;
@@ -485,16 +698,32 @@ void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batc
     f.tmp = f.ctx + th;
     f.ff = f.tmp + th;
     f.scores = f.ff + tf;
+    f.quant = w->quant;
+    if (f.quant != ENGINE_QUANT_NONE) {
+        f.q8 = kernels_q8_for(ops);
+        /* Weights packed for 8-bit kernels would saturate 7-bit ones (plain
+         * AVX2): such a mix, which engine.c never makes, runs on the
+         * reference. */
+        if (f.quant == ENGINE_QUANT_INT8 && w->layers[0].q.packed.qmax > f.q8->weight_max)
+            f.q8 = kernels_q8_scalar();
+        f.bf16 = kernels_bf16_for(ops);
+        f.prep = scratch + bert_scratch_floats(cfg, batch, n_threads);
+        f.prep_scale = (float *)((char *)f.prep + prep_bytes(f.quant, cfg, T));
+        f.prep_zero = (int32_t *)(f.prep_scale + (T + 15) / 16 * 16);
+    }
 
     run(&f, pool, STAGE_EMBED);
     for (int l = 0; l < cfg->n_layers; l++) {
         f.layer = &w->layers[l];
+        f.is_last_layer = l == cfg->n_layers - 1;
         run(&f, pool, STAGE_QKV);
         run(&f, pool, STAGE_ATTEND);
+        run(&f, pool, STAGE_PREP_CTX);
         run(&f, pool, STAGE_PROJ);
         run(&f, pool, STAGE_NORM_ATTN); /* tmp = LN(tmp + x) */
         swap(&f.x, &f.tmp);
         run(&f, pool, STAGE_FF1);
+        run(&f, pool, STAGE_PREP_FF);
         run(&f, pool, STAGE_FF2);
         run(&f, pool, STAGE_NORM_OUT);
         swap(&f.x, &f.tmp);

@@ -14,6 +14,14 @@
  * Weights are borrowed (the mmap, or buffers the model owns); the forward
  * writes only to the scratch it is given, so any number of forwards may
  * run at once on one bert_weights, each with its own pool.
+ *
+ * Reduced precision (bert_weights_bind_as with ENGINE_QUANT_INT8 or _BF16):
+ * the six linear layers of every encoder layer are packed at load
+ * (kernels.h) and the F32 pages they came from are given back; the input
+ * of each is quantised (int8) or rounded (bf16) once per layer, by rows,
+ * into scratch. Embedding tables stored as F16 or BF16 are read in place
+ * and widened a row at a time. Attention, softmax, LayerNorm, GELU, the
+ * biases and the heads (pooler / pre_classifier, classifier) stay fp32.
  */
 #ifndef AISERVE_BERT_H
 #define AISERVE_BERT_H
@@ -26,10 +34,17 @@
 #include "threadpool.h"
 
 typedef struct bert_linear {
-    const float *w; /* n_out x n_in, row-major (PyTorch's nn.Linear layout) */
-    const float *b; /* n_out */
+    const float *w;       /* n_out x n_in, row-major (PyTorch's nn.Linear layout); NULL when packed */
+    kernel_packed packed; /* the int8 or bf16 weight when bert_weights.quant says so; owned */
+    const float *b;       /* n_out */
     int n_out, n_in;
 } bert_linear;
+
+/* An embedding table in its stored precision: rows of `hidden` values. */
+typedef struct bert_table {
+    const void *data;
+    safetensors_dtype dtype; /* ST_F32, or ST_F16 / ST_BF16 read in place (reduced precision) */
+} bert_table;
 
 typedef struct bert_norm {
     const float *gamma, *beta;
@@ -43,14 +58,17 @@ typedef struct bert_layer {
 } bert_layer;
 
 typedef struct bert_weights {
-    const float *word, *pos, *type; /* type is NULL for DistilBERT */
+    bert_table word, pos, type;     /* type.data is NULL for DistilBERT */
     bert_norm emb_norm;
-    bert_layer *layers;             /* owned */
+    bert_layer *layers;             /* owned, n_layers of them */
+    int n_layers;
     bert_linear pre;                /* pooler (BERT) or pre_classifier (DistilBERT) */
     bert_linear classifier;
     void **owned;                   /* widened F16/BF16 or realigned tensors */
     int n_owned, cap_owned;
     int dtype_mask;                 /* 1 << safetensors_dtype of every tensor used */
+    engine_quantization quant;      /* how the encoder's linear layers are stored */
+    uint64_t memory_bytes;          /* bytes the weights occupy as used (in place or converted) */
 } bert_weights;
 
 /* Finds and checks every tensor the config needs (names with or without the
@@ -60,6 +78,12 @@ typedef struct bert_weights {
  * needed. */
 int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensors *st,
                       engine_error *err);
+/* bert_weights_bind with the encoder's linear layers stored as `quant`
+ * asks (ENGINE_QUANT_NONE: the same as bert_weights_bind), int8 packed for
+ * the kernels that go with `ops` (kernels_q8_for: 7-bit weights for plain
+ * AVX2), which bert_encode should then be given. */
+int bert_weights_bind_as(bert_weights *w, const model_config *cfg, const safetensors *st,
+                         engine_quantization quant, const kernel_ops *ops, engine_error *err);
 void bert_weights_fini(bert_weights *w);
 
 typedef struct bert_batch {
@@ -68,12 +92,18 @@ typedef struct bert_batch {
     int n_seqs, n_tokens;
 } bert_batch;
 
-/* Floats of scratch bert_encode needs for this batch on n_threads. */
+/* Floats of scratch bert_encode needs for this batch on n_threads with fp32
+ * weights. */
 size_t bert_scratch_floats(const model_config *cfg, const bert_batch *batch, int n_threads);
+/* Floats of scratch reduced-precision weights need on top (the quantised or
+ * rounded inputs of the linear layers); 0 for fp32 weights. */
+size_t bert_scratch_lowp_floats(const bert_weights *w, const model_config *cfg, const bert_batch *batch);
 
 /* Runs the encoder: writes the last hidden states (n_tokens x hidden) to
- * `hidden`, using `scratch` (bert_scratch_floats floats, 64-byte aligned,
- * not overlapping hidden). Cannot fail. */
+ * `hidden`, using `scratch` (bert_scratch_floats + bert_scratch_lowp_floats
+ * floats, 64-byte aligned, not overlapping hidden). Reduced-precision
+ * weights run on the kernels that go with `ops` (kernels_q8_for,
+ * kernels_bf16_for). Cannot fail. */
 void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
                  threadpool *pool, const kernel_ops *ops, float *hidden, float *scratch);
 

@@ -41,7 +41,66 @@ struct engine_model {
     size_t scratch_bytes;
     const kernel_ops *ops;
     engine_model_info info;
+    char quant_note[256];     /* info.quantization_note's text */
 };
+
+const char *engine_quantization_name(engine_quantization q) {
+    switch (q) {
+    case ENGINE_QUANT_NONE:
+        return "none";
+    case ENGINE_QUANT_BF16:
+        return "bf16";
+    case ENGINE_QUANT_INT8:
+        return "int8";
+    }
+    return "?";
+}
+
+int engine_quantization_parse(const char *name, engine_quantization *out, engine_error *err) {
+    static const engine_quantization all[] = {ENGINE_QUANT_NONE, ENGINE_QUANT_BF16, ENGINE_QUANT_INT8};
+    for (size_t i = 0; name && i < sizeof all / sizeof *all; i++)
+        if (strcmp(name, engine_quantization_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    return engine_error_set(err, ENGINE_EARG, "quantization '%s' is not one of none, bf16, int8",
+                            name ? name : "(null)");
+}
+
+/* What runs when `asked` is asked for on the kernels `ops`; fills m's note
+ * when that is not plainly what was asked. */
+static engine_quantization choose_quantization(engine_model *m, engine_quantization asked) {
+    const kernel_ops *ops = m->ops;
+    m->info.kernels = ops->name;
+    if (asked == ENGINE_QUANT_NONE)
+        return asked;
+    if (ops == kernels_scalar()) {
+        /* The scalar references are for tests: on a CPU without AVX2
+         * OpenBLAS's fp32 is much faster than they are. */
+        snprintf(m->quant_note, sizeof m->quant_note,
+                 "quantization %s needs AVX2 (kernels here: %s); running fp32 (none) instead",
+                 engine_quantization_name(asked), ops->name);
+        return ENGINE_QUANT_NONE;
+    }
+    if (asked == ENGINE_QUANT_INT8) {
+        const kernel_q8_ops *q8 = kernels_q8_for(ops);
+        m->info.kernels = q8->name;
+        if (q8->weight_max < 127)
+            snprintf(m->quant_note, sizeof m->quant_note,
+                     "quantization int8: this CPU has no VNNI; weights are quantised to 7 bits for AVX2 "
+                     "(%s), slightly less accurate than with VNNI",
+                     q8->name);
+        return asked;
+    }
+    const kernel_bf16_ops *bf16 = kernels_bf16_for(ops);
+    m->info.kernels = bf16->name;
+    if (bf16 != kernels_bf16_avx512())
+        snprintf(m->quant_note, sizeof m->quant_note,
+                 "quantization bf16: this CPU has no AVX512-BF16; bf16 weights are widened to fp32 "
+                 "in the products (%s): half the memory, about fp32's speed",
+                 bf16->name);
+    return asked;
+}
 
 static int file_exists(const char *path) {
     struct stat sb;
@@ -75,6 +134,9 @@ static void fill_info(engine_model *m) {
         info->n_params += t->n_elems;
         info->weight_bytes += t->n_bytes;
     }
+    info->weight_memory_bytes = m->weights.memory_bytes;
+    info->quantization = m->weights.quant;
+    info->quantization_note = m->quant_note[0] ? m->quant_note : NULL;
 }
 
 int engine_model_load(const char *dir, const engine_options *opts, engine_model **out,
@@ -134,7 +196,9 @@ int engine_model_load(const char *dir, const engine_options *opts, engine_model 
     }
     if ((rc = safetensors_open(path, &m->weights_file, err)))
         goto fail;
-    if ((rc = bert_weights_bind(&m->weights, &m->cfg, m->weights_file, err)))
+    m->ops = kernels_best();
+    const engine_quantization quant = choose_quantization(m, opts ? opts->quantization : ENGINE_QUANT_NONE);
+    if ((rc = bert_weights_bind_as(&m->weights, &m->cfg, m->weights_file, quant, m->ops, err)))
         goto fail;
 
     m->pool = threadpool_create(opts && opts->n_threads > 0 ? opts->n_threads : 1);
@@ -142,7 +206,6 @@ int engine_model_load(const char *dir, const engine_options *opts, engine_model 
         rc = engine_error_set(err, ENGINE_ENOMEM, "cannot start compute threads");
         goto fail;
     }
-    m->ops = kernels_best();
     fill_info(m);
     *out = m;
     return 0;
@@ -310,7 +373,8 @@ static int run_batch(engine_model *m, const char *const *texts, const size_t *le
     if (stats)
         stats->n_tokens = (size_t)batch.n_tokens;
     const size_t hidden_floats = ((size_t)batch.n_tokens * m->cfg.hidden + 15) / 16 * 16;
-    const size_t work_floats = bert_scratch_floats(&m->cfg, &batch, threadpool_size(m->pool));
+    const size_t work_floats = bert_scratch_floats(&m->cfg, &batch, threadpool_size(m->pool)) +
+                               bert_scratch_lowp_floats(&m->weights, &m->cfg, &batch);
     pthread_mutex_lock(&m->run_lock);
     rc = reserve_scratch(m, (hidden_floats + work_floats) * sizeof(float), err);
     if (!rc) {

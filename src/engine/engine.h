@@ -10,6 +10,8 @@
  *  - A loaded model (engine_model) is read-only after engine_model_load
  *    returns. F32 weights are used in place from a read-only mmap of the
  *    safetensors file; F16/BF16 weights are widened to F32 once, at load.
+ *    engine_options.quantization may store the encoder's linear layers as
+ *    int8 or bf16 instead (engine_quantization below).
  *  - Every call packs a batch of texts of different lengths into one token
  *    matrix (no padding); attention is computed per sequence.
  *  - The model owns one compute thread pool of n_threads threads (the
@@ -74,8 +76,41 @@ typedef enum engine_pooling {
     ENGINE_POOL_CLS = 1,  /* hidden state of [CLS] */
 } engine_pooling;
 
+/* How the encoder's linear layers (attention Q, K, V, output; FFN up and
+ * down) are stored and multiplied. Everything else (embeddings' sums,
+ * attention scores and softmax, LayerNorm, GELU, biases, the classifier
+ * heads) stays fp32 in every mode. docs/engine.md ("Reduced precision")
+ * has the measured accuracy and speed of each.
+ *  - NONE: fp32, as transformers computes (1e-4 on logits). The default.
+ *  - BF16: weights rounded to bf16 at load (BF16 checkpoints taken as they
+ *    are; half the memory of fp32); each layer's input rounded to bf16;
+ *    products accumulated in fp32 (AVX512-BF16 vdpbf16ps; on CPUs without
+ *    it the bf16 weights are widened to fp32 in registers: same results,
+ *    about fp32's speed).
+ *  - INT8: dynamic quantisation, as ONNX Runtime's and PyTorch's: weights
+ *    int8, symmetric per output channel, quantised at load (a quarter of
+ *    fp32's memory); each layer's input quantised per token to u8 with its
+ *    own scale and zero point at run time; int32 accumulation (AVX512-VNNI,
+ *    AVX-VNNI, or AVX2 with 7-bit weights as ONNX Runtime's reduce_range,
+ *    with a note).
+ * A mode the CPU cannot run well falls back (engine_model_info says what
+ * runs and why): int8 and bf16 need AVX2 at least, else the model loads
+ * as NONE. */
+typedef enum engine_quantization {
+    ENGINE_QUANT_NONE = 0,
+    ENGINE_QUANT_BF16 = 1,
+    ENGINE_QUANT_INT8 = 2,
+} engine_quantization;
+
+/* "none", "bf16", "int8"; "?" for a value outside the enum. */
+const char *engine_quantization_name(engine_quantization q);
+/* Parses one of those names into *out: 0, or ENGINE_EARG (err says which
+ * names there are) for anything else. */
+int engine_quantization_parse(const char *name, engine_quantization *out, engine_error *err);
+
 typedef struct engine_options {
     int n_threads; /* compute threads including the caller; <= 0 means 1 */
+    engine_quantization quantization; /* asked for; ENGINE_QUANT_NONE (0) by default */
 } engine_options;
 
 /* What a loaded model is; strings borrowed from the model, valid until
@@ -93,6 +128,13 @@ typedef struct engine_model_info {
     int do_lower_case;
     uint64_t n_params;
     uint64_t weight_bytes;    /* bytes of weights on disk */
+    uint64_t weight_memory_bytes; /* bytes the weights occupy as the engine uses them: F32 in place
+                                   * from the mapping, widened F16/BF16, packed int8/bf16 layers
+                                   * (whose F32 pages are given back) */
+    engine_quantization quantization; /* what runs, after any fallback */
+    const char *kernels;      /* kernels of the linear layers, e.g. "avx512", "avx512-vnni" */
+    const char *quantization_note; /* NULL, or one line for the log: why the mode asked for was
+                                    * changed or runs on a slower path */
 } engine_model_info;
 
 typedef struct engine_model engine_model;
