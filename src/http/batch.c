@@ -1,12 +1,14 @@
 /*
  * batch.c - the batch job endpoints: the seed's POST /batch_predict and
- * GET /batch_result/{task_id}, and POST /v1/batch, GET /v1/batch/{id},
+ * GET /batch_result/{task_id}, and POST /v1/batch, GET /v1/batch (the
+ * caller's jobs, newest first, in pages), GET /v1/batch/{id},
  * GET /v1/batch/{id}/results, DELETE /v1/batch/{id} (docs/batch.md). Jobs
  * live in the jobs module (jobs.h); this file parses, checks and answers.
  *
  *  - Every endpoint needs the `batch` scope; a job belongs to the API key
  *    that made it (the key's name; "" without keys), and another key's job
- *    is 404, never its results.
+ *    is 404, never its results; GET /v1/batch lists the caller's jobs only
+ *    (both kinds), and an `after` that is not one of them is 422.
  *  - Inputs get /predict's checks (strings, not blank, within
  *    limits.max_text_length); an invalid job is refused whole (422) and
  *    nothing is stored.
@@ -28,9 +30,6 @@
 #include <event2/keyvalq_struct.h>
 
 #include "http_int.h"
-
-#define RESULTS_PAGE_DEFAULT 1000
-#define RESULTS_PAGE_MAX 10000
 
 static jobs *jobs_of(http_call *call) { return call->loop->server->opts.jobs; }
 
@@ -244,28 +243,27 @@ static json_t *result_json(labeler *l, const jobs_result *r, int brief) {
     return o;
 }
 
-static size_t query_size(http_call *call, const char *name, size_t dflt, int *bad) {
+/* The request's query parameters, into params (the caller clears them
+ * with evhttp_clear_headers): 0, or -1 when the query is not name=value
+ * pairs. */
+static int query_parse(http_call *call, struct evkeyvalq *params) {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(call->req);
     const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
-    if (!q)
+    return evhttp_parse_query_str(q ? q : "", params) != 0 ? -1 : 0; /* "": none, and params made empty */
+}
+
+/* A whole number parameter, dflt when absent; sets *bad when it is not one. */
+static size_t query_size(const struct evkeyvalq *params, const char *name, size_t dflt, int *bad) {
+    const char *v = evhttp_find_header(params, name);
+    if (!v)
         return dflt;
-    struct evkeyvalq params;
-    if (evhttp_parse_query_str(q, &params) != 0) {
+    char *end;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (!*v || *end || v[0] == '-' || x > (1ull << 40)) {
         *bad = 1;
         return dflt;
     }
-    const char *v = evhttp_find_header(&params, name);
-    size_t out = dflt;
-    if (v) {
-        char *end;
-        unsigned long long x = strtoull(v, &end, 10);
-        if (!*v || *end || v[0] == '-' || x > (1ull << 40))
-            *bad = 1;
-        else
-            out = (size_t)x;
-    }
-    evhttp_clear_headers(&params);
-    return out;
+    return (size_t)x;
 }
 
 /* ---- handlers --------------------------------------------------------------- */
@@ -296,6 +294,7 @@ static void on_answered(http_call *call) {
     call->posted_state = NULL;
     p->answer(call, p);
     free(p->req.results);
+    free(p->req.jobs);
     http_inputs_free(&p->in);
     free(p);
 }
@@ -459,13 +458,15 @@ static void answer_results(http_call *call, pending *p) {
 }
 
 static void v1_results(http_call *call, const char *id) {
-    int bad = 0;
-    size_t offset = query_size(call, "offset", 0, &bad);
-    size_t limit = query_size(call, "limit", RESULTS_PAGE_DEFAULT, &bad);
+    struct evkeyvalq params;
+    int bad = query_parse(call, &params);
+    size_t offset = query_size(&params, "offset", 0, &bad);
+    size_t limit = query_size(&params, "limit", HTTP_RESULTS_PAGE_DEFAULT, &bad);
+    evhttp_clear_headers(&params);
     int jsonl = is_jsonl(http_header(call, "Accept"));
-    if (bad || (!jsonl && (limit < 1 || limit > RESULTS_PAGE_MAX))) {
+    if (bad || (!jsonl && (limit < 1 || limit > HTTP_RESULTS_PAGE_MAX))) {
         http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
-                         "offset must be a whole number and limit one from 1 to %d", RESULTS_PAGE_MAX);
+                         "offset must be a whole number and limit one from 1 to %d", HTTP_RESULTS_PAGE_MAX);
         return;
     }
     pending *p = pending_new(call, JOBS_OP_RESULTS, id, answer_results);
@@ -498,13 +499,72 @@ static void ask_about(http_call *call, jobs_op op, const char *id, answer_fn *an
         ask(call, p);
 }
 
-/* The job id of the path: "" unless it looks like one (then 404). */
-static const char *path_id(http_call *call) {
-    const char *id = call->params.id;
+/* Whether id could be a job id: [a-z0-9_], shorter than JOBS_ID_MAX. */
+static int job_id_like(const char *id) {
     for (const char *c = id; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_') || c - id >= JOBS_ID_MAX - 1)
-            return "";
-    return id;
+            return 0;
+    return 1;
+}
+
+/* The job id of the path: "" unless it looks like one (then 404). */
+static const char *path_id(http_call *call) { return job_id_like(call->params.id) ? call->params.id : ""; }
+
+/* An `after` that is not one of the caller's jobs. */
+static void reply_bad_after(http_call *call) {
+    http_reply_error(call, HTTP_ERR_INVALID_REQUEST,
+                     "after must be the id of one of your batch jobs (this one is unknown, another key's, or "
+                     "deleted by retention)");
+}
+
+static void answer_list(http_call *call, pending *p) {
+    if (p->req.status == JOBS_ENOTFOUND) { /* the after job */
+        reply_bad_after(call);
+        return;
+    }
+    if (p->req.status != JOBS_OK) {
+        reply_jobs_error(call, p->req.status, p->req.error);
+        return;
+    }
+    size_t n = p->req.n_jobs;
+    json_t *data = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(data, job_json(&p->req.jobs[i]));
+    http_reply_json(call, 200,
+                    json_pack("{s:s, s:o, s:o, s:o, s:b}", "object", "list", "data", data, "first_id",
+                              n ? json_string(p->req.jobs[0].id) : json_null(), "last_id",
+                              n ? json_string(p->req.jobs[n - 1].id) : json_null(), "has_more", p->req.more));
+}
+
+/* GET /v1/batch?limit=&after=: the caller's jobs, newest first. */
+static void list_jobs(http_call *call) {
+    struct evkeyvalq params;
+    int unparsed = query_parse(call, &params), bad = 0;
+    size_t limit = query_size(&params, "limit", HTTP_JOBS_PAGE_DEFAULT, &bad);
+    const char *v = evhttp_find_header(&params, "after");
+    char after[JOBS_ID_MAX] = "";
+    int after_ok = !v || job_id_like(v);
+    if (v && after_ok)
+        http_copy(after, sizeof after, v);
+    evhttp_clear_headers(&params);
+    if (unparsed) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "the query must be name=value pairs (limit, after)");
+        return;
+    }
+    if (bad || limit < 1 || limit > HTTP_JOBS_PAGE_MAX) {
+        http_reply_error(call, HTTP_ERR_INVALID_REQUEST, "limit must be a whole number from 1 to %d",
+                         HTTP_JOBS_PAGE_MAX);
+        return;
+    }
+    if (!after_ok) {
+        reply_bad_after(call);
+        return;
+    }
+    pending *p = pending_new(call, JOBS_OP_LIST, after, answer_list);
+    if (!p)
+        return;
+    p->req.limit = limit;
+    ask(call, p);
 }
 
 /* 0 when batch jobs are on; else answers 503. */
@@ -528,6 +588,11 @@ void http_batch_submit(http_call *call) {
 void http_batch_seed_result(http_call *call) {
     if (!disabled(call))
         ask_about(call, JOBS_OP_GET, path_id(call), answer_seed_status);
+}
+
+void http_batch_list(http_call *call) {
+    if (!disabled(call))
+        list_jobs(call);
 }
 
 void http_batch_get(http_call *call) {

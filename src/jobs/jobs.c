@@ -18,6 +18,8 @@
  *    200 ms).
  *  - Retention: finished jobs older than retention_us are deleted with their
  *    inputs and results, from the worker, at most once a second.
+ *  - Listing: an owner's jobs newest first by rowid (the order they were
+ *    stored), through the index jobs_by_owner; `after` is a job's rowid.
  *
  * Threads: as jobs.h says. The worker is the only writer of results and of
  * `done`; the API writes new jobs and cancellations.
@@ -59,6 +61,10 @@ static const char schema[] =
     "  created_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0,"
     "  finished_ms INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '');"
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_ms);"
+    /* An owner's jobs in the order they were stored (an index's entries end
+     * with the rowid): jobs_list's pages. Databases from before it gain it
+     * at open. */
+    "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner);"
     "CREATE TABLE IF NOT EXISTS inputs (job TEXT NOT NULL, idx INTEGER NOT NULL, text TEXT NOT NULL,"
     "  PRIMARY KEY (job, idx)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS results (job TEXT NOT NULL, idx INTEGER NOT NULL, label INTEGER NOT NULL,"
@@ -392,6 +398,89 @@ static int conn_get(jobs *j, jobs_conn *c, const char *id, const char *owner, jo
     return rc;
 }
 
+/* Appends a row to a growing array of jobs (*out, *n); false when out of
+ * memory. */
+static bool append_info(sqlite3_stmt *st, jobs_info **out, size_t *n, size_t *cap) {
+    if (*n == *cap) {
+        size_t more = *cap ? 2 * *cap : 16;
+        jobs_info *grown = realloc(*out, more * sizeof *grown);
+        if (!grown)
+            return false;
+        *out = grown;
+        *cap = more;
+    }
+    info_from_row(st, &(*out)[(*n)++]);
+    return true;
+}
+
+/* SQLite's jobs_list: an owner's jobs by rowid, which grows with every job
+ * stored (a deleted largest one's rowid comes back, still above the rest). */
+static int sqlite_list(sqlite3 *db, const char *owner, const char *after, size_t limit, jobs_info **out,
+                       size_t *n, bool *more, char *err, size_t cap) {
+    sqlite3_stmt *st = NULL;
+    sqlite3_int64 below = INT64_MAX;
+    int rc = JOBS_OK;
+    if (*after) {
+        if (sqlite3_prepare_v2(db, "SELECT rowid FROM jobs WHERE id = ?1 AND owner = ?2", -1, &st, NULL) !=
+            SQLITE_OK)
+            return DB_FAIL(db);
+        sqlite3_bind_text(st, 1, after, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW)
+            below = sqlite3_column_int64(st, 0);
+        else if (s == SQLITE_DONE)
+            rc = JOBS_ENOTFOUND, snprintf(err, cap, "no job %s of this owner", after);
+        else
+            rc = DB_FAIL(db);
+        sqlite3_finalize(st);
+        if (rc != JOBS_OK)
+            return rc;
+    }
+    if (sqlite3_prepare_v2(db,
+                           "SELECT " INFO_COLUMNS " FROM jobs WHERE owner = ?1 AND rowid < ?2 "
+                           "ORDER BY rowid DESC LIMIT ?3",
+                           -1, &st, NULL) != SQLITE_OK)
+        return DB_FAIL(db);
+    sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, below);
+    sqlite3_bind_int64(st, 3, limit < (size_t)INT64_MAX ? (sqlite3_int64)limit + 1 : INT64_MAX); /* one more: *more */
+    size_t room = 0;
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == limit) {
+            *more = true;
+            continue;
+        }
+        if (!append_info(st, out, n, &room)) {
+            rc = JOBS_ENOMEM, snprintf(err, cap, "out of memory");
+            break;
+        }
+    }
+    if (rc == JOBS_OK && s != SQLITE_DONE)
+        rc = DB_FAIL(db);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int conn_list(jobs *j, jobs_conn *c, const char *owner, const char *after, size_t limit, jobs_info **out,
+                     size_t *n, bool *more, char *err, size_t cap) {
+    *out = NULL;
+    *n = 0;
+    *more = false;
+    if (limit == 0)
+        return snprintf(err, cap, "a page holds at least one job"), JOBS_EINVAL;
+    int rc = j->redis ? rjobs_list(j, c->link, owner ? owner : "", after ? after : "", limit, out, n, more, err, cap)
+                      : sqlite_list(c->db, owner ? owner : "", after ? after : "", limit, out, n, more, err, cap);
+    if (rc != JOBS_OK) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+        *more = false;
+    }
+    return rc;
+}
+
 static int sqlite_results(sqlite3 *db, const char *id, size_t offset, size_t limit, jobs_result *r, char *err,
                           size_t cap) {
     sqlite3_stmt *st = NULL;
@@ -507,6 +596,15 @@ int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size
     return rc;
 }
 
+int jobs_list(jobs *j, const char *owner, const char *after, size_t limit, jobs_info **out, size_t *n,
+              bool *more) {
+    char err[256];
+    pthread_mutex_lock(&j->api_lock);
+    int rc = conn_list(j, &j->api, owner, after, limit, out, n, more, err, sizeof err);
+    pthread_mutex_unlock(&j->api_lock);
+    return rc;
+}
+
 int jobs_cancel(jobs *j, const char *id, const char *owner) {
     char err[256];
     pthread_mutex_lock(&j->api_lock);
@@ -531,6 +629,9 @@ static void run_request(jobs *j, jobs_conn *c, jobs_req *r) {
     r->error[0] = 0;
     r->results = NULL;
     r->n_results = 0;
+    r->jobs = NULL;
+    r->n_jobs = 0;
+    r->more = false;
     char *err = r->error;
     size_t cap = sizeof r->error;
     switch (r->op) {
@@ -555,6 +656,9 @@ static void run_request(jobs *j, jobs_conn *c, jobs_req *r) {
         r->status = conn_cancel(j, c, r->id, r->owner, err, cap);
         if (r->status == JOBS_OK)
             r->status = conn_get(j, c, r->id, r->owner, &r->info, err, cap);
+        break;
+    case JOBS_OP_LIST:
+        r->status = conn_list(j, c, r->owner, r->id, r->limit, &r->jobs, &r->n_jobs, &r->more, err, cap);
         break;
     default:
         r->status = JOBS_EINVAL;
@@ -968,6 +1072,9 @@ static void refuse_queued(jobs_queue *q) {
         r->status = JOBS_EUNAVAILABLE;
         r->results = NULL;
         r->n_results = 0;
+        r->jobs = NULL;
+        r->n_jobs = 0;
+        r->more = false;
         snprintf(r->error, sizeof r->error, "the batch job system is shutting down");
         r->cb(r);
     }

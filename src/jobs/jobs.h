@@ -19,7 +19,8 @@
  *    inputs to its second version (the result then records that version,
  *    and the label id is that version's), and the model's shadow gets its
  *    share of chunks.
- *  - Jobs of other owners do not exist for a caller (JOBS_ENOTFOUND).
+ *  - Jobs of other owners do not exist for a caller (JOBS_ENOTFOUND), and
+ *    are never listed (jobs_list: an owner's jobs, newest first, in pages).
  *
  * Two stores, one behaviour:
  *
@@ -27,7 +28,8 @@
  *    instance: jobs(id, owner, model, version, status, total, done, ...),
  *    inputs(job, idx, text), results(job, idx, label, confidence, version)
  *    (a database from before results had a version gains the column at
- *    open, 0 in old rows).
+ *    open, 0 in old rows; one from before listing gains the index on
+ *    owner).
  *    Submitting writes the job and every input in one transaction: a job
  *    that is visible is whole. The worker computes a chunk (chunk_size
  *    inputs from `done`), then writes its results and advances `done` in
@@ -158,6 +160,17 @@ typedef struct jobs_result {
 int jobs_results(jobs *j, const char *id, const char *owner, size_t offset, size_t limit, jobs_result **out,
                  size_t *n);
 
+/* A page of the jobs owner owns, newest first (in the order the store
+ * accepted them): up to limit (>= 1) jobs, those accepted before `after`
+ * when it is a job id (NULL or "": from the newest), into a malloc'd array
+ * (*out, *n; caller frees; NULL when none), and *more: whether older jobs
+ * follow. Every kind of job is listed (the seed's too). Jobs another owner
+ * owns, or that retention deleted, are never listed. JOBS_OK,
+ * JOBS_ENOTFOUND (`after` is not a job owner owns), JOBS_EINVAL (limit 0),
+ * JOBS_EDB, JOBS_EUNAVAILABLE. */
+int jobs_list(jobs *j, const char *owner, const char *after, size_t limit, jobs_info **out, size_t *n,
+              bool *more);
+
 /* Cancels a queued or running job: JOBS_OK, JOBS_EFINISHED (it already
  * ended; nothing changes), JOBS_ENOTFOUND, JOBS_EDB. The worker stops at
  * its next chunk; results computed so far are kept. */
@@ -171,7 +184,7 @@ const char *jobs_store_name(const jobs *j); /* "sqlite" or "redis" */
 
 /* ---- the same, for event loops ------------------------------------------- */
 
-typedef enum jobs_op { JOBS_OP_SUBMIT, JOBS_OP_GET, JOBS_OP_RESULTS, JOBS_OP_CANCEL } jobs_op;
+typedef enum jobs_op { JOBS_OP_SUBMIT, JOBS_OP_GET, JOBS_OP_RESULTS, JOBS_OP_CANCEL, JOBS_OP_LIST } jobs_op;
 
 /* One call of the functions above, run off the caller's thread. The
  * request and everything it points to are borrowed until cb runs; cb runs
@@ -182,14 +195,15 @@ typedef struct jobs_req jobs_req;
 struct jobs_req {
     jobs_op op;
     const char *owner;       /* every op */
-    char id[JOBS_ID_MAX];    /* GET, RESULTS, CANCEL: the job; SUBMIT: filled with the new id */
+    char id[JOBS_ID_MAX];    /* GET, RESULTS, CANCEL: the job; SUBMIT: filled with the new id;
+                                LIST: `after` ("" for the newest) */
     /* SUBMIT */
     jobs_kind kind;
     const char *model;
     const char *const *texts;
     const size_t *lens;
     size_t n;
-    /* RESULTS */
+    /* RESULTS: offset and limit; LIST: limit */
     size_t offset, limit;
     void (*cb)(jobs_req *req);
     void *ud;
@@ -199,6 +213,9 @@ struct jobs_req {
     jobs_info info;          /* on JOBS_OK: the job after the op (SUBMIT: as stored: queued, nothing done) */
     jobs_result *results;    /* RESULTS: malloc'd, n_results of them; the owner frees */
     size_t n_results;
+    jobs_info *jobs;         /* LIST: malloc'd, n_jobs of them (NULL when none); the owner frees */
+    size_t n_jobs;
+    bool more;               /* LIST: older jobs follow */
     jobs_req *next_;         /* private */
 };
 void jobs_async(jobs *j, jobs_req *req);

@@ -15,6 +15,12 @@
  *   batch:queue         list of tasks "{id}:{chunk}", LPUSHed, RPOPed
  *   batch:leases        sorted set: task -> lease expiry (ms, Redis's clock)
  *   batch:owner:{key}   set: the owner's queued and running jobs
+ *   batch:jobs:{key}    sorted set: every job of the owner, scored by the
+ *                       order they were accepted (batch:seq), for listing
+ *   batch:seq           counter: the last job accepted's number
+ *   batch:expiring      sorted set: "{id}:{key}" of finished jobs by finish
+ *                       time; once retention deleted a job, the sweep
+ *                       takes it out of batch:jobs:{key}
  *   batch:active        set: every queued and running job (gauges)
  *   batch:ended:{state} sorted set: finished jobs by finish time (gauges)
  *
@@ -25,6 +31,12 @@
  * one that took it over, counts once). Any instance's worker reaps expired
  * leases once a second: the task goes back to the consuming end of the
  * queue. A job's keys expire `retention` after it ends.
+ *
+ * Listing reads batch:jobs:{key} newest first and skips (and removes) jobs
+ * whose hash is gone, so an expired job is never listed even before the
+ * sweep (any instance's worker, once a second, with the housekeeping)
+ * removes it; the sweep keeps the set from growing with jobs that are gone
+ * whether or not anyone lists.
  *
  * Inputs are written before the job exists (HSET in groups of chunks, with
  * a one-hour expiry); the submit script then checks the owner's limit,
@@ -62,6 +74,7 @@
     "  redis.call('SREM', K('owner', owner), id)\n"                                          \
     "  redis.call('SREM', P .. 'batch:active', id)\n"                                        \
     "  redis.call('ZADD', P .. 'batch:ended:' .. state, now, id)\n"                          \
+    "  redis.call('ZADD', P .. 'batch:expiring', now, id .. ':' .. owner)\n"                 \
     "  redis.call('DEL', K('in', id))\n"                                                     \
     "  redis.call('PEXPIRE', jk, retention)\n"                                               \
     "  redis.call('PEXPIRE', K('res', id), retention)\n"                                     \
@@ -83,6 +96,7 @@ static const char submit_script[] = LUA_PRELUDE
     "  'version', '0', 'started_ms', '0', 'finished_ms', '0', 'error', '')\n"
     "redis.call('PERSIST', K('in', id))\n"
     "redis.call('SADD', ok, id)\n"
+    "redis.call('ZADD', K('jobs', owner), redis.call('INCR', P .. 'batch:seq'), id)\n"
     "redis.call('SADD', P .. 'batch:active', id)\n"
     "for c = 0, tonumber(ARGV[7]) - 1 do redis.call('LPUSH', P .. 'batch:queue', id .. ':' .. c) end\n"
     "return {1, active}\n";
@@ -171,6 +185,44 @@ static const char reap_script[] = LUA_PRELUDE
     "  end\n"
     "end\n"
     "return n\n";
+
+/* ARGV: prefix, owner, after ('': from the newest), limit. false when after
+ * is not a job of the owner's (or is gone); else {more, job, job, ...}, each
+ * job its hash's fields and values (HGETALL) and then 'id', its id. */
+static const char list_script[] = LUA_PRELUDE
+    "local L = K('jobs', ARGV[2])\n"
+    "local limit = tonumber(ARGV[4])\n"
+    "local top = '+inf'\n"
+    "if ARGV[3] ~= '' then\n"
+    "  local s = redis.call('ZSCORE', L, ARGV[3])\n"
+    "  if not s or redis.call('EXISTS', K('job', ARGV[3])) == 0 then return false end\n"
+    "  top = '(' .. s\n"
+    "end\n"
+    "local out, n = {0}, 0\n"
+    "while true do\n"
+    "  local page = redis.call('ZREVRANGEBYSCORE', L, top, '-inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)\n"
+    "  if #page == 0 then return out end\n"
+    "  for i = 1, #page, 2 do\n"
+    "    local f = redis.call('HGETALL', K('job', page[i]))\n"
+    "    if #f == 0 then redis.call('ZREM', L, page[i])\n"
+    "    elseif n == limit then out[1] = 1 return out\n"
+    "    else f[#f + 1] = 'id' f[#f + 1] = page[i] n = n + 1 out[n + 1] = f end\n"
+    "    top = '(' .. page[i + 1]\n"
+    "  end\n"
+    "end\n";
+
+/* ARGV: prefix, cutoff_ms. Takes the jobs that finished before the cutoff
+ * and are gone (retention) out of their owner's list. */
+static const char sweep_script[] = LUA_PRELUDE
+    "local E = P .. 'batch:expiring'\n"
+    "for _, m in ipairs(redis.call('ZRANGEBYSCORE', E, '-inf', ARGV[2], 'LIMIT', 0, 1000)) do\n"
+    "  local id, owner = string.match(m, '^([^:]*):(.*)$')\n"
+    "  if not id or redis.call('EXISTS', K('job', id)) == 0 then\n"
+    "    if id then redis.call('ZREM', K('jobs', owner), id) end\n"
+    "    redis.call('ZREM', E, m)\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
 
 /* ARGV: prefix, cutoff_ms. {queued, running, completed, failed, cancelled, remaining inputs}. */
 static const char gauges_script[] = LUA_PRELUDE
@@ -372,24 +424,18 @@ int rjobs_submit(jobs *j, kv_redis_link *l, jobs_kind kind, const char *owner, c
     return JOBS_OK;
 }
 
-int rjobs_get(jobs *j, kv_redis_link *l, const char *id, const char *owner, jobs_info *out, char *err,
-              size_t cap) {
-    char key[400];
-    key_of(key, sizeof key, l, "job", id);
-    const char *argv[2] = {"HGETALL", key};
-    redisReply *r = command(j, l, 2, argv, NULL, err, cap);
-    if (!r)
-        return JOBS_EUNAVAILABLE;
-    if (r->type != REDIS_REPLY_ARRAY)
-        return bad_reply(r, err, cap);
+/* Fills out (all of it) from a job hash's fields and values (HGETALL; an
+ * 'id' field too, in list_script's answers). Whether owner owns the job. */
+static bool info_from_fields(const redisReply *r, const char *owner, jobs_info *out) {
     memset(out, 0, sizeof *out);
-    snprintf(out->id, sizeof out->id, "%s", id);
-    int mine = 0;
+    bool mine = false;
     for (size_t i = 0; i + 1 < r->elements; i += 2) {
         const char *k = str_of(r->element[i]), *v = str_of(r->element[i + 1]);
         long long x = strtoll(v, NULL, 10);
         if (strcmp(k, "owner") == 0)
             mine = strcmp(v, owner) == 0;
+        else if (strcmp(k, "id") == 0)
+            snprintf(out->id, sizeof out->id, "%s", v);
         else if (strcmp(k, "model") == 0)
             snprintf(out->model, sizeof out->model, "%s", v);
         else if (strcmp(k, "version") == 0)
@@ -411,8 +457,49 @@ int rjobs_get(jobs *j, kv_redis_link *l, const char *id, const char *owner, jobs
         else if (strcmp(k, "error") == 0)
             snprintf(out->error, sizeof out->error, "%s", v);
     }
+    return mine && out->status[0];
+}
+
+int rjobs_get(jobs *j, kv_redis_link *l, const char *id, const char *owner, jobs_info *out, char *err,
+              size_t cap) {
+    char key[400];
+    key_of(key, sizeof key, l, "job", id);
+    const char *argv[2] = {"HGETALL", key};
+    redisReply *r = command(j, l, 2, argv, NULL, err, cap);
+    if (!r)
+        return JOBS_EUNAVAILABLE;
+    if (r->type != REDIS_REPLY_ARRAY)
+        return bad_reply(r, err, cap);
+    bool mine = info_from_fields(r, owner, out);
+    snprintf(out->id, sizeof out->id, "%s", id);
     freeReplyObject(r);
-    return mine && out->status[0] ? JOBS_OK : JOBS_ENOTFOUND;
+    return mine ? JOBS_OK : JOBS_ENOTFOUND;
+}
+
+int rjobs_list(jobs *j, kv_redis_link *l, const char *owner, const char *after, size_t limit, jobs_info **out,
+               size_t *n, bool *more, char *err, size_t cap) {
+    char b_limit[24];
+    const char *args[] = {owner, after, NUM(b_limit, limit)};
+    redisReply *r = eval(j, l, list_script, 3, args, err, cap);
+    if (!r)
+        return JOBS_EUNAVAILABLE;
+    if (r->type == REDIS_REPLY_NIL) {
+        freeReplyObject(r);
+        return snprintf(err, cap, "no job %s of this owner", after), JOBS_ENOTFOUND;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->elements - 1 > limit)
+        return bad_reply(r, err, cap);
+    *more = int_of(r->element[0]) != 0;
+    *out = r->elements > 1 ? malloc((r->elements - 1) * sizeof **out) : NULL;
+    if (r->elements > 1 && !*out) {
+        freeReplyObject(r);
+        return snprintf(err, cap, "out of memory"), JOBS_ENOMEM;
+    }
+    for (size_t i = 1; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_ARRAY && info_from_fields(r->element[i], owner, &(*out)[*n]))
+            (*n)++;
+    freeReplyObject(r);
+    return JOBS_OK;
 }
 
 /* Fills r from one chunk's results blob. */
@@ -704,6 +791,7 @@ static void housekeeping(worker *w) {
     }
     char b_cut[24];
     const char *args[] = {NUM(b_cut, jobs_now_ms() - (int64_t)(w->j->opts.retention_us / 1000))};
+    eval_int(w, sweep_script, 1, args);
     redisReply *r = eval(w->j, w->l, gauges_script, 1, args, w->err, sizeof w->err);
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 6) {
         double count[5];

@@ -2,7 +2,8 @@
 whose results equal /predict's answers in order (v1 pages, JSON Lines, and the
 seed's endpoints), kill -9 mid-job and a restart (nothing lost or doubled),
 cancel, retention, invalid jobs (never stored), owners and scopes, the
-per-key limit, and a database that is corrupt or already in use.
+per-key limit, listing a key's jobs (GET /v1/batch: newest first, pages,
+never another key's), and a database that is corrupt or already in use.
 """
 
 import json
@@ -16,6 +17,33 @@ from harness import BIN, MODELS, assert_error, sample, wait_until
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEV = "/work/shared/data/sst2/dev.tsv" if os.path.exists("/work/shared/data/sst2/dev.tsv") else \
     os.path.join(ROOT, "..", "shared", "data", "sst2", "dev.tsv")
+
+
+def make_key(keys_file, name, scopes):
+    """Creates an API key in keys_file; the headers that send it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+    p = subprocess.run([BIN, "keys", "create", "--keys-file", str(keys_file), "--name", name, "--scopes", scopes],
+                       capture_output=True, timeout=30, env=env)
+    assert p.returncode == 0, p.stderr
+    return {"X-API-Key": p.stdout.decode().strip()}
+
+
+def list_all(s, page=None, **kw):
+    """Every job GET /v1/batch lists, following after/has_more (page: the
+    limit, None for the default); the pages' bodies."""
+    pages, after = [], None
+    while True:
+        params = {k: v for k, v in (("limit", page), ("after", after)) if v is not None}
+        r = s.get("/v1/batch", params=params, **kw)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "list"
+        ids = [j["id"] for j in body["data"]]
+        assert (body["first_id"], body["last_id"]) == ((ids[0], ids[-1]) if ids else (None, None))
+        pages.append(body)
+        if not body["has_more"]:
+            return pages
+        after = body["last_id"]
 
 
 def dev_sentences(n):
@@ -145,7 +173,7 @@ def test_invalid_jobs_are_never_stored(server_factory):
     assert_error(s.post("/v1/batch", data=b"{nope"), 400, "invalid_json")
     assert_error(s.post("/batch_predict", json={"text": "a"}), 422, "invalid_request")
     assert_error(s.post("/batch_predict", json=[]), 422, "invalid_request")
-    assert_error(s.get("/v1/batch"), 405, "method_not_allowed")
+    assert_error(requests.put(s.url("/v1/batch"), timeout=10), 405, "method_not_allowed")
     assert_error(s.get("/v1/batch/batch_x/results?limit=0"), 422, "invalid_request")
     assert_error(s.get("/v1/batch/batch_x/results?offset=-1"), 422, "invalid_request")
     # A valid job after them: the gauges are counted from the database, so
@@ -153,6 +181,7 @@ def test_invalid_jobs_are_never_stored(server_factory):
     r = s.post("/v1/batch", json={"inputs": ["the only job"]})
     assert r.status_code == 202, r.text
     wait_status(s, r.json()["id"])
+    assert [j["id"] for j in s.get("/v1/batch").json()["data"]] == [r.json()["id"]]
 
     def counted():
         m = s.metrics()
@@ -213,20 +242,15 @@ def test_retention_purges(server_factory):
     wait_status(s, job_id)
     wait_until(lambda: s.get("/v1/batch/" + job_id).status_code == 404, 30, "the job to be purged")
     assert_error(s.get("/v1/batch/%s/results" % job_id), 404, "job_not_found")
+    assert s.get("/v1/batch").json() == {"object": "list", "data": [], "first_id": None, "last_id": None,
+                                          "has_more": False}
     assert s.logs("batch_job_purged")
 
 
 def test_owners_scopes_and_limits(server_factory, tmp_path):
     keys = tmp_path / "keys.json"
-
-    def key(name, scopes):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
-        p = subprocess.run([BIN, "keys", "create", "--keys-file", str(keys), "--name", name, "--scopes", scopes],
-                           capture_output=True, timeout=30, env=env)
-        assert p.returncode == 0, p.stderr
-        return {"X-API-Key": p.stdout.decode().strip()}
-
-    alice, bob, predict_only = key("alice", "batch"), key("bob", "batch,predict"), key("carol", "predict")
+    alice, bob = make_key(keys, "alice", "batch"), make_key(keys, "bob", "batch,predict")
+    predict_only = make_key(keys, "carol", "predict")
     s = server_factory("--keys-file", str(keys), "--batch-max-jobs-per-key", "1", "--max-body-size", "8MiB")
     assert_error(s.post("/v1/batch", json={"inputs": ["x"]}), 401, "missing_api_key")
     assert_error(s.post("/v1/batch", json={"inputs": ["x"]}, headers=predict_only), 403, "insufficient_scope")
@@ -243,6 +267,84 @@ def test_owners_scopes_and_limits(server_factory, tmp_path):
     assert s.get("/v1/batch/" + job_id, headers=alice).status_code == 200
     assert requests.delete(s.url("/v1/batch/" + job_id), headers=alice, timeout=10).status_code == 200
     assert s.post("/v1/batch", json={"inputs": ["x"]}, headers=alice).status_code == 202
+
+
+def test_list_newest_first_in_pages_per_key(server_factory, tmp_path):
+    keys = tmp_path / "keys.json"
+    alice, bob = make_key(keys, "alice", "batch"), make_key(keys, "bob", "batch")
+    admin, predict_only = make_key(keys, "root", "admin"), make_key(keys, "carol", "predict")
+    s = server_factory("--keys-file", str(keys), "--batch-max-jobs-per-key", "100", "--max-body-size", "8MiB")
+    # Alice: a large job cancelled at once, then 22 small ones, /batch_predict's
+    # (the seed's kind) among them; Bob: one.
+    big = s.post("/v1/batch", json={"inputs": dev_sentences(20000)}, headers=alice).json()["id"]
+    assert requests.delete(s.url("/v1/batch/" + big), headers=alice, timeout=10).status_code == 200
+    ids = [big]
+    for i in range(22):
+        if i % 5 == 2:
+            r = s.post("/batch_predict", json=["seed job %d" % i], headers=alice)
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["task_id"])
+        else:
+            r = s.post("/v1/batch", json={"inputs": ["job %d" % i]}, headers=alice)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+    bobs = s.post("/v1/batch", json={"inputs": ["bob's"]}, headers=bob).json()["id"]
+    for job_id in ids[1:]:
+        wait_status(s, job_id, headers=alice)
+    newest = ids[::-1]
+
+    # Newest first, 20 by default; each entry is what GET /v1/batch/{id} says.
+    r = s.get("/v1/batch", headers=alice)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert [j["id"] for j in body["data"]] == newest[:20] and body["has_more"] is True
+    assert (body["first_id"], body["last_id"]) == (newest[0], newest[19])
+    for job in body["data"]:
+        assert job == s.get("/v1/batch/" + job["id"], headers=alice).json()
+    # Pages of 7 (the last one short), of 23 (all, has_more false), of 100.
+    for page in (7, 23, 100):
+        pages = list_all(s, page, headers=alice)
+        assert [j["id"] for p in pages for j in p["data"]] == newest
+        assert [len(p["data"]) for p in pages] == [min(page, 23 - k) for k in range(0, 23, page)]
+    cancelled = list_all(s, headers=alice)[-1]["data"][-1]
+    assert cancelled["id"] == big and cancelled["status"] == "cancelled" and cancelled["finished_at"]
+    assert cancelled["progress"]["done"] < 20000
+    after_last = s.get("/v1/batch", params={"after": big}, headers=alice).json()
+    assert after_last == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+
+    # Never another key's jobs, nor a page after one of them.
+    assert [j["id"] for j in s.get("/v1/batch", headers=bob).json()["data"]] == [bobs]
+    err = assert_error(s.get("/v1/batch", params={"after": ids[5]}, headers=bob), 422, "invalid_request")
+    assert "after" in err["message"]
+    err = assert_error(s.get("/v1/batch", params={"after": bobs}, headers=alice), 422, "invalid_request")
+    assert "after" in err["message"]
+    # Scope batch: an admin key is no owner of every job.
+    assert_error(s.get("/v1/batch"), 401, "missing_api_key")
+    assert_error(s.get("/v1/batch", headers=predict_only), 403, "insufficient_scope")
+    assert_error(s.get("/v1/batch", headers=admin), 403, "insufficient_scope")
+
+    # Bad pages: 422 naming the parameter; nothing else changes.
+    for query in ("limit=0", "limit=101", "limit=-1", "limit=ten", "limit=", "limit=1.5"):
+        err = assert_error(s.get("/v1/batch?" + query, headers=alice), 422, "invalid_request")
+        assert "limit" in err["message"], (query, err)
+    for after in ("batch_000000000000000000000000", "../etc/passwd", "BATCH_X", "x" * 40):
+        err = assert_error(s.get("/v1/batch", params={"after": after}, headers=alice), 422, "invalid_request")
+        assert "after" in err["message"], (after, err)
+    assert_error(s.get("/v1/batch?after", headers=alice), 422, "invalid_request")
+    # HEAD, as everywhere GET is.
+    r = requests.head(s.url("/v1/batch"), headers=alice, timeout=10)
+    assert r.status_code == 200 and r.content == b""
+
+
+def test_list_without_keys(server_factory):
+    s = server_factory()
+    assert s.get("/v1/batch").json()["data"] == []
+    a = s.post("/v1/batch", json={"inputs": ["first"]}).json()["id"]
+    b = s.post("/batch_predict", json=["second"]).json()["task_id"]
+    body = s.get("/v1/batch?limit=1&after=").json()                     # an empty after: the first page
+    assert [j["id"] for j in body["data"]] == [b] and body["has_more"] is True
+    body = s.get("/v1/batch?limit=1&after=" + b).json()
+    assert [j["id"] for j in body["data"]] == [a] and body["has_more"] is False
 
 
 def test_database_corrupt_or_in_use(server_factory, tmp_path):

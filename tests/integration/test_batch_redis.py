@@ -5,13 +5,16 @@ submitted on one is run by both and read on either, with results equal to
 other's work; kill -9 of the only instance mid-job, then a new one finishes
 the job from what was stored, its chunk in flight handed over when its lease
 expires, nothing lost or stored twice; Redis down (503 for batch, /predict
-unaffected) and back.
+unaffected) and back; listing (GET /v1/batch): both instances list the same
+jobs of a key in the same order, a page on one and the next on the other,
+and a job retention deleted leaves the list and Redis.
 """
 
 import requests
 
 from harness import assert_error, sample, wait_until
-from test_batch import assert_finished_equal_singles, dev_sentences, wait_seed_result, wait_status
+from test_batch import (assert_finished_equal_singles, dev_sentences, list_all, make_key, wait_seed_result,
+                        wait_status)
 
 
 def redis_server(server_factory, redis, *args, **kw):
@@ -116,3 +119,56 @@ def test_redis_down_refuses_batch_not_predictions(server_factory, redis_factory)
     assert wait_status(s, r.json()["id"])["progress"] == {"done": 1, "total": 1}
     assert s.logs("batch_queue_unavailable")
     assert s.get("/health").json()["dependencies"]["batch_queue"] == {"status": "up"}
+
+
+def test_two_instances_list_the_same_jobs(server_factory, redis_factory, tmp_path):
+    redis = redis_factory()
+    keys = tmp_path / "keys.json"
+    alice, bob = make_key(keys, "alice", "batch"), make_key(keys, "bob", "batch")
+    args = ("--keys-file", str(keys), "--batch-max-jobs-per-key", "100")
+    a = redis_server(server_factory, redis, *args)
+    b = redis_server(server_factory, redis, *args)
+    # Alice's jobs, submitted on either instance in turn (a seed one among
+    # them); a large one cancelled on the other; one of Bob's.
+    big = a.post("/v1/batch", json={"inputs": dev_sentences(20000)}, headers=alice).json()["id"]
+    assert requests.delete(b.url("/v1/batch/" + big), headers=alice, timeout=10).json()["status"] == "cancelled"
+    ids = [big]
+    for i in range(6):
+        s = (a, b)[i % 2]
+        if i == 3:
+            ids.append(s.post("/batch_predict", json=["seed job"], headers=alice).json()["task_id"])
+        else:
+            ids.append(s.post("/v1/batch", json={"inputs": ["job %d" % i]}, headers=alice).json()["id"])
+    bobs = b.post("/v1/batch", json={"inputs": ["bob's"]}, headers=bob).json()["id"]
+    for job_id in ids[1:]:
+        wait_status(a, job_id, headers=alice)
+    newest = ids[::-1]
+
+    lists = [[j for p in list_all(s, 3, headers=alice) for j in p["data"]] for s in (a, b)]
+    assert lists[0] == lists[1] and [j["id"] for j in lists[0]] == newest
+    assert lists[0][-1]["status"] == "cancelled"
+    for job in lists[0]:
+        assert job == b.get("/v1/batch/" + job["id"], headers=alice).json()
+    # A page on one instance, the next on the other.
+    first = a.get("/v1/batch?limit=4", headers=alice).json()
+    second = b.get("/v1/batch", params={"limit": 4, "after": first["last_id"]}, headers=alice).json()
+    assert [j["id"] for j in first["data"] + second["data"]] == newest
+    assert first["has_more"] is True and second["has_more"] is False
+    assert [j["id"] for j in a.get("/v1/batch", headers=bob).json()["data"]] == [bobs]
+    assert_error(b.get("/v1/batch", params={"after": ids[1]}, headers=bob), 422, "invalid_request")
+    assert_error(a.get("/v1/batch?limit=0", headers=alice), 422, "invalid_request")
+
+
+def test_retention_empties_the_lists(server_factory, redis_factory):
+    redis = redis_factory()
+    s = redis_server(server_factory, redis, "--batch-retention", "1s")
+    job_id = s.post("/v1/batch", json={"inputs": ["short lived"]}).json()["id"]
+    wait_status(s, job_id)
+    assert [j["id"] for j in s.get("/v1/batch").json()["data"]] == [job_id]
+    assert redis.command("ZCARD", "aiserve:batch:jobs:") == 1
+    # Redis keeps nothing of it in the owners' lists: the sweep, not a
+    # listing, removes it (nothing lists until then).
+    wait_until(lambda: redis.command("EXISTS", "aiserve:batch:jobs:", "aiserve:batch:expiring") == 0, 30,
+               "the expired job to leave the owners' lists")
+    assert redis.command("EXISTS", "aiserve:batch:job:" + job_id) == 0
+    assert s.get("/v1/batch").json()["data"] == []

@@ -4,14 +4,17 @@
  * each input, in order, across chunks; pages of results; owners; the input
  * and per-owner limits; a job stored by one process and run by the next
  * (resume); cancel before and after the end; retention; submissions through
- * the writer thread, and the ones still queued when it closes; and a data
- * directory that is in use or holds something that is not a database.
+ * the writer thread, and the ones still queued when it closes; listing an
+ * owner's jobs newest first in pages (both kinds, never another owner's,
+ * never one retention deleted, synchronously and through jobs_async); and a
+ * data directory that is in use or holds something that is not a database.
  * A cascade and a shadow configured for the model apply to jobs: results
  * record the version a cascade escalated them to, and both are counted.
  * The store-neutral tests run twice: on SQLite and on a real redis-server
- * started here; two more are Redis's own (a queue shared by two instances,
- * a lease left by a dead one; Redis unreachable), one SQLite's (a database
- * from before results had a version).
+ * started here; three more are Redis's own (a queue shared by two instances,
+ * a lease left by a dead one; Redis unreachable; a listed job whose hash is
+ * gone), one SQLite's (a database from before results had a version, and
+ * before the owners' index).
  *
  * Each test has its own temporary data directory. Waits are bounded
  * generously; nothing asserts how fast anything is.
@@ -176,6 +179,21 @@ static void assert_results_equal_engine(jobs *j, const char *id, const char *own
     engine_model_free(ref);
 }
 
+/* Lists owner's jobs after `after` (limit at a time) and checks the page:
+ * the ids want[0..n), in that order, and whether more follow. */
+static void assert_list(jobs *j, const char *owner, const char *after, size_t limit, size_t n,
+                        char (*want)[JOBS_ID_MAX], bool more) {
+    jobs_info *page = NULL;
+    size_t got = 99;
+    bool has_more = !more;
+    assert_int_equal(jobs_list(j, owner, after, limit, &page, &got, &has_more), JOBS_OK);
+    assert_int_equal(got, n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(page[i].id, want[i]);
+    assert_int_equal(has_more, more);
+    free(page);
+}
+
 /* ---- tests ---------------------------------------------------------------- */
 
 static void test_results_equal_engine(void **state) {
@@ -297,6 +315,23 @@ static void test_retention(void **state) {
         sleep_ms(10);
     }
     assert_int_equal(rc, JOBS_ENOTFOUND);
+    /* Gone from the owner's list too; in Redis the sweep (not a listing)
+     * empties the list's sets, so they do not grow with expired jobs. */
+    if (f->redis) {
+        redisContext *c = redisConnect("127.0.0.1", redis_port);
+        assert_true(c && !c->err);
+        long long held = -1;
+        for (int i = 0; i < WAIT_MS / 10 && held != 0; i++) {
+            redisReply *r = redisCommand(c, "EXISTS %sbatch:jobs: %sbatch:expiring", f->prefix, f->prefix);
+            held = r->integer;
+            freeReplyObject(r);
+            if (held)
+                sleep_ms(10);
+        }
+        assert_int_equal(held, 0);
+        redisFree(c);
+    }
+    assert_list(j, "", NULL, 10, 0, NULL, false);
     jobs_close(j);
 }
 
@@ -339,6 +374,114 @@ static void test_async_submit(void **state) {
     jobs_close(j);
     assert_int_equal(atomic_load(&async_calls), 3);
     assert_int_equal(late.status, JOBS_EUNAVAILABLE);
+}
+
+/* An owner's jobs, newest first, in pages: both kinds, whatever their
+ * state; never another owner's; `after` must be one of the owner's. */
+static void test_list(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    o.max_active_per_owner = 10;
+    jobs *j = open_ok(&o); /* not started: jobs stay queued */
+    char ids[6][JOBS_ID_MAX], newest[6][JOBS_ID_MAX], bobs[1][JOBS_ID_MAX];
+    for (int i = 0; i < 5; i++)
+        submit_ok(j, "alice", 1, ids[i]);
+    const char *text = "a seed job";
+    size_t len = strlen(text);
+    char err[512] = "";
+    assert_int_equal(jobs_submit(j, JOBS_KIND_SEED, "alice", NULL, &text, &len, 1, ids[5], err, sizeof err),
+                     JOBS_OK);
+    submit_ok(j, "bob", 1, bobs[0]);
+    assert_int_equal(jobs_cancel(j, ids[2], "alice"), JOBS_OK);
+    for (int i = 0; i < 6; i++)
+        memcpy(newest[i], ids[5 - i], JOBS_ID_MAX);
+
+    assert_list(j, "alice", NULL, 100, 6, newest, false);
+    assert_list(j, "alice", "", 6, 6, newest, false); /* "" is from the newest too; exactly all: no more */
+    assert_list(j, "alice", NULL, 2, 2, newest, true);
+    assert_list(j, "alice", newest[1], 2, 2, newest + 2, true);
+    assert_list(j, "alice", newest[3], 2, 2, newest + 4, false);
+    assert_list(j, "alice", newest[5], 2, 0, NULL, false);
+    assert_list(j, "bob", NULL, 10, 1, bobs, false);
+    assert_list(j, "", NULL, 10, 0, NULL, false);
+
+    jobs_info *page = NULL;
+    size_t n = 0;
+    bool more = false;
+    assert_int_equal(jobs_list(j, "alice", NULL, 6, &page, &n, &more), JOBS_OK);
+    assert_int_equal(page[0].kind, JOBS_KIND_SEED);
+    assert_string_equal(page[3].status, "cancelled");
+    assert_true(page[3].finished_ms > 0);
+    assert_string_equal(page[5].status, "queued");
+    assert_int_equal(page[5].total, 1);
+    assert_string_equal(page[5].model, "sentiment");
+    assert_true(page[5].created_ms > 0 && page[5].created_ms <= page[0].created_ms);
+    jobs_info one;
+    assert_int_equal(jobs_get(j, ids[0], "alice", &one), JOBS_OK); /* what jobs_get says, field for field */
+    assert_memory_equal(&page[5], &one, sizeof one);
+    free(page);
+    /* Another owner's job, an unknown one, or no room: refused. */
+    assert_int_equal(jobs_list(j, "bob", ids[0], 10, &page, &n, &more), JOBS_ENOTFOUND);
+    assert_int_equal(jobs_list(j, "alice", bobs[0], 10, &page, &n, &more), JOBS_ENOTFOUND);
+    assert_int_equal(jobs_list(j, "alice", "batch_000000000000000000000000", 10, &page, &n, &more),
+                     JOBS_ENOTFOUND);
+    assert_null(page);
+    assert_int_equal(n, 0);
+    assert_int_equal(jobs_list(j, "alice", NULL, 0, &page, &n, &more), JOBS_EINVAL);
+
+    /* Through jobs_async (the reader thread), as the HTTP layer asks. */
+    assert_int_equal(jobs_start(j), JOBS_OK);
+    jobs_req req = {.op = JOBS_OP_LIST, .owner = "alice", .limit = 3, .cb = on_stored};
+    memcpy(req.id, newest[0], JOBS_ID_MAX);
+    atomic_store(&async_calls, 0);
+    jobs_async(j, &req);
+    for (int i = 0; i < WAIT_MS && atomic_load(&async_calls) < 1; i++)
+        sleep_ms(1);
+    assert_int_equal(atomic_load(&async_calls), 1);
+    assert_int_equal(req.status, JOBS_OK);
+    assert_int_equal(req.n_jobs, 3);
+    assert_true(req.more);
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(req.jobs[i].id, newest[1 + i]);
+    free(req.jobs);
+    jobs_req bad = {.op = JOBS_OP_LIST, .owner = "bob", .limit = 3, .cb = on_stored};
+    memcpy(bad.id, newest[0], JOBS_ID_MAX);
+    jobs_async(j, &bad);
+    for (int i = 0; i < WAIT_MS && atomic_load(&async_calls) < 2; i++)
+        sleep_ms(1);
+    assert_int_equal(bad.status, JOBS_ENOTFOUND);
+    assert_null(bad.jobs);
+    jobs_close(j);
+}
+
+/* Redis only: a job whose hash is gone before the sweep came (expired a
+ * moment ago, or evicted) is not listed, leaves its owner's list at the
+ * listing, and is no cursor. */
+static void test_redis_list_skips_gone_jobs(void **state) {
+    fixture *f = *state;
+    jobs_options o = options(f);
+    o.max_active_per_owner = 10;
+    jobs *j = open_ok(&o);
+    char ids[3][JOBS_ID_MAX], kept[2][JOBS_ID_MAX];
+    for (int i = 0; i < 3; i++)
+        submit_ok(j, "alice", 1, ids[i]);
+    redisContext *c = redisConnect("127.0.0.1", redis_port);
+    assert_true(c && !c->err);
+    redisReply *r = redisCommand(c, "DEL %sbatch:job:%s", f->prefix, ids[1]);
+    freeReplyObject(r);
+    memcpy(kept[0], ids[2], JOBS_ID_MAX);
+    memcpy(kept[1], ids[0], JOBS_ID_MAX);
+    assert_list(j, "alice", NULL, 1, 1, kept, true);
+    assert_list(j, "alice", kept[0], 1, 1, kept + 1, false); /* over the gone one */
+    r = redisCommand(c, "ZCARD %sbatch:jobs:alice", f->prefix);
+    assert_int_equal(r->integer, 2);
+    freeReplyObject(r);
+    jobs_info *page = NULL;
+    size_t n = 0;
+    bool more = false;
+    assert_int_equal(jobs_list(j, "alice", ids[1], 10, &page, &n, &more), JOBS_ENOTFOUND);
+    redisFree(c);
+    jobs_close(j);
 }
 
 static void test_bad_directory(void **state) {
@@ -477,8 +620,11 @@ static void test_sqlite_migrates_results(void **state) {
     sqlite3_close(db);
 
     jobs_options o = options(f);
+    /* Listed, newest first: the old job, then the first round's after it. */
+    char listed[2][JOBS_ID_MAX] = {"", "batch_old"};
     for (int open = 0; open < 2; open++) {
         jobs *j = open_ok(&o);
+        assert_list(j, "alice", NULL, 10, 1 + (size_t)open, listed + 1 - open, false);
         assert_int_equal(jobs_start(j), JOBS_OK);
         jobs_result *r = NULL;
         size_t n = 0;
@@ -489,6 +635,8 @@ static void test_sqlite_migrates_results(void **state) {
         free(r);
         char id[JOBS_ID_MAX];
         submit_ok(j, "alice", 10, id);
+        if (open == 0)
+            memcpy(listed[0], id, JOBS_ID_MAX);
         wait_status(j, id, "alice", "completed");
         assert_results_equal_engine(j, id, "alice", 10, 0);
         jobs_close(j);
@@ -497,6 +645,13 @@ static void test_sqlite_migrates_results(void **state) {
     sqlite3_stmt *st = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM pragma_table_info('results') WHERE name = 'version'",
                                         -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    /* The old database gained the owners' index. */
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE name = 'jobs_by_owner'", -1,
+                                        &st, NULL),
                      SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     assert_int_equal(sqlite3_column_int(st, 0), 1);
@@ -581,12 +736,15 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_cascade_and_shadow_apply, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_shared_queue_and_expired_lease, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_redis_unreachable, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_list, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_list_skips_gone_jobs, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_results_equal_engine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume_in_next_process_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_submit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascade_and_shadow_apply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sqlite_migrates_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_directory, setup, teardown),
     };

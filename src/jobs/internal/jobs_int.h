@@ -104,6 +104,10 @@ int rjobs_get(jobs *j, kv_redis_link *l, const char *id, const char *owner, jobs
 int rjobs_results(jobs *j, kv_redis_link *l, const jobs_info *info, size_t offset, size_t limit, jobs_result *r,
                   char *err, size_t cap);
 int rjobs_cancel(jobs *j, kv_redis_link *l, const char *id, const char *owner, char *err, size_t cap);
+/* jobs_list's page (owner and after not NULL; limit >= 1); *out as jobs_list
+ * fills it, or NULL on failure. */
+int rjobs_list(jobs *j, kv_redis_link *l, const char *owner, const char *after, size_t limit, jobs_info **out,
+               size_t *n, bool *more, char *err, size_t cap);
 void *rjobs_worker_main(void *arg);
 
 #endif /* AISERVE_JOBS_INT_H */
