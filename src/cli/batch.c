@@ -778,6 +778,7 @@ static int run_open(batch_run *b, const batch_opts *o, const core_config *cfg, c
         .max_queue_delay_us = 0,
         .max_queue_size = o->batch_size,
         .version_policy = o->model_is_dir ? NULL : cfg->version_policy,
+        .quantization = cfg->quantization,
     };
     serving_error err = {0};
     char why[512];

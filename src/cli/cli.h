@@ -27,6 +27,7 @@ typedef struct cli_args {
     int max_length;
     engine_pooling pooling;
     int normalize;
+    engine_quantization quantization; /* --quantization none|bf16|int8 */
     char **texts; /* owned list; the strings are owned too */
     size_t *lens;
     size_t n_texts, cap_texts;

@@ -113,6 +113,10 @@ static const struct model_option {
     {{"batch-size", required_argument, 0, 'b'}, CMD_BATCHED, "--batch-size N     texts per forward pass (default 32)"},
     {{"threads", required_argument, 0, 't'}, CMD_BATCHED,
      "--threads N        compute threads (default: the number of CPUs)"},
+    {{"quantization", required_argument, 0, 'q'}, CMD_ALL & ~CMD_TOKENIZE,
+     "--quantization none|bf16|int8\n"
+     "                     the encoder's linear layers as int8 or bf16 (default none:\n"
+     "                     float32, as transformers; docs/engine.md, Reduced precision)"},
 };
 
 enum { N_MODEL_OPTIONS = sizeof model_options / sizeof *model_options };
@@ -267,6 +271,12 @@ static int parse_args(int argc, char **argv, const command *cmd, cli_args *a) {
         case 'n':
             a->normalize = 1;
             break;
+        case 'q': {
+            engine_error qerr;
+            if (engine_quantization_parse(optarg, &a->quantization, &qerr))
+                return fprintf(stderr, "aiserve: --quantization: %s\n", qerr.message), -1;
+            break;
+        }
         case 'l':
             if (cli_parse_int(optarg, 2, 1 << 20, &a->max_length))
                 return fprintf(stderr, "aiserve: --max-length must be at least 2\n"), -1;
@@ -456,6 +466,11 @@ static int cmd_info(engine_model *m, cli_args *a) {
                           info->multi_label, "do_lower_case", info->do_lower_case, "dtype",
                           info->dtype, "parameters", (json_int_t)info->n_params, "weight_bytes",
                           (json_int_t)info->weight_bytes);
+    json_object_set_new(o, "quantization", json_string(engine_quantization_name(info->quantization)));
+    json_object_set_new(o, "kernels", json_string(info->kernels ? info->kernels : ""));
+    json_object_set_new(o, "weight_memory_bytes", json_integer((json_int_t)info->weight_memory_bytes));
+    if (info->quantization_note)
+        json_object_set_new(o, "quantization_note", json_string(info->quantization_note));
     cli_print_json(o);
     return 0;
 }
@@ -468,7 +483,7 @@ static int run_model_command(int argc, char **argv) {
     engine_model *m = NULL;
     if (parse_args(argc, argv, cmd, &a) == 0) {
         engine_error err;
-        engine_options opts = {.n_threads = a.n_threads};
+        engine_options opts = {.n_threads = a.n_threads, .quantization = a.quantization};
         if (engine_model_load(a.model_dir, &opts, &m, &err)) {
             fprintf(stderr, "aiserve: %s\n", err.message);
         } else if (strcmp(a.command, "info") == 0) {

@@ -378,6 +378,7 @@ int cli_serve(int argc, char **argv) {
         .max_queue_delay_us = cfg.max_queue_delay_us,
         .max_queue_size = cfg.max_queue_size,
         .version_policy = cfg.version_policy,
+        .quantization = cfg.quantization,
         .poll_interval_us = (uint64_t)cfg.poll_interval_ms * 1000u,
     };
     serving_error serr = {0};

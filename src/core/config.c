@@ -86,6 +86,26 @@ static int check_split_item(const char *item, char *why, size_t cap) {
     return 0;
 }
 
+/* A quantization entry: MODE, MODEL=MODE or MODEL@VERSION=MODE, MODE one
+ * of none, bf16, int8. */
+static int check_quant_item(const char *item, char *why, size_t cap) {
+    const char *eq = strrchr(item, '='), *mode = eq ? eq + 1 : item;
+    int ok = strcmp(mode, "none") == 0 || strcmp(mode, "bf16") == 0 || strcmp(mode, "int8") == 0;
+    if (ok && eq) {
+        const char *at = memchr(item, '@', (size_t)(eq - item));
+        size_t name = (size_t)((at ? at : eq) - item);
+        ok = name > 0 && name < 128;
+        if (ok && at) {
+            size_t vd = strspn(at + 1, "0123456789");
+            ok = vd > 0 && vd < 13 && at[1] != '0' && at + 1 + vd == eq;
+        }
+    }
+    if (!ok)
+        return snprintf(why, cap, "'%.100s' is not MODE, MODEL=MODE or MODEL@VERSION=MODE with MODE none, bf16 "
+                        "or int8 (sentiment@2=int8)", item), -1;
+    return 0;
+}
+
 /* A cascade entry: MODEL@FIRST>THEN=THRESHOLD, threshold in (0, 1]. */
 static int check_cascade_item(const char *item, char *why, size_t cap) {
     const char *at = strchr(item, '@'), *gt = at ? strchr(at, '>') : NULL, *eq = gt ? strchr(gt, '=') : NULL;
@@ -187,6 +207,12 @@ const core_setting core_settings[] = {
           "(0..1) goes on to version THEN, whose answer stands, as sentiment@1>2=0.8. One per model. Applies "
           "to requests that name no version (or name FIRST), batch jobs and `aiserve batch`. The admin API "
           "changes it while serving."),
+    ITEMS("models", "quantization", "--quantization", "AISERVE_QUANTIZATION", "LIST", quantization,
+          check_quant_item, "MODE, MODEL=MODE or MODEL@VERSION=MODE entries",
+          "How versions run their encoder's linear layers: none (float32, equal to transformers), bf16 or int8 "
+          "(faster, slightly different numbers: docs/engine.md, Reduced precision). A bare MODE is every "
+          "model's; MODEL=MODE and MODEL@VERSION=MODE override it, the most specific entry winning, as "
+          "int8, sentiment@3=none. Read when a version loads."),
     DURATION("models", "poll_interval", "--poll-interval", "AISERVE_POLL_INTERVAL", poll_interval_ms, MS,
              2 * SEC, 0, 1 * HOUR,
              "How often the repository is looked at again: a new version directory is loaded and warmed up, "

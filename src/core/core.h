@@ -104,6 +104,7 @@ typedef struct core_config {
     char traffic[2048];          /* models.traffic: "model@version=weight,..." ("" = no splits) */
     char shadow[2048];           /* models.shadow: "model@version=percent,..." ("" = none) */
     char cascade[2048];          /* models.cascade: "model@first>then=threshold,..." ("" = none) */
+    char quantization[2048];     /* models.quantization: "mode,model=mode,model@version=mode" ("" = none) */
     char gateway_config[4096];   /* gateway.config: the LLM gateway's YAML file; "" = no gateway */
     /* batching */
     int max_batch_size;         /* batching.max_batch_size, texts per forward pass */

@@ -25,6 +25,9 @@
  *    chat.completion); it is served as an answer only to deterministic
  *    requests (temperature 0) or on routes with cache: always, and
  *    otherwise only as the stale fallback.
+ *  - Budgets: a call reserves its worst case on its key's counters and
+ *    settles it when it ends; gateway_budgets_read reads those counters
+ *    for GET /v1/gateway/budgets (the "budgets" sections below).
  *
  * Threads: a call and its loop on the loop's thread; the gateway's
  * breakers are shared (each with its own lock), its configuration is read
@@ -177,7 +180,10 @@ static void observe(metric_family *f, double v, const char *label) {
     metric_observe(metric_get(f, label, NULL), v);
 }
 
-static const char *key_label(const gateway_call *c) { return c->key_name[0] ? c->key_name : "anonymous"; }
+/* How a key is named in metrics, logs and budget counters: requests
+ * without a key as "anonymous". */
+static const char *label_of(const char *key_name) { return key_name[0] ? key_name : "anonymous"; }
+static const char *key_label(const gateway_call *c) { return label_of(c->key_name); }
 
 static void breaker_metric(gateway *g, size_t model, gw_breaker_state s) {
     const char *labels[] = {g->cfg.models[model].name};
@@ -805,6 +811,52 @@ static int64_t cost_uusd(const gw_model *m, long prompt, long completion) {
     return (int64_t)((double)prompt * m->input_price + (double)completion * m->output_price + 0.5);
 }
 
+/* Counter k of the key named key_name, for the period that holds at now:
+ * its store key into out[cap]; returns the expiry of a counter it creates
+ * (the period and a margin). */
+static uint64_t counter_key(const char *key_name, int k, time_t now, char *out, size_t cap) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    char period[32];
+    uint64_t ttl_us;
+    if (k == COUNTER_DAY) {
+        strftime(period, sizeof period, "d:%Y%m%d", &tm);
+        ttl_us = 2 * 86400ull * 1000000u;
+    } else if (k == COUNTER_MONTH) {
+        strftime(period, sizeof period, "m:%Y%m", &tm);
+        ttl_us = 32 * 86400ull * 1000000u;
+    } else {
+        snprintf(period, sizeof period, "t:%lld", (long long)(now / 60));
+        ttl_us = 120ull * 1000000u;
+    }
+    snprintf(out, cap, "llm:budget:%s:%s", label_of(key_name), period);
+    return ttl_us;
+}
+
+/* Seconds from now until counter k's next period (the next clock minute,
+ * UTC midnight, the first of next month). */
+static long counter_renews_in_s(int k, time_t now) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    if (k == COUNTER_DAY)
+        return 86400 - (tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec);
+    if (k == COUNTER_MONTH) {
+        struct tm next = {.tm_year = tm.tm_mon == 11 ? tm.tm_year + 1 : tm.tm_year, .tm_mon = (tm.tm_mon + 1) % 12,
+                          .tm_mday = 1};
+        return (long)(timegm(&next) - now);
+    }
+    return 60 - (long)(now % 60);
+}
+
+/* The limit of counter k in budget b, in the counter's unit (micro-dollars,
+ * tokens); -1: none. */
+static int64_t budget_limit(const gw_budget *b, int k) {
+    double v = k == COUNTER_DAY     ? b->daily_usd * 1e6
+               : k == COUNTER_MONTH ? b->monthly_usd * 1e6
+                                    : (double)b->tokens_per_minute;
+    return v > 0 ? (int64_t)v : -1;
+}
+
 static void on_settled(int status, const kv_counter_result *r, void *ud) {
     (void)status;
     (void)r;
@@ -834,9 +886,8 @@ static void reserve_next(gateway_call *c);
 static void next_model(gateway_call *c);
 
 /* The limit of counter k for this call's key. */
-static double counter_limit(const gateway_call *c, int k) {
-    const gw_budget *b = gw_config_budget(&c->g->cfg, c->key_name);
-    return k == COUNTER_DAY ? b->daily_usd * 1e6 : k == COUNTER_MONTH ? b->monthly_usd * 1e6 : (double)b->tokens_per_minute;
+static int64_t counter_limit(const gateway_call *c, int k) {
+    return budget_limit(gw_config_budget(&c->g->cfg, c->key_name), k);
 }
 
 static void refuse_budget(gateway_call *c, int step) {
@@ -846,26 +897,14 @@ static void refuse_budget(gateway_call *c, int step) {
     /* Give back what this call holds. */
     c->reserve_state = 2;
     settle(c, NULL);
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    long wait;
-    if (step == COUNTER_TPM) {
-        wait = 60 - tm.tm_sec;
-    } else if (step == COUNTER_DAY) {
-        wait = 86400 - (tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec);
-    } else {
-        struct tm next = {.tm_year = tm.tm_mon == 11 ? tm.tm_year + 1 : tm.tm_year, .tm_mon = (tm.tm_mon + 1) % 12,
-                          .tm_mday = 1};
-        wait = (long)(timegm(&next) - now);
-    }
+    long wait = counter_renews_in_s(step, time(NULL));
     char who[100];
     if (c->key_name[0])
         snprintf(who, sizeof who, "the API key '%.64s'", c->key_name);
     else
         snprintf(who, sizeof who, "requests without an API key");
     int64_t need = step == COUNTER_TPM ? c->reserved_tokens : c->reserved_uusd;
-    if ((double)need > counter_limit(c, step)) { /* this request alone is over the limit: waiting cannot help */
+    if (need > counter_limit(c, step)) { /* this request alone is over the limit: waiting cannot help */
         c->retry_after[0] = 0;
         finish_fail(c, step == COUNTER_TPM ? GATEWAY_ETOKENS : GATEWAY_EBUDGET,
                     "this request alone needs more than the %s limit of %s (about %lld %s); ask for fewer "
@@ -912,31 +951,15 @@ static void on_reserved(int status, const kv_counter_result *r, void *ud) {
 static void reserve_next(gateway_call *c) {
     while (c->reserve_step < 3) {
         int k = c->reserve_step;
-        double limit = counter_limit(c, k);
-        if (limit <= 0) {
+        int64_t limit = counter_limit(c, k);
+        if (limit < 0) {
             c->reserve_step++;
             continue;
         }
-        time_t now = time(NULL);
-        struct tm tm;
-        gmtime_r(&now, &tm);
-        char period[32];
-        uint64_t ttl_us;
-        if (k == COUNTER_DAY) {
-            strftime(period, sizeof period, "d:%Y%m%d", &tm);
-            ttl_us = 2 * 86400ull * 1000000u;
-        } else if (k == COUNTER_MONTH) {
-            strftime(period, sizeof period, "m:%Y%m", &tm);
-            ttl_us = 32 * 86400ull * 1000000u;
-        } else {
-            snprintf(period, sizeof period, "t:%lld", (long long)(now / 60));
-            ttl_us = 120ull * 1000000u;
-        }
-        snprintf(c->counter_key[k], sizeof c->counter_key[k], "llm:budget:%s:%s", key_label(c), period);
-        c->counter_ttl_us[k] = ttl_us;
+        c->counter_ttl_us[k] = counter_key(c->key_name, k, time(NULL), c->counter_key[k], sizeof c->counter_key[k]);
         int64_t delta = k == COUNTER_TPM ? c->reserved_tokens : c->reserved_uusd;
-        kv_counter_add(c->g->store, c->l->base, c->counter_key[k], strlen(c->counter_key[k]), delta,
-                       (int64_t)limit, ttl_us, on_reserved, c);
+        kv_counter_add(c->g->store, c->l->base, c->counter_key[k], strlen(c->counter_key[k]), delta, limit,
+                       c->counter_ttl_us[k], on_reserved, c);
         return; /* on_reserved goes on (perhaps already has) */
     }
     c->reserve_state = 2;
@@ -951,6 +974,141 @@ static void reserve(gateway_call *c, const gw_model *m) {
     c->reserve_state = 1;
     c->reserve_step = COUNTER_DAY;
     reserve_next(c);
+}
+
+/* ---- budgets left ---------------------------------------------------------------------
+ *
+ * gateway_budgets_read starts every counter read at once (a step of 0 with
+ * no limit reads a counter) and answers when the last one is back. It
+ * holds one count of its own while it starts them, so a store that answers
+ * at once (memory) only fills a slot and returns: the answer comes after
+ * the last read was started, never from inside a read's callback, and the
+ * stack never grows with the number of keys. */
+
+typedef struct budget_read budget_read;
+
+/* One counter to read: its key's entry and which counter. */
+typedef struct budget_slot {
+    budget_read *read;
+    size_t entry;
+    int k;
+} budget_slot;
+
+struct budget_read {
+    const gw_config *cfg;
+    gateway_budgets_cb cb;
+    void *ud;
+    int pending;                 /* reads in flight, plus one while they are being started */
+    int status;                  /* KV_OK, or the first failure */
+    char (*names)[GW_NAME_MAX];  /* copies of the key names */
+    int64_t (*value)[3];         /* per entry and counter; 0 when not read */
+    gateway_budget_left *left;
+    budget_slot *slots;
+    size_t n;
+};
+
+static void budget_read_free(budget_read *r) {
+    free(r->names);
+    free(r->value);
+    free(r->left);
+    free(r->slots);
+    free(r);
+}
+
+/* A dollar counter's figures: limit_usd as configured, limit_uusd as
+ * enforced, value as read. */
+static gateway_budget_usd budget_usd(double limit_usd, int64_t limit_uusd, int64_t value, long renews_in_s) {
+    int64_t spent = value > 0 ? value : 0; /* a counter settled below 0 (recreated after it expired) spent nothing */
+    return (gateway_budget_usd){.limit_usd = limit_usd, .spent_usd = (double)spent / 1e6,
+                                .left_usd = spent < limit_uusd ? (double)(limit_uusd - spent) / 1e6 : 0,
+                                .resets_in_s = renews_in_s};
+}
+
+/* One read is back (or could not start): when it was the last, answer. */
+static void budget_read_done(budget_read *r) {
+    if (--r->pending > 0)
+        return;
+    if (r->status != KV_OK) {
+        r->cb(r->ud, GATEWAY_ESTORE, kv_status_message(r->status), NULL, 0);
+        budget_read_free(r);
+        return;
+    }
+    time_t now = time(NULL);
+    for (size_t i = 0; i < r->n; i++) {
+        gateway_budget_left *e = &r->left[i];
+        const gw_budget *b = gw_config_budget(r->cfg, r->names[i]);
+        const int64_t *v = r->value[i];
+        int64_t lim[3] = {budget_limit(b, COUNTER_DAY), budget_limit(b, COUNTER_MONTH), budget_limit(b, COUNTER_TPM)};
+        e->key = r->names[i];
+        e->own = r->names[i][0] && b != &r->cfg->default_budget;
+        if ((e->has_daily = lim[COUNTER_DAY] >= 0))
+            e->daily = budget_usd(b->daily_usd, lim[COUNTER_DAY], v[COUNTER_DAY], counter_renews_in_s(COUNTER_DAY, now));
+        if ((e->has_monthly = lim[COUNTER_MONTH] >= 0))
+            e->monthly = budget_usd(b->monthly_usd, lim[COUNTER_MONTH], v[COUNTER_MONTH],
+                                    counter_renews_in_s(COUNTER_MONTH, now));
+        if ((e->has_tokens = lim[COUNTER_TPM] >= 0)) {
+            int64_t used = v[COUNTER_TPM] > 0 ? v[COUNTER_TPM] : 0;
+            e->tokens_per_minute = (gateway_budget_tokens){
+                .limit = lim[COUNTER_TPM], .used = used, .left = used < lim[COUNTER_TPM] ? lim[COUNTER_TPM] - used : 0,
+                .resets_in_s = counter_renews_in_s(COUNTER_TPM, now)};
+        }
+    }
+    r->cb(r->ud, GATEWAY_OK, NULL, r->left, r->n);
+    budget_read_free(r);
+}
+
+static void on_budget_counter(int status, const kv_counter_result *res, void *ud) {
+    budget_slot *slot = ud;
+    budget_read *r = slot->read;
+    if (status == KV_OK)
+        r->value[slot->entry][slot->k] = res->value;
+    else if (r->status == KV_OK)
+        r->status = status;
+    budget_read_done(r);
+}
+
+int gateway_budgets_read(gateway_loop *l, const char *const *keys, size_t n_keys, gateway_budgets_cb cb, void *ud) {
+    const gw_config *cfg = &l->g->cfg;
+    if (!cfg->budgets) { /* nothing is counted */
+        cb(ud, GATEWAY_OK, NULL, NULL, 0);
+        return 0;
+    }
+    size_t n = keys ? n_keys : cfg->n_key_budgets + 1;
+    budget_read *r = calloc(1, sizeof *r);
+    if (!r)
+        return GATEWAY_ENOMEM;
+    r->names = calloc(n ? n : 1, sizeof *r->names);
+    r->value = calloc(n ? n : 1, sizeof *r->value);
+    r->left = calloc(n ? n : 1, sizeof *r->left);
+    r->slots = calloc(3 * n + 1, sizeof *r->slots);
+    if (!r->names || !r->value || !r->left || !r->slots) {
+        budget_read_free(r);
+        return GATEWAY_ENOMEM;
+    }
+    r->cfg = cfg;
+    r->cb = cb;
+    r->ud = ud;
+    r->n = n;
+    r->pending = 1;
+    time_t now = time(NULL);
+    size_t n_slots = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = keys ? keys[i] : i < cfg->n_key_budgets ? cfg->key_budgets[i].key : "";
+        snprintf(r->names[i], sizeof r->names[i], "%s", name ? name : "");
+        const gw_budget *b = gw_config_budget(cfg, r->names[i]);
+        for (int k = 0; k < 3; k++) {
+            if (budget_limit(b, k) < 0)
+                continue;
+            char key[200];
+            uint64_t ttl_us = counter_key(r->names[i], k, now, key, sizeof key);
+            budget_slot *slot = &r->slots[n_slots++];
+            *slot = (budget_slot){r, i, k};
+            r->pending++;
+            kv_counter_add(l->g->store, l->base, key, strlen(key), 0, INT64_MAX, ttl_us, on_budget_counter, slot);
+        }
+    }
+    budget_read_done(r); /* the count held while starting: answers now when every read is back */
+    return 0;
 }
 
 /* ---- tries ------------------------------------------------------------------------------ */

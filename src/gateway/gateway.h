@@ -10,7 +10,8 @@
  * model's, the route's, a larger context window), then a cached answer
  * (marked stale), then the configured default reply. Answers are filtered
  * (output guardrails), cached (exact match), counted (tokens, cost, per
- * API key), and streamed as server-sent events when asked.
+ * API key), and streamed as server-sent events when asked. What each key's
+ * budgets have left is read with gateway_budgets_read.
  *
  * Ownership and threads:
  *  - gateway_create/destroy on the main thread; the gateway outlives every
@@ -51,7 +52,8 @@ extern "C" {
     X(GATEWAY_EUNAVAILABLE, -9, "no upstream model is available")                   \
     X(GATEWAY_ENOMEM, -10, "out of memory")                                         \
     X(GATEWAY_EBUDGET, -11, "the API key's budget is spent")                        \
-    X(GATEWAY_ETOKENS, -12, "the API key is over its tokens per minute")
+    X(GATEWAY_ETOKENS, -12, "the API key is over its tokens per minute")            \
+    X(GATEWAY_ESTORE, -13, "the store that counts budgets cannot be reached")
 
 typedef enum gateway_status { GATEWAY_STATUS_MAP(STATUS_ENUM_ROW) } gateway_status;
 
@@ -120,6 +122,45 @@ int gateway_chat(gateway_loop *l, const gateway_request *r, const gateway_reply_
 /* The client went away: the upstream transfer stops, no callback runs, the
  * call is freed. */
 void gateway_call_cancel(gateway_call *c);
+
+/* ---- budgets left (GET /v1/gateway/budgets) --------------------------------------- */
+
+/* A dollar counter of one key: its limit, what the counter holds now (the
+ * answers settled plus the reservations of requests still running), what
+ * is left (never below 0) and the seconds until the period renews. */
+typedef struct gateway_budget_usd {
+    double limit_usd, spent_usd, left_usd;
+    long resets_in_s;
+} gateway_budget_usd;
+
+typedef struct gateway_budget_tokens {
+    long long limit, used, left;
+    long resets_in_s;
+} gateway_budget_tokens;
+
+/* One key's counters this UTC day, month and clock minute. */
+typedef struct gateway_budget_left {
+    const char *key;        /* the API key's name; "": requests without a key */
+    int own;                /* 1: its entry of budgets.keys; 0: the default budget */
+    int has_daily, has_monthly, has_tokens; /* 0: no such limit (the field is not filled) */
+    gateway_budget_usd daily, monthly;
+    gateway_budget_tokens tokens_per_minute;
+} gateway_budget_left;
+
+/* status GATEWAY_OK with left[0..n) (borrowed for the callback), or
+ * GATEWAY_ESTORE with why (the store's own message; left NULL). */
+typedef void (*gateway_budgets_cb)(void *ud, int status, const char *why, const gateway_budget_left *left,
+                                   size_t n);
+
+/* Reads, on l's loop, the current counters of the keys named keys[0..n_keys)
+ * ("": requests without a key; names are copied), or with keys NULL of
+ * every key named in the budgets section and then "". A counter that does
+ * not exist is 0 (reading creates it at 0, with the expiry a reservation
+ * would give it). Without a budgets section nothing is counted: n is 0.
+ * cb runs exactly once, on the loop's thread, possibly before this returns
+ * (a store that answers at once). Returns 0, or GATEWAY_ENOMEM (cb not
+ * called). */
+int gateway_budgets_read(gateway_loop *l, const char *const *keys, size_t n_keys, gateway_budgets_cb cb, void *ud);
 
 #ifdef __cplusplus
 }

@@ -169,13 +169,18 @@ static void admitted(http_call *call) {
     /* call may be gone here: not touched again */
 }
 
+int http_gateway_present(http_call *call) {
+    if (call->loop->gateway)
+        return 1;
+    http_reply_error(call, HTTP_ERR_GATEWAY_DISABLED,
+                     "this server has no LLM gateway configured (gateway.config names its file; see "
+                     "docs/gateway.md)");
+    return 0;
+}
+
 void http_chat(http_call *call) {
-    if (!call->loop->gateway) {
-        http_reply_error(call, HTTP_ERR_GATEWAY_DISABLED,
-                         "this server has no LLM gateway configured (gateway.config names its file; see "
-                         "docs/gateway.md)");
+    if (!http_gateway_present(call))
         return;
-    }
     chat_state *st = calloc(1, sizeof *st);
     if (!st) {
         http_reply_error(call, HTTP_ERR_INTERNAL, "out of memory");

@@ -156,6 +156,8 @@ static json_t *version_json(const serving_version_status *v) {
         json_object_set_new(o, "layers", json_integer(v->info.n_layers));
         json_object_set_new(o, "hidden_size", json_integer(v->info.hidden));
         json_object_set_new(o, "load_seconds", json_real(v->load_seconds));
+        json_object_set_new(o, "quantization", json_string(engine_quantization_name(v->info.quantization)));
+        json_object_set_new(o, "weight_memory_bytes", json_integer((json_int_t)v->info.weight_memory_bytes));
         json_object_set_new(o, "sha256", v->sha256[0] ? json_string(v->sha256) : json_null());
     }
     return o;

@@ -66,13 +66,16 @@ static const char schemas_text[] =
     "  'error': {'type': 'string'}, 'architecture': {'type': 'string'}, 'model_type': {'type': 'string'},"
     "  'task': {'type': 'string'}, 'labels': {'type': 'array', 'items': {'type': 'string'}},"
     "  'max_length': {'type': 'integer'}, 'parameters': {'type': 'integer'}, 'dtype': {'type': 'string'},"
-    "  'sha256': {'type': ['string', 'null']}}},"
+    "  'sha256': {'type': ['string', 'null']},"
+    "  'quantization': {'type': 'string', 'enum': ['none', 'bf16', 'int8'], 'description': 'what runs'},"
+    "  'weight_memory_bytes': {'type': 'integer'}}},"
     "'Model': {'type': 'object', 'required': ['id', 'name', 'object', 'owned_by'], 'properties': {"
     "  'id': {'type': 'string'}, 'name': {'type': 'string'}, 'object': {'const': 'model'},"
     "  'owned_by': {'type': 'string'}, 'created': {'type': 'integer'}, 'default': {'type': 'boolean'},"
     "  'traffic': {'$ref': '#/components/schemas/TrafficSplit'},"
     "  'aliases': {'type': 'object', 'additionalProperties': {'type': 'string'}},"
     "  'shadow': {'type': ['object', 'null']},"
+    "  'cascade': {'type': ['object', 'null'], 'description': 'first, then, threshold; null when off'},"
     "  'versions': {'type': 'array', 'items': {'$ref': '#/components/schemas/ModelVersion'}}}},"
     "'ModelList': {'type': 'object', 'required': ['object', 'data'], 'properties': {"
     "  'object': {'const': 'list'}, 'data': {'type': 'array', 'items': {'$ref': '#/components/schemas/Model'}}}},"
@@ -115,6 +118,23 @@ static const char schemas_text[] =
     "    'message': {'$ref': '#/components/schemas/ChatMessage'}, 'finish_reason': {'type': ['string', 'null']}}}},"
     "  'usage': {'type': 'object', 'properties': {'prompt_tokens': {'type': 'integer'},"
     "    'completion_tokens': {'type': 'integer'}, 'total_tokens': {'type': 'integer'}}}}},"
+    "'BudgetUsd': {'type': ['object', 'null'], 'description': 'null: no such limit',"
+    "  'required': ['limit_usd', 'spent_usd', 'left_usd', 'resets_in_s'], 'properties': {"
+    "  'limit_usd': {'type': 'number'}, 'spent_usd': {'type': 'number', 'description': 'answers settled plus "
+    "the reservations of requests still running'}, 'left_usd': {'type': 'number', 'minimum': 0},"
+    "  'resets_in_s': {'type': 'integer', 'description': 'until the period renews (UTC)'}}},"
+    "'BudgetList': {'type': 'object', 'required': ['object', 'data'], 'description': 'the gateway budgets of the "
+    "key that asks; with scope admin, of every key of budgets.keys and of requests without a key (key null); "
+    "empty without a budgets section', 'properties': {"
+    "  'object': {'const': 'list'}, 'data': {'type': 'array', 'items': {'type': 'object',"
+    "    'required': ['key', 'budget', 'daily', 'monthly', 'tokens_per_minute'], 'properties': {"
+    "    'key': {'type': ['string', 'null'], 'description': 'the API key name; null: requests without a key'},"
+    "    'budget': {'type': 'string', 'enum': ['keys', 'default'], 'description': 'its own entry of budgets.keys, "
+    "or the default budget'},"
+    "    'daily': {'$ref': '#/components/schemas/BudgetUsd'}, 'monthly': {'$ref': '#/components/schemas/BudgetUsd'},"
+    "    'tokens_per_minute': {'type': ['object', 'null'], 'required': ['limit', 'used', 'left', 'resets_in_s'],"
+    "      'properties': {'limit': {'type': 'integer'}, 'used': {'type': 'integer'},"
+    "      'left': {'type': 'integer', 'minimum': 0}, 'resets_in_s': {'type': 'integer'}}}}}}}},"
     "'SeedBatchRequest': {'oneOf': [{'type': 'array', 'minItems': 1, 'items': {'type': 'string'}},"
     "  {'type': 'object', 'required': ['texts'], 'properties': {"
     "    'texts': {'type': 'array', 'minItems': 1, 'items': {'type': 'string'}}}}]},"
@@ -135,6 +155,11 @@ static const char schemas_text[] =
     "  'progress': {'type': 'object', 'properties': {'done': {'type': 'integer'}, 'total': {'type': 'integer'}}},"
     "  'created_at': {'type': 'string'}, 'started_at': {'type': ['string', 'null']},"
     "  'finished_at': {'type': ['string', 'null']}, 'error': {'type': ['string', 'null']}}},"
+    "'BatchList': {'type': 'object', 'required': ['object', 'data', 'first_id', 'last_id', 'has_more'],"
+    "  'description': 'the jobs of the key that asks, newest first', 'properties': {"
+    "  'object': {'const': 'list'}, 'data': {'type': 'array', 'items': {'$ref': '#/components/schemas/BatchJob'}},"
+    "  'first_id': {'type': ['string', 'null']}, 'last_id': {'type': ['string', 'null'],"
+    "    'description': 'pass it as after for the next page'}, 'has_more': {'type': 'boolean'}}},"
     "'BatchResults': {'type': 'object', 'required': ['object', 'id', 'status', 'data'], 'properties': {"
     "  'object': {'const': 'list'}, 'id': {'type': 'string'}, 'status': {'type': 'string'},"
     "  'data': {'type': 'array', 'items': {'type': 'object', 'properties': {'index': {'type': 'integer'},"
@@ -193,7 +218,19 @@ static const char schemas_text[] =
     "    'first': {'type': 'string'}, 'then': {'type': 'string'}, 'threshold': {'type': 'number'}}}}},"
     "'VersionAction': {'type': 'object', 'required': ['model', 'version', 'action'], 'properties': {"
     "  'model': {'type': 'string'}, 'version': {'type': 'string'},"
-    "  'action': {'type': 'string', 'enum': ['load', 'unload']}}}"
+    "  'action': {'type': 'string', 'enum': ['load', 'unload']}}},"
+    "'History': {'type': 'object', 'required': ['interval_ms', 'seconds', 't', 'series', 'dropped_series'],"
+    "  'description': 'Samples of the console metrics (docs/console.md): t holds the sample times (ms since the "
+    "epoch); each series has arrays aligned with t (null: no sample, or no observation): rate (counters, per "
+    "second), value (gauges), or count, mean, p50, p90, p99 (histograms; labels null: over every series of "
+    "the family)', 'properties': {"
+    "  'interval_ms': {'type': 'integer'}, 'seconds': {'type': 'integer'},"
+    "  't': {'type': 'array', 'items': {'type': 'integer'}},"
+    "  'series': {'type': 'array', 'items': {'type': 'object', 'required': ['name', 'type', 'labels'],"
+    "    'properties': {'name': {'type': 'string'}, 'type': {'type': 'string', 'enum': ['counter', 'gauge', "
+    "'histogram']}, 'labels': {'type': ['object', 'null'], 'additionalProperties': {'type': 'string'}}},"
+    "    'additionalProperties': {'type': 'array', 'items': {'type': ['number', 'null']}}}},"
+    "  'dropped_series': {'type': 'integer'}}}"
     "}";
 
 /* The path placeholders as parameters (routes.c has their rules). */
@@ -208,13 +245,24 @@ static const struct {
     {"file", "a file name", "^[A-Za-z0-9_-][A-Za-z0-9._-]*$"},
 };
 
-/* Query parameters a row's doc may name (http_route_doc.query). */
+/* Query parameters a row's doc may name (http_route_doc.query: names
+ * separated by spaces), each a row here: the first whose name is the same
+ * and whose route is the row's pattern, or NULL for any route (a name means
+ * different things on different routes: limit). Integers have a minimum,
+ * a maximum (0: none) and a default; the others are strings. */
 static const struct {
-    const char *name, *description;
+    const char *name, *route, *description;
+    bool integer;
     json_int_t minimum, maximum, fallback;
 } queries[] = {
-    {"offset", "the index of the first result of the page", 0, 0, 0},
-    {"limit", "results on the page", 1, 10000, 1000},
+    {"offset", NULL, "the index of the first result of the page", true, 0, 0, 0},
+    {"limit", "/v1/batch/{id}/results", "results on the page", true, 1, HTTP_RESULTS_PAGE_MAX,
+     HTTP_RESULTS_PAGE_DEFAULT},
+    {"limit", "/v1/batch", "jobs on the page", true, 1, HTTP_JOBS_PAGE_MAX, HTTP_JOBS_PAGE_DEFAULT},
+    {"after", NULL,
+     "a job id (the last_id of the page before): the page starts with the job after it. Not one of your jobs "
+     "(unknown, another key's, deleted by retention): 422",
+     false, 0, 0, 0},
 };
 
 #define VERSION_HEADER_DOC                                                                     \
@@ -230,6 +278,7 @@ static const char *reason(int status) {
     switch (status) {
     case 200: return "OK";
     case 202: return "Accepted";
+    case 302: return "Found";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -272,6 +321,9 @@ static json_t *content(const char *what) {
 /* One answer: its description (for an error: the codes with that status)
  * and body. */
 static json_t *response(int status, const char *what) {
+    if (status < 400 && !what) /* a redirect: no body, where to go in Location */
+        return json_pack("{s:s, s:{s:{s:s, s:{s:s}}}}", "description", reason(status), "headers", "Location",
+                         "description", "where to go", "schema", "type", "string");
     char desc[512];
     snprintf(desc, sizeof desc, "%s%s", reason(status), what ? "" : "; the error codes with this status");
     if (!what) {
@@ -318,17 +370,23 @@ static json_t *parameters(const http_route *r) {
                                                   placeholders[i].description, "schema", schema));
         }
     }
-    for (size_t i = 0; i < sizeof queries / sizeof queries[0]; i++) {
-        const char *q = r->doc.query ? strstr(r->doc.query, queries[i].name) : NULL;
-        if (!q)
-            continue;
-        json_t *schema = json_pack("{s:s, s:I, s:I}", "type", "integer", "minimum", queries[i].minimum, "default",
-                                   queries[i].fallback);
-        if (queries[i].maximum)
-            json_object_set_new(schema, "maximum", json_integer(queries[i].maximum));
-        json_array_append_new(list, json_pack("{s:s, s:s, s:b, s:s, s:o}", "name", queries[i].name, "in", "query",
-                                              "required", 0, "description", queries[i].description, "schema",
-                                              schema));
+    for (const char *q = r->doc.query; q && *q;) {
+        size_t n = strcspn(q, " ");
+        for (size_t i = 0; i < sizeof queries / sizeof queries[0]; i++) {
+            if (strlen(queries[i].name) != n || strncmp(queries[i].name, q, n) != 0 ||
+                (queries[i].route && strcmp(queries[i].route, r->pattern) != 0))
+                continue;
+            json_t *schema = queries[i].integer ? json_pack("{s:s, s:I, s:I}", "type", "integer", "minimum",
+                                                            queries[i].minimum, "default", queries[i].fallback)
+                                                : json_pack("{s:s}", "type", "string");
+            if (queries[i].maximum)
+                json_object_set_new(schema, "maximum", json_integer(queries[i].maximum));
+            json_array_append_new(list, json_pack("{s:s, s:s, s:b, s:s, s:o}", "name", queries[i].name, "in",
+                                                  "query", "required", 0, "description", queries[i].description,
+                                                  "schema", schema));
+            break;
+        }
+        q += n + (q[n] == ' ');
     }
     if (r->infer)
         json_array_append_new(list, json_pack("{s:s, s:s, s:b, s:s, s:{s:s}}", "name", "X-Model-Version", "in",

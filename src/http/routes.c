@@ -52,7 +52,7 @@
 #define ADMIN GUARD_SCOPE_ADMIN
 #define INFER(ops) NULL, &(ops)
 /* The row's OpenAPI entry: summary, request schema, answers (http_route_doc);
- * DOCQ adds its query parameters. */
+ * DOCQ adds its query parameters (names of openapi.c's queries[]). */
 #define DOC(summary, request, responses) {summary, request, responses, NULL}
 #define DOCQ(summary, request, responses, query) {summary, request, responses, query}
 #define PREDICTION "200=Prediction 404 422 429 503 504"
@@ -88,9 +88,14 @@ const http_route http_routes[] = {
     {HTTP_POST, "/v1/chat/completions", "/v1/chat/completions", CHAT, http_chat, NULL,
      DOC("Chat completion through the LLM gateway (OpenAI's API)", "ChatCompletionRequest",
          "200=ChatCompletion,text/event-stream 404 422 429 502 503 504")},
+    {HTTP_GET, "/v1/gateway/budgets", "/v1/gateway/budgets", CHAT, http_gateway_budgets, NULL,
+     DOC("What your API key's gateway budgets have left (with scope admin: every configured key's)", NULL,
+         "200=BudgetList 404 503")},
     /* Batch jobs. */
     {HTTP_POST, "/v1/batch", "/v1/batch", BATCH, http_batch_submit, NULL,
      DOC("Submit a batch job", "BatchRequest", "202=BatchJob 404 422 429 503")},
+    {HTTP_GET, "/v1/batch", "/v1/batch", BATCH, http_batch_list, NULL,
+     DOCQ("Your batch jobs, newest first, a page at a time", NULL, "200=BatchList 422 503", "limit after")},
     {HTTP_GET, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_get, NULL,
      DOC("A batch job", NULL, "200=BatchJob 404 503")},
     {HTTP_DELETE, "/v1/batch/{id}", "/v1/batch/{id}", BATCH, http_batch_cancel, NULL,
@@ -140,6 +145,16 @@ const http_route http_routes[] = {
      ADMIN, http_admin_version_load, NULL, DOC("Load a version", NULL, "202=VersionAction 404 503")},
     {HTTP_POST, "/admin/models/{name}/versions/{version}/unload", "/admin/models/{name}/versions/{version}/unload",
      ADMIN, http_admin_version_unload, NULL, DOC("Unload a version", NULL, "202=VersionAction 404 503")},
+    /* The operator console (GET /ui) and what it reads. */
+    {HTTP_GET, "/", "/", OPEN, http_root, NULL, DOC("The operator console: redirects to /ui", NULL, "302")},
+    {HTTP_GET, "/ui", "/ui", OPEN, http_static, NULL,
+     DOC("The operator console (a web page; its data needs an API key once keys are configured)", NULL,
+         "200=text/html")},
+    {HTTP_GET, "/ui/{file}", "/ui/{file}", OPEN, http_static, NULL,
+     DOC("A file of the console (script, style sheet, icon, licence)", NULL, "200=*/* 404")},
+    {HTTP_GET, "/v1/metrics/history", "/v1/metrics/history", ANY, http_history, NULL,
+     DOC("The console's metrics over the last 15 minutes, one sample a second (?since=ms&families=a,b)", NULL,
+         "200=History 422")},
     /* This API's description. */
     {HTTP_GET, "/openapi.json", "/openapi.json", OPEN, http_openapi, NULL,
      DOC("This API as an OpenAPI 3.1 document", NULL, "200=application/json")},
@@ -349,15 +364,19 @@ static int presented_key(struct evhttp_request *req, const char **key, size_t *l
  * name at most, never the key. */
 int http_authorized(http_call *call, guard_scopes required) {
     http_server *s = call->loop->server;
-    if (!s->opts.keys || required == HTTP_SCOPE_OPEN)
+    if (!s->opts.keys || required == HTTP_SCOPE_OPEN) {
+        call->key_scopes = s->opts.keys ? 0 : GUARD_SCOPE_ALL;
         return 1;
+    }
     const char *key;
     size_t len;
     int conflict = presented_key(call->req, &key, &len);
     guard_auth auth;
     guard_keys_authorize(s->opts.keys, &call->loop->keys_view, key, len, required, &auth);
-    if (auth.status == GUARD_AUTH_OPEN)
+    if (auth.status == GUARD_AUTH_OPEN) {
+        call->key_scopes = GUARD_SCOPE_ALL;
         return 1;
+    }
     if (conflict) {
         if (auth.status == GUARD_AUTH_OK)
             guard_keys_count_failure(s->opts.keys, GUARD_AUTH_INVALID);
@@ -369,6 +388,7 @@ int http_authorized(http_call *call, guard_scopes required) {
     if (auth.key) {
         http_copy(call->key_name, sizeof call->key_name, auth.key->name);
         http_copy(call->key_tier, sizeof call->key_tier, auth.key->tier);
+        call->key_scopes = auth.key->scopes;
     }
     switch (auth.status) {
     case GUARD_AUTH_OK:

@@ -62,6 +62,7 @@ struct serving_repo {
     size_t n_specific;
     char repository[4096];
     char default_model[128];
+    char quantization[2048];  /* serving_options.quantization, checked */
     metrics_registry *metrics;
     metric_family *f_queue_depth, *f_queue_wait, *f_batch_size, *f_inference, *f_tokens,
         *f_batches, *f_timeouts, *f_predictions, *f_confidence, *f_state, *f_load_seconds;
@@ -293,6 +294,61 @@ static int policy_wants(const serving_repo *r, const serving_version *v, int att
     return attempted < r->latest || loaded == 0;
 }
 
+/* One entry of serving_options.quantization (e[0..n)): MODE, MODEL=MODE or
+ * MODEL@VERSION=MODE. Fills model ("" for every model), *version (0 for
+ * every version) and *mode; 0, or -1 when malformed. */
+static int quant_entry(const char *e, size_t n, char model[128], long *version, engine_quantization *mode) {
+    char item[256];
+    if (n >= sizeof item)
+        return -1;
+    memcpy(item, e, n);
+    item[n] = '\0';
+    char *eq = strrchr(item, '='), *name = eq ? item : NULL;
+    engine_error err;
+    if (engine_quantization_parse(eq ? eq + 1 : item, mode, &err) != 0)
+        return -1;
+    model[0] = '\0';
+    *version = 0;
+    if (!name)
+        return 0;
+    *eq = '\0';
+    char *at = strchr(name, '@');
+    if (at) {
+        *at = '\0';
+        char *end;
+        *version = strtol(at + 1, &end, 10);
+        if (end == at + 1 || *end || *version <= 0)
+            return -1;
+    }
+    if (!*name || strlen(name) >= 128)
+        return -1;
+    snprintf(model, 128, "%s", name);
+    return 0;
+}
+
+/* The quantization for a version: the most specific entry that matches
+ * (MODEL@VERSION, then MODEL, then a bare MODE), else none. */
+static engine_quantization quant_for(const serving_repo *r, const char *model, long version) {
+    engine_quantization best = ENGINE_QUANT_NONE, mode;
+    int best_rank = 0;
+    for (const char *p = r->quantization; *p;) {
+        size_t n = strcspn(p, ",");
+        char name[128];
+        long v;
+        size_t lead = strspn(p, " ");
+        if (n > lead && quant_entry(p + lead, n - lead, name, &v, &mode) == 0) {
+            int rank = !name[0] ? 1 : v == 0 ? (strcmp(name, model) == 0 ? 2 : 0)
+                                              : (strcmp(name, model) == 0 && v == version ? 3 : 0);
+            if (rank > best_rank) {
+                best_rank = rank;
+                best = mode;
+            }
+        }
+        p += n + (p[n] == ',');
+    }
+    return best;
+}
+
 int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
                         serving_repo **out, serving_error *err) {
     *out = NULL;
@@ -305,6 +361,26 @@ int serving_repo_create(const serving_options *opts, metrics_registry *metrics,
         free(r);
         return SERVING_EINPUT;
     }
+    const char *q = opts->quantization ? opts->quantization : "";
+    if (strlen(q) >= sizeof r->quantization) {
+        free(r);
+        return serving_error_set(err, SERVING_EINPUT, "the quantization list is too long");
+    }
+    for (const char *p = q; *p;) {
+        size_t n = strcspn(p, ","), lead = strspn(p, " ");
+        char name[128];
+        long v;
+        engine_quantization mode;
+        if (n <= lead || quant_entry(p + lead, n - lead, name, &v, &mode) != 0) {
+            free(r);
+            return serving_error_set(err, SERVING_EINPUT,
+                                     "quantization entry '%.*s' is not MODE, MODEL=MODE or MODEL@VERSION=MODE "
+                                     "with MODE none, bf16 or int8", (int)(n > 100 ? 100 : n), p);
+        }
+        p += n + (p[n] == ',');
+    }
+    snprintf(r->quantization, sizeof r->quantization, "%s", q);
+    r->opts.quantization = r->quantization;
     snprintf(r->repository, sizeof r->repository, "%s", opts->repository ? opts->repository : ".");
     r->opts.repository = r->repository;
     r->metrics = metrics;
@@ -541,7 +617,7 @@ static int embed_options(const char *dir, sched_embed *out, char *error, size_t 
 static int load_version(serving_repo *r, serving_version *v, char *error, size_t error_cap,
                         double *seconds) {
     uint64_t t0 = serving_now_us();
-    engine_options eo = {.n_threads = r->opts.engine_threads};
+    engine_options eo = {.n_threads = r->opts.engine_threads, .quantization = quant_for(r, v->model, v->number)};
     engine_error eerr = {0};
     engine_model *model = NULL;
     if (engine_model_load(v->dir, &eo, &model, &eerr) != 0) {
@@ -667,9 +743,20 @@ static int load_and_record(serving_repo *r, serving_version *v) {
     v->load_seconds = seconds;
     pthread_mutex_unlock(&r->lock);
     set_state_metric(r, v);
-    log_event(rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "model_loaded" : "model_load_failed", "model",
-              json_string(v->model), "version", json_integer(v->number), "path", json_string(v->dir),
-              rc == 0 ? "load_seconds" : "error", rc == 0 ? json_real(seconds) : json_string(error), NULL);
+    if (rc != 0) {
+        log_event(LOG_ERROR, "model_load_failed", "model", json_string(v->model), "version",
+                  json_integer(v->number), "path", json_string(v->dir), "error", json_string(error), NULL);
+        return rc;
+    }
+    const engine_model_info *info = engine_model_get_info(v->engine);
+    log_event(LOG_INFO, "model_loaded", "model", json_string(v->model), "version", json_integer(v->number),
+              "path", json_string(v->dir), "load_seconds", json_real(seconds), "quantization",
+              json_string(engine_quantization_name(info->quantization)), "kernels",
+              json_string(info->kernels ? info->kernels : ""), "weight_memory_bytes",
+              json_integer((json_int_t)info->weight_memory_bytes), NULL);
+    if (info->quantization_note) /* the mode asked for is not what runs */
+        log_event(LOG_WARN, "quantization_fallback", "model", json_string(v->model), "version",
+                  json_integer(v->number), "message", json_string(info->quantization_note), NULL);
     return rc;
 }
 
@@ -865,21 +952,7 @@ static void *loader_main(void *arg) {
             if (!policy_wants(r, v, attempted, loaded))
                 continue;
             attempted++;
-            char error[sizeof v->error] = "";
-            double seconds = 0;
-            int rc = load_version(r, v, error, sizeof error, &seconds);
-            pthread_mutex_lock(&r->lock);
-            v->state = rc == 0 ? SERVING_STATE_AVAILABLE : SERVING_STATE_FAILED;
-            memcpy(v->error, error, sizeof error);
-            v->load_seconds = seconds;
-            pthread_mutex_unlock(&r->lock);
-            set_state_metric(r, v);
-            log_event(rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "model_loaded" : "model_load_failed",
-                      "model", json_string(v->model), "version", json_integer(v->number),
-                      "path", json_string(v->dir),
-                      rc == 0 ? "load_seconds" : "error",
-                      rc == 0 ? json_real(seconds) : json_string(error), NULL);
-            loaded += rc == 0;
+            loaded += load_and_record(r, v) == 0;
         }
         /* Versions the policy did not try are not "loading" any more: they
          * are simply not served (and not listed). */

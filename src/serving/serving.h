@@ -94,6 +94,11 @@ typedef struct serving_options {
      * "specific:V[,V...]" (only those, no fallback). NULL or "": latest:1.
      * serving_repo_create refuses anything else (SERVING_EINPUT). */
     const char *version_policy;
+    /* How each version runs (engine_options.quantization): comma-separated
+     * entries MODE, MODEL=MODE or MODEL@VERSION=MODE (MODE none, bf16 or
+     * int8), the most specific one that matches winning; NULL or "": none
+     * for all. serving_repo_create refuses a malformed list (SERVING_EINPUT). */
+    const char *quantization;
     /* How often the repository is looked at again after the first load:
      * new versions and models are loaded (warm-up included) before they
      * serve, versions the policy drops or whose directory is gone are

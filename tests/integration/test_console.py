@@ -12,6 +12,7 @@ them). The page's own files are checked like /docs's."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -57,6 +58,7 @@ def console_server(server_factory, tmp_path):
         ],
         "retry": {"attempts": "1"},
         "breaker": {"failures": "2", "failure_ratio": "0"},
+        "budgets": {"keys": {"operator": {"daily_usd": "1"}}},
     }
     (tmp_path / "gateway.yaml").write_text(json.dumps(gw))
     repo = tmp_path / "repo"
@@ -96,6 +98,7 @@ def test_console_in_a_browser(console_server, browser, tmp_path):
     assert "missing_api_key" in r["noKey"] or "API key" in r["noKey"]
     assert "lacks the scope 'admin'" in r["readKeyNotice"], r["readKeyNotice"]
     assert r["trafficAfterRefusal"]["traffic"] == {}
+    assert "lacks the scope 'chat'" in r["readKeyBudgets"], r["readKeyBudgets"]
 
     # Charts drew the traffic sent after the page opened.
     assert int(r["linesAfter"] or 0) >= 1
@@ -121,6 +124,10 @@ def test_console_in_a_browser(console_server, browser, tmp_path):
     # The gateway: spend per key and model, the flaky model's breaker.
     assert any("operator" in row and "small" in row for row in r["gatewayCosts"]), r["gatewayCosts"]
     assert any(row.startswith("flaky") for row in r["gatewayBreakers"]), r["gatewayBreakers"]
+    # Budgets left: the admin key sees the operator's daily budget, a few
+    # chat completions spent of it.
+    daily = [m for m in (re.match(r"operator\$([\d.]+) / \$1\.00\$([\d.]+)", row) for row in r["gatewayBudgets"]) if m]
+    assert daily and 0.99 < float(daily[0].group(2)) <= 1, r["gatewayBudgets"]
     for view in ("live", "models", "drift", "try", "jobs", "gateway"):
         assert os.path.getsize(os.path.join(shots, "console-%s.png" % view)) > 10000, view
 

@@ -64,6 +64,7 @@
     X(BATCH_DISABLED, 503, "service_unavailable_error", "batch_disabled")          \
     X(RATE_LIMITER_UNAVAILABLE, 503, "service_unavailable_error", "rate_limiter_unavailable") \
     X(JOB_QUEUE_UNAVAILABLE, 503, "service_unavailable_error", "job_queue_unavailable") \
+    X(BUDGETS_UNAVAILABLE, 503, "service_unavailable_error", "budgets_unavailable") \
     X(NOT_READY, 503, "service_unavailable_error", "not_ready")                    \
     X(OVERLOADED, 503, "service_unavailable_error", "overloaded")                  \
     X(SHUTTING_DOWN, 503, "service_unavailable_error", "shutting_down")            \
@@ -179,6 +180,7 @@ struct http_loop {
     http_conn *conns;
     int n_conns;
     struct event *sweep_event;
+    struct event *history_event;  /* loop 0 only: the console's history, sampled once a second */
     /* This loop's reference to the current API keyset (guard.h). */
     guard_keys_view keys_view;
     gateway_loop *gateway;              /* the LLM gateway's part of this loop; NULL: no gateway */
@@ -223,6 +225,7 @@ struct http_server {
     http_cors *cors;              /* CORS allow-list (cors.c); owned */
     http_limits limits;           /* what a request's parser accepts (from opts) */
     http_limits batch_limits;     /* what a batch job's parser accepts (from opts) */
+    obs_history *history;         /* the console's metrics, last 15 minutes (console.c); owned */
 };
 
 struct http_call {
@@ -238,6 +241,8 @@ struct http_call {
     char client[64];
     char key_name[GUARD_NAME_MAX + 1]; /* the API key's name once known; "" otherwise */
     char key_tier[GUARD_NAME_MAX + 1]; /* that key's rate-limit tier */
+    guard_scopes key_scopes;      /* that key's scopes; GUARD_SCOPE_ALL when no keys are configured (every
+                                     endpoint is open); 0 on open routes of a server with keys */
     int status;                   /* the answer's, once sent */
     int discard;                  /* server stopping: free without answering */
     http_infer *infer;            /* inference endpoints: the pipeline's state (pipeline.c) */
@@ -371,6 +376,13 @@ int http_is_valid_utf8(const unsigned char *s, size_t n);
  * http_chat_free frees what it keeps in the call (http_call_free calls it). */
 void http_chat(http_call *call);
 void http_chat_free(http_call *call);
+/* chat.c: 1 when the server has an LLM gateway; else answers 404
+ * gateway_not_configured and returns 0. */
+int http_gateway_present(http_call *call);
+
+/* budgets.c: GET /v1/gateway/budgets, what the caller's key (with scope
+ * admin: every configured key's) gateway budgets have left. */
+void http_gateway_budgets(http_call *call);
 
 /* health.c: ready to serve: every model has a version available, or (a
  * server that is only an LLM gateway) its empty repository was read. The
@@ -385,6 +397,7 @@ void http_metrics_page(http_call *call);
 void http_models(http_call *call);
 void http_model(http_call *call);
 json_t *http_split_json(const serving_split *split);
+json_t *http_cascade_json(const serving_cascade *c); /* {"first", "then", "threshold"}, {} when off */
 json_t *http_aliases_json(const serving_alias *aliases, size_t n);
 
 /* kserve.c: /v2 metadata. */
@@ -393,6 +406,13 @@ void http_kserve_live(http_call *call);
 void http_kserve_ready(http_call *call);
 void http_kserve_model(http_call *call);
 void http_kserve_model_ready(http_call *call);
+
+/* Page sizes of the batch listings: GET /v1/batch/{id}/results and GET
+ * /v1/batch (batch.c checks them, openapi.c documents them). */
+#define HTTP_RESULTS_PAGE_DEFAULT 1000
+#define HTTP_RESULTS_PAGE_MAX 10000
+#define HTTP_JOBS_PAGE_DEFAULT 20
+#define HTTP_JOBS_PAGE_MAX 100
 
 /* batch.c: /batch_predict, /batch_result/{id}, /v1/batch[...]. The body
  * parser is pure (data[len]: JSON, or JSON Lines when jsonl; the seed's
@@ -403,6 +423,7 @@ int http_batch_parse(const http_limits *limits, const char *data, size_t len, in
 void http_batch_seed_submit(http_call *call);
 void http_batch_seed_result(http_call *call);
 void http_batch_submit(http_call *call);
+void http_batch_list(http_call *call);
 void http_batch_get(http_call *call);
 void http_batch_cancel(http_call *call);
 void http_batch_results(http_call *call);
@@ -421,6 +442,13 @@ void http_admin_version_unload(http_call *call);
 /* openapi.c: GET /openapi.json (the OpenAPI 3.1 document made from the
  * route table). */
 void http_openapi(http_call *call);
+
+/* console.c: what the operator console reads besides the API: the
+ * history of its metrics (GET /v1/metrics/history), sampled by loop 0. */
+obs_history *http_console_history(metrics_registry *r);
+void http_console_tick(evutil_socket_t fd, short what, void *arg); /* the loop's history_event */
+void http_history(http_call *call);
+void http_root(http_call *call); /* GET /: 302 to /ui */
 
 /* assets.c: the embedded pages' files (GET /docs and /docs/{file}), by the
  * row's pattern and {file}. */

@@ -5,7 +5,8 @@
 // admin key through every view: live charts moving after traffic this
 // script sends, a traffic split set from the page, texts tried (one model
 // has a label that is HTML), a batch job cancelled and another downloaded,
-// the gateway's spend. A screenshot of each view goes to SHOT_DIR.
+// the gateway's spend and budgets left. A screenshot of each view goes to
+// SHOT_DIR.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -65,6 +66,8 @@ run(async () => {
   await page.click('.card[data-model="sentiment"] form[data-form="traffic"] button[type=submit]');
   out.readKeyNotice = await notice(/traffic of sentiment: /);
   out.trafficAfterRefusal = await (await api('GET', '/admin/models/sentiment/traffic', undefined, adminKey)).json();
+  await view('gateway');
+  out.readKeyBudgets = await (await page.waitForSelector('#gw-budgets p.empty')).textContent();
 
   // 3. The admin key: the live charts move once traffic comes.
   await useKey(adminKey);
@@ -163,6 +166,8 @@ run(async () => {
     { timeout: 30000 });
   out.gatewayCosts = await page.locator('#gw-costs tbody tr').allTextContents();
   out.gatewayBreakers = await page.locator('#gw-breakers tbody tr').allTextContents();
+  await page.waitForSelector('#gw-budgets tbody tr', { timeout: 30000 });
+  out.gatewayBudgets = await page.locator('#gw-budgets tbody tr').allTextContents();
   await shot('gateway');
   }
 });

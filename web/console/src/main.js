@@ -51,6 +51,7 @@ async function tick() {
     document.body.dataset.samples = String(ctx.history.t.length);
     if (polls % 3 === 1) await reloadModels();
     if (current === jobs && polls % 2 === 0) await jobs.load();
+    if (current === gateway && polls % 2 === 0) await gateway.load();
     if (current && current.refresh) current.refresh(ctx);
     const n = document.getElementById('notice');
     if (n.classList.contains('error') && n.dataset.source === 'poll') notice('');

@@ -1,20 +1,25 @@
 // gateway.js - "Gateway": the LLM gateway's spend per API key and per
 // model, its circuit breakers, fallbacks, budget refusals and upstream
-// latency, from the same history as the other views.
+// latency, from the same history as the other views; and what the
+// budgets have left now (GET /v1/gateway/budgets, polled by main.js).
 'use strict';
 
 import { Chart } from '../charts.js';
 import { el, clear, fmt, table } from '../dom.js';
+import { get } from '../api.js';
 import { History } from '../history.js';
 
-let charts, breakers, costs;
+let charts, breakers, costs, budgets;
 const STATES = ['closed', 'half-open', 'open'];
 
 export function mount(root) {
   breakers = el('div', { class: 'card', id: 'gw-breakers' });
   costs = el('div', { class: 'card', id: 'gw-costs' });
+  budgets = el('div', { class: 'card', id: 'gw-budgets' });
   const grid = el('div', { class: 'grid' });
-  root.append(el('div', { class: 'grid' }, breakers, costs), grid);
+  root.append(el('div', { class: 'grid' }, breakers, costs), el('h2', {}, 'Budgets left'), budgets,
+    el('h2', {}, 'Over the last 15 minutes'), grid);
+  load();
   charts = {
     cost: new Chart(grid, 'Spend per minute by model', { unit: '$' }),
     requests: new Chart(grid, 'Chat requests per second by target'),
@@ -53,4 +58,37 @@ export function refresh({ history: h }) {
   charts.fallbacks.update(t, [...fb].sort().map(([m, v]) => ({ label: m, values: v })));
   charts.latency.update(t, h.of('aiserve_llm_upstream_seconds', (l) => l.model).flatMap((s) => [
     { label: s.labels.model + ' p50', values: s.data.p50 }, { label: s.labels.model + ' p99', values: s.data.p99 }]));
+}
+
+// Dollars to the micro-dollar the counters hold, with at least cents.
+function usd(v) {
+  if (v >= 1000) return '$' + fmt(v);
+  const s = v.toFixed(6).replace(/0+$/, '');
+  return '$' + (s.length - s.indexOf('.') - 1 < 2 ? v.toFixed(2) : s);
+}
+const spentOf = (c) => (c ? usd(c.spent_usd) + ' / ' + usd(c.limit_usd) : 'no limit');
+const leftOf = (c) => (c ? usd(c.left_usd) : '');
+
+// Polled by main.js while the view is open: the key's own budget, or with
+// scope admin every configured key's. The server's refusal (no gateway, a
+// key without scope chat) is shown in the card.
+export async function load() {
+  const card = budgets;
+  let rows;
+  try {
+    rows = (await get('/v1/gateway/budgets')).body.data;
+  } catch (e) {
+    clear(card).append(el('p', { class: 'empty' }, e.message));
+    return;
+  }
+  const body = rows.length
+    ? table(['key', 'daily spent / limit', 'daily left', 'monthly spent / limit', 'monthly left',
+      'tokens per minute used / limit', 'tokens left'], rows.map((b) => {
+      const t = b.tokens_per_minute;
+      return [b.key === null ? '(requests without a key)' : b.key, spentOf(b.daily), leftOf(b.daily),
+        spentOf(b.monthly), leftOf(b.monthly), t ? fmt(t.used) + ' / ' + fmt(t.limit) : 'no limit',
+        t ? fmt(t.left) : ''];
+    }), [1, 2, 3, 4, 5, 6])
+    : el('p', { class: 'empty' }, 'no budgets configured (budgets in docs/gateway.md)');
+  clear(card).append(body);
 }
