@@ -37,6 +37,16 @@ STOP_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02   # between two looks at a condition
 
 
+def create_key(keys_file, name, scopes="predict"):
+    """`aiserve keys create` in keys_file (with a clean AISERVE_* environment);
+    the key it printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+    p = subprocess.run([BIN, "keys", "create", "--keys-file", str(keys_file), "--name", name, "--scopes", scopes],
+                       capture_output=True, timeout=30, env=env)
+    assert p.returncode == 0, p.stderr.decode()
+    return p.stdout.decode().strip()
+
+
 def artifacts_dir():
     """Where tests leave files for people to look at (screenshots):
     $AISERVE_ARTIFACTS, else test-artifacts/ in the working directory (the

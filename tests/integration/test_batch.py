@@ -12,7 +12,7 @@ import subprocess
 
 import requests
 
-from harness import BIN, MODELS, assert_error, sample, wait_until
+from harness import BIN, MODELS, assert_error, create_key, sample, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEV = "/work/shared/data/sst2/dev.tsv" if os.path.exists("/work/shared/data/sst2/dev.tsv") else \
@@ -21,11 +21,7 @@ DEV = "/work/shared/data/sst2/dev.tsv" if os.path.exists("/work/shared/data/sst2
 
 def make_key(keys_file, name, scopes):
     """Creates an API key in keys_file; the headers that send it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
-    p = subprocess.run([BIN, "keys", "create", "--keys-file", str(keys_file), "--name", name, "--scopes", scopes],
-                       capture_output=True, timeout=30, env=env)
-    assert p.returncode == 0, p.stderr
-    return {"X-API-Key": p.stdout.decode().strip()}
+    return {"X-API-Key": create_key(keys_file, name, scopes)}
 
 
 def list_all(s, page=None, **kw):

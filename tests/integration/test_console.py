@@ -14,22 +14,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from fake_llm import FakeLLM
-from harness import BIN, FIXTURES, SENTIMENT, artifacts_dir
+from harness import FIXTURES, SENTIMENT, artifacts_dir, create_key
 
 EVIL = "<img src=x onerror=alert(1)>"
 
-
-def keys_create(path, name, scopes):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
-    p = subprocess.run([BIN, "keys", "create", "--keys-file", str(path), "--name", name, "--scopes", scopes],
-                       capture_output=True, timeout=30, env=env)
-    assert p.returncode == 0, p.stderr.decode()
-    return p.stdout.decode().strip()
 
 
 def evil_model(tmp_path):
@@ -67,8 +59,8 @@ def console_server(server_factory, tmp_path):
         (repo / name).mkdir(parents=True, exist_ok=True)
         os.symlink(src, repo / name / str(version))
     keys = tmp_path / "keys.json"
-    admin = keys_create(keys, "operator", "admin,predict,batch,chat")
-    reader = keys_create(keys, "reader", "predict")
+    admin = create_key(keys, "operator", "admin,predict,batch,chat")
+    reader = create_key(keys, "reader", "predict")
     s = server_factory("--keys-file", str(keys), "--gateway-config", str(tmp_path / "gateway.yaml"),
                        "--max-body-size", "16MiB", "--no-rate-limit", "--version-policy", "all", repo=repo,
                        env={"FAKE_LLM_KEY": "sk-fake"})
@@ -153,7 +145,7 @@ def test_console_files(server_factory):
 
 def test_history_endpoint(server_factory, tmp_path):
     keys = tmp_path / "keys.json"
-    key = keys_create(keys, "reader", "predict")
+    key = create_key(keys, "reader", "predict")
     s = server_factory("--keys-file", str(keys))
     assert s.get("/v1/metrics/history").status_code == 401
     h = {"X-API-Key": key}

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from harness import BIN, MODELS, assert_error
+from harness import BIN, MODELS, assert_error, create_key
 
 A = "https://app.example.com"
 B = "http://localhost:3000"
@@ -123,17 +123,10 @@ def test_preflight_refusals(cors_server):
     assert_error(preflight(s, "/nowhere", A), 404, "not_found")
 
 
-def keys_create(path, name):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
-    p = subprocess.run([BIN, "keys", "create", "--keys-file", str(path), "--name", name, "--scopes", "predict"],
-                       capture_output=True, timeout=30, env=env)
-    assert p.returncode == 0, p.stderr.decode()
-    return p.stdout.decode().strip()
-
 
 def test_preflight_needs_no_api_key(server_factory, tmp_path):
     keys = tmp_path / "keys.json"
-    key = keys_create(keys, "web")
+    key = create_key(keys, "web")
     s = server_factory("--keys-file", str(keys), "--cors-allowed-origins", A)
     r = preflight(s, "/predict", A, headers="content-type, x-api-key")
     assert r.status_code == 204, r.text

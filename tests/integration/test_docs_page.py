@@ -8,26 +8,18 @@ gzip or not, ETag and 304, HEAD, no other files)."""
 import gzip
 import os
 import re
-import subprocess
 
 import requests
 
-from harness import BIN, artifacts_dir
+from harness import artifacts_dir, create_key
 
 PAGE_FILES = ("/docs/swagger-ui.css", "/docs/favicon-32x32.png", "/docs/swagger-ui-bundle.js", "/docs/docs.js")
 
 
-def keys_create(path, scope):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
-    p = subprocess.run([BIN, "keys", "create", "--keys-file", str(path), "--name", scope, "--scopes", scope],
-                       capture_output=True, timeout=30, env=env)
-    assert p.returncode == 0, p.stderr.decode()
-    return p.stdout.decode().strip()
-
 
 def test_swagger_ui_in_a_browser(server_factory, browser, tmp_path):
     keys = tmp_path / "keys.json"
-    key = keys_create(keys, "predict")
+    key = create_key(keys, "predict", "predict")
     s = server_factory("--keys-file", str(keys))
     n_ops = sum(len(item) for item in s.get("/openapi.json").json()["paths"].values())
     shot = os.path.join(artifacts_dir(), "docs.png")

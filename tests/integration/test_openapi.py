@@ -17,7 +17,7 @@ import subprocess
 import pytest
 import requests
 
-from harness import BIN, FIXTURES, ROOT, SENTIMENT, assert_error, make_repo, wait_until
+from harness import FIXTURES, ROOT, SENTIMENT, assert_error, create_key, make_repo, wait_until
 
 REDOCLY = "@redocly/cli@1.34.20"  # 1.x; pinned so that the lint is repeatable
 SCOPES = ("predict", "embed", "batch", "chat", "admin")
@@ -44,13 +44,6 @@ GOOD_BODIES = {
 }
 
 
-def keys_create(path, scope):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
-    p = subprocess.run([BIN, "keys", "create", "--keys-file", str(path), "--name", scope, "--scopes", scope],
-                       capture_output=True, timeout=30, env=env)
-    assert p.returncode == 0, p.stderr.decode()
-    return p.stdout.decode().strip()
-
 
 @pytest.fixture(scope="module")
 def redocly(tmp_path_factory):
@@ -68,7 +61,7 @@ def keyed(server_factory, tmp_path):
     """A server with a key per scope, a 1 KiB body limit (413 within reach),
     a classifier and an embedding model; its document; its keys."""
     keys_file = tmp_path / "keys.json"
-    keys = {scope: keys_create(keys_file, scope) for scope in SCOPES}
+    keys = {scope: create_key(keys_file, scope, scope) for scope in SCOPES}
     repo = make_repo(tmp_path, sentiment=SENTIMENT, minilm=os.path.join(FIXTURES, "bert-base-embed"))
     s = server_factory("--keys-file", str(keys_file), "--max-body-size", "1KiB", repo=repo)
     r = s.get("/openapi.json")
