@@ -77,7 +77,18 @@ export class History {
     return null;
   }
 
-  // Sum over the window of a rate (per-second samples): the count of events.
+  // The events a rate (per second) stands for over the window: each sample
+  // times the seconds since the one before (samples are about 1 s apart).
+  events(rates) {
+    let n = 0;
+    for (let i = 0; i < rates.length; i++) {
+      const dt = i ? (this.t[i] - this.t[i - 1]) / 1000 : 1;
+      n += (rates[i] || 0) * dt;
+    }
+    return n;
+  }
+
+  // The sum of per-sample counts (a histogram's observations).
   static total(values) { return values.reduce((a, v) => a + (v || 0), 0); }
 }
 

@@ -6,7 +6,7 @@
 
 import { Chart } from '../charts.js';
 import { el, clear, fmt, pct, table } from '../dom.js';
-import { History, ratio } from '../history.js';
+import { ratio } from '../history.js';
 
 let charts, modelSel, summary, ctxRef;
 
@@ -56,15 +56,15 @@ export function refresh(ctx) {
 
   // Over the whole window, per version.
   const rows = [...perVersion.keys()].sort().map((v) => {
-    const total = History.total(perVersion.get(v));
+    const total = Math.round(h.events(perVersion.get(v)));
     const shares = [...perLabel].filter(([k]) => k.startsWith(v + '\u0000'))
-      .map(([k, vals]) => k.split('\u0000')[1] + ' ' + pct(total ? History.total(vals) / total : null)).join(', ');
+      .map(([k, vals]) => k.split('\u0000')[1] + ' ' + pct(total ? h.events(vals) / total : null)).join(', ');
     const c = conf.find((s) => s.labels.version === v);
     let n = 0, sum = 0;
     if (c) c.data.count.forEach((k, i) => { if (k && c.data.mean[i] !== null) { n += k; sum += k * c.data.mean[i]; } });
     const ag = agree.get(v), cm = compared.get(v);
     return [v, fmt(total), shares, pct(n ? sum / n : null),
-      cm && History.total(cm) ? pct(History.total(ag) / History.total(cm)) : '–'];
+      cm && h.events(cm) ? pct(h.events(ag) / h.events(cm)) : '–'];
   });
   summary.dataset.model = model;
   clear(summary).append(el('h3', {}, 'Last 15 minutes'),

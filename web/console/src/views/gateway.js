@@ -47,7 +47,7 @@ export function refresh({ history: h }) {
   const refusals = h.sum('aiserve_llm_budget_refusals_total', 'rate', null, (l) => l.key);
   const rows = [...perKeyModel].sort().map(([k, v]) => {
     const [key, model] = k.split('\u0000');
-    return [key, model, '$' + fmt(History.total(v), 4), fmt(History.total(refusals.get(key) || []))];
+    return [key, model, '$' + fmt(h.events(v), 4), fmt(Math.round(h.events(refusals.get(key) || [])))];
   });
   clear(costs).append(el('h3', {}, 'Spend per API key and model (last 15 minutes)'),
     table(['key', 'model', 'spent', 'budget refusals'], rows, [2, 3]));

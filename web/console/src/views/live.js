@@ -104,8 +104,8 @@ export function refresh(ctx) {
     tile('requests / s (10 s)', fmt(recent(all))),
     tile('p99 latency of ' + (endpointSel.value || '–'), ms(lat ? History.last(lat.data.p99) : null)),
     tile('server errors (10 s)', pct(recent(all) ? recent(errAll) / recent(all) : null)),
-    tile('cache hit ratio (15 min)', pct(History.total(hits) + History.total(misses)
-      ? History.total(hits) / (History.total(hits) + History.total(misses)) : null)),
+    tile('cache hit ratio (15 min)', pct(h.events(hits) + h.events(misses)
+      ? h.events(hits) / (h.events(hits) + h.events(misses)) : null)),
     tile('in flight', fmt(inflight ? History.last(inflight.data.value) : 0)),
-    tile('shed (15 min)', fmt(History.total(shed))));
+    tile('shed (15 min)', fmt(Math.round(h.events(shed)))));
 }
