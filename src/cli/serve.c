@@ -135,8 +135,9 @@ static void print_banner(const core_config *cfg, int port, guard_keys *keys) {
             "  curl -s %s/predict -H 'Content-Type: application/json' "
             "-d '{\"text\": \"a gripping, beautifully made film\"}'\n"
             "  curl -s %s/v1/models\n"
-            "  curl -s %s/metrics\n",
-            url, url, url);
+            "  curl -s %s/metrics\n"
+            "or open %s/ in a browser: the operator console (API docs at %s/docs).\n",
+            url, url, url, url, url);
     guard_keys_stats st;
     guard_keys_get_stats(keys, &st);
     if (st.n_keys > 0)
@@ -374,6 +375,7 @@ int cli_serve(int argc, char **argv) {
         .repository = cfg.model_repository,
         .default_model = cfg.default_model,
         .engine_threads = cfg.engine_threads > 0 ? cfg.engine_threads : cpus,
+        .engine_nice = cfg.engine_nice,
         .max_batch_size = cfg.max_batch_size,
         .max_queue_delay_us = cfg.max_queue_delay_us,
         .max_queue_size = cfg.max_queue_size,

@@ -348,7 +348,7 @@ class Serving:
 
     def banner(self):
         """The banner on stderr: its first line through the last curl hint."""
-        lines = self.lines_until(self.err, lambda l: l.startswith("  curl") and l.endswith("/metrics"))
+        lines = self.lines_until(self.err, lambda l: l.startswith("or open ") and "/docs)" in l)
         first = next(i for i, l in enumerate(lines) if l.startswith("aiserve: serving"))
         return lines[first:]
 
@@ -377,6 +377,10 @@ def check_banner(banner, port, host="127.0.0.1"):
     # the hint's address works: a plain GET of one of the hinted paths
     with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
         assert r.status == 200
+    # ... and so does the console's (/ redirects to the page)
+    assert banner[-1] == "or open %s/ in a browser: the operator console (API docs at %s/docs)." % (url, url)
+    with urllib.request.urlopen(url + "/", timeout=10) as r:
+        assert r.status == 200 and r.url == url + "/ui" and b"aiserve console" in r.read()
 
 
 @pytest.fixture
