@@ -21,6 +21,7 @@ packages=(
   libsqlite3-dev                  # batch jobs persisted on one machine (WAL)
   libcurl4-openssl-dev            # upstream LLM calls (multi interface, on the libevent loops)
   zlib1g-dev                      # inflates the embedded web pages for clients that do not take gzip
+  libzip-dev                      # reads pytorch_model.bin (PyTorch's zip checkpoints)
   redis-server                    # the real Redis the integration tests start on loopback
   libcmocka-dev                   # unit tests
   python3-pytest python3-requests # command-line and server tests (tests/cli, tests/integration)

@@ -30,6 +30,8 @@ struct safetensors {
     json_t *header;
     safetensors_tensor *tensors;
     size_t n_tensors;
+    void *owner; /* safetensors_wrap: what the tensors borrow from */
+    void (*release)(void *owner);
 };
 
 static const struct {
@@ -244,9 +246,29 @@ int safetensors_open(const char *path, safetensors **out, engine_error *err) {
     return 0;
 }
 
+int safetensors_wrap(const char *label, safetensors_tensor *tensors, size_t n_tensors, void *owner,
+                     void (*release)(void *owner), safetensors **out, engine_error *err) {
+    *out = NULL;
+    safetensors *st = calloc(1, sizeof *st);
+    if (!st || !(st->path = strdup(label))) {
+        free(st);
+        free(tensors);
+        release(owner);
+        return engine_error_set(err, ENGINE_ENOMEM, "%s: out of memory", label);
+    }
+    st->tensors = tensors;
+    st->n_tensors = n_tensors;
+    st->owner = owner;
+    st->release = release;
+    *out = st;
+    return 0;
+}
+
 void safetensors_close(safetensors *st) {
     if (!st)
         return;
+    if (st->release)
+        st->release(st->owner);
     if (st->map)
         munmap(st->map, st->map_len);
     json_decref(st->header);

@@ -70,6 +70,15 @@ int safetensors_open(const char *path, safetensors **out, engine_error *err);
 int safetensors_parse(const void *buf, size_t len, const char *label, safetensors **out,
                       engine_error *err);
 
+/* Wraps tensors that another reader has validated (torchbin.h) in a
+ * safetensors handle, so that code binding weights reads either format
+ * through the same lookups. Takes `tensors` (malloc'd array of n_tensors;
+ * their names and data stay borrowed from `owner`) and `owner`, which
+ * safetensors_close hands to release(owner); both are also released when
+ * this fails (ENGINE_ENOMEM). `label` (copied) names the file in errors. */
+int safetensors_wrap(const char *label, safetensors_tensor *tensors, size_t n_tensors, void *owner,
+                     void (*release)(void *owner), safetensors **out, engine_error *err);
+
 void safetensors_close(safetensors *st);
 
 size_t safetensors_count(const safetensors *st);
