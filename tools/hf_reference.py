@@ -1,8 +1,11 @@
-"""hf_reference.py - a small reference for Hugging Face BERT and DistilBERT.
+"""hf_reference.py - a small reference for Hugging Face BERT, DistilBERT,
+RoBERTa, XLM-RoBERTa and MPNet.
 
 Written without `transformers` (not installed here): torch modules whose
-state_dict() names and forward math are exactly Hugging Face's, a hand-written
-safetensors reader/writer, HF-style config.json dicts, the slow BertTokenizer
+state_dict() names and forward math are exactly Hugging Face's (after
+transformers' modeling_bert.py, modeling_distilbert.py, modeling_roberta.py,
+modeling_xlm_roberta.py and modeling_mpnet.py), a hand-written safetensors
+reader/writer, HF-style config.json dicts, the slow BertTokenizer
 (BasicTokenizer + WordPiece), and a writer for a complete HF model directory.
 The C engine's golden fixtures (tools/make_fixtures.py) and other offline
 scripts (benchmark export, training) import it.
@@ -14,12 +17,20 @@ API
   Configs (plain dicts, the layout of real config.json files)
     bert_config(vocab_size, hidden_size=..., labels=None, problem_type=None, ...)
     distilbert_config(vocab_size, dim=..., labels=None, ...)
-    config_dict(model_type, **kw)                      dispatches on "bert"/"distilbert"
+    roberta_config(vocab_size, ..., model_type="roberta" or "xlm-roberta")
+    mpnet_config(vocab_size, ...)
+    config_dict(model_type, **kw)                      dispatches on model_type
   Models (take a config dict; names as transformers' state_dict())
     BertModel, BertForSequenceClassification,
-    DistilBertModel, DistilBertForSequenceClassification, model_from_config(config)
-    model.hidden_states(input_ids, attention_mask) -> [B, T, H] last hidden state
-    model(input_ids, attention_mask) -> logits [B, L] (classifiers) or hidden (bases)
+    DistilBertModel, DistilBertForSequenceClassification,
+    RobertaModel, RobertaForSequenceClassification,
+    XLMRobertaModel, XLMRobertaForSequenceClassification,
+    MPNetModel, MPNetForSequenceClassification, model_from_config(config)
+    model.hidden_states(input_ids, attention_mask, token_type_ids=None) -> [B, T, H]
+    model(input_ids, attention_mask, token_type_ids=None) -> logits [B, L] (classifiers)
+      or hidden (bases); token_type_ids None means all 0 (BERT and RoBERTa read them)
+    create_position_ids_from_input_ids(input_ids, padding_idx)   RoBERTa's and MPNet's
+    mpnet_relative_position_bucket(relative_position)            MPNet's 32 buckets
     round_weights_(model, dtype)   round every parameter through "F32"/"F16"/"BF16"
   Pooling and heads
     pool_mean(hidden, mask), pool_cls(hidden), l2_normalize(x), probabilities(logits, multi_label)
@@ -199,9 +210,88 @@ def distilbert_config(vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
     return dict(sorted(cfg.items()))
 
 
+def roberta_config(vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=64, hidden_act="gelu", max_position_embeddings=66,
+                   type_vocab_size=1, layer_norm_eps=1e-5, labels=None, problem_type=None,
+                   architecture=None, pad_token_id=1, model_type="roberta",
+                   torch_dtype="float32"):
+    """A config.json dict for RoBERTa ("roberta") or XLM-RoBERTa ("xlm-roberta"),
+    laid out like roberta-base's and xlm-roberta-base's: positions start after
+    pad_token_id, so max_position_embeddings is the longest text + 2.
+    `architecture` defaults to the family's ForSequenceClassification."""
+    family = "Roberta" if model_type == "roberta" else "XLMRoberta"
+    architecture = architecture or family + "ForSequenceClassification"
+    assert architecture.startswith(family), architecture
+    cfg = {
+        "architectures": [architecture],
+        "attention_probs_dropout_prob": 0.1,
+        "bos_token_id": 0,
+        "classifier_dropout": None,
+        "eos_token_id": 2,
+        "hidden_act": hidden_act,
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate_size,
+        "layer_norm_eps": layer_norm_eps,
+        "max_position_embeddings": max_position_embeddings,
+        "model_type": model_type,
+        "num_attention_heads": num_attention_heads,
+        "num_hidden_layers": num_hidden_layers,
+        "pad_token_id": pad_token_id,
+        "position_embedding_type": "absolute",
+        "torch_dtype": torch_dtype,
+        "type_vocab_size": type_vocab_size,
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    }
+    if not architecture.endswith("Model"):
+        cfg["id2label"], cfg["label2id"] = _labels(labels)
+    if problem_type is not None:
+        cfg["problem_type"] = problem_type
+    return dict(sorted(cfg.items()))
+
+
+def mpnet_config(vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, hidden_act="gelu", max_position_embeddings=66,
+                 layer_norm_eps=1e-5, relative_attention_num_buckets=32, labels=None,
+                 problem_type=None, architecture="MPNetForSequenceClassification",
+                 torch_dtype="float32"):
+    """A config.json dict for MPNet, laid out like microsoft/mpnet-base's
+    (sentence-transformers/all-mpnet-base-v2 is an MPNetModel)."""
+    cfg = {
+        "architectures": [architecture],
+        "attention_probs_dropout_prob": 0.1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "hidden_act": hidden_act,
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate_size,
+        "layer_norm_eps": layer_norm_eps,
+        "max_position_embeddings": max_position_embeddings,
+        "model_type": "mpnet",
+        "num_attention_heads": num_attention_heads,
+        "num_hidden_layers": num_hidden_layers,
+        "pad_token_id": 1,
+        "relative_attention_num_buckets": relative_attention_num_buckets,
+        "torch_dtype": torch_dtype,
+        "vocab_size": vocab_size,
+    }
+    if architecture != "MPNetModel":
+        cfg["id2label"], cfg["label2id"] = _labels(labels)
+    if problem_type is not None:
+        cfg["problem_type"] = problem_type
+    return dict(sorted(cfg.items()))
+
+
 def config_dict(model_type, **kw):
-    """bert_config(**kw) or distilbert_config(**kw) by model_type."""
-    return {"bert": bert_config, "distilbert": distilbert_config}[model_type](**kw)
+    """The config builder for model_type ("bert", "distilbert", "roberta",
+    "xlm-roberta", "mpnet") called with **kw."""
+    if model_type in ("roberta", "xlm-roberta"):
+        return roberta_config(model_type=model_type, **kw)
+    return {"bert": bert_config, "distilbert": distilbert_config, "mpnet": mpnet_config}[model_type](**kw)
 
 
 # ---------------------------------------------------------------------------
@@ -219,11 +309,12 @@ def activation(name):
     raise ValueError(f"unsupported activation {name!r}")
 
 
-def _attention(q, k, v, attention_mask, n_heads):
+def _attention(q, k, v, attention_mask, n_heads, position_bias=None):
     """Multi-head scaled dot-product attention on [B, T, H] projections.
 
     attention_mask is [B, T] of 1 (token) / 0 (padding); masked keys get
     finfo(dtype).min added to the scores, as transformers does.
+    position_bias ([B, heads, T, T], MPNet's) is added to the scaled scores.
     """
     b, t, h = q.shape
     d = h // n_heads
@@ -232,6 +323,8 @@ def _attention(q, k, v, attention_mask, n_heads):
         return x.view(b, t, n_heads, d).transpose(1, 2)
 
     scores = torch.matmul(split(q), split(k).transpose(-1, -2)) / math.sqrt(d)
+    if position_bias is not None:
+        scores = scores + position_bias
     bias = (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
     probs = torch.softmax(scores + bias, dim=-1)
     return torch.matmul(probs, split(v)).transpose(1, 2).reshape(b, t, h)
@@ -245,10 +338,11 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(c["type_vocab_size"], c["hidden_size"])
         self.LayerNorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, token_type_ids=None):
         pos = torch.arange(input_ids.shape[1])
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         x = (self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
-             + self.token_type_embeddings(torch.zeros_like(input_ids)))
+             + self.token_type_embeddings(types))
         return self.LayerNorm(x)
 
 
@@ -331,14 +425,14 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
 
-    def hidden_states(self, input_ids, attention_mask):
-        x = self.embeddings(input_ids)
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        x = self.embeddings(input_ids, token_type_ids)
         for layer in self.encoder.layer:
             x = layer(x, attention_mask)
         return x
 
-    def forward(self, input_ids, attention_mask):
-        return self.hidden_states(input_ids, attention_mask)
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.hidden_states(input_ids, attention_mask, token_type_ids)
 
 
 class BertForSequenceClassification(nn.Module):
@@ -350,11 +444,12 @@ class BertForSequenceClassification(nn.Module):
         self.bert = BertModel(config)
         self.classifier = nn.Linear(config["hidden_size"], len(config["id2label"]))
 
-    def hidden_states(self, input_ids, attention_mask):
-        return self.bert.hidden_states(input_ids, attention_mask)
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        return self.bert.hidden_states(input_ids, attention_mask, token_type_ids)
 
-    def forward(self, input_ids, attention_mask):
-        return self.classifier(self.bert.pooler(self.hidden_states(input_ids, attention_mask)))
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.bert.pooler(hidden))
 
 
 class DistilBertEmbeddings(nn.Module):
@@ -423,13 +518,14 @@ class DistilBertModel(nn.Module):
         self.embeddings = DistilBertEmbeddings(config)
         self.transformer = Transformer(config)
 
-    def hidden_states(self, input_ids, attention_mask):
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        """(DistilBERT has no token types; its tokenizer gives none.)"""
         x = self.embeddings(input_ids)
         for layer in self.transformer.layer:
             x = layer(x, attention_mask)
         return x
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         return self.hidden_states(input_ids, attention_mask)
 
 
@@ -443,16 +539,235 @@ class DistilBertForSequenceClassification(nn.Module):
         self.pre_classifier = nn.Linear(config["dim"], config["dim"])
         self.classifier = nn.Linear(config["dim"], len(config["id2label"]))
 
-    def hidden_states(self, input_ids, attention_mask):
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
         return self.distilbert.hidden_states(input_ids, attention_mask)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         h = self.hidden_states(input_ids, attention_mask)[:, 0]
         return self.classifier(torch.relu(self.pre_classifier(h)))
 
 
+def create_position_ids_from_input_ids(input_ids, padding_idx):
+    """transformers' position ids for RoBERTa and MPNet: padding_idx + 1,
+    padding_idx + 2, ... over the tokens that are not padding_idx (which keep
+    padding_idx), counted along each row."""
+    mask = input_ids.ne(padding_idx).int()
+    incremental = torch.cumsum(mask, dim=1).type_as(mask) * mask
+    return incremental.long() + padding_idx
+
+
+class RobertaEmbeddings(nn.Module):
+    """BERT's embeddings with positions from create_position_ids_from_input_ids
+    (transformers adds word + token_type, then position)."""
+
+    def __init__(self, c):
+        super().__init__()
+        h = c["hidden_size"]
+        self.padding_idx = c["pad_token_id"]
+        self.word_embeddings = nn.Embedding(c["vocab_size"], h, padding_idx=self.padding_idx)
+        self.position_embeddings = nn.Embedding(c["max_position_embeddings"], h,
+                                                padding_idx=self.padding_idx)
+        self.token_type_embeddings = nn.Embedding(c["type_vocab_size"], h)
+        self.LayerNorm = nn.LayerNorm(h, eps=c["layer_norm_eps"])
+
+    def forward(self, input_ids, token_type_ids=None):
+        pos = create_position_ids_from_input_ids(input_ids, self.padding_idx)
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(types)
+        x = x + self.position_embeddings(pos)
+        return self.LayerNorm(x)
+
+
+class RobertaClassificationHead(nn.Module):
+    """logits = out_proj(tanh(dense(h[:, 0]))) (the <s> token). MPNet's
+    MPNetClassificationHead is the same."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.dense = nn.Linear(c["hidden_size"], c["hidden_size"])
+        self.out_proj = nn.Linear(c["hidden_size"], len(c["id2label"]))
+
+    def forward(self, hidden):
+        return self.out_proj(torch.tanh(self.dense(hidden[:, 0])))
+
+
+class RobertaModel(nn.Module):
+    """transformers.RobertaModel: RobertaEmbeddings, BERT's encoder layers (the
+    same modules and names), and the pooler when add_pooling_layer (True for
+    the bare model, as real checkpoints have it; False inside the classifier)."""
+
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__()
+        self.config = config
+        self.embeddings = RobertaEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        if add_pooling_layer:
+            self.pooler = BertPooler(config)
+
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.encoder.layer:
+            x = layer(x, attention_mask)
+        return x
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.hidden_states(input_ids, attention_mask, token_type_ids)
+
+
+class RobertaForSequenceClassification(nn.Module):
+    """roberta (no pooler) + classifier (RobertaClassificationHead)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.classifier = RobertaClassificationHead(config)
+
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        return self.roberta.hidden_states(input_ids, attention_mask, token_type_ids)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.classifier(self.hidden_states(input_ids, attention_mask, token_type_ids))
+
+
+class XLMRobertaModel(RobertaModel):
+    """transformers.XLMRobertaModel: RoBERTa's modules under XLM-R's names."""
+
+
+class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):
+    """transformers.XLMRobertaForSequenceClassification (base prefix "roberta")."""
+
+
+def mpnet_relative_position_bucket(relative_position, num_buckets=32, max_distance=128):
+    """MPNetEncoder.relative_position_bucket: relative_position (key - query,
+    an integer tensor) to a bucket; half the buckets for each sign, exact up
+    to a quarter of them, then logarithmic (float32, as transformers casts)."""
+    ret = 0
+    n = -relative_position
+    num_buckets //= 2
+    ret += (n < 0).to(torch.long) * num_buckets
+    n = torch.abs(n)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    val_if_large = max_exact + (torch.log(n.float() / max_exact) / math.log(max_distance / max_exact)
+                                * (num_buckets - max_exact)).to(torch.long)
+    val_if_large = torch.min(val_if_large, torch.full_like(val_if_large, num_buckets - 1))
+    ret += torch.where(is_small, n, val_if_large)
+    return ret
+
+
+class MPNetEmbeddings(nn.Module):
+    """word + position (positions from padding index 1, fixed in transformers)."""
+
+    def __init__(self, c):
+        super().__init__()
+        h = c["hidden_size"]
+        self.padding_idx = 1
+        self.word_embeddings = nn.Embedding(c["vocab_size"], h, padding_idx=self.padding_idx)
+        self.position_embeddings = nn.Embedding(c["max_position_embeddings"], h,
+                                                padding_idx=self.padding_idx)
+        self.LayerNorm = nn.LayerNorm(h, eps=c["layer_norm_eps"])
+
+    def forward(self, input_ids):
+        pos = create_position_ids_from_input_ids(input_ids, self.padding_idx)
+        return self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(pos))
+
+
+class MPNetSelfAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        h = c["hidden_size"]
+        self.q, self.k, self.v, self.o = (nn.Linear(h, h) for _ in range(4))
+
+
+class MPNetAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.attn = MPNetSelfAttention(c)
+        self.LayerNorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+
+
+class MPNetLayer(nn.Module):
+    """Post-LN as BERT's, with the position bias added to the attention scores."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.n_heads = c["num_attention_heads"]
+        self.act = activation(c["hidden_act"])
+        self.attention = MPNetAttention(c)
+        self.intermediate = BertIntermediate(c)
+        self.output = BertOutput(c)
+
+    def forward(self, x, mask, position_bias):
+        a = self.attention.attn
+        ctx = _attention(a.q(x), a.k(x), a.v(x), mask, self.n_heads, position_bias)
+        x = self.attention.LayerNorm(a.o(ctx) + x)
+        y = self.output.dense(self.act(self.intermediate.dense(x)))
+        return self.output.LayerNorm(y + x)
+
+
+class MPNetEncoder(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.n_heads = c["num_attention_heads"]
+        self.layer = nn.ModuleList(MPNetLayer(c) for _ in range(c["num_hidden_layers"]))
+        self.relative_attention_bias = nn.Embedding(c["relative_attention_num_buckets"], self.n_heads)
+
+    def compute_position_bias(self, x, num_buckets=32):
+        """[B, heads, T, T]: bias[b, h, q, k] = W[bucket(k - q), h] (32 buckets
+        whatever the config says, as transformers calls it)."""
+        bsz, qlen, klen = x.size(0), x.size(1), x.size(1)
+        context_position = torch.arange(qlen, dtype=torch.long)[:, None]
+        memory_position = torch.arange(klen, dtype=torch.long)[None, :]
+        rp_bucket = mpnet_relative_position_bucket(memory_position - context_position,
+                                                   num_buckets=num_buckets)
+        values = self.relative_attention_bias(rp_bucket).permute([2, 0, 1]).unsqueeze(0)
+        return values.expand((bsz, -1, qlen, klen)).contiguous()
+
+
+class MPNetModel(nn.Module):
+    """transformers.MPNetModel (with its pooler, as real checkpoints have)."""
+
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__()
+        self.config = config
+        self.embeddings = MPNetEmbeddings(config)
+        self.encoder = MPNetEncoder(config)
+        if add_pooling_layer:
+            self.pooler = BertPooler(config)
+
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        """(MPNet has no token types; its tokenizer gives none.)"""
+        x = self.embeddings(input_ids)
+        bias = self.encoder.compute_position_bias(x)
+        for layer in self.encoder.layer:
+            x = layer(x, attention_mask, bias)
+        return x
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.hidden_states(input_ids, attention_mask)
+
+
+class MPNetForSequenceClassification(nn.Module):
+    """mpnet (no pooler) + classifier (MPNetClassificationHead: dense, tanh, out_proj)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.mpnet = MPNetModel(config, add_pooling_layer=False)
+        self.classifier = RobertaClassificationHead(config)
+
+    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
+        return self.mpnet.hidden_states(input_ids, attention_mask)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.classifier(self.hidden_states(input_ids, attention_mask))
+
+
 _ARCHITECTURES = {cls.__name__: cls for cls in (
-    BertModel, BertForSequenceClassification, DistilBertModel, DistilBertForSequenceClassification)}
+    BertModel, BertForSequenceClassification, DistilBertModel, DistilBertForSequenceClassification,
+    RobertaModel, RobertaForSequenceClassification, XLMRobertaModel,
+    XLMRobertaForSequenceClassification, MPNetModel, MPNetForSequenceClassification)}
 
 
 def model_from_config(config):
@@ -486,8 +801,11 @@ def l2_normalize(x):
 
 
 def probabilities(logits, multi_label=False):
-    """softmax over labels, or an independent sigmoid per label for multi-label."""
-    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+    """softmax over labels, or an independent sigmoid per label for multi-label
+    and for one-label models (transformers' text-classification pipeline)."""
+    if multi_label or logits.shape[-1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -606,18 +924,31 @@ class BertTokenizer:
 # ---------------------------------------------------------------------------
 # model directory
 
+def _write_json(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
 def save_model_dir(path, model, config, vocab_tokens, dtype="F32", do_lower_case=True,
-                   model_max_length=512):
+                   model_max_length=512, tokenizer_json=None, tokenizer_config=None):
     """Writes a Hugging Face model directory: config.json, model.safetensors
-    (every parameter cast to `dtype`), vocab.txt, tokenizer_config.json."""
+    (every parameter cast to `dtype`), and the tokenizer: vocab.txt and a
+    BertTokenizer's tokenizer_config.json, or, when `tokenizer_json` (a dict)
+    is given, tokenizer.json (compact, as the hub's) and `tokenizer_config`
+    (a dict) as tokenizer_config.json."""
     os.makedirs(path, exist_ok=True)
     config = dict(config, torch_dtype={"F32": "float32", "F16": "float16",
                                        "BF16": "bfloat16"}[dtype])
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    _write_json(os.path.join(path, "config.json"), config)
     tensors = {k: v.to(_DTYPES[dtype]) for k, v in model.state_dict().items()}
     write_safetensors(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
+    if tokenizer_json is not None:
+        with open(os.path.join(path, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(tokenizer_json, f, ensure_ascii=False, separators=(",", ":"))
+            f.write("\n")
+        _write_json(os.path.join(path, "tokenizer_config.json"), tokenizer_config)
+        return
     with open(os.path.join(path, "vocab.txt"), "w", encoding="utf-8", newline="\n") as f:
         f.write("".join(tok + "\n" for tok in vocab_tokens))
     tok_config = {

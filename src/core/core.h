@@ -99,6 +99,7 @@ typedef struct core_config {
     char model_repository[4096]; /* models.repository */
     char default_model[256];     /* models.default_model; "" = the only model, else "sentiment" */
     int engine_threads;          /* models.engine_threads; 0 = one per CPU */
+    int engine_nice;             /* models.engine_nice: added to the compute threads' nice value, 0..19 */
     char version_policy[512];    /* models.version_policy: latest[:N], all, specific:V,V */
     int64_t poll_interval_ms;    /* models.poll_interval: 0 = never look again */
     char traffic[2048];          /* models.traffic: "model@version=weight,..." ("" = no splits) */

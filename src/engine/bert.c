@@ -1,12 +1,12 @@
 /*
- * bert.c - binding BERT/DistilBERT weights and the packed forward pass
- * (see bert.h for the computation).
+ * bert.c - binding BERT, DistilBERT, RoBERTa and MPNet weights and the
+ * packed forward pass (see bert.h for the computation).
  *
  * Parallel plan, per layer, each a region of the thread pool made of
  * chunks that threads claim (threadpool.h):
  *   QKV      three linear layers, chunks of output columns
- *   attend   one chunk per (sequence, head): S = Q K^T / sqrt(d), softmax,
- *            C = S V, with per-thread score scratch
+ *   attend   one chunk per (sequence, head): S = Q K^T / sqrt(d) (+ MPNet's
+ *            relative bias), softmax, C = S V, with per-thread score scratch
  *   proj     output projection, chunks of columns
  *   norm     residual + LayerNorm, chunks of rows
  *   ff1      linear + activation, chunks of columns
@@ -229,23 +229,58 @@ static int bind_norm(binder *b, const char *name, int n, bert_norm *norm) {
     return rc;
 }
 
-/* The tensors of one encoder layer under both naming schemes. */
+/* Tensor names by architecture: BERT's (also RoBERTa's, whose modules are
+ * BERT's), DistilBERT's, MPNet's. */
+enum { NAMES_BERT, NAMES_DISTILBERT, NAMES_MPNET, N_NAMINGS };
+
+/* The tensors of one encoder layer under each naming scheme. */
 typedef struct layer_tensor {
     size_t offset;             /* of the bert_linear / bert_norm in bert_layer */
-    const char *bert, *distilbert;
+    const char *name[N_NAMINGS];
     int is_norm, out_is_ff, in_is_ff; /* shapes: hidden, or intermediate where set */
 } layer_tensor;
 
 static const layer_tensor layer_tensors[] = {
-    {offsetof(bert_layer, q), "attention.self.query", "attention.q_lin", 0, 0, 0},
-    {offsetof(bert_layer, k), "attention.self.key", "attention.k_lin", 0, 0, 0},
-    {offsetof(bert_layer, v), "attention.self.value", "attention.v_lin", 0, 0, 0},
-    {offsetof(bert_layer, o), "attention.output.dense", "attention.out_lin", 0, 0, 0},
-    {offsetof(bert_layer, attn_norm), "attention.output.LayerNorm", "sa_layer_norm", 1, 0, 0},
-    {offsetof(bert_layer, ff1), "intermediate.dense", "ffn.lin1", 0, 1, 0},
-    {offsetof(bert_layer, ff2), "output.dense", "ffn.lin2", 0, 0, 1},
-    {offsetof(bert_layer, out_norm), "output.LayerNorm", "output_layer_norm", 1, 0, 0},
+    {offsetof(bert_layer, q), {"attention.self.query", "attention.q_lin", "attention.attn.q"}, 0, 0, 0},
+    {offsetof(bert_layer, k), {"attention.self.key", "attention.k_lin", "attention.attn.k"}, 0, 0, 0},
+    {offsetof(bert_layer, v), {"attention.self.value", "attention.v_lin", "attention.attn.v"}, 0, 0, 0},
+    {offsetof(bert_layer, o), {"attention.output.dense", "attention.out_lin", "attention.attn.o"}, 0, 0, 0},
+    {offsetof(bert_layer, attn_norm),
+     {"attention.output.LayerNorm", "sa_layer_norm", "attention.LayerNorm"}, 1, 0, 0},
+    {offsetof(bert_layer, ff1), {"intermediate.dense", "ffn.lin1", "intermediate.dense"}, 0, 1, 0},
+    {offsetof(bert_layer, ff2), {"output.dense", "ffn.lin2", "output.dense"}, 0, 0, 1},
+    {offsetof(bert_layer, out_norm), {"output.LayerNorm", "output_layer_norm", "output.LayerNorm"}, 1, 0, 0},
 };
+
+/* What differs between the architectures in their checkpoints' names. */
+typedef struct arch_names {
+    const char *base;              /* the encoder's prefix in task checkpoints */
+    const char *layer;             /* format of a layer's prefix */
+    int naming;                    /* column of layer_tensors */
+    const char *pre, *classifier;  /* the head's two linear layers */
+    int pre_under_base;            /* the first head layer lives under `base` (BERT's pooler) */
+} arch_names;
+
+static const arch_names *names_of(engine_arch arch) {
+    static const arch_names bert = {"bert.", "encoder.layer.%d.", NAMES_BERT, "pooler.dense", "classifier", 1};
+    static const arch_names distilbert = {"distilbert.", "transformer.layer.%d.", NAMES_DISTILBERT,
+                                          "pre_classifier", "classifier", 0};
+    static const arch_names roberta = {"roberta.", "encoder.layer.%d.", NAMES_BERT, "classifier.dense",
+                                       "classifier.out_proj", 0};
+    static const arch_names mpnet = {"mpnet.", "encoder.layer.%d.", NAMES_MPNET, "classifier.dense",
+                                     "classifier.out_proj", 0};
+    switch (arch) {
+    case ENGINE_ARCH_DISTILBERT:
+        return &distilbert;
+    case ENGINE_ARCH_ROBERTA:
+        return &roberta;
+    case ENGINE_ARCH_MPNET:
+        return &mpnet;
+    case ENGINE_ARCH_BERT:
+        break;
+    }
+    return &bert;
+}
 
 int bert_weights_bind(bert_weights *w, const model_config *cfg, const safetensors *st,
                       engine_error *err) {
@@ -256,22 +291,24 @@ int bert_weights_bind_as(bert_weights *w, const model_config *cfg, const safeten
                          engine_quantization quant, const kernel_ops *ops, engine_error *err) {
     memset(w, 0, sizeof *w);
     w->quant = quant;
-    const int is_bert = cfg->arch == ENGINE_ARCH_BERT;
+    const arch_names *an = names_of(cfg->arch);
     binder b = {.w = w, .st = st, .prefix = "", .err = err, .q8_max = kernels_q8_for(ops)->weight_max};
-    const char *base = is_bert ? "bert." : "distilbert.";
     char probe[64];
-    snprintf(probe, sizeof probe, "%sembeddings.word_embeddings.weight", base);
+    snprintf(probe, sizeof probe, "%sembeddings.word_embeddings.weight", an->base);
     if (safetensors_find(st, probe))
-        b.prefix = base;
+        b.prefix = an->base;
     const int H = cfg->hidden, F = cfg->intermediate;
     int rc;
     if ((rc = bind_table(&b, "embeddings.word_embeddings.weight", cfg->vocab_size, H, &w->word)) ||
         (rc = bind_table(&b, "embeddings.position_embeddings.weight", cfg->max_position, H, &w->pos)))
         return rc;
-    if (is_bert && (rc = bind_table(&b, "embeddings.token_type_embeddings.weight", cfg->type_vocab_size,
-                                    H, &w->type)))
+    if (cfg->type_vocab_size > 0 && (rc = bind_table(&b, "embeddings.token_type_embeddings.weight",
+                                                     cfg->type_vocab_size, H, &w->type)))
         return rc;
     if ((rc = bind_norm(&b, "embeddings.LayerNorm", H, &w->emb_norm)))
+        return rc;
+    if (cfg->arch == ENGINE_ARCH_MPNET &&
+        !(w->rel_bias = bind(&b, "encoder.relative_attention_bias.weight", cfg->rel_buckets, cfg->n_heads, &rc)))
         return rc;
     w->layers = calloc((size_t)cfg->n_layers, sizeof *w->layers);
     if (!w->layers)
@@ -280,11 +317,11 @@ int bert_weights_bind_as(bert_weights *w, const model_config *cfg, const safeten
     b.pack = quant != ENGINE_QUANT_NONE;
     for (int l = 0; l < cfg->n_layers; l++) {
         char prefix[64], name[200];
-        snprintf(prefix, sizeof prefix, is_bert ? "encoder.layer.%d." : "transformer.layer.%d.", l);
+        snprintf(prefix, sizeof prefix, an->layer, l);
         for (size_t i = 0; i < sizeof layer_tensors / sizeof *layer_tensors; i++) {
             const layer_tensor *t = &layer_tensors[i];
             char *field = (char *)&w->layers[l] + t->offset;
-            snprintf(name, sizeof name, "%s%s", prefix, is_bert ? t->bert : t->distilbert);
+            snprintf(name, sizeof name, "%s%s", prefix, t->name[an->naming]);
             if (t->is_norm)
                 rc = bind_norm(&b, name, H, (bert_norm *)field);
             else
@@ -296,18 +333,19 @@ int bert_weights_bind_as(bert_weights *w, const model_config *cfg, const safeten
     b.pack = 0; /* the heads stay fp32: a few rows, and the logits' last step */
     if (cfg->task != ENGINE_TASK_CLASSIFY)
         return 0;
-    /* The head lives outside the encoder prefix. */
-    b.prefix = is_bert ? b.prefix : "";
-    if ((rc = bind_linear(&b, is_bert ? "pooler.dense" : "pre_classifier", H, H, &w->pre)))
+    /* The head lives outside the encoder prefix (BERT's pooler inside it). */
+    b.prefix = an->pre_under_base ? b.prefix : "";
+    if ((rc = bind_linear(&b, an->pre, H, H, &w->pre)))
         return rc;
     b.prefix = "";
-    const safetensors_tensor *ct = safetensors_find(st, "classifier.weight");
+    char out_name[64];
+    snprintf(out_name, sizeof out_name, "%s.weight", an->classifier);
+    const safetensors_tensor *ct = safetensors_find(st, out_name);
     if (ct && ct->n_dims == 2 && ct->shape[0] != cfg->n_labels)
         return engine_error_set(err, ENGINE_ECONFIG,
-                                "%s: tensor 'classifier.weight' has %lld rows but config.json has %d "
-                                "labels (id2label)",
-                                safetensors_path(st), (long long)ct->shape[0], cfg->n_labels);
-    return bind_linear(&b, "classifier", cfg->n_labels, H, &w->classifier);
+                                "%s: tensor '%s' has %lld rows but config.json has %d labels (id2label)",
+                                safetensors_path(st), out_name, (long long)ct->shape[0], cfg->n_labels);
+    return bind_linear(&b, an->classifier, cfg->n_labels, H, &w->classifier);
 }
 
 void bert_weights_fini(bert_weights *w) {
@@ -348,6 +386,7 @@ typedef struct forward {
     stage stage;
     float *x, *q, *k, *v, *ctx, *tmp, *ff;
     float *scores;      /* per thread: max_len * max_len */
+    float *rel;         /* MPNet: per head, 2 max_len - 1 biases by key - query; else NULL */
     int max_len;
     int rows_per_chunk; /* row stages */
     int row_split;      /* linear layers split by rows (many tokens) instead of columns */
@@ -415,8 +454,13 @@ static void run_attend(forward *f, int item, int thread) {
     int t0 = f->batch->offsets[s], L = f->batch->offsets[s + 1] - t0;
     size_t base = (size_t)t0 * H + (size_t)h * d;
     f->ops->gemm_nt(L, L, d, scale, f->q + base, H, f->k + base, H, NULL, S, L);
-    for (int r = 0; r < L; r++)
+    /* MPNet: row r gets bias[c - r] at column c */
+    const float *bias = f->rel ? f->rel + (size_t)h * (2 * f->max_len - 1) + f->max_len - 1 : NULL;
+    for (int r = 0; r < L; r++) {
+        if (bias)
+            f->ops->add(S + (size_t)r * L, bias - r, (size_t)L);
         f->ops->softmax(S + (size_t)r * L, (size_t)L);
+    }
     f->ops->gemm_nn(L, d, L, S, L, f->v + base, H, f->ctx + base, H);
 }
 
@@ -447,20 +491,29 @@ static void table_row(const forward *f, const bert_table *table, int i, int add,
 }
 
 static void run_embed(forward *f, int r0, int r1) {
-    const int H = f->cfg->hidden;
+    const int H = f->cfg->hidden, pad = f->cfg->position_pad;
     const bert_batch *bt = f->batch;
     int s = 0;
     while (s + 1 < bt->n_seqs && bt->offsets[s + 1] <= r0)
         s++;
+    /* RoBERTa-style positions count the sequence's tokens that are not the
+     * padding id, from its start (which may lie before this chunk). */
+    int counted = 0;
+    for (int t = bt->offsets[s]; pad >= 0 && t < r0; t++)
+        counted += bt->ids[t] != pad;
     for (int t = r0; t < r1; t++) {
-        while (bt->offsets[s + 1] <= t)
+        while (bt->offsets[s + 1] <= t) {
             s++;
+            counted = 0;
+        }
         int pos = t - bt->offsets[s];
+        if (pad >= 0)
+            pos = bt->ids[t] == pad ? pad : pad + ++counted;
         float *row = f->x + (size_t)t * H;
         table_row(f, &f->w->word, bt->ids[t], 0, row);
         table_row(f, &f->w->pos, pos, 1, row);
         if (f->w->type.data)
-            table_row(f, &f->w->type, 0, 1, row); /* token_type_ids are all 0 */
+            table_row(f, &f->w->type, bt->types ? bt->types[t] : 0, 1, row);
         f->ops->layernorm(row, NULL, f->w->emb_norm.gamma, f->w->emb_norm.beta, (size_t)H,
                           f->cfg->layer_norm_eps);
     }
@@ -651,12 +704,47 @@ static int max_seq_len(const bert_batch *batch) {
     return max_len;
 }
 
+/* Floats of MPNet's relative bias table for sequences of up to L tokens. */
+static size_t rel_floats(const model_config *cfg, size_t L) {
+    return cfg->arch == ENGINE_ARCH_MPNET ? ((size_t)cfg->n_heads * (2 * L - 1) + 15) / 16 * 16 : 0;
+}
+
 size_t bert_scratch_floats(const model_config *cfg, const bert_batch *batch, int n_threads) {
     const size_t T = (size_t)batch->n_tokens, L = (size_t)max_seq_len(batch);
-    /* q, k, v, ctx, tmp (T x H each), ff (T x F), per-thread scores (L x L);
-     * each part rounded up to whole cache lines. */
+    /* q, k, v, ctx, tmp (T x H each), ff (T x F), per-thread scores (L x L),
+     * MPNet's bias table; each part rounded up to whole cache lines. */
     return 5 * ((T * cfg->hidden + 15) / 16 * 16) + (T * cfg->intermediate + 15) / 16 * 16 +
-           (size_t)n_threads * ((L * L + 15) / 16 * 16);
+           (size_t)n_threads * ((L * L + 15) / 16 * 16) + rel_floats(cfg, L);
+}
+
+/* transformers' MPNetEncoder.relative_position_bucket(key - query) with 32
+ * buckets and max distance 128: half for each direction, 8 exact distances,
+ * then logarithmic up to 128. The logarithm is float32 arithmetic as torch
+ * computes it (n.float() / 8, log, / log(16), * 8, truncated), so the
+ * bucket boundaries agree. */
+static int mpnet_bucket(int key_minus_query) {
+    const int half = MODEL_MPNET_BUCKETS / 2, exact = half / 2;
+    int n = -key_minus_query, ret = 0;
+    if (n < 0) {
+        ret = half;
+        n = -n;
+    }
+    if (n < exact)
+        return ret + n;
+    const float scaled = logf((float)n / (float)exact) / (float)log(128.0 / exact) * (float)(half - exact);
+    const int large = exact + (int)scaled;
+    return ret + (large < half - 1 ? large : half - 1);
+}
+
+/* MPNet's bias for every key - query distance of sequences up to max_len
+ * tokens, head by head (compute_position_bias, shared by all layers). */
+static void fill_rel_bias(forward *f) {
+    const int heads = f->cfg->n_heads, span = 2 * f->max_len - 1;
+    for (int d = -(f->max_len - 1); d < f->max_len; d++) {
+        const float *row = f->w->rel_bias + (size_t)mpnet_bucket(d) * heads;
+        for (int h = 0; h < heads; h++)
+            f->rel[(size_t)h * span + d + f->max_len - 1] = row[h];
+    }
 }
 
 /* The prepared inputs: rows of the wider input (hidden or intermediate),
@@ -698,6 +786,10 @@ void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batc
     f.tmp = f.ctx + th;
     f.ff = f.tmp + th;
     f.scores = f.ff + tf;
+    if (w->rel_bias) {
+        f.rel = f.scores + (size_t)n_threads * (((size_t)f.max_len * f.max_len + 15) / 16 * 16);
+        fill_rel_bias(&f);
+    }
     f.quant = w->quant;
     if (f.quant != ENGINE_QUANT_NONE) {
         f.q8 = kernels_q8_for(ops);
@@ -743,7 +835,7 @@ int bert_classify_head(const bert_weights *w, const model_config *cfg, const ber
         memcpy(cls + (size_t)s * H, hidden + (size_t)batch->offsets[s] * H, (size_t)H * sizeof(float));
     kernels_linear(cls, n, H, w->pre.w, w->pre.b, H, pre, 0, H, ops);
     for (size_t i = 0; i < (size_t)n * H; i++)
-        pre[i] = cfg->arch == ENGINE_ARCH_BERT ? tanhf(pre[i]) : (pre[i] > 0 ? pre[i] : 0);
+        pre[i] = cfg->arch == ENGINE_ARCH_DISTILBERT ? (pre[i] > 0 ? pre[i] : 0) : tanhf(pre[i]);
     kernels_linear(pre, n, H, w->classifier.w, w->classifier.b, cfg->n_labels, logits, 0,
                    cfg->n_labels, ops);
     free(cls);

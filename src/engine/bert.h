@@ -1,15 +1,25 @@
 /*
- * bert.h - BERT and DistilBERT encoders and their heads, on packed batches.
+ * bert.h - BERT, DistilBERT, RoBERTa / XLM-RoBERTa and MPNet encoders and
+ * their heads, on packed batches.
  *
  * A packed batch is the concatenation of every sequence's token ids (no
  * padding): sequence s owns tokens [offsets[s], offsets[s + 1]). Linear
  * layers run once over all tokens; attention runs per (sequence, head).
- * Both models are post-LayerNorm transformers and share one forward:
+ * All four are post-LayerNorm transformers and share one forward:
  *
- *   h = LN(word[id] + pos[i] (+ type[0] for BERT))
+ *   h = LN(word[id] + pos[p(i)] (+ type[t(i)] for BERT and RoBERTa))
  *   per layer:  a = LN(h + Wo · attn(Wq h, Wk h, Wv h));  h = LN(a + W2 · act(W1 a))
- *   BERT head:        logits = Wc · tanh(Wp · h[CLS])
- *   DistilBERT head:  logits = Wc · relu(Wpre · h[CLS])
+ *   BERT head:             logits = Wc · tanh(Wp · h[CLS])      (pooler.dense, classifier)
+ *   DistilBERT head:       logits = Wc · relu(Wpre · h[CLS])    (pre_classifier, classifier)
+ *   RoBERTa, MPNet head:   logits = Wo · tanh(Wd · h[<s>])      (classifier.dense, .out_proj)
+ *
+ * p(i) = i for BERT and DistilBERT. RoBERTa and MPNet number positions as
+ * transformers' create_position_ids_from_input_ids: pad + 1, pad + 2, ...
+ * over the tokens that are not the padding id, which keeps position pad.
+ * t(i) is the batch's token type (pairs for BERT), else 0.
+ * MPNet adds to every layer's attention scores (after the 1/sqrt(d) scale)
+ * the relative position bias B[bucket(key - query), head], the buckets of
+ * transformers' MPNetEncoder.compute_position_bias, the same for all layers.
  *
  * Weights are borrowed (the mmap, or buffers the model owns); the forward
  * writes only to the scratch it is given, so any number of forwards may
@@ -58,12 +68,13 @@ typedef struct bert_layer {
 } bert_layer;
 
 typedef struct bert_weights {
-    bert_table word, pos, type;     /* type.data is NULL for DistilBERT */
+    bert_table word, pos, type;     /* type.data is NULL for DistilBERT and MPNet */
     bert_norm emb_norm;
     bert_layer *layers;             /* owned, n_layers of them */
     int n_layers;
-    bert_linear pre;                /* pooler (BERT) or pre_classifier (DistilBERT) */
-    bert_linear classifier;
+    const float *rel_bias;          /* MPNet: rel_buckets x n_heads; else NULL */
+    bert_linear pre;                /* pooler.dense, pre_classifier or classifier.dense */
+    bert_linear classifier;         /* classifier or classifier.out_proj */
     void **owned;                   /* widened F16/BF16 or realigned tensors */
     int n_owned, cap_owned;
     int dtype_mask;                 /* 1 << safetensors_dtype of every tensor used */
@@ -72,7 +83,8 @@ typedef struct bert_weights {
 } bert_weights;
 
 /* Finds and checks every tensor the config needs (names with or without the
- * "bert." / "distilbert." prefix; LayerNorm gamma/beta accepted as aliases).
+ * "bert." / "distilbert." / "roberta." / "mpnet." prefix; LayerNorm
+ * gamma/beta accepted as aliases).
  * A missing tensor or a shape that disagrees with the config is ENGINE_ECONFIG
  * naming the tensor and both shapes. On failure bert_weights_fini is still
  * needed. */
@@ -88,6 +100,7 @@ void bert_weights_fini(bert_weights *w);
 
 typedef struct bert_batch {
     const int32_t *ids;   /* n_tokens ids, all < vocab size */
+    const uint8_t *types; /* n_tokens token types, all < type_vocab_size; NULL: all 0 */
     const int *offsets;   /* n_seqs + 1 entries */
     int n_seqs, n_tokens;
 } bert_batch;
@@ -107,7 +120,7 @@ size_t bert_scratch_lowp_floats(const bert_weights *w, const model_config *cfg, 
 void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
                  threadpool *pool, const kernel_ops *ops, float *hidden, float *scratch);
 
-/* Classification head over the [CLS] rows: logits (n_seqs x n_labels). */
+/* Classification head over the first token's rows: logits (n_seqs x n_labels). */
 int bert_classify_head(const bert_weights *w, const model_config *cfg, const bert_batch *batch,
                        const float *hidden, const kernel_ops *ops, float *logits, engine_error *err);
 

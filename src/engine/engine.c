@@ -1,15 +1,19 @@
 /*
  * engine.c - the public engine API (engine.h): loading a model directory
- * and running batches of texts through tokenizer, encoder and head.
+ * and running batches of texts (or text pairs) through tokenizer, encoder
+ * and head.
  *
  * Load order, each step validating before the next relies on it:
- * config.json (+ tokenizer_config.json) -> tokenizer (tokenizer.json if
- * present, as AutoTokenizer prefers it, else vocab.txt) -> vocabulary size
- * against the config -> model.safetensors -> tensors against the config.
+ * config.json (+ tokenizer_config.json, sentence_bert_config.json) ->
+ * tokenizer (tokenizer.h picks the file as AutoTokenizer does) ->
+ * vocabulary size against the config -> weights file (checkpoint_open:
+ * model.safetensors, else pytorch_model.bin) ->
+ * tensors against the config.
  *
  * A call tokenizes every text first (so bad input fails before any compute),
- * packs the ids, then takes the model's run lock for the forward: one batch
- * at a time per model pool, never more compute threads than configured.
+ * packs the ids (and, for pairs on a model with token types, each id's
+ * type), then takes the model's run lock for the forward: one batch at a
+ * time per model pool, never more compute threads than configured.
  */
 #include "engine.h"
 
@@ -23,16 +27,17 @@
 #include <sys/stat.h>
 
 #include "bert.h"
+#include "checkpoint.h"
 #include "engine_int.h"
 #include "kernels.h"
 #include "model_config.h"
 #include "safetensors.h"
 #include "threadpool.h"
-#include "wordpiece.h"
+#include "tokenizer.h"
 
 struct engine_model {
     model_config cfg;
-    wordpiece *tokenizer;
+    tokenizer *tokenizer;
     safetensors *weights_file;
     bert_weights weights;
     threadpool *pool;
@@ -102,11 +107,6 @@ static engine_quantization choose_quantization(engine_model *m, engine_quantizat
     return asked;
 }
 
-static int file_exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
-
 static void fill_info(engine_model *m) {
     engine_model_info *info = &m->info;
     const model_config *c = &m->cfg;
@@ -123,7 +123,8 @@ static void fill_info(engine_model *m) {
     info->max_length = c->max_length;
     info->n_labels = c->task == ENGINE_TASK_CLASSIFY ? c->n_labels : 0;
     info->multi_label = c->multi_label;
-    info->do_lower_case = wordpiece_does_lower_case(m->tokenizer);
+    info->do_lower_case = tokenizer_does_lower_case(m->tokenizer);
+    info->tokenizer = tokenizer_kind_name(tokenizer_get_kind(m->tokenizer));
     int mask = m->weights.dtype_mask;
     info->dtype = mask == (1 << ST_F32)    ? "F32"
                   : mask == (1 << ST_F16)  ? "F16"
@@ -156,45 +157,23 @@ int engine_model_load(const char *dir, const engine_options *opts, engine_model 
     if (rc)
         goto fail;
 
-    char path[4096];
-    wordpiece_options wopts;
-    wordpiece_options_init(&wopts);
-    wopts.do_lower_case = m->cfg.do_lower_case;
-    wopts.strip_accents = m->cfg.strip_accents;
-    wopts.tokenize_chinese_chars = m->cfg.tokenize_chinese_chars;
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    if (file_exists(path)) {
-        rc = wordpiece_load_json(path, &wopts, &m->tokenizer, err);
-    } else {
-        snprintf(path, sizeof path, "%s/vocab.txt", dir);
-        if (!file_exists(path)) {
-            rc = engine_error_set(err, ENGINE_EIO, "%s: no tokenizer: neither vocab.txt nor "
-                                  "tokenizer.json is there", dir);
-            goto fail;
-        }
-        rc = wordpiece_load_vocab(path, &wopts, &m->tokenizer, err);
-    }
-    if (rc)
+    tokenizer_options topts;
+    tokenizer_options_init(&topts);
+    topts.wordpiece.do_lower_case = m->cfg.do_lower_case;
+    topts.wordpiece.strip_accents = m->cfg.strip_accents;
+    topts.wordpiece.tokenize_chinese_chars = m->cfg.tokenize_chinese_chars;
+    topts.add_prefix_space = m->cfg.add_prefix_space;
+    if ((rc = tokenizer_load(dir, &topts, &m->tokenizer, err)))
         goto fail;
-    if (wordpiece_vocab_size(m->tokenizer) > (size_t)m->cfg.vocab_size) {
+    if (tokenizer_vocab_size(m->tokenizer) > (size_t)m->cfg.vocab_size) {
         rc = engine_error_set(err, ENGINE_ECONFIG,
                               "%s: the vocabulary has %zu tokens but config.json vocab_size is %d",
-                              path, wordpiece_vocab_size(m->tokenizer), m->cfg.vocab_size);
+                              tokenizer_path(m->tokenizer), tokenizer_vocab_size(m->tokenizer),
+                              m->cfg.vocab_size);
         goto fail;
     }
 
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (!file_exists(path)) {
-        char bin[4096];
-        snprintf(bin, sizeof bin, "%s/pytorch_model.bin", dir);
-        rc = engine_error_set(err, ENGINE_EIO,
-                              file_exists(bin) ? "%s: missing; only pytorch_model.bin is there, "
-                                                 "convert it to safetensors"
-                                               : "%s: missing",
-                              path);
-        goto fail;
-    }
-    if ((rc = safetensors_open(path, &m->weights_file, err)))
+    if ((rc = checkpoint_open(dir, &m->weights_file, err)))
         goto fail;
     m->ops = kernels_best();
     const engine_quantization quant = choose_quantization(m, opts ? opts->quantization : ENGINE_QUANT_NONE);
@@ -222,7 +201,7 @@ void engine_model_free(engine_model *m) {
         munmap(m->scratch, m->scratch_bytes);
     bert_weights_fini(&m->weights);
     safetensors_close(m->weights_file);
-    wordpiece_destroy(m->tokenizer);
+    tokenizer_destroy(m->tokenizer);
     model_config_fini(&m->cfg);
     pthread_mutex_destroy(&m->run_lock);
     free(m);
@@ -236,71 +215,113 @@ const char *engine_model_label(const engine_model *m, int id) {
     return m->cfg.labels[id];
 }
 
+static void unpack(bert_batch *batch) {
+    free((void *)batch->ids);
+    free((void *)batch->types);
+    free((void *)batch->offsets);
+}
+
+/* The model's max_length, or a smaller one the caller asks for. */
+static size_t length_limit(const engine_model *m, int max_length) {
+    return max_length >= 2 && max_length < m->cfg.max_length ? (size_t)max_length : (size_t)m->cfg.max_length;
+}
+
 int engine_tokenize(const engine_model *m, const char *text, size_t len, int max_length,
                     int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
-    size_t limit = max_length >= 2 && max_length < m->cfg.max_length ? (size_t)max_length
-                                                                      : (size_t)m->cfg.max_length;
-    return wordpiece_encode(m->tokenizer, text, len, limit, ids, cap, n_ids, err);
+    return tokenizer_encode(m->tokenizer, text, len, length_limit(m, max_length), ids, cap, n_ids, err);
+}
+
+int engine_tokenize_pair(const engine_model *m, const char *a, size_t a_len, const char *b, size_t b_len,
+                         int max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                         engine_error *err) {
+    int rc = tokenizer_encode_pair_types(m->tokenizer, a, a_len, b, b_len, length_limit(m, max_length), ids,
+                                         types, cap, n_ids, err);
+    /* What the model is given: token types only where it has them (BERT). */
+    if (!rc && types && m->cfg.arch != ENGINE_ARCH_BERT)
+        memset(types, 0, *n_ids);
+    return rc;
 }
 
 int engine_text_is_blank(const engine_model *m, const char *text, size_t len) {
-    return wordpiece_is_blank(m->tokenizer, text, len);
+    return tokenizer_is_blank(m->tokenizer, text, len);
 }
 
 const char *engine_token_text(const engine_model *m, int32_t id) {
-    return wordpiece_token(m->tokenizer, id);
+    return tokenizer_token(m->tokenizer, id);
 }
 
-/* Tokenizes all texts into one packed batch; on success the caller frees
- * batch->ids and batch->offsets. */
-static int pack(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
-                bert_batch *batch, engine_error *err) {
+/* A call's inputs: texts a[i], or pairs (a[i], b[i]) when b is set. */
+typedef struct batch_input {
+    const char *const *a;
+    const size_t *a_lens;
+    const char *const *b; /* NULL: single texts */
+    const size_t *b_lens;
+    size_t n;
+} batch_input;
+
+/* Prefixes err's message with "text I: " or "pair I: ". */
+static int name_input(const batch_input *in, size_t i, int rc, engine_error *err) {
+    if (err) {
+        char msg[sizeof err->message];
+        snprintf(msg, sizeof msg, "%s %zu: %.480s", in->b ? "pair" : "text", i, err->message);
+        memcpy(err->message, msg, sizeof msg);
+    }
+    return rc;
+}
+
+/* Tokenizes all inputs into one packed batch; on success the caller frees
+ * it with unpack. Pairs on BERT carry token types (0 for [CLS] A [SEP], 1
+ * for B [SEP]); the other architectures take type 0 everywhere, as
+ * transformers' tokenizers give them no token_type_ids. */
+static int pack(engine_model *m, const batch_input *in, bert_batch *batch, engine_error *err) {
     memset(batch, 0, sizeof *batch);
+    const size_t n = in->n;
     if (n == 0 || n > (size_t)INT32_MAX / (size_t)m->cfg.max_length)
-        return engine_error_set(err, ENGINE_EARG, "a batch needs 1 to %d texts",
-                                INT32_MAX / m->cfg.max_length);
-    const size_t max_len = (size_t)m->cfg.max_length;
-    int32_t *ids = malloc(n * max_len * sizeof *ids);
+        return engine_error_set(err, ENGINE_EARG, "a batch needs 1 to %d %s", INT32_MAX / m->cfg.max_length,
+                                in->b ? "pairs" : "texts");
+    const size_t max_len = (size_t)m->cfg.max_length, cap = n * max_len;
+    const int with_types = in->b && m->cfg.arch == ENGINE_ARCH_BERT;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    uint8_t *types = with_types ? malloc(cap) : NULL;
     int *offsets = malloc((n + 1) * sizeof *offsets);
-    if (!ids || !offsets) {
-        free(ids);
-        free(offsets);
+    batch->ids = ids;
+    batch->types = types;
+    batch->offsets = offsets;
+    if (!ids || !offsets || (with_types && !types)) {
+        unpack(batch);
         return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
     }
     size_t total = 0;
     offsets[0] = 0;
     for (size_t i = 0; i < n; i++) {
         size_t got = 0;
-        if (!texts[i]) {
-            free(ids);
-            free(offsets);
-            return engine_error_set(err, ENGINE_EARG, "text %zu is NULL", i);
+        int rc;
+        if (!in->a[i] || (in->b && !in->b[i])) {
+            unpack(batch);
+            return engine_error_set(err, ENGINE_EARG, "%s %zu is NULL", in->b ? "pair" : "text", i);
         }
-        int rc = wordpiece_encode(m->tokenizer, texts[i], lens[i], max_len, ids + total,
-                                  n * max_len - total, &got, err);
+        if (in->b)
+            rc = tokenizer_encode_pair_types(m->tokenizer, in->a[i], in->a_lens[i], in->b[i], in->b_lens[i],
+                                             max_len, ids + total, types ? types + total : NULL, cap - total,
+                                             &got, err);
+        else
+            rc = tokenizer_encode(m->tokenizer, in->a[i], in->a_lens[i], max_len, ids + total, cap - total, &got,
+                                  err);
+        for (size_t t = total; !rc && types && t < total + got; t++)
+            if (types[t] >= m->cfg.type_vocab_size)
+                rc = engine_error_set(err, ENGINE_ECONFIG,
+                                      "%s gives the second text token type %d but config.json type_vocab_size "
+                                      "is %d", tokenizer_path(m->tokenizer), types[t], m->cfg.type_vocab_size);
         if (rc) {
-            free(ids);
-            free(offsets);
-            if (err) { /* name the text in the batch */
-                char msg[sizeof err->message];
-                snprintf(msg, sizeof msg, "text %zu: %.480s", i, err->message);
-                memcpy(err->message, msg, sizeof msg);
-            }
-            return rc;
+            unpack(batch);
+            return name_input(in, i, rc, err);
         }
         total += got;
         offsets[i + 1] = (int)total;
     }
-    batch->ids = ids;
-    batch->offsets = offsets;
     batch->n_seqs = (int)n;
     batch->n_tokens = (int)total;
     return 0;
-}
-
-static void unpack(bert_batch *batch) {
-    free((void *)batch->ids);
-    free((void *)batch->offsets);
 }
 
 /* Makes the model's scratch at least `bytes`; run lock held. The scratch
@@ -364,10 +385,10 @@ static void pool_embeddings(const engine_model *m, const bert_batch *batch, cons
 
 /* Tokenizes and packs the texts, then runs encoder and head under the run
  * lock in the model's scratch. */
-static int run_batch(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
-                     const head_job *job, engine_stats *stats, engine_error *err) {
+static int run_batch(engine_model *m, const batch_input *in, const head_job *job, engine_stats *stats,
+                     engine_error *err) {
     bert_batch batch;
-    int rc = pack(m, texts, lens, n, &batch, err);
+    int rc = pack(m, in, &batch, err);
     if (rc)
         return rc;
     if (stats)
@@ -390,28 +411,27 @@ static int run_batch(engine_model *m, const char *const *texts, const size_t *le
     return rc;
 }
 
-int engine_classify(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
-                    float *logits, float *probs, engine_error *err) {
-    return engine_classify_stats(m, texts, lens, n, logits, probs, NULL, err);
-}
-
-int engine_classify_stats(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
-                          float *logits, float *probs, engine_stats *stats, engine_error *err) {
+/* Logits (and probabilities) for the inputs: softmax over the labels, or a
+ * sigmoid per label for multi-label models and for one-label models (as
+ * transformers' text-classification pipeline: a reranker's score). */
+static int classify(engine_model *m, const batch_input *in, float *logits, float *probs, engine_stats *stats,
+                    engine_error *err) {
     if (m->cfg.task != ENGINE_TASK_CLASSIFY)
         return engine_error_set(err, ENGINE_EUNSUPPORTED,
                                 "%s is an embedding model (no classification head)",
                                 m->cfg.architecture);
+    const size_t n = in->n;
     const int K = m->cfg.n_labels;
     float *out = logits ? logits : malloc((n ? n : 1) * (size_t)K * sizeof(float));
     if (!out)
         return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
     head_job job = {.kind = HEAD_CLASSIFY, .logits = out};
-    int rc = run_batch(m, texts, lens, n, &job, stats, err);
+    int rc = run_batch(m, in, &job, stats, err);
     if (!rc && probs) {
         memcpy(probs, out, n * (size_t)K * sizeof(float));
         for (size_t i = 0; i < n; i++) {
             float *p = probs + i * K;
-            if (m->cfg.multi_label)
+            if (m->cfg.multi_label || K == 1)
                 for (int j = 0; j < K; j++)
                     p[j] = 1.0f / (1.0f + expf(-p[j]));
             else
@@ -423,10 +443,31 @@ int engine_classify_stats(engine_model *m, const char *const *texts, const size_
     return rc;
 }
 
+int engine_classify(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                    float *logits, float *probs, engine_error *err) {
+    return engine_classify_stats(m, texts, lens, n, logits, probs, NULL, err);
+}
+
+int engine_classify_stats(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
+                          float *logits, float *probs, engine_stats *stats, engine_error *err) {
+    batch_input in = {.a = texts, .a_lens = lens, .n = n};
+    return classify(m, &in, logits, probs, stats, err);
+}
+
+int engine_classify_pairs(engine_model *m, const char *const *a, const size_t *a_lens, const char *const *b,
+                          const size_t *b_lens, size_t n, float *logits, float *probs, engine_stats *stats,
+                          engine_error *err) {
+    if (!a || !a_lens || !b || !b_lens)
+        return engine_error_set(err, ENGINE_EARG, "engine_classify_pairs: NULL argument");
+    batch_input in = {.a = a, .a_lens = a_lens, .b = b, .b_lens = b_lens, .n = n};
+    return classify(m, &in, logits, probs, stats, err);
+}
+
 int engine_embed(engine_model *m, const char *const *texts, const size_t *lens, size_t n,
                  engine_pooling pooling, int normalize, float *out, engine_error *err) {
     if (!out)
         return engine_error_set(err, ENGINE_EARG, "no output buffer");
     head_job job = {.kind = HEAD_EMBED, .pooling = pooling, .normalize = normalize, .out = out};
-    return run_batch(m, texts, lens, n, &job, NULL, err);
+    batch_input in = {.a = texts, .a_lens = lens, .n = n};
+    return run_batch(m, &in, &job, NULL, err);
 }

@@ -2,9 +2,11 @@
  * engine.h - the inference engine's one public header.
  *
  * Loads a Hugging Face model directory (config.json, model.safetensors,
- * vocab.txt or tokenizer.json, optional tokenizer_config.json) and runs
- * BERT / DistilBERT sequence classifiers and embedding models on the CPU,
- * computing what transformers computes (to 1e-4 on logits).
+ * tokenizer.json, vocab.txt or vocab.json + merges.txt, optional
+ * tokenizer_config.json and sentence_bert_config.json) and runs BERT,
+ * DistilBERT, RoBERTa, XLM-RoBERTa and MPNet sequence classifiers (on texts
+ * or text pairs, as cross-encoders take them) and embedding models on the
+ * CPU, computing what transformers computes (to 1e-4 on logits).
  *
  * Design:
  *  - A loaded model (engine_model) is read-only after engine_model_load
@@ -64,6 +66,8 @@ typedef struct engine_error {
 typedef enum engine_arch {
     ENGINE_ARCH_BERT = 1,       /* BertModel / BertForSequenceClassification */
     ENGINE_ARCH_DISTILBERT = 2, /* DistilBertModel / DistilBert...Classification */
+    ENGINE_ARCH_ROBERTA = 3,    /* (XLM)RobertaModel / (XLM)Roberta...Classification */
+    ENGINE_ARCH_MPNET = 4,      /* MPNetModel / MPNetForSequenceClassification */
 } engine_arch;
 
 typedef enum engine_task {
@@ -119,10 +123,13 @@ typedef struct engine_model_info {
     engine_arch arch;
     engine_task task;
     const char *architecture; /* e.g. "DistilBertForSequenceClassification" */
-    const char *model_type;   /* "bert" or "distilbert" */
+    const char *model_type;   /* "bert", "distilbert", "roberta", "xlm-roberta" or "mpnet" */
+    const char *tokenizer;    /* its kind: "WordPiece", "BPE" or "Unigram" */
     const char *dtype;        /* dtype of the weights on disk: "F32", "F16", "BF16", or "mixed" */
     int n_layers, hidden, n_heads, intermediate, vocab_size, max_position;
-    int max_length;           /* tokens per text incl. [CLS]/[SEP] after truncation */
+    int max_length;           /* tokens per text (or pair) incl. [CLS]/[SEP] after truncation:
+                               * model_max_length, or sentence-transformers' max_seq_length,
+                               * capped by the position table */
     int n_labels;             /* 0 for embedding models */
     int multi_label;          /* problem_type multi_label_classification: sigmoid */
     int do_lower_case;
@@ -161,23 +168,36 @@ const char *engine_model_label(const engine_model *model, int id);
 int engine_tokenize(const engine_model *model, const char *text, size_t len, int max_length,
                     int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
 
+/* Tokenizes a pair as engine_classify_pairs gives it to the model: the
+ * tokenizer's pair template ([CLS] a [SEP] b [SEP], <s> a </s></s> b </s>),
+ * truncated longest_first to max_length (<= 0: the model's). `types` (NULL,
+ * or cap entries) gets each id's token type as the model uses it: BERT's 0
+ * for [CLS] a [SEP] and 1 for b [SEP]; 0 everywhere for the other
+ * architectures, whose tokenizers give no token_type_ids. ENGINE_EINPUT
+ * names the text that is not valid UTF-8. Any thread. */
+int engine_tokenize_pair(const engine_model *model, const char *a, size_t a_len, const char *b,
+                         size_t b_len, int max_length, int32_t *ids, uint8_t *types, size_t cap,
+                         size_t *n_ids, engine_error *err);
+
 /* 1 if the model sees nothing in text (len bytes of UTF-8): its tokenizer
- * drops every character, so engine_tokenize would give [CLS] [SEP] alone.
- * A function of the model, since the tokenizer's settings decide what it
- * drops: white space (U+3000, U+00A0, U+2028, ...) always; controls and
- * format characters (U+200B, U+FEFF, NUL, ...) unless clean_text is off;
- * combining marks (U+0301) only when accents are stripped (uncased
- * models). Empty text is blank; invalid UTF-8 is not (engine_tokenize and
- * engine_classify report it). One scan that stops at the first token and
- * allocates nothing for ordinary text. Any thread. */
+ * drops every character, so engine_tokenize would give the special tokens
+ * alone ([CLS] [SEP], <s> </s>). A function of the model, since the
+ * tokenizer decides what it drops. WordPiece: white space (U+3000, U+00A0,
+ * U+2028, ...) always; controls and format characters (U+200B, U+FEFF,
+ * NUL, ...) unless clean_text is off; combining marks (U+0301) only when
+ * accents are stripped (uncased models). Byte-level BPE drops nothing but
+ * the empty text; Unigram (Metaspace) drops spaces and what its normalizer
+ * removes. Empty text is blank; invalid UTF-8 is not (engine_tokenize and
+ * engine_classify report it). Stops at the first token. Any thread. */
 int engine_text_is_blank(const engine_model *model, const char *text, size_t len);
 
 /* Vocabulary string for a token id, or NULL. Borrowed. */
 const char *engine_token_text(const engine_model *model, int32_t id);
 
 /* Classifies n texts (texts[i] of lens[i] bytes, UTF-8). Writes n * n_labels
- * logits and probabilities (softmax, or sigmoid per label for multi-label
- * models) in label-id order into caller-owned arrays; either may be NULL.
+ * logits and probabilities (softmax; a sigmoid per label for multi-label
+ * models and for models with one label, as transformers' pipeline) in
+ * label-id order into caller-owned arrays; either may be NULL.
  * Fails with ENGINE_EUNSUPPORTED on an embedding model, ENGINE_EINPUT if a
  * text is not valid UTF-8 (err names its index; nothing is computed).
  * Any thread. */
@@ -193,6 +213,13 @@ typedef struct engine_stats {
 int engine_classify_stats(engine_model *model, const char *const *texts, const size_t *lens,
                           size_t n, float *logits, float *probs, engine_stats *stats,
                           engine_error *err);
+
+/* engine_classify_stats on n pairs (a[i], b[i]): each pair is one sequence
+ * (engine_tokenize_pair), as cross-encoders and rerankers score a query and
+ * a document. ENGINE_EINPUT names the pair's index and which text. */
+int engine_classify_pairs(engine_model *model, const char *const *a, const size_t *a_lens,
+                          const char *const *b, const size_t *b_lens, size_t n, float *logits,
+                          float *probs, engine_stats *stats, engine_error *err);
 
 /* Embeds n texts: writes n * hidden floats to `out` (caller-owned), pooled
  * as asked and L2-normalised when `normalize`. Works on classification

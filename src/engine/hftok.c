@@ -903,7 +903,7 @@ int hftok_encode(const hftok *t, const char *text, size_t len, size_t max_length
     hftok_ids a = {.limit = max_length - t->tpl.added_single};
     rc = enc_sequence(t, (const uint8_t *)text, len, &a);
     if (rc == 0)
-        rc = hftok_template_apply(&t->tpl, &a, NULL, max_length, ids, cap, n_ids, err);
+        rc = hftok_template_apply(&t->tpl, &a, NULL, max_length, ids, NULL, cap, n_ids, err);
     else
         engine_error_set(err, rc, "out of memory while tokenizing %zu bytes", len);
     free(a.p);
@@ -911,7 +911,8 @@ int hftok_encode(const hftok *t, const char *text, size_t len, size_t max_length
 }
 
 int hftok_encode_pair(const hftok *t, const char *a, size_t a_len, const char *b, size_t b_len,
-                      size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
+                      size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                      engine_error *err) {
     if (n_ids)
         *n_ids = 0;
     if (!t || (!a && a_len) || (!b && b_len) || !n_ids || (!ids && cap))
@@ -930,7 +931,7 @@ int hftok_encode_pair(const hftok *t, const char *a, size_t a_len, const char *b
     if (!rc)
         rc = enc_sequence(t, (const uint8_t *)b, b_len, &ib);
     if (rc == 0)
-        rc = hftok_template_apply(&t->tpl, &ia, &ib, max_length, ids, cap, n_ids, err);
+        rc = hftok_template_apply(&t->tpl, &ia, &ib, max_length, ids, types, cap, n_ids, err);
     else
         engine_error_set(err, rc, "out of memory while tokenizing %zu + %zu bytes", a_len, b_len);
     free(ia.p);
@@ -980,7 +981,8 @@ static void tpl_count(hftok_template *tpl) {
 }
 
 /* cls A sep and cls A sep [sep] B sep (RobertaProcessing doubles the
- * middle separator). */
+ * middle separator). BertProcessing gives B and its separator token type 1;
+ * RobertaProcessing gives every id type 0 (as Rust's 0.13 does). */
 static int tpl_cls_sep(hftok_template *tpl, int32_t cls, int32_t sep, bool double_sep) {
     memset(tpl, 0, sizeof *tpl);
     tpl->single = calloc(3, sizeof *tpl->single);
@@ -997,7 +999,9 @@ static int tpl_cls_sep(hftok_template *tpl, int32_t cls, int32_t sep, bool doubl
     rc |= tpl_special(&tpl->pair[k++], &sep, 1);
     if (double_sep)
         rc |= tpl_special(&tpl->pair[k++], &sep, 1);
+    tpl->pair[k].type_id = !double_sep;
     tpl->pair[k++].seq = 1;
+    tpl->pair[k].type_id = !double_sep;
     rc |= tpl_special(&tpl->pair[k++], &sep, 1);
     tpl->n_pair = k;
     tpl_count(tpl);
@@ -1042,6 +1046,12 @@ static int tpl_parse_items(hftok_piece **out, size_t *n_out, json_t *items, json
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_array_get(items, i);
         json_t *seq = json_object_get(it, "Sequence"), *sp = json_object_get(it, "SpecialToken");
+        json_t *type_id = json_object_get(seq ? seq : sp, "type_id");
+        if (type_id && (!json_is_integer(type_id) || json_integer_value(type_id) < 0 ||
+                        json_integer_value(type_id) > 255))
+            return engine_error_set(err, ENGINE_EFORMAT, "%s: TemplateProcessing.%s[%zu] has a type_id outside 0..255",
+                                    path, pair ? "pair" : "single", i);
+        (*out)[i].type_id = (uint8_t)json_integer_value(type_id); /* 0 when absent */
         if (seq) {
             const char *id = json_string_value(json_object_get(seq, "id"));
             if (!id || (strcmp(id, "A") != 0 && strcmp(id, "B") != 0) || (!pair && id[0] == 'B'))
@@ -1132,7 +1142,8 @@ int hftok_template_parse(hftok_template *tpl, json_t *post, const char *path,
 }
 
 int hftok_template_apply(const hftok_template *tpl, const hftok_ids *a, const hftok_ids *b,
-                         size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
+                         size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                         engine_error *err) {
     size_t added = b ? tpl->added_pair : tpl->added_single;
     if (max_length < added)
         return engine_error_set(err, ENGINE_EARG, "max_length %zu leaves no room for the %zu special tokens",
@@ -1172,8 +1183,12 @@ int hftok_template_apply(const hftok_template *tpl, const hftok_ids *a, const hf
             src = b->p;
             k = n2;
         }
-        if (k && n < cap)
-            memcpy(ids + n, src, (cap - n < k ? cap - n : k) * sizeof *ids);
+        if (k && n < cap) {
+            const size_t room = cap - n < k ? cap - n : k;
+            memcpy(ids + n, src, room * sizeof *ids);
+            if (types)
+                memset(types + n, items[i].type_id, room);
+        }
         n += k;
     }
     *n_ids = n;

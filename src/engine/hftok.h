@@ -91,8 +91,11 @@ void hftok_destroy(hftok *t);
  * Thread-safe. */
 int hftok_encode(const hftok *t, const char *text, size_t len, size_t max_length, int32_t *ids,
                  size_t cap, size_t *n_ids, engine_error *err);
+/* A pair's `types` (NULL, or cap entries) gets each id's token type from the
+ * template (type_id; BertProcessing: 1 for B and its separator). */
 int hftok_encode_pair(const hftok *t, const char *a, size_t a_len, const char *b, size_t b_len,
-                      size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
+                      size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                      engine_error *err);
 
 /* 1 if text yields no token of its own (only the special tokens), 0
  * otherwise (also for invalid UTF-8 or when memory runs out). Runs the
@@ -113,9 +116,10 @@ int32_t hftok_pad_id(const hftok *t); /* "<pad>" or "[PAD]", or -1 */
 /* The post-processor as a template: items are a sequence (A or B) or a
  * special token's ids. Also used by tokenizer.c for WordPiece pairs. */
 typedef struct hftok_piece {
-    int seq;       /* 0: A, 1: B, -1: special */
-    int32_t *ids;  /* special: its ids */
+    int seq;         /* 0: A, 1: B, -1: special */
+    int32_t *ids;    /* special: its ids */
     size_t n_ids;
+    uint8_t type_id; /* token type of its ids (TemplateProcessing's type_id) */
 } hftok_piece;
 
 typedef struct hftok_template {
@@ -136,9 +140,11 @@ void hftok_template_fini(hftok_template *tpl);
 
 /* Truncates a (and b, if not NULL) as Rust's truncate_encodings does for
  * max_length total ids including the template's specials, then writes the
- * template. Same return contract as hftok_encode. */
+ * template, and each id's token type to `types` unless it is NULL. Same
+ * return contract as hftok_encode. */
 int hftok_template_apply(const hftok_template *tpl, const hftok_ids *a, const hftok_ids *b,
-                         size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
+                         size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                         engine_error *err);
 
 /* Offset of the first byte that does not start a valid UTF-8 sequence, or n. */
 size_t hftok_utf8_check(const uint8_t *s, size_t n);

@@ -1,7 +1,8 @@
 /*
- * model_config.c - parses config.json and tokenizer_config.json (see
- * model_config.h). Every error names the file and the key; a key of the
- * wrong type is an error, never silently defaulted.
+ * model_config.c - parses config.json, tokenizer_config.json and
+ * sentence_bert_config.json (see model_config.h). Every error names the
+ * file and the key; a key of the wrong type is an error, never silently
+ * defaulted.
  */
 #include "model_config.h"
 
@@ -41,6 +42,39 @@ static int get_bool(const json_t *root, const char *path, const char *key, int d
         return engine_error_set(err, ENGINE_ECONFIG, "%s: '%s' must be true or false", path, key);
     *out = json_is_true(v);
     return 0;
+}
+
+/* Reads a non-negative integer key (an index), `def` when absent. */
+static int get_index(const json_t *root, const char *path, const char *key, int def, int *out,
+                     engine_error *err) {
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX / 16)
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: '%s' must be a non-negative integer", path, key);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+/* model_type -> the engine's architecture and the prefix of transformers'
+ * class names (the architectures entry must begin with it). */
+typedef struct model_family {
+    const char *model_type, *prefix;
+    engine_arch arch;
+} model_family;
+
+static const model_family families[] = {
+    {"bert", "Bert", ENGINE_ARCH_BERT},
+    {"distilbert", "DistilBert", ENGINE_ARCH_DISTILBERT},
+    {"roberta", "Roberta", ENGINE_ARCH_ROBERTA},
+    {"xlm-roberta", "XLMRoberta", ENGINE_ARCH_ROBERTA},
+    {"mpnet", "MPNet", ENGINE_ARCH_MPNET},
+};
+
+int model_config_position_limit(const model_config *cfg) {
+    return cfg->position_pad < 0 ? cfg->max_position : cfg->max_position - cfg->position_pad - 1;
 }
 
 static int parse_activation(const char *path, const char *key, const json_t *v, model_activation *out,
@@ -129,24 +163,28 @@ static int parse_model_config(const json_t *root, const char *path, model_config
     if (!json_is_string(mt))
         return engine_error_set(err, ENGINE_ECONFIG, "%s: missing or non-string 'model_type'", path);
     snprintf(cfg->model_type, sizeof cfg->model_type, "%s", json_string_value(mt));
-    if (strcmp(cfg->model_type, "bert") == 0)
-        cfg->arch = ENGINE_ARCH_BERT;
-    else if (strcmp(cfg->model_type, "distilbert") == 0)
-        cfg->arch = ENGINE_ARCH_DISTILBERT;
-    else
+    const model_family *fam = NULL;
+    for (size_t i = 0; i < sizeof families / sizeof *families; i++)
+        if (strcmp(cfg->model_type, families[i].model_type) == 0)
+            fam = &families[i];
+    if (!fam)
         return engine_error_set(err, ENGINE_EUNSUPPORTED,
-                                "%s: model_type '%s' is not supported (bert, distilbert)", path,
-                                cfg->model_type);
-    const char *family = cfg->arch == ENGINE_ARCH_BERT ? "Bert" : "DistilBert";
+                                "%s: model_type '%s' is not supported (bert, distilbert, roberta, xlm-roberta, "
+                                "mpnet)", path, cfg->model_type);
+    cfg->arch = fam->arch;
+    char default_arch[64];
+    snprintf(default_arch, sizeof default_arch, "%sModel", fam->prefix);
     if (!arch_name)
-        arch_name = cfg->arch == ENGINE_ARCH_BERT ? "BertModel" : "DistilBertModel";
-    if (strncmp(arch_name, family, strlen(family)) != 0 ||
-        (cfg->arch == ENGINE_ARCH_BERT && strncmp(arch_name, "DistilBert", 10) == 0))
+        arch_name = default_arch;
+    /* The prefix names the family; "DistilBert..." does not begin with "Bert",
+     * nor "XLMRoberta..." with "Roberta". */
+    const size_t prefix_len = strlen(fam->prefix);
+    if (strncmp(arch_name, fam->prefix, prefix_len) != 0)
         return engine_error_set(err, ENGINE_ECONFIG,
                                 "%s: architecture '%s' contradicts model_type '%s'", path, arch_name,
                                 cfg->model_type);
     snprintf(cfg->architecture, sizeof cfg->architecture, "%s", arch_name);
-    const char *suffix = arch_name + strlen(family);
+    const char *suffix = arch_name + prefix_len;
     if (strcmp(suffix, "ForSequenceClassification") == 0)
         cfg->task = ENGINE_TASK_CLASSIFY;
     else if (strcmp(suffix, "Model") == 0 || strcmp(suffix, "ForMaskedLM") == 0 ||
@@ -155,24 +193,41 @@ static int parse_model_config(const json_t *root, const char *path, model_config
     else
         return engine_error_set(err, ENGINE_EUNSUPPORTED,
                                 "%s: architecture '%s' is not supported (%sForSequenceClassification, "
-                                "%sModel)", path, arch_name, family, family);
+                                "%sModel)", path, arch_name, fam->prefix, fam->prefix);
 
     int rc;
-    if (cfg->arch == ENGINE_ARCH_BERT) {
+    cfg->position_pad = -1;
+    if (cfg->arch != ENGINE_ARCH_DISTILBERT) {
         if ((rc = get_int(root, path, "hidden_size", -1, &cfg->hidden, err)) ||
             (rc = get_int(root, path, "num_hidden_layers", -1, &cfg->n_layers, err)) ||
             (rc = get_int(root, path, "num_attention_heads", -1, &cfg->n_heads, err)) ||
             (rc = get_int(root, path, "intermediate_size", -1, &cfg->intermediate, err)) ||
-            (rc = get_int(root, path, "type_vocab_size", 2, &cfg->type_vocab_size, err)) ||
             (rc = parse_activation(path, "hidden_act", json_object_get(root, "hidden_act"), &cfg->act,
                                    err)))
             return rc;
-        json_t *pet = json_object_get(root, "position_embedding_type");
-        if (pet && !json_is_null(pet) &&
-            (!json_is_string(pet) || strcmp(json_string_value(pet), "absolute") != 0))
-            return engine_error_set(err, ENGINE_EUNSUPPORTED,
-                                    "%s: position_embedding_type must be \"absolute\" (relative "
-                                    "position embeddings are not supported)", path);
+        if (cfg->arch != ENGINE_ARCH_MPNET) {
+            if ((rc = get_int(root, path, "type_vocab_size", 2, &cfg->type_vocab_size, err)))
+                return rc;
+            json_t *pet = json_object_get(root, "position_embedding_type");
+            if (pet && !json_is_null(pet) &&
+                (!json_is_string(pet) || strcmp(json_string_value(pet), "absolute") != 0))
+                return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                        "%s: position_embedding_type must be \"absolute\" (relative "
+                                        "position embeddings are not supported)", path);
+        }
+        if (cfg->arch == ENGINE_ARCH_ROBERTA &&
+            (rc = get_index(root, path, "pad_token_id", 1, &cfg->position_pad, err)))
+            return rc;
+        if (cfg->arch == ENGINE_ARCH_MPNET) {
+            cfg->position_pad = 1; /* MPNetEmbeddings.padding_idx, whatever pad_token_id says */
+            if ((rc = get_int(root, path, "relative_attention_num_buckets", 32, &cfg->rel_buckets, err)))
+                return rc;
+            /* transformers computes 32 buckets whatever the config says */
+            if (cfg->rel_buckets < MODEL_MPNET_BUCKETS)
+                return engine_error_set(err, ENGINE_ECONFIG,
+                                        "%s: 'relative_attention_num_buckets' is %d but MPNet's position bias "
+                                        "uses %d buckets", path, cfg->rel_buckets, MODEL_MPNET_BUCKETS);
+        }
         json_t *eps = json_object_get(root, "layer_norm_eps");
         cfg->layer_norm_eps = 1e-12f;
         if (eps && !json_is_null(eps)) {
@@ -199,6 +254,10 @@ static int parse_model_config(const json_t *root, const char *path, model_config
     if ((rc = get_int(root, path, "vocab_size", -1, &cfg->vocab_size, err)) ||
         (rc = get_int(root, path, "max_position_embeddings", 512, &cfg->max_position, err)))
         return rc;
+    if (model_config_position_limit(cfg) < 2)
+        return engine_error_set(err, ENGINE_ECONFIG,
+                                "%s: max_position_embeddings %d leaves room for %d tokens (at least 2 needed)",
+                                path, cfg->max_position, model_config_position_limit(cfg));
     if (cfg->hidden % cfg->n_heads != 0)
         return engine_error_set(err, ENGINE_ECONFIG,
                                 "%s: hidden size %d is not a multiple of the %d attention heads", path,
@@ -226,7 +285,8 @@ static int parse_tokenizer_config(const json_t *root, const char *path, model_co
         return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON object", path);
     int rc;
     if ((rc = get_bool(root, path, "do_lower_case", 1, &cfg->do_lower_case, err)) ||
-        (rc = get_bool(root, path, "tokenize_chinese_chars", 1, &cfg->tokenize_chinese_chars, err)))
+        (rc = get_bool(root, path, "tokenize_chinese_chars", 1, &cfg->tokenize_chinese_chars, err)) ||
+        (rc = get_bool(root, path, "add_prefix_space", 0, &cfg->add_prefix_space, err)))
         return rc;
     json_t *sa = json_object_get(root, "strip_accents");
     if (sa && !json_is_null(sa)) {
@@ -242,8 +302,25 @@ static int parse_tokenizer_config(const json_t *root, const char *path, model_co
         if (v < 2)
             return engine_error_set(err, ENGINE_ECONFIG,
                                     "%s: 'model_max_length' must be a number >= 2", path);
-        cfg->max_length = v < cfg->max_position ? (int)v : cfg->max_position;
+        const int limit = model_config_position_limit(cfg);
+        cfg->max_length = v < limit ? (int)v : limit;
     }
+    return 0;
+}
+
+/* sentence-transformers' Transformer module truncates at max_seq_length
+ * (when set) instead of the tokenizer's model_max_length. */
+static int parse_sentence_bert_config(const json_t *root, const char *path, model_config *cfg,
+                                      engine_error *err) {
+    if (!json_is_object(root))
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON object", path);
+    json_t *ml = json_object_get(root, "max_seq_length");
+    if (!ml || json_is_null(ml))
+        return 0;
+    if (!json_is_integer(ml) || json_integer_value(ml) < 2)
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: 'max_seq_length' must be an integer >= 2", path);
+    const int limit = model_config_position_limit(cfg);
+    cfg->max_length = json_integer_value(ml) < limit ? (int)json_integer_value(ml) : limit;
     return 0;
 }
 
@@ -285,16 +362,27 @@ int model_config_load(const char *dir, model_config *cfg, engine_error *err) {
     if (rc)
         return rc;
     /* 512 (the FastAPI service's truncation) unless tokenizer_config.json's
-     * model_max_length says otherwise; never past the position table. */
-    cfg->max_length = cfg->max_position < 512 ? cfg->max_position : 512;
-    root = load_json(dir, "tokenizer_config.json", path, sizeof path, 1, &rc, err);
-    if (rc)
-        return rc;
-    if (root) {
-        rc = parse_tokenizer_config(root, path, cfg, err);
-        json_decref(root);
+     * model_max_length or sentence_bert_config.json's max_seq_length says
+     * otherwise; never past the position table. */
+    const int limit = model_config_position_limit(cfg);
+    cfg->max_length = limit < 512 ? limit : 512;
+    static const struct {
+        const char *name;
+        int (*parse)(const json_t *, const char *, model_config *, engine_error *);
+    } optional[] = {{"tokenizer_config.json", parse_tokenizer_config},
+                    {"sentence_bert_config.json", parse_sentence_bert_config}};
+    for (size_t i = 0; i < sizeof optional / sizeof *optional; i++) {
+        root = load_json(dir, optional[i].name, path, sizeof path, 1, &rc, err);
+        if (rc)
+            return rc;
+        if (root) {
+            rc = optional[i].parse(root, path, cfg, err);
+            json_decref(root);
+            if (rc)
+                return rc;
+        }
     }
-    return rc;
+    return 0;
 }
 
 void model_config_fini(model_config *cfg) {

@@ -3,15 +3,28 @@
  * tokenizer_config.json, parsed into one struct (jansson).
  *
  * config.json keys read, by model_type:
- *   bert:       hidden_size, num_hidden_layers, num_attention_heads,
+ *   bert, roberta, xlm-roberta, mpnet:
+ *               hidden_size, num_hidden_layers, num_attention_heads,
  *               intermediate_size, hidden_act, max_position_embeddings,
- *               type_vocab_size, vocab_size, layer_norm_eps (1e-12)
+ *               vocab_size, layer_norm_eps (1e-12)
+ *   bert, roberta, xlm-roberta: type_vocab_size (2), position_embedding_type
+ *               ("absolute" only)
+ *   roberta, xlm-roberta: pad_token_id (1), where positions start
+ *   mpnet:      relative_attention_num_buckets (32); positions start at 1
+ *               (fixed in transformers' MPNetEmbeddings)
  *   distilbert: dim, n_layers, n_heads, hidden_dim, activation,
  *               max_position_embeddings, vocab_size (LayerNorm eps 1e-12)
- *   both:       architectures[0], id2label (or num_labels), problem_type
+ *   all:        architectures[0], id2label (or num_labels), problem_type
  * tokenizer_config.json (optional): do_lower_case (default true, as
- * BertTokenizer), strip_accents, tokenize_chinese_chars, model_max_length
- * (default 512; capped at max_position_embeddings).
+ * BertTokenizer), strip_accents, tokenize_chinese_chars, add_prefix_space
+ * (vocab.json + merges.txt only), model_max_length (default 512).
+ * sentence_bert_config.json (optional, sentence-transformers):
+ * max_seq_length replaces model_max_length, as SentenceTransformer
+ * truncates there.
+ * Either way max_length is capped by the position table: at
+ * max_position_embeddings, or for RoBERTa-style positions (which start
+ * after the padding index) at max_position_embeddings - pad - 1 (512 for
+ * roberta-base's 514).
  *
  * Shapes are checked against the tensors later, by the model loader.
  */
@@ -32,7 +45,10 @@ typedef struct model_config {
     char architecture[96];
     char model_type[32];
     int hidden, n_layers, n_heads, intermediate;
-    int vocab_size, max_position, type_vocab_size;
+    int vocab_size, max_position, type_vocab_size; /* type_vocab_size 0: no token types (DistilBERT, MPNet) */
+    int position_pad; /* -1: position ids 0, 1, ... (BERT, DistilBERT); else the padding index of
+                       * RoBERTa and MPNet: ids pad + 1, pad + 2, ..., the pad token itself at pad */
+    int rel_buckets;  /* MPNet: rows of encoder.relative_attention_bias; 0 for the others */
     float layer_norm_eps;
     model_activation act;
     int n_labels;
@@ -42,14 +58,25 @@ typedef struct model_config {
     int do_lower_case;
     int strip_accents; /* -1: follow do_lower_case */
     int tokenize_chinese_chars;
-    int max_length;    /* min(model_max_length, max_position_embeddings) */
+    int add_prefix_space; /* vocab.json + merges.txt */
+    int max_length;    /* tokens per text or pair with the specials: model_max_length, or
+                        * max_seq_length, capped by the position table */
 } model_config;
 
-/* Reads dir/config.json and, if present, dir/tokenizer_config.json.
+/* Reads dir/config.json and, if present, dir/tokenizer_config.json and
+ * dir/sentence_bert_config.json.
  * On failure returns ENGINE_EIO/ECONFIG/EUNSUPPORTED with a message naming
  * the file and the key. model_config_fini frees what it owns either way. */
 int model_config_load(const char *dir, model_config *cfg, engine_error *err);
 
 void model_config_fini(model_config *cfg);
+
+/* The most tokens a sequence may have so that every position id indexes
+ * the position table. */
+int model_config_position_limit(const model_config *cfg);
+
+/* Buckets of MPNet's relative position bias (transformers'
+ * MPNetEncoder.compute_position_bias: 32, max distance 128). */
+#define MODEL_MPNET_BUCKETS 32
 
 #endif

@@ -29,7 +29,8 @@ typedef struct tokenizer_ops {
     int (*encode)(const tokenizer *t, const char *text, size_t len, size_t max_length, int32_t *ids, size_t cap,
                   size_t *n_ids, engine_error *err);
     int (*encode_pair)(const tokenizer *t, const char *a, size_t a_len, const char *b, size_t b_len,
-                       size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
+                       size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                       engine_error *err);
     int (*is_blank)(const tokenizer *t, const char *text, size_t len);
     const char *(*token)(const tokenizer *t, int32_t id);
     size_t (*vocab_size)(const tokenizer *t);
@@ -71,7 +72,8 @@ static int wp_sequence(const wordpiece *wp, const char *s, size_t len, hftok_ids
 }
 
 static int wp_encode_pair(const tokenizer *t, const char *a, size_t a_len, const char *b, size_t b_len,
-                          size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
+                          size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                          engine_error *err) {
     *n_ids = 0;
     if (max_length < t->wp_tpl.added_pair)
         return engine_error_set(err, ENGINE_EARG, "max_length %zu leaves no room for the %zu special tokens",
@@ -83,7 +85,7 @@ static int wp_encode_pair(const tokenizer *t, const char *a, size_t a_len, const
     if (!rc && (rc = wp_sequence(t->wp, b, b_len, &ib, err)) == ENGINE_EINPUT)
         engine_error_set(err, rc, "second text is not valid UTF-8");
     if (!rc)
-        rc = hftok_template_apply(&t->wp_tpl, &ia, &ib, max_length, ids, cap, n_ids, err);
+        rc = hftok_template_apply(&t->wp_tpl, &ia, &ib, max_length, ids, types, cap, n_ids, err);
     free(ia.p);
     free(ib.p);
     return rc;
@@ -121,8 +123,9 @@ static int hf_encode(const tokenizer *t, const char *text, size_t len, size_t ma
     return hftok_encode(t->hf, text, len, max_length, ids, cap, n_ids, err);
 }
 static int hf_encode_pair(const tokenizer *t, const char *a, size_t a_len, const char *b, size_t b_len,
-                          size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
-    return hftok_encode_pair(t->hf, a, a_len, b, b_len, max_length, ids, cap, n_ids, err);
+                          size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                          engine_error *err) {
+    return hftok_encode_pair(t->hf, a, a_len, b, b_len, max_length, ids, types, cap, n_ids, err);
 }
 static int hf_is_blank(const tokenizer *t, const char *text, size_t len) {
     return hftok_is_blank(t->hf, text, len);
@@ -359,11 +362,17 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, size_t ma
 
 int tokenizer_encode_pair(const tokenizer *t, const char *a, size_t a_len, const char *b, size_t b_len,
                           size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
+    return tokenizer_encode_pair_types(t, a, a_len, b, b_len, max_length, ids, NULL, cap, n_ids, err);
+}
+
+int tokenizer_encode_pair_types(const tokenizer *t, const char *a, size_t a_len, const char *b, size_t b_len,
+                                size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                                engine_error *err) {
     if (n_ids)
         *n_ids = 0;
     if ((!a && a_len) || (!b && b_len) || !n_ids || (!ids && cap))
         return engine_error_set(err, ENGINE_EARG, "tokenizer_encode_pair: NULL argument");
-    return t->ops->encode_pair(t, a, a_len, b, b_len, max_length, ids, cap, n_ids, err);
+    return t->ops->encode_pair(t, a, a_len, b, b_len, max_length, ids, types, cap, n_ids, err);
 }
 
 int tokenizer_is_blank(const tokenizer *t, const char *text, size_t len) {

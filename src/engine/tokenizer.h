@@ -64,6 +64,15 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, size_t ma
 int tokenizer_encode_pair(const tokenizer *t, const char *a, size_t a_len, const char *b, size_t b_len,
                           size_t max_length, int32_t *ids, size_t cap, size_t *n_ids, engine_error *err);
 
+/* tokenizer_encode_pair, and each id's token type (token_type_ids) into
+ * `types` (cap entries; NULL: not wanted) as the post-processor gives them:
+ * TemplateProcessing's type_id; BertProcessing and vocab.txt's template 0
+ * for [CLS] A [SEP] and 1 for B [SEP]; RobertaProcessing 0 for every id (as
+ * Rust's tokenizers 0.13). */
+int tokenizer_encode_pair_types(const tokenizer *t, const char *a, size_t a_len, const char *b, size_t b_len,
+                                size_t max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
+                                engine_error *err);
+
 /* 1 if text gives no token of its own (only the special tokens): what the
  * server refuses as an empty text. 0 otherwise, and for invalid UTF-8. */
 int tokenizer_is_blank(const tokenizer *t, const char *text, size_t len);

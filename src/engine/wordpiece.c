@@ -1212,10 +1212,13 @@ static int wp_json_added(wordpiece *wp, json_t *added, const char *path, engine_
             json_integer_value(jid) >= WP_MAX_IDS)
             return engine_error_set(err, ENGINE_EFORMAT, "%s: added_tokens[%zu] needs content and id",
                                     path, k);
-        if (wp_json_bool(t, "single_word", 0) || wp_json_bool(t, "lstrip", 0) ||
-            wp_json_bool(t, "rstrip", 0))
+        /* lstrip / rstrip (MPNet's <mask>) make the token's match swallow the
+         * white space beside it; white space gives no word piece here, so
+         * the ids are the same without them. single_word changes what
+         * matches. */
+        if (wp_json_bool(t, "single_word", 0))
             return engine_error_set(err, ENGINE_EUNSUPPORTED,
-                                    "%s: added token \"%s\" uses single_word/lstrip/rstrip, which is not supported",
+                                    "%s: added token \"%s\" uses single_word, which is not supported",
                                     path, content);
         /* HF's default: special tokens match raw text, others normalized. */
         bool special = wp_json_bool(t, "special", 0);

@@ -37,10 +37,11 @@ json_t *http_parse_json(const char *data, size_t len, http_fail *fail) {
     return body;
 }
 
-/* Where text i is, for errors: "text" or "texts[3]". */
+/* Where text i is, for errors: "text" or "texts[3]"; a field that is one
+ * string ("query") is index HTTP_FIELD_ITSELF. */
 static const char *where(const char *field, size_t index, char buf[64]) {
-    if (strcmp(field, "text") == 0)
-        return "text";
+    if (strcmp(field, "text") == 0 || index == HTTP_FIELD_ITSELF)
+        return field;
     snprintf(buf, 64, "%.20s[%zu]", field, index);
     return buf;
 }

@@ -268,10 +268,13 @@ static void resolve_stage(http_call *call) {
     }
     r->task = f->ops->task;
     r->allow_cascade = f->ops->allow_cascade && !f->version_ref[0];
-    r->allow_shadow = 1;
+    r->allow_shadow = !f->ops->pairs;
+    r->want_logits = f->ops->pairs; /* a reranker's score is its logit's sigmoid */
     r->texts = f->in.texts;
     r->lens = f->in.lens;
     r->n = f->in.n;
+    r->query = f->in.query;
+    r->query_len = f->in.query_len;
     r->deadline_us = call->start_us + (uint64_t)s->opts.request_timeout_ms * 1000u;
     serving_error err = {0};
     int rc = serving_resolve(s->repo, r, &err);
@@ -281,7 +284,18 @@ static void resolve_stage(http_call *call) {
         http_reply_status(call, STATUS_MODULE_SERVING, rc, err.message);
         return;
     }
+    int n_labels = serving_version_info(r->first)->n_labels;
+    if (f->ops->pairs && n_labels != 1) {
+        http_reply_error(call, HTTP_ERR_UNSUPPORTED_MODEL,
+                         "model '%s' has %d labels; a reranker (a cross-encoder) has one, its relevance score",
+                         serving_version_model(r->first), n_labels);
+        return;
+    }
     http_fail why;
+    if (f->in.query && serving_version_text_is_blank(r->first, f->in.query, f->in.query_len)) {
+        http_reply_error(call, HTTP_ERR_EMPTY_TEXT, "query must not be empty");
+        return;
+    }
     if (http_check_blank(&f->in, r->first, &why) != 0) {
         http_reply_fail(call, &why);
         return;

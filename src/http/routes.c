@@ -84,6 +84,13 @@ const http_route http_routes[] = {
      DOC("Classify with a version or an alias of a model", "PredictRequest", PREDICTION)},
     {HTTP_POST, "/v1/embeddings", "/v1/embeddings", EMBED, INFER(http_embeddings_ops),
      DOC("Embed texts (OpenAI's embeddings API)", "EmbeddingsRequest", "200=EmbeddingList 404 422 429 503 504")},
+    /* Reranking with a cross-encoder. */
+    {HTTP_POST, "/rerank", "/rerank", PREDICT, INFER(http_tei_rerank_ops),
+     DOC("Rank texts by relevance to a query (Hugging Face TEI's API)", "TeiRerankRequest",
+         "200=TeiRerankResponse 404 422 429 503 504")},
+    {HTTP_POST, "/v1/rerank", "/v1/rerank", PREDICT, INFER(http_rerank_ops),
+     DOC("Rank documents by relevance to a query (Cohere's and Jina's API)", "RerankRequest",
+         "200=RerankResponse 404 422 429 503 504")},
     /* The LLM gateway. */
     {HTTP_POST, "/v1/chat/completions", "/v1/chat/completions", CHAT, http_chat, NULL,
      DOC("Chat completion through the LLM gateway (OpenAI's API)", "ChatCompletionRequest",

@@ -68,9 +68,11 @@ int serving_resolve(serving_repo *repo, serving_request *r, serving_error *err) 
     const int classify = r->task == SERVING_TASK_CLASSIFY;
     const char *user = r->user_id && r->user_id_len ? r->user_id : NULL;
     int rc = serving_choose(repo, r->model, r->version, r->version_ref, user, user ? r->user_id_len : 0,
-                            r->allow_cascade && classify, &r->first, &r->cascade, &r->shadow, err);
+                            r->allow_cascade && classify && !r->query, &r->first, &r->cascade, &r->shadow, err);
     if (rc != 0)
         return rc;
+    if (r->query) /* a pair's score: no shadow copy compares labels of pairs */
+        memset(&r->shadow, 0, sizeof r->shadow);
     const engine_model_info *info = serving_version_info(r->first);
     const char *model = serving_version_model(r->first);
     if (classify && (info->task != ENGINE_TASK_CLASSIFY || info->n_labels <= 0))
@@ -319,7 +321,8 @@ int serving_predict(serving_repo *repo, serving_request *r) {
             rc = serving_error_set(&err, SERVING_ENOMEM, "out of memory");
     }
     if (rc == 0) {
-        r->job_ = (serving_job){.texts = r->texts, .lens = r->lens, .n = r->n, .deadline_us = r->deadline_us,
+        r->job_ = (serving_job){.texts = r->texts, .lens = r->lens, .n = r->n, .query = r->query,
+                                .query_len = r->query_len, .deadline_us = r->deadline_us,
                                 .background = r->background, .probs = r->out, .logits = r->logits_,
                                 .on_done = on_first_done,
                                 .user = r};

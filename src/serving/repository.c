@@ -37,9 +37,6 @@
 
 #include "serving_int.h"
 
-/* Nice value of the compute threads (see loader_main). */
-#define SERVING_COMPUTE_NICE 5
-
 typedef struct repo_model {
     char name[128];
     serving_version *versions; /* newest first */
@@ -320,9 +317,10 @@ static int quant_entry(const char *e, size_t n, char model[128], long *version, 
         if (end == at + 1 || *end || *version <= 0)
             return -1;
     }
-    if (!*name || strlen(name) >= 128)
+    size_t len = strlen(name);
+    if (len == 0 || len >= 128)
         return -1;
-    snprintf(model, 128, "%s", name);
+    memcpy(model, name, len + 1);
     return 0;
 }
 
@@ -934,13 +932,22 @@ static void watch(serving_repo *r) {
 
 static void *loader_main(void *arg) {
     serving_repo *r = arg;
-    /* Inference yields to the event loops: a thread's nice value is
-     * inherited by the threads it creates, so every version's batcher and
-     * compute workers (started below) run at nice +SERVING_COMPUTE_NICE,
-     * and /health, /metrics and new connections stay fast while the model
-     * is saturated. Linux: PRIO_PROCESS with 0 names the calling thread. */
-    if (setpriority(PRIO_PROCESS, 0, SERVING_COMPUTE_NICE) != 0)
-        log_event(LOG_DEBUG, "compute_nice_failed", "errno", json_integer(errno), NULL);
+    /* A thread's nice value is inherited by the threads it creates, so
+     * every version's batcher and compute workers (started below) run at
+     * this thread's. engine_nice > 0 lowers it: inference then yields to
+     * the event loops, and to every other process on the host, which on a
+     * shared host costs most of the throughput (docs/engine.md, Threads);
+     * hence 0 by default. Linux: PRIO_PROCESS with 0 names the calling
+     * thread. */
+    if (r->opts.engine_nice > 0) {
+        errno = 0;
+        int level = getpriority(PRIO_PROCESS, 0);
+        if (errno == 0) {
+            level += r->opts.engine_nice;
+            if (setpriority(PRIO_PROCESS, 0, level > 19 ? 19 : level) != 0)
+                log_event(LOG_WARN, "engine_nice_failed", "errno", json_integer(errno), NULL);
+        }
+    }
     for (repo_model *m = r->models; m; m = m->next) {
         int attempted = 0, loaded = 0;
         for (serving_version *v = m->versions; v; v = v->next) {

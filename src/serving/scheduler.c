@@ -63,6 +63,8 @@ struct sched {
     /* Batcher-only scratch, sized for max_batch texts. */
     const char **texts;
     size_t *lens;
+    const char **queries;      /* a batch of pairs: each text's query (serving_job.query) */
+    size_t *query_lens;
     float *probs;
     float *logits;             /* classifiers: the logits beside probs */
     struct slice { serving_job *job; size_t first, count; } *slices;
@@ -90,11 +92,16 @@ static void wait_until(sched *s, uint64_t until_us) {
     pthread_cond_timedwait(&s->wake, &s->lock, &ts);
 }
 
-/* Runs one batch's texts through the engine and distributes the results.
- * Returns 0 or the engine's status (with err filled). */
-static int run_texts(sched *s, const char **texts, const size_t *lens, size_t n, size_t offset, engine_stats *stats,
-                     engine_error *err) {
+/* Runs texts [offset, offset + n) of the batch through the engine (as pairs
+ * with their queries when `pairs`). Returns 0 or the engine's status (with
+ * err filled). */
+static int run_texts(sched *s, int pairs, size_t n, size_t offset, engine_stats *stats, engine_error *err) {
+    const char **texts = s->texts + offset;
+    const size_t *lens = s->lens + offset;
     float *out = s->probs + offset * (size_t)s->width;
+    if (pairs)
+        return engine_classify_pairs(s->model, s->queries + offset, s->query_lens + offset, texts, lens, n,
+                                     s->logits + offset * (size_t)s->width, out, stats, err);
     if (!s->embed)
         return engine_classify_stats(s->model, texts, lens, n, s->logits + offset * (size_t)s->width, out, stats,
                                      err);
@@ -109,10 +116,6 @@ static int run_texts(sched *s, const char **texts, const size_t *lens, size_t n,
             stats->n_tokens += n_ids;
     }
     return rc;
-}
-
-static int run_engine(sched *s, size_t n_texts, engine_stats *stats, engine_error *err) {
-    return run_texts(s, s->texts, s->lens, n_texts, 0, stats, err);
 }
 
 static void deliver(sched *s, struct slice *sl, size_t offset, int batch_texts, uint64_t infer_us,
@@ -143,14 +146,14 @@ static void deliver(sched *s, struct slice *sl, size_t offset, int batch_texts, 
 
 /* A batch the engine refused: run each job's slice alone, so only the job
  * whose text is at fault fails. */
-static void run_slices_alone(sched *s, size_t n_slices, int batch_texts) {
+static void run_slices_alone(sched *s, int pairs, size_t n_slices, int batch_texts) {
     size_t offset = 0;
     for (size_t k = 0; k < n_slices; k++) {
         struct slice *sl = &s->slices[k];
         engine_stats stats = {0};
         engine_error err = {0};
         uint64_t t0 = serving_now_us();
-        int rc = run_texts(s, s->texts + offset, s->lens + offset, sl->count, offset, &stats, &err);
+        int rc = run_texts(s, pairs, sl->count, offset, &stats, &err);
         uint64_t dt = serving_now_us() - t0;
         if (rc) {
             serving_job *job = sl->job;
@@ -214,6 +217,7 @@ static void *batcher_main(void *arg) {
         uint64_t now = serving_now_us();
         serving_job *expired = NULL;
         size_t n_texts = 0, n_slices = 0;
+        int pairs = -1; /* a batch is all single texts or all pairs (their engine calls differ) */
         /* While online traffic is about (an online job in the last
          * ONLINE_RECENT_US), a background batch is a quarter of a full one:
          * an online job that arrives while it runs waits for a short
@@ -230,6 +234,9 @@ static void *batcher_main(void *arg) {
                 expired = job;
                 continue;
             }
+            if (pairs >= 0 && pairs != (job->query != NULL))
+                break; /* the next batch takes it */
+            pairs = job->query != NULL;
             if (job->next_ == 0)
                 job->queue_wait_us = now - job->enqueued_us_;
             size_t take = job->n - job->next_;
@@ -238,6 +245,8 @@ static void *batcher_main(void *arg) {
             for (size_t i = 0; i < take; i++) {
                 s->texts[n_texts + i] = job->texts[job->next_ + i];
                 s->lens[n_texts + i] = job->lens[job->next_ + i];
+                s->queries[n_texts + i] = job->query;
+                s->query_lens[n_texts + i] = job->query_len;
             }
             s->slices[n_slices++] = (struct slice){job, job->next_, take};
             job->next_ += take;
@@ -275,7 +284,7 @@ static void *batcher_main(void *arg) {
             engine_stats stats = {0};
             engine_error err = {0};
             uint64_t t0 = serving_now_us();
-            int rc = run_engine(s, n_texts, &stats, &err);
+            int rc = run_texts(s, pairs == 1, n_texts, 0, &stats, &err);
             uint64_t dt = serving_now_us() - t0;
             metric_inc(s->metrics.batches);
             metric_observe(s->metrics.batch_size, (double)n_texts);
@@ -298,7 +307,7 @@ static void *batcher_main(void *arg) {
                     offset += sl.count;
                 }
             } else {
-                run_slices_alone(s, n_slices, (int)n_texts);
+                run_slices_alone(s, pairs == 1, n_slices, (int)n_texts);
             }
         }
         pthread_mutex_lock(&s->lock);
@@ -343,18 +352,22 @@ int sched_create(engine_model *model, const serving_options *opts, const sched_m
     const size_t B = (size_t)s->max_batch;
     s->texts = calloc(B, sizeof *s->texts);
     s->lens = calloc(B, sizeof *s->lens);
+    s->queries = calloc(B, sizeof *s->queries);
+    s->query_lens = calloc(B, sizeof *s->query_lens);
     s->probs = calloc(B * (size_t)(s->width > 0 ? s->width : 1), sizeof *s->probs);
     s->logits = s->embed ? NULL : calloc(B * (size_t)(s->width > 0 ? s->width : 1), sizeof *s->logits);
     s->slices = calloc(B, sizeof *s->slices);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int ok = s->texts && s->lens && s->probs && (s->embed || s->logits) && s->slices &&
+    int ok = s->texts && s->lens && s->queries && s->query_lens && s->probs && (s->embed || s->logits) && s->slices &&
              pthread_mutex_init(&s->lock, NULL) == 0 && pthread_cond_init(&s->wake, &ca) == 0;
     pthread_condattr_destroy(&ca);
     if (!ok || pthread_create(&s->thread, NULL, batcher_main, s) != 0) {
         free(s->texts);
         free(s->lens);
+        free(s->queries);
+        free(s->query_lens);
         free(s->probs);
         free(s->logits);
         free(s->slices);
@@ -479,6 +492,8 @@ void sched_destroy(sched *s) {
     pthread_cond_destroy(&s->wake);
     free(s->texts);
     free(s->lens);
+    free(s->queries);
+    free(s->query_lens);
     free(s->probs);
     free(s->logits);
     free(s->slices);

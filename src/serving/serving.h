@@ -85,6 +85,10 @@ typedef struct serving_options {
     const char *model_dir;
     const char *default_model; /* NULL or "": the only model, else "sentiment" */
     int engine_threads;        /* compute threads per version; <= 0: 1 */
+    /* Added to the nice value of each version's batcher and compute
+     * threads (the loader thread's, which they inherit), up to 19; <= 0:
+     * they keep the caller's priority. */
+    int engine_nice;
     int max_batch_size;        /* texts per engine call, >= 1 */
     int64_t max_queue_delay_us;/* how long the batcher waits for a batch to fill */
     int max_queue_size;        /* texts waiting per version before EFULL */
@@ -293,6 +297,12 @@ struct serving_job {
     const char *const *texts;  /* n UTF-8 texts */
     const size_t *lens;
     size_t n;
+    /* Non-NULL: each text is scored as the pair (query, text), as a
+     * cross-encoder (reranker) reads a query and a document
+     * (engine_classify_pairs); classifiers only. A batch holds single texts
+     * or pairs, never both. */
+    const char *query;
+    size_t query_len;
     uint64_t deadline_us;      /* core clock (CLOCK_MONOTONIC, us); 0: none */
     /* Background work (batch jobs, shadow requests): queued apart and run
      * only when no online job waits, one batch at a time (a quarter of
@@ -410,6 +420,9 @@ struct serving_request {
     const char *const *texts;  /* n UTF-8 texts, borrowed until on_done */
     const size_t *lens;
     size_t n;
+    const char *query;         /* NULL, or each text is paired with it (serving_job.query); borrowed.
+                                  Pairs take no cascade and no shadow. */
+    size_t query_len;
     uint64_t deadline_us;      /* serving_now_us clock, for both stages; 0: none */
     void (*on_done)(serving_request *r, void *user);
     void *user;

@@ -33,6 +33,10 @@ static inline void fuzz_check_inputs(http_inputs *in, int ok, const http_fail *f
             if (!in->texts[i] || !http_is_valid_utf8((const unsigned char *)in->texts[i], in->lens[i]))
                 abort();
         }
+        if (in->query && !http_is_valid_utf8((const unsigned char *)in->query, in->query_len))
+            abort();
+        if (in->query && (in->top_n < 1 || in->top_n > in->n)) /* rerank: results to give */
+            abort();
     }
     http_inputs_free(in);
 }

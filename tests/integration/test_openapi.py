@@ -41,6 +41,8 @@ GOOD_BODIES = {
     "AliasRequest": {"version": 1},
     "ShadowRequest": {},
     "CascadeRequest": {},
+    "TeiRerankRequest": {"query": "which film?", "texts": [GOOD_TEXT], "model": "reranker"},
+    "RerankRequest": {"model": "reranker", "query": "which film?", "documents": [GOOD_TEXT]},
 }
 
 
@@ -62,7 +64,8 @@ def keyed(server_factory, tmp_path):
     a classifier and an embedding model; its document; its keys."""
     keys_file = tmp_path / "keys.json"
     keys = {scope: create_key(keys_file, scope, scope) for scope in SCOPES}
-    repo = make_repo(tmp_path, sentiment=SENTIMENT, minilm=os.path.join(FIXTURES, "bert-base-embed"))
+    repo = make_repo(tmp_path, sentiment=SENTIMENT, minilm=os.path.join(FIXTURES, "bert-base-embed"),
+                     reranker=os.path.join(FIXTURES, "xlmr-reranker"))
     s = server_factory("--keys-file", str(keys_file), "--max-body-size", "1KiB", repo=repo)
     r = s.get("/openapi.json")
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
@@ -132,8 +135,9 @@ def test_document_has_queries_headers_and_streams(server_factory):
     assert jobs[("query", "after")]["schema"] == {"type": "string"}
     # Every inference operation takes X-Model-Version and says which version answered.
     infer = [(path, m) for path, m, op in operations(doc)
-             if "Prediction" in str(op["responses"].get("200")) or path.endswith("/infer") or path == "/v1/embeddings"]
-    assert len(infer) == 6, infer
+             if "Prediction" in str(op["responses"].get("200")) or path.endswith("/infer") or path == "/v1/embeddings"
+             or path.endswith("/rerank")]
+    assert len(infer) == 8, infer
     for path, m in infer:
         assert ("header", "X-Model-Version") in params(path, m), path
         assert "X-Model-Version" in doc["paths"][path][m]["responses"]["200"]["headers"], path

@@ -155,6 +155,7 @@ static void test_defaults(void **state) {
     assert_string_equal(c.model_repository, "./models");
     assert_string_equal(c.default_model, "");
     assert_int_equal(c.engine_threads, 0);
+    assert_int_equal(c.engine_nice, 0);
     assert_int_equal(c.max_batch_size, 32);
     assert_int_equal(c.max_queue_delay_us, 2000);
     assert_int_equal(c.max_queue_size, 1024);

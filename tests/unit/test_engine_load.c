@@ -3,7 +3,8 @@
  * names the file and the problem; never a crash, never a half-loaded model.
  *
  * Each case copies a good fixture model to a scratch directory, breaks one
- * thing (a config key, a file, the tensors) and loads it.
+ * thing (a config key, a file, the tensors) and loads it. Also: where
+ * sentence_bert_config.json's max_seq_length sets the truncation.
  */
 #include <fcntl.h>
 #include <jansson.h>
@@ -254,8 +255,92 @@ static void test_corrupt_weights(void **state) {
     expect_load_error(ENGINE_EFORMAT, "model.safetensors", "too short");
 }
 
+/* RoBERTa, XLM-R and MPNet checkpoints: their own keys and tensors. */
+static void test_new_architectures(void **state) {
+    (void)state;
+    copy_fixture("roberta-cls");
+    edit_config("architectures", json_pack("[s]", "XLMRobertaForSequenceClassification"));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "contradicts");
+
+    copy_fixture("roberta-cls");
+    edit_config("max_position_embeddings", json_integer(3)); /* pad 1: positions 2.. */
+    expect_load_error(ENGINE_ECONFIG, "config.json", "max_position_embeddings");
+
+    copy_fixture("roberta-cls");
+    edit_config("pad_token_id", json_integer(-1));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "'pad_token_id'");
+
+    copy_fixture("roberta-cls");
+    edit_config("vocab_size", json_integer(900));
+    expect_load_error(ENGINE_ECONFIG, "tokenizer.json", "vocab_size");
+
+    copy_fixture("xlmr-reranker");
+    edit_config("id2label", json_pack("{s:s,s:s}", "0", "A", "1", "B"));
+    expect_load_error(ENGINE_ECONFIG, "classifier.out_proj.weight", "2 labels");
+
+    copy_fixture("mpnet-cls");
+    edit_config("relative_attention_num_buckets", json_integer(16));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "relative_attention_num_buckets");
+
+    copy_fixture("mpnet-cls");
+    edit_config("relative_attention_num_buckets", json_integer(64));
+    expect_load_error(ENGINE_ECONFIG, "encoder.relative_attention_bias.weight", "config.json implies");
+
+    copy_fixture("mpnet-cls");
+    edit_config("num_attention_heads", json_integer(2));
+    expect_load_error(ENGINE_ECONFIG, "relative_attention_bias", "config.json implies");
+}
+
+/* Loads the scratch directory and returns its max_length. */
+static int loaded_max_length(void) {
+    engine_model *m = NULL;
+    engine_error err = {0};
+    if (engine_model_load(scratch, NULL, &m, &err) != 0)
+        fail_msg("load: %s", err.message);
+    int n = engine_model_get_info(m)->max_length;
+    /* A long text is cut there. */
+    char text[2000] = "";
+    for (int i = 0; i < 100; i++)
+        strcat(text, "the film . ");
+    int32_t ids[600];
+    size_t n_ids = 0;
+    assert_int_equal(engine_tokenize(m, text, strlen(text), 0, ids, 600, &n_ids, &err), 0);
+    assert_int_equal(n_ids, n);
+    engine_model_free(m);
+    return n;
+}
+
+/* sentence-transformers truncates at sentence_bert_config.json's
+ * max_seq_length instead of model_max_length, never past the positions. */
+static void test_sentence_transformers_max_seq_length(void **state) {
+    (void)state;
+    copy_fixture("mpnet-embed"); /* max_seq_length 48, positions for 64 */
+    assert_int_equal(loaded_max_length(), 48);
+    write_file("sentence_bert_config.json", "{\"max_seq_length\": 20, \"do_lower_case\": false}");
+    assert_int_equal(loaded_max_length(), 20);
+    write_file("sentence_bert_config.json", "{\"max_seq_length\": 1000}");
+    assert_int_equal(loaded_max_length(), 64);
+    write_file("sentence_bert_config.json", "{\"max_seq_length\": null}");
+    assert_int_equal(loaded_max_length(), 64);
+    char path[512];
+    path_of(path, sizeof path, "sentence_bert_config.json");
+    unlink(path);
+    assert_int_equal(loaded_max_length(), 64); /* tokenizer_config.json's 512, capped */
+    remove_scratch();
+
+    copy_fixture("mpnet-embed");
+    write_file("sentence_bert_config.json", "{\"max_seq_length\": \"long\"}");
+    expect_load_error(ENGINE_ECONFIG, "sentence_bert_config.json", "max_seq_length");
+
+    copy_fixture("mpnet-embed");
+    write_file("sentence_bert_config.json", "[384]");
+    expect_load_error(ENGINE_ECONFIG, "sentence_bert_config.json", "not a JSON object");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_new_architectures),
+        cmocka_unit_test(test_sentence_transformers_max_seq_length),
         cmocka_unit_test(test_good_fixture_loads),
         cmocka_unit_test(test_missing_dir_and_files),
         cmocka_unit_test(test_pytorch_model_bin_loads),

@@ -2,13 +2,20 @@
  * test_model.c - the engine against golden values from the Python reference.
  *
  * Every directory under tests/fixtures/models/ (written by
- * tools/make_fixtures.py from tools/hf_reference.py) is one test. For each,
- * with n_threads 1 and 2, the test loads the model and checks:
- *  - the model info against expected.json's "model" block and "max_length";
- *  - engine_tokenize ids exactly, and truncation to a smaller max_length;
+ * tools/make_fixtures.py from tools/hf_reference.py: BERT, DistilBERT,
+ * RoBERTa, XLM-RoBERTa and MPNet, with WordPiece, byte-level BPE and
+ * Unigram tokenizers) is one test. For each, with n_threads 1 and 2, the
+ * test loads the model and checks:
+ *  - the model info against expected.json's "model" block and "max_length"
+ *    (which is sentence-transformers' max_seq_length where the fixture has
+ *    sentence_bert_config.json);
+ *  - engine_tokenize ids exactly (the Rust tokenizers' for tokenizer.json
+ *    fixtures), and truncation to a smaller max_length;
  *  - engine_classify logits and probabilities (classifiers), or
  *    ENGINE_EUNSUPPORTED (embedding models);
  *  - engine_embed mean and CLS pooling, raw and L2-normalised;
+ *  - where the fixture has "pairs": engine_tokenize_pair ids and token
+ *    types exactly, engine_classify_pairs logits and probabilities;
  * all texts in one packed batch and again one text at a time, to the
  * fixture's tolerance. Invalid UTF-8 in one text of a batch must fail the
  * whole call with ENGINE_EINPUT and a message naming that text's index.
@@ -104,11 +111,11 @@ static int info_int(const fixture *fx, const char *key)
     return json_is_boolean(v) ? json_is_true(v) : (int)json_integer_value(v);
 }
 
-/* Compares got[0..dim) with the JSON array case_i[key] to the tolerance. */
-static void check_close(const fixture *fx, const char *what, size_t case_i, const char *key,
-                        const float *got, int dim)
+/* Compares got[0..dim) with the JSON array list[case_i][key] to the tolerance. */
+static void check_close_in(const fixture *fx, json_t *list, const char *what, size_t case_i, const char *key,
+                           const float *got, int dim)
 {
-    json_t *want = json_object_get(json_array_get(fx->cases, case_i), key);
+    json_t *want = json_object_get(json_array_get(list, case_i), key);
     if (!json_is_array(want) || (int)json_array_size(want) != dim)
         fail_msg("%s: case %zu: '%s' has %zu values, engine gives %d", fx->dir, case_i, key,
                  json_array_size(want), dim);
@@ -123,13 +130,38 @@ static void check_close(const fixture *fx, const char *what, size_t case_i, cons
     }
 }
 
+static void check_close(const fixture *fx, const char *what, size_t case_i, const char *key,
+                        const float *got, int dim)
+{
+    check_close_in(fx, fx->cases, what, case_i, key, got, dim);
+}
+
+static void check_pair_close(const fixture *fx, const char *what, size_t pair_i, const char *key,
+                          const float *got, int dim)
+{
+    check_close_in(fx, json_object_get(fx->root, "pairs"), what, pair_i, key, got, dim);
+}
+
 static void check_info(const fixture *fx, const engine_model *m)
 {
     const engine_model_info *info = engine_model_get_info(m);
     assert_non_null(info);
+    static const struct {
+        const char *model_type;
+        engine_arch arch;
+    } archs[] = {{"bert", ENGINE_ARCH_BERT},
+                 {"distilbert", ENGINE_ARCH_DISTILBERT},
+                 {"roberta", ENGINE_ARCH_ROBERTA},
+                 {"xlm-roberta", ENGINE_ARCH_ROBERTA},
+                 {"mpnet", ENGINE_ARCH_MPNET}};
     const char *type = info_str(fx, "model_type");
     assert_string_equal(info->model_type, type);
-    assert_int_equal(info->arch, strcmp(type, "bert") == 0 ? ENGINE_ARCH_BERT : ENGINE_ARCH_DISTILBERT);
+    size_t a = 0;
+    while (a < sizeof archs / sizeof *archs && strcmp(archs[a].model_type, type) != 0)
+        a++;
+    assert_true(a < sizeof archs / sizeof *archs);
+    assert_int_equal(info->arch, archs[a].arch);
+    assert_string_equal(info->tokenizer, info_str(fx, "tokenizer"));
     assert_string_equal(info->architecture, info_str(fx, "architecture"));
     int classify = strcmp(info_str(fx, "task"), "classify") == 0;
     assert_int_equal(info->task, classify ? ENGINE_TASK_CLASSIFY : ENGINE_TASK_EMBED);
@@ -330,26 +362,106 @@ static void check_invalid_utf8(const fixture *fx, engine_model *m)
     free(out);
 }
 
-/* engine_text_is_blank follows the model's tokenizer: white space and
- * format characters are blank; a lone combining mark only where accents are
- * stripped (uncased models), exactly when engine_tokenize gives [CLS] [SEP]. */
+/* engine_text_is_blank follows the model's tokenizer: exactly when
+ * engine_tokenize gives the two special tokens alone. WordPiece: white space
+ * and format characters are blank; a lone combining mark only where accents
+ * are stripped (uncased models). Byte-level BPE keeps every byte. */
 static void check_blank(const fixture *fx, engine_model *m)
 {
     /* U+3000 U+00A0 U+2028 U+200B among ASCII white space */
     static const char space[] = " \xE3\x80\x80\xC2\xA0\xE2\x80\xA8\xE2\x80\x8B\t";
     static const char letter[] = "\xE3\x80\x80x";
     static const char mark[] = "\xCC\x81\xCC\x81"; /* U+0301 twice */
-    assert_true(engine_text_is_blank(m, space, sizeof space - 1));
+    static const char *const texts[] = {space, "", letter, mark, "  ", "\xE2\x80\x8B"};
+    const char *kind = engine_model_get_info(m)->tokenizer;
     assert_true(engine_text_is_blank(m, "", 0));
     assert_false(engine_text_is_blank(m, letter, sizeof letter - 1));
-    int32_t ids[8];
-    size_t n_ids = 0;
+    if (strcmp(kind, "WordPiece") == 0)
+        assert_true(engine_text_is_blank(m, space, sizeof space - 1));
+    if (strcmp(kind, "BPE") == 0)
+        assert_false(engine_text_is_blank(m, " ", 1));
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        int32_t ids[32];
+        size_t n_ids = 0;
+        engine_error err = {0};
+        assert_int_equal(engine_tokenize(m, texts[i], strlen(texts[i]), 0, ids, 32, &n_ids, &err), 0);
+        if (engine_text_is_blank(m, texts[i], strlen(texts[i])) != (n_ids == 2))
+            fail_msg("%s: text %zu: blank %d but %zu ids", fx->dir, i,
+                     engine_text_is_blank(m, texts[i], strlen(texts[i])), n_ids);
+    }
+    if (strcmp(kind, "WordPiece") == 0 &&
+        engine_text_is_blank(m, mark, sizeof mark - 1) != engine_model_get_info(m)->do_lower_case)
+        fail_msg("%s: combining marks: blank %d, do_lower_case %d", fx->dir,
+                 engine_text_is_blank(m, mark, sizeof mark - 1), engine_model_get_info(m)->do_lower_case);
+}
+
+/* Pairs as cross-encoders see them: ids and token types exactly, then
+ * logits and probabilities, all pairs in one batch and one at a time; a
+ * pair with invalid UTF-8 fails the batch naming the pair and the text. */
+static void check_pairs(const fixture *fx, engine_model *m)
+{
+    json_t *pairs = json_object_get(fx->root, "pairs");
+    if (!pairs)
+        return;
+    const size_t n = json_array_size(pairs), nl = (size_t)fx->n_labels;
+    assert_true(n > 0 && nl > 0);
+    const char **a = calloc(n, sizeof *a), **b = calloc(n, sizeof *b);
+    size_t *a_lens = calloc(n, sizeof *a_lens), *b_lens = calloc(n, sizeof *b_lens);
+    float *logits = calloc(n * nl, sizeof *logits), *probs = calloc(n * nl, sizeof *probs);
+    const size_t cap = (size_t)fx->max_length;
+    int32_t *ids = calloc(cap, sizeof *ids);
+    uint8_t *types = calloc(cap, 1);
+    assert_true(a && b && a_lens && b_lens && logits && probs && ids && types);
     engine_error err = {0};
-    assert_int_equal(engine_tokenize(m, mark, sizeof mark - 1, 0, ids, 8, &n_ids, &err), 0);
-    int want = engine_model_get_info(m)->do_lower_case;
-    if (engine_text_is_blank(m, mark, sizeof mark - 1) != want || (n_ids == 2) != want)
-        fail_msg("%s: combining marks: blank %d, %zu ids, do_lower_case %d", fx->dir,
-                 engine_text_is_blank(m, mark, sizeof mark - 1), n_ids, want);
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = json_array_get(pairs, i);
+        a[i] = json_string_value(json_object_get(p, "a"));
+        b[i] = json_string_value(json_object_get(p, "b"));
+        assert_true(a[i] && b[i]);
+        a_lens[i] = json_string_length(json_object_get(p, "a"));
+        b_lens[i] = json_string_length(json_object_get(p, "b"));
+        json_t *want = json_object_get(p, "ids"), *want_types = json_object_get(p, "types");
+        size_t n_ids = 0;
+        int rc = engine_tokenize_pair(m, a[i], a_lens[i], b[i], b_lens[i], 0, ids, types, cap, &n_ids, &err);
+        if (rc != 0)
+            fail_msg("%s: tokenize pair %zu: %s: %s", fx->dir, i, engine_status_name(rc), err.message);
+        if (n_ids != json_array_size(want))
+            fail_msg("%s: pair %zu: %zu ids, expected %zu", fx->dir, i, n_ids, json_array_size(want));
+        for (size_t j = 0; j < n_ids; j++)
+            if (ids[j] != json_integer_value(json_array_get(want, j)) ||
+                types[j] != json_integer_value(json_array_get(want_types, j)))
+                fail_msg("%s: pair %zu: id[%zu] = %d type %d, expected %d type %d", fx->dir, i, j, ids[j],
+                         types[j], (int)json_integer_value(json_array_get(want, j)),
+                         (int)json_integer_value(json_array_get(want_types, j)));
+    }
+    int rc = engine_classify_pairs(m, a, a_lens, b, b_lens, n, logits, probs, NULL, &err);
+    if (rc != 0)
+        fail_msg("%s: classify pairs: %s: %s", fx->dir, engine_status_name(rc), err.message);
+    for (size_t i = 0; i < n; i++) {
+        check_pair_close(fx, "classify pairs batch", i, "logits", logits + i * nl, (int)nl);
+        check_pair_close(fx, "classify pairs batch", i, "probs", probs + i * nl, (int)nl);
+        engine_stats stats = {0};
+        rc = engine_classify_pairs(m, &a[i], &a_lens[i], &b[i], &b_lens[i], 1, logits, probs, &stats, &err);
+        assert_int_equal(rc, 0);
+        assert_int_equal(stats.n_tokens, json_array_size(json_object_get(json_array_get(pairs, i), "ids")));
+        check_pair_close(fx, "classify pair", i, "logits", logits, (int)nl);
+        check_pair_close(fx, "classify pair", i, "probs", probs, (int)nl);
+    }
+    static const char bad[] = "ok \xC3";
+    const char *bad_b[] = {b[0], bad};
+    const size_t bad_lens[] = {b_lens[0], sizeof bad - 1};
+    rc = engine_classify_pairs(m, a, a_lens, bad_b, bad_lens, 2, logits, probs, NULL, &err);
+    assert_int_equal(rc, ENGINE_EINPUT);
+    if (!strstr(err.message, "pair 1") || !strstr(err.message, "second"))
+        fail_msg("%s: bad pair error: \"%s\"", fx->dir, err.message);
+    free(a);
+    free(b);
+    free(a_lens);
+    free(b_lens);
+    free(logits);
+    free(probs);
+    free(ids);
+    free(types);
 }
 
 static void test_fixture(void **state)
@@ -371,6 +483,7 @@ static void test_fixture(void **state)
         check_embed(&fx, m);
         check_invalid_utf8(&fx, m);
         check_blank(&fx, m);
+        check_pairs(&fx, m);
         engine_model_free(m);
     }
     fixture_close(&fx);

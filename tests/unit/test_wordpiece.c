@@ -407,7 +407,7 @@ static void test_json_load(void **state) {
                      ENGINE_EFORMAT);
     snprintf(buf, sizeof buf,
              "{\"model\": {\"type\": \"WordPiece\", %s}, \"added_tokens\": [{\"id\": 5, \"content\": \"x\", "
-             "\"lstrip\": true}]}",
+             "\"single_word\": true}]}",
              vocab);
     assert_int_equal(load_json_text(buf, &wp, &err), ENGINE_EUNSUPPORTED);
     snprintf(buf, sizeof buf, "{\"model\": {\"type\": \"WordPiece\", %s}, \"post_processor\": {\"type\": \"ByteLevel\"}}",

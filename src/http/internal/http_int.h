@@ -314,11 +314,18 @@ typedef struct http_inputs {
     const char *field;   /* how errors name the texts: "text", or a list's name ("texts[3]") */
     int outputs;         /* KServe: 1 label, 2 probabilities */
     int base64;          /* embeddings: vectors as base64 */
+    const char *query;   /* rerank: each text is scored paired with it; NULL: single texts */
+    size_t query_len;
+    int shape;           /* rerank: TEI's or Cohere's answer */
+    size_t top_n;        /* rerank: results in the answer */
+    int raw_scores;      /* rerank: the logit instead of its sigmoid */
+    int return_text;     /* rerank: each result carries its text */
 } http_inputs;
 
 struct http_infer_ops {
     serving_task task;
     int allow_cascade;   /* requests that name no version take the model's cascade */
+    int pairs;           /* a cross-encoder's scores of (query, text) pairs: a model with one label */
     /* Reads body (a parsed JSON value) into in (taking no reference: the
      * pipeline keeps the body). 0, or -1 with fail filled. */
     int (*parse)(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail);
@@ -332,6 +339,8 @@ struct http_infer_ops {
 extern const http_infer_ops http_seed_predict_ops; /* predict.c */
 extern const http_infer_ops http_kserve_infer_ops; /* kserve.c */
 extern const http_infer_ops http_embeddings_ops;   /* embeddings.c */
+extern const http_infer_ops http_tei_rerank_ops;   /* rerank.c: POST /rerank */
+extern const http_infer_ops http_rerank_ops;       /* rerank.c: POST /v1/rerank */
 
 /* The route handler of every inference row: runs call->route->infer. */
 void http_infer_handler(http_call *call);
@@ -340,6 +349,7 @@ void http_infer_free(http_infer *infer);
  * inference call; 0 when it has none. */
 int http_infer_describe(const http_infer *infer, const char **model, long *version, int *batch_size);
 
+#define HTTP_FIELD_ITSELF ((size_t)-1) /* http_check_text: the field is one string, not a list */
 /* Checks one text (a string, not blank, within the limit) at field
  * ("text") or field[index] ("texts[3]"): 0, or -1 with fail filled. */
 int http_check_text(const http_limits *limits, json_t *value, const char *field, size_t index, http_fail *fail);
