@@ -85,6 +85,14 @@ static void hbuf_add(hbuf *b, const void *s, size_t n) {
 size_t hftok_utf8_check(const uint8_t *s, size_t n) {
     size_t i = 0;
     while (i < n) {
+        if (n - i >= 8) { /* eight ASCII bytes at a time: most text */
+            uint64_t v;
+            memcpy(&v, s + i, 8);
+            if (!(v & 0x8080808080808080ULL)) {
+                i += 8;
+                continue;
+            }
+        }
         uint8_t c = s[i];
         if (c < 0x80) {
             i++;

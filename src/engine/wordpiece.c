@@ -30,6 +30,7 @@
 #include <utf8proc.h>
 
 #include "engine_int.h"
+#include "hftok.h" /* the UTF-8 helpers every tokenizer shares */
 #include "wordpiece.h"
 
 /* ---------------------------------------------------------------------------
@@ -167,101 +168,6 @@ static size_t wpu_lower(uint32_t cp, uint32_t out[WPU_MAX_LOWER]) {
     }
     out[0] = (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
     return 1;
-}
-
-/* ---------------------------------------------------------------------------
- * UTF-8
- * ------------------------------------------------------------------------- */
-
-/* Offset of the first byte that does not start a valid UTF-8 sequence
- * (overlong forms, surrogates, > U+10FFFF, truncation), or n. */
-static size_t wp_utf8_check(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        if (n - i >= 8) {
-            uint64_t v;
-            memcpy(&v, s + i, 8);
-            if (!(v & 0x8080808080808080ULL)) {
-                i += 8;
-                continue;
-            }
-        }
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        uint8_t lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            need = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            if (c == 0xE0)
-                lo = 0xA0;
-            else if (c == 0xED)
-                hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            if (c == 0xF0)
-                lo = 0x90;
-            else if (c == 0xF4)
-                hi = 0x8F;
-        } else {
-            return i;
-        }
-        if (n - i <= need || s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t k = 2; k <= need; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return i;
-        i += need + 1;
-    }
-    return n;
-}
-
-/* Decodes one character of text already checked by wp_utf8_check. */
-static uint32_t wp_utf8_next(const uint8_t *s, size_t *i) {
-    uint8_t c = s[*i];
-    if (c < 0x80) {
-        *i += 1;
-        return c;
-    }
-    if (c < 0xE0) {
-        *i += 2;
-        return ((uint32_t)(c & 0x1F) << 6) | (s[*i - 1] & 0x3F);
-    }
-    if (c < 0xF0) {
-        *i += 3;
-        return ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[*i - 2] & 0x3F) << 6) |
-               (s[*i - 1] & 0x3F);
-    }
-    *i += 4;
-    return ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[*i - 3] & 0x3F) << 12) |
-           ((uint32_t)(s[*i - 2] & 0x3F) << 6) | (s[*i - 1] & 0x3F);
-}
-
-static size_t wp_utf8_put(uint32_t cp, uint8_t *out) {
-    if (cp < 0x80) {
-        out[0] = (uint8_t)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (uint8_t)(0xC0 | (cp >> 6));
-        out[1] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (uint8_t)(0xE0 | (cp >> 12));
-        out[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (uint8_t)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (uint8_t)(0xF0 | (cp >> 18));
-    out[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (uint8_t)(0x80 | (cp & 0x3F));
-    return 4;
 }
 
 /* ---------------------------------------------------------------------------
@@ -624,7 +530,7 @@ static void wp_word_push(wp_enc *e, uint32_t cp) {
         e->oom = true;
         return;
     }
-    e->word_len += wp_utf8_put(cp, (uint8_t *)e->word.p + e->word_len);
+    e->word_len += hftok_utf8_put(cp, (uint8_t *)e->word.p + e->word_len);
 }
 
 /* BertPreTokenizer on one normalized character. */
@@ -654,7 +560,7 @@ static void wp_sink(wp_enc *e, uint32_t cp) {
         e->oom = true;
         return;
     }
-    e->norm_len += wp_utf8_put(cp, (uint8_t *)e->norm.p + e->norm_len);
+    e->norm_len += hftok_utf8_put(cp, (uint8_t *)e->norm.p + e->norm_len);
 }
 
 /* Mn removal and lowercasing of one character after NFD. */
@@ -762,7 +668,7 @@ static void wp_segment(wp_enc *e, const uint8_t *s, size_t n) {
     while (i < n && !e->full) {
         uint8_t b = s[i];
         if (b >= 0x80 || e->to_norm) {
-            wp_normalize_char(e, wp_utf8_next(s, &i));
+            wp_normalize_char(e, hftok_utf8_next(s, &i));
             continue;
         }
         uint8_t k = wp->ascii_class[b];
@@ -842,7 +748,7 @@ static void wp_segment_norm(wp_enc *e, const uint8_t *s, size_t n) {
         int32_t m_id = -1;
         size_t at = wp_match_added(e->wp, true, t, len, i, &m_len, &m_id);
         while (i < at && !e->full)
-            wp_pretok(e, wp_utf8_next(t, &i));
+            wp_pretok(e, hftok_utf8_next(t, &i));
         wp_word_end(e);
         if (at < len) {
             wp_emit(e, m_id);
@@ -884,7 +790,7 @@ int wordpiece_encode(const wordpiece *wp, const char *text, size_t len, size_t m
         return engine_error_set(err, ENGINE_EARG,
                                 "max_length %zu leaves no room for [CLS] and [SEP]", max_length);
     const uint8_t *s = (const uint8_t *)text;
-    size_t bad = wp_utf8_check(s, len);
+    size_t bad = hftok_utf8_check(s, len);
     if (bad < len)
         return engine_error_set(err, ENGINE_EINPUT, "text is not valid UTF-8 (byte 0x%02x at offset %zu)",
                                 s[bad], bad);
@@ -930,7 +836,7 @@ int wordpiece_is_blank(const wordpiece *wp, const char *text, size_t len) {
     for (size_t i = 0; i < len; i++)
         if (s[i] > 0x20 && s[i] < 0x7F)
             return 0;
-    if (wp_utf8_check(s, len) < len)
+    if (hftok_utf8_check(s, len) < len)
         return 0;
     wp_enc e;
     wp_enc_init(&e, wp); /* no ids buffer: wp_emit only counts */
@@ -1045,7 +951,7 @@ int wordpiece_load_vocab(const char *path, const wordpiece_options *opts, wordpi
                                   path, n + 1);
             goto done;
         }
-        if (wp_utf8_check((const uint8_t *)line, ll) < ll) {
+        if (hftok_utf8_check((const uint8_t *)line, ll) < ll) {
             rc = engine_error_set(err, ENGINE_EFORMAT, "%s:%zu: token is not valid UTF-8", path, n + 1);
             goto done;
         }
