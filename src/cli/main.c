@@ -6,7 +6,7 @@
  *   aiserve keys     create|list|revoke ...       (keys.c)
  *   aiserve batch    --model DIR --input FILE --output FILE.jsonl [--resume]   (batch.c)
  *   aiserve predict  --model DIR [--batch-size N] [--threads N] [--input FILE] [TEXT ...]
- *   aiserve embed    --model DIR [--pooling mean|cls] [--normalize] [--input FILE] [TEXT ...]
+ *   aiserve embed    --model DIR [--pooling mean|cls|max|mean_sqrt_len|last] [--normalize] [--input FILE] [TEXT ...]
  *   aiserve tokenize --model DIR [--max-length N] [--input FILE] [TEXT ...]
  *   aiserve info     --model DIR
  *   aiserve eval     --model DIR --data FILE.tsv [--format text|json] [--batch-size N]
@@ -62,7 +62,7 @@ static const command commands[] = {
      "probabilities are a softmax, or a sigmoid per label for a multi-label model.\n",
      run_model_command},
     {"embed", "embed texts: {\"embedding\": [...]} per text", CMD_EMBED,
-     "--model DIR [--pooling mean|cls] [--normalize] [--batch-size N] [--threads N]\n"
+     "--model DIR [--pooling mean|cls|max|mean_sqrt_len|last] [--normalize] [--batch-size N] [--threads N]\n"
      "                     [--input FILE] [TEXT ...]",
      "Embeds each text and prints one JSON line per text, in input order:\n"
      "{\"embedding\": [...]}. Works on any BERT or DistilBERT checkpoint, a classifier's\n"
@@ -106,7 +106,8 @@ static const struct model_option {
      "                     a label is an id or a name from id2label)"},
     {{"format", required_argument, 0, 'f'}, CMD_EVAL, "--format text|json report format (default text)"},
     {{"pooling", required_argument, 0, 'p'}, CMD_EMBED,
-     "--pooling mean|cls mean of the token states, or the [CLS] state (default mean)"},
+     "--pooling MODE     mean, cls, max, mean_sqrt_len or last (the last token's state) of the token states "
+     "(default mean)"},
     {{"normalize", no_argument, 0, 'n'}, CMD_EMBED, "--normalize        L2-normalise embeddings"},
     {{"max-length", required_argument, 0, 'l'}, CMD_TOKENIZE,
      "--max-length N     truncate to N tokens (default: the model's)"},
@@ -260,14 +261,12 @@ static int parse_args(int argc, char **argv, const command *cmd, cli_args *a) {
             if (cli_parse_int(optarg, 1, 256, &a->n_threads))
                 return fprintf(stderr, "aiserve: --threads must be 1..256\n"), -1;
             break;
-        case 'p':
-            if (strcmp(optarg, "mean") == 0)
-                a->pooling = ENGINE_POOL_MEAN;
-            else if (strcmp(optarg, "cls") == 0)
-                a->pooling = ENGINE_POOL_CLS;
-            else
-                return fprintf(stderr, "aiserve: --pooling must be mean or cls\n"), -1;
+        case 'p': {
+            engine_error perr;
+            if (engine_pooling_parse(optarg, &a->pooling, &perr))
+                return fprintf(stderr, "aiserve: --%s\n", perr.message), -1;
             break;
+        }
         case 'n':
             a->normalize = 1;
             break;
@@ -471,6 +470,18 @@ static int cmd_info(engine_model *m, cli_args *a) {
     json_object_set_new(o, "weight_memory_bytes", json_integer((json_int_t)info->weight_memory_bytes));
     if (info->quantization_note)
         json_object_set_new(o, "quantization_note", json_string(info->quantization_note));
+    json_object_set_new(o, "tokenizer", json_string(info->tokenizer));
+    if (info->task == ENGINE_TASK_EMBED) { /* as the server embeds (sentence-transformers' files) */
+        json_object_set_new(o, "pooling", json_string(engine_pooling_name(info->pooling)));
+        json_object_set_new(o, "normalize", json_boolean(info->normalize));
+        json_object_set_new(o, "lower_case_input", json_boolean(info->st_lower_case));
+        json_t *prompts = json_object();
+        for (int i = 0; i < info->n_prompts; i++)
+            json_object_set_new(prompts, info->prompt_names[i], json_string(info->prompts[i]));
+        json_object_set_new(o, "prompts", prompts);
+        json_object_set_new(o, "default_prompt_name",
+                            info->default_prompt_name ? json_string(info->default_prompt_name) : json_null());
+    }
     cli_print_json(o);
     return 0;
 }

@@ -4,7 +4,7 @@
  * and head.
  *
  * Load order, each step validating before the next relies on it:
- * config.json (+ tokenizer_config.json, sentence_bert_config.json) ->
+ * config.json (+ tokenizer_config.json, sentence-transformers' files) ->
  * tokenizer (tokenizer.h picks the file as AutoTokenizer does) ->
  * vocabulary size against the config -> weights file (checkpoint_open:
  * model.safetensors, else pytorch_model.bin) ->
@@ -25,6 +25,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+
+#include <utf8proc.h>
 
 #include "bert.h"
 #include "checkpoint.h"
@@ -59,6 +61,21 @@ const char *engine_quantization_name(engine_quantization q) {
         return "int8";
     }
     return "?";
+}
+
+static const char *const pooling_names[] = {"mean", "cls", "max", "mean_sqrt_len", "last"};
+
+const char *engine_pooling_name(engine_pooling p) {
+    return (unsigned)p < sizeof pooling_names / sizeof *pooling_names ? pooling_names[p] : "?";
+}
+
+int engine_pooling_parse(const char *name, engine_pooling *out, engine_error *err) {
+    for (size_t i = 0; name && i < sizeof pooling_names / sizeof *pooling_names; i++)
+        if (strcmp(name, pooling_names[i]) == 0) {
+            *out = (engine_pooling)i;
+            return 0;
+        }
+    return engine_error_set(err, ENGINE_EARG, "pooling must be mean, cls, max, mean_sqrt_len or last");
 }
 
 int engine_quantization_parse(const char *name, engine_quantization *out, engine_error *err) {
@@ -125,6 +142,13 @@ static void fill_info(engine_model *m) {
     info->multi_label = c->multi_label;
     info->do_lower_case = tokenizer_does_lower_case(m->tokenizer);
     info->tokenizer = tokenizer_kind_name(tokenizer_get_kind(m->tokenizer));
+    info->st_lower_case = c->st_lower_case;
+    info->pooling = c->pooling;
+    info->normalize = c->normalize;
+    info->n_prompts = c->n_prompts;
+    info->prompt_names = (const char *const *)c->prompt_names;
+    info->prompts = (const char *const *)c->prompts;
+    info->default_prompt_name = c->default_prompt_name;
     int mask = m->weights.dtype_mask;
     info->dtype = mask == (1 << ST_F32)    ? "F32"
                   : mask == (1 << ST_F16)  ? "F16"
@@ -209,6 +233,13 @@ void engine_model_free(engine_model *m) {
 
 const engine_model_info *engine_model_get_info(const engine_model *m) { return &m->info; }
 
+const char *engine_model_prompt(const engine_model *m, const char *name) {
+    for (int i = 0; name && i < m->cfg.n_prompts; i++)
+        if (strcmp(m->cfg.prompt_names[i], name) == 0)
+            return m->cfg.prompts[i];
+    return NULL;
+}
+
 const char *engine_model_label(const engine_model *m, int id) {
     if (m->cfg.task != ENGINE_TASK_CLASSIFY || id < 0 || id >= m->cfg.n_labels)
         return NULL;
@@ -221,6 +252,83 @@ static void unpack(bert_batch *batch) {
     free((void *)batch->offsets);
 }
 
+/* Python's unicodedata "cased" and "case-ignorable", as str.lower's Final_Sigma
+ * rule uses them: letters with case; marks, format characters, modifiers and
+ * the word-internal punctuation. */
+static int cp_cased(utf8proc_int32_t c) {
+    utf8proc_category_t k = utf8proc_category(c);
+    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+}
+
+static int cp_case_ignorable(utf8proc_int32_t c) {
+    utf8proc_category_t k = utf8proc_category(c);
+    return k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_ME || k == UTF8PROC_CATEGORY_CF ||
+           k == UTF8PROC_CATEGORY_LM || k == UTF8PROC_CATEGORY_SK || c == '\'' || c == '.' || c == ':' ||
+           c == 0xB7 || c == 0x2018 || c == 0x2019 || c == 0x2024 || c == 0x2027;
+}
+
+/* Whether U+03A3 at s[i] ends a word (Final_Sigma): a cased letter before
+ * it and none after it, case-ignorable characters skipped. */
+static int final_sigma(const uint8_t *s, size_t len, size_t at, size_t after) {
+    utf8proc_int32_t c;
+    int before = 0;
+    for (size_t i = 0; i < at;) { /* the last non-ignorable character before `at` */
+        utf8proc_ssize_t n = utf8proc_iterate(s + i, (utf8proc_ssize_t)(len - i), &c);
+        if (!cp_case_ignorable(c))
+            before = cp_cased(c);
+        i += (size_t)n;
+    }
+    if (!before)
+        return 0;
+    for (size_t i = after; i < len;) {
+        utf8proc_ssize_t n = utf8proc_iterate(s + i, (utf8proc_ssize_t)(len - i), &c);
+        if (!cp_case_ignorable(c))
+            return !cp_cased(c);
+        i += (size_t)n;
+    }
+    return 1;
+}
+
+/* The text the tokenizer sees: with sentence_bert_config.json's
+ * do_lower_case, lower-cased as sentence-transformers does (Python's
+ * str.lower(): simple mappings, U+0130 to "i" + U+0307, final sigma) into
+ * *buf (malloc'd; the caller frees it); else, or when the text is not
+ * valid UTF-8 (the tokenizer reports that), the text itself. NULL when out
+ * of memory. */
+static const char *model_text(const engine_model *m, const char *text, size_t *len, char **buf) {
+    *buf = NULL;
+    if (!m->cfg.st_lower_case)
+        return text;
+    const uint8_t *s = (const uint8_t *)text;
+    const size_t n = *len;
+    if (n > SIZE_MAX / 2 - 8)
+        return NULL;
+    uint8_t *out = malloc(n * 3 / 2 + 8), *o = out; /* a character grows by at most half its bytes */
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &c);
+        if (k <= 0) {
+            free(out);
+            return text;
+        }
+        if (c == 0x130) {
+            o += utf8proc_encode_char('i', o);
+            c = 0x307;
+        } else if (c == 0x3A3) {
+            c = final_sigma(s, n, i, i + (size_t)k) ? 0x3C2 : 0x3C3;
+        } else {
+            c = utf8proc_tolower(c);
+        }
+        o += utf8proc_encode_char(c, o);
+        i += (size_t)k;
+    }
+    *len = (size_t)(o - out);
+    *buf = (char *)out;
+    return *buf;
+}
+
 /* The model's max_length, or a smaller one the caller asks for. */
 static size_t length_limit(const engine_model *m, int max_length) {
     return max_length >= 2 && max_length < m->cfg.max_length ? (size_t)max_length : (size_t)m->cfg.max_length;
@@ -228,14 +336,24 @@ static size_t length_limit(const engine_model *m, int max_length) {
 
 int engine_tokenize(const engine_model *m, const char *text, size_t len, int max_length,
                     int32_t *ids, size_t cap, size_t *n_ids, engine_error *err) {
-    return tokenizer_encode(m->tokenizer, text, len, length_limit(m, max_length), ids, cap, n_ids, err);
+    char *buf;
+    const char *t = model_text(m, text, &len, &buf);
+    int rc = t ? tokenizer_encode(m->tokenizer, t, len, length_limit(m, max_length), ids, cap, n_ids, err)
+               : engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    free(buf);
+    return rc;
 }
 
 int engine_tokenize_pair(const engine_model *m, const char *a, size_t a_len, const char *b, size_t b_len,
                          int max_length, int32_t *ids, uint8_t *types, size_t cap, size_t *n_ids,
                          engine_error *err) {
-    int rc = tokenizer_encode_pair_types(m->tokenizer, a, a_len, b, b_len, length_limit(m, max_length), ids,
-                                         types, cap, n_ids, err);
+    char *abuf, *bbuf;
+    const char *ta = model_text(m, a, &a_len, &abuf), *tb = model_text(m, b, &b_len, &bbuf);
+    int rc = ta && tb ? tokenizer_encode_pair_types(m->tokenizer, ta, a_len, tb, b_len, length_limit(m, max_length),
+                                                    ids, types, cap, n_ids, err)
+                      : engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    free(abuf);
+    free(bbuf);
     /* What the model is given: token types only where it has them (BERT). */
     if (!rc && types && m->cfg.arch != ENGINE_ARCH_BERT)
         memset(types, 0, *n_ids);
@@ -300,13 +418,19 @@ static int pack(engine_model *m, const batch_input *in, bert_batch *batch, engin
             unpack(batch);
             return engine_error_set(err, ENGINE_EARG, "%s %zu is NULL", in->b ? "pair" : "text", i);
         }
-        if (in->b)
-            rc = tokenizer_encode_pair_types(m->tokenizer, in->a[i], in->a_lens[i], in->b[i], in->b_lens[i],
-                                             max_len, ids + total, types ? types + total : NULL, cap - total,
-                                             &got, err);
+        char *abuf, *bbuf = NULL;
+        size_t a_len = in->a_lens[i], b_len = in->b ? in->b_lens[i] : 0;
+        const char *a = model_text(m, in->a[i], &a_len, &abuf);
+        const char *b = in->b ? model_text(m, in->b[i], &b_len, &bbuf) : NULL;
+        if (!a || (in->b && !b))
+            rc = engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+        else if (in->b)
+            rc = tokenizer_encode_pair_types(m->tokenizer, a, a_len, b, b_len, max_len, ids + total,
+                                             types ? types + total : NULL, cap - total, &got, err);
         else
-            rc = tokenizer_encode(m->tokenizer, in->a[i], in->a_lens[i], max_len, ids + total, cap - total, &got,
-                                  err);
+            rc = tokenizer_encode(m->tokenizer, a, a_len, max_len, ids + total, cap - total, &got, err);
+        free(abuf);
+        free(bbuf);
         for (size_t t = total; !rc && types && t < total + got; t++)
             if (types[t] >= m->cfg.type_vocab_size)
                 rc = engine_error_set(err, ENGINE_ECONFIG,
@@ -361,15 +485,30 @@ static void pool_embeddings(const engine_model *m, const bert_batch *batch, cons
     for (int s = 0; s < batch->n_seqs; s++) {
         float *v = job->out + (size_t)s * H;
         int t0 = batch->offsets[s], t1 = batch->offsets[s + 1];
-        if (job->pooling == ENGINE_POOL_CLS) {
+        switch (job->pooling) {
+        case ENGINE_POOL_CLS:
+        case ENGINE_POOL_LAST:
+            memcpy(v, hidden + (size_t)(job->pooling == ENGINE_POOL_CLS ? t0 : t1 - 1) * H, H * sizeof(float));
+            break;
+        case ENGINE_POOL_MAX:
             memcpy(v, hidden + (size_t)t0 * H, H * sizeof(float));
-        } else {
+            for (int t = t0 + 1; t < t1; t++) {
+                const float *row = hidden + (size_t)t * H;
+                for (size_t j = 0; j < H; j++)
+                    v[j] = row[j] > v[j] ? row[j] : v[j];
+            }
+            break;
+        case ENGINE_POOL_MEAN:
+        case ENGINE_POOL_MEAN_SQRT_LEN: {
             memset(v, 0, H * sizeof(float));
             for (int t = t0; t < t1; t++)
                 m->ops->add(v, hidden + (size_t)t * H, H);
-            float inv = 1.0f / (float)(t1 - t0);
+            /* sentence-transformers divides the sum by the count, or by its square root */
+            float inv = job->pooling == ENGINE_POOL_MEAN ? 1.0f / (float)(t1 - t0) : 1.0f / sqrtf((float)(t1 - t0));
             for (size_t j = 0; j < H; j++)
                 v[j] *= inv;
+            break;
+        }
         }
         if (job->normalize) { /* as torch.nn.functional.normalize: x / max(||x||, 1e-12) */
             double sq = 0;
@@ -467,6 +606,8 @@ int engine_embed(engine_model *m, const char *const *texts, const size_t *lens, 
                  engine_pooling pooling, int normalize, float *out, engine_error *err) {
     if (!out)
         return engine_error_set(err, ENGINE_EARG, "no output buffer");
+    if ((unsigned)pooling > ENGINE_POOL_LAST)
+        return engine_error_set(err, ENGINE_EARG, "unknown pooling %d", (int)pooling);
     head_job job = {.kind = HEAD_EMBED, .pooling = pooling, .normalize = normalize, .out = out};
     batch_input in = {.a = texts, .a_lens = lens, .n = n};
     return run_batch(m, &in, &job, NULL, err);

@@ -3,7 +3,9 @@
  *
  * Loads a Hugging Face model directory (config.json, model.safetensors,
  * tokenizer.json, vocab.txt or vocab.json + merges.txt, optional
- * tokenizer_config.json and sentence_bert_config.json) and runs BERT,
+ * tokenizer_config.json and sentence-transformers' sentence_bert_config.json,
+ * modules.json, 1_Pooling/config.json, config_sentence_transformers.json;
+ * docs/models.md) and runs BERT,
  * DistilBERT, RoBERTa, XLM-RoBERTa and MPNet sequence classifiers (on texts
  * or text pairs, as cross-encoders take them) and embedding models on the
  * CPU, computing what transformers computes (to 1e-4 on logits).
@@ -75,10 +77,21 @@ typedef enum engine_task {
     ENGINE_TASK_EMBED = 2,    /* encoder only */
 } engine_task;
 
+/* How engine_embed turns a sequence's token states into one vector, as
+ * sentence-transformers' Pooling module computes it over the attention
+ * mask: every token of the text, the special tokens included. */
 typedef enum engine_pooling {
-    ENGINE_POOL_MEAN = 0, /* mean over the tokens of the sequence (the attention mask) */
-    ENGINE_POOL_CLS = 1,  /* hidden state of [CLS] */
+    ENGINE_POOL_MEAN = 0,          /* mean over the tokens */
+    ENGINE_POOL_CLS = 1,           /* the first token's state ([CLS], <s>) */
+    ENGINE_POOL_MAX = 2,           /* per dimension, the largest value over the tokens */
+    ENGINE_POOL_MEAN_SQRT_LEN = 3, /* the tokens' sum divided by sqrt(token count) */
+    ENGINE_POOL_LAST = 4,          /* the last token's state ([SEP], </s>) */
 } engine_pooling;
+
+/* "mean", "cls", "max", "mean_sqrt_len", "last"; "?" outside the enum. */
+const char *engine_pooling_name(engine_pooling p);
+/* Parses one of those names: 0, or ENGINE_EARG (err lists the names). */
+int engine_pooling_parse(const char *name, engine_pooling *out, engine_error *err);
 
 /* How the encoder's linear layers (attention Q, K, V, output; FFN up and
  * down) are stored and multiplied. Everything else (embeddings' sums,
@@ -132,7 +145,22 @@ typedef struct engine_model_info {
                                * capped by the position table */
     int n_labels;             /* 0 for embedding models */
     int multi_label;          /* problem_type multi_label_classification: sigmoid */
-    int do_lower_case;
+    int do_lower_case;        /* the tokenizer lower-cases */
+    /* sentence-transformers' files (defaults without them):
+     *  - sentence_bert_config.json do_lower_case: the text is lower-cased
+     *    (as Python's str.lower) before tokenizing (0);
+     *  - modules.json and its Pooling module's config.json: pooling and a
+     *    Normalize module (mean, normalised: what the server uses without
+     *    modules.json; with modules.json, normalised only with Normalize);
+     *  - config_sentence_transformers.json: named prompts, prepended to a
+     *    text when a request names one, and the default prompt's name. */
+    int st_lower_case;
+    engine_pooling pooling;
+    int normalize;
+    int n_prompts;
+    const char *const *prompt_names;  /* n_prompts, in the file's order */
+    const char *const *prompts;       /* the prompt text of each name */
+    const char *default_prompt_name;  /* NULL: none (a request without a name gets no prompt) */
     uint64_t n_params;
     uint64_t weight_bytes;    /* bytes of weights on disk */
     uint64_t weight_memory_bytes; /* bytes the weights occupy as the engine uses them: F32 in place
@@ -157,6 +185,10 @@ void engine_model_free(engine_model *model);
 
 /* Borrowed, valid until engine_model_free. */
 const engine_model_info *engine_model_get_info(const engine_model *model);
+
+/* The prompt text config_sentence_transformers.json names `name`, or NULL
+ * when it has no such prompt. Borrowed. */
+const char *engine_model_prompt(const engine_model *model, const char *name);
 
 /* Label name for id (from id2label), or NULL if out of range. Borrowed. */
 const char *engine_model_label(const engine_model *model, int id);

@@ -1,6 +1,8 @@
 /*
  * model_config.c - parses config.json, tokenizer_config.json and
- * sentence_bert_config.json (see model_config.h). Every error names the
+ * sentence-transformers' sentence_bert_config.json, modules.json (and its
+ * Pooling config.json), config_sentence_transformers.json (see
+ * model_config.h). Every error names the
  * file and the key; a key of the wrong type is an error, never silently
  * defaulted.
  */
@@ -309,11 +311,15 @@ static int parse_tokenizer_config(const json_t *root, const char *path, model_co
 }
 
 /* sentence-transformers' Transformer module truncates at max_seq_length
- * (when set) instead of the tokenizer's model_max_length. */
+ * (when set) instead of the tokenizer's model_max_length, and lower-cases
+ * the text first when do_lower_case is set. */
 static int parse_sentence_bert_config(const json_t *root, const char *path, model_config *cfg,
                                       engine_error *err) {
     if (!json_is_object(root))
         return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON object", path);
+    int rc = get_bool(root, path, "do_lower_case", 0, &cfg->st_lower_case, err);
+    if (rc)
+        return rc;
     json_t *ml = json_object_get(root, "max_seq_length");
     if (!ml || json_is_null(ml))
         return 0;
@@ -321,6 +327,90 @@ static int parse_sentence_bert_config(const json_t *root, const char *path, mode
         return engine_error_set(err, ENGINE_ECONFIG, "%s: 'max_seq_length' must be an integer >= 2", path);
     const int limit = model_config_position_limit(cfg);
     cfg->max_length = json_integer_value(ml) < limit ? (int)json_integer_value(ml) : limit;
+    return 0;
+}
+
+#define MAX_PROMPTS 64
+#define MAX_PROMPT_BYTES 4096
+
+/* config_sentence_transformers.json: the named prompts (name -> text) and
+ * the default prompt's name, which must be one of them. */
+static int parse_st_prompts(const json_t *root, const char *path, model_config *cfg, engine_error *err) {
+    if (!json_is_object(root))
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON object", path);
+    json_t *prompts = json_object_get(root, "prompts"), *def = json_object_get(root, "default_prompt_name");
+    if (prompts && !json_is_null(prompts)) {
+        if (!json_is_object(prompts) || json_object_size(prompts) > MAX_PROMPTS)
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: 'prompts' must be an object of at most %d names",
+                                    path, MAX_PROMPTS);
+        size_t n = json_object_size(prompts);
+        cfg->prompt_names = calloc(n ? n : 1, sizeof *cfg->prompt_names);
+        cfg->prompts = calloc(n ? n : 1, sizeof *cfg->prompts);
+        if (!cfg->prompt_names || !cfg->prompts)
+            return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+        const char *name;
+        json_t *text;
+        json_object_foreach((json_t *)prompts, name, text) {
+            if (!json_is_string(text) || json_string_length(text) > MAX_PROMPT_BYTES ||
+                strlen(json_string_value(text)) != json_string_length(text))
+                return engine_error_set(err, ENGINE_ECONFIG, "%s: prompt '%.64s' must be a string of at most %d bytes",
+                                        path, name, MAX_PROMPT_BYTES);
+            int i = cfg->n_prompts;
+            cfg->prompt_names[i] = strdup(name);
+            cfg->prompts[i] = strdup(json_string_value(text));
+            cfg->n_prompts++;
+            if (!cfg->prompt_names[i] || !cfg->prompts[i])
+                return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+        }
+    }
+    if (def && !json_is_null(def)) {
+        int found = 0;
+        for (int i = 0; json_is_string(def) && i < cfg->n_prompts; i++)
+            found |= strcmp(cfg->prompt_names[i], json_string_value(def)) == 0;
+        if (!found)
+            return engine_error_set(err, ENGINE_ECONFIG, "%s: 'default_prompt_name' must name one of 'prompts'",
+                                    path);
+        if (!(cfg->default_prompt_name = strdup(json_string_value(def))))
+            return engine_error_set(err, ENGINE_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+/* A Pooling module's config.json: exactly one mode the engine has. */
+static int parse_pooling(const json_t *root, const char *path, model_config *cfg, engine_error *err) {
+    if (!json_is_object(root))
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON object", path);
+    static const struct {
+        const char *key;
+        engine_pooling pooling;
+        int supported;
+    } modes[] = {{"pooling_mode_cls_token", ENGINE_POOL_CLS, 1},
+                 {"pooling_mode_mean_tokens", ENGINE_POOL_MEAN, 1},
+                 {"pooling_mode_max_tokens", ENGINE_POOL_MAX, 1},
+                 {"pooling_mode_mean_sqrt_len_tokens", ENGINE_POOL_MEAN_SQRT_LEN, 1},
+                 {"pooling_mode_lasttoken", ENGINE_POOL_LAST, 1},
+                 {"pooling_mode_weightedmean_tokens", ENGINE_POOL_MEAN, 0}};
+    int n_on = 0, rc, on = 0, include_prompt = 1;
+    for (size_t i = 0; i < sizeof modes / sizeof *modes; i++) {
+        if ((rc = get_bool(root, path, modes[i].key, 0, &on, err)))
+            return rc;
+        if (on && !modes[i].supported)
+            return engine_error_set(err, ENGINE_EUNSUPPORTED, "%s: '%s' is not supported", path, modes[i].key);
+        if (on) {
+            cfg->pooling = modes[i].pooling;
+            n_on++;
+        }
+    }
+    if (n_on != 1)
+        return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                "%s: %s pooling mode is set; the engine pools with exactly one of cls, mean, "
+                                "max, mean_sqrt_len and lasttoken", path, n_on ? "more than one" : "no");
+    if ((rc = get_bool(root, path, "include_prompt", 1, &include_prompt, err)))
+        return rc;
+    if (!include_prompt)
+        return engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                "%s: include_prompt false (pooling without the prompt's tokens) is not supported",
+                                path);
     return 0;
 }
 
@@ -347,6 +437,59 @@ static json_t *load_json(const char *dir, const char *name, char *path, size_t p
     return root;
 }
 
+/* modules.json: a Transformer, at most one Pooling module (its
+ * <path>/config.json) and Normalize; any other module would change the
+ * vectors, so it is refused. Without the file: mean pooling, normalised. */
+static int parse_modules(const char *dir, model_config *cfg, engine_error *err) {
+    char path[4096];
+    int rc;
+    cfg->pooling = ENGINE_POOL_MEAN;
+    cfg->normalize = 1;
+    json_t *mods = load_json(dir, "modules.json", path, sizeof path, 1, &rc, err);
+    if (!mods)
+        return rc;
+    if (!json_is_array(mods)) {
+        json_decref(mods);
+        return engine_error_set(err, ENGINE_ECONFIG, "%s: not a JSON array", path);
+    }
+    cfg->normalize = 0;
+    int n_pooling = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(mods, i, m) {
+        const char *type = json_string_value(json_object_get(m, "type"));
+        const char *sub = json_string_value(json_object_get(m, "path"));
+        const char *kind = type ? strrchr(type, '.') : NULL;
+        kind = kind ? kind + 1 : type;
+        if (!kind) {
+            rc = engine_error_set(err, ENGINE_ECONFIG, "%s: module %zu has no 'type'", path, i);
+        } else if (strcmp(kind, "Normalize") == 0) {
+            cfg->normalize = 1;
+        } else if (strcmp(kind, "Pooling") == 0) {
+            if (!sub || strstr(sub, "..") || sub[0] == '/' || strlen(sub) > 200 || n_pooling++) {
+                rc = engine_error_set(err, ENGINE_ECONFIG,
+                                      "%s: the Pooling module needs one relative 'path' inside the model "
+                                      "directory (and there may be one Pooling module)", path);
+            } else {
+                char name[256], pc_path[4096];
+                snprintf(name, sizeof name, "%s/config.json", sub);
+                json_t *pc = load_json(dir, name, pc_path, sizeof pc_path, 0, &rc, err);
+                if (pc)
+                    rc = parse_pooling(pc, pc_path, cfg, err);
+                json_decref(pc);
+            }
+        } else if (strcmp(kind, "Transformer") != 0) {
+            rc = engine_error_set(err, ENGINE_EUNSUPPORTED,
+                                  "%s: module '%.100s' is not supported (Transformer, Pooling, Normalize)", path,
+                                  type);
+        }
+        if (rc)
+            break;
+    }
+    json_decref(mods);
+    return rc;
+}
+
 int model_config_load(const char *dir, model_config *cfg, engine_error *err) {
     memset(cfg, 0, sizeof *cfg);
     cfg->do_lower_case = 1;
@@ -370,7 +513,8 @@ int model_config_load(const char *dir, model_config *cfg, engine_error *err) {
         const char *name;
         int (*parse)(const json_t *, const char *, model_config *, engine_error *);
     } optional[] = {{"tokenizer_config.json", parse_tokenizer_config},
-                    {"sentence_bert_config.json", parse_sentence_bert_config}};
+                    {"sentence_bert_config.json", parse_sentence_bert_config},
+                    {"config_sentence_transformers.json", parse_st_prompts}};
     for (size_t i = 0; i < sizeof optional / sizeof *optional; i++) {
         root = load_json(dir, optional[i].name, path, sizeof path, 1, &rc, err);
         if (rc)
@@ -382,10 +526,20 @@ int model_config_load(const char *dir, model_config *cfg, engine_error *err) {
                 return rc;
         }
     }
-    return 0;
+    return parse_modules(dir, cfg, err);
 }
 
 void model_config_fini(model_config *cfg) {
+    for (int i = 0; i < cfg->n_prompts; i++) {
+        free(cfg->prompt_names[i]);
+        free(cfg->prompts[i]);
+    }
+    free(cfg->prompt_names);
+    free(cfg->prompts);
+    free(cfg->default_prompt_name);
+    cfg->prompt_names = cfg->prompts = NULL;
+    cfg->default_prompt_name = NULL;
+    cfg->n_prompts = 0;
     if (cfg->labels) {
         for (int i = 0; i < cfg->n_labels; i++)
             free(cfg->labels[i]);

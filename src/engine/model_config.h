@@ -20,7 +20,15 @@
  * (vocab.json + merges.txt only), model_max_length (default 512).
  * sentence_bert_config.json (optional, sentence-transformers):
  * max_seq_length replaces model_max_length, as SentenceTransformer
- * truncates there.
+ * truncates there; do_lower_case (false) lower-cases the text first.
+ * modules.json (optional): Transformer, Pooling and Normalize modules (any
+ * other, such as Dense, is refused: it would change the vectors); the
+ * Pooling module's <path>/config.json: exactly one of pooling_mode_
+ * cls_token, mean_tokens, max_tokens, mean_sqrt_len_tokens, lasttoken
+ * (weightedmean, several at once, or include_prompt false are refused).
+ * Without modules.json: mean pooling, normalised.
+ * config_sentence_transformers.json (optional): "prompts" (name -> text)
+ * and "default_prompt_name" (one of them, or null).
  * Either way max_length is capped by the position table: at
  * max_position_embeddings, or for RoBERTa-style positions (which start
  * after the padding index) at max_position_embeddings - pad - 1 (512 for
@@ -61,10 +69,17 @@ typedef struct model_config {
     int add_prefix_space; /* vocab.json + merges.txt */
     int max_length;    /* tokens per text or pair with the specials: model_max_length, or
                         * max_seq_length, capped by the position table */
+    /* sentence-transformers */
+    int st_lower_case; /* sentence_bert_config.json do_lower_case */
+    engine_pooling pooling;
+    int normalize;
+    int n_prompts;
+    char **prompt_names, **prompts; /* n_prompts each, owned */
+    char *default_prompt_name;      /* owned; NULL: none */
 } model_config;
 
 /* Reads dir/config.json and, if present, dir/tokenizer_config.json and
- * dir/sentence_bert_config.json.
+ * the sentence-transformers files above.
  * On failure returns ENGINE_EIO/ECONFIG/EUNSUPPORTED with a message naming
  * the file and the key. model_config_fini frees what it owns either way. */
 int model_config_load(const char *dir, model_config *cfg, engine_error *err);

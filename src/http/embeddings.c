@@ -2,14 +2,18 @@
  * embeddings.c - POST /v1/embeddings in the OpenAI shape, served by the
  * embedding models of the repository (docs/http.md, Embeddings):
  *
- *   {"model": "minilm", "input": "text" | ["text", ...], "encoding_format": "float" | "base64"}
+ *   {"model": "minilm", "input": "text" | ["text", ...], "encoding_format": "float" | "base64",
+ *    "prompt_name": "query"}
  *   -> {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [...]}],
  *       "model": "minilm", "usage": {"prompt_tokens": N, "total_tokens": N}}
  *
  * The request takes the inference pipeline (scope embed, rate limit, cache,
- * batcher) with these ops: parse reads the body, the scheduler pools and
- * normalises as the model's sentence-transformers files say, and answer
- * writes the answer. base64 is the little-endian
+ * batcher) with these ops: parse reads the body, resolved prepends the
+ * named prompt of the version that answers (config_sentence_transformers.json;
+ * its default_prompt_name when the request names none) to every input, so
+ * the cache key and the usage count the prompted texts; the scheduler pools
+ * and normalises as the model's sentence-transformers files say, and
+ * answer writes the answer. base64 is the little-endian
  * float32 bytes of each vector, as OpenAI sends it.
  *
  * Pure functions of their arguments (the fuzz target drives the parser).
@@ -24,9 +28,12 @@ static int parse(const http_limits *limits, json_t *body, http_inputs *in, http_
     if (!json_is_object(body))
         return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "request body must be a JSON object");
     json_t *model = json_object_get(body, "model"), *input = json_object_get(body, "input");
-    json_t *format = json_object_get(body, "encoding_format");
+    json_t *format = json_object_get(body, "encoding_format"), *prompt = json_object_get(body, "prompt_name");
     if (model && !json_is_string(model))
         return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "model must be a string");
+    if (prompt && !json_is_null(prompt) && !json_is_string(prompt))
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "prompt_name must be a string");
+    in->prompt_name = json_string_value(prompt);
     if (format && !(json_is_string(format) && (strcmp(json_string_value(format), "float") == 0 ||
                                                strcmp(json_string_value(format), "base64") == 0)))
         return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "encoding_format must be float or base64");
@@ -42,6 +49,50 @@ static int parse(const http_limits *limits, json_t *body, http_inputs *in, http_
         return http_fail_set(fail, HTTP_ERR_TOO_MANY_INPUTS, "input has %zu items; the limit is %zu per request", n,
                              limits->max_inputs);
     return http_inputs_collect(limits, single ? input : NULL, input, "input", in, fail);
+}
+
+/* Prepends the version's prompt (the one asked for, else its default) to
+ * every input: the prompted strings replace the originals in the body,
+ * which owns them. An unknown name is a 422 that lists the known ones. */
+static int resolved(http_inputs *in, const serving_request *r, http_fail *fail) {
+    const engine_model_info *info = serving_version_info(r->first);
+    const char *name = in->prompt_name ? in->prompt_name : info->default_prompt_name, *prompt = NULL;
+    if (!name)
+        return 0;
+    char known[256] = "";
+    size_t used = 0;
+    for (int i = 0; i < info->n_prompts; i++) {
+        if (strcmp(info->prompt_names[i], name) == 0)
+            prompt = info->prompts[i];
+        if (used < sizeof known)
+            used += (size_t)snprintf(known + used, sizeof known - used, "%s'%s'", i ? ", " : "",
+                                     info->prompt_names[i]);
+    }
+    if (!prompt) {
+        if (info->n_prompts == 0)
+            return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST,
+                                 "prompt_name '%.64s': model '%s' has no named prompts", name,
+                                 serving_version_model(r->first));
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "prompt_name '%.64s' is unknown; model '%s' has the prompts %s",
+                             name, serving_version_model(r->first), known);
+    }
+    const size_t plen = strlen(prompt);
+    json_t *input = json_object_get(in->body, "input");
+    for (size_t i = 0; i < in->n; i++) {
+        char *text = malloc(plen + in->lens[i] + 1);
+        if (!text)
+            return http_fail_set(fail, HTTP_ERR_INTERNAL, "out of memory");
+        memcpy(text, prompt, plen);
+        memcpy(text + plen, in->texts[i], in->lens[i]);
+        json_t *v = json_stringn_nocheck(text, plen + in->lens[i]);
+        free(text);
+        if (!v || (json_is_string(input) ? json_object_set_new(in->body, "input", v)
+                                         : json_array_set_new(input, i, v)) != 0)
+            return http_fail_set(fail, HTTP_ERR_INTERNAL, "out of memory");
+        in->texts[i] = json_string_value(v);
+        in->lens[i] += plen;
+    }
+    return 0;
 }
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -97,6 +148,7 @@ const http_infer_ops http_embeddings_ops = {
     .task = SERVING_TASK_EMBED,
     .allow_cascade = 0,
     .parse = parse,
+    .resolved = resolved,
     .cache_params = cache_params,
     .answer = answer,
 };

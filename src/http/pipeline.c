@@ -9,7 +9,8 @@
  *   parse      the pinned version (the path's, else X-Model-Version), the
  *              JSON body (413, 400), then the endpoint's parser (422).
  *   resolve    serving_resolve: the version that answers (pin, alias,
- *              split sticky by X-User-ID, or the cascade's first), held.
+ *              split sticky by X-User-ID, or the cascade's first), held;
+ *              blank texts refused; the endpoint's resolved op (422).
  *   cache      the key (model, version, texts, the endpoint's parameters);
  *              Cache-Control: no-cache bypasses the lookup; otherwise join
  *              the key's flight: a follower waits for the leader's outcome
@@ -296,7 +297,8 @@ static void resolve_stage(http_call *call) {
         http_reply_error(call, HTTP_ERR_EMPTY_TEXT, "query must not be empty");
         return;
     }
-    if (http_check_blank(&f->in, r->first, &why) != 0) {
+    if (http_check_blank(&f->in, r->first, &why) != 0 ||
+        (f->ops->resolved && f->ops->resolved(&f->in, r, &why) != 0)) {
         http_reply_fail(call, &why);
         return;
     }

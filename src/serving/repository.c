@@ -556,62 +556,6 @@ static void version_metrics(serving_repo *r, serving_version *v, const engine_mo
  * with error[] filled. Writes only fields that nobody reads before the
  * version turns AVAILABLE (engine, sched, metrics); error and load time are
  * published by the caller under the lock. */
-/* An embedding model's pooling and normalisation from its
- * sentence-transformers files: modules.json lists the modules; a Pooling
- * module's <path>/config.json says cls or mean; a Normalize module means L2
- * normalisation. Without modules.json: mean pooling, normalised. 0, or -1
- * with error (a pooling mode the engine does not have, a file that does
- * not parse). */
-static int embed_options(const char *dir, sched_embed *out, char *error, size_t cap) {
-    char path[4300];
-    snprintf(path, sizeof path, "%s/modules.json", dir);
-    json_error_t jerr;
-    json_t *mods = json_load_file(path, 0, &jerr);
-    if (!mods) {
-        if (access(path, F_OK) != 0)
-            return 0; /* no sentence-transformers files: the defaults */
-        snprintf(error, cap, "modules.json: %.200s (line %d)", jerr.text, jerr.line);
-        return -1;
-    }
-    int rc = 0, has_pooling = 0;
-    out->normalize = 0;
-    size_t i;
-    json_t *m;
-    json_array_foreach(mods, i, m) {
-        const char *type = json_string_value(json_object_get(m, "type"));
-        const char *sub = json_string_value(json_object_get(m, "path"));
-        if (!type)
-            continue;
-        if (strstr(type, "Normalize")) {
-            out->normalize = 1;
-        } else if (strstr(type, "Pooling") && sub && !strstr(sub, "..") && sub[0] != '/') {
-            snprintf(path, sizeof path, "%s/%s/config.json", dir, sub);
-            json_t *pc = json_load_file(path, 0, &jerr);
-            if (!pc) {
-                snprintf(error, cap, "%.100s/config.json: %.200s", sub, jerr.text);
-                rc = -1;
-                break;
-            }
-            has_pooling = 1;
-            if (json_is_true(json_object_get(pc, "pooling_mode_cls_token")))
-                out->pooling = ENGINE_POOL_CLS;
-            else if (json_is_true(json_object_get(pc, "pooling_mode_mean_tokens")))
-                out->pooling = ENGINE_POOL_MEAN;
-            else {
-                snprintf(error, cap, "%.100s/config.json: only cls and mean pooling are supported", sub);
-                rc = -1;
-            }
-            json_decref(pc);
-            if (rc)
-                break;
-        }
-    }
-    json_decref(mods);
-    if (rc == 0 && !has_pooling)
-        out->pooling = ENGINE_POOL_MEAN;
-    return rc;
-}
-
 static int load_version(serving_repo *r, serving_version *v, char *error, size_t error_cap,
                         double *seconds) {
     uint64_t t0 = serving_now_us();
@@ -644,11 +588,9 @@ static int load_version(serving_repo *r, serving_version *v, char *error, size_t
         engine_model_free(model);
         return -1;
     }
-    sched_embed embed = {ENGINE_POOL_MEAN, 1};
-    if (info->task == ENGINE_TASK_EMBED && embed_options(v->dir, &embed, error, error_cap) != 0) {
-        engine_model_free(model);
-        return -1;
-    }
+    /* pooling and normalisation as the model's sentence-transformers files
+     * say (the engine reads them: modules.json, the Pooling config) */
+    sched_embed embed = {info->pooling, info->normalize};
     v->engine = model;
     version_metrics(r, v, info);
     if (sched_create(model, &r->opts, &v->metrics, &embed, &v->sched) != 0) {

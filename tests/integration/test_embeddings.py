@@ -1,7 +1,7 @@
 """test_embeddings.py - POST /v1/embeddings with the real binary: vectors equal
 `aiserve embed` (mean pooling and L2 normalisation by default; pooling and
-normalisation from a model's sentence-transformers files), base64 equal to
-floats, usage equal to the tokens, the errors, and the official `openai` npm
+normalisation from a model's sentence-transformers files; named prompts
+selected by prompt_name), base64 equal to floats, usage equal to the tokens, the errors, and the official `openai` npm
 client (installed here with npm) talking to the server as an application
 would."""
 
@@ -80,6 +80,48 @@ def test_sentence_transformers_pooling(server_factory, tmp_path):
     got = s.post("/v1/embeddings", json={"model": "minilm", "input": TEXTS}).json()["data"]
     want = cli_embed(TEXTS, "--pooling", "cls")             # CLS, not normalised: no Normalize module
     assert all(close(d["embedding"], w) for d, w in zip(got, want))
+
+
+PROMPTS = {"config_sentence_transformers.json": {"prompts": {"query": "query: ", "passage": "passage: "},
+                                                   "default_prompt_name": None}}
+
+
+def test_prompt_name(server_factory, tmp_path):
+    s = server_factory(repo=make_repo(tmp_path, PROMPTS))
+
+    def embed(inp, **kw):
+        r = s.post("/v1/embeddings", json={"model": "minilm", "input": inp, **kw})
+        assert r.status_code == 200, r.text
+        return r
+
+    # the prompt is prepended to every input: "x" as a query is the raw text "query: x"
+    for inp in (["x", "a quiet film"], "x"):
+        got = embed(inp, prompt_name="query").json()
+        want = cli_embed(["query: " + t for t in ([inp] if isinstance(inp, str) else [*inp])], "--normalize")
+        assert all(close(d["embedding"], w) for d, w in zip(got["data"], want))
+    plain = embed("x").json()["data"][0]["embedding"]
+    assert close(plain, cli_embed(["x"], "--normalize")[0])           # no name, no default: no prompt
+    assert not close(plain, embed("x", prompt_name="passage").json()["data"][0]["embedding"])
+    # the cache tells the prompts apart (and the prompted text from the raw one: equal)
+    q = embed("cached text", prompt_name="query")
+    assert q.headers["X-Cache"] == "MISS"
+    p = embed("cached text", prompt_name="passage")
+    assert p.headers["X-Cache"] == "MISS" and p.json()["data"] != q.json()["data"]
+    assert embed("cached text", prompt_name="query").headers["X-Cache"] == "HIT"
+    assert embed("query: cached text").json()["data"] == q.json()["data"]
+    # unknown names and a model without prompts: 422 naming the known ones
+    r = s.post("/v1/embeddings", json={"model": "minilm", "input": "x", "prompt_name": "doc"})
+    assert_error(r, 422, "invalid_request")
+    assert "'query', 'passage'" in r.json()["error"]["message"]
+    assert_error(s.post("/v1/embeddings", json={"model": "minilm", "input": "x", "prompt_name": 3}), 422,
+                 "invalid_request")
+
+
+def test_default_prompt_name(server_factory, tmp_path):
+    st = {"config_sentence_transformers.json": {"prompts": {"query": "query: "}, "default_prompt_name": "query"}}
+    s = server_factory(repo=make_repo(tmp_path, st))
+    got = s.post("/v1/embeddings", json={"model": "minilm", "input": "x"}).json()["data"][0]["embedding"]
+    assert close(got, cli_embed(["query: x"], "--normalize")[0])
 
 
 def test_errors(server_factory, tmp_path):

@@ -320,6 +320,7 @@ typedef struct http_inputs {
     size_t top_n;        /* rerank: results in the answer */
     int raw_scores;      /* rerank: the logit instead of its sigmoid */
     int return_text;     /* rerank: each result carries its text */
+    const char *prompt_name; /* embeddings: the named prompt asked for; NULL: the model's default */
 } http_inputs;
 
 struct http_infer_ops {
@@ -329,6 +330,11 @@ struct http_infer_ops {
     /* Reads body (a parsed JSON value) into in (taking no reference: the
      * pipeline keeps the body). 0, or -1 with fail filled. */
     int (*parse)(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail);
+    /* Optional: adapts the inputs to the version that answers (r->first),
+     * after blank texts were refused and before the cache key is made
+     * (texts it changes are the ones cached and computed). 0, or -1 with
+     * fail filled. */
+    int (*resolved)(http_inputs *in, const serving_request *r, http_fail *fail);
     /* What else decides the answer for the same texts and version: written
      * into buf[cap]; returns the length (0: nothing). */
     size_t (*cache_params)(const http_inputs *in, const serving_request *r, char *buf, size_t cap);
