@@ -2,10 +2,17 @@
  * bench_engine.c - the C engine on the engine benchmark's cases, through its
  * public API only (engine.h), as the server calls it.
  *
- *  - engine_model_load with engine_options.n_threads = --threads (default 2),
- *    then engine_classify on each case's texts. The engine takes text, so its
- *    times include WordPiece tokenization (ORT's and PyTorch's do not) and it
- *    packs the batch without padding.
+ *  - engine_model_load with engine_options.n_threads = --threads (default 2)
+ *    and .quantization = --quantization (none, bf16 or int8; default none),
+ *    then engine_classify on each case's texts (a case with "batch_size",
+ *    the offline run, as consecutive calls of that many texts, timed as a
+ *    whole). The engine takes text, so its times include WordPiece
+ *    tokenization (ORT's and PyTorch's do not) and it packs the batch
+ *    without padding.
+ *  - The runtime's name is "aiserve" for none, "aiserve-bf16" and
+ *    "aiserve-int8" for the others; every line also says what runs
+ *    ("quantization", "kernels": after the engine's fallback on a CPU that
+ *    lacks the instructions) and the engine's note when it fell back.
  *  - Before timing, every text is tokenized with engine_tokenize and compared
  *    with the case's token ids from cases.json, so all runtimes provably see
  *    the same input; a mismatch is reported on stderr and ends the run.
@@ -22,7 +29,8 @@
  * A benchmark, not a test: nothing here asserts on time.
  *
  * Usage: bench_engine --model-dir DIR (--cases cases.json | --load)
- *        [--threads 2] [--seconds 2] [--min-runs 3] [--warmup 2] [--t0-ns N]
+ *        [--quantization none|bf16|int8] [--threads 2] [--seconds 2]
+ *        [--min-runs 3] [--warmup 2] [--t0-ns N]
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 
@@ -39,6 +47,7 @@
 typedef struct bench_args {
     const char *model_dir;
     const char *cases;
+    engine_quantization quantization;
     int load;
     int threads;
     double seconds;
@@ -103,7 +112,8 @@ static double percentile(const double *sorted, size_t n, double q)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_engine --model-dir DIR (--cases cases.json | --load) "
-                    "[--threads 2] [--seconds 2] [--min-runs 3] [--warmup 2] [--t0-ns N]\n");
+                    "[--quantization none|bf16|int8] [--threads 2] [--seconds 2] [--min-runs 3] "
+                    "[--warmup 2] [--t0-ns N]\n");
     exit(2);
 }
 
@@ -123,7 +133,13 @@ static bench_args parse_args(int argc, char **argv)
             a.model_dir = v;
         else if (!strcmp(k, "--cases"))
             a.cases = v;
-        else if (!strcmp(k, "--threads"))
+        else if (!strcmp(k, "--quantization")) {
+            engine_error err = {0};
+            if (engine_quantization_parse(v, &a.quantization, &err) != 0) {
+                fprintf(stderr, "bench_engine: --quantization: %s\n", err.message);
+                exit(2);
+            }
+        } else if (!strcmp(k, "--threads"))
             a.threads = atoi(v);
         else if (!strcmp(k, "--seconds"))
             a.seconds = atof(v);
@@ -143,10 +159,30 @@ static bench_args parse_args(int argc, char **argv)
     return a;
 }
 
+/* The runtime's name and what runs, for every JSON line (see the header). */
+static char runtime_name[32];
+static char runtime_fields[512];
+
+static void describe_runtime(const engine_model *model, engine_quantization asked) {
+    const engine_model_info *info = engine_model_get_info(model);
+    snprintf(runtime_name, sizeof runtime_name, "aiserve%s%s", asked == ENGINE_QUANT_NONE ? "" : "-",
+             asked == ENGINE_QUANT_NONE ? "" : engine_quantization_name(asked));
+    json_t *note = info->quantization_note ? json_string(info->quantization_note) : json_null();
+    char *note_text = json_dumps(note, JSON_ENCODE_ANY);
+    snprintf(runtime_fields, sizeof runtime_fields, "\"quantization\":\"%s\",\"kernels\":\"%s\",\"note\":%s",
+             engine_quantization_name(info->quantization), info->kernels ? info->kernels : "",
+             note_text ? note_text : "null");
+    free(note_text);
+    json_decref(note);
+    if (info->quantization_note)
+        fprintf(stderr, "bench_engine: %s\n", info->quantization_note);
+}
+
 /* One case from cases.json: texts borrowed from the JSON document. */
 typedef struct bench_case {
     const char *name;
     int batch, seq;
+    int per_call; /* texts per engine_classify call: batch_size, else batch */
     long long tokens;
     double useful_flops;
     const char **texts;
@@ -178,36 +214,46 @@ static int check_tokens(const engine_model *model, const bench_case *c)
     return 0;
 }
 
-static int bench_case_run(engine_model *model, const bench_case *c, const bench_args *a,
-                          float *logits)
+/* One run of a case: its texts in calls of c->per_call. */
+static int classify_case(engine_model *model, const bench_case *c, float *logits, int n_labels)
 {
     engine_error err = {0};
+    for (int i = 0; i < c->batch; i += c->per_call) {
+        size_t n = (size_t)(c->batch - i < c->per_call ? c->batch - i : c->per_call);
+        if (engine_classify(model, c->texts + i, c->lens + i, n, logits + (size_t)i * (size_t)n_labels,
+                            NULL, &err)) {
+            fprintf(stderr, "bench_engine: %s: %s\n", c->name, err.message);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int bench_case_run(engine_model *model, const bench_case *c, const bench_args *a,
+                          float *logits, int n_labels)
+{
     enum { MAX_RUNS = 100000 };
     static double ms[MAX_RUNS];
     size_t runs = 0;
 
     double warm = now_ms();
     for (int i = 0; i < a->warmup && (i < 1 || now_ms() - warm < a->seconds * 1e3); i++) {
-        if (engine_classify(model, c->texts, c->lens, (size_t)c->batch, logits, NULL, &err)) {
-            fprintf(stderr, "bench_engine: %s: %s\n", c->name, err.message);
+        if (classify_case(model, c, logits, n_labels))
             return -1;
-        }
     }
     double start = now_ms();
     while (runs < MAX_RUNS && ((int)runs < a->min_runs || now_ms() - start < a->seconds * 1e3)) {
         double t0 = now_ms();
-        if (engine_classify(model, c->texts, c->lens, (size_t)c->batch, logits, NULL, &err)) {
-            fprintf(stderr, "bench_engine: %s: %s\n", c->name, err.message);
+        if (classify_case(model, c, logits, n_labels))
             return -1;
-        }
         ms[runs++] = now_ms() - t0;
     }
     qsort(ms, runs, sizeof ms[0], cmp_double);
     double med = median(ms, runs);
-    printf("{\"runtime\":\"aiserve\",\"case\":\"%s\",\"batch\":%d,\"seq\":%d,"
+    printf("{\"runtime\":\"%s\",%s,\"case\":\"%s\",\"batch\":%d,\"seq\":%d,"
            "\"ms_median\":%.4f,\"ms_p90\":%.4f,\"seqs_per_s\":%.2f,\"gflops\":%.2f,"
            "\"tokens\":%lld,\"padded_tokens\":%lld,\"runs\":%zu,\"threads\":%d}\n",
-           c->name, c->batch, c->seq, med, percentile(ms, runs, 0.9),
+           runtime_name, runtime_fields, c->name, c->batch, c->seq, med, percentile(ms, runs, 0.9),
            c->batch / (med * 1e-3), c->useful_flops / (med * 1e-3) / 1e9, c->tokens, c->tokens,
            runs, a->threads);
     fflush(stdout);
@@ -236,6 +282,8 @@ static int bench_cases(engine_model *model, const bench_args *a)
             .useful_flops = json_number_value(json_object_get(jc, "useful_flops")),
             .ids = json_object_get(jc, "input_ids"),
         };
+        json_int_t per_call = json_integer_value(json_object_get(jc, "batch_size"));
+        c.per_call = per_call > 0 && per_call < c.batch ? (int)per_call : c.batch;
         c.texts = calloc((size_t)c.batch, sizeof *c.texts);
         c.lens = calloc((size_t)c.batch, sizeof *c.lens);
         float *logits = calloc((size_t)c.batch * (size_t)(info->n_labels > 0 ? info->n_labels : 1),
@@ -251,7 +299,7 @@ static int bench_cases(engine_model *model, const bench_args *a)
         if (rc == 0)
             rc = check_tokens(model, &c);
         if (rc == 0)
-            rc = bench_case_run(model, &c, a, logits);
+            rc = bench_case_run(model, &c, a, logits, info->n_labels > 0 ? info->n_labels : 1);
         free(c.texts);
         free(c.lens);
         free(logits);
@@ -266,13 +314,14 @@ int main(int argc, char **argv)
     bench_args a = parse_args(argc, argv);
     long long t0_ns = a.t0_ns ? a.t0_ns : start_ns;
 
-    engine_options opts = {.n_threads = a.threads};
+    engine_options opts = {.n_threads = a.threads, .quantization = a.quantization};
     engine_model *model = NULL;
     engine_error err = {0};
     if (engine_model_load(a.model_dir, &opts, &model, &err) != 0) {
         fprintf(stderr, "bench_engine: %s\n", err.message);
         return 1;
     }
+    describe_runtime(model, a.quantization);
 
     int rc = 0;
     if (a.load) {
@@ -288,10 +337,10 @@ int main(int argc, char **argv)
             rc = 1;
         } else {
             long long first_ns = realtime_ns();
-            printf("{\"runtime\":\"aiserve\",\"case\":\"load\",\"load_ms\":%.3f,"
+            printf("{\"runtime\":\"%s\",%s,\"case\":\"load\",\"load_ms\":%.3f,"
                    "\"first_inference_ms\":%.3f,\"rss_after_load_mb\":%.1f,"
                    "\"rss_after_first_mb\":%.1f,\"threads\":%d}\n",
-                   (double)(loaded_ns - t0_ns) / 1e6, (double)(first_ns - t0_ns) / 1e6, rss_load,
+                   runtime_name, runtime_fields, (double)(loaded_ns - t0_ns) / 1e6, (double)(first_ns - t0_ns) / 1e6, rss_load,
                    vm_rss_mb(), a.threads);
         }
     } else {

@@ -6,8 +6,12 @@
  *  - Session: intraOpNumThreads 2, interOpNumThreads 1, graphOptimizationLevel
  *    'all', executionMode 'sequential', the CPU execution provider.
  *  - Each case is padded to its longest sequence with an attention mask, as a
- *    user of ORT would; GFLOP/s counts only the useful (unpadded) FLOPs from
+ *    user of ORT would (a case with "batch_size", the offline run, is run as
+ *    consecutive batches of that many, each padded to its own longest, and
+ *    timed as a whole); GFLOP/s counts only the useful (unpadded) FLOPs from
  *    cases.json, the same count for every runtime.
+ *  - --name: the runtime's name in the output ("ort"; run.sh names the int8
+ *    model's runs "ort-int8").
  *  - Timing: `--warmup` runs (fewer once they take `--seconds`, at least one),
  *    then runs until both `--min-runs` runs and `--seconds` have passed;
  *    median and p90 of session.run only (inputs are built once per case).
@@ -16,8 +20,15 @@
  *    to the first classification of one text, and VmRSS after load and after
  *    that first inference.
  *  - --check FILE: compares logits with PyTorch's from make_bench_model.py.
+ *  - --compare REF.onnx --cases cases.json: runs every case through both
+ *    models (quantize_onnx.py: the int8 model against the fp32 one) and
+ *    prints one JSON line: cases, sequences, max_abs_diff, max_abs_logit
+ *    (of REF's), same_label (argmax in common).
+ *  - --optimized-out FILE: writes the graph ORT runs after its optimisations
+ *    (sessionOptions.optimizedModelFilePath), to see which kernels it fused.
  *
- * Usage: node bench_ort.js --model M.onnx (--cases cases.json | --load | --check F)
+ * Usage: node bench_ort.js --model M.onnx (--cases cases.json | --load | --check F |
+ *        --compare REF.onnx --cases cases.json) [--name ort] [--optimized-out F]
  *        [--seconds 2] [--min-runs 3] [--warmup 2] [--threads 2] [--t0-ns N]
  */
 'use strict';
@@ -39,13 +50,16 @@ function vmRssMb() {
 }
 
 function parseArgs(argv) {
-  const a = { seconds: 2, minRuns: 3, warmup: 2, threads: 2, t0Ns: null };
+  const a = { seconds: 2, minRuns: 3, warmup: 2, threads: 2, t0Ns: null, name: 'ort' };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i];
     const v = () => argv[++i];
     if (k === '--model') a.model = v();
     else if (k === '--cases') a.cases = v();
     else if (k === '--check') a.check = v();
+    else if (k === '--compare') a.compare = v();
+    else if (k === '--optimized-out') a.optimizedOut = v();
+    else if (k === '--name') a.name = v();
     else if (k === '--load') a.load = true;
     else if (k === '--seconds') a.seconds = Number(v());
     else if (k === '--min-runs') a.minRuns = Number(v());
@@ -58,14 +72,16 @@ function parseArgs(argv) {
   return a;
 }
 
-function sessionOptions(threads) {
-  return {
+function sessionOptions(threads, optimizedOut) {
+  const o = {
     executionProviders: ['cpu'],
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
   };
+  if (optimizedOut) o.optimizedModelFilePath = optimizedOut;
+  return o;
 }
 
 /* Right-pads sequences of ids to the longest: int64 input_ids and mask. */
@@ -86,6 +102,19 @@ function padded(seqs) {
   };
 }
 
+/* A case's engine calls: its sequences in batches of c.batch_size (the
+ * offline run), or all of them in one. */
+function calls(c) {
+  const size = c.batch_size || c.input_ids.length;
+  const out = [];
+  for (let i = 0; i < c.input_ids.length; i += size) out.push(padded(c.input_ids.slice(i, i + size)));
+  return out;
+}
+
+async function runAll(session, feeds) {
+  for (const f of feeds) await session.run(f);
+}
+
 function percentile(sorted, q) {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 }
@@ -98,27 +127,28 @@ function median(sorted) {
 async function benchCases(session, args) {
   const { cases } = JSON.parse(fs.readFileSync(args.cases, 'utf8'));
   for (const c of cases) {
-    const feeds = padded(c.input_ids);
+    const feeds = calls(c);
     const warm = performance.now();
     for (let i = 0; i < args.warmup; i++) {
       if (i >= 1 && performance.now() - warm >= args.seconds * 1e3) break;
-      await session.run(feeds);
+      await runAll(session, feeds);
     }
     const ms = [];
     const start = performance.now();
     while (ms.length < args.minRuns || performance.now() - start < args.seconds * 1e3) {
       const t0 = performance.now();
-      await session.run(feeds);
+      await runAll(session, feeds);
       ms.push(performance.now() - t0);
     }
     ms.sort((x, y) => x - y);
     const med = median(ms);
     console.log(JSON.stringify({
-      runtime: 'ort', case: c.name, batch: c.batch, seq: c.seq,
+      runtime: args.name, case: c.name, batch: c.batch, seq: c.seq,
       ms_median: +med.toFixed(4), ms_p90: +percentile(ms, 0.9).toFixed(4),
       seqs_per_s: +(c.batch / (med / 1e3)).toFixed(2),
       gflops: +(c.useful_flops / (med / 1e3) / 1e9).toFixed(2),
-      tokens: c.tokens, padded_tokens: c.batch * c.seq, runs: ms.length, threads: args.threads,
+      tokens: c.tokens, padded_tokens: feeds.reduce((n, f) => n + f.input_ids.size, 0),
+      runs: ms.length, threads: args.threads,
     }));
   }
 }
@@ -142,11 +172,43 @@ async function check(session, file) {
   if (!ok) process.exitCode = 1;
 }
 
+/* Logits of `session` against those of `ref` on every case. */
+async function compare(session, ref, file) {
+  const { cases } = JSON.parse(fs.readFileSync(file, 'utf8'));
+  let maxDiff = 0, maxLogit = 0, same = 0, sequences = 0;
+  const argmax = (xs) => xs.reduce((best, x, i) => (x > xs[best] ? i : best), 0);
+  for (const c of cases) {
+    for (const feeds of calls(c)) {
+      const got = (await session.run(feeds)).logits;
+      const want = (await ref.run(feeds)).logits;
+      const labels = want.dims[1];
+      for (let i = 0; i < want.data.length; i++) {
+        maxDiff = Math.max(maxDiff, Math.abs(got.data[i] - want.data[i]));
+        maxLogit = Math.max(maxLogit, Math.abs(want.data[i]));
+      }
+      for (let s = 0; s < want.dims[0]; s++) {
+        const row = (t) => Array.from(t.data.subarray(s * labels, (s + 1) * labels));
+        same += argmax(row(got)) === argmax(row(want));
+        sequences++;
+      }
+    }
+  }
+  console.log(JSON.stringify({
+    cases: cases.length, sequences, max_abs_diff: maxDiff, max_abs_logit: maxLogit, same_label: same,
+  }));
+}
+
 async function main() {
   const args = parseArgs(process.argv);
   const t0Ns = args.t0Ns ?? tStartNs;
-  const session = await ort.InferenceSession.create(args.model, sessionOptions(args.threads));
+  const session = await ort.InferenceSession.create(args.model,
+                                                    sessionOptions(args.threads, args.optimizedOut));
   if (args.check) return check(session, args.check);
+  if (args.compare) {
+    if (!args.cases) throw new Error('bench_ort.js: --compare needs --cases');
+    const ref = await ort.InferenceSession.create(args.compare, sessionOptions(args.threads));
+    return compare(session, ref, args.cases);
+  }
   if (args.load) {
     const rssLoad = vmRssMb();
     const loadedNs = realtimeNs();
@@ -155,7 +217,7 @@ async function main() {
     await session.run(padded([ids]));
     const firstNs = realtimeNs();
     console.log(JSON.stringify({
-      runtime: 'ort', case: 'load', load_ms: Number(loadedNs - t0Ns) / 1e6,
+      runtime: args.name, case: 'load', load_ms: Number(loadedNs - t0Ns) / 1e6,
       first_inference_ms: Number(firstNs - t0Ns) / 1e6,
       rss_after_load_mb: +rssLoad.toFixed(1), rss_after_first_mb: +vmRssMb().toFixed(1),
       threads: args.threads,

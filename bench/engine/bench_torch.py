@@ -7,8 +7,10 @@ aiserve replaces (a FastAPI service calling a transformers model).
     model.safetensors the C engine reads; torch.set_num_threads(2),
     torch.set_num_interop_threads(1), everything under torch.no_grad(), F32.
   - Each case is padded to its longest sequence with an attention mask, as a
-    user of transformers would; GFLOP/s counts the useful (unpadded) FLOPs
-    from cases.json, the same count for every runtime.
+    user of transformers would (a case with "batch_size", the offline run,
+    as consecutive batches of that many, each padded to its own longest,
+    timed as a whole); GFLOP/s counts the useful (unpadded) FLOPs from
+    cases.json, the same count for every runtime.
   - Timing: --warmup runs (fewer once they take --seconds, at least one),
     then runs until both --min-runs runs and --seconds have passed; median
     and p90 of the forward call only (input tensors are built once per
@@ -77,17 +79,20 @@ def bench_cases(model, args):
     with open(args.cases) as f:
         cases = json.load(f)["cases"]
     for c in cases:
-        ids, mask = padded(c["input_ids"])
+        size = c.get("batch_size") or len(c["input_ids"])
+        calls = [padded(c["input_ids"][i:i + size]) for i in range(0, len(c["input_ids"]), size)]
         warm = time.perf_counter()
         for i in range(args.warmup):
             if i >= 1 and time.perf_counter() - warm >= args.seconds:
                 break
-            model(ids, mask)
+            for ids, mask in calls:
+                model(ids, mask)
         ms = []
         start = time.perf_counter()
         while len(ms) < args.min_runs or time.perf_counter() - start < args.seconds:
             t0 = time.perf_counter()
-            model(ids, mask)
+            for ids, mask in calls:
+                model(ids, mask)
             ms.append((time.perf_counter() - t0) * 1e3)
         ms.sort()
         med = median(ms)
@@ -96,7 +101,7 @@ def bench_cases(model, args):
             "ms_median": round(med, 4), "ms_p90": round(percentile(ms, 0.9), 4),
             "seqs_per_s": round(c["batch"] / (med / 1e3), 2),
             "gflops": round(c["useful_flops"] / (med / 1e3) / 1e9, 2),
-            "tokens": c["tokens"], "padded_tokens": c["batch"] * c["seq"], "runs": len(ms),
+            "tokens": c["tokens"], "padded_tokens": sum(ids.numel() for ids, _ in calls), "runs": len(ms),
             "threads": args.threads}), flush=True)
 
 

@@ -9,6 +9,11 @@ GFLOP/s is computed from.
   - Cases: batch 1, 8, 32 x sequence 16, 64, 128 tokens (with [CLS]/[SEP]),
     and b32_mixed: 32 sequences with lengths drawn from 8..128 (ORT and
     PyTorch pad to the longest with an attention mask, the C engine packs).
+  - sst2_256, the offline run: the first 256 sentences of GLUE SST-2 dev.tsv
+    (shared/data/sst2, in file order), run as 8 consecutive batches of 32
+    ("batch_size": 32; each runtime makes 8 calls, the peers padding each
+    batch to its own longest) and timed as a whole. Its ids come from the
+    reference tokenizer. Left out, with a message, when dev.tsv is missing.
   - Words are drawn (fixed seed) from the vocabulary's whole-word tokens made
     only of lowercase ASCII letters, so each word is exactly one WordPiece
     token and the text "w1 w2 ... wn" tokenizes to [CLS] w1 ... wn [SEP]:
@@ -21,6 +26,8 @@ GFLOP/s is computed from.
 
 Usage: make_cases.py MODEL_DIR OUT_JSON
 """
+
+import csv
 
 import json
 import os
@@ -35,6 +42,19 @@ SEED = 1234
 BATCHES = (1, 8, 32)
 SEQS = (16, 64, 128)
 MIXED_BATCH, MIXED_MIN, MIXED_MAX = 32, 8, 128
+OFFLINE_TEXTS, OFFLINE_BATCH = 256, 32
+SST2_DEV = [os.path.join(HERE, "..", "..", "..", "shared", "data", "sst2", "dev.tsv"),
+            "/work/shared/data/sst2/dev.tsv"]
+
+
+def sst2_sentences(n):
+    """The first n sentences of SST-2 dev.tsv, or None when it is not here."""
+    for path in SST2_DEV:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            return [r["sentence"].strip() for r in rows[:n]]
+    return None
 
 
 def useful_flops(cfg, lengths):
@@ -76,15 +96,22 @@ def main():
                       "tokens": sum(lengths), "useful_flops": useful_flops(cfg, lengths),
                       "input_ids": ids, "texts": texts})
 
-    try:  # the reference tokenizer must agree that text and ids are the same input
-        import hf_reference as hf
-        tok = hf.BertTokenizer(vocab, do_lower_case=True)
-        for case in cases:
-            for text, ids in zip(case["texts"][:4], case["input_ids"][:4]):
-                if tok.encode(text, max_length=512) != ids:
-                    sys.exit(f"make_cases.py: {case['name']}: text does not tokenize to its ids")
-    except ImportError:
-        pass
+    import hf_reference as hf  # the reference tokenizer: text and ids are the same input
+    tok = hf.BertTokenizer(vocab, do_lower_case=True)
+    for case in cases:
+        for text, ids in zip(case["texts"][:4], case["input_ids"][:4]):
+            if tok.encode(text, max_length=512) != ids:
+                sys.exit(f"make_cases.py: {case['name']}: text does not tokenize to its ids")
+
+    texts = sst2_sentences(OFFLINE_TEXTS)
+    if texts is None:
+        print("make_cases.py: shared/data/sst2/dev.tsv not found; the offline case sst2_256 is left out")
+    else:
+        ids = [tok.encode(t, max_length=512) for t in texts]
+        lengths = [len(x) for x in ids]
+        cases.append({"name": f"sst2_{OFFLINE_TEXTS}", "batch": len(texts), "batch_size": OFFLINE_BATCH,
+                      "seq": max(lengths), "lengths": lengths, "tokens": sum(lengths),
+                      "useful_flops": useful_flops(cfg, lengths), "input_ids": ids, "texts": texts})
 
     meta = {"seed": SEED, "model": os.path.basename(os.path.normpath(model_dir)),
             "n_words": len(words),

@@ -6,9 +6,13 @@ Reads the JSON lines that bench_engine, bench_ort.js, bench_torch.py,
 bench_gemm printed during one run.sh run, plus the run's metadata (which
 carries bench_tokenizer's output lines verbatim, when it was built), and
 
-  - prints a table per case: ms per batch for each runtime, seqs/s and useful
-    GFLOP/s, and aiserve's speedup over ORT and over PyTorch (peer ms /
-    aiserve ms: above 1 means aiserve is faster);
+  - takes each runtime's median over the rounds per case (ms per batch), and
+    prints a table of those, with each round's value in the results file;
+  - prints the ratios (peer ms / aiserve ms: above 1 means aiserve is
+    faster): aiserve fp32 against ORT fp32 and PyTorch, aiserve int8 against
+    ORT int8 and ORT fp32, aiserve bf16 and int8 against aiserve fp32; and
+    the issue's targets on the cases they name, met or not;
+  - prints useful GFLOP/s and sequences per second per runtime;
   - prints load-to-first-inference time and resident memory per runtime, and
     the OpenBLAS SGEMM ceiling on the model's shapes;
   - writes everything (raw lines included) to the results JSON.
@@ -22,8 +26,18 @@ Usage: report.py RAW.jsonl META.json OUT.json
 import json
 import sys
 
-RUNTIMES = ("ort", "pytorch", "aiserve")
-NAMES = {"ort": "ORT", "pytorch": "PyTorch", "aiserve": "aiserve"}
+import statistics
+
+RUNTIMES = ("ort", "ort-int8", "pytorch", "aiserve", "aiserve-bf16", "aiserve-int8")
+NAMES = {"ort": "ORT", "ort-int8": "ORT int8", "pytorch": "PyTorch", "aiserve": "aiserve",
+         "aiserve-bf16": "aiserve bf16", "aiserve-int8": "aiserve int8"}
+# (column, runtime, peer): peer ms / runtime ms
+RATIOS = (("fp32/ORT", "aiserve", "ort"), ("int8/ORT-int8", "aiserve-int8", "ort-int8"),
+          ("int8/ORT", "aiserve-int8", "ort"), ("bf16/fp32", "aiserve-bf16", "aiserve"),
+          ("int8/fp32", "aiserve-int8", "aiserve"), ("fp32/PT", "aiserve", "pytorch"))
+# The issue's targets (issue 19): (ratio column, cases, at least)
+TARGETS = (("int8/ORT-int8", ("b1_s16", "b8_s64", "b32_s64"), 1.3), ("int8/ORT-int8", ("sst2_256",), 1.5),
+           ("bf16/fp32", ("b8_s64", "b32_s64"), 1.6))
 
 
 def read_lines(path):
@@ -61,25 +75,28 @@ def main():
             if case not in by_case:
                 by_case[case] = {}
                 order.append(case)
-            by_case[case][rt] = x
+            by_case[case].setdefault(rt, []).append(x)
 
     rows = []
+    fallbacks = sorted({f"{x['runtime']}: {x['note']}" for x in lines if x.get("note")})
     for case in order:
         r = by_case[case]
-        any_rt = next(iter(r.values()))
+        any_rt = next(iter(r.values()))[0]
         row = {"case": case, "batch": any_rt["batch"], "seq": any_rt["seq"],
                "tokens": any_rt.get("tokens")}
+        ms = {}
         for rt in RUNTIMES:
             if rt in r:
-                row[f"{rt}_ms"] = r[rt]["ms_median"]
-                row[f"{rt}_ms_p90"] = r[rt]["ms_p90"]
-                row[f"{rt}_seqs_per_s"] = r[rt]["seqs_per_s"]
-                row[f"{rt}_gflops"] = r[rt]["gflops"]
-        if "aiserve" in r:
-            for peer in ("ort", "pytorch"):
-                if peer in r:
-                    row[f"speedup_vs_{peer}"] = round(
-                        r[peer]["ms_median"] / r["aiserve"]["ms_median"], 3)
+                runs = r[rt]
+                ms[rt] = statistics.median(x["ms_median"] for x in runs)
+                row[f"{rt}_ms"] = round(ms[rt], 4)
+                row[f"{rt}_ms_rounds"] = [x["ms_median"] for x in runs]
+                row[f"{rt}_ms_p90"] = statistics.median(x["ms_p90"] for x in runs)
+                row[f"{rt}_seqs_per_s"] = round(any_rt["batch"] / (ms[rt] / 1e3), 2)
+                row[f"{rt}_gflops"] = round(statistics.median(x["gflops"] for x in runs), 2)
+        for col, rt, peer in RATIOS:
+            if rt in ms and peer in ms:
+                row[f"x_{col}"] = round(ms[peer] / ms[rt], 3)
         rows.append(row)
 
     print(f"engine benchmark  {meta.get('date')}  rev {meta.get('git_revision')}"
@@ -102,24 +119,51 @@ def main():
               + ", ".join(f"{c['part']} {100 * c['other_cpu_share']:.0f}%" for c in contention)
               + "; steal: " + ", ".join(f"{100 * c['steal_share']:.0f}%" for c in contention))
     meta["contention"] = contention
+    if meta.get("ort_int8_model"):
+        q = meta["ort_int8_model"]
+        print(f"ORT int8 model: {q['matmuls_quantized']} MatMuls, weights {q['weights']}, inputs {q['inputs']}; "
+              f"max |logit diff| from ORT fp32 {q['max_abs_diff']:.4g} (largest |logit| {q['max_abs_logit']:.3g}), "
+              f"labels in common {q['same_label']}/{q['sequences']}; fused: {json.dumps(q['optimized_ops'])}")
+    for f in fallbacks:
+        print(f"NOTE, a mode fell back: {f}")
+    present = [rt for rt in RUNTIMES if any(f"{rt}_ms" in row for row in rows)]
     print()
-    head = (f"{'case':<10} {'tok':>5} | {'ms/batch: ORT':>13} {'PyTorch':>9} {'aiserve':>9} |"
-            f" {'seqs/s: ORT':>11} {'PyTorch':>8} {'aiserve':>8} |"
-            f" {'GFLOP/s: ORT':>12} {'PyTorch':>8} {'aiserve':>8} |"
-            f" {'x vs ORT':>8} {'x vs PT':>8}")
+    print(f"ms per batch, median over {meta.get('rounds', 1)} round(s)")
+    head = f"{'case':<10} {'tok':>5} |" + "".join(f" {NAMES[rt]:>12}" for rt in present)
     print(head)
     print("-" * len(head))
     for row in rows:
         print(f"{row['case']:<10} {row['tokens'] or 0:>5} |"
-              f" {fmt(row.get('ort_ms'), 2):>13} {fmt(row.get('pytorch_ms'), 2):>9}"
-              f" {fmt(row.get('aiserve_ms'), 2):>9} |"
-              f" {fmt(row.get('ort_seqs_per_s')):>11} {fmt(row.get('pytorch_seqs_per_s')):>8}"
-              f" {fmt(row.get('aiserve_seqs_per_s')):>8} |"
-              f" {fmt(row.get('ort_gflops')):>12} {fmt(row.get('pytorch_gflops')):>8}"
-              f" {fmt(row.get('aiserve_gflops')):>8} |"
-              f" {fmt(row.get('speedup_vs_ort'), 2):>8} {fmt(row.get('speedup_vs_pytorch'), 2):>8}")
-    print("(x vs ORT / x vs PT: peer ms / aiserve ms, above 1 = aiserve faster; aiserve's time"
-          " includes tokenizing the text, the peers' does not)")
+              + "".join(f" {fmt(row.get(f'{rt}_ms'), 2):>12}" for rt in present))
+    cols = [c for c, rt, peer in RATIOS if rt in present and peer in present]
+    if cols:
+        print()
+        print("speed ratios (peer ms / aiserve ms; above 1 = the first named is faster)")
+        head = f"{'case':<10} |" + "".join(f" {c:>13}" for c in cols)
+        print(head)
+        print("-" * len(head))
+        for row in rows:
+            print(f"{row['case']:<10} |" + "".join(f" {fmt(row.get(f'x_{c}'), 2):>13}" for c in cols))
+        print("(aiserve's times include tokenizing the text, the peers' do not)")
+    targets = []
+    for col, cases, least in TARGETS:
+        for case in cases:
+            row = next((r for r in rows if r["case"] == case), None)
+            if row and f"x_{col}" in row:
+                targets.append({"ratio": col, "case": case, "at_least": least, "measured": row[f"x_{col}"],
+                                "met": row[f"x_{col}"] >= least})
+    if targets:
+        print()
+        print("targets: " + "; ".join(f"{t['ratio']} {t['case']} {t['measured']:.2f} (>= {t['at_least']}: "
+                                      f"{'met' if t['met'] else 'NOT met'})" for t in targets))
+    print()
+    print("sequences/s and useful GFLOP/s (medians over the rounds)")
+    head = f"{'case':<10} |" + "".join(f" {NAMES[rt]:>13}" for rt in present)
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        print(f"{row['case']:<10} |" + "".join(
+            f" {fmt(row.get(f'{rt}_seqs_per_s')):>6}/{fmt(row.get(f'{rt}_gflops'), 0):>6}" for rt in present))
 
     if loads:
         print()
@@ -129,6 +173,13 @@ def main():
             print(f"{NAMES.get(x['runtime'], x['runtime']):<22} {fmt(x.get('load_ms')):>12}"
                   f" {fmt(x.get('first_inference_ms')):>16} {fmt(x.get('rss_after_load_mb')):>13}"
                   f" {fmt(x.get('rss_after_first_mb')):>16}")
+        rss = {x["runtime"]: x.get("rss_after_first_mb") for x in loads}
+        if rss.get("aiserve") and rss.get("aiserve-int8"):
+            share = rss["aiserve-int8"] / rss["aiserve"]
+            targets.append({"ratio": "rss int8/fp32", "case": "load", "at_most": 0.4,
+                            "measured": round(share, 3), "met": share <= 0.4})
+            print(f"aiserve int8 RSS after the first result: {100 * share:.0f}% of fp32's "
+                  f"(target at most 40%: {'met' if share <= 0.4 else 'NOT met'})")
 
     shapes = [x for x in gemm if "gflops" in x]
     if shapes:
@@ -146,7 +197,7 @@ def main():
         for x in tokenizer:
             print("tokenizer:", x)
 
-    result = dict(meta, table=rows, load=loads, gemm=gemm, tokenizer=tokenizer, raw=lines)
+    result = dict(meta, table=rows, targets=targets, load=loads, gemm=gemm, tokenizer=tokenizer, raw=lines)
     with open(sys.argv[3], "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")

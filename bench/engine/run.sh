@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# run.sh BUILD_DIR - the engine benchmark: aiserve's C engine side by side with
-# ONNX Runtime (onnxruntime-node) and PyTorch eager on the same DistilBERT-base
+# run.sh BUILD_DIR - the engine benchmark: aiserve's C engine (fp32, bf16 and
+# int8) side by side with ONNX Runtime (onnxruntime-node; the fp32 export and
+# its int8 quantisation) and PyTorch eager on the same DistilBERT-base
 # checkpoint and the same inputs, plus OpenBLAS's SGEMM ceiling.
 #
 #  - Makes what is missing: bench/engine/node_modules (npm ci, with
 #    ONNXRUNTIME_NODE_INSTALL=skip: the CPU library ships in the package),
 #    the model and its ONNX export (tools/make_bench_model.py, which checks
-#    ORT's logits against PyTorch's), the cases (make_cases.py), and the
-#    bench_gemm / bench_engine binaries in BUILD_DIR.
+#    ORT's logits against PyTorch's), the cases (make_cases.py), the int8
+#    ONNX model (quantize_onnx.py, which checks that ORT runs and fuses it
+#    and how far its logits are from fp32's), and the bench_gemm /
+#    bench_engine binaries in BUILD_DIR.
 #  - Runs every runtime one after another, never two at once, each with the
-#    same thread count (BENCH_THREADS, default 2).
-#  - Prints a table and writes bench/engine/work/results-<date>.json.
+#    same thread count (BENCH_THREADS, default 2): BENCH_ROUNDS rounds of
+#    ort, ort-int8, aiserve, aiserve-bf16, aiserve-int8 (each round starting
+#    one runtime later, so that none always runs first), then PyTorch once.
+#    The report takes each case's median over the rounds.
+#  - Prints the tables and writes bench/engine/work/results-<date>.json.
 #
 # Environment: BENCH_THREADS (2), BENCH_SECONDS per case (2), BENCH_MIN_RUNS
-# per case (3), BENCH_LOAD_RUNS (3), BENCH_SKIP (space-separated subset of
-# "gemm ort pytorch aiserve load tokenizer").
+# per case (3), BENCH_ROUNDS (1), BENCH_LOAD_RUNS (3), BENCH_MODES (aiserve's
+# quantization modes: "none bf16 int8"), BENCH_SKIP (space-separated subset of
+# "gemm ort ort-int8 pytorch aiserve load tokenizer"; "ort" skips both ORT
+# models, "aiserve" every mode).
 # A benchmark, not a test: it never fails on a number. A runtime that fails
 # to run is reported on stderr and left out of the table.
 set -euo pipefail
@@ -29,9 +37,12 @@ THREADS=${BENCH_THREADS:-2}
 SECS=${BENCH_SECONDS:-2}
 MIN_RUNS=${BENCH_MIN_RUNS:-3}
 LOAD_RUNS=${BENCH_LOAD_RUNS:-3}
+ROUNDS=${BENCH_ROUNDS:-1}
+MODES=${BENCH_MODES:-none bf16 int8}
 SKIP=" ${BENCH_SKIP:-} "
 MODEL_DIR="$WORK/distilbert-base"
 ONNX="$WORK/distilbert-base.onnx"
+ONNX_INT8="$WORK/distilbert-base-int8.onnx"
 CASES="$WORK/cases.json"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RAW="$WORK/raw-$STAMP.jsonl"
@@ -50,6 +61,12 @@ if ! skipped ort && [[ ! -d "$HERE/node_modules/onnxruntime-node" ]]; then
 fi
 "$PY" tools/make_bench_model.py --out "$WORK" >&2
 "$PY" "$HERE/make_cases.py" "$MODEL_DIR" "$CASES" >&2
+ort_int8_check=null
+if ! skipped ort && ! skipped ort-int8; then
+  # Rewrites the int8 model when the fp32 export is newer; checks it every run.
+  ort_int8_check=$("$PY" "$HERE/quantize_onnx.py" "$ONNX" "$ONNX_INT8" --cases "$CASES" --json) ||
+    { log "quantize_onnx.py failed: ORT int8 is left out of this run"; BENCH_SKIP="${BENCH_SKIP:-} ort-int8"; SKIP=" $BENCH_SKIP "; ort_int8_check=null; }
+fi
 
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >&2
@@ -80,6 +97,7 @@ BENCH_META_DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && 
 BENCH_META_CPU="$cpu_model (family $cpu_family model $cpu_modelno)" \
 BENCH_META_ORT=$ort_version BENCH_META_TORCH=$torch_version \
 BENCH_META_THREADS=$THREADS BENCH_META_SECS=$SECS BENCH_META_MIN_RUNS=$MIN_RUNS \
+BENCH_META_ROUNDS=$ROUNDS BENCH_META_ORT_INT8="$ort_int8_check" \
 "$PY" - "$META" <<'EOF'
 import json, os, platform, sys
 e = os.environ
@@ -90,7 +108,7 @@ meta = {
     "n_cpus": os.cpu_count(), "cpu_simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16",
                                                        "avx512_vnni") if f in flags],
     "kernel": platform.release(), "loadavg_at_start": os.getloadavg(),
-    "threads": int(e["BENCH_META_THREADS"]),
+    "threads": int(e["BENCH_META_THREADS"]), "rounds": int(e["BENCH_META_ROUNDS"]),
     "timing": {"seconds_per_case": float(e["BENCH_META_SECS"]),
                "min_runs": int(e["BENCH_META_MIN_RUNS"]), "warmup_runs": 2},
     "versions": {"onnxruntime-node": e["BENCH_META_ORT"], "torch": e["BENCH_META_TORCH"],
@@ -98,6 +116,7 @@ meta = {
     "env": {k: e.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
                                   "OMP_NUM_THREADS", "OPENBLAS_L2_SIZE")},
     "model": "distilbert-base (random weights, F32, 66,955,010 parameters)",
+    "ort_int8_model": json.loads(e["BENCH_META_ORT_INT8"] or "null"),
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
@@ -126,18 +145,33 @@ if ! skipped gemm; then
       log "bench_gemm failed"
   fi
 fi
-if ! skipped ort; then
-  log "ONNX Runtime"
-  note_load ort
-  node "$HERE/bench_ort.js" --model "$ONNX" --cases "$CASES" "${timing[@]}" | tee -a "$RAW" >&2 ||
-    log "bench_ort.js failed"
-fi
+# The runtimes of a round, by name; run_runtime runs one on every case.
+runtimes=()
+skipped ort || runtimes+=(ort)
+skipped ort || skipped ort-int8 || runtimes+=(ort-int8)
 if ! skipped aiserve && ((have_engine)); then
-  log "aiserve engine"
-  note_load aiserve
-  "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --cases "$CASES" "${timing[@]}" | tee -a "$RAW" >&2 ||
-    log "bench_engine failed"
+  for m in $MODES; do
+    if [[ "$m" == none ]]; then runtimes+=(aiserve); else runtimes+=("aiserve-$m"); fi
+  done
 fi
+run_runtime() {  # name [extra args]
+  case "$1" in
+    ort) node "$HERE/bench_ort.js" --model "$ONNX" "${@:2}" ;;
+    ort-int8) node "$HERE/bench_ort.js" --model "$ONNX_INT8" --name ort-int8 "${@:2}" ;;
+    aiserve) "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --quantization none "${@:2}" ;;
+    aiserve-*) "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --quantization "${1#aiserve-}" "${@:2}" ;;
+  esac
+}
+n_rt=${#runtimes[@]}
+for ((r = 0; r < ROUNDS; r++)); do
+  for ((i = 0; i < n_rt; i++)); do
+    rt=${runtimes[$(((i + r) % n_rt))]}
+    log "round $((r + 1))/$ROUNDS: $rt"
+    note_load "$rt"
+    run_runtime "$rt" --cases "$CASES" "${timing[@]}" | sed "s/^{/{\"round\":$((r + 1)),/" |
+      tee -a "$RAW" >&2 || log "$rt failed"
+  done
+done
 # PyTorch runs last: its allocator churns through gigabytes of fresh memory
 # on the large cases, and in one pair of runs on this VM aiserve measured
 # 0.80x ORT right after PyTorch and 1.0x right after ORT on the same build.
@@ -161,18 +195,14 @@ if xs:
 }
 if ! skipped load; then
   cat "$MODEL_DIR/model.safetensors" "$ONNX" >/dev/null
+  if [[ -f "$ONNX_INT8" ]]; then cat "$ONNX_INT8" >/dev/null; fi
   log "load to first inference ($LOAD_RUNS runs each)"
   note_load load
-  if ((have_engine)); then
+  for rt in "${runtimes[@]}"; do
     for _ in $(seq "$LOAD_RUNS"); do
-      "$BENCH_ENGINE" --model-dir "$MODEL_DIR" --load --threads "$THREADS" --t0-ns "$(date +%s%N)"
-    done | median_load | tee -a "$RAW" >&2 || log "load run failed"
-  fi
-  if ! skipped ort; then
-    for _ in $(seq "$LOAD_RUNS"); do
-      node "$HERE/bench_ort.js" --model "$ONNX" --load --threads "$THREADS" --t0-ns "$(date +%s%N)"
-    done | median_load | tee -a "$RAW" >&2 || log "load run failed"
-  fi
+      run_runtime "$rt" --load --threads "$THREADS" --t0-ns "$(date +%s%N)"
+    done | median_load | tee -a "$RAW" >&2 || log "load run failed ($rt)"
+  done
   if ! skipped pytorch; then
     for _ in $(seq "$LOAD_RUNS"); do
       "$PY" "$HERE/bench_torch.py" --model-dir "$MODEL_DIR" --load --threads "$THREADS" \

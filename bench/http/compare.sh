@@ -6,7 +6,8 @@
 # table of requests/s and p50/p99 per round and the median ratios new/old.
 #
 # Environment: as run.sh (BENCH_DURATION, BENCH_CONCURRENCY default "64",
-# BENCH_MODELS default "sentiment", ...); BENCH_SKIP is set to "seed".
+# BENCH_MODELS default "sentiment", BENCH_MODES default "none", BENCH_LOADS
+# default "quiet", ...); BENCH_SKIP is set to "seed".
 # A benchmark, not a test: it never fails on a number.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,7 +17,8 @@ trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/old" "$tmp/new"
 ln -s "$old" "$tmp/old/aiserve"
 ln -s "$new" "$tmp/new/aiserve"
-export BENCH_SKIP=seed BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64} BENCH_MODELS=${BENCH_MODELS:-sentiment}
+export BENCH_SKIP=seed BENCH_CONCURRENCY=${BENCH_CONCURRENCY:-64} BENCH_MODELS=${BENCH_MODELS:-sentiment} \
+  BENCH_MODES=${BENCH_MODES:-none} BENCH_LOADS=${BENCH_LOADS:-quiet}
 : >"$tmp/results"
 for r in $(seq "$rounds"); do
   for which in old new; do
@@ -35,16 +37,18 @@ table = {}
 for rnd, which, path in rows:
     res = json.load(open(path))
     for t in res["table"]:
-        a = t["aiserve"]
-        table.setdefault((t["model"], t["concurrency"]), {}).setdefault(which, []).append(a)
+        for name, a in t["servers"].items():
+            key = (t["model"], f"{name}, {t['load']}", t["concurrency"])
+            table.setdefault(key, {}).setdefault(which, []).append(a)
 meta = json.load(open(rows[0][2]))
 print(f"CPU: {meta['cpu_model']} ({meta['n_cpus']} cores); old {sys.argv[2]}; new {sys.argv[3]}")
-print("| model | concurrency | round | old req/s | new req/s | old p99 ms | new p99 ms |")
-print("|---|---|---|---|---|---|---|")
-for (model, c), d in table.items():
+print("| model | server, load | concurrency | round | old req/s | new req/s | old p99 ms | new p99 ms |")
+print("|---|---|---|---|---|---|---|---|")
+for (model, what, c), d in table.items():
     for i, (o, n) in enumerate(zip(d["old"], d["new"]), 1):
-        print(f"| {model} | {c} | {i} | {o['rps']:.1f} | {n['rps']:.1f} | {o.get('p99', 0):.1f} | {n.get('p99', 0):.1f} |")
+        print(f"| {model} | {what} | {c} | {i} | {o['rps']:.1f} | {n['rps']:.1f} | {o.get('p99') or 0:.1f} | "
+              f"{n.get('p99') or 0:.1f} |")
     rps = statistics.median(n["rps"] / o["rps"] for o, n in zip(d["old"], d["new"]))
-    p99 = statistics.median(n.get("p99", 0) / o.get("p99", 1) for o, n in zip(d["old"], d["new"]))
-    print(f"median new/old: req/s {rps:.3f}, p99 {p99:.3f} ({model}, concurrency {c})")
+    p99 = statistics.median((n.get("p99") or 0) / (o.get("p99") or 1) for o, n in zip(d["old"], d["new"]))
+    print(f"median new/old: req/s {rps:.3f}, p99 {p99:.3f} ({model}, {what}, concurrency {c})")
 PY

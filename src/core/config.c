@@ -223,8 +223,9 @@ const core_setting core_settings[] = {
     INT("models", "engine_nice", "--engine-nice", "AISERVE_ENGINE_NICE", engine_nice, 0, 0, 19,
         "Added to the nice value of the compute threads (each model's batcher and forward-pass threads; the "
         "HTTP threads keep the server's own). 0 gives them the server's priority. Higher values make "
-        "inference yield the CPU to the event loops and to every other process on the host: on a host shared "
-        "with CPU-bound work, 5 cost the server about two thirds of its throughput (docs/engine.md, Threads)."),
+        "inference yield the CPU to the event loops and to every other process on the host: beside one busy "
+        "process per CPU, 5 leaves the compute threads about a quarter of each CPU instead of half "
+        "(docs/engine.md, Threads)."),
 
     INT("batching", "max_batch_size", "--max-batch-size", "AISERVE_MAX_BATCH_SIZE", max_batch_size, 32, 1,
         1024, "Texts per forward pass, at most."),
