@@ -307,7 +307,7 @@ char *obs_history_json(obs_history *h, int64_t since_ms, const char *only, size_
             float v = tr->v[(size_t)((first + i / w) % h->seconds) * (size_t)w + (size_t)(i % w)];
             any = !isnan(v) && v != 0;
         }
-        if (!any) /* nothing but zeros and gaps: left out (the page draws it as 0) */
+        if (!any && tf->kind != K_VALUE) /* no events at all: left out (a reader takes it as 0) */
             continue;
         json_t *labels = json_null();
         if (tr->m) {

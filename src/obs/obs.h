@@ -223,9 +223,10 @@ void obs_history_tick(obs_history *h, int64_t now_ms);
  * arrays aligned with t, null where the series had no sample or no
  * observation]}, "dropped_series"} for the samples taken after since_ms
  * (0: all kept), of the families whose names are in `only` (a
- * comma-separated list; NULL or "": all). A series whose samples there are
- * all 0 or null is left out (a reader takes it as 0). malloc'd; NULL on
- * ENOMEM. */
+ * comma-separated list; NULL or "": all). A counter or histogram whose
+ * samples there are all 0 or null is left out (a reader takes it as 0);
+ * gauges are always there (a 0 is a state: a closed breaker, an empty
+ * queue). malloc'd; NULL on ENOMEM. */
 char *obs_history_json(obs_history *h, int64_t since_ms, const char *only, size_t *len);
 
 /* Registers the standard process metrics, named as prometheus_client and

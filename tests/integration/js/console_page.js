@@ -162,8 +162,9 @@ run(async () => {
       messages: [{ role: 'user', content: 'hello ' + i }] }, adminKey);
   }
   await view('gateway');
-  await page.waitForFunction(() => document.querySelectorAll('#gw-costs tbody tr td.num').length > 0, null,
-    { timeout: 30000 });
+  await page.waitForFunction(() => document.querySelectorAll('#gw-costs tbody tr td.num').length > 0 &&
+    [...document.querySelectorAll('#gw-breakers tbody tr')].some((tr) => tr.textContent.startsWith('flaky')),
+  null, { timeout: 30000 });
   out.gatewayCosts = await page.locator('#gw-costs tbody tr').allTextContents();
   out.gatewayBreakers = await page.locator('#gw-breakers tbody tr').allTextContents();
   await page.waitForSelector('#gw-budgets tbody tr', { timeout: 30000 });
