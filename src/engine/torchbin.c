@@ -296,7 +296,7 @@ static int seq_append(unpickler *u, value *c, value *const *items, size_t n) {
 /* Pops the values above the innermost mark into a new tuple. */
 static int make_tuple(unpickler *u, size_t n) {
     value *t = new_value(u, V_TUPLE);
-    if (!t || seq_append(u, t, &u->stack[u->n_stack - n], n))
+    if (!t || seq_append(u, t, n ? &u->stack[u->n_stack - n] : NULL, n)) /* () on an empty stack */
         return u->err->status;
     u->n_stack -= n;
     return push(u, t);
