@@ -127,6 +127,26 @@ size_t hftok_utf8_check(const uint8_t *s, size_t n) {
     return n;
 }
 
+int hftok_pool_add(char **pool, size_t *len, size_t *cap, const char *s, size_t n, uint32_t *off) {
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap * 2 : 4096;
+        while (c < *len + n + 1)
+            c *= 2;
+        if (c > UINT32_MAX)
+            return ENGINE_ENOMEM;
+        char *p = realloc(*pool, c);
+        if (!p)
+            return ENGINE_ENOMEM;
+        *pool = p;
+        *cap = c;
+    }
+    memcpy(*pool + *len, s, n);
+    (*pool)[*len + n] = '\0';
+    *off = (uint32_t)*len;
+    *len += n + 1;
+    return 0;
+}
+
 uint32_t hftok_utf8_next(const uint8_t *s, size_t *i) {
     uint8_t c = s[*i];
     if (c < 0x80) {
@@ -279,24 +299,12 @@ int hftok_strtab_put(hftok_strtab *t, const char *s, size_t len, int32_t id, uin
             *off = sl->off;
         return 0;
     }
-    if (t->pool_len + len + 1 > t->pool_cap) {
-        size_t cap = t->pool_cap ? t->pool_cap * 2 : 4096;
-        while (cap < t->pool_len + len + 1)
-            cap *= 2;
-        if (cap > UINT32_MAX)
-            return ENGINE_ENOMEM;
-        char *p = realloc(t->pool, cap);
-        if (!p)
-            return ENGINE_ENOMEM;
-        t->pool = p;
-        t->pool_cap = cap;
-    }
-    memcpy(t->pool + t->pool_len, s, len);
-    t->pool[t->pool_len + len] = '\0';
-    *sl = (struct hftok_slot){h, id, (uint32_t)t->pool_len, (uint32_t)len};
+    uint32_t at;
+    if (hftok_pool_add(&t->pool, &t->pool_len, &t->pool_cap, s, len, &at))
+        return ENGINE_ENOMEM;
+    *sl = (struct hftok_slot){h, id, at, (uint32_t)len};
     if (off)
-        *off = (uint32_t)t->pool_len;
-    t->pool_len += len + 1;
+        *off = at;
     t->n++;
     return 0;
 }

@@ -153,6 +153,11 @@ uint32_t hftok_utf8_next(const uint8_t *s, size_t *i);
 /* Encodes cp; returns its length (1-4). */
 size_t hftok_utf8_put(uint32_t cp, uint8_t *out);
 
+/* Appends s[0..n) and a NUL to a growing pool of strings (*pool, *len,
+ * *cap; offsets fit 32 bits): *off gets where it starts. 0 or
+ * ENGINE_ENOMEM. Shared by the string tables of every tokenizer. */
+int hftok_pool_add(char **pool, size_t *len, size_t *cap, const char *s, size_t n, uint32_t *off);
+
 /* Reads a whole file (NUL-terminated for convenience). */
 int hftok_read_file(const char *path, char **out, size_t *len, engine_error *err);
 

@@ -215,27 +215,13 @@ fail:
 
 int safetensors_open(const char *path, safetensors **out, engine_error *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return engine_error_set(err, ENGINE_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return engine_error_set(err, ENGINE_EIO, "%s: not a regular file", path);
-    }
-    size_t len = (size_t)sb.st_size;
-    void *map = NULL;
-    if (len > 0) {
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            return engine_error_set(err, ENGINE_EIO, "%s: cannot map: %s", path, strerror(e));
-        }
-    }
-    close(fd);
+    void *map;
+    size_t len;
+    int rc = engine_map_file(path, &map, &len, err);
+    if (rc)
+        return rc;
     static const uint8_t empty[1];
-    int rc = safetensors_parse(map ? map : empty, len, path, out, err);
+    rc = safetensors_parse(map ? map : empty, len, path, out, err);
     if (rc) {
         if (map)
             munmap(map, len);

@@ -1136,23 +1136,12 @@ int torchbin_parse(const void *buf, size_t len, const char *label, safetensors *
 
 int torchbin_open(const char *path, safetensors **out, engine_error *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return engine_error_set(err, ENGINE_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return engine_error_set(err, ENGINE_EIO, "%s: not a regular file", path);
-    }
-    size_t len = (size_t)sb.st_size;
-    void *map = NULL;
-    if (len > 0 && (map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
-        int e = errno;
-        close(fd);
-        return engine_error_set(err, ENGINE_EIO, "%s: cannot map: %s", path, strerror(e));
-    }
-    close(fd);
-    int rc = torchbin_parse(map, len, path, out, err);
+    void *map;
+    size_t len;
+    int rc = engine_map_file(path, &map, &len, err);
+    if (rc)
+        return rc;
+    rc = torchbin_parse(map, len, path, out, err);
     if (map)
         munmap(map, len);
     return rc;

@@ -245,23 +245,7 @@ static int32_t wp_find(const wordpiece *wp, uint32_t h, bool prefixed, const uin
 }
 
 static int wp_pool_add(wordpiece *wp, const char *s, size_t n, uint32_t *off) {
-    if (wp->pool_len + n + 1 > wp->pool_cap) {
-        size_t cap = wp->pool_cap ? wp->pool_cap * 2 : 4096;
-        while (cap < wp->pool_len + n + 1)
-            cap *= 2;
-        if (cap > UINT32_MAX)
-            return ENGINE_ENOMEM;
-        char *p = realloc(wp->pool, cap);
-        if (!p)
-            return ENGINE_ENOMEM;
-        wp->pool = p;
-        wp->pool_cap = cap;
-    }
-    memcpy(wp->pool + wp->pool_len, s, n);
-    wp->pool[wp->pool_len + n] = '\0';
-    *off = (uint32_t)wp->pool_len;
-    wp->pool_len += n + 1;
-    return 0;
+    return hftok_pool_add(&wp->pool, &wp->pool_len, &wp->pool_cap, s, n, off);
 }
 
 /* Token strings collected by a loader before the table is built. */

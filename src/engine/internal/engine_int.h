@@ -18,4 +18,9 @@
  * status so that callers can write `return engine_error_set(...)`. */
 int engine_error_set(engine_error *err, int status, const char *fmt, ...) ENGINE_PRINTF(3, 4);
 
+/* Maps the regular file at path read-only (private). *map is NULL for an
+ * empty file; the caller munmaps (map, *len) when *map is not NULL.
+ * ENGINE_EIO naming the file when it cannot be opened or mapped. (error.c) */
+int engine_map_file(const char *path, void **map, size_t *len, engine_error *err);
+
 #endif
