@@ -243,29 +243,6 @@ static json_t *result_json(labeler *l, const jobs_result *r, int brief) {
     return o;
 }
 
-/* The request's query parameters, into params (the caller clears them
- * with evhttp_clear_headers): 0, or -1 when the query is not name=value
- * pairs. */
-static int query_parse(http_call *call, struct evkeyvalq *params) {
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(call->req);
-    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
-    return evhttp_parse_query_str(q ? q : "", params) != 0 ? -1 : 0; /* "": none, and params made empty */
-}
-
-/* A whole number parameter, dflt when absent; sets *bad when it is not one. */
-static size_t query_size(const struct evkeyvalq *params, const char *name, size_t dflt, int *bad) {
-    const char *v = evhttp_find_header(params, name);
-    if (!v)
-        return dflt;
-    char *end;
-    unsigned long long x = strtoull(v, &end, 10);
-    if (!*v || *end || v[0] == '-' || x > (1ull << 40)) {
-        *bad = 1;
-        return dflt;
-    }
-    return (size_t)x;
-}
-
 /* ---- handlers --------------------------------------------------------------- */
 
 /* Every endpoint asks the jobs system through jobs_async and answers when
@@ -459,9 +436,9 @@ static void answer_results(http_call *call, pending *p) {
 
 static void v1_results(http_call *call, const char *id) {
     struct evkeyvalq params;
-    int bad = query_parse(call, &params);
-    size_t offset = query_size(&params, "offset", 0, &bad);
-    size_t limit = query_size(&params, "limit", HTTP_RESULTS_PAGE_DEFAULT, &bad);
+    int bad = http_query_parse(call, &params);
+    size_t offset = http_query_number(&params, "offset", 0, 1ull << 40, &bad);
+    size_t limit = http_query_number(&params, "limit", HTTP_RESULTS_PAGE_DEFAULT, 1ull << 40, &bad);
     evhttp_clear_headers(&params);
     int jsonl = is_jsonl(http_header(call, "Accept"));
     if (bad || (!jsonl && (limit < 1 || limit > HTTP_RESULTS_PAGE_MAX))) {
@@ -539,8 +516,8 @@ static void answer_list(http_call *call, pending *p) {
 /* GET /v1/batch?limit=&after=: the caller's jobs, newest first. */
 static void list_jobs(http_call *call) {
     struct evkeyvalq params;
-    int unparsed = query_parse(call, &params), bad = 0;
-    size_t limit = query_size(&params, "limit", HTTP_JOBS_PAGE_DEFAULT, &bad);
+    int unparsed = http_query_parse(call, &params), bad = 0;
+    size_t limit = http_query_number(&params, "limit", HTTP_JOBS_PAGE_DEFAULT, 1ull << 40, &bad);
     const char *v = evhttp_find_header(&params, "after");
     char after[JOBS_ID_MAX] = "";
     int after_ok = !v || job_id_like(v);

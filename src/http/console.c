@@ -9,6 +9,7 @@
  * Memory is bounded by HISTORY_SECONDS x HISTORY_MAX_SERIES whatever the
  * traffic, and so is the answer.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -61,31 +62,20 @@ void http_console_tick(evutil_socket_t fd, short what, void *arg) {
 
 /* ?since=<ms>&families=<name,name>: 1, or 0 when a value is malformed. */
 static int history_query(http_call *call, int64_t *since, char *families, size_t cap) {
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(call->req);
-    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
-    *since = 0;
-    families[0] = '\0';
-    if (!q)
-        return 1;
     struct evkeyvalq params;
-    if (evhttp_parse_query_str(q, &params) != 0)
-        return 0;
-    int ok = 1;
-    const char *v = evhttp_find_header(&params, "since");
-    if (v) {
-        char *end;
-        long long x = strtoll(v, &end, 10);
-        ok = *v && !*end && v[0] != '-' && v[0] != '+' && x >= 0;
-        *since = x;
-    }
-    v = evhttp_find_header(&params, "families");
-    if (ok && v) {
-        ok = strlen(v) < cap && strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_,") == strlen(v);
-        if (ok)
-            strcpy(families, v);
-    }
+    int bad = http_query_parse(call, &params) != 0;
+    *since = (int64_t)http_query_number(&params, "since", 0, INT64_MAX, &bad);
+    const char *v = evhttp_find_header(&params, "families");
+    size_t n = v ? strlen(v) : 0;
+    if (!bad && n >= cap) /* also refuses what would not fit */
+        bad = 1;
+    if (!bad && strspn(v ? v : "", "abcdefghijklmnopqrstuvwxyz0123456789_,") != n)
+        bad = 1;
+    families[0] = '\0';
+    if (!bad && v)
+        memcpy(families, v, n + 1);
     evhttp_clear_headers(&params);
-    return ok;
+    return !bad;
 }
 
 void http_history(http_call *call) {

@@ -1,17 +1,22 @@
 /*
  * inputs.c - what every endpoint's body parser shares: the checks of one
  * text (a string, not blank, within the length limit), collecting a list
- * of texts, JSON itself, and the http_fail a parser fills instead of
- * answering.
+ * of texts, JSON itself, the http_fail a parser fills instead of
+ * answering, and the query parameters (?limit=&since=) handlers read.
  *
- * Pure functions of their arguments, so parsers can be fuzzed without a
- * server (tests/fuzz/fuzz_bodies.c). Any thread.
+ * Pure functions of their arguments (the query readers: of the request),
+ * so parsers can be fuzzed without a server (tests/fuzz/fuzz_bodies.c).
+ * Any thread.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "http_int.h"
 
@@ -116,4 +121,25 @@ int http_version_ref_valid(const char *ref, int alias_ok) {
     if (digits)
         return digits <= 12 && !ref[digits] && ref[0] != '0';
     return alias_ok && serving_alias_name_valid(ref);
+}
+
+int http_query_parse(http_call *call, struct evkeyvalq *params) {
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(call->req);
+    const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+    return evhttp_parse_query_str(q ? q : "", params) != 0 ? -1 : 0; /* "": none, and params made empty */
+}
+
+uint64_t http_query_number(const struct evkeyvalq *params, const char *name, uint64_t dflt, uint64_t max,
+                           int *bad) {
+    const char *v = evhttp_find_header(params, name);
+    if (!v)
+        return dflt;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (!*v || *end || v[0] == '-' || v[0] == '+' || errno || x > max) {
+        *bad = 1;
+        return dflt;
+    }
+    return x;
 }

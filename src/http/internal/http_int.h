@@ -355,6 +355,16 @@ void http_infer_free(http_infer *infer);
  * inference call; 0 when it has none. */
 int http_infer_describe(const http_infer *infer, const char **model, long *version, int *batch_size);
 
+/* The request's query parameters, into params (the caller clears them
+ * with evhttp_clear_headers): 0, or -1 when the query is not name=value
+ * pairs. (inputs.c) */
+struct evkeyvalq;
+int http_query_parse(http_call *call, struct evkeyvalq *params);
+/* A whole number parameter (digits only, at most max), dflt when absent;
+ * sets *bad when it is not one. */
+uint64_t http_query_number(const struct evkeyvalq *params, const char *name, uint64_t dflt, uint64_t max,
+                           int *bad);
+
 #define HTTP_FIELD_ITSELF ((size_t)-1) /* http_check_text: the field is one string, not a list */
 /* Checks one text (a string, not blank, within the limit) at field
  * ("text") or field[index] ("texts[3]"): 0, or -1 with fail filled. */
