@@ -4,9 +4,11 @@
  *
  *  - engine_model_load with engine_options.n_threads = --threads (default 2)
  *    and .quantization = --quantization (none, bf16 or int8; default none),
- *    then engine_classify on each case's texts (a case with "batch_size",
- *    the offline run, as consecutive calls of that many texts, timed as a
- *    whole). The engine takes text, so its times include WordPiece
+ *    then, on each case's texts, engine_classify for a classifier or
+ *    engine_embed for an embedding model (pooled and normalised as its
+ *    sentence-transformers files say: what the server computes), a case
+ *    with "batch_size", the offline run, as consecutive calls of that many
+ *    texts, timed as a whole. The engine takes text, so its times include
  *    tokenization (ORT's and PyTorch's do not) and it packs the batch
  *    without padding.
  *  - The runtime's name is "aiserve" for none, "aiserve-bf16" and
@@ -18,13 +20,13 @@
  *    the same input; a mismatch is reported on stderr and ends the run.
  *  - Timing: --warmup runs (fewer once they take --seconds, at least one),
  *    then runs until both --min-runs runs and --seconds have passed; median
- *    and p90 of engine_classify. One JSON line per case on stdout:
+ *    and p90 of the calls. One JSON line per case on stdout:
  *    {"runtime":"aiserve","case","batch","seq","ms_median","ms_p90",
  *    "seqs_per_s","gflops",...}; GFLOP/s uses the useful-FLOP count from
  *    cases.json, the same for every runtime.
  *  - --load: process start (--t0-ns: CLOCK_REALTIME ns taken just before
- *    exec) to the end of the first classification of one text, and VmRSS
- *    after load and after that first inference.
+ *    exec) to the end of the first result (classification or embedding) of
+ *    one text, and VmRSS after load and after that first inference.
  *
  * A benchmark, not a test: nothing here asserts on time.
  *
@@ -214,14 +216,31 @@ static int check_tokens(const engine_model *model, const bench_case *c)
     return 0;
 }
 
+/* Floats one text's result takes: its logits, or its embedding. */
+static int result_width(const engine_model_info *info)
+{
+    return info->task == ENGINE_TASK_EMBED ? info->hidden : info->n_labels > 0 ? info->n_labels : 1;
+}
+
+/* The model's forward on n texts, as the server runs it: engine_classify,
+ * or engine_embed with the pooling and normalisation the model's files ask
+ * for. Writes n * result_width floats to out. */
+static int run_texts(engine_model *model, const char *const *texts, const size_t *lens, size_t n,
+                     float *out, engine_error *err)
+{
+    const engine_model_info *info = engine_model_get_info(model);
+    if (info->task == ENGINE_TASK_EMBED)
+        return engine_embed(model, texts, lens, n, info->pooling, info->normalize, out, err);
+    return engine_classify(model, texts, lens, n, out, NULL, err);
+}
+
 /* One run of a case: its texts in calls of c->per_call. */
-static int classify_case(engine_model *model, const bench_case *c, float *logits, int n_labels)
+static int run_case(engine_model *model, const bench_case *c, float *out, int width)
 {
     engine_error err = {0};
     for (int i = 0; i < c->batch; i += c->per_call) {
         size_t n = (size_t)(c->batch - i < c->per_call ? c->batch - i : c->per_call);
-        if (engine_classify(model, c->texts + i, c->lens + i, n, logits + (size_t)i * (size_t)n_labels,
-                            NULL, &err)) {
+        if (run_texts(model, c->texts + i, c->lens + i, n, out + (size_t)i * (size_t)width, &err)) {
             fprintf(stderr, "bench_engine: %s: %s\n", c->name, err.message);
             return -1;
         }
@@ -230,7 +249,7 @@ static int classify_case(engine_model *model, const bench_case *c, float *logits
 }
 
 static int bench_case_run(engine_model *model, const bench_case *c, const bench_args *a,
-                          float *logits, int n_labels)
+                          float *out, int width)
 {
     enum { MAX_RUNS = 100000 };
     static double ms[MAX_RUNS];
@@ -238,13 +257,13 @@ static int bench_case_run(engine_model *model, const bench_case *c, const bench_
 
     double warm = now_ms();
     for (int i = 0; i < a->warmup && (i < 1 || now_ms() - warm < a->seconds * 1e3); i++) {
-        if (classify_case(model, c, logits, n_labels))
+        if (run_case(model, c, out, width))
             return -1;
     }
     double start = now_ms();
     while (runs < MAX_RUNS && ((int)runs < a->min_runs || now_ms() - start < a->seconds * 1e3)) {
         double t0 = now_ms();
-        if (classify_case(model, c, logits, n_labels))
+        if (run_case(model, c, out, width))
             return -1;
         ms[runs++] = now_ms() - t0;
     }
@@ -286,9 +305,8 @@ static int bench_cases(engine_model *model, const bench_args *a)
         c.per_call = per_call > 0 && per_call < c.batch ? (int)per_call : c.batch;
         c.texts = calloc((size_t)c.batch, sizeof *c.texts);
         c.lens = calloc((size_t)c.batch, sizeof *c.lens);
-        float *logits = calloc((size_t)c.batch * (size_t)(info->n_labels > 0 ? info->n_labels : 1),
-                               sizeof *logits);
-        if (!c.name || !c.texts || !c.lens || !logits) {
+        float *out = calloc((size_t)c.batch * (size_t)result_width(info), sizeof *out);
+        if (!c.name || !c.texts || !c.lens || !out) {
             fprintf(stderr, "bench_engine: malformed case %zu or out of memory\n", ci);
             rc = -1;
         }
@@ -299,10 +317,10 @@ static int bench_cases(engine_model *model, const bench_args *a)
         if (rc == 0)
             rc = check_tokens(model, &c);
         if (rc == 0)
-            rc = bench_case_run(model, &c, a, logits, info->n_labels > 0 ? info->n_labels : 1);
+            rc = bench_case_run(model, &c, a, out, result_width(info));
         free(c.texts);
         free(c.lens);
-        free(logits);
+        free(out);
     }
     json_decref(doc);
     return rc;
@@ -330,10 +348,9 @@ int main(int argc, char **argv)
         /* One short text, as a first request would be. */
         const char *text = "the quick brown fox jumps over the lazy dog and runs away again";
         size_t len = strlen(text);
-        float logits[64];
-        int n_labels = engine_model_get_info(model)->n_labels;
-        if (n_labels > 64 || engine_classify(model, &text, &len, 1, logits, NULL, &err) != 0) {
-            fprintf(stderr, "bench_engine: first classification: %s\n", err.message);
+        float *out = calloc((size_t)result_width(engine_model_get_info(model)), sizeof *out);
+        if (!out || run_texts(model, &text, &len, 1, out, &err) != 0) {
+            fprintf(stderr, "bench_engine: first result: %s\n", out ? err.message : "out of memory");
             rc = 1;
         } else {
             long long first_ns = realtime_ns();
@@ -343,6 +360,7 @@ int main(int argc, char **argv)
                    runtime_name, runtime_fields, (double)(loaded_ns - t0_ns) / 1e6, (double)(first_ns - t0_ns) / 1e6, rss_load,
                    vm_rss_mb(), a.threads);
         }
+        free(out);
     } else {
         rc = bench_cases(model, &a) ? 1 : 0;
     }

@@ -5,11 +5,15 @@
  *
  *  - Session: intraOpNumThreads 2, interOpNumThreads 1, graphOptimizationLevel
  *    'all', executionMode 'sequential', the CPU execution provider.
- *  - Each case is padded to its longest sequence with an attention mask, as a
- *    user of ORT would (a case with "batch_size", the offline run, is run as
+ *  - Each case is padded to its longest sequence with the model's pad id
+ *    (cases.json's meta.pad_id) and an attention mask, as a user of ORT
+ *    would (a case with "batch_size", the offline run, is run as
  *    consecutive batches of that many, each padded to its own longest, and
  *    timed as a whole); GFLOP/s counts only the useful (unpadded) FLOPs from
  *    cases.json, the same count for every runtime.
+ *  - The model's one output is whatever it exports: a classifier's logits,
+ *    or an embedding model's sentence_embedding (mean pooling and the L2
+ *    normalisation are in the graph, so session.run times them).
  *  - --name: the runtime's name in the output ("ort"; run.sh names the int8
  *    model's runs "ort-int8").
  *  - Timing: `--warmup` runs (fewer once they take `--seconds`, at least one),
@@ -17,13 +21,15 @@
  *    median and p90 of session.run only (inputs are built once per case).
  *    One JSON line per case on stdout.
  *  - --load: process start (--t0-ns, CLOCK_REALTIME ns taken just before exec)
- *    to the first classification of one text, and VmRSS after load and after
- *    that first inference.
- *  - --check FILE: compares logits with PyTorch's from make_bench_model.py.
+ *    to the first result for one sequence of 16 ids (valid in each bench
+ *    model's vocabulary), and VmRSS after load and after that first inference.
+ *  - --check FILE: compares the output with PyTorch's from make_bench_model.py.
  *  - --compare REF.onnx --cases cases.json: runs every case through both
  *    models (quantize_onnx.py: the int8 model against the fp32 one) and
- *    prints one JSON line: cases, sequences, max_abs_diff, max_abs_logit
- *    (of REF's), same_label (argmax in common).
+ *    prints one JSON line: output (its name), cases, sequences,
+ *    max_abs_diff, max_abs_logit (largest |value| of REF's), and
+ *    same_label (argmax in common) for logits or min_cosine (the least
+ *    cosine similarity of a sequence's two vectors) for embeddings.
  *  - --optimized-out FILE: writes the graph ORT runs after its optimisations
  *    (sessionOptions.optimizedModelFilePath), to see which kernels it fused.
  *
@@ -84,11 +90,11 @@ function sessionOptions(threads, optimizedOut) {
   return o;
 }
 
-/* Right-pads sequences of ids to the longest: int64 input_ids and mask. */
-function padded(seqs) {
+/* Right-pads sequences of ids to the longest with padId: int64 input_ids and mask. */
+function padded(seqs, padId = 0) {
   const batch = seqs.length;
   const seq = Math.max(...seqs.map((s) => s.length));
-  const ids = new BigInt64Array(batch * seq);
+  const ids = new BigInt64Array(batch * seq).fill(BigInt(padId));
   const mask = new BigInt64Array(batch * seq);
   seqs.forEach((s, i) => {
     s.forEach((id, j) => {
@@ -103,12 +109,18 @@ function padded(seqs) {
 }
 
 /* A case's engine calls: its sequences in batches of c.batch_size (the
- * offline run), or all of them in one. */
-function calls(c) {
+ * offline run), or all of them in one, padded with padId. */
+function calls(c, padId) {
   const size = c.batch_size || c.input_ids.length;
   const out = [];
-  for (let i = 0; i < c.input_ids.length; i += size) out.push(padded(c.input_ids.slice(i, i + size)));
+  for (let i = 0; i < c.input_ids.length; i += size) out.push(padded(c.input_ids.slice(i, i + size), padId));
   return out;
+}
+
+/* cases.json: its cases and the model's pad id. */
+function readCases(file) {
+  const { meta, cases } = JSON.parse(fs.readFileSync(file, 'utf8'));
+  return { cases, padId: meta && meta.pad_id !== undefined ? meta.pad_id : 0 };
 }
 
 async function runAll(session, feeds) {
@@ -125,9 +137,9 @@ function median(sorted) {
 }
 
 async function benchCases(session, args) {
-  const { cases } = JSON.parse(fs.readFileSync(args.cases, 'utf8'));
+  const { cases, padId } = readCases(args.cases);
   for (const c of cases) {
-    const feeds = calls(c);
+    const feeds = calls(c, padId);
     const warm = performance.now();
     for (let i = 0; i < args.warmup; i++) {
       if (i >= 1 && performance.now() - warm >= args.seconds * 1e3) break;
@@ -155,6 +167,7 @@ async function benchCases(session, args) {
 
 async function check(session, file) {
   const { tolerance, cases } = JSON.parse(fs.readFileSync(file, 'utf8'));
+  const name = session.outputNames[0];
   let worst = 0;
   for (const c of cases) {
     const big = (a) => BigInt64Array.from(a.map(BigInt));
@@ -162,39 +175,47 @@ async function check(session, file) {
       input_ids: new ort.Tensor('int64', big(c.input_ids), [c.batch, c.seq]),
       attention_mask: new ort.Tensor('int64', big(c.attention_mask), [c.batch, c.seq]),
     });
-    const got = out.logits.data;
-    if (got.length !== c.logits.length) throw new Error('bench_ort.js: logits shape differs');
-    c.logits.forEach((want, i) => { worst = Math.max(worst, Math.abs(want - got[i])); });
+    const got = out[name].data;
+    if (!c[name] || got.length !== c[name].length) throw new Error(`bench_ort.js: ${name} shape differs`);
+    c[name].forEach((want, i) => { worst = Math.max(worst, Math.abs(want - got[i])); });
   }
   const ok = worst <= tolerance;
-  console.log(`bench_ort.js: ONNX Runtime vs PyTorch logits: max |diff| ${worst.toExponential(2)} ` +
+  console.log(`bench_ort.js: ONNX Runtime vs PyTorch ${name}: max |diff| ${worst.toExponential(2)} ` +
               `over ${cases.length} batches (tolerance ${tolerance}): ${ok ? 'ok' : 'MISMATCH'}`);
   if (!ok) process.exitCode = 1;
 }
 
-/* Logits of `session` against those of `ref` on every case. */
+/* The output of `session` against that of `ref` on every case. */
 async function compare(session, ref, file) {
-  const { cases } = JSON.parse(fs.readFileSync(file, 'utf8'));
-  let maxDiff = 0, maxLogit = 0, same = 0, sequences = 0;
+  const { cases, padId } = readCases(file);
+  const name = session.outputNames[0];
+  let maxDiff = 0, maxLogit = 0, same = 0, minCos = Infinity, sequences = 0;
   const argmax = (xs) => xs.reduce((best, x, i) => (x > xs[best] ? i : best), 0);
+  const cosine = (a, b) => {
+    let ab = 0, aa = 0, bb = 0;
+    a.forEach((x, i) => { ab += x * b[i]; aa += x * x; bb += b[i] * b[i]; });
+    return ab / Math.sqrt(aa * bb);
+  };
   for (const c of cases) {
-    for (const feeds of calls(c)) {
-      const got = (await session.run(feeds)).logits;
-      const want = (await ref.run(feeds)).logits;
-      const labels = want.dims[1];
+    for (const feeds of calls(c, padId)) {
+      const got = (await session.run(feeds))[name];
+      const want = (await ref.run(feeds))[name];
+      const width = want.dims[1];
       for (let i = 0; i < want.data.length; i++) {
         maxDiff = Math.max(maxDiff, Math.abs(got.data[i] - want.data[i]));
         maxLogit = Math.max(maxLogit, Math.abs(want.data[i]));
       }
       for (let s = 0; s < want.dims[0]; s++) {
-        const row = (t) => Array.from(t.data.subarray(s * labels, (s + 1) * labels));
-        same += argmax(row(got)) === argmax(row(want));
+        const row = (t) => Array.from(t.data.subarray(s * width, (s + 1) * width));
+        if (name === 'logits') same += argmax(row(got)) === argmax(row(want));
+        else minCos = Math.min(minCos, cosine(row(got), row(want)));
         sequences++;
       }
     }
   }
+  const agreement = name === 'logits' ? { same_label: same } : { min_cosine: minCos };
   console.log(JSON.stringify({
-    cases: cases.length, sequences, max_abs_diff: maxDiff, max_abs_logit: maxLogit, same_label: same,
+    output: name, cases: cases.length, sequences, max_abs_diff: maxDiff, max_abs_logit: maxLogit, ...agreement,
   }));
 }
 
@@ -212,7 +233,9 @@ async function main() {
   if (args.load) {
     const rssLoad = vmRssMb();
     const loadedNs = realtimeNs();
-    // One short text, as a first request would be: [CLS] 14 words [SEP].
+    // One short text, as a first request would be: [CLS] 14 words [SEP] in
+    // DistilBERT's ids; 16 ids inside every bench model's vocabulary (the
+    // values do not change the work).
     const ids = [101, ...Array.from({ length: 14 }, (_, i) => 2000 + i), 102];
     await session.run(padded([ids]));
     const firstNs = realtimeNs();

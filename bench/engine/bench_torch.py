@@ -2,12 +2,20 @@
 """bench_torch.py - PyTorch eager on the engine benchmark's cases: the stack
 aiserve replaces (a FastAPI service calling a transformers model).
 
-  - The model is tools/hf_reference.py's DistilBertForSequenceClassification
-    (transformers' module layout and math) loaded from the same
-    model.safetensors the C engine reads; torch.set_num_threads(2),
-    torch.set_num_interop_threads(1), everything under torch.no_grad(), F32.
-  - Each case is padded to its longest sequence with an attention mask, as a
-    user of transformers would (a case with "batch_size", the offline run,
+  - The model is tools/hf_reference.py's class for config.json's
+    architecture (DistilBertForSequenceClassification,
+    RobertaForSequenceClassification, MPNetModel: transformers' module
+    layout and math) loaded from the same model.safetensors the C engine
+    reads; torch.set_num_threads(2), torch.set_num_interop_threads(1),
+    everything under torch.no_grad(), F32.
+  - A classifier's forward gives logits. An embedding model's (no id2label)
+    is followed by what sentence-transformers' Pooling(mean) and Normalize
+    modules compute, the mean of the last hidden states over the attention
+    mask, L2-normalised (the pooling make_bench_model.py's files name), and
+    that is timed with it.
+  - Each case is padded to its longest sequence with the model's pad id
+    (cases.json's meta.pad_id) and an attention mask, as a user of
+    transformers would (a case with "batch_size", the offline run,
     as consecutive batches of that many, each padded to its own longest,
     timed as a whole); GFLOP/s counts the useful (unpadded) FLOPs from
     cases.json, the same count for every runtime.
@@ -16,7 +24,8 @@ aiserve replaces (a FastAPI service calling a transformers model).
     and p90 of the forward call only (input tensors are built once per
     case). One JSON line per case on stdout.
   - --load: process start (--t0-ns, CLOCK_REALTIME ns taken just before exec)
-    to the first classification, and VmRSS after load and after it.
+    to the first result (16 ids inside every bench model's vocabulary), and
+    VmRSS after load and after it.
 
 Usage: bench_torch.py --model-dir DIR (--cases cases.json | --load)
        [--seconds 2] [--min-runs 3] [--warmup 2] [--threads 2] [--t0-ns N]
@@ -48,16 +57,20 @@ def vm_rss_mb():
 
 
 def load_model(model_dir):
+    """The model and its forward(ids, mask): logits, or a normalised mean embedding."""
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     model = hf.model_from_config(config)
     model.load_state_dict(hf.read_safetensors(os.path.join(model_dir, "model.safetensors")))
-    return model.eval()
+    model.eval()
+    if "id2label" in config:
+        return model
+    return lambda ids, mask: hf.l2_normalize(hf.pool_mean(model(ids, mask), mask))
 
 
-def padded(seqs):
+def padded(seqs, pad_id=0):
     seq = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), seq, dtype=torch.int64)
+    ids = torch.full((len(seqs), seq), pad_id, dtype=torch.int64)
     mask = torch.zeros(len(seqs), seq, dtype=torch.int64)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
@@ -77,10 +90,11 @@ def percentile(xs, q):
 @torch.no_grad()
 def bench_cases(model, args):
     with open(args.cases) as f:
-        cases = json.load(f)["cases"]
-    for c in cases:
+        doc = json.load(f)
+    pad_id = doc.get("meta", {}).get("pad_id", 0)
+    for c in doc["cases"]:
         size = c.get("batch_size") or len(c["input_ids"])
-        calls = [padded(c["input_ids"][i:i + size]) for i in range(0, len(c["input_ids"]), size)]
+        calls = [padded(c["input_ids"][i:i + size], pad_id) for i in range(0, len(c["input_ids"]), size)]
         warm = time.perf_counter()
         for i in range(args.warmup):
             if i >= 1 and time.perf_counter() - warm >= args.seconds:

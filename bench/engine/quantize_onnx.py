@@ -4,10 +4,12 @@ onnxruntime.quantization.quantize_dynamic makes of the fp32 export's MatMul
 nodes, written with python3-onnx alone (onnxruntime's Python package, and so
 its quantiser, comes from PyPI, which this machine cannot reach).
 
-For every MatMul whose second input is a constant 2-D weight W [K, N] (the
-encoder's 36 linear layers: Q, K, V, output, FFN up and down; the bias Add
-after each stays as it is), exactly as quantize_dynamic's QOperator format
-writes it:
+Works on any of make_bench_model.py's exports. For every MatMul whose second
+input is a constant 2-D weight W [K, N] (found in the graph: the encoder's
+linear layers, six a layer: Q, K, V, output, FFN up and down, so 36 in
+DistilBERT-base and 72 in the 12-layer RoBERTa-base and MPNet-base; the
+bias Add after each stays as it is), exactly as quantize_dynamic's QOperator
+format writes it:
 
     x ──DynamicQuantizeLinear──> x_q (u8), x_scale, x_zero   (per tensor)
     MatMulInteger(x_q, W_q, x_zero, W_zero) -> int32
@@ -22,8 +24,8 @@ writes it:
     (DynamicQuantizeLinear; aiserve uses one scale per token).
   - One DynamicQuantizeLinear per quantised tensor (Q, K and V share theirs),
     as quantize_dynamic does. The attention products (no constant weight),
-    the classifier head (Gemm), embeddings (Gather) and everything else stay
-    fp32. quantize_dynamic would also store the embedding tables in 8 bits
+    a classifier head (Gemm), embeddings and MPNet's position-bias table
+    (Gather), an embedding model's pooling and everything else stay fp32. quantize_dynamic would also store the embedding tables in 8 bits
     (its Gather quantisation), which changes memory, not the forward's
     speed; that is not done here.
 
@@ -32,8 +34,9 @@ Mul chain into one DynamicQuantizeMatMul (with the bias Add) at
 graphOptimizationLevel 'all', which bench_ort.js sets. After writing the
 model this script checks, through onnxruntime-node (bench_ort.js --compare),
 that ORT runs it, that the optimised graph holds the fused kernels (none of
-the MatMulInteger chains left), and how far its logits are from the fp32
-model's on every case of cases.json (max |diff|, labels in common).
+the MatMulInteger chains left), and how far its output is from the fp32
+model's on every case of cases.json (max |diff|; labels in common for
+logits, the least cosine similarity for embeddings).
 
 Messages go to stderr; with --json the check's result is printed on stdout
 as one JSON line (run.sh keeps it in the results file).
@@ -161,9 +164,11 @@ def main():
     if args.cases:
         r = dict(describe(onnx.load(args.out, load_external_data=False)), **check(args.out, args.fp32, args.cases))
         fused = r["optimized_ops"].get("DynamicQuantizeMatMul", 0) + r["optimized_ops"].get("MatMulIntegerToFloat", 0)
+        agreement = (f"labels in common {r['same_label']}/{r['sequences']}" if "same_label" in r
+                     else f"least cosine similarity {r['min_cosine']:.6f}")
         print(f"quantize_onnx.py: ONNX Runtime int8 vs fp32 on {r['cases']} cases ({r['sequences']} sequences): "
-              f"max |logit diff| {r['max_abs_diff']:.4g} (largest |logit| {r['max_abs_logit']:.3g}), "
-              f"labels in common {r['same_label']}/{r['sequences']}; optimised graph: {r['optimized_ops']}",
+              f"max |{r['output']} diff| {r['max_abs_diff']:.4g} (largest |value| {r['max_abs_logit']:.3g}), "
+              f"{agreement}; {r['matmuls_quantized']} MatMuls quantised; optimised graph: {r['optimized_ops']}",
               file=sys.stderr)
         if fused == 0 or r["optimized_ops"].get("MatMulInteger", 0):
             sys.exit("quantize_onnx.py: ONNX Runtime did not fuse the int8 MatMuls "
