@@ -3,7 +3,7 @@
 results file.
 
 Reads the JSON lines that bench_engine, bench_ort.js, bench_torch.py,
-bench_gemm printed during one run.sh run (run.sh adds "model" to each
+bench_gemm and bench_peak printed during one run.sh run (run.sh adds "model" to each
 runtime's lines, and puts quantize_onnx.py's check of each model's int8
 ONNX model in as {"info": "ort_int8_model", "model", ...}), plus the run's
 metadata (the models, as make_cases.py describes them, and
@@ -212,12 +212,29 @@ def main():
             cells = "  ".join(f"{x['case'].replace('linear_', '')}={x['gflops']:.0f}" for x in xs)
             print(f"  {core}, {threads} thr: {cells}")
 
+    peaks = [x for x in lines if x.get("runtime") == "peak"]
+    kernels = [x for x in lines if x.get("runtime") == "kernel"]
+    if peaks:
+        print()
+        print("Arithmetic peaks (bench_peak: one instruction, registers only), Gop/s: "
+              + ", ".join(f"{x['case'][5:]} {x['insn']} {x['threads']} thr {x['gops']:.0f}" for x in peaks))
+    if kernels:
+        print("The engine's linear kernels on 1 thread, Gop/s (share of that thread's peak); M = tokens")
+        groups = {}
+        for x in kernels:
+            groups.setdefault((x["mode"], x["kernels"]), []).append(x)
+        for (mode, name), xs in groups.items():
+            cells = "  ".join(f"m{x['m']}_k{x['k']}_n{x['n']}={x['gops']:.0f}"
+                              + (f" ({100 * x['of_peak']:.0f}%)" if x.get("of_peak") is not None else "")
+                              for x in xs)
+            print(f"  {mode} ({name}): {cells}")
+
     if tokenizer:
         print()
         for x in tokenizer:
             print("tokenizer:", x)
 
-    result = dict(meta, gemm=gemm, tokenizer=tokenizer, raw=lines)
+    result = dict(meta, gemm=gemm, peaks=peaks, kernels=kernels, tokenizer=tokenizer, raw=lines)
     with open(sys.argv[3], "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")

@@ -12,9 +12,9 @@
 #    --model, which checks ORT's output against PyTorch's), its cases
 #    (make_cases.py) and its int8 ONNX model (quantize_onnx.py, which checks
 #    that ORT runs and fuses it and how far its output is from fp32's); and
-#    the bench_gemm / bench_engine binaries in BUILD_DIR.
+#    the bench_gemm / bench_peak / bench_engine binaries in BUILD_DIR.
 #  - Runs every runtime one after another, never two at once, each with the
-#    same thread count (BENCH_THREADS, default 2): OpenBLAS's SGEMM once, then
+#    same thread count (BENCH_THREADS, default 2): OpenBLAS's SGEMM and bench_peak once, then
 #    model after model: BENCH_ROUNDS rounds of ort, ort-int8, aiserve,
 #    aiserve-bf16, aiserve-int8 (each round starting one runtime later, so
 #    that none always runs first), then PyTorch once, then the load runs.
@@ -106,7 +106,7 @@ if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >&2
 fi
 have_engine=1
-cmake --build "$BUILD" --target bench_gemm -j "$(nproc)" >&2
+cmake --build "$BUILD" --target bench_gemm bench_peak -j "$(nproc)" >&2
 if ! skipped aiserve || ! skipped load; then
   if ! cmake --build "$BUILD" --target bench_engine -j "$(nproc)" >&2; then
     log "bench_engine does not build: the aiserve engine is left out of this run"
@@ -115,6 +115,7 @@ if ! skipped aiserve || ! skipped load; then
 fi
 BENCH_ENGINE="$BUILD/bench/engine/bench_engine"
 BENCH_GEMM="$BUILD/bench/engine/bench_gemm"
+BENCH_PEAK="$BUILD/bench/engine/bench_peak"
 BENCH_TOKENIZER=""
 if ! skipped tokenizer && cmake --build "$BUILD" --target bench_tokenizer -j "$(nproc)" >&2; then
   BENCH_TOKENIZER="$BUILD/bench/engine/bench_tokenizer"
@@ -186,6 +187,8 @@ if ! skipped gemm; then
     OPENBLAS_CORETYPE=SkylakeX "$BENCH_GEMM" --threads "$THREADS,1" | tee -a "$RAW" >&2 ||
       log "bench_gemm failed"
   fi
+  log "arithmetic peaks and the engine's linear kernels against them (bench_peak)"
+  "$BENCH_PEAK" | tee -a "$RAW" >&2 || log "bench_peak failed"
 fi
 # The runtimes of a round, by name; run_runtime runs one on every case of
 # the model that model_files named last.
