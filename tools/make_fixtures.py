@@ -11,12 +11,15 @@ for a fixed list of texts (and, for cross-encoders, text pairs):
     {"tolerance": 1e-4, "max_length": N,
      "model": {"architecture", "model_type", "task", "dtype", "labels", "multi_label",
                "do_lower_case", "tokenizer", "hidden", "n_layers", "n_heads",
-               "intermediate", "vocab_size", "max_position"},
+               "intermediate", "vocab_size", "max_position"[, "problem_type"]},
      "cases": [{"text", "ids", "logits", "probs", "mean", "cls"}, ...],
      "pairs": [{"a", "b", "ids", "types", "logits", "probs"}, ...]}
 
-"logits"/"probs" only for classifiers (probs: softmax, or sigmoid when multi-label
-or one label); "mean"/"cls" are the pooled last hidden states for every model;
+"logits"/"probs" only for classifiers (probs: the scores transformers'
+text-classification pipeline gives: softmax, or sigmoid when multi-label or one
+label, or the logits themselves for problem_type regression); "problem_type" only
+for regression models (so that the older fixtures' bytes stay as they were);
+"mean"/"cls" are the pooled last hidden states for every model;
 "pairs" only where MODELS asks for them ("types": the token types the model is
 given: BERT's 0/1, 0 for the others, whose tokenizers give none).
 
@@ -158,6 +161,9 @@ MODELS = {
                     dict(tokenizer="mpnet", max_seq_length=48)),
     "mpnet-cls": ("mpnet", dict(hidden_act="gelu_new", labels=["bad", "good"]), "F32", 15,
                   dict(tokenizer="mpnet", pairs=True)),
+    # An STS-B style cross-encoder: one label trained on float targets.
+    "roberta-regression": ("roberta", dict(labels=["LABEL_0"], problem_type="regression"), "F32", 16,
+                           dict(tokenizer="bpe", pairs=True)),
 }
 
 # Vocabulary sizes of the cut-down tokenizer.json files (weights stay small).
@@ -437,14 +443,22 @@ def short(values):
     return [float(f"{v:.9g}") for v in values]
 
 
-def compute(model, ids, mask, multi_label, types=None):
+def scores(logits, problem_type):
+    """What transformers' TextClassificationPipeline applies to the logits: nothing
+    for regression, else softmax or sigmoid (hf_reference.probabilities)."""
+    if problem_type == "regression":
+        return logits.clone()
+    return ref.probabilities(logits, problem_type == "multi_label_classification")
+
+
+def compute(model, ids, mask, problem_type, types=None):
     """(hidden, mean, cls, logits, probs) for a batch; logits/probs None for encoders."""
     with torch.no_grad():
         hidden = model.hidden_states(ids, mask, types)
         logits = probs = None
         if "id2label" in model.config:
             logits = model(ids, mask, types)
-            probs = ref.probabilities(logits, multi_label)
+            probs = scores(logits, problem_type)
     return hidden, ref.pool_mean(hidden, mask), ref.pool_cls(hidden), logits, probs
 
 
@@ -514,7 +528,8 @@ def make_model(name, vocab):
     if model_type in ("roberta", "xlm-roberta", "mpnet"):
         limit -= pad_id + 1  # positions start after the padding index
     max_length = min(tok.get("max_seq_length", model_max_length), limit)
-    multi_label = config.get("problem_type") == "multi_label_classification"
+    problem_type = config.get("problem_type")
+    multi_label = problem_type == "multi_label_classification"
 
     model = ref.model_from_config(config).double().eval()
     init_weights(model, seed)
@@ -544,14 +559,14 @@ def make_model(name, vocab):
     else:
         seqs, pair_out = oracle(tokenizer_json, texts, pairs, max_length)
     ids, mask, _ = pad_batch(seqs, pad_id)
-    hidden, mean, cls, logits, probs = compute(model, ids, mask, multi_label)
+    hidden, mean, cls, logits, probs = compute(model, ids, mask, problem_type)
 
     worst = 0.0
     cases = []
     for i, text in enumerate(texts):
         n = len(seqs[i])
         one_ids, one_mask, _ = pad_batch([seqs[i]], pad_id)
-        h1, mean1, cls1, logits1, _ = compute(model, one_ids, one_mask, multi_label)
+        h1, mean1, cls1, logits1, _ = compute(model, one_ids, one_mask, problem_type)
         h2, logits2 = independent(state, config, seqs[i], [0] * n)
         pairs_close = [(h1[0], hidden[i, :n]), (h2, hidden[i, :n]), (mean1[0], mean[i]), (cls1[0], cls[i])]
         if logits is not None:
@@ -572,7 +587,7 @@ def make_model(name, vocab):
         pair_ids = [p[0] for p in pair_out]
         pair_types = [p[1] if model_type == "bert" else [0] * len(p[0]) for p in pair_out]
         b_ids, b_mask, b_types = pad_batch(pair_ids, pad_id, pair_types)
-        _, _, _, p_logits, p_probs = compute(model, b_ids, b_mask, multi_label, b_types)
+        _, _, _, p_logits, p_probs = compute(model, b_ids, b_mask, problem_type, b_types)
         for i, (a, b) in enumerate(pairs):
             _, logits2 = independent(state, config, pair_ids[i], pair_types[i])
             worst = max(worst, float((logits2 - p_logits[i]).abs().max()))
@@ -609,6 +624,8 @@ def make_model(name, vocab):
         },
         "cases": cases,
     }
+    if problem_type == "regression":
+        expected["model"]["problem_type"] = problem_type
     if pair_cases:
         expected["pairs"] = pair_cases
     write_expected(os.path.join(path, "expected.json"), expected)

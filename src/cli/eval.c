@@ -252,8 +252,9 @@ static void report(const engine_model *m, const cli_args *a, const dataset *d, c
 
 int cli_eval(engine_model *m, const cli_args *a) {
     const engine_model_info *info = engine_model_get_info(m);
-    if (info->task != ENGINE_TASK_CLASSIFY || info->multi_label) {
-        fprintf(stderr, "aiserve: %s: eval needs a single-label classifier\n", a->model_dir);
+    if (info->task != ENGINE_TASK_CLASSIFY || info->multi_label || info->problem_type == ENGINE_PROBLEM_REGRESSION) {
+        fprintf(stderr, "aiserve: %s: eval needs a single-label classifier (not multi-label, not regression)\n",
+                a->model_dir);
         return EXIT_LOAD;
     }
     dataset d = {0};

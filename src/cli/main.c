@@ -59,7 +59,9 @@ static const command commands[] = {
      "--model DIR [--batch-size N] [--threads N] [--input FILE] [TEXT ...]",
      "Classifies each text and prints one JSON line per text, in input order:\n"
      "{\"label\", \"confidence\", \"probs\", \"logits\"}, the arrays in label-id order (id2label);\n"
-     "probabilities are a softmax, or a sigmoid per label for a multi-label model.\n",
+     "\"probs\" are the scores transformers' text-classification pipeline gives: a softmax,\n"
+     "a sigmoid per label for a multi-label or one-label model, or the logits themselves\n"
+     "for problem_type regression (`aiserve info` names it as \"score\").\n",
      run_model_command},
     {"embed", "embed texts: {\"embedding\": [...]} per text", CMD_EMBED,
      "--model DIR [--pooling mean|cls|max|mean_sqrt_len|last] [--normalize] [--batch-size N] [--threads N]\n"
@@ -471,6 +473,11 @@ static int cmd_info(engine_model *m, cli_args *a) {
     if (info->quantization_note)
         json_object_set_new(o, "quantization_note", json_string(info->quantization_note));
     json_object_set_new(o, "tokenizer", json_string(info->tokenizer));
+    if (info->task == ENGINE_TASK_CLASSIFY) { /* what `predict` gives as "probs" and "confidence" */
+        const char *problem = engine_problem_name(info->problem_type);
+        json_object_set_new(o, "problem_type", problem ? json_string(problem) : json_null());
+        json_object_set_new(o, "score", json_string(engine_score_fn_name(info->score_fn)));
+    }
     if (info->task == ENGINE_TASK_EMBED) { /* as the server embeds (sentence-transformers' files) */
         json_object_set_new(o, "pooling", json_string(engine_pooling_name(info->pooling)));
         json_object_set_new(o, "normalize", json_boolean(info->normalize));

@@ -63,6 +63,32 @@ const char *engine_quantization_name(engine_quantization q) {
     return "?";
 }
 
+const char *engine_problem_name(engine_problem p) {
+    switch (p) {
+    case ENGINE_PROBLEM_SINGLE_LABEL:
+        return "single_label_classification";
+    case ENGINE_PROBLEM_MULTI_LABEL:
+        return "multi_label_classification";
+    case ENGINE_PROBLEM_REGRESSION:
+        return "regression";
+    case ENGINE_PROBLEM_UNSET:
+        break;
+    }
+    return NULL;
+}
+
+const char *engine_score_fn_name(engine_score_fn f) {
+    switch (f) {
+    case ENGINE_SCORE_SOFTMAX:
+        return "softmax";
+    case ENGINE_SCORE_SIGMOID:
+        return "sigmoid";
+    case ENGINE_SCORE_NONE:
+        return "none";
+    }
+    return "?";
+}
+
 static const char *const pooling_names[] = {"mean", "cls", "max", "mean_sqrt_len", "last"};
 
 const char *engine_pooling_name(engine_pooling p) {
@@ -139,7 +165,16 @@ static void fill_info(engine_model *m) {
     info->max_position = c->max_position;
     info->max_length = c->max_length;
     info->n_labels = c->task == ENGINE_TASK_CLASSIFY ? c->n_labels : 0;
-    info->multi_label = c->multi_label;
+    info->problem_type = c->task == ENGINE_TASK_CLASSIFY ? c->problem : ENGINE_PROBLEM_UNSET;
+    info->multi_label = info->problem_type == ENGINE_PROBLEM_MULTI_LABEL;
+    /* transformers' TextClassificationPipeline: regression first, then
+     * multi-label or one label, then softmax. */
+    if (info->problem_type == ENGINE_PROBLEM_REGRESSION)
+        info->score_fn = ENGINE_SCORE_NONE;
+    else if (info->multi_label || info->n_labels == 1)
+        info->score_fn = ENGINE_SCORE_SIGMOID;
+    else
+        info->score_fn = ENGINE_SCORE_SOFTMAX;
     info->do_lower_case = tokenizer_does_lower_case(m->tokenizer);
     info->tokenizer = tokenizer_kind_name(tokenizer_get_kind(m->tokenizer));
     info->st_lower_case = c->st_lower_case;
@@ -252,23 +287,38 @@ static void unpack(bert_batch *batch) {
     free((void *)batch->offsets);
 }
 
-/* Python's unicodedata "cased" and "case-ignorable", as str.lower's Final_Sigma
- * rule uses them: letters with case; marks, format characters, modifiers and
- * the word-internal punctuation. */
+/* Unicode's Cased and Case_Ignorable (DerivedCoreProperties.txt), as
+ * CPython's str.lower applies them in the Final_Sigma rule
+ * (unicodeobject.c, handle_capital_sigma); utf8proc has the categories
+ * only, so the rest is listed here.
+ * Cased: Lu, Ll, Lt, and Other_Lowercase / Other_Uppercase. Those of the
+ * latter in Lm or Mn are case-ignorable, which the rule checks first, so
+ * only the others matter: ordinal indicators, Roman numerals, circled and
+ * squared Latin letters. */
 static int cp_cased(utf8proc_int32_t c) {
     utf8proc_category_t k = utf8proc_category(c);
-    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+    return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT || c == 0xAA ||
+           c == 0xBA || (c >= 0x2160 && c <= 0x217F) || (c >= 0x24B6 && c <= 0x24E9) ||
+           (c >= 0x1F130 && c <= 0x1F149) || (c >= 0x1F150 && c <= 0x1F169) || (c >= 0x1F170 && c <= 0x1F189);
 }
 
+/* Case_Ignorable: Mn, Me, Cf, Lm, Sk, and Word_Break MidLetter, MidNumLet
+ * or Single_Quote (WordBreakProperty.txt). */
 static int cp_case_ignorable(utf8proc_int32_t c) {
     utf8proc_category_t k = utf8proc_category(c);
-    return k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_ME || k == UTF8PROC_CATEGORY_CF ||
-           k == UTF8PROC_CATEGORY_LM || k == UTF8PROC_CATEGORY_SK || c == '\'' || c == '.' || c == ':' ||
-           c == 0xB7 || c == 0x2018 || c == 0x2019 || c == 0x2024 || c == 0x2027;
+    if (k == UTF8PROC_CATEGORY_MN || k == UTF8PROC_CATEGORY_ME || k == UTF8PROC_CATEGORY_CF ||
+        k == UTF8PROC_CATEGORY_LM || k == UTF8PROC_CATEGORY_SK)
+        return 1;
+    switch (c) {
+    case '\'': case '.': case ':': case 0xB7: case 0x387: case 0x55F: case 0x5F4: case 0x2018: case 0x2019:
+    case 0x2024: case 0x2027: case 0xFE13: case 0xFE52: case 0xFE55: case 0xFF07: case 0xFF0E: case 0xFF1A:
+        return 1;
+    }
+    return 0;
 }
 
-/* Whether U+03A3 at s[i] ends a word (Final_Sigma): a cased letter before
- * it and none after it, case-ignorable characters skipped. */
+/* Whether U+03A3 at s[i] ends a word (Final_Sigma): a cased character
+ * before it and none after it, case-ignorable characters skipped. */
 static int final_sigma(const uint8_t *s, size_t len, size_t at, size_t after) {
     utf8proc_int32_t c;
     int before = 0;
@@ -550,9 +600,10 @@ static int run_batch(engine_model *m, const batch_input *in, const head_job *job
     return rc;
 }
 
-/* Logits (and probabilities) for the inputs: softmax over the labels, or a
- * sigmoid per label for multi-label models and for one-label models (as
- * transformers' text-classification pipeline: a reranker's score). */
+/* Logits (and scores) for the inputs: info.score_fn of the logits (softmax
+ * over the labels; a sigmoid per label for multi-label and one-label models,
+ * a reranker's score; the logits themselves for regression), as
+ * transformers' text-classification pipeline gives them. */
 static int classify(engine_model *m, const batch_input *in, float *logits, float *probs, engine_stats *stats,
                     engine_error *err) {
     if (m->cfg.task != ENGINE_TASK_CLASSIFY)
@@ -568,9 +619,9 @@ static int classify(engine_model *m, const batch_input *in, float *logits, float
     int rc = run_batch(m, in, &job, stats, err);
     if (!rc && probs) {
         memcpy(probs, out, n * (size_t)K * sizeof(float));
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && m->info.score_fn != ENGINE_SCORE_NONE; i++) {
             float *p = probs + i * K;
-            if (m->cfg.multi_label || K == 1)
+            if (m->info.score_fn == ENGINE_SCORE_SIGMOID)
                 for (int j = 0; j < K; j++)
                     p[j] = 1.0f / (1.0f + expf(-p[j]));
             else

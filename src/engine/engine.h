@@ -77,6 +77,31 @@ typedef enum engine_task {
     ENGINE_TASK_EMBED = 2,    /* encoder only */
 } engine_task;
 
+/* config.json's problem_type, as transformers' PretrainedConfig takes it. */
+typedef enum engine_problem {
+    ENGINE_PROBLEM_UNSET = 0,        /* absent or null */
+    ENGINE_PROBLEM_SINGLE_LABEL = 1, /* "single_label_classification" */
+    ENGINE_PROBLEM_MULTI_LABEL = 2,  /* "multi_label_classification" */
+    ENGINE_PROBLEM_REGRESSION = 3,   /* "regression": trained on float targets (STS-B cross-encoders,
+                                      * score regressors), one value per label */
+} engine_problem;
+
+/* config.json's spelling of p; NULL for ENGINE_PROBLEM_UNSET (and outside the enum). */
+const char *engine_problem_name(engine_problem p);
+
+/* How a classifier's scores come from its logits, as transformers'
+ * TextClassificationPipeline picks its function_to_apply: NONE for
+ * problem_type regression; SIGMOID (per label) for multi_label_classification
+ * and for one-label models; SOFTMAX otherwise. */
+typedef enum engine_score_fn {
+    ENGINE_SCORE_SOFTMAX = 0,
+    ENGINE_SCORE_SIGMOID = 1,
+    ENGINE_SCORE_NONE = 2, /* the logits themselves */
+} engine_score_fn;
+
+/* "softmax", "sigmoid", "none" (the pipeline's names); "?" outside the enum. */
+const char *engine_score_fn_name(engine_score_fn f);
+
 /* How engine_embed turns a sequence's token states into one vector, as
  * sentence-transformers' Pooling module computes it over the attention
  * mask: every token of the text, the special tokens included. */
@@ -144,7 +169,9 @@ typedef struct engine_model_info {
                                * model_max_length, or sentence-transformers' max_seq_length,
                                * capped by the position table */
     int n_labels;             /* 0 for embedding models */
-    int multi_label;          /* problem_type multi_label_classification: sigmoid */
+    int multi_label;          /* problem_type multi_label_classification */
+    engine_problem problem_type;  /* config.json's (classifiers; UNSET for embedding models) */
+    engine_score_fn score_fn;     /* what engine_classify's scores are (classifiers) */
     int do_lower_case;        /* the tokenizer lower-cases */
     /* sentence-transformers' files (defaults without them):
      *  - sentence_bert_config.json do_lower_case: the text is lower-cased
@@ -227,9 +254,11 @@ int engine_text_is_blank(const engine_model *model, const char *text, size_t len
 const char *engine_token_text(const engine_model *model, int32_t id);
 
 /* Classifies n texts (texts[i] of lens[i] bytes, UTF-8). Writes n * n_labels
- * logits and probabilities (softmax; a sigmoid per label for multi-label
- * models and for models with one label, as transformers' pipeline) in
- * label-id order into caller-owned arrays; either may be NULL.
+ * logits and scores (`probs`: info.score_fn of the logits: probabilities by
+ * softmax, a sigmoid per label for multi-label models and for models with
+ * one label, or for regression models the logits themselves, as
+ * transformers' pipeline) in label-id order into caller-owned arrays;
+ * either may be NULL.
  * Fails with ENGINE_EUNSUPPORTED on an embedding model, ENGINE_EINPUT if a
  * text is not valid UTF-8 (err names its index; nothing is computed).
  * Any thread. */

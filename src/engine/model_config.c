@@ -269,12 +269,15 @@ static int parse_model_config(const json_t *root, const char *path, model_config
         if (!json_is_string(pt))
             return engine_error_set(err, ENGINE_ECONFIG, "%s: 'problem_type' must be a string", path);
         const char *p = json_string_value(pt);
-        if (strcmp(p, "multi_label_classification") == 0)
-            cfg->multi_label = 1;
-        else if (strcmp(p, "single_label_classification") != 0)
+        static const engine_problem known[] = {ENGINE_PROBLEM_SINGLE_LABEL, ENGINE_PROBLEM_MULTI_LABEL,
+                                               ENGINE_PROBLEM_REGRESSION};
+        for (size_t i = 0; i < sizeof known / sizeof *known && !cfg->problem; i++)
+            if (strcmp(p, engine_problem_name(known[i])) == 0)
+                cfg->problem = known[i];
+        if (!cfg->problem)
             return engine_error_set(err, ENGINE_EUNSUPPORTED,
                                     "%s: problem_type '%s' is not supported (single_label_classification, "
-                                    "multi_label_classification)", path, p);
+                                    "multi_label_classification, regression)", path, p);
     }
     if (cfg->task == ENGINE_TASK_CLASSIFY)
         return parse_labels(root, path, cfg, err);

@@ -15,6 +15,8 @@
  *   distilbert: dim, n_layers, n_heads, hidden_dim, activation,
  *               max_position_embeddings, vocab_size (LayerNorm eps 1e-12)
  *   all:        architectures[0], id2label (or num_labels), problem_type
+ *               (single_label_classification, multi_label_classification,
+ *               regression)
  * tokenizer_config.json (optional): do_lower_case (default true, as
  * BertTokenizer), strip_accents, tokenize_chinese_chars, add_prefix_space
  * (vocab.json + merges.txt only), model_max_length (default 512).
@@ -61,7 +63,7 @@ typedef struct model_config {
     model_activation act;
     int n_labels;
     char **labels; /* n_labels strings, owned */
-    int multi_label;
+    engine_problem problem; /* problem_type */
     /* tokenizer_config.json */
     int do_lower_case;
     int strip_accents; /* -1: follow do_lower_case */

@@ -1,59 +1,99 @@
 /*
- * embeddings.c - POST /v1/embeddings in the OpenAI shape, served by the
- * embedding models of the repository (docs/http.md, Embeddings):
+ * embeddings.c - embeddings served by the embedding models of the
+ * repository, in two shapes (docs/http.md, Embeddings):
  *
- *   {"model": "minilm", "input": "text" | ["text", ...], "encoding_format": "float" | "base64",
- *    "prompt_name": "query"}
- *   -> {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [...]}],
- *       "model": "minilm", "usage": {"prompt_tokens": N, "total_tokens": N}}
+ *   POST /v1/embeddings  OpenAI's:
+ *     {"model": "minilm", "input": "text" | ["text", ...], "encoding_format": "float" | "base64",
+ *      "prompt_name": "query"}
+ *     -> {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [...]}],
+ *         "model": "minilm", "usage": {"prompt_tokens": N, "total_tokens": N}}
+ *   POST /embed          Hugging Face TEI's:
+ *     {"inputs": "text" | ["text", ...], "normalize": true, "truncate", "truncation_direction",
+ *      "prompt_name": "query", "model"?}
+ *     -> [[...], ...]
  *
- * The request takes the inference pipeline (scope embed, rate limit, cache,
+ * Each request takes the inference pipeline (scope embed, rate limit, cache,
  * batcher) with these ops: parse reads the body, resolved prepends the
  * named prompt of the version that answers (config_sentence_transformers.json;
  * its default_prompt_name when the request names none) to every input, so
- * the cache key and the usage count the prompted texts; the scheduler pools
- * and normalises as the model's sentence-transformers files say, and
- * answer writes the answer. base64 is the little-endian
- * float32 bytes of each vector, as OpenAI sends it.
+ * the cache key and the usage count the prompted texts (one reader of
+ * prompt_name and one resolver for both shapes); the scheduler pools and
+ * normalises as the model's sentence-transformers files say, and answer
+ * writes the answer. base64 is the little-endian float32 bytes of each
+ * vector, as OpenAI sends it. TEI's normalize (default true) L2-normalises
+ * the vectors of a model whose files do not; false on a model whose files
+ * normalise is 422, since the vectors are computed normalised.
  *
  * Pure functions of their arguments (the fuzz target drives the parser).
  */
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "http_int.h"
 
-static int parse(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail) {
+/* What both shapes share: "model" (a string; null or absent: the default
+ * model), "prompt_name" (a string; null or absent: the model's default) and
+ * the texts at `field` (a string, or a non-empty list of at most
+ * max_inputs strings). 0, or -1 with fail filled. */
+static int parse_common(const http_limits *limits, json_t *body, const char *field, http_inputs *in,
+                        http_fail *fail) {
     if (!json_is_object(body))
         return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "request body must be a JSON object");
-    json_t *model = json_object_get(body, "model"), *input = json_object_get(body, "input");
-    json_t *format = json_object_get(body, "encoding_format"), *prompt = json_object_get(body, "prompt_name");
-    if (model && !json_is_string(model))
+    json_t *model = json_object_get(body, "model"), *input = json_object_get(body, field);
+    json_t *prompt = json_object_get(body, "prompt_name");
+    if (model && !json_is_null(model) && !json_is_string(model))
         return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "model must be a string");
+    in->model = json_string_value(model);
     if (prompt && !json_is_null(prompt) && !json_is_string(prompt))
         return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "prompt_name must be a string");
     in->prompt_name = json_string_value(prompt);
+    int single = json_is_string(input);
+    if (!single && !json_is_array(input))
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "%s must be a string or a list of strings", field);
+    size_t n = single ? 1 : json_array_size(input);
+    if (n == 0)
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "%s must not be empty", field);
+    if (n > limits->max_inputs)
+        return http_fail_set(fail, HTTP_ERR_TOO_MANY_INPUTS, "%s has %zu items; the limit is %zu per request",
+                             field, n, limits->max_inputs);
+    return http_inputs_collect(limits, single ? input : NULL, input, field, in, fail);
+}
+
+static int parse(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail) {
+    if (parse_common(limits, body, "input", in, fail) != 0)
+        return -1;
+    json_t *format = json_object_get(body, "encoding_format");
     if (format && !(json_is_string(format) && (strcmp(json_string_value(format), "float") == 0 ||
                                                strcmp(json_string_value(format), "base64") == 0)))
         return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "encoding_format must be float or base64");
     in->base64 = format && strcmp(json_string_value(format), "base64") == 0;
-    in->model = model ? json_string_value(model) : NULL;
-    int single = json_is_string(input);
-    if (!single && !json_is_array(input))
-        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "input must be a string or a list of strings");
-    size_t n = single ? 1 : json_array_size(input);
-    if (n == 0)
-        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "input must not be empty");
-    if (n > limits->max_inputs)
-        return http_fail_set(fail, HTTP_ERR_TOO_MANY_INPUTS, "input has %zu items; the limit is %zu per request", n,
-                             limits->max_inputs);
-    return http_inputs_collect(limits, single ? input : NULL, input, "input", in, fail);
+    return 0;
+}
+
+/* TEI's: texts longer than the model takes are truncated whatever
+ * "truncate" says (as on every endpoint), so only the right end can go. */
+static int parse_tei(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail) {
+    if (parse_common(limits, body, "inputs", in, fail) != 0)
+        return -1;
+    int truncate;
+    if (http_body_flag(body, "normalize", 1, &in->normalize, fail) ||
+        http_body_flag(body, "truncate", 0, &truncate, fail))
+        return -1;
+    json_t *dir = json_object_get(body, "truncation_direction");
+    if (dir && !json_is_null(dir) && !(json_is_string(dir) && strcasecmp(json_string_value(dir), "right") == 0))
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST,
+                             "truncation_direction must be Right: a text longer than the model takes keeps its "
+                             "beginning");
+    return 0;
 }
 
 /* Prepends the version's prompt (the one asked for, else its default) to
- * every input: the prompted strings replace the originals in the body,
- * which owns them. An unknown name is a 422 that lists the known ones. */
+ * every input: the prompted strings, kept in the body (which owns them),
+ * replace the texts. An unknown name is a 422 that lists the known ones.
+ * The one resolver of both shapes. */
 static int resolved(http_inputs *in, const serving_request *r, http_fail *fail) {
     const engine_model_info *info = serving_version_info(r->first);
     const char *name = in->prompt_name ? in->prompt_name : info->default_prompt_name, *prompt = NULL;
@@ -77,7 +117,9 @@ static int resolved(http_inputs *in, const serving_request *r, http_fail *fail) 
                              name, serving_version_model(r->first), known);
     }
     const size_t plen = strlen(prompt);
-    json_t *input = json_object_get(in->body, "input");
+    json_t *prompted = json_array();
+    if (!prompted || json_object_set_new(in->body, "\x01prompted", prompted) != 0)
+        return http_fail_set(fail, HTTP_ERR_INTERNAL, "out of memory");
     for (size_t i = 0; i < in->n; i++) {
         char *text = malloc(plen + in->lens[i] + 1);
         if (!text)
@@ -86,13 +128,23 @@ static int resolved(http_inputs *in, const serving_request *r, http_fail *fail) 
         memcpy(text + plen, in->texts[i], in->lens[i]);
         json_t *v = json_stringn_nocheck(text, plen + in->lens[i]);
         free(text);
-        if (!v || (json_is_string(input) ? json_object_set_new(in->body, "input", v)
-                                         : json_array_set_new(input, i, v)) != 0)
+        if (!v || json_array_append_new(prompted, v) != 0)
             return http_fail_set(fail, HTTP_ERR_INTERNAL, "out of memory");
         in->texts[i] = json_string_value(v);
         in->lens[i] += plen;
     }
     return 0;
+}
+
+/* TEI's normalize false cannot undo the normalisation of a model whose
+ * files ask for it; then the prompt, as /v1/embeddings applies it. */
+static int resolved_tei(http_inputs *in, const serving_request *r, http_fail *fail) {
+    if (!in->normalize && serving_version_info(r->first)->normalize)
+        return http_fail_set(fail, HTTP_ERR_UNSUPPORTED_MODEL,
+                             "normalize false: model '%s' gives L2-normalised vectors (its modules.json has a "
+                             "Normalize module, or it has no modules.json)",
+                             serving_version_model(r->first));
+    return resolved(in, r, fail);
 }
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -144,6 +196,33 @@ static size_t cache_params(const http_inputs *in, const serving_request *r, char
     return (size_t)snprintf(buf, cap, "embed:%s", in->base64 ? "base64" : "float");
 }
 
+/* [[...], ...]: each vector as the model gives it, L2-normalised when asked
+ * and the model's files do not (x / max(|x|, 1e-12), as engine_embed). */
+static char *answer_tei(const http_inputs *in, const serving_request *r) {
+    const engine_model_info *info = serving_version_info(r->first);
+    const size_t H = (size_t)info->hidden;
+    const int scale = in->normalize && !info->normalize;
+    json_t *list = json_array();
+    for (size_t i = 0; i < r->n; i++) {
+        const float *vec = r->out + i * H;
+        double norm = 0;
+        for (size_t k = 0; scale && k < H; k++)
+            norm += (double)vec[k] * vec[k];
+        const double inv = scale ? 1.0 / fmax(sqrt(norm), 1e-12) : 1.0;
+        json_t *emb = json_array();
+        for (size_t k = 0; k < H; k++)
+            json_array_append_new(emb, json_real((double)(float)(vec[k] * inv)));
+        json_array_append_new(list, emb);
+    }
+    return http_json_text(list);
+}
+
+/* The answer's shape is the endpoint's: keyed apart from /v1/embeddings. */
+static size_t cache_params_tei(const http_inputs *in, const serving_request *r, char *buf, size_t cap) {
+    (void)r;
+    return (size_t)snprintf(buf, cap, "tei-embed:%d", in->normalize);
+}
+
 const http_infer_ops http_embeddings_ops = {
     .task = SERVING_TASK_EMBED,
     .allow_cascade = 0,
@@ -151,4 +230,13 @@ const http_infer_ops http_embeddings_ops = {
     .resolved = resolved,
     .cache_params = cache_params,
     .answer = answer,
+};
+
+const http_infer_ops http_tei_embed_ops = {
+    .task = SERVING_TASK_EMBED,
+    .allow_cascade = 0,
+    .parse = parse_tei,
+    .resolved = resolved_tei,
+    .cache_params = cache_params_tei,
+    .answer = answer_tei,
 };

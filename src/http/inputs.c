@@ -1,8 +1,9 @@
 /*
  * inputs.c - what every endpoint's body parser shares: the checks of one
  * text (a string, not blank, within the length limit), collecting a list
- * of texts, JSON itself, the http_fail a parser fills instead of
- * answering, and the query parameters (?limit=&since=) handlers read.
+ * of texts, a boolean flag of a body, JSON itself, the http_fail a parser
+ * fills instead of answering, and the query parameters (?limit=&since=)
+ * handlers read.
  *
  * Pure functions of their arguments (the query readers: of the request),
  * so parsers can be fuzzed without a server (tests/fuzz/fuzz_bodies.c).
@@ -102,6 +103,18 @@ int http_inputs_collect(const http_limits *limits, json_t *one, json_t *list, co
     return 0;
 }
 
+
+int http_body_flag(json_t *body, const char *name, int dflt, int *out, http_fail *fail) {
+    json_t *v = json_object_get(body, name);
+    if (!v || json_is_null(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!json_is_boolean(v))
+        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "%s must be true or false", name);
+    *out = json_is_true(v);
+    return 0;
+}
 
 void http_inputs_free(http_inputs *in) {
     json_decref(in->body);

@@ -15,7 +15,9 @@
  *                    {"search_units": 1}}}
  *
  * The score is the sigmoid of the model's one logit (TEI's raw_scores: the
- * logit itself), as sentence-transformers' CrossEncoder.predict gives it.
+ * logit itself), as sentence-transformers' CrossEncoder.predict and TEI
+ * give it, whatever the model's problem_type (a regression cross-encoder's
+ * raw value is raw_scores).
  * A model with more than one label is not a reranker: 422. Pairs take no
  * cascade and no shadow. The cache key holds the query, and the flags that
  * change the answer.
@@ -73,27 +75,15 @@ static int parse_common(const http_limits *limits, json_t *body, const char *doc
     return http_inputs_collect(limits, NULL, docs, docs_field, in, fail);
 }
 
-/* A flag: absent is dflt; anything but a boolean is 422. */
-static int flag(json_t *body, const char *name, int dflt, int *out, http_fail *fail) {
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return 0;
-    }
-    if (!json_is_boolean(v))
-        return http_fail_set(fail, HTTP_ERR_INVALID_REQUEST, "%s must be true or false", name);
-    *out = json_is_true(v);
-    return 0;
-}
-
 static int parse_tei(const http_limits *limits, json_t *body, http_inputs *in, http_fail *fail) {
     if (parse_common(limits, body, "texts", 0, in, fail) != 0)
         return -1;
     int truncate;
     in->shape = SHAPE_TEI;
     in->top_n = in->n;
-    if (flag(body, "raw_scores", 0, &in->raw_scores, fail) || flag(body, "return_text", 0, &in->return_text, fail) ||
-        flag(body, "truncate", 1, &truncate, fail))
+    if (http_body_flag(body, "raw_scores", 0, &in->raw_scores, fail) ||
+        http_body_flag(body, "return_text", 0, &in->return_text, fail) ||
+        http_body_flag(body, "truncate", 1, &truncate, fail))
         return -1;
     return 0; /* texts longer than the model takes are truncated either way, as the other endpoints do */
 }
@@ -110,7 +100,7 @@ static int parse_cohere(const http_limits *limits, json_t *body, http_inputs *in
         if ((size_t)json_integer_value(top) < in->n)
             in->top_n = (size_t)json_integer_value(top);
     }
-    return flag(body, "return_documents", 1, &in->return_text, fail);
+    return http_body_flag(body, "return_documents", 1, &in->return_text, fail);
 }
 
 /* The query (by its hash) and what shapes the answer. */

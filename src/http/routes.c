@@ -84,6 +84,8 @@ const http_route http_routes[] = {
      DOC("Classify with a version or an alias of a model", "PredictRequest", PREDICTION)},
     {HTTP_POST, "/v1/embeddings", "/v1/embeddings", EMBED, INFER(http_embeddings_ops),
      DOC("Embed texts (OpenAI's embeddings API)", "EmbeddingsRequest", "200=EmbeddingList 404 422 429 503 504")},
+    {HTTP_POST, "/embed", "/embed", EMBED, INFER(http_tei_embed_ops),
+     DOC("Embed texts (Hugging Face TEI's API)", "TeiEmbedRequest", "200=TeiEmbedResponse 404 422 429 503 504")},
     /* Reranking with a cross-encoder. */
     {HTTP_POST, "/rerank", "/rerank", PREDICT, INFER(http_tei_rerank_ops),
      DOC("Rank texts by relevance to a query (Hugging Face TEI's API)", "TeiRerankRequest",

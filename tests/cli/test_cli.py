@@ -46,8 +46,11 @@ def usable_cases(model):
     return [c for c in expected(model)["cases"] if "\0" not in c["text"] and c["text"]]
 
 
-@pytest.mark.parametrize("model", ["distilbert-f32", "bert-f16", "bert-multilabel", "distilbert-relu-3label"])
+@pytest.mark.parametrize("model", ["distilbert-f32", "bert-f16", "bert-multilabel", "distilbert-relu-3label",
+                                   "roberta-regression"])
 def test_predict_matches_reference(model):
+    """"probs" are the reference's scores: softmax, sigmoid, or for a regression
+    model the raw logits."""
     cases = usable_cases(model)
     rc, out, err = run("predict", "--model", os.path.join(MODELS, model), "--threads", "2",
                        *[c["text"] for c in cases])
@@ -131,6 +134,17 @@ def test_info_describes_the_model():
     assert info["labels"] == ref["labels"]
     assert info["hidden_size"] == ref["hidden"] and info["layers"] == ref["n_layers"]
     assert info["parameters"] > 0
+    assert info["problem_type"] is None and info["score"] == "softmax"
+
+
+@pytest.mark.parametrize("model,problem,score", [("bert-multilabel", "multi_label_classification", "sigmoid"),
+                                                 ("xlmr-reranker", None, "sigmoid"),
+                                                 ("roberta-regression", "regression", "none")])
+def test_info_names_the_score_function(model, problem, score):
+    rc, out, _ = run("info", "--model", os.path.join(MODELS, model))
+    assert rc == 0 and out[0]["problem_type"] == problem and out[0]["score"] == score
+    rc, out, _ = run("info", "--model", os.path.join(MODELS, "bert-base-embed"))  # an encoder has none
+    assert rc == 0 and "score" not in out[0] and "problem_type" not in out[0]
 
 
 def test_invalid_utf8_line_gets_an_error_and_the_rest_their_results(tmp_path):
@@ -225,9 +239,9 @@ def test_eval_errors(tmp_path):
     rc, out, err = run("eval", "--model", d, "--data", str(tmp_path / "utf8.tsv"), "--format", "json")
     assert rc == 1 and out[0]["rejected"] == 1 and out[0]["evaluated"] == 2
     assert run("eval", "--model", d)[0] == 2  # no --data
-    rc, _, err = run("eval", "--model", os.path.join(MODELS, "bert-multilabel"), "--data",
-                     str(tmp_path / "utf8.tsv"))
-    assert rc == 2 and "single-label" in err
+    for model in ("bert-multilabel", "roberta-regression"):
+        rc, _, err = run("eval", "--model", os.path.join(MODELS, model), "--data", str(tmp_path / "utf8.tsv"))
+        assert rc == 2 and "single-label" in err
 
 
 # -- every command's own --help ------------------------------------------

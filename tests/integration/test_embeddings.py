@@ -3,10 +3,12 @@
 normalisation from a model's sentence-transformers files; named prompts
 selected by prompt_name), base64 equal to floats, usage equal to the tokens, the errors, and the official `openai` npm
 client (installed here with npm) talking to the server as an application
-would."""
+would. POST /embed, TEI's shape: the same vectors as lists, prompt_name with
+the same rule, TEI's normalize, its errors, cached apart from /v1/embeddings."""
 
 import base64
 import json
+import math
 import os
 import shutil
 import struct
@@ -115,6 +117,79 @@ def test_prompt_name(server_factory, tmp_path):
     assert "'query', 'passage'" in r.json()["error"]["message"]
     assert_error(s.post("/v1/embeddings", json={"model": "minilm", "input": "x", "prompt_name": 3}), 422,
                  "invalid_request")
+
+
+def test_tei_embed_prompt_name(server_factory, tmp_path):
+    s = server_factory(repo=make_repo(tmp_path, PROMPTS))
+    inputs = ["x", "a quiet film"]
+
+    def tei(**body):
+        return s.post("/embed", json={"model": "minilm", **body})
+
+    def v1(inp, **kw):
+        r = s.post("/v1/embeddings", json={"model": "minilm", "input": inp, **kw})
+        assert r.status_code == 200, r.text
+        return [d["embedding"] for d in r.json()["data"]]
+
+    r = tei(inputs=inputs, prompt_name="query")
+    assert r.status_code == 200 and r.headers["X-Model-Version"] == "1", r.text
+    prompted = r.json()
+    assert prompted == v1(inputs, prompt_name="query")       # the same rule, the same vectors
+    assert close(prompted[0], cli_embed(["query: x"], "--normalize")[0])
+    plain = tei(inputs=inputs).json()
+    assert plain == v1(inputs)
+    assert all(not close(a, b) for a, b in zip(prompted, plain))
+    assert tei(inputs="x", prompt_name="passage").json() == v1("x", prompt_name="passage")
+    assert tei(inputs="x", prompt_name=None).json() == [plain[0]]
+    r = tei(inputs="x", prompt_name="doc")
+    assert_error(r, 422, "invalid_request")
+    assert "prompt_name 'doc' is unknown" in r.json()["error"]["message"]
+    assert "'query', 'passage'" in r.json()["error"]["message"]
+    assert_error(tei(inputs="x", prompt_name=3), 422, "invalid_request")
+
+
+def test_tei_embed_shape_normalize_and_errors(server_factory, tmp_path):
+    # CLS pooling without a Normalize module: TEI's normalize applies here
+    st = {"modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                           {"idx": 1, "name": "1", "path": "1_Pooling",
+                            "type": "sentence_transformers.models.Pooling"}],
+          "1_Pooling/config.json": {"word_embedding_dimension": 32, "pooling_mode_cls_token": True}}
+    repo = make_repo(tmp_path, st)
+    os.symlink(EMBED, repo / "minilm" / "2")  # no sentence-transformers files: normalised
+    s = server_factory("--version-policy", "all", repo=repo)
+    raw = cli_embed(TEXTS, "--pooling", "cls")
+    r = s.post("/embed", json={"model": "minilm", "inputs": TEXTS}, headers={"X-Model-Version": "1"})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    for g, w in zip(got, raw):                           # normalize defaults to true
+        n = math.sqrt(sum(x * x for x in w))
+        assert close(g, [x / n for x in w]) and abs(sum(x * x for x in g) - 1) < 1e-5
+    r = s.post("/embed", json={"model": "minilm", "inputs": TEXTS[0], "normalize": False, "truncate": True,
+                               "truncation_direction": "Right"}, headers={"X-Model-Version": "1"})
+    assert r.status_code == 200 and close(r.json()[0], raw[0])
+    # version 2 normalises its vectors: normalize false cannot be had there
+    ok = s.post("/embed", json={"model": "minilm", "inputs": TEXTS[0]}, headers={"X-Model-Version": "2"})
+    assert ok.status_code == 200 and close(ok.json()[0], cli_embed(TEXTS[:1], "--normalize")[0])
+    r = s.post("/embed", json={"model": "minilm", "inputs": "x", "normalize": False}, headers={"X-Model-Version": "2"})
+    assert_error(r, 422, "unsupported_model")
+    assert "normalize" in r.json()["error"]["message"]
+    # cached apart from /v1/embeddings: each endpoint's own shape
+    s.post("/v1/embeddings", json={"model": "minilm", "input": "cache probe"})
+    r = s.post("/embed", json={"model": "minilm", "inputs": "cache probe"})
+    assert r.headers["X-Cache"] == "MISS" and isinstance(r.json()[0], list)
+    assert s.post("/embed", json={"model": "minilm", "inputs": "cache probe"}).headers["X-Cache"] == "HIT"
+    cases = [
+        ({"model": "minilm"}, 422, "invalid_request"),
+        ({"model": "minilm", "inputs": []}, 422, "invalid_request"),
+        ({"model": "minilm", "inputs": ["ok", 3]}, 422, "invalid_text"),
+        ({"model": "minilm", "inputs": " "}, 422, "empty_text"),
+        ({"model": "minilm", "inputs": "x", "normalize": "yes"}, 422, "invalid_request"),
+        ({"model": "minilm", "inputs": "x", "truncation_direction": "Left"}, 422, "invalid_request"),
+        ({"model": "sentiment", "inputs": "x"}, 422, "unsupported_model"),
+        ({"model": "nope", "inputs": "x"}, 404, "model_not_found"),
+    ]
+    for body, status, code in cases:
+        assert_error(s.post("/embed", json=body), status, code)
 
 
 def test_default_prompt_name(server_factory, tmp_path):

@@ -34,6 +34,7 @@ NEEDS_GATEWAY = {("get", "/v1/gateway/budgets")}
 GOOD_BODIES = {
     "PredictRequest": {"text": GOOD_TEXT},
     "EmbeddingsRequest": {"model": "minilm", "input": [GOOD_TEXT]},
+    "TeiEmbedRequest": {"model": "minilm", "inputs": [GOOD_TEXT]},
     "SeedBatchRequest": [GOOD_TEXT],
     "BatchRequest": {"inputs": [GOOD_TEXT]},
     "KServeInferRequest": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [GOOD_TEXT]}]},
@@ -135,9 +136,9 @@ def test_document_has_queries_headers_and_streams(server_factory):
     assert jobs[("query", "after")]["schema"] == {"type": "string"}
     # Every inference operation takes X-Model-Version and says which version answered.
     infer = [(path, m) for path, m, op in operations(doc)
-             if "Prediction" in str(op["responses"].get("200")) or path.endswith("/infer") or path == "/v1/embeddings"
-             or path.endswith("/rerank")]
-    assert len(infer) == 8, infer
+             if "Prediction" in str(op["responses"].get("200")) or path.endswith("/infer")
+             or path in ("/v1/embeddings", "/embed") or path.endswith("/rerank")]
+    assert len(infer) == 9, infer
     for path, m in infer:
         assert ("header", "X-Model-Version") in params(path, m), path
         assert "X-Model-Version" in doc["paths"][path][m]["responses"]["200"]["headers"], path
@@ -227,6 +228,7 @@ def special_errors(c):
         ("post", "/predict"): [(404, c.path("/predict"), {"json": GOOD_BODIES["PredictRequest"],
                                                            "headers": {"X-Model-Version": "9"}})],
         ("post", "/v1/embeddings"): [(404, "/v1/embeddings", {"json": {"model": "nope", "input": "x"}})],
+        ("post", "/embed"): [(404, "/embed", {"json": {"model": "nope", "inputs": "x"}})],
         ("post", "/v1/chat/completions"): [(404, "/v1/chat/completions", {"json": {"model": "m", "messages": []}})],
         ("get", "/v1/gateway/budgets"): [(404, "/v1/gateway/budgets", {})],
         ("post", "/v1/batch"): [(404, "/v1/batch", {"json": {"model": "nope", "inputs": ["x"]}})],

@@ -4,7 +4,8 @@
  *
  * Each case copies a good fixture model to a scratch directory, breaks one
  * thing (a config key, a file, the tensors) and loads it. Also: where
- * sentence_bert_config.json's max_seq_length sets the truncation.
+ * sentence_bert_config.json's max_seq_length sets the truncation, and what
+ * problem_type regression does to a classifier with several labels.
  */
 #include <fcntl.h>
 #include <jansson.h>
@@ -201,8 +202,12 @@ static void test_bad_config(void **state) {
     expect_load_error(ENGINE_ECONFIG, "config.json", "id2label");
 
     copy_fixture("bert-f32");
-    edit_config("problem_type", json_string("regression"));
-    expect_load_error(ENGINE_EUNSUPPORTED, "config.json", "regression");
+    edit_config("problem_type", json_string("ordinal_regression"));
+    expect_load_error(ENGINE_EUNSUPPORTED, "config.json", "ordinal_regression");
+
+    copy_fixture("bert-f32");
+    edit_config("problem_type", json_integer(1));
+    expect_load_error(ENGINE_ECONFIG, "config.json", "'problem_type'");
 
     copy_fixture("bert-f32");
     write_file("tokenizer_config.json", "{\"do_lower_case\": \"yes\"}");
@@ -337,8 +342,44 @@ static void test_sentence_transformers_max_seq_length(void **state) {
     expect_load_error(ENGINE_ECONFIG, "sentence_bert_config.json", "not a JSON object");
 }
 
+/* problem_type regression with several labels (transformers allows it: one
+ * float target per label): the same logits as without it, and the scores
+ * are those logits, for texts and for pairs (the one-label case is the
+ * roberta-regression fixture, test_model.c). */
+static void test_regression_labels(void **state) {
+    (void)state;
+    static const char *const texts[] = {"a gripping film", "dull", "Hello, world!"};
+    static const size_t lens[] = {15, 4, 13};
+    enum { N = 3, K = 3 };
+    engine_model *plain = NULL, *reg = NULL;
+    engine_error err = {0};
+    assert_int_equal(engine_model_load(FIXTURES "/roberta-cls", NULL, &plain, &err), 0);
+    copy_fixture("roberta-cls");
+    edit_config("problem_type", json_string("regression"));
+    if (engine_model_load(scratch, NULL, &reg, &err) != 0)
+        fail_msg("load: %s", err.message);
+    const engine_model_info *info = engine_model_get_info(reg);
+    assert_int_equal(info->n_labels, K);
+    assert_int_equal(info->problem_type, ENGINE_PROBLEM_REGRESSION);
+    assert_int_equal(info->score_fn, ENGINE_SCORE_NONE);
+    assert_string_equal(engine_score_fn_name(info->score_fn), "none");
+    assert_int_equal(engine_model_get_info(plain)->score_fn, ENGINE_SCORE_SOFTMAX);
+    float logits[N * K], scores[N * K], plain_logits[N * K], probs[N * K];
+    assert_int_equal(engine_classify(reg, texts, lens, N, logits, scores, &err), 0);
+    assert_int_equal(engine_classify(plain, texts, lens, N, plain_logits, probs, &err), 0);
+    assert_memory_equal(logits, plain_logits, sizeof logits);
+    assert_memory_equal(scores, logits, sizeof scores);
+    assert_false(memcmp(probs, logits, sizeof probs) == 0); /* the plain model's softmax */
+    assert_int_equal(engine_classify_pairs(reg, texts, lens, texts + 1, lens + 1, 2, logits, scores, NULL, &err), 0);
+    assert_memory_equal(scores, logits, 2 * K * sizeof *scores);
+    engine_model_free(reg);
+    engine_model_free(plain);
+    remove_scratch();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_regression_labels),
         cmocka_unit_test(test_new_architectures),
         cmocka_unit_test(test_sentence_transformers_max_seq_length),
         cmocka_unit_test(test_good_fixture_loads),

@@ -11,8 +11,10 @@
  *    sentence_bert_config.json);
  *  - engine_tokenize ids exactly (the Rust tokenizers' for tokenizer.json
  *    fixtures), and truncation to a smaller max_length;
- *  - engine_classify logits and probabilities (classifiers), or
- *    ENGINE_EUNSUPPORTED (embedding models);
+ *  - engine_classify logits and scores ("probs": probabilities, or for a
+ *    regression model the logits themselves) and the score function the
+ *    model info names (classifiers), or ENGINE_EUNSUPPORTED (embedding
+ *    models);
  *  - engine_embed mean and CLS pooling, raw and L2-normalised;
  *  - where the fixture has "pairs": engine_tokenize_pair ids and token
  *    types exactly, engine_classify_pairs logits and probabilities;
@@ -174,6 +176,21 @@ static void check_info(const fixture *fx, const engine_model *m)
     assert_int_equal(info->max_position, info_int(fx, "max_position"));
     assert_int_equal(info->max_length, fx->max_length);
     assert_int_equal(!!info->multi_label, info_int(fx, "multi_label"));
+    /* The scores the fixture's "probs" hold (transformers' pipeline): none
+     * for problem_type regression (named only by the fixtures that have
+     * it), a sigmoid for multi-label and one-label models, else softmax. */
+    const char *problem = json_string_value(json_object_get(fx->info, "problem_type"));
+    if (problem) {
+        assert_string_equal(problem, "regression");
+        assert_int_equal(info->problem_type, ENGINE_PROBLEM_REGRESSION);
+        assert_string_equal(engine_problem_name(info->problem_type), "regression");
+    }
+    if (!classify)
+        assert_int_equal(info->problem_type, ENGINE_PROBLEM_UNSET);
+    else
+        assert_int_equal(info->score_fn, problem                                  ? ENGINE_SCORE_NONE
+                                         : info->multi_label || fx->n_labels == 1 ? ENGINE_SCORE_SIGMOID
+                                                                                  : ENGINE_SCORE_SOFTMAX);
     assert_int_equal(!!info->do_lower_case, info_int(fx, "do_lower_case"));
     assert_true(info->n_params > 0);
     assert_true(info->weight_bytes > 0);

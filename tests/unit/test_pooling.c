@@ -7,7 +7,8 @@
  *    reference's mean times sqrt(tokens);
  *  - modules.json and the Pooling config.json (each mode, Normalize, the
  *    refusals), sentence_bert_config.json's do_lower_case (the text is
- *    lower-cased as Python's str.lower before tokenizing) and
+ *    lower-cased as Python's str.lower before tokenizing, final sigma
+ *    included) and
  *    config_sentence_transformers.json's prompts, on copies of fixtures in
  *    a temporary directory.
  */
@@ -299,6 +300,113 @@ static void test_do_lower_case(void **state) {
     tmp_model_remove(&t);
 }
 
+/* Python's str.lower() turns U+03A3 into final U+03C2 at the end of a
+ * word and U+03C3 elsewhere: the Final_Sigma context of Unicode's
+ * SpecialCasing (CPython's handle_capital_sigma: a cased character before
+ * it and none after it, case-ignorable characters skipped on both sides).
+ * The lowered text is seen through a byte-level BPE tokenizer (RoBERTa's,
+ * which maps every byte and never lower-cases), so equal ids mean equal
+ * bytes. Each `lower` below is what /usr/bin/python3 (3.11, Unicode 14.0)
+ * gave for text.lower() of its `text`, written out as UTF-8 bytes in C
+ * escapes by a short script (the comment above each: ascii() of the result). */
+static void test_do_lower_case_final_sigma(void **state) {
+    (void)state;
+    static const struct {
+        const char *what, *text, *lower;
+    } cases[] = {
+        /* '\u03bf\u03b4\u03bf\u03c2' */
+        {"word-final",
+         "\xce\x9f\xce\x94\xce\x9f\xce\xa3",
+         "\xce\xbf\xce\xb4\xce\xbf\xcf\x82"},
+        /* '\u03b1\u03c3\u03b1' */
+        {"in the middle",
+         "\xce\x91\xce\xa3\xce\x91",
+         "\xce\xb1\xcf\x83\xce\xb1"},
+        /* '\u03c3' */
+        {"alone",
+         "\xce\xa3",
+         "\xcf\x83"},
+        /* '\u03b1 \u03c3 \u03b1' */
+        {"alone between words",
+         "\xce\x91 \xce\xa3 \xce\x91",
+         "\xce\xb1 \xcf\x83 \xce\xb1"},
+        /* '\u03bf\u03b4\u03bf\u03c2, \u03bf\u03b4\u03bf\u03c2. \u03bf\u03b4\u03bf\u03c2!' */
+        {"before punctuation",
+         "\xce\x9f\xce\x94\xce\x9f\xce\xa3, \xce\x9f\xce\x94\xce\x9f\xce\xa3. \xce\x9f\xce\x94"
+         "\xce\x9f\xce\xa3!",
+         "\xce\xbf\xce\xb4\xce\xbf\xcf\x82, \xce\xbf\xce\xb4\xce\xbf\xcf\x82. \xce\xbf\xce\xb4"
+         "\xce\xbf\xcf\x82!"},
+        /* '\u03b1\u03c3.\u03b2' */
+        {"case-ignorable '.', then a letter",
+         "\xce\x91\xce\xa3.\xce\x92",
+         "\xce\xb1\xcf\x83.\xce\xb2"},
+        /* "\u03b1\u03c3'\u03b2 \u03b1'\u03c2" */
+        {"case-ignorable apostrophe, either side",
+         "\xce\x91\xce\xa3'\xce\x92 \xce\x91'\xce\xa3",
+         "\xce\xb1\xcf\x83'\xce\xb2 \xce\xb1'\xcf\x82"},
+        /* '\u03b1\u03c2\u0301 \u03b1\u03c3\u0301\u0308\u03b2' */
+        {"combining marks after",
+         "\xce\x91\xce\xa3\xcc\x81 \xce\x91\xce\xa3\xcc\x81\xcc\x88\xce\x92",
+         "\xce\xb1\xcf\x82\xcc\x81 \xce\xb1\xcf\x83\xcc\x81\xcc\x88\xce\xb2"},
+        /* '\u03b1\u0301\u03c2' */
+        {"combining mark before",
+         "\xce\x91\xcc\x81\xce\xa3",
+         "\xce\xb1\xcc\x81\xcf\x82"},
+        /* '\u03b1\u03c3\u0387\u03b2 \u03b1\u0387\u03c2' */
+        {"Greek ano teleia (case-ignorable)",
+         "\xce\x91\xce\xa3\xce\x87\xce\x92 \xce\x91\xce\x87\xce\xa3",
+         "\xce\xb1\xcf\x83\xce\x87\xce\xb2 \xce\xb1\xce\x87\xcf\x82"},
+        /* '\u03b1\u03c3\u200b\u03b2' */
+        {"zero-width space (case-ignorable)",
+         "\xce\x91\xce\xa3\xe2\x80\x8b\xce\x92",
+         "\xce\xb1\xcf\x83\xe2\x80\x8b\xce\xb2"},
+        /* '\u2170\u03c2 \xaa\u03c2 \u03b1\u03c3\u24d0' */
+        {"cased non-letters",
+         "\xe2\x85\xa0\xce\xa3 \xc2\xaa\xce\xa3 \xce\x91\xce\xa3\xe2\x93\x90",
+         "\xe2\x85\xb0\xcf\x82 \xc2\xaa\xcf\x82 \xce\xb1\xcf\x83\xe2\x93\x90"},
+        /* '\u02b0\u03c3' */
+        {"cased but case-ignorable before",
+         "\xca\xb0\xce\xa3",
+         "\xca\xb0\xcf\x83"},
+        /* '\u03c3\u03c2 \u03b1\u03c3\u03c2' */
+        {"two in a row",
+         "\xce\xa3\xce\xa3 \xce\x91\xce\xa3\xce\xa3",
+         "\xcf\x83\xcf\x82 \xce\xb1\xcf\x83\xcf\x82"},
+        /* '\u03b1\u03c21' */
+        {"digit after",
+         "\xce\x91\xce\xa3" "1",
+         "\xce\xb1\xcf\x82" "1"},
+        /* 'i\u0307\u03c2' */
+        {"after U+0130",
+         "\xc4\xb0\xce\xa3",
+         "i\xcc\x87\xcf\x82"},
+    };
+    engine_error err = {0};
+    engine_model *plain, *lowered;
+    tmp_model t;
+    tmp_model_make(&t, "roberta-embed-bf16");
+    assert_int_equal(load(&t, &plain, &err), 0);
+    tmp_model_write(&t, "sentence_bert_config.json", "{\"do_lower_case\": true}");
+    assert_int_equal(load(&t, &lowered, &err), 0);
+    const size_t max_length = (size_t)engine_model_get_info(plain)->max_length;
+    int32_t a[256], b[256];
+    size_t na, nb;
+    /* the tokenizer tells the two small sigmas apart */
+    tokenize(plain, "\xcf\x83", a, &na);
+    tokenize(plain, "\xcf\x82", b, &nb);
+    assert_false(na == nb && memcmp(a, b, na * sizeof *a) == 0);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        tokenize(lowered, cases[i].text, a, &na);
+        tokenize(plain, cases[i].lower, b, &nb);
+        assert_true(nb < max_length); /* nothing cut off */
+        if (na != nb || memcmp(a, b, na * sizeof *a) != 0)
+            fail_msg("%s: the lowered text is not Python's str.lower()", cases[i].what);
+    }
+    engine_model_free(plain);
+    engine_model_free(lowered);
+    tmp_model_remove(&t);
+}
+
 static void test_prompts(void **state) {
     (void)state;
     engine_error err = {0};
@@ -337,6 +445,7 @@ int main(void) {
         cmocka_unit_test(test_pooling_modes),
         cmocka_unit_test(test_modules_and_pooling_config),
         cmocka_unit_test(test_do_lower_case),
+        cmocka_unit_test(test_do_lower_case_final_sigma),
         cmocka_unit_test(test_prompts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -314,13 +314,14 @@ typedef struct http_inputs {
     const char *field;   /* how errors name the texts: "text", or a list's name ("texts[3]") */
     int outputs;         /* KServe: 1 label, 2 probabilities */
     int base64;          /* embeddings: vectors as base64 */
+    int normalize;       /* TEI embed: L2-normalised vectors */
     const char *query;   /* rerank: each text is scored paired with it; NULL: single texts */
     size_t query_len;
     int shape;           /* rerank: TEI's or Cohere's answer */
     size_t top_n;        /* rerank: results in the answer */
     int raw_scores;      /* rerank: the logit instead of its sigmoid */
     int return_text;     /* rerank: each result carries its text */
-    const char *prompt_name; /* embeddings: the named prompt asked for; NULL: the model's default */
+    const char *prompt_name; /* embeddings, TEI embed: the named prompt asked for; NULL: the model's default */
 } http_inputs;
 
 struct http_infer_ops {
@@ -344,7 +345,8 @@ struct http_infer_ops {
 
 extern const http_infer_ops http_seed_predict_ops; /* predict.c */
 extern const http_infer_ops http_kserve_infer_ops; /* kserve.c */
-extern const http_infer_ops http_embeddings_ops;   /* embeddings.c */
+extern const http_infer_ops http_embeddings_ops;   /* embeddings.c: POST /v1/embeddings */
+extern const http_infer_ops http_tei_embed_ops;    /* embeddings.c: POST /embed */
 extern const http_infer_ops http_tei_rerank_ops;   /* rerank.c: POST /rerank */
 extern const http_infer_ops http_rerank_ops;       /* rerank.c: POST /v1/rerank */
 
@@ -388,6 +390,9 @@ char *http_json_text(json_t *v);
  * most 12), or with alias_ok an alias name (serving_alias_name_valid). The
  * one rule for paths ({version}, {ref}) and X-Model-Version. */
 int http_version_ref_valid(const char *ref, int alias_ok);
+/* inputs.c: the boolean body[name] into *out: dflt when absent or null;
+ * anything but true or false is 422 (-1 with fail filled). */
+int http_body_flag(json_t *body, const char *name, int dflt, int *out, http_fail *fail);
 /* inputs.c: frees what in holds and zeroes it. */
 void http_inputs_free(http_inputs *in);
 /* pipeline.c: the client asked for a fresh answer (Cache-Control or
