@@ -10,8 +10,9 @@
 #    --skip-check when missing) and the bundled sentiment model (the newest of
 #    models/sentiment/2 and models/sentiment/1 that exists).
 #  - Servers, per model: the seed, and one aiserve per quantization mode in
-#    BENCH_MODES (`--quantization MODE`) and per value in BENCH_ENGINE_NICE
-#    (`--engine-nice N`). All are started at once, each on its own port,
+#    BENCH_MODES (`--quantization MODE`), per value in BENCH_ENGINE_NICE
+#    (`--engine-nice N`) and per value in BENCH_ENGINE_THREADS
+#    (`--engine-threads N`). All are started at once, each on its own port,
 #    waited for (seed: GET /health, aiserve: GET /health/ready), checked
 #    (probe.py: every sentence answered with a valid label) and warmed up
 #    one after another; the runs then take turns (below), so drift of the
@@ -38,7 +39,8 @@
 # BENCH_CONCURRENCY ("1 8 64"), BENCH_ROUNDS (1), BENCH_LOADS ("quiet busy"),
 # BENCH_BUSY_PROCS (the CPU count), BENCH_MODES ("none bf16 int8"),
 # BENCH_ENGINE_NICE ("0"; "5 0" measures the compute threads at nice +5
-# beside the default), BENCH_WRK_THREADS (1), BENCH_THREADS (torch threads
+# beside the default), BENCH_ENGINE_THREADS ("0", one compute thread per CPU;
+# "0 4" adds servers with 4, named -t4), BENCH_WRK_THREADS (1), BENCH_THREADS (torch threads
 # for the seed: 1, see below), BENCH_MODELS ("distilbert-base sentiment"),
 # BENCH_SKIP (any of "seed aiserve"), BENCH_AISERVE_ARGS (extra arguments to
 # every `aiserve serve`).
@@ -63,6 +65,7 @@ NCPU=$(nproc)
 BUSY_PROCS=${BENCH_BUSY_PROCS:-$NCPU}
 MODES=${BENCH_MODES:-none bf16 int8}
 NICES=${BENCH_ENGINE_NICE:-0}
+ENGINE_THREADS=${BENCH_ENGINE_THREADS:-0}
 WRK_THREADS=${BENCH_WRK_THREADS:-1}
 # The seed's torch threads. 1 by default: with torch's default (the core
 # count) every concurrent request in FastAPI's threadpool runs its own
@@ -170,17 +173,21 @@ free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# The servers of a model: seed, then aiserve per mode and nice value.
+# The servers of a model: seed, then aiserve per mode, nice value and
+# compute-thread count.
 server_names() {
-  local m n name
+  local m n t name
   skipped seed || echo seed
   if ! skipped aiserve; then
-    for n in $NICES; do
-      for m in $MODES; do
-        name=aiserve
-        [[ "$m" == none ]] || name="$name-$m"
-        [[ "$n" == 0 ]] || name="$name-nice$n"
-        echo "$name"
+    for t in $ENGINE_THREADS; do
+      for n in $NICES; do
+        for m in $MODES; do
+          name=aiserve
+          [[ "$m" == none ]] || name="$name-$m"
+          [[ "$n" == 0 ]] || name="$name-nice$n"
+          [[ "$t" == 0 ]] || name="$name-t$t"
+          echo "$name"
+        done
       done
     done
   fi
@@ -198,7 +205,7 @@ BENCH_META_DUR=$DUR BENCH_META_WARMUP=$WARMUP BENCH_META_CONCS="$CONCS" \
 BENCH_META_WRK_THREADS=$WRK_THREADS BENCH_META_THREADS=$THREADS \
 BENCH_META_ROUNDS=$ROUNDS BENCH_META_LOADS="$LOADS" BENCH_META_BUSY=$BUSY_PROCS \
 BENCH_META_AISERVE_ARGS="${BENCH_AISERVE_ARGS:-}" \
-BENCH_META_CMD="BENCH_DURATION=$DUR BENCH_CONCURRENCY='$CONCS' BENCH_ROUNDS=$ROUNDS BENCH_LOADS='$LOADS' BENCH_MODES='$MODES' BENCH_ENGINE_NICE='$NICES' BENCH_MODELS='$MODELS' bench/http/run.sh" \
+BENCH_META_CMD="BENCH_DURATION=$DUR BENCH_CONCURRENCY='$CONCS' BENCH_ROUNDS=$ROUNDS BENCH_LOADS='$LOADS' BENCH_MODES='$MODES' BENCH_ENGINE_NICE='$NICES' BENCH_ENGINE_THREADS='$ENGINE_THREADS' BENCH_MODELS='$MODELS' bench/http/run.sh" \
 "$PY" - "$META" <<'EOF'
 import json, os, platform, sys
 e = os.environ
@@ -297,7 +304,9 @@ start_server() {  # name model_name model_dir
     mode=none
     [[ "$name" =~ ^aiserve-(bf16|int8) ]] && mode=${BASH_REMATCH[1]}
     nice=0
-    [[ "$name" =~ -nice([0-9]+)$ ]] && nice=${BASH_REMATCH[1]}
+    [[ "$name" =~ -nice([0-9]+) ]] && nice=${BASH_REMATCH[1]}
+    local engine_threads=0
+    [[ "$name" =~ -t([0-9]+)$ ]] && engine_threads=${BASH_REMATCH[1]}
     local mversion=1
     [[ "$model" == sentiment ]] && mversion=$(basename "$dir")
     mkdir -p "$TMP/repo-$name/sentiment"
@@ -307,6 +316,7 @@ start_server() {  # name model_name model_dir
     local mode_args=()
     [[ "$mode" == none ]] || mode_args+=(--quantization "$mode")
     [[ "$nice" == 0 ]] || mode_args+=(--engine-nice "$nice")
+    [[ "$engine_threads" == 0 ]] || mode_args+=(--engine-threads "$engine_threads")
     # Cache and rate limit off: this benchmark measures inference and
     # batching (the seed had neither on /predict); bench/cache measures hits.
     # Batch jobs off: several servers run at once, and each would want the
