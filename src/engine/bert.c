@@ -6,7 +6,8 @@
  * chunks that threads claim (threadpool.h):
  *   QKV      three linear layers, chunks of output columns
  *   attend   one chunk per (sequence, head): S = Q K^T / sqrt(d) (+ MPNet's
- *            relative bias), softmax, C = S V, with per-thread score scratch
+ *            relative bias), softmax, C = S V, with per-thread scratch for
+ *            the scores and the head's keys transposed
  *   proj     output projection, chunks of columns
  *   norm     residual + LayerNorm, chunks of rows
  *   ff1      linear + activation, chunks of columns
@@ -385,7 +386,7 @@ typedef struct forward {
     const bert_layer *layer;
     stage stage;
     float *x, *q, *k, *v, *ctx, *tmp, *ff;
-    float *scores;      /* per thread: max_len * max_len */
+    float *scores;      /* per thread: attend_floats (scores, and K transposed) */
     float *rel;         /* MPNet: per head, 2 max_len - 1 biases by key - query; else NULL */
     int max_len;
     int rows_per_chunk; /* row stages */
@@ -445,23 +446,39 @@ static void linear(const forward *f, const bert_linear *lin, const float *in, in
     }
 }
 
+/* Score rows are padded to whole vectors of 16 (the padding columns hold
+ * zeros that no one reads). */
+static size_t pad16(size_t n) { return (n + 15) / 16 * 16; }
+
+/* A thread's attention scratch for sequences of up to L tokens: the scores
+ * (L rows of pad16(L)) and one head's keys transposed (d rows of pad16(L)). */
+static size_t attend_floats(const model_config *cfg, size_t L) {
+    return (L + (size_t)(cfg->hidden / cfg->n_heads)) * pad16(L);
+}
+
+/* S = (Q / sqrt(d)) K^T as Q times K transposed and scaled, both products
+ * of attention then broadcast A's values over rows of B (gemm_nn) instead
+ * of reducing a dot product's lanes for every score (gemm_nt): at a head's
+ * 64 values the reductions cost as much as the products. */
 static void run_attend(forward *f, int item, int thread) {
     const int H = f->cfg->hidden, n_heads = f->cfg->n_heads, d = H / n_heads;
     const float scale = 1.0f / sqrtf((float)d);
-    const size_t stride = ((size_t)f->max_len * f->max_len + 15) / 16 * 16;
-    float *S = f->scores + (size_t)thread * stride;
+    float *S = f->scores + (size_t)thread * attend_floats(f->cfg, (size_t)f->max_len);
     int s = item / n_heads, h = item % n_heads;
     int t0 = f->batch->offsets[s], L = f->batch->offsets[s + 1] - t0;
+    const int Lp = (int)pad16((size_t)L);
+    float *Kt = S + (size_t)L * Lp;
     size_t base = (size_t)t0 * H + (size_t)h * d;
-    f->ops->gemm_nt(L, L, d, scale, f->q + base, H, f->k + base, H, NULL, S, L);
+    f->ops->transpose(f->k + base, L, d, H, scale, Kt, Lp);
+    f->ops->gemm_nn(L, Lp, d, f->q + base, H, Kt, Lp, S, Lp);
     /* MPNet: row r gets bias[c - r] at column c */
     const float *bias = f->rel ? f->rel + (size_t)h * (2 * f->max_len - 1) + f->max_len - 1 : NULL;
     for (int r = 0; r < L; r++) {
         if (bias)
-            f->ops->add(S + (size_t)r * L, bias - r, (size_t)L);
-        f->ops->softmax(S + (size_t)r * L, (size_t)L);
+            f->ops->add(S + (size_t)r * Lp, bias - r, (size_t)L);
+        f->ops->softmax(S + (size_t)r * Lp, (size_t)L);
     }
-    f->ops->gemm_nn(L, d, L, S, L, f->v + base, H, f->ctx + base, H);
+    f->ops->gemm_nn(L, d, L, S, Lp, f->v + base, H, f->ctx + base, H);
 }
 
 /* row = table[i] (add 0) or row += table[i] (add 1), widening F16 / BF16
@@ -711,10 +728,10 @@ static size_t rel_floats(const model_config *cfg, size_t L) {
 
 size_t bert_scratch_floats(const model_config *cfg, const bert_batch *batch, int n_threads) {
     const size_t T = (size_t)batch->n_tokens, L = (size_t)max_seq_len(batch);
-    /* q, k, v, ctx, tmp (T x H each), ff (T x F), per-thread scores (L x L),
+    /* q, k, v, ctx, tmp (T x H each), ff (T x F), per-thread attention scratch,
      * MPNet's bias table; each part rounded up to whole cache lines. */
     return 5 * ((T * cfg->hidden + 15) / 16 * 16) + (T * cfg->intermediate + 15) / 16 * 16 +
-           (size_t)n_threads * ((L * L + 15) / 16 * 16) + rel_floats(cfg, L);
+           (size_t)n_threads * attend_floats(cfg, L) + rel_floats(cfg, L);
 }
 
 /* transformers' MPNetEncoder.relative_position_bucket(key - query) with 32
@@ -787,7 +804,7 @@ void bert_encode(const bert_weights *w, const model_config *cfg, const bert_batc
     f.ff = f.tmp + th;
     f.scores = f.ff + tf;
     if (w->rel_bias) {
-        f.rel = f.scores + (size_t)n_threads * (((size_t)f.max_len * f.max_len + 15) / 16 * 16);
+        f.rel = f.scores + (size_t)n_threads * attend_floats(cfg, (size_t)f.max_len);
         fill_rel_bias(&f);
     }
     f.quant = w->quant;

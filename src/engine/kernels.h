@@ -51,6 +51,11 @@ typedef struct kernel_ops {
     /* C[m x n] = A[m x k] * B[k x n] */
     void (*gemm_nn)(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c,
                     int ldc);
+    /* dst[c][r] = alpha * src[r][c] for r < rows, c < cols (src rows of lds
+     * floats, dst rows of ldd >= rows floats), and dst[c][r] = 0 for rows <= r
+     * < ldd: attention's keys, transposed for gemm_nn. The scaling is one
+     * float multiply, so every set writes the same bits. */
+    void (*transpose)(const float *src, int rows, int cols, int lds, float alpha, float *dst, int ldd);
 } kernel_ops;
 
 const kernel_ops *kernels_scalar(void);
@@ -70,6 +75,8 @@ void kernels_gemm_nt_blas(int m, int n, int k, float alpha, const float *x, int 
                           int ldw, const float *bias, float *c, int ldc);
 void kernels_gemm_nn_blas(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                           float *c, int ldc);
+/* The scalar set's transpose, for sets without their own. */
+void kernels_transpose_scalar(const float *src, int rows, int cols, int lds, float alpha, float *dst, int ldd);
 
 /* Widen half-precision weights to F32; src needs no alignment. */
 void kernels_f16_to_f32(const void *src, float *dst, size_t n); /* F16C when the CPU has it */

@@ -14,8 +14,12 @@
  * per k block. Blocking: k in blocks of 768 (partial sums added into C);
  * rows of X in blocks of 144 (in L2), and each 4-row slice of W (12 KB)
  * stays in L1 while a block's rows pass it. Single-thread on the
- * DistilBERT shapes: about 200 GFLOP/s at 128 rows, 150-180 at 1024. gemm_nn (attention's P V) broadcasts P
- * and streams rows of V, for n a multiple of 16 up to 64.
+ * DistilBERT shapes: about 200 GFLOP/s at 128 rows, 150-180 at 1024.
+ *
+ * gemm_nn (attention: Q K^T against a transposed K, and P V) broadcasts
+ * one value of A and streams rows of B, for n a multiple of 16: no lane
+ * reduction, so it suits the short k (a head's 64 values) of attention,
+ * where gemm_nt's reductions would cost as much as its products.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -310,23 +314,81 @@ static inline __attribute__((always_inline)) void gemm_nn_block(const int mr, co
             gemm_nn_block(1, nv, k, a + (size_t)i * lda, lda, b, ldb, c + (size_t)i * ldc, ldc); \
     } while (0)
 
-static void avx512_gemm_nn(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
-                           float *c, int ldc) {
-    switch (n) {
-    case 16:
+/* C[m x 16 nv] for one strip of columns. */
+static void gemm_nn_strip(int nv, int m, int k, const float *a, int lda, const float *b, int ldb, float *c,
+                          int ldc) {
+    switch (nv) {
+    case 1:
         GEMM_NN_ROWS(1);
         break;
-    case 32:
+    case 2:
         GEMM_NN_ROWS(2);
         break;
-    case 48:
+    case 3:
         GEMM_NN_ROWS(3);
         break;
-    case 64:
-        GEMM_NN_ROWS(4);
-        break;
     default:
+        GEMM_NN_ROWS(4);
+    }
+}
+
+/* n a multiple of 16: strips of 64 columns (A's rows stay in L1 across
+ * them); other n: OpenBLAS. */
+static void avx512_gemm_nn(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                           float *c, int ldc) {
+    if (n % 16 != 0) {
         kernels_gemm_nn_blas(m, n, k, a, lda, b, ldb, c, ldc);
+        return;
+    }
+    for (int j = 0; j < n; j += 64)
+        gemm_nn_strip(n - j >= 64 ? 4 : (n - j) / 16, m, k, a, lda, b + j, ldb, c + j, ldc);
+}
+
+/* In-register transpose of 16 rows of 16 floats: pairs of rows interleaved
+ * (unpack), then pairs of pairs (shuffle), then 128-bit lanes across four
+ * and two rows (shuffle_f32x4): row i of the result is column i. */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+
+/* 16 x 16 blocks through registers; rows past `rows` load as zeros, which
+ * are the padding dst wants; columns in blocks of 16 with a masked tail. */
+static void avx512_transpose(const float *src, int rows, int cols, int lds, float alpha, float *dst, int ldd) {
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+        const __mmask16 cm = tail_mask((size_t)(cols - c0));
+        for (int r0 = 0; r0 < ldd; r0 += 16) {
+            __m512 v[16];
+            for (int i = 0; i < 16; i++)
+                v[i] = r0 + i < rows ? _mm512_mul_ps(va, _mm512_maskz_loadu_ps(cm, src + (size_t)(r0 + i) * lds + c0))
+                                     : _mm512_setzero_ps();
+            transpose16(v);
+            const __mmask16 rm = tail_mask((size_t)(ldd - r0));
+            for (int i = 0; i < 16 && c0 + i < cols; i++)
+                _mm512_mask_storeu_ps(dst + (size_t)(c0 + i) * ldd + r0, rm, v[i]);
+        }
     }
 }
 
@@ -339,6 +401,7 @@ static const kernel_ops avx512_ops = {
     .add = avx512_add,
     .gemm_nt = avx512_gemm_nt,
     .gemm_nn = avx512_gemm_nn,
+    .transpose = avx512_transpose,
 };
 
 const kernel_ops *kernels_avx512(void) {

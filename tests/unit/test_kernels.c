@@ -91,7 +91,7 @@ static void check_set(const kernel_ops *simd) {
 static void check_gemm(const kernel_ops *simd) {
     const kernel_ops *ref = kernels_scalar();
     static const int ms[] = {1, 2, 5, 6, 7, 13, 64, 71};
-    static const int ns[] = {4, 8, 12, 16, 32, 48, 64, 6, 3};
+    static const int ns[] = {4, 8, 12, 16, 32, 48, 64, 80, 144, 6, 3}; /* 80, 144: gemm_nn's strips of 64 */
     static const int ks[] = {1, 15, 16, 17, 64, 100, 768, 800, 1601};
     for (size_t a = 0; a < sizeof ms / sizeof *ms; a++)
         for (size_t b = 0; b < sizeof ns / sizeof *ns; b++)
@@ -118,10 +118,43 @@ static void check_gemm(const kernel_ops *simd) {
                     memset(c2, 0, sizeof(float) * m * ldc);
                     ref->gemm_nn(m, n, k, x, ldx, w, n, c1, ldc);
                     simd->gemm_nn(m, n, k, x, ldx, w, n, c2, ldc);
-                    for (int i = 0; i < m; i++)
+                    for (int i = 0; i < m; i++) {
                         assert_true(max_abs_diff(c1 + (size_t)i * ldc, c2 + (size_t)i * ldc, (size_t)n) < tol);
+                        for (int j = n; j < ldc; j++)
+                            assert_true(c2[(size_t)i * ldc + j] == 0.0f);
+                    }
                 }
                 free(x), free(w), free(bias), free(c1), free(c2);
+            }
+}
+
+/* Attention's key transpose: the same bits as the scalar set (one multiply
+ * each), zeros in the padding, nothing written past a row's ldd. */
+static void check_transpose(const kernel_ops *simd) {
+    const kernel_ops *ref = kernels_scalar();
+    static const int rows_list[] = {1, 15, 16, 17, 37, 64, 130};
+    static const int cols_list[] = {1, 16, 32, 40, 64};
+    for (size_t a = 0; a < sizeof rows_list / sizeof *rows_list; a++)
+        for (size_t b = 0; b < sizeof cols_list / sizeof *cols_list; b++)
+            for (int pad = 0; pad < 2; pad++) {
+                const int rows = rows_list[a], cols = cols_list[b], lds = cols + 5;
+                const int ldd = pad ? (rows + 15) / 16 * 16 : rows + 3;
+                const size_t n = (size_t)cols * ldd;
+                float *src = malloc(sizeof(float) * (size_t)rows * lds);
+                float *d1 = malloc(sizeof(float) * (n + 1)), *d2 = malloc(sizeof(float) * (n + 1));
+                fill(src, (size_t)rows * lds, (unsigned)(rows * 7 + cols), 1.0f);
+                fill(d1, n + 1, 3, 9.0f); /* garbage where the padding goes */
+                fill(d2, n + 1, 3, 9.0f);
+                const float canary = d2[n];
+                ref->transpose(src, rows, cols, lds, 0.125f, d1, ldd);
+                simd->transpose(src, rows, cols, lds, 0.125f, d2, ldd);
+                assert_memory_equal(d1, d2, n * sizeof(float));
+                assert_true(d2[n] == canary);
+                for (int c = 0; c < cols; c++)
+                    for (int r = 0; r < ldd; r++)
+                        assert_true(d2[(size_t)c * ldd + r] ==
+                                    (r < rows ? 0.125f * src[(size_t)r * lds + c] : 0.0f));
+                free(src), free(d1), free(d2);
             }
 }
 
@@ -131,6 +164,7 @@ static void test_avx2_matches_scalar(void **state) {
         skip();
     check_set(kernels_avx2());
     check_gemm(kernels_avx2());
+    check_transpose(kernels_avx2());
 }
 
 static void test_avx512_matches_scalar(void **state) {
@@ -139,6 +173,7 @@ static void test_avx512_matches_scalar(void **state) {
         skip();
     check_set(kernels_avx512());
     check_gemm(kernels_avx512());
+    check_transpose(kernels_avx512());
 }
 
 static void test_scalar_reference_values(void **state) {
