@@ -456,21 +456,26 @@ static size_t attend_floats(const model_config *cfg, size_t L) {
     return (L + (size_t)(cfg->hidden / cfg->n_heads)) * pad16(L);
 }
 
-/* S = (Q / sqrt(d)) K^T as Q times K transposed and scaled, both products
- * of attention then broadcast A's values over rows of B (gemm_nn) instead
- * of reducing a dot product's lanes for every score (gemm_nt): at a head's
- * 64 values the reductions cost as much as the products. */
+/* S = Q K^T / sqrt(d). Where the kernel set transposes, as Q times the
+ * head's keys transposed and scaled: then both products of attention
+ * broadcast A's values over rows of B (gemm_nn) instead of reducing a dot
+ * product's lanes for every score (gemm_nt), which at a head's 64 values
+ * cost as much as the products. */
 static void run_attend(forward *f, int item, int thread) {
     const int H = f->cfg->hidden, n_heads = f->cfg->n_heads, d = H / n_heads;
     const float scale = 1.0f / sqrtf((float)d);
     float *S = f->scores + (size_t)thread * attend_floats(f->cfg, (size_t)f->max_len);
     int s = item / n_heads, h = item % n_heads;
     int t0 = f->batch->offsets[s], L = f->batch->offsets[s + 1] - t0;
-    const int Lp = (int)pad16((size_t)L);
-    float *Kt = S + (size_t)L * Lp;
+    const int Lp = f->ops->transpose ? (int)pad16((size_t)L) : L; /* a score row's stride */
     size_t base = (size_t)t0 * H + (size_t)h * d;
-    f->ops->transpose(f->k + base, L, d, H, scale, Kt, Lp);
-    f->ops->gemm_nn(L, Lp, d, f->q + base, H, Kt, Lp, S, Lp);
+    if (f->ops->transpose) {
+        float *Kt = S + (size_t)L * Lp;
+        f->ops->transpose(f->k + base, L, d, H, scale, Kt, Lp);
+        f->ops->gemm_nn(L, Lp, d, f->q + base, H, Kt, Lp, S, Lp);
+    } else {
+        f->ops->gemm_nt(L, L, d, scale, f->q + base, H, f->k + base, H, NULL, S, L);
+    }
     /* MPNet: row r gets bias[c - r] at column c */
     const float *bias = f->rel ? f->rel + (size_t)h * (2 * f->max_len - 1) + f->max_len - 1 : NULL;
     for (int r = 0; r < L; r++) {

@@ -93,16 +93,6 @@ void kernels_gemm_nn_blas(int m, int n, int k, const float *a, int lda, const fl
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
-void kernels_transpose_scalar(const float *src, int rows, int cols, int lds, float alpha, float *dst, int ldd) {
-    for (int c = 0; c < cols; c++) {
-        float *d = dst + (size_t)c * ldd;
-        for (int r = 0; r < rows; r++)
-            d[r] = alpha * src[(size_t)r * lds + c];
-        for (int r = rows; r < ldd; r++)
-            d[r] = 0.0f;
-    }
-}
-
 static const kernel_ops scalar_ops = {
     .name = "scalar",
     .gelu = scalar_gelu,
@@ -112,7 +102,6 @@ static const kernel_ops scalar_ops = {
     .add = scalar_add,
     .gemm_nt = kernels_gemm_nt_blas,
     .gemm_nn = kernels_gemm_nn_blas,
-    .transpose = kernels_transpose_scalar,
 };
 
 const kernel_ops *kernels_scalar(void) { return &scalar_ops; }

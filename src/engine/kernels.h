@@ -53,8 +53,9 @@ typedef struct kernel_ops {
                     int ldc);
     /* dst[c][r] = alpha * src[r][c] for r < rows, c < cols (src rows of lds
      * floats, dst rows of ldd >= rows floats), and dst[c][r] = 0 for rows <= r
-     * < ldd: attention's keys, transposed for gemm_nn. The scaling is one
-     * float multiply, so every set writes the same bits. */
+     * < ldd: attention's keys, transposed so that Q K^T runs on gemm_nn.
+     * NULL in a set whose gemm_nt is the faster way to Q K^T (avx2, whose
+     * gemm_nn is OpenBLAS's; scalar). */
     void (*transpose)(const float *src, int rows, int cols, int lds, float alpha, float *dst, int ldd);
 } kernel_ops;
 
@@ -75,8 +76,7 @@ void kernels_gemm_nt_blas(int m, int n, int k, float alpha, const float *x, int 
                           int ldw, const float *bias, float *c, int ldc);
 void kernels_gemm_nn_blas(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                           float *c, int ldc);
-/* The scalar set's transpose, for sets without their own. */
-void kernels_transpose_scalar(const float *src, int rows, int cols, int lds, float alpha, float *dst, int ldd);
+
 
 /* Widen half-precision weights to F32; src needs no alignment. */
 void kernels_f16_to_f32(const void *src, float *dst, size_t n); /* F16C when the CPU has it */

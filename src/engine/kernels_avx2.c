@@ -154,7 +154,6 @@ static const kernel_ops avx2_ops = {
     .add = avx2_add,
     .gemm_nt = kernels_gemm_nt_blas,
     .gemm_nn = kernels_gemm_nn_blas,
-    .transpose = kernels_transpose_scalar,
 };
 
 const kernel_ops *kernels_avx2(void) {
