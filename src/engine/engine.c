@@ -95,6 +95,16 @@ const char *engine_pooling_name(engine_pooling p) {
     return (unsigned)p < sizeof pooling_names / sizeof *pooling_names ? pooling_names[p] : "?";
 }
 
+void engine_l2_normalize(float *v, size_t n) {
+    double sq = 0;
+    for (size_t j = 0; j < n; j++)
+        sq += (double)v[j] * v[j];
+    const double norm = sqrt(sq);
+    const float inv = (float)(1.0 / (norm > 1e-12 ? norm : 1e-12));
+    for (size_t j = 0; j < n; j++)
+        v[j] *= inv;
+}
+
 int engine_pooling_parse(const char *name, engine_pooling *out, engine_error *err) {
     for (size_t i = 0; name && i < sizeof pooling_names / sizeof *pooling_names; i++)
         if (strcmp(name, pooling_names[i]) == 0) {
@@ -560,15 +570,8 @@ static void pool_embeddings(const engine_model *m, const bert_batch *batch, cons
             break;
         }
         }
-        if (job->normalize) { /* as torch.nn.functional.normalize: x / max(||x||, 1e-12) */
-            double sq = 0;
-            for (size_t j = 0; j < H; j++)
-                sq += (double)v[j] * v[j];
-            double norm = sqrt(sq);
-            float inv = (float)(1.0 / (norm > 1e-12 ? norm : 1e-12));
-            for (size_t j = 0; j < H; j++)
-                v[j] *= inv;
-        }
+        if (job->normalize)
+            engine_l2_normalize(v, H);
     }
 }
 

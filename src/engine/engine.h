@@ -118,6 +118,11 @@ const char *engine_pooling_name(engine_pooling p);
 /* Parses one of those names: 0, or ENGINE_EARG (err lists the names). */
 int engine_pooling_parse(const char *name, engine_pooling *out, engine_error *err);
 
+/* v /= max(||v||, 1e-12) in place, as torch.nn.functional.normalize and
+ * sentence-transformers' Normalize: what engine_embed's `normalize` does,
+ * for callers that normalise a vector it gave unnormalised. */
+void engine_l2_normalize(float *v, size_t n);
+
 /* How the encoder's linear layers (attention Q, K, V, output; FFN up and
  * down) are stored and multiplied. Everything else (embeddings' sums,
  * attention scores and softmax, LayerNorm, GELU, biases, the classifier

@@ -27,7 +27,6 @@
  * Pure functions of their arguments (the fuzz target drives the parser).
  */
 #define _GNU_SOURCE
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -197,23 +196,27 @@ static size_t cache_params(const http_inputs *in, const serving_request *r, char
 }
 
 /* [[...], ...]: each vector as the model gives it, L2-normalised when asked
- * and the model's files do not (x / max(|x|, 1e-12), as engine_embed). */
+ * and the model's files do not (engine_l2_normalize, as engine_embed does). */
 static char *answer_tei(const http_inputs *in, const serving_request *r) {
     const engine_model_info *info = serving_version_info(r->first);
     const size_t H = (size_t)info->hidden;
-    const int scale = in->normalize && !info->normalize;
+    float *vec = malloc(H * sizeof *vec);
     json_t *list = json_array();
+    if (!vec || !list) {
+        free(vec);
+        json_decref(list);
+        return NULL;
+    }
     for (size_t i = 0; i < r->n; i++) {
-        const float *vec = r->out + i * H;
-        double norm = 0;
-        for (size_t k = 0; scale && k < H; k++)
-            norm += (double)vec[k] * vec[k];
-        const double inv = scale ? 1.0 / fmax(sqrt(norm), 1e-12) : 1.0;
+        memcpy(vec, r->out + i * H, H * sizeof *vec);
+        if (in->normalize && !info->normalize)
+            engine_l2_normalize(vec, H);
         json_t *emb = json_array();
         for (size_t k = 0; k < H; k++)
-            json_array_append_new(emb, json_real((double)(float)(vec[k] * inv)));
+            json_array_append_new(emb, json_real(vec[k]));
         json_array_append_new(list, emb);
     }
+    free(vec);
     return http_json_text(list);
 }
 
