@@ -24,7 +24,6 @@
  * engine_text_is_blank must follow each model's tokenizer settings.
  * The largest absolute error seen is printed at the end.
  */
-#include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,66 +37,10 @@
 #include <jansson.h>
 
 #include "engine.h"
+#include "model_fixtures.h"
 
-#define FIXTURE_ROOT AISERVE_SOURCE_DIR "/tests/fixtures/models"
-#define MAX_FIXTURES 64
 
 static double g_max_err; /* largest |engine - reference| over every check */
-
-/* One fixture: expected.json parsed, texts as pointer/length pairs. */
-typedef struct fixture {
-    char dir[1024];
-    json_t *root;
-    json_t *info; /* the "model" block */
-    json_t *cases;
-    size_t n;
-    const char **texts;
-    size_t *lens;
-    double tol;
-    int max_length;
-    int hidden;
-    int n_labels;
-} fixture;
-
-static void fixture_open(fixture *fx, const char *name)
-{
-    memset(fx, 0, sizeof *fx);
-    snprintf(fx->dir, sizeof fx->dir, "%s/%s", FIXTURE_ROOT, name);
-    char path[1100];
-    snprintf(path, sizeof path, "%s/expected.json", fx->dir);
-    json_error_t jerr;
-    fx->root = json_load_file(path, JSON_ALLOW_NUL, &jerr);
-    if (!fx->root)
-        fail_msg("%s: %s (line %d)", path, jerr.text, jerr.line);
-    fx->info = json_object_get(fx->root, "model");
-    fx->cases = json_object_get(fx->root, "cases");
-    assert_non_null(fx->info);
-    assert_true(json_is_array(fx->cases));
-    fx->n = json_array_size(fx->cases);
-    assert_true(fx->n > 0);
-    fx->tol = json_real_value(json_object_get(fx->root, "tolerance"));
-    assert_true(fx->tol > 0);
-    fx->max_length = (int)json_integer_value(json_object_get(fx->root, "max_length"));
-    fx->hidden = (int)json_integer_value(json_object_get(fx->info, "hidden"));
-    fx->n_labels = (int)json_array_size(json_object_get(fx->info, "labels"));
-    fx->texts = calloc(fx->n, sizeof *fx->texts);
-    fx->lens = calloc(fx->n, sizeof *fx->lens);
-    assert_non_null(fx->texts);
-    assert_non_null(fx->lens);
-    for (size_t i = 0; i < fx->n; i++) {
-        json_t *text = json_object_get(json_array_get(fx->cases, i), "text");
-        assert_true(json_is_string(text));
-        fx->texts[i] = json_string_value(text);
-        fx->lens[i] = json_string_length(text);
-    }
-}
-
-static void fixture_close(fixture *fx)
-{
-    free(fx->texts);
-    free(fx->lens);
-    json_decref(fx->root);
-}
 
 static const char *info_str(const fixture *fx, const char *key)
 {
@@ -506,40 +449,16 @@ static void test_fixture(void **state)
     fixture_close(&fx);
 }
 
-static int compare_names(const void *a, const void *b)
-{
-    return strcmp(a, b);
-}
-
 int main(void)
 {
     static char names[MAX_FIXTURES][256];
     static struct CMUnitTest tests[MAX_FIXTURES];
-    size_t n = 0;
-    DIR *d = opendir(FIXTURE_ROOT);
-    if (!d) {
-        fprintf(stderr, "test_model: cannot open %s (run tools/make_fixtures.py)\n", FIXTURE_ROOT);
+    const int n = fixture_names("test_model", names);
+    if (n < 0)
         return 1;
-    }
-    for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        if (e->d_name[0] == '.')
-            continue;
-        if (n == MAX_FIXTURES) {
-            fprintf(stderr, "test_model: more than %d fixtures\n", MAX_FIXTURES);
-            closedir(d);
-            return 1;
-        }
-        snprintf(names[n++], sizeof names[0], "%s", e->d_name);
-    }
-    closedir(d);
-    if (n == 0) {
-        fprintf(stderr, "test_model: no fixtures in %s\n", FIXTURE_ROOT);
-        return 1;
-    }
-    qsort(names, n, sizeof names[0], compare_names);
-    for (size_t i = 0; i < n; i++)
+    for (int i = 0; i < n; i++)
         tests[i] = (struct CMUnitTest){names[i], test_fixture, NULL, NULL, names[i]};
-    int failed = _cmocka_run_group_tests("engine_model_fixtures", tests, n, NULL, NULL);
+    int failed = _cmocka_run_group_tests("engine_model_fixtures", tests, (size_t)n, NULL, NULL);
     printf("max |engine - reference| over all checks: %.3g\n", g_max_err);
     return failed;
 }

@@ -19,7 +19,6 @@
  * with 7-bit weights (unless the CPU has AVX-VNNI), each with a note. Names
  * parse and print. The worst differences seen are printed.
  */
-#include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,9 +32,7 @@
 #include <jansson.h>
 
 #include "engine.h"
-
-#define FIXTURE_ROOT AISERVE_SOURCE_DIR "/tests/fixtures/models"
-#define MAX_FIXTURES 64
+#include "model_fixtures.h"
 
 /* Tolerances against fp32, about 2.5x the worst seen on the fixtures
  * (printed at the end of the run): int8 logits 0.105 (distilbert-f32,
@@ -73,41 +70,6 @@ typedef struct worst {
     double logit_diff, cosine;
 } worst;
 static worst g_worst[3] = {{0, 1}, {0, 1}, {0, 1}}; /* by engine_quantization */
-
-typedef struct fixture {
-    char dir[1024];
-    json_t *root;
-    size_t n;
-    const char **texts;
-    size_t *lens;
-} fixture;
-
-static void fixture_open(fixture *fx, const char *name) {
-    memset(fx, 0, sizeof *fx);
-    snprintf(fx->dir, sizeof fx->dir, "%s/%s", FIXTURE_ROOT, name);
-    char path[1100];
-    snprintf(path, sizeof path, "%s/expected.json", fx->dir);
-    json_error_t jerr;
-    fx->root = json_load_file(path, JSON_ALLOW_NUL, &jerr);
-    if (!fx->root)
-        fail_msg("%s: %s (line %d)", path, jerr.text, jerr.line);
-    json_t *cases = json_object_get(fx->root, "cases");
-    fx->n = json_array_size(cases);
-    assert_true(fx->n > 0);
-    fx->texts = calloc(fx->n, sizeof *fx->texts);
-    fx->lens = calloc(fx->n, sizeof *fx->lens);
-    for (size_t i = 0; i < fx->n; i++) {
-        json_t *text = json_object_get(json_array_get(cases, i), "text");
-        fx->texts[i] = json_string_value(text);
-        fx->lens[i] = json_string_length(text);
-    }
-}
-
-static void fixture_close(fixture *fx) {
-    free(fx->texts);
-    free(fx->lens);
-    json_decref(fx->root);
-}
 
 static engine_model *load(const char *dir, engine_quantization q, int threads) {
     engine_options opts = {.n_threads = threads, .quantization = q};
@@ -369,26 +331,15 @@ static int teardown_print(void **state) {
     return 0;
 }
 
-static int compare_names(const void *a, const void *b) { return strcmp(a, b); }
-
 int main(void) {
     static char names[MAX_FIXTURES][256];
     static struct CMUnitTest tests[MAX_FIXTURES + 2];
-    size_t n = 0;
-    DIR *d = opendir(FIXTURE_ROOT);
-    if (!d) {
-        fprintf(stderr, "test_quant: cannot open %s\n", FIXTURE_ROOT);
+    const int n_fixtures = fixture_names("test_quant", names);
+    if (n_fixtures < 0)
         return 1;
-    }
-    for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        if (e->d_name[0] == '.' || n == MAX_FIXTURES)
-            continue;
-        snprintf(names[n++], sizeof names[0], "%s", e->d_name);
-    }
-    closedir(d);
-    qsort(names, n, sizeof names[0], compare_names);
-    for (size_t i = 0; i < n; i++)
-        tests[i] = (struct CMUnitTest){.name = names[i], .test_func = test_fixture, .initial_state = names[i]};
+    size_t n = 0;
+    for (; n < (size_t)n_fixtures; n++)
+        tests[n] = (struct CMUnitTest){.name = names[n], .test_func = test_fixture, .initial_state = names[n]};
     tests[n++] = (struct CMUnitTest){.name = "fallbacks", .test_func = test_fallbacks};
     tests[n++] = (struct CMUnitTest){.name = "names", .test_func = test_names};
     return _cmocka_run_group_tests("test_quant", tests, n, NULL, teardown_print);
