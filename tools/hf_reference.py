@@ -591,27 +591,19 @@ class RobertaClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(hidden[:, 0])))
 
 
-class RobertaModel(nn.Module):
-    """transformers.RobertaModel: RobertaEmbeddings, BERT's encoder layers (the
-    same modules and names), and the pooler when add_pooling_layer (True for
-    the bare model, as real checkpoints have it; False inside the classifier)."""
+class RobertaModel(BertModel):
+    """transformers.RobertaModel: BertModel with RobertaEmbeddings (BERT's
+    encoder layers, the same modules and names, and its forward), and the
+    pooler when add_pooling_layer (True for the bare model, as real
+    checkpoints have it; False inside the classifier)."""
 
     def __init__(self, config, add_pooling_layer=True):
-        super().__init__()
+        nn.Module.__init__(self)  # BertModel's own modules are not wanted
         self.config = config
         self.embeddings = RobertaEmbeddings(config)
         self.encoder = BertEncoder(config)
         if add_pooling_layer:
             self.pooler = BertPooler(config)
-
-    def hidden_states(self, input_ids, attention_mask, token_type_ids=None):
-        x = self.embeddings(input_ids, token_type_ids)
-        for layer in self.encoder.layer:
-            x = layer(x, attention_mask)
-        return x
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return self.hidden_states(input_ids, attention_mask, token_type_ids)
 
 
 class RobertaForSequenceClassification(nn.Module):
