@@ -286,6 +286,18 @@ port_free() {
   "$PY" -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0)' "$1"
 }
 
+# Those fields of the first line of $SERVER_LOG that logs event $1, as one
+# JSON object (null when there is none).
+log_fields() {  # event field...
+  grep -m1 "\"$1\"" "$SERVER_LOG" | "$PY" -c '
+import json, sys
+try:
+    d = json.loads(sys.stdin.read())
+    print(json.dumps({k: d.get(k) for k in sys.argv[1:]}))
+except ValueError:
+    print("null")' "${@:2}"
+}
+
 # Starts server `name` on model `model` (directory `dir`) and waits until it
 # answers correctly; records start to ready, RSS and its threads' nice values.
 start_server() {  # name model_name model_dir
@@ -337,22 +349,10 @@ start_server() {  # name model_name model_dir
     --kind "${name%%-*}") || die "$name answers POST /predict wrongly on $model"
   local blas=null version=null
   if [[ "$name" != seed ]]; then
-    version=$(grep -m1 '"starting"' "$SERVER_LOG" | "$PY" -c '
-import json, sys
-try:
-    d = json.loads(sys.stdin.read())
-    print(json.dumps({k: d.get(k) for k in ("version", "revision", "cpus")}))
-except ValueError:
-    print("null")')
+    version=$(log_fields starting version revision cpus)
     # What runs (after any fallback), from the model_loaded log line.
     local loaded
-    loaded=$(grep -m1 '"model_loaded"' "$SERVER_LOG" | "$PY" -c '
-import json, sys
-try:
-    d = json.loads(sys.stdin.read())
-    print(json.dumps({k: d.get(k) for k in ("quantization", "kernels", "weight_memory_bytes")}))
-except ValueError:
-    print("null")')
+    loaded=$(log_fields model_loaded quantization kernels weight_memory_bytes)
     version=$("$PY" -c 'import json, sys; v = json.loads(sys.argv[1]) or {}; v["model_loaded"] = json.loads(sys.argv[2]); print(json.dumps(v))' "$version" "$loaded")
     grep -q '"quantization_fallback"' "$SERVER_LOG" &&
       log "WARNING: $name: $(grep -m1 '"quantization_fallback"' "$SERVER_LOG")"
